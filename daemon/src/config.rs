@@ -1,0 +1,264 @@
+//! Configuration: flags, `LETSTALK_*` environment variables and the TOML config file,
+//! resolved in that order of precedence into one validated [`Config`].
+//!
+//! Everything is checked before anything is written, so a bad configuration ends the
+//! daemon with a one-line error and exit code 2 and leaves the disk untouched.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags; each has a `LETSTALK_…` environment variable (clap reads it when
+/// the flag is absent, which gives "flag > environment" for free).
+#[derive(Debug, Parser)]
+#[command(name = "letstalkd", version, about = "The Letstalk daemon: end-to-end encrypted messaging on this device, served to UIs over a local JSON-RPC socket.")]
+pub struct Args {
+    /// Config file (TOML). Default: $XDG_CONFIG_HOME/letstalk/letstalkd.toml; a missing
+    /// default file is fine, a missing named one is an error.
+    #[arg(long, env = "LETSTALK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (database, keys, attachments). Default: $STATE_DIRECTORY under
+    /// systemd, else $XDG_DATA_HOME/letstalk.
+    #[arg(long, env = "LETSTALK_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The IPC socket. Default: a socket passed by systemd, else
+    /// $XDG_RUNTIME_DIR/letstalk/letstalkd.sock, else /run/letstalk/letstalkd.sock.
+    #[arg(long, env = "LETSTALK_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The relay, HOST:PORT. Without one the daemon runs offline.
+    #[arg(long, env = "LETSTALK_RELAY", value_name = "HOST:PORT")]
+    pub relay: Option<String>,
+    /// A PEM file with the relay's certificate or its CA, trusted in addition to the
+    /// platform's roots.
+    #[arg(long, env = "LETSTALK_RELAY_CERT", value_name = "PEM_FILE")]
+    pub relay_cert: Option<PathBuf>,
+    /// Log level or filter directive (error, warn, info, debug, trace, or e.g.
+    /// "letstalkd=debug,info").
+    #[arg(long, env = "LETSTALK_LOG", value_name = "LEVEL")]
+    pub log: Option<String>,
+}
+
+/// The config file's keys: the same as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    relay: Option<String>,
+    relay_cert: Option<PathBuf>,
+    log: Option<String>,
+}
+
+/// Where the IPC socket comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSource {
+    /// A path to bind (from a flag, the environment, the config file or the defaults).
+    Path(PathBuf),
+    /// The first socket passed by systemd socket activation.
+    Activated,
+}
+
+/// The relay to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for RelayAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub socket: SocketSource,
+    pub relay: Option<RelayAddr>,
+    pub relay_cert: Option<PathBuf>,
+    pub log: String,
+}
+
+/// A configuration problem, reported on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid relay address {0:?}: expected HOST:PORT")]
+    Relay(String),
+    #[error("relay certificate {path}: {message}")]
+    RelayCert { path: PathBuf, message: String },
+    #[error("invalid log level {0:?}")]
+    Log(String),
+    #[error("no data directory: set --data-dir, $XDG_DATA_HOME or $HOME")]
+    NoDataDir,
+    #[error("data directory {path}: {message}")]
+    DataDir { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Resolves flags (already merged with the environment by clap), the config file and
+    /// the defaults, then validates the result without writing anything.
+    pub fn resolve(args: Args) -> Result<Self, ConfigError> {
+        let (config_file, file) = load_file(args.config.as_deref())?;
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .or_else(default_data_dir)
+            .ok_or(ConfigError::NoDataDir)?;
+        check_data_dir(&data_dir)?;
+        let socket = match args.socket.or(file.socket) {
+            Some(p) => SocketSource::Path(p),
+            None if activated_socket_present() => SocketSource::Activated,
+            None => SocketSource::Path(letstalk_ipc::socket::default_socket()),
+        };
+        let relay = args.relay.or(file.relay).map(|r| parse_relay(&r)).transpose()?;
+        let relay_cert = args.relay_cert.or(file.relay_cert);
+        if let Some(path) = &relay_cert {
+            check_pem(path)?;
+        }
+        let log = args.log.or(file.log).unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(ConfigError::Log(log));
+        }
+        Ok(Self { config_file, data_dir, socket, relay, relay_cert, log })
+    }
+
+    /// Re-reads the config file for SIGHUP; only the log filter takes effect at once.
+    pub fn reload_log_level(&self) -> Result<Option<String>, ConfigError> {
+        let (_, file) = load_file(self.config_file.as_deref())?;
+        match file.log {
+            Some(log) if tracing_subscriber::EnvFilter::try_new(&log).is_err() => {
+                Err(ConfigError::Log(log))
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+fn load_file(named: Option<&Path>) -> Result<(Option<PathBuf>, FileConfig), ConfigError> {
+    let (path, required) = match named {
+        Some(p) => (p.to_path_buf(), true),
+        None => match default_config_file() {
+            Some(p) => (p, false),
+            None => return Ok((None, FileConfig::default())),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((None, FileConfig::default()));
+        }
+        Err(source) => return Err(ConfigError::Read { path, source }),
+    };
+    let file = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.clone(),
+        message: e.message().replace('\n', " "),
+    })?;
+    Ok((Some(path), file))
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+fn default_config_file() -> Option<PathBuf> {
+    env_path("XDG_CONFIG_HOME")
+        .or_else(|| env_path("HOME").map(|h| h.join(".config")))
+        .map(|d| d.join("letstalk").join("letstalkd.toml"))
+}
+
+fn default_data_dir() -> Option<PathBuf> {
+    // systemd's StateDirectory= may list several directories separated by colons.
+    if let Some(state) = std::env::var_os("STATE_DIRECTORY").filter(|v| !v.is_empty()) {
+        let state = state.to_string_lossy().into_owned();
+        return state.split(':').next().map(PathBuf::from);
+    }
+    env_path("XDG_DATA_HOME")
+        .or_else(|| env_path("HOME").map(|h| h.join(".local").join("share")))
+        .map(|d| d.join("letstalk"))
+}
+
+fn check_data_dir(path: &Path) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::DataDir { path: path.to_path_buf(), message };
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => Err(err("exists and is not a directory".into())),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // It will be created; its nearest existing ancestor must be a directory.
+            let mut ancestor = path.parent();
+            while let Some(a) = ancestor {
+                match std::fs::metadata(a) {
+                    Ok(m) if m.is_dir() => return Ok(()),
+                    Ok(_) => return Err(err(format!("{} is not a directory", a.display()))),
+                    Err(_) => ancestor = a.parent(),
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+fn activated_socket_present() -> bool {
+    let pid_matches = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let fds = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+    pid_matches && fds > 0
+}
+
+/// Parses `HOST:PORT`, with `[v6]:PORT` for IPv6 literals.
+pub fn parse_relay(s: &str) -> Result<RelayAddr, ConfigError> {
+    let bad = || ConfigError::Relay(s.to_owned());
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+        (h, p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+        if h.contains(':') {
+            return Err(bad());
+        }
+        (h, p)
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(bad());
+    }
+    Ok(RelayAddr { host: host.to_owned(), port })
+}
+
+fn check_pem(path: &Path) -> Result<(), ConfigError> {
+    let err = |message: &str| ConfigError::RelayCert { path: path.to_path_buf(), message: message.into() };
+    let text = std::fs::read_to_string(path).map_err(|e| err(&e.to_string()))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(err("no PEM certificate in it"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_addresses() {
+        assert_eq!(parse_relay("relay.example:4433").unwrap().to_string(), "relay.example:4433");
+        assert_eq!(parse_relay("[::1]:4433").unwrap().host, "::1");
+        assert_eq!(parse_relay("[::1]:4433").unwrap().to_string(), "[::1]:4433");
+        for bad in ["", "host", "host:", ":1", "host:0", "host:99999", "::1:4433", "a b:1"] {
+            assert!(parse_relay(bad).is_err(), "{bad}");
+        }
+    }
+}

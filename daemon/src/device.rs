@@ -1,0 +1,236 @@
+//! What the daemon knows about the device: hardware, OS, network and the
+//! application-specific device ID.
+//!
+//! Without D-Bus (embedded devices, containers, CI) the network comes from
+//! `/sys/class/net` and the kernel's routing tables: the interface carrying the default
+//! route, Wi-Fi if it has `wireless` or `phy80211`, cellular if its uevent says
+//! `DEVTYPE=wwan`, Ethernet otherwise.
+
+use std::path::Path;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use letstalk_ipc::types::{Chassis, Hardware, Network, NetworkType, Os};
+
+/// The `device_id`: systemd's application-specific machine ID, HMAC-SHA256 keyed with the
+/// machine ID over our application ID, truncated to 128 bits and marked as a UUID v4 (as
+/// `sd_id128_get_machine_app_specific` does). The raw machine ID never leaves the device.
+pub const APP_ID: [u8; 16] = [
+    0xf6, 0x93, 0x4a, 0x78, 0xea, 0x79, 0x4d, 0x5d, 0x90, 0xff, 0xb5, 0xf1, 0xb3, 0xcb, 0x3c, 0xcc,
+];
+
+/// Derives the device ID from a machine ID (32 hex digits).
+pub fn app_specific_id(machine_id: &[u8; 16], app_id: &[u8; 16]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(machine_id) else {
+        // HMAC accepts keys of any length; this branch cannot run.
+        return String::new();
+    };
+    mac.update(app_id);
+    let digest = mac.finalize().into_bytes();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    hex::encode(id)
+}
+
+/// The device ID of this machine, from `/etc/machine-id` (or D-Bus's copy); a random ID
+/// kept in the data directory when the machine has none.
+pub fn device_id(data_dir: &Path) -> String {
+    let machine = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| parse_id(s.trim()));
+    let machine = machine.unwrap_or_else(|| {
+        let path = data_dir.join("device-seed");
+        if let Some(id) = std::fs::read_to_string(&path).ok().and_then(|s| parse_id(s.trim())) {
+            return id;
+        }
+        let id: [u8; 16] = rand::random();
+        if let Err(e) = std::fs::write(&path, hex::encode(id)) {
+            tracing::warn!(error = %e, "cannot keep the device seed");
+        }
+        id
+    });
+    app_specific_id(&machine, &APP_ID)
+}
+
+fn parse_id(s: &str) -> Option<[u8; 16]> {
+    let bytes = hex::decode(s).ok()?;
+    bytes.try_into().ok()
+}
+
+fn read_trimmed(path: impl AsRef<Path>) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let s = s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Hardware model, vendor and chassis.
+pub fn hardware() -> Hardware {
+    let model = read_trimmed("/proc/device-tree/model")
+        .or_else(|| read_trimmed("/sys/firmware/devicetree/base/model"))
+        .or_else(|| read_trimmed("/sys/class/dmi/id/product_name"));
+    let vendor = read_trimmed("/sys/class/dmi/id/sys_vendor");
+    let chassis = chassis_from_machine_info()
+        .or_else(|| {
+            let vendor = vendor.as_deref().unwrap_or("");
+            let product = model.as_deref().unwrap_or("");
+            is_vm(vendor, product).then_some(Chassis::Vm)
+        })
+        .or_else(|| read_trimmed("/sys/class/dmi/id/chassis_type").and_then(|t| chassis_from_dmi(&t)))
+        .or_else(|| read_trimmed("/proc/device-tree/compatible").map(|_| Chassis::Embedded))
+        .unwrap_or(Chassis::Unknown);
+    Hardware { model, vendor, chassis }
+}
+
+fn chassis_from_machine_info() -> Option<Chassis> {
+    let text = std::fs::read_to_string("/etc/machine-info").ok()?;
+    let value = text.lines().find_map(|l| l.strip_prefix("CHASSIS="))?;
+    parse_chassis(value.trim_matches('"'))
+}
+
+fn parse_chassis(s: &str) -> Option<Chassis> {
+    Some(match s {
+        "handset" | "watch" => Chassis::Handset,
+        "tablet" => Chassis::Tablet,
+        "laptop" | "convertible" => Chassis::Laptop,
+        "desktop" => Chassis::Desktop,
+        "server" => Chassis::Server,
+        "embedded" => Chassis::Embedded,
+        "vm" | "container" => Chassis::Vm,
+        _ => return None,
+    })
+}
+
+fn is_vm(vendor: &str, product: &str) -> bool {
+    ["QEMU", "KVM", "VMware", "VirtualBox", "Xen", "Microsoft Corporation", "Amazon EC2", "Google"]
+        .iter()
+        .any(|v| vendor.contains(v) || product.contains(v))
+}
+
+/// SMBIOS chassis types (DMTF DSP0134, table 17).
+fn chassis_from_dmi(t: &str) -> Option<Chassis> {
+    Some(match t.parse::<u8>().ok()? {
+        3..=7 | 13 | 15 | 16 | 24 => Chassis::Desktop,
+        8..=10 | 14 | 31 | 32 => Chassis::Laptop,
+        11 => Chassis::Handset,
+        30 => Chassis::Tablet,
+        17 | 23 | 25 | 28 | 29 => Chassis::Server,
+        33..=36 => Chassis::Embedded,
+        _ => return None,
+    })
+}
+
+/// OS name and version, kernel and architecture.
+pub fn os() -> Os {
+    Os {
+        name: sysinfo::System::name(),
+        version: sysinfo::System::os_version(),
+        kernel: sysinfo::System::kernel_version(),
+        arch: std::env::consts::ARCH.to_owned(),
+    }
+}
+
+/// The network as seen from sysfs and the routing table.
+pub fn network() -> Network {
+    network_from(Path::new("/sys/class/net"), &default_route_interfaces())
+}
+
+fn network_from(sys_net: &Path, defaults: &[String]) -> Network {
+    let Some(iface) = defaults.first() else {
+        return Network { kind: NetworkType::None, interface: None, cellular: None, metered: None };
+    };
+    let dir = sys_net.join(iface);
+    let uevent = std::fs::read_to_string(dir.join("uevent")).unwrap_or_default();
+    let kind = if dir.join("wireless").exists() || dir.join("phy80211").exists() {
+        NetworkType::Wifi
+    } else if uevent.lines().any(|l| l == "DEVTYPE=wwan") {
+        NetworkType::Cellular
+    } else if read_trimmed(dir.join("type")).as_deref() == Some("1") {
+        NetworkType::Ethernet
+    } else {
+        NetworkType::Unknown
+    };
+    let metered = match kind {
+        NetworkType::Cellular => Some(true),
+        _ => None,
+    };
+    Network { kind, interface: Some(iface.clone()), cellular: None, metered }
+}
+
+/// Interfaces carrying a default route (IPv4 first, then IPv6).
+fn default_route_interfaces() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if let [iface, dest, _gw, _flags, _, _, _, mask, ..] = cols.as_slice()
+                && *dest == "00000000"
+                && *mask == "00000000"
+                && !out.iter().any(|o| o == iface)
+            {
+                out.push((*iface).to_owned());
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        for line in text.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if let [dest, plen, .., iface] = cols.as_slice()
+                && dest.bytes().all(|b| b == b'0')
+                && *plen == "00"
+                && *iface != "lo"
+                && !out.iter().any(|o| o == iface)
+            {
+                out.push((*iface).to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector from systemd's application-specific ID scheme, as given in the issue.
+    #[test]
+    fn device_id_vector() {
+        let machine: [u8; 16] = hex::decode("0123456789abcdef0123456789abcdef").unwrap().try_into().unwrap();
+        assert_eq!(app_specific_id(&machine, &APP_ID), "e4afc064c0c24eac9381390217f8c683");
+        assert_eq!(hex::encode(APP_ID), "f6934a78ea794d5d90ffb5f1b3cb3ccc");
+    }
+
+    #[test]
+    fn network_type_from_sysfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |name: &str, files: &[(&str, &str)]| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            for (f, c) in files {
+                if c.is_empty() {
+                    std::fs::create_dir_all(d.join(f)).unwrap();
+                } else {
+                    std::fs::write(d.join(f), c).unwrap();
+                }
+            }
+        };
+        mk("wlan0", &[("wireless", ""), ("type", "1\n")]);
+        mk("wwan0", &[("uevent", "DEVTYPE=wwan\nINTERFACE=wwan0\n"), ("type", "65534\n")]);
+        mk("eth0", &[("type", "1\n"), ("uevent", "INTERFACE=eth0\n")]);
+        let kind = |i: &str| network_from(dir.path(), &[i.to_owned()]).kind;
+        assert_eq!(kind("wlan0"), NetworkType::Wifi);
+        assert_eq!(kind("wwan0"), NetworkType::Cellular);
+        assert_eq!(kind("eth0"), NetworkType::Ethernet);
+        assert_eq!(network_from(dir.path(), &[]).kind, NetworkType::None);
+    }
+
+    #[test]
+    fn dmi_chassis() {
+        assert_eq!(chassis_from_dmi("10"), Some(Chassis::Laptop));
+        assert_eq!(chassis_from_dmi("3"), Some(Chassis::Desktop));
+        assert_eq!(chassis_from_dmi("x"), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! `letstalkd`, the Letstalk daemon on the device: it keeps the encrypted local store and
+//! the event log, and serves UIs, the CLI and scripts over a local JSON-RPC socket.
+//!
+//! [`run`] is the whole daemon: `main.rs` only parses flags, sets up logging and calls it
+//! with a shutdown future, so tests and embedders can run it the same way.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and config file resolved into a validated `Config`.
+//! - [`store`]: the SQLCipher database, its key and its migrations.
+//! - [`events`]: the persisted event log and the bus that wakes subscribers.
+//! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
+//! - [`methods`]: one module per method namespace, turning typed params into results.
+//! - [`device`]: hardware, OS, network and the application-specific device ID.
+//! - [`systemd`]: readiness, watchdog and socket activation, no-ops without systemd.
+
+pub mod config;
+pub mod device;
+pub mod events;
+pub mod methods;
+pub mod server;
+pub mod store;
+pub mod systemd;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::store::Store;
+
+/// The daemon's version string as `system.hello` reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long a stop may take before the rest is abandoned (the contract says 5 s).
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the daemon could not start. All of these end the process with exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("another letstalkd is already using data directory {0}")]
+    Locked(PathBuf),
+    #[error("cannot lock data directory {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: PathBuf, source: store::StoreError },
+    #[error(transparent)]
+    Socket(#[from] server::BindError),
+}
+
+/// State shared by every connection and task.
+#[derive(Debug)]
+pub struct Daemon {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub bus: EventBus,
+    pub started: Instant,
+    pub device_id: String,
+    /// Frontends that introduced themselves with `system.hello`, by connection.
+    pub frontends: Mutex<BTreeMap<u64, letstalk_ipc::types::Frontend>>,
+    network: Mutex<Option<(Instant, letstalk_ipc::types::Network)>>,
+}
+
+impl Daemon {
+    /// The current network, re-read at most once a second (reading sysfs on every
+    /// `system.status` would put file I/O on the hottest IPC path).
+    pub fn network(&self) -> letstalk_ipc::types::Network {
+        let mut cached = self.network.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*cached {
+            Some((at, net)) if at.elapsed() < Duration::from_secs(1) => net.clone(),
+            _ => {
+                let net = device::network();
+                *cached = Some((Instant::now(), net.clone()));
+                net
+            }
+        }
+    }
+}
+
+/// Things the running daemon tells its caller.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The socket path, when the daemon bound one itself.
+    pub socket: Option<PathBuf>,
+}
+
+/// Runs the daemon until `shutdown` resolves. `on_ready` is called once the socket
+/// accepts connections.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(Ready),
+) -> Result<(), StartError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data_dir)
+        .map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+    let _lock = lock_data_dir(&data_dir)?;
+
+    let store = Store::open(&data_dir)
+        .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
+    let store = Arc::new(store);
+    let (last_seq, _) = store
+        .with(|c| events::bounds(c))
+        .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
+
+    let (listener, socket_path) = server::bind(&config.socket)?;
+    let daemon = Arc::new(Daemon {
+        device_id: device::device_id(&data_dir),
+        config,
+        store: store.clone(),
+        bus: EventBus::new(last_seq),
+        started: Instant::now(),
+        frontends: Mutex::default(),
+        network: Mutex::default(),
+    });
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(server::accept_loop(daemon.clone(), listener, cancel.clone(), tasks.clone()));
+    tasks.spawn(maintenance(daemon.clone(), cancel.clone()));
+    if let Some(interval) = systemd::watchdog_interval() {
+        tasks.spawn(watchdog(interval, cancel.clone()));
+    }
+
+    tracing::info!(socket = ?socket_path, data_dir = %data_dir.display(), "letstalkd ready");
+    systemd::ready();
+    on_ready(Ready { socket: socket_path.clone() });
+
+    shutdown.await;
+    tracing::info!("stopping");
+    systemd::stopping();
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(STOP_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("some tasks did not finish in time");
+    }
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Err(e) = store.close() {
+        tracing::warn!(error = %e, "closing the store");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Takes the data directory's lock file, so a second daemon never touches this one's data.
+fn lock_data_dir(dir: &std::path::Path) -> Result<File, StartError> {
+    let path = dir.join("letstalkd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::Lock { path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::Lock { path, source }),
+    }
+}
+
+/// Periodic housekeeping: event log pruning.
+async fn maintenance(daemon: Arc<Daemon>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        match daemon.store.call(move |c| events::prune(c, now)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "pruned old events"),
+            Err(e) => tracing::warn!(error = %e, "pruning events"),
+        }
+    }
+}
+
+async fn watchdog(interval: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => systemd::watchdog(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

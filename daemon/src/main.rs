@@ -1,0 +1,84 @@
+//! The `letstalkd` binary: flags, logging and signals around [`letstalkd::run`].
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+use letstalkd::config::{Args, Config};
+
+fn main() -> ExitCode {
+    // Everything the daemon creates (data directory, database, key file, socket) is
+    // private to its user from the moment it exists.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let args = Args::parse();
+    let config = match Config::resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("letstalkd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&config.log));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("letstalkd: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config, reload)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("letstalkd: {e:#}");
+            tracing::error!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type ReloadHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+async fn serve(config: Config, reload: ReloadHandle) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let reload_config = config.clone();
+    let shutdown = async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => reload_log(&reload_config, &reload),
+            }
+        }
+    };
+    letstalkd::run(config, shutdown, |_| {}).await?;
+    Ok(())
+}
+
+/// SIGHUP: re-reads the config file. The log filter changes at once; the other keys
+/// (data directory, socket, relay) need a restart and are left as they are.
+fn reload_log(config: &Config, reload: &ReloadHandle) {
+    match config.reload_log_level() {
+        Ok(Some(level)) => match reload.modify(|f| *f = EnvFilter::new(&level)) {
+            Ok(()) => tracing::info!(level, "reloaded the log level"),
+            Err(e) => tracing::warn!(error = %e, "cannot reload the log level"),
+        },
+        Ok(None) => tracing::info!("reloaded the config file; nothing to change"),
+        Err(e) => tracing::warn!(error = %e, "config reload failed; keeping the running configuration"),
+    }
+}

@@ -1,0 +1,78 @@
+//! Method dispatch: one module per namespace of the spec. Each method decodes its typed
+//! params (`-32602` naming the field on error), does its work, and encodes its result.
+//!
+//! Names not in [`letstalk_ipc::methods::METHODS`] answer `-32601`; a test checks that
+//! every name in that table is dispatched here.
+
+mod device;
+mod events;
+mod settings;
+mod system;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use letstalk_ipc::RpcError;
+use letstalk_ipc::jsonrpc::parse_params;
+
+use crate::Daemon;
+use crate::server::Connection;
+use crate::store::StoreError;
+
+pub use settings::Settings;
+
+/// What a method produced.
+#[derive(Debug)]
+pub enum Reply {
+    Value(Value),
+    /// `events.subscribe`: the result, and the subscription to start right after the
+    /// response is queued (so the response always precedes the replayed events).
+    Subscribe { result: Value, start: SubscriptionStart },
+}
+
+/// Where a new subscription starts.
+#[derive(Debug)]
+pub struct SubscriptionStart {
+    /// Replay events with seq greater than this.
+    pub cursor: u64,
+    pub kinds: Option<Vec<String>>,
+}
+
+/// Runs `method`.
+pub async fn call(
+    daemon: &Arc<Daemon>,
+    conn: &Arc<Connection>,
+    method: &str,
+    params: Value,
+) -> Result<Reply, RpcError> {
+    match method {
+        "system.hello" => reply(system::hello(daemon, conn, parse(params)?)?),
+        "system.schema" => reply(system::schema(parse(params)?)?),
+        "system.status" => reply(system::status(daemon, parse(params)?).await?),
+        "settings.get" => reply(settings::get(daemon, parse(params)?).await?),
+        "settings.set" => reply(settings::set(daemon, parse(params)?).await?),
+        "device.info" => reply(device::info(daemon, parse(params)?)?),
+        "events.subscribe" => events::subscribe(daemon, parse(params)?).await,
+        "events.unsubscribe" => reply(events::unsubscribe(conn, parse(params)?)?),
+        other => Err(RpcError::method_not_found(other)),
+    }
+}
+
+fn parse<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
+    parse_params(params)
+}
+
+fn reply<T: Serialize>(result: T) -> Result<Reply, RpcError> {
+    serde_json::to_value(result)
+        .map(Reply::Value)
+        .map_err(|e| RpcError::internal(format!("encoding the result: {e}")))
+}
+
+/// Store failures are internal errors: the client can do nothing but retry or report.
+fn internal(e: StoreError) -> RpcError {
+    tracing::error!(error = %e, "store error");
+    RpcError::internal(format!("internal error: {e}"))
+}

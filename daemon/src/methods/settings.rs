@@ -1,0 +1,170 @@
+//! `settings.get` and `settings.set`, and the settings as the daemon keeps them: one row
+//! per key in the `settings` table, defaults for absent keys.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, params};
+
+use letstalk_ipc::RpcError;
+use letstalk_ipc::types::{self as ipc, Empty, EventBody, SettingsPatch};
+
+use super::internal;
+use crate::store::StoreError;
+use crate::{Daemon, events, now_ms};
+
+/// The settings (domain type; converted to the IPC shape at the boundary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub block_all: bool,
+    pub read_receipts: bool,
+    pub typing: bool,
+    pub diagnostics_upload: bool,
+    pub auto_download_wifi: bool,
+    pub auto_download_cellular: bool,
+    pub keepalive_wifi_s: u32,
+    pub keepalive_cellular_s: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            block_all: false,
+            read_receipts: true,
+            typing: true,
+            diagnostics_upload: false,
+            auto_download_wifi: true,
+            auto_download_cellular: false,
+            // Cellular NAT bindings for UDP can expire in about 30 s; 20 s keeps them.
+            keepalive_wifi_s: 20,
+            keepalive_cellular_s: 20,
+        }
+    }
+}
+
+const KEEPALIVE_RANGE: std::ops::RangeInclusive<u32> = 5..=3600;
+
+impl Settings {
+    /// Reads the settings, defaults for keys never set.
+    pub fn load(conn: &Connection) -> Result<Self, StoreError> {
+        let mut s = Self::default();
+        let mut stmt = conn.prepare_cached("SELECT key, value FROM settings")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (key, v) = row?;
+            let flag = v != 0;
+            let secs = u32::try_from(v).unwrap_or(20);
+            match key.as_str() {
+                "block_all" => s.block_all = flag,
+                "read_receipts" => s.read_receipts = flag,
+                "typing" => s.typing = flag,
+                "diagnostics_upload" => s.diagnostics_upload = flag,
+                "auto_download.wifi" => s.auto_download_wifi = flag,
+                "auto_download.cellular" => s.auto_download_cellular = flag,
+                "keepalive_s.wifi" => s.keepalive_wifi_s = secs,
+                "keepalive_s.cellular" => s.keepalive_cellular_s = secs,
+                // A key from a newer version: ignored, kept.
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+
+    fn rows(&self) -> [(&'static str, i64); 8] {
+        [
+            ("block_all", self.block_all.into()),
+            ("read_receipts", self.read_receipts.into()),
+            ("typing", self.typing.into()),
+            ("diagnostics_upload", self.diagnostics_upload.into()),
+            ("auto_download.wifi", self.auto_download_wifi.into()),
+            ("auto_download.cellular", self.auto_download_cellular.into()),
+            ("keepalive_s.wifi", self.keepalive_wifi_s.into()),
+            ("keepalive_s.cellular", self.keepalive_cellular_s.into()),
+        ]
+    }
+
+    /// Applies a patch, checking every value first (all or nothing).
+    pub fn apply(&self, p: &SettingsPatch) -> Result<Self, RpcError> {
+        let mut s = *self;
+        if let Some(v) = p.block_all {
+            s.block_all = v;
+        }
+        if let Some(v) = p.read_receipts {
+            s.read_receipts = v;
+        }
+        if let Some(v) = p.typing {
+            s.typing = v;
+        }
+        if let Some(v) = p.diagnostics_upload {
+            s.diagnostics_upload = v;
+        }
+        if let Some(a) = &p.auto_download {
+            s.auto_download_wifi = a.wifi.unwrap_or(s.auto_download_wifi);
+            s.auto_download_cellular = a.cellular.unwrap_or(s.auto_download_cellular);
+        }
+        if let Some(k) = &p.keepalive_s {
+            for (field, value) in [("keepalive_s.wifi", k.wifi), ("keepalive_s.cellular", k.cellular)] {
+                if let Some(v) = value
+                    && !KEEPALIVE_RANGE.contains(&v)
+                {
+                    return Err(RpcError::invalid_params(
+                        field,
+                        format!("{field} must be {} to {} seconds", KEEPALIVE_RANGE.start(), KEEPALIVE_RANGE.end()),
+                    ));
+                }
+            }
+            s.keepalive_wifi_s = k.wifi.unwrap_or(s.keepalive_wifi_s);
+            s.keepalive_cellular_s = k.cellular.unwrap_or(s.keepalive_cellular_s);
+        }
+        Ok(s)
+    }
+
+    pub fn to_ipc(self) -> ipc::Settings {
+        ipc::Settings {
+            block_all: self.block_all,
+            read_receipts: self.read_receipts,
+            typing: self.typing,
+            diagnostics_upload: self.diagnostics_upload,
+            auto_download: ipc::AutoDownload { wifi: self.auto_download_wifi, cellular: self.auto_download_cellular },
+            keepalive_s: ipc::KeepaliveS { wifi: self.keepalive_wifi_s, cellular: self.keepalive_cellular_s },
+        }
+    }
+}
+
+pub(super) async fn get(daemon: &Arc<Daemon>, _: Empty) -> Result<ipc::Settings, RpcError> {
+    let s = daemon.store.call(|c| Settings::load(c)).await.map_err(internal)?;
+    Ok(s.to_ipc())
+}
+
+pub(super) async fn set(daemon: &Arc<Daemon>, patch: SettingsPatch) -> Result<ipc::Settings, RpcError> {
+    let outcome = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let old = Settings::load(&tx)?;
+            let new = match old.apply(&patch) {
+                Ok(new) => new,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut seq = None;
+            if new != old {
+                for (key, value) in new.rows() {
+                    tx.execute(
+                        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        params![key, value],
+                    )?;
+                }
+                let body = EventBody::SettingsChanged { settings: new.to_ipc() };
+                seq = Some(events::append(&tx, &body, now_ms())?);
+            }
+            tx.commit()?;
+            Ok(Ok((new, seq)))
+        })
+        .await
+        .map_err(internal)??;
+    let (new, seq) = outcome;
+    if let Some(seq) = seq {
+        daemon.bus.published(seq);
+    }
+    Ok(new.to_ipc())
+}

@@ -1,0 +1,53 @@
+//! `system.*`: hello, schema and status.
+
+use std::sync::Arc;
+
+use letstalk_ipc::types::{Empty, Frontend, HelloParams, HelloResult, RelayState, RelayStatus, StatusResult};
+use letstalk_ipc::{PROTOCOL_VERSION, RpcError};
+use serde_json::Value;
+
+use crate::server::Connection;
+use crate::{Daemon, VERSION, now_ms};
+
+pub(super) fn hello(daemon: &Daemon, conn: &Connection, p: HelloParams) -> Result<HelloResult, RpcError> {
+    if let Some(v) = p.protocol
+        && v != PROTOCOL_VERSION
+    {
+        return Err(RpcError::invalid_params(
+            "protocol",
+            format!("protocol {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"),
+        ));
+    }
+    if let Some(client) = p.client {
+        // The frontend's identity is kept for diagnostics; bound it like any input.
+        let client: String = client.chars().take(256).collect();
+        let mut frontends = daemon.frontends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        frontends.insert(conn.id, Frontend { client, connected_at: now_ms() });
+    }
+    Ok(HelloResult {
+        daemon: format!("letstalkd {VERSION}"),
+        protocol: PROTOCOL_VERSION,
+        methods: letstalk_ipc::methods::method_names(),
+    })
+}
+
+pub(super) fn schema(_: Empty) -> Result<Value, RpcError> {
+    Ok(letstalk_ipc::methods::openrpc(VERSION))
+}
+
+pub(super) async fn status(daemon: &Arc<Daemon>, _: Empty) -> Result<StatusResult, RpcError> {
+    let relay = match &daemon.config.relay {
+        None => RelayStatus { state: RelayState::Disabled, address: None, rtt_ms: None },
+        // The relay link lands with the relay issue; until then a configured relay is
+        // reported as not connected.
+        Some(addr) => RelayStatus { state: RelayState::Offline, address: Some(addr.to_string()), rtt_ms: None },
+    };
+    Ok(StatusResult {
+        version: VERSION.to_owned(),
+        user_id: None,
+        relay,
+        network: daemon.network(),
+        queued_out: 0,
+        uptime_s: daemon.started.elapsed().as_secs(),
+    })
+}

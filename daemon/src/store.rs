@@ -1,0 +1,185 @@
+//! The encrypted local store: one SQLCipher database in the data directory, opened with
+//! a random 256-bit key, in WAL mode, with numbered migrations.
+//!
+//! The key lives in a 0600 file beside the database (`db.key`). Deleting the key is what
+//! makes the data unrecoverable ("restore defaults" shreds the key first, then the
+//! files): SQLCipher pages on disk are useless without it, which works on flash storage
+//! where overwriting in place is not reliable.
+//!
+//! SQLite calls block, so async code reaches the database through [`Store::call`], which
+//! runs the closure on tokio's blocking pool. One connection, behind a mutex: the
+//! daemon's writes are small and serialising them keeps transactions simple.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran. Never edit
+/// one that has shipped: add the next.
+const MIGRATIONS: &[&str] = &[include_str!("store/0001_init.sql")];
+
+pub const DB_FILE: &str = "letstalk.db";
+pub const KEY_FILE: &str = "db.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("database key {0}: malformed (expected 64 hex digits)")]
+    BadKey(PathBuf),
+    #[error("database {0} exists but its key file is missing: the data cannot be read")]
+    MissingKey(PathBuf),
+    #[error("database {0} cannot be opened with its key (wrong key or corrupt file)")]
+    WrongKey(PathBuf),
+    #[error("database schema version {found} is newer than this daemon ({known})")]
+    TooNew { found: i64, known: usize },
+    #[error("the blocking task running a database call failed")]
+    Join,
+}
+
+/// The database handle, shared by every task.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let key = load_or_create_key(data_dir, path.exists())?;
+        let conn = Connection::open(&path)?;
+        // The key is passed as a raw hex blob so SQLCipher does no passphrase derivation.
+        conn.execute_batch(&format!("PRAGMA key = \"x'{key}'\";"))?;
+        if conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).is_err()
+        {
+            return Err(StoreError::WrongKey(path));
+        }
+        // synchronous=FULL: an accepted message must survive power loss, not just a crash.
+        // secure_delete: freed pages are zeroed, so deleted rows do not linger in the file.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA secure_delete = ON;
+             PRAGMA busy_timeout = 5000;",
+        )?;
+        let mut store = Self { conn: Mutex::new(conn), path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let conn = self.conn.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = MIGRATIONS.len();
+        let start = usize::try_from(version).unwrap_or(usize::MAX);
+        if start > known {
+            return Err(StoreError::TooNew { found: version, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(start) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<F, R>(self: &Arc<Self>, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.with(f)).await.map_err(|_| StoreError::Join)?
+    }
+
+    /// Runs `f` with the connection on this thread (start-up and shutdown only).
+    pub fn with<F, R>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, StoreError>,
+    {
+        // A poisoned mutex means a closure panicked; SQLite rolled its transaction back
+        // when the Transaction was dropped, so the connection is still consistent.
+        let mut conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut conn)
+    }
+
+    /// Checkpoints the WAL into the main file, for a clean stop.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.with(|c| Ok(c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// Reads the key file, or creates one with a fresh random key for a new database.
+fn load_or_create_key(data_dir: &Path, db_exists: bool) -> Result<String, StoreError> {
+    let path = data_dir.join(KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let key = text.trim().to_owned();
+            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(StoreError::BadKey(path));
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if db_exists {
+                return Err(StoreError::MissingKey(data_dir.join(DB_FILE)));
+            }
+            let key: [u8; 32] = rand::random();
+            let hex = hex::encode(key);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io(format!("creating {}", path.display())))?;
+            file.write_all(hex.as_bytes()).map_err(io("writing the database key"))?;
+            file.sync_all().map_err(io("syncing the database key"))?;
+            Ok(hex)
+        }
+        Err(e) => Err(io(format!("reading {}", path.display()))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_reopens_and_refuses_a_wrong_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.with(|c| Ok(c.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')", [])?)).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let v: String =
+            store.with(|c| Ok(c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(v, "v");
+        drop(store);
+        // The file on disk is not plain SQLite.
+        let raw = std::fs::read(dir.path().join(DB_FILE)).unwrap();
+        assert!(!raw.starts_with(b"SQLite format 3"));
+        std::fs::write(dir.path().join(KEY_FILE), "00".repeat(32)).unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::WrongKey(_))));
+        std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::MissingKey(_))));
+    }
+}
