@@ -1,1 +1,246 @@
-fn main() {}
+//! `letstalk`: the command-line client of `letstalkd`, for people and scripts.
+//!
+//! Exit codes (a public contract, see programs.md): 0 success, 1 the daemon answered
+//! with an error, 2 bad usage, 3 the daemon is not running or not reachable.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use letstalk_ipc::{Client, ClientError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "letstalk",
+    version,
+    about = "Talk to letstalkd, the Letstalk daemon, over its local socket."
+)]
+struct Cli {
+    /// The daemon's socket (default: $LETSTALK_SOCKET, then
+    /// $XDG_RUNTIME_DIR/letstalk/letstalkd.sock, then /run/letstalk/letstalkd.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One raw JSON-RPC call: prints the result as JSON, or the error on stderr (exit 1).
+    Rpc {
+        /// The method, e.g. system.status.
+        method: String,
+        /// The params as a JSON object (default {}).
+        params: Option<String>,
+    },
+    /// Prints each event as one JSON line until interrupted.
+    Listen {
+        /// Replay the events after this sequence number first.
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only these event kinds (comma-separated), e.g. message.received,message.state.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Option<Vec<String>>,
+    },
+    /// The daemon's state: account, relay link, network, queue.
+    Status {
+        /// Print the raw JSON result.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows the settings, or changes them: `letstalk settings read_receipts=false`.
+    Settings {
+        /// KEY=VALUE pairs to set; nested keys with a dot (auto_download.cellular=true).
+        changes: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the daemon knows about this device.
+    Device {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug)]
+enum Failure {
+    Usage(String),
+    Daemon(letstalk_ipc::RpcError),
+    Unreachable(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Rpc(e) => Self::Daemon(e),
+            ClientError::Connect { path, source } => Self::Unreachable(format!(
+                "cannot reach letstalkd at {path}: {source}\n\
+                 Is it running? Start it with `letstalkd` (or `systemctl --user start letstalkd`), \
+                 or point --socket / LETSTALK_SOCKET at its socket."
+            )),
+            other => Self::Unreachable(format!("lost the connection to letstalkd: {other}")),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("letstalk: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("letstalk: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Daemon(e)) => {
+            let kind = e.kind().map(|k| format!(" [{}]", k.as_str())).unwrap_or_default();
+            eprintln!("letstalk: error {}{kind}: {}", e.code, e.message);
+            if let Some(data) = &e.data {
+                eprintln!("{data}");
+            }
+            ExitCode::from(1)
+        }
+        Err(Failure::Unreachable(m)) => {
+            eprintln!("letstalk: {m}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let path = letstalk_ipc::socket::client_socket(cli.socket);
+    // Check usage before connecting, so a typo is exit 2 even with no daemon running.
+    let request = match &cli.command {
+        Command::Rpc { method, params } => {
+            let params = match params.as_deref() {
+                None => json!({}),
+                Some(text) => serde_json::from_str::<Value>(text)
+                    .map_err(|e| Failure::Usage(format!("PARAMS_JSON is not JSON: {e}")))?,
+            };
+            Some((method.clone(), params))
+        }
+        Command::Settings { changes, .. } if !changes.is_empty() => {
+            Some(("settings.set".to_owned(), settings_patch(changes)?))
+        }
+        _ => None,
+    };
+    let client = Client::connect(&path).await?;
+    client
+        .call_value(
+            "system.hello",
+            json!({"client": format!("letstalk-cli {}", env!("CARGO_PKG_VERSION"))}),
+        )
+        .await?;
+    match cli.command {
+        Command::Rpc { .. } | Command::Settings { .. } if request.is_some() => {
+            let (method, params) = request.unwrap_or_default();
+            let result = client.call_value(&method, params).await?;
+            print_json(&result);
+        }
+        Command::Settings { json, .. } => {
+            let result = client.call_value("settings.get", json!({})).await?;
+            if json { print_json(&result) } else { print_flat("", &result) }
+        }
+        Command::Listen { since, kinds } => {
+            let mut events =
+                client.take_events().ok_or_else(|| Failure::Usage("no event stream".into()))?;
+            let mut params = json!({});
+            if let Some(since) = since {
+                params["since"] = json!(since);
+            }
+            if let Some(kinds) = kinds {
+                params["kinds"] = json!(kinds);
+            }
+            client.call_value("events.subscribe", params).await?;
+            while let Some(event) = events.recv().await {
+                println!("{event}");
+            }
+            return Err(Failure::Unreachable("letstalkd closed the connection".into()));
+        }
+        Command::Status { json } => {
+            let s = client.call_value("system.status", json!({})).await?;
+            if json {
+                print_json(&s);
+            } else {
+                println!("letstalkd {}  up {} s", text(&s["version"]), s["uptime_s"]);
+                println!("account   {}", s["user_id"].as_str().unwrap_or("(not logged in)"));
+                let relay = &s["relay"];
+                let rtt =
+                    relay["rtt_ms"].as_u64().map(|r| format!(", rtt {r} ms")).unwrap_or_default();
+                println!(
+                    "relay     {} {}{rtt}",
+                    text(&relay["state"]),
+                    relay["address"].as_str().unwrap_or("")
+                );
+                let net = &s["network"];
+                println!(
+                    "network   {} {}",
+                    text(&net["type"]),
+                    net["interface"].as_str().unwrap_or("")
+                );
+                println!("queued    {}", s["queued_out"]);
+            }
+        }
+        Command::Device { json } => {
+            let d = client.call_value("device.info", json!({})).await?;
+            if json { print_json(&d) } else { print_flat("", &d) }
+        }
+        Command::Rpc { .. } => {}
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+/// Prints nested objects as `a.b = value` lines, for people.
+fn print_flat(prefix: &str, v: &Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                print_flat(&key, v);
+            }
+        }
+        other => println!("{prefix} = {other}"),
+    }
+}
+
+/// Turns `a=1 b.c=true` into `{"a": 1, "b": {"c": true}}`.
+fn settings_patch(changes: &[String]) -> Result<Value, Failure> {
+    let mut patch = json!({});
+    for change in changes {
+        let (key, value) = change
+            .split_once('=')
+            .ok_or_else(|| Failure::Usage(format!("{change:?}: expected KEY=VALUE")))?;
+        let value: Value =
+            serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        let mut slot = &mut patch;
+        let parts: Vec<&str> = key.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            if i + 1 == parts.len() {
+                slot[*part] = value.clone();
+            } else {
+                if !slot[*part].is_object() {
+                    slot[*part] = json!({});
+                }
+                slot = &mut slot[*part];
+            }
+        }
+    }
+    Ok(patch)
+}

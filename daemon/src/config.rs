@@ -12,7 +12,11 @@ use serde::Deserialize;
 /// Command-line flags; each has a `LETSTALK_…` environment variable (clap reads it when
 /// the flag is absent, which gives "flag > environment" for free).
 #[derive(Debug, Parser)]
-#[command(name = "letstalkd", version, about = "The Letstalk daemon: end-to-end encrypted messaging on this device, served to UIs over a local JSON-RPC socket.")]
+#[command(
+    name = "letstalkd",
+    version,
+    about = "The Letstalk daemon: end-to-end encrypted messaging on this device, served to UIs over a local JSON-RPC socket."
+)]
 pub struct Args {
     /// Config file (TOML). Default: $XDG_CONFIG_HOME/letstalk/letstalkd.toml; a missing
     /// default file is fine, a missing named one is an error.
@@ -240,7 +244,10 @@ pub fn parse_relay(s: &str) -> Result<RelayAddr, ConfigError> {
 }
 
 fn check_pem(path: &Path) -> Result<(), ConfigError> {
-    let err = |message: &str| ConfigError::RelayCert { path: path.to_path_buf(), message: message.into() };
+    let err = |message: &str| ConfigError::RelayCert {
+        path: path.to_path_buf(),
+        message: message.into(),
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(&e.to_string()))?;
     if !text.contains("-----BEGIN CERTIFICATE-----") {
         return Err(err("no PEM certificate in it"));

@@ -79,7 +79,9 @@ pub fn hardware() -> Hardware {
             let product = model.as_deref().unwrap_or("");
             is_vm(vendor, product).then_some(Chassis::Vm)
         })
-        .or_else(|| read_trimmed("/sys/class/dmi/id/chassis_type").and_then(|t| chassis_from_dmi(&t)))
+        .or_else(|| {
+            read_trimmed("/sys/class/dmi/id/chassis_type").and_then(|t| chassis_from_dmi(&t))
+        })
         .or_else(|| read_trimmed("/proc/device-tree/compatible").map(|_| Chassis::Embedded))
         .unwrap_or(Chassis::Unknown);
     Hardware { model, vendor, chassis }
@@ -198,7 +200,8 @@ mod tests {
     /// The vector from systemd's application-specific ID scheme, as given in the issue.
     #[test]
     fn device_id_vector() {
-        let machine: [u8; 16] = hex::decode("0123456789abcdef0123456789abcdef").unwrap().try_into().unwrap();
+        let machine: [u8; 16] =
+            hex::decode("0123456789abcdef0123456789abcdef").unwrap().try_into().unwrap();
         assert_eq!(app_specific_id(&machine, &APP_ID), "e4afc064c0c24eac9381390217f8c683");
         assert_eq!(hex::encode(APP_ID), "f6934a78ea794d5d90ffb5f1b3cb3ccc");
     }

@@ -44,7 +44,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("letstalkd: {e:#}");
-            tracing::error!("{e:#}");
             ExitCode::from(2)
         }
     }
@@ -79,6 +78,8 @@ fn reload_log(config: &Config, reload: &ReloadHandle) {
             Err(e) => tracing::warn!(error = %e, "cannot reload the log level"),
         },
         Ok(None) => tracing::info!("reloaded the config file; nothing to change"),
-        Err(e) => tracing::warn!(error = %e, "config reload failed; keeping the running configuration"),
+        Err(e) => {
+            tracing::warn!(error = %e, "config reload failed; keeping the running configuration")
+        }
     }
 }

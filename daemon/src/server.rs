@@ -33,6 +33,9 @@ use crate::{Daemon, events, systemd};
 
 /// Lines waiting to be written to one client (responses and events together).
 const OUT_QUEUE: usize = 1024;
+/// How long a live event may wait for room in a full queue before the subscriber is
+/// declared too slow.
+const LIVE_GRACE: Duration = Duration::from_secs(1);
 /// Requests of one connection being worked on at once.
 const MAX_IN_FLIGHT: usize = 256;
 /// Events read from the database per query by a subscription.
@@ -95,7 +98,8 @@ fn replace_stale(path: &Path) -> Result<(), BindError> {
         Ok(_) => Err(BindError::Live(path.to_path_buf())),
         Err(_) => {
             tracing::info!(path = %path.display(), "replacing a stale socket");
-            std::fs::remove_file(path).map_err(|source| BindError::Bind { path: path.to_path_buf(), source })
+            std::fs::remove_file(path)
+                .map_err(|source| BindError::Bind { path: path.to_path_buf(), source })
         }
     }
 }
@@ -172,7 +176,8 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream, id: u64, cancel: Cancell
     tracing::debug!("connected");
     let (mut reader, writer) = stream.into_split();
     let (out, out_rx) = mpsc::channel(OUT_QUEUE);
-    let conn = Arc::new(Connection { id, out, subscription: Mutex::new(None), cancel: cancel.clone() });
+    let conn =
+        Arc::new(Connection { id, out, subscription: Mutex::new(None), cancel: cancel.clone() });
     let writer = tokio::spawn(write_loop(writer, out_rx));
     let requests = TaskTracker::new();
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -191,7 +196,8 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream, id: u64, cancel: Cancell
         for frame in frames.drain(..) {
             match frame {
                 Frame::TooLong => {
-                    conn.send(&jsonrpc::response_err(Value::Null, &RpcError::line_too_large())).await;
+                    conn.send(&jsonrpc::response_err(Value::Null, &RpcError::line_too_large()))
+                        .await;
                 }
                 Frame::Line(line) if line.iter().all(u8::is_ascii_whitespace) => {}
                 Frame::Line(line) => {
@@ -293,7 +299,11 @@ async fn handle_message(
 }
 
 /// Replaces the connection's subscription with a new one starting after `start.cursor`.
-fn start_subscription(daemon: &Arc<Daemon>, conn: &Arc<Connection>, start: methods::SubscriptionStart) {
+fn start_subscription(
+    daemon: &Arc<Daemon>,
+    conn: &Arc<Connection>,
+    start: methods::SubscriptionStart,
+) {
     let token = conn.cancel.child_token();
     {
         let mut slot = lock(&conn.subscription);
@@ -323,13 +333,14 @@ async fn subscription(
     loop {
         wake.borrow_and_update();
         let after = cursor;
-        let batch = match daemon.store.call(move |c| events::read_after(c, after, EVENT_BATCH)).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading events");
-                return;
-            }
-        };
+        let batch =
+            match daemon.store.call(move |c| events::read_after(c, after, EVENT_BATCH)).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading events");
+                    return;
+                }
+            };
         let more = batch.len() == EVENT_BATCH;
         for event in batch {
             if cancel.is_cancelled() {
@@ -341,24 +352,35 @@ async fn subscription(
             }
             let mut line = jsonrpc::notification("event", &event.params).to_string().into_bytes();
             line.push(b'\n');
-            match out.try_send(Bytes::from(line)) {
-                Ok(()) => cursor = event.seq,
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::info!(last_seq = cursor, "subscriber too slow; dropping its subscription");
-                    let overflow = jsonrpc::notification(
-                        "event",
-                        serde_json::json!({"seq": cursor, "kind": "events.overflow", "at": crate::now_ms()}),
-                    );
-                    let mut line = overflow.to_string().into_bytes();
-                    line.push(b'\n');
-                    tokio::select! {
-                        () = cancel.cancelled() => {}
-                        _ = out.send(Bytes::from(line)) => {}
-                    }
-                    return;
+            let line = Bytes::from(line);
+            let queued = if event.seq <= start.replay_until {
+                // A replay the client asked for: the rows are in the database anyway, so
+                // wait for the client to read instead of dropping it.
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = out.send(line) => r.is_ok(),
                 }
+            } else {
+                match out.try_send(line) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    Err(mpsc::error::TrySendError::Full(line)) => {
+                        // A short grace absorbs a burst; a client still not reading after
+                        // it has fallen behind by a full queue and is dropped.
+                        match tokio::time::timeout(LIVE_GRACE, out.send(line)).await {
+                            Ok(r) => r.is_ok(),
+                            Err(_) => {
+                                overflow(&out, cursor, &cancel).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            if !queued {
+                return;
             }
+            cursor = event.seq;
         }
         if !more {
             tokio::select! {
@@ -366,5 +388,18 @@ async fn subscription(
                 r = wake.changed() => if r.is_err() { return },
             }
         }
+    }
+}
+
+/// Sends the final `events.overflow` (its `seq` is the last event queued) and gives up.
+async fn overflow(out: &mpsc::Sender<Bytes>, last_queued: u64, cancel: &CancellationToken) {
+    tracing::info!(last_seq = last_queued, "subscriber too slow; dropping its subscription");
+    let event =
+        serde_json::json!({"seq": last_queued, "kind": "events.overflow", "at": crate::now_ms()});
+    let mut line = jsonrpc::notification("event", event).to_string().into_bytes();
+    line.push(b'\n');
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        _ = out.send(Bytes::from(line)) => {}
     }
 }

@@ -167,11 +167,14 @@ mod tests {
     fn creates_reopens_and_refuses_a_wrong_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.with(|c| Ok(c.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')", [])?)).unwrap();
+        store
+            .with(|c| Ok(c.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')", [])?))
+            .unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        let v: String =
-            store.with(|c| Ok(c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| r.get(0))?)).unwrap();
+        let v: String = store
+            .with(|c| Ok(c.query_row("SELECT value FROM meta WHERE key='k'", [], |r| r.get(0))?))
+            .unwrap();
         assert_eq!(v, "v");
         drop(store);
         // The file on disk is not plain SQLite.

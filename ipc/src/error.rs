@@ -99,7 +99,11 @@ pub struct RpcError {
 impl RpcError {
     /// An application error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { code: kind.code(), message: message.into(), data: Some(json!({"kind": kind.as_str()})) }
+        Self {
+            code: kind.code(),
+            message: message.into(),
+            data: Some(json!({"kind": kind.as_str()})),
+        }
     }
 
     /// `rate_limited` with the time to wait.
@@ -129,7 +133,11 @@ impl RpcError {
     }
 
     pub fn method_not_found(method: &str) -> Self {
-        Self { code: code::METHOD_NOT_FOUND, message: format!("method not found: {method}"), data: None }
+        Self {
+            code: code::METHOD_NOT_FOUND,
+            message: format!("method not found: {method}"),
+            data: None,
+        }
     }
 
     /// `-32602` naming the offending field in `data.field` (a dotted path; empty for the

@@ -91,7 +91,8 @@ pub fn parse_params<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
         }
         let message = e.inner().to_string();
         // serde reports a missing field at its parent; name the field itself.
-        if let Some(name) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next())
+        if let Some(name) =
+            message.strip_prefix("missing field `").and_then(|r| r.split('`').next())
         {
             path = if path.is_empty() { name.to_owned() } else { format!("{path}.{name}") };
         }
@@ -192,7 +193,9 @@ mod tests {
     fn parse_errors_and_empty_batch() {
         assert!(matches!(decode_line(b"{nope"), Line::Reject(e) if e.code == code::PARSE_ERROR));
         assert!(matches!(decode_line(b"[]"), Line::Reject(e) if e.code == code::INVALID_REQUEST));
-        assert!(matches!(decode_line(b"[1, {\"jsonrpc\":\"2.0\",\"method\":\"m\"}]"), Line::Batch(v) if v.len() == 2));
+        assert!(
+            matches!(decode_line(b"[1, {\"jsonrpc\":\"2.0\",\"method\":\"m\"}]"), Line::Batch(v) if v.len() == 2)
+        );
     }
 
     #[derive(Debug, Deserialize)]

@@ -154,8 +154,12 @@ mod tests {
         let methods = doc["methods"].as_array().unwrap();
         assert_eq!(methods.len(), METHODS.len());
         let hello = methods.iter().find(|m| m["name"] == "system.hello").unwrap();
-        let names: Vec<&str> =
-            hello["params"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = hello["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["client", "protocol"]);
         let sub = methods.iter().find(|m| m["name"] == "settings.set").unwrap();
         assert!(sub["params"].as_array().unwrap().iter().any(|p| p["name"] == "keepalive_s"));
@@ -175,7 +179,11 @@ mod tests {
              line `definitions fingerprint: `{fingerprint}``"
         );
         for m in METHODS {
-            assert!(doc.contains(&format!("`{}`", m.name)), "PROTOCOL.md does not document {}", m.name);
+            assert!(
+                doc.contains(&format!("`{}`", m.name)),
+                "PROTOCOL.md does not document {}",
+                m.name
+            );
         }
     }
 }

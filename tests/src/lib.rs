@@ -1,1 +1,294 @@
-//! placeholder
+//! The end-to-end test harness: a [`World`] (a temp directory) in which real `letstalkd`
+//! (and, later, `letstalk-relay`) processes are started on private sockets and driven
+//! through the IPC socket, as a UI would.
+//!
+//! Readiness is never guessed with sleeps: each daemon gets a `NOTIFY_SOCKET` and the
+//! harness waits for its `READY=1`, exactly as systemd would.
+//!
+//! The binaries are the workspace's own debug builds (`target/debug/`), which
+//! `cargo nextest run --workspace` / `cargo test --workspace` build before any test runs.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+pub use letstalk_ipc::Client;
+
+/// The directory holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    // The test executable is target/<profile>/deps/it-<hash>; the binaries are in
+    // target/<profile>/.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of one of the workspace's programs; panics with advice when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo nextest run --workspace` (or build it with `cargo build --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A temporary world of processes. Everything lives in one temp dir, removed at the end.
+#[derive(Debug)]
+pub struct World {
+    dir: tempfile::TempDir,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl World {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("letstalk-it-").tempdir().expect("temp dir");
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A daemon named `name` (its data dir and socket are derived from the name), not
+    /// yet started.
+    pub fn daemon(&self, name: &str) -> DaemonSpec {
+        let home = self.path().join(name);
+        DaemonSpec {
+            name: name.to_owned(),
+            data_dir: home.join("data"),
+            socket: home.join("run").join("letstalkd.sock"),
+            home,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// How to start a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonSpec {
+    pub name: String,
+    pub home: PathBuf,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl DaemonSpec {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.env.push((k.to_owned(), v.into()));
+        self
+    }
+
+    /// The command, with no ambient LETSTALK_* or XDG variables leaking in.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("letstalkd"));
+        cmd.arg("--data-dir").arg(&self.data_dir).arg("--socket").arg(&self.socket);
+        cmd.args(&self.args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LETSTALK_") || k == "NOTIFY_SOCKET" || k.starts_with("LISTEN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("XDG_CONFIG_HOME", self.home.join("config"));
+        cmd.env("HOME", &self.home);
+        cmd.env("LETSTALK_LOG", "debug");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Starts the daemon and waits for its `READY=1`.
+    pub fn start(&self) -> Result<Daemon> {
+        std::fs::create_dir_all(&self.home)?;
+        let log = self.home.join(format!("letstalkd-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = unique(log);
+        let notify_path = self.home.join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path)?;
+        let mut cmd = self.command();
+        cmd.env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        let child = cmd.spawn().context("spawning letstalkd")?;
+        let mut daemon = Daemon { spec: self.clone(), child: Some(child), log };
+        daemon.wait_ready(&notify)?;
+        Ok(daemon)
+    }
+
+    /// Runs the daemon expecting it to fail at start; returns its exit status and stderr.
+    pub fn start_failing(&self) -> Result<(ExitStatus, String)> {
+        let out = self.command().stdin(Stdio::null()).output()?;
+        Ok((out.status, String::from_utf8_lossy(&out.stderr).into_owned()))
+    }
+}
+
+fn unique(mut path: PathBuf) -> PathBuf {
+    let mut n = 0;
+    let stem = path.clone();
+    while path.exists() {
+        n += 1;
+        path = stem.with_extension(format!("{n}.log"));
+    }
+    path
+}
+
+/// A running daemon process; killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub spec: DaemonSpec,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn wait_ready(&mut self, notify: &UnixDatagram) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        notify.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("letstalkd exited with {status} before it was ready:\n{}", self.logs());
+            }
+        }
+        bail!("letstalkd did not become ready within 30 s:\n{}", self.logs())
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.spec.socket
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.spec.data_dir
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// A new client connection.
+    pub async fn client(&self) -> Result<Client> {
+        Ok(Client::connect(self.socket()).await?)
+    }
+
+    /// One call on a fresh connection.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value> {
+        Ok(self.client().await?.call_value(method, params).await?)
+    }
+
+    /// Everything the daemon has logged so far (this run).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "HUP", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
+    }
+
+    /// SIGTERM, then waits for the exit (at most `limit`); returns the status and how long
+    /// it took.
+    pub fn stop(&mut self, limit: Duration) -> Result<(ExitStatus, Duration)> {
+        let started = Instant::now();
+        self.signal("TERM");
+        let mut child = self.child.take().context("already stopped")?;
+        while started.elapsed() < limit {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        bail!("letstalkd did not stop within {limit:?}")
+    }
+
+    /// kill -9: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the `letstalk` CLI against `socket`; returns (exit code, stdout, stderr).
+pub fn cli(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("letstalk"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("LETSTALK_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running letstalk");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Receives the next event notification's params, failing after `limit`.
+pub async fn next_event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    limit: Duration,
+) -> Result<Value> {
+    match tokio::time::timeout(limit, events.recv()).await {
+        Ok(Some(e)) => Ok(e),
+        Ok(None) => bail!("event stream closed"),
+        Err(_) => bail!("no event within {limit:?}"),
+    }
+}
+
+/// The error `kind` of a failed call, or the code when it has none.
+pub fn error_of(result: Result<Value>) -> (i64, Option<String>, Option<String>) {
+    match result {
+        Ok(v) => panic!("expected an error, got {v}"),
+        Err(e) => match e.downcast::<letstalk_ipc::ClientError>() {
+            Ok(letstalk_ipc::ClientError::Rpc(rpc)) => (
+                rpc.code,
+                rpc.kind().map(|k| k.as_str().to_owned()),
+                rpc.field().map(str::to_owned),
+            ),
+            other => panic!("expected an RPC error, got {other:?}"),
+        },
+    }
+}

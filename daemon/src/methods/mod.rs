@@ -30,7 +30,10 @@ pub enum Reply {
     Value(Value),
     /// `events.subscribe`: the result, and the subscription to start right after the
     /// response is queued (so the response always precedes the replayed events).
-    Subscribe { result: Value, start: SubscriptionStart },
+    Subscribe {
+        result: Value,
+        start: SubscriptionStart,
+    },
 }
 
 /// Where a new subscription starts.
@@ -38,6 +41,9 @@ pub enum Reply {
 pub struct SubscriptionStart {
     /// Replay events with seq greater than this.
     pub cursor: u64,
+    /// The newest event when the client subscribed: events up to here are a replay the
+    /// client asked for and are paced by its reading; later ones are live and bounded.
+    pub replay_until: u64,
     pub kinds: Option<Vec<String>>,
 }
 

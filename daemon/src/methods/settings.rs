@@ -102,13 +102,19 @@ impl Settings {
             s.auto_download_cellular = a.cellular.unwrap_or(s.auto_download_cellular);
         }
         if let Some(k) = &p.keepalive_s {
-            for (field, value) in [("keepalive_s.wifi", k.wifi), ("keepalive_s.cellular", k.cellular)] {
+            for (field, value) in
+                [("keepalive_s.wifi", k.wifi), ("keepalive_s.cellular", k.cellular)]
+            {
                 if let Some(v) = value
                     && !KEEPALIVE_RANGE.contains(&v)
                 {
                     return Err(RpcError::invalid_params(
                         field,
-                        format!("{field} must be {} to {} seconds", KEEPALIVE_RANGE.start(), KEEPALIVE_RANGE.end()),
+                        format!(
+                            "{field} must be {} to {} seconds",
+                            KEEPALIVE_RANGE.start(),
+                            KEEPALIVE_RANGE.end()
+                        ),
                     ));
                 }
             }
@@ -124,8 +130,14 @@ impl Settings {
             read_receipts: self.read_receipts,
             typing: self.typing,
             diagnostics_upload: self.diagnostics_upload,
-            auto_download: ipc::AutoDownload { wifi: self.auto_download_wifi, cellular: self.auto_download_cellular },
-            keepalive_s: ipc::KeepaliveS { wifi: self.keepalive_wifi_s, cellular: self.keepalive_cellular_s },
+            auto_download: ipc::AutoDownload {
+                wifi: self.auto_download_wifi,
+                cellular: self.auto_download_cellular,
+            },
+            keepalive_s: ipc::KeepaliveS {
+                wifi: self.keepalive_wifi_s,
+                cellular: self.keepalive_cellular_s,
+            },
         }
     }
 }
@@ -135,7 +147,10 @@ pub(super) async fn get(daemon: &Arc<Daemon>, _: Empty) -> Result<ipc::Settings,
     Ok(s.to_ipc())
 }
 
-pub(super) async fn set(daemon: &Arc<Daemon>, patch: SettingsPatch) -> Result<ipc::Settings, RpcError> {
+pub(super) async fn set(
+    daemon: &Arc<Daemon>,
+    patch: SettingsPatch,
+) -> Result<ipc::Settings, RpcError> {
     let outcome = daemon
         .store
         .call(move |c| {

@@ -2,14 +2,20 @@
 
 use std::sync::Arc;
 
-use letstalk_ipc::types::{Empty, Frontend, HelloParams, HelloResult, RelayState, RelayStatus, StatusResult};
+use letstalk_ipc::types::{
+    Empty, Frontend, HelloParams, HelloResult, RelayState, RelayStatus, StatusResult,
+};
 use letstalk_ipc::{PROTOCOL_VERSION, RpcError};
 use serde_json::Value;
 
 use crate::server::Connection;
 use crate::{Daemon, VERSION, now_ms};
 
-pub(super) fn hello(daemon: &Daemon, conn: &Connection, p: HelloParams) -> Result<HelloResult, RpcError> {
+pub(super) fn hello(
+    daemon: &Daemon,
+    conn: &Connection,
+    p: HelloParams,
+) -> Result<HelloResult, RpcError> {
     if let Some(v) = p.protocol
         && v != PROTOCOL_VERSION
     {
@@ -21,7 +27,8 @@ pub(super) fn hello(daemon: &Daemon, conn: &Connection, p: HelloParams) -> Resul
     if let Some(client) = p.client {
         // The frontend's identity is kept for diagnostics; bound it like any input.
         let client: String = client.chars().take(256).collect();
-        let mut frontends = daemon.frontends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut frontends =
+            daemon.frontends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         frontends.insert(conn.id, Frontend { client, connected_at: now_ms() });
     }
     Ok(HelloResult {
@@ -40,7 +47,11 @@ pub(super) async fn status(daemon: &Arc<Daemon>, _: Empty) -> Result<StatusResul
         None => RelayStatus { state: RelayState::Disabled, address: None, rtt_ms: None },
         // The relay link lands with the relay issue; until then a configured relay is
         // reported as not connected.
-        Some(addr) => RelayStatus { state: RelayState::Offline, address: Some(addr.to_string()), rtt_ms: None },
+        Some(addr) => RelayStatus {
+            state: RelayState::Offline,
+            address: Some(addr.to_string()),
+            rtt_ms: None,
+        },
     };
     Ok(StatusResult {
         version: VERSION.to_owned(),
