@@ -62,9 +62,8 @@ fn decode_message(value: Value) -> Message {
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return invalid(echo, "jsonrpc must be \"2.0\"");
     }
-    let method = match obj.remove("method") {
-        Some(Value::String(m)) => m,
-        _ => return invalid(echo, "method must be a string"),
+    let Some(Value::String(method)) = obj.remove("method") else {
+        return invalid(echo, "method must be a string");
     };
     let params = match obj.remove("params") {
         None => Value::Object(Map::new()),

@@ -1,5 +1,6 @@
 //! The one end-to-end test binary: real processes on loopback and private sockets,
 //! driven through the IPC socket. Modules by capability.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests: a panic is a failed test")]
 
 mod cli;
 mod events;

@@ -7,6 +7,11 @@
 //!
 //! The binaries are the workspace's own debug builds (`target/debug/`), which
 //! `cargo nextest run --workspace` / `cargo test --workspace` build before any test runs.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test harness: a panic is a failed test"
+)]
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

@@ -42,7 +42,7 @@ pub(super) fn schema(_: Empty) -> Result<Value, RpcError> {
     Ok(letstalk_ipc::methods::openrpc(VERSION))
 }
 
-pub(super) async fn status(daemon: &Arc<Daemon>, _: Empty) -> Result<StatusResult, RpcError> {
+pub(super) fn status(daemon: &Arc<Daemon>, _: Empty) -> Result<StatusResult, RpcError> {
     let relay = match &daemon.config.relay {
         None => RelayStatus { state: RelayState::Disabled, address: None, rtt_ms: None },
         // The relay link lands with the relay issue; until then a configured relay is
