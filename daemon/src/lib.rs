@@ -11,6 +11,7 @@
 //! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
 //! - [`device`]: hardware, OS, network and the application-specific device ID.
+//! - [`validate`]: the input rules of the spec (user IDs, emails, passwords, avatars).
 //! - [`systemd`]: readiness, watchdog and socket activation, no-ops without systemd.
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod methods;
 pub mod server;
 pub mod store;
 pub mod systemd;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::fs::File;
