@@ -6,7 +6,7 @@
 //! the new rows from the database at its own pace. Nothing is held in memory per event,
 //! so a slow subscriber costs only its own bounded queue (see `server::subscription`).
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
@@ -55,8 +55,9 @@ pub struct StoredEvent {
     pub params: Value,
 }
 
-/// Appends an event inside `tx`; returns its seq.
-pub fn append(tx: &Transaction<'_>, body: &EventBody, at: i64) -> Result<u64, StoreError> {
+/// Appends an event; call it inside the transaction of the change it describes (a
+/// `Transaction` derefs to the connection). Returns its seq.
+pub fn append(tx: &Connection, body: &EventBody, at: i64) -> Result<u64, StoreError> {
     let json = serde_json::to_string(body).map_err(|e| StoreError::Io {
         context: "encoding an event".into(),
         source: std::io::Error::other(e),

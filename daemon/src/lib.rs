@@ -5,18 +5,26 @@
 //! with a shutdown future, so tests and embedders can run it the same way.
 //!
 //! # Layout
+//! - [`account`]: this device's account, device key, identity key and prekeys.
 //! - [`config`]: flags, environment and config file resolved into a validated `Config`.
+//! - [`content`]: what travels inside an end-to-end envelope (messages, receipts).
 //! - [`store`]: the SQLCipher database, its key and its migrations.
 //! - [`events`]: the persisted event log and the bus that wakes subscribers.
 //! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
+//! - [`messages`]: message rows, their IPC shape and the conversation queries.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
+//! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once.
 //! - [`device`]: hardware, OS, network and the application-specific device ID.
 //! - [`validate`]: the input rules of the spec (user IDs, emails, passwords, avatars).
 //! - [`systemd`]: readiness, watchdog and socket activation, no-ops without systemd.
 
+pub mod account;
 pub mod config;
+pub mod content;
+pub mod delivery;
 pub mod device;
 pub mod events;
+pub mod messages;
 pub mod methods;
 pub mod server;
 pub mod store;

@@ -19,7 +19,8 @@ use rusqlite::Connection;
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran. Never edit
 /// one that has shipped: add the next.
-const MIGRATIONS: &[&str] = &[include_str!("store/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("store/0001_init.sql"), include_str!("store/0002_messaging.sql")];
 
 pub const DB_FILE: &str = "letstalk.db";
 pub const KEY_FILE: &str = "db.key";

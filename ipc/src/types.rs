@@ -167,6 +167,18 @@ pub enum EventBody {
     ConnectionState { state: RelayState, address: Option<String> },
     #[serde(rename = "network.changed")]
     NetworkChanged { network: Network },
+    #[serde(rename = "message.received")]
+    MessageReceived { message: Message },
+    #[serde(rename = "message.state")]
+    MessageState { message_id: String, conversation: String, state: MessageState },
+    #[serde(rename = "contact.presence")]
+    ContactPresence { user_id: String, presence: Presence },
+    #[serde(rename = "contact.changed")]
+    ContactChanged { contact: Contact },
+    #[serde(rename = "account.changed")]
+    AccountChanged { account: Account },
+    #[serde(rename = "account.logged_out")]
+    AccountLoggedOut {},
     /// The subscription was dropped because the client read too slowly; `seq` is the
     /// last event it was sent. Re-subscribe with `since` to catch up.
     #[serde(rename = "events.overflow")]
@@ -180,6 +192,12 @@ impl EventBody {
             Self::SettingsChanged { .. } => "settings.changed",
             Self::ConnectionState { .. } => "connection.state",
             Self::NetworkChanged { .. } => "network.changed",
+            Self::MessageReceived { .. } => "message.received",
+            Self::MessageState { .. } => "message.state",
+            Self::ContactPresence { .. } => "contact.presence",
+            Self::ContactChanged { .. } => "contact.changed",
+            Self::AccountChanged { .. } => "account.changed",
+            Self::AccountLoggedOut {} => "account.logged_out",
             Self::Overflow {} => "events.overflow",
         }
     }
@@ -271,4 +289,274 @@ pub struct DeviceInfo {
     /// Derived from the machine ID for this application alone; never the raw ID.
     pub device_id: String,
     pub frontends: Vec<Frontend>,
+}
+
+// ---------------------------------------------------------------------------------------
+// account
+
+/// A password in params. Its `Debug` never shows it, so it cannot reach a log by
+/// accident.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AvatarMeta {
+    pub sha256: String,
+    pub size: u64,
+    pub mime: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Account {
+    pub user_id: String,
+    pub email: String,
+    pub nickname: String,
+    pub avatar: Option<AvatarMeta>,
+    pub created_at: i64,
+    /// The fingerprint of this device's identity key.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RegisterParams {
+    pub user_id: String,
+    pub email: String,
+    pub nickname: String,
+    pub password: Password,
+    /// An absolute path to a PNG, JPEG or WebP image of at most 1 MiB.
+    #[serde(default)]
+    pub avatar: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoginParams {
+    pub user_id: String,
+    pub password: Password,
+}
+
+/// `account.update`: absent fields stay; `avatar: null` removes the avatar.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UpdateParams {
+    #[serde(default)]
+    pub nickname: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub avatar: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChangePasswordParams {
+    pub old_password: Password,
+    pub new_password: Password,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AvatarParams {
+    /// Whose avatar (default: one's own).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Where to write it (default: the daemon's data directory).
+    #[serde(default)]
+    pub dest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AvatarResult {
+    pub path: String,
+    pub sha256: String,
+    pub mime: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// contacts
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    Online,
+    Offline,
+    /// The contact blocks us, blocks everyone, or we block them.
+    Hidden,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Contact {
+    pub user_id: String,
+    pub nickname: String,
+    pub alias: Option<String>,
+    pub blocked: bool,
+    pub presence: Presence,
+    pub last_seen_at: Option<i64>,
+    /// 60 digits in groups of five; null until the contact's identity key is known.
+    pub safety_number: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ContactsAddParams {
+    pub user_id: String,
+    #[serde(default)]
+    pub alias: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserIdParams {
+    pub user_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ContactsList {
+    pub contacts: Vec<Contact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VerifyResult {
+    pub safety_number: String,
+    pub fingerprint: String,
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MarkVerifiedParams {
+    pub user_id: String,
+    pub verified: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// messages and conversations
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Text,
+    File,
+    Call,
+    System,
+}
+
+/// The delivery state of a message. Incoming messages are `delivered` (they are here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageState {
+    Failed,
+    Queued,
+    Sent,
+    Delivered,
+    Read,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub sha256: String,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Message {
+    pub message_id: String,
+    /// `user:<id>` or `group:<id>`.
+    pub conversation: String,
+    pub from: String,
+    pub direction: Direction,
+    pub kind: MessageKind,
+    pub text: Option<String>,
+    pub reply_to: Option<String>,
+    pub file: Option<FileInfo>,
+    pub created_at: i64,
+    pub received_at: Option<i64>,
+    pub state: MessageState,
+    pub read: bool,
+    /// Why a message `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::RpcError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SendParams {
+    pub to: String,
+    pub text: String,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// Makes retries safe: a repeated call with the same value returns the first
+    /// call's message.
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageResult {
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ListParams {
+    pub conversation: String,
+    #[serde(default)]
+    pub before: Option<String>,
+    /// 1 to 500, default 50.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ListResult {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageIdParams {
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MarkReadParams {
+    pub conversation: String,
+    #[serde(default)]
+    pub up_to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MarkedResult {
+    pub marked: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationSummary {
+    pub conversation: String,
+    pub title: String,
+    pub unread: u64,
+    pub last_message: Option<Message>,
+    pub muted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationsList {
+    pub conversations: Vec<ConversationSummary>,
 }

@@ -1,0 +1,63 @@
+//! What the operating system tells about a process or a binary: resident memory from
+//! /proc, stripped binary size, and a one-line description of the host.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// A field of /proc/PID/status in kibibytes ("VmRSS", "VmHWM").
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
+            let number = rest.trim().trim_end_matches("kB").trim();
+            return number.parse().with_context(|| format!("{path}: {field} is {rest:?}"));
+        }
+    }
+    bail!("{path} has no {field} line")
+}
+
+/// (RssAnon, RssFile + RssShmem) in kibibytes: the private heap and stacks, and the
+/// pages shared with the page cache (mostly the mapped binary itself).
+pub(crate) fn rss_parts(pid: u32) -> Result<(u64, u64)> {
+    let anon = proc_status_kib(pid, "RssAnon")?;
+    let file = proc_status_kib(pid, "RssFile")?;
+    let shmem = proc_status_kib(pid, "RssShmem")?;
+    Ok((anon, file + shmem))
+}
+
+/// The size of `bin` once stripped: a copy is run through `strip` (the release profile
+/// already strips symbols, so usually nothing changes). When `strip` is not installed,
+/// the file's size as it is, and a note saying so.
+pub(crate) fn stripped_size(bin: &Path) -> Result<(u64, Option<&'static str>)> {
+    let dir = tempfile::Builder::new().prefix("letstalk-bench-strip-").tempdir()?;
+    let copy = dir.path().join("bin");
+    std::fs::copy(bin, &copy).with_context(|| format!("copying {}", bin.display()))?;
+    let note = match Command::new("strip").arg("--strip-all").arg(&copy).output() {
+        Ok(out) if out.status.success() => None,
+        Ok(_) => Some("strip failed on it: size as shipped"),
+        Err(_) => Some("strip not installed: size as shipped"),
+    };
+    let size = std::fs::metadata(&copy)?.len();
+    Ok((size, note))
+}
+
+/// "Linux 6.1.0, 2 CPUs, AMD EPYC ..." for the report's header.
+pub(crate) fn host() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".to_owned());
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("Linux {kernel}, {cpus} CPUs, {model}")
+}

@@ -1,0 +1,327 @@
+//! The database side of end-to-end delivery: the outbox going out and envelopes coming
+//! in, each step one transaction.
+//!
+//! Sending: `messages.send` stores the message and an outbox row with its plaintext.
+//! [`prepare_next`] encrypts the oldest row for a recipient once, storing the ciphertext
+//! and the advanced ratchet together, so a crash can never lead to a message key being
+//! used twice; every (re)transmission sends that stored ciphertext. [`sent`] removes the
+//! row when the relay acknowledges it.
+//!
+//! Receiving: [`receive`] decrypts on a copy of the session and, in one transaction,
+//! stores the new session, the message (unique by message ID), its event, the delivery
+//! receipt to send back, and the relay delivery ID, so a redelivery after a crash is
+//! recognised and only acknowledged.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use letstalk_crypto::{Envelope, PreKeyBundle, Session};
+use letstalk_ipc::types::{Direction, EventBody, MessageKind, MessageState};
+use rand_core::{CryptoRng, RngCore};
+
+use crate::account::{self, Account};
+use crate::content::{Content, ReceiptKind};
+use crate::messages::{self, NewMessage};
+use crate::store::StoreError;
+use crate::events;
+
+/// A transmission ready to go to the relay.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub seq: i64,
+    pub recipient: String,
+    /// The relay's idempotency key: the same on every retransmission.
+    pub relay_id: String,
+    pub envelope: Vec<u8>,
+}
+
+/// What [`prepare_next`] found.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Nothing queued for this recipient.
+    Empty,
+    /// There is no session yet: fetch the recipient's prekey bundle and call again.
+    NeedBundle,
+    Ready(Outgoing),
+}
+
+fn crypto_err(context: &str, e: letstalk_crypto::Error) -> StoreError {
+    StoreError::Io { context: context.to_owned(), source: std::io::Error::other(e.to_string()) }
+}
+
+pub fn load_session(conn: &Connection, peer: &str) -> Result<Option<Session>, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT state FROM sessions WHERE peer = ?1")?
+        .query_row(params![peer], |r| r.get(0))
+        .optional()?;
+    let Some(bytes) = bytes.map(zeroize::Zeroizing::new) else { return Ok(None) };
+    Session::from_bytes(&bytes).map(Some).map_err(|e| crypto_err("session state", e))
+}
+
+pub fn save_session(conn: &Connection, peer: &str, session: &Session, now: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO sessions (peer, state, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (peer) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+    )?
+    .execute(params![peer, session.to_bytes().as_slice(), now])?;
+    Ok(())
+}
+
+/// Queues `content` for `recipient` (inside the caller's transaction).
+pub fn enqueue(
+    conn: &Connection,
+    recipient: &str,
+    message_id: Option<&str>,
+    content: &Content,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (recipient, message_id, plaintext, relay_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![recipient, message_id, content.encode(), uuid::Uuid::now_v7().to_string(), now])?;
+    Ok(())
+}
+
+/// Recipients with something in the outbox, oldest first.
+pub fn pending_recipients(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT recipient FROM outbox GROUP BY recipient ORDER BY min(seq)")?;
+    let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// The oldest outbox row for `recipient`, encrypted (once) and ready to transmit.
+pub fn prepare_next(
+    conn: &mut Connection,
+    me: &Account,
+    recipient: &str,
+    bundle: Option<&PreKeyBundle>,
+    rng: &mut (impl RngCore + CryptoRng),
+    now: i64,
+) -> Result<Prepared, StoreError> {
+    let tx = conn.transaction()?;
+    let row: Option<(i64, String, Option<Vec<u8>>, Option<Vec<u8>>)> = tx
+        .prepare_cached(
+            "SELECT seq, relay_id, plaintext, envelope FROM outbox WHERE recipient = ?1 ORDER BY seq LIMIT 1",
+        )?
+        .query_row(params![recipient], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((seq, relay_id, plaintext, envelope)) = row else { return Ok(Prepared::Empty) };
+    if let Some(envelope) = envelope {
+        return Ok(Prepared::Ready(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope }));
+    }
+    let plaintext = zeroize::Zeroizing::new(plaintext.unwrap_or_default());
+    let mut session = match (load_session(&tx, recipient)?, bundle) {
+        (Some(s), _) => s,
+        (None, Some(bundle)) => {
+            Session::initiate(&me.identity, bundle, rng).map_err(|e| crypto_err("starting a session", e))?
+        }
+        (None, None) => return Ok(Prepared::NeedBundle),
+    };
+    let envelope = session.encrypt(&plaintext, rng).map_err(|e| crypto_err("encrypting", e))?;
+    tx.prepare_cached("UPDATE outbox SET envelope = ?2, plaintext = NULL WHERE seq = ?1")?
+        .execute(params![seq, envelope])?;
+    save_session(&tx, recipient, &session, now)?;
+    tx.commit()?;
+    Ok(Prepared::Ready(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope }))
+}
+
+/// The relay accepted outbox row `seq`: drop it and mark its message `sent`. Returns the
+/// last event seq written, if any.
+pub fn sent(conn: &mut Connection, seq: i64, now: i64) -> Result<Option<u64>, StoreError> {
+    let tx = conn.transaction()?;
+    let message_id: Option<Option<String>> = tx
+        .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id")?
+        .query_row(params![seq], |r| r.get(0))
+        .optional()?;
+    let mut event = None;
+    if let Some(Some(id)) = message_id
+        && let Some(conversation) = messages::advance_state(&tx, &id, MessageState::Sent)?
+    {
+        let body = EventBody::MessageState { message_id: id, conversation, state: MessageState::Sent };
+        event = Some(events::append(&tx, &body, now)?);
+    }
+    tx.commit()?;
+    Ok(event)
+}
+
+/// The relay refused outbox row `seq` for good (e.g. no such user): the message fails.
+pub fn failed(conn: &mut Connection, seq: i64, error: &str, now: i64) -> Result<Option<u64>, StoreError> {
+    let tx = conn.transaction()?;
+    let row: Option<(Option<String>, String)> = tx
+        .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id, recipient")?
+        .query_row(params![seq], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let mut event = None;
+    if let Some((Some(id), recipient)) = row {
+        tx.prepare_cached("UPDATE messages SET state = 'failed', error = ?2 WHERE message_id = ?1")?
+            .execute(params![id, error])?;
+        let body = EventBody::MessageState {
+            message_id: id,
+            conversation: format!("user:{recipient}"),
+            state: MessageState::Failed,
+        };
+        event = Some(events::append(&tx, &body, now)?);
+    }
+    tx.commit()?;
+    Ok(event)
+}
+
+/// What [`receive`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Already applied earlier: acknowledge it and do nothing else.
+    Duplicate,
+    /// Applied; the last event seq written and whether the outbox got a new row.
+    Applied { last_event: Option<u64>, queued: bool },
+    /// Could not be decrypted or understood: acknowledged and dropped (keeping it would
+    /// block the mailbox forever), logged without content.
+    Dropped(String),
+}
+
+/// Applies one envelope from `sender` that the relay delivered as `relay_id`.
+pub fn receive(
+    conn: &mut Connection,
+    me: &Account,
+    sender: &str,
+    relay_id: &str,
+    bytes: &[u8],
+    now: i64,
+) -> Result<Received, StoreError> {
+    let tx = conn.transaction()?;
+    let seen: Option<i64> = tx
+        .prepare_cached("SELECT 1 FROM received WHERE sender = ?1 AND relay_id = ?2")?
+        .query_row(params![sender, relay_id], |r| r.get(0))
+        .optional()?;
+    if seen.is_some() {
+        return Ok(Received::Duplicate);
+    }
+    tx.prepare_cached("INSERT INTO received (sender, relay_id, at) VALUES (?1, ?2, ?3)")?
+        .execute(params![sender, relay_id, now])?;
+
+    let existing = load_session(&tx, sender)?;
+    let previous_identity = existing.as_ref().map(|s| *s.remote_identity());
+    // Decrypt on a copy; the stored session changes only if this succeeds.
+    let attempt = existing.clone().map(|mut s| s.decrypt(bytes).map(|p| (s, p)));
+    let (session, plaintext) = match attempt {
+        Some(Ok(ok)) => ok,
+        other => match Envelope::decode(bytes) {
+            Ok(Envelope::PreKey(pm)) => {
+                let Some(signed) = account::load_prekey(&tx, pm.signed_prekey_id)? else {
+                    tx.commit()?;
+                    return Ok(Received::Dropped("unknown signed prekey".into()));
+                };
+                let one_time = match pm.one_time_prekey_id {
+                    Some(id) => account::load_prekey(&tx, id)?,
+                    None => None,
+                };
+                match Session::accept_prekey_message(&me.identity, &pm, &signed, one_time.as_ref()) {
+                    Ok(ok) => {
+                        if let Some(k) = &one_time {
+                            account::delete_one_time_prekey(&tx, k.id())?;
+                        }
+                        ok
+                    }
+                    Err(e) => {
+                        tx.commit()?;
+                        return Ok(Received::Dropped(format!("prekey message: {e}")));
+                    }
+                }
+            }
+            _ => {
+                let why = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no session".into(),
+                };
+                tx.commit()?;
+                return Ok(Received::Dropped(why));
+            }
+        },
+    };
+    let plaintext = zeroize::Zeroizing::new(plaintext);
+    save_session(&tx, sender, &session, now)?;
+    let conversation = format!("user:{sender}");
+    let mut last_event = None;
+    let mut queued = false;
+
+    if let Some(old) = previous_identity
+        && old != *session.remote_identity()
+    {
+        let id = uuid::Uuid::now_v7().to_string();
+        let text = format!("The safety number with {sender} changed: their device or identity key is new.");
+        last_event = Some(system_message(&tx, &id, &conversation, &text, now)?);
+    }
+
+    match Content::decode(&plaintext) {
+        Some(Content::Text { id, at, text, reply_to }) => {
+            let new = NewMessage {
+                message_id: &id,
+                conversation: &conversation,
+                sender,
+                direction: Direction::In,
+                kind: MessageKind::Text,
+                text: Some(&text),
+                reply_to: reply_to.as_deref(),
+                client_msg_id: None,
+                created_at: at,
+                received_at: Some(now),
+                state: MessageState::Delivered,
+                read: false,
+            };
+            if messages::insert(&tx, &new)? {
+                if let Some(message) = messages::get(&tx, &id)? {
+                    last_event = Some(events::append(&tx, &EventBody::MessageReceived { message }, now)?);
+                }
+            }
+            // Acknowledge to the sender even for a duplicate: its first receipt may be lost.
+            enqueue(&tx, sender, None, &Content::Receipt { state: ReceiptKind::Delivered, ids: vec![id] }, now)?;
+            queued = true;
+        }
+        Some(Content::Receipt { state, ids }) => {
+            let state = match state {
+                ReceiptKind::Delivered => MessageState::Delivered,
+                ReceiptKind::Read => MessageState::Read,
+            };
+            for id in ids.iter().take(1000) {
+                if let Some(conversation) = messages::advance_state(&tx, id, state)? {
+                    let body = EventBody::MessageState { message_id: id.clone(), conversation, state };
+                    last_event = Some(events::append(&tx, &body, now)?);
+                }
+            }
+        }
+        None => {
+            tx.commit()?;
+            return Ok(Received::Dropped("unknown content".into()));
+        }
+    }
+    tx.commit()?;
+    Ok(Received::Applied { last_event, queued })
+}
+
+/// Inserts a system message into a conversation, with its event.
+pub fn system_message(
+    conn: &Connection,
+    message_id: &str,
+    conversation: &str,
+    text: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let new = NewMessage {
+        message_id,
+        conversation,
+        sender: "",
+        direction: Direction::In,
+        kind: MessageKind::System,
+        text: Some(text),
+        reply_to: None,
+        client_msg_id: None,
+        created_at: now,
+        received_at: Some(now),
+        state: MessageState::Delivered,
+        read: true,
+    };
+    messages::insert(conn, &new)?;
+    let message = messages::get(conn, message_id)?.ok_or_else(|| StoreError::Io {
+        context: "system message".into(),
+        source: std::io::Error::other("vanished"),
+    })?;
+    events::append(conn, &EventBody::MessageReceived { message }, now)
+}

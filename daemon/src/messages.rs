@@ -1,0 +1,240 @@
+//! Messages as the daemon stores them: rows of `messages`, their conversion to the IPC
+//! shape, and the queries behind `messages.*` and `conversations.list`.
+//!
+//! All functions take a connection or transaction and do no I/O beyond it, so a caller
+//! can combine them with the outbox and the event log in one transaction.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use letstalk_ipc::types::{Direction, Message, MessageKind, MessageState};
+
+use crate::store::StoreError;
+
+/// The columns every query selects, in [`from_row`]'s order.
+pub const COLUMNS: &str = "message_id, conversation, sender, direction, kind, body, reply_to, \
+                           created_at, received_at, state, read, error";
+
+/// A message row as the IPC object.
+pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
+    let direction: String = r.get(3)?;
+    let kind: String = r.get(4)?;
+    let state: String = r.get(9)?;
+    let error: Option<String> = r.get(11)?;
+    Ok(Message {
+        message_id: r.get(0)?,
+        conversation: r.get(1)?,
+        from: r.get(2)?,
+        direction: if direction == "in" { Direction::In } else { Direction::Out },
+        kind: parse_kind(&kind),
+        text: r.get(5)?,
+        reply_to: r.get(6)?,
+        file: None,
+        created_at: r.get(7)?,
+        received_at: r.get(8)?,
+        state: parse_state(&state),
+        read: r.get::<_, i64>(10)? != 0,
+        error: error.map(|m| letstalk_ipc::RpcError::internal(m)),
+    })
+}
+
+fn parse_kind(s: &str) -> MessageKind {
+    match s {
+        "file" => MessageKind::File,
+        "call" => MessageKind::Call,
+        "system" => MessageKind::System,
+        _ => MessageKind::Text,
+    }
+}
+
+pub fn kind_str(k: MessageKind) -> &'static str {
+    match k {
+        MessageKind::Text => "text",
+        MessageKind::File => "file",
+        MessageKind::Call => "call",
+        MessageKind::System => "system",
+    }
+}
+
+pub fn parse_state(s: &str) -> MessageState {
+    match s {
+        "failed" => MessageState::Failed,
+        "sent" => MessageState::Sent,
+        "delivered" => MessageState::Delivered,
+        "read" => MessageState::Read,
+        _ => MessageState::Queued,
+    }
+}
+
+pub fn state_str(s: MessageState) -> &'static str {
+    match s {
+        MessageState::Failed => "failed",
+        MessageState::Queued => "queued",
+        MessageState::Sent => "sent",
+        MessageState::Delivered => "delivered",
+        MessageState::Read => "read",
+    }
+}
+
+/// One message by ID.
+pub fn get(conn: &Connection, message_id: &str) -> Result<Option<Message>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM messages WHERE message_id = ?1");
+    Ok(conn.prepare_cached(&sql)?.query_row(params![message_id], from_row).optional()?)
+}
+
+/// The message an earlier `messages.send` with this `client_msg_id` created.
+pub fn by_client_id(conn: &Connection, client_msg_id: &str) -> Result<Option<Message>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM messages WHERE client_msg_id = ?1");
+    Ok(conn.prepare_cached(&sql)?.query_row(params![client_msg_id], from_row).optional()?)
+}
+
+/// A new message to insert.
+#[derive(Debug)]
+pub struct NewMessage<'a> {
+    pub message_id: &'a str,
+    pub conversation: &'a str,
+    pub sender: &'a str,
+    pub direction: Direction,
+    pub kind: MessageKind,
+    pub text: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+    pub client_msg_id: Option<&'a str>,
+    pub created_at: i64,
+    pub received_at: Option<i64>,
+    pub state: MessageState,
+    pub read: bool,
+}
+
+/// Inserts a message; `false` if one with the same `message_id` exists (exactly-once).
+pub fn insert(conn: &Connection, m: &NewMessage<'_>) -> Result<bool, StoreError> {
+    let n = conn.prepare_cached(
+        "INSERT INTO messages (message_id, conversation, sender, direction, kind, body, reply_to,
+                               client_msg_id, created_at, received_at, state, read)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (message_id) DO NOTHING",
+    )?
+    .execute(params![
+        m.message_id,
+        m.conversation,
+        m.sender,
+        if m.direction == Direction::In { "in" } else { "out" },
+        kind_str(m.kind),
+        m.text,
+        m.reply_to,
+        m.client_msg_id,
+        m.created_at,
+        m.received_at,
+        state_str(m.state),
+        m.read,
+    ])?;
+    Ok(n == 1)
+}
+
+/// Moves an outgoing message forward to `state` (never backwards: a late `sent` after
+/// `delivered` changes nothing). Returns the conversation when it changed.
+pub fn advance_state(conn: &Connection, message_id: &str, state: MessageState) -> Result<Option<String>, StoreError> {
+    let current: Option<(String, String)> = conn
+        .prepare_cached("SELECT state, conversation FROM messages WHERE message_id = ?1 AND direction = 'out'")?
+        .query_row(params![message_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((current, conversation)) = current else { return Ok(None) };
+    let current = parse_state(&current);
+    if current == MessageState::Failed || current >= state {
+        return Ok(None);
+    }
+    conn.prepare_cached("UPDATE messages SET state = ?2 WHERE message_id = ?1")?
+        .execute(params![message_id, state_str(state)])?;
+    Ok(Some(conversation))
+}
+
+/// A page of a conversation, oldest first, ending before `before` (exclusive).
+pub fn list(
+    conn: &Connection,
+    conversation: &str,
+    before: Option<&str>,
+    limit: u32,
+) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
+    let upper: i64 = match before {
+        None => i64::MAX,
+        Some(id) => {
+            let found: Option<i64> = conn
+                .prepare_cached("SELECT id FROM messages WHERE message_id = ?1 AND conversation = ?2")?
+                .query_row(params![id, conversation], |r| r.get(0))
+                .optional()?;
+            match found {
+                Some(row) => row,
+                None => return Ok(None),
+            }
+        }
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM messages WHERE conversation = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows: Vec<Message> = stmt
+        .query_map(params![conversation, upper, i64::from(limit) + 1], from_row)?
+        .collect::<Result<_, _>>()?;
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    rows.reverse();
+    Ok(Some((rows, has_more)))
+}
+
+/// Marks incoming messages of a conversation read, up to and including `up_to` (all
+/// when absent). Returns the IDs and senders marked.
+pub fn mark_read(
+    conn: &Connection,
+    conversation: &str,
+    up_to: Option<&str>,
+) -> Result<Option<Vec<(String, String)>>, StoreError> {
+    let upper: i64 = match up_to {
+        None => i64::MAX,
+        Some(id) => {
+            let found: Option<i64> = conn
+                .prepare_cached("SELECT id FROM messages WHERE message_id = ?1 AND conversation = ?2")?
+                .query_row(params![id, conversation], |r| r.get(0))
+                .optional()?;
+            match found {
+                Some(row) => row,
+                None => return Ok(None),
+            }
+        }
+    };
+    let mut stmt = conn.prepare_cached(
+        "UPDATE messages SET read = 1
+         WHERE conversation = ?1 AND id <= ?2 AND direction = 'in' AND read = 0
+         RETURNING message_id, sender",
+    )?;
+    let marked = stmt
+        .query_map(params![conversation, upper], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(marked))
+}
+
+/// Deletes one message on this device; `false` if there was none.
+pub fn delete(conn: &Connection, message_id: &str) -> Result<bool, StoreError> {
+    Ok(conn.prepare_cached("DELETE FROM messages WHERE message_id = ?1")?.execute(params![message_id])? == 1)
+}
+
+/// Every conversation with its unread count and last message, most recent first.
+pub fn conversations(conn: &Connection) -> Result<Vec<(String, u64, Option<Message>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT conversation, max(id), sum(direction = 'in' AND read = 0)
+         FROM messages GROUP BY conversation ORDER BY max(id) DESC",
+    )?;
+    let rows: Vec<(String, i64, i64)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+    let sql = format!("SELECT {COLUMNS} FROM messages WHERE id = ?1");
+    let mut last = conn.prepare_cached(&sql)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (conversation, last_id, unread) in rows {
+        let message = last.query_row(params![last_id], from_row).optional()?;
+        out.push((conversation, u64::try_from(unread).unwrap_or(0), message));
+    }
+    Ok(out)
+}
+
+/// Outgoing messages not yet accepted by the relay.
+pub fn queued_count(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM outbox WHERE message_id IS NOT NULL", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
