@@ -78,9 +78,27 @@ pub struct Daemon {
     /// Frontends that introduced themselves with `system.hello`, by connection.
     pub frontends: Mutex<BTreeMap<u64, letstalk_ipc::types::Frontend>>,
     network: Mutex<Option<(Instant, letstalk_ipc::types::Network)>>,
+    /// The logged-in user, cached from the `account` table.
+    user: Mutex<Option<String>>,
+    /// Wakes the sender task when the outbox got something.
+    sender_wake: tokio::sync::Notify,
 }
 
 impl Daemon {
+    /// The logged-in user, if any.
+    pub fn user(&self) -> Option<String> {
+        self.user.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn set_user(&self, user: Option<String>) {
+        *self.user.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = user;
+    }
+
+    /// Tells the sender task to look at the outbox.
+    pub fn wake_sender(&self) {
+        self.sender_wake.notify_one();
+    }
+
     /// The current network, re-read at most once a second (reading sysfs on every
     /// `system.status` would put file I/O on the hottest IPC path).
     pub fn network(&self) -> letstalk_ipc::types::Network {
@@ -124,6 +142,9 @@ pub async fn run(
     let (last_seq, _) = store
         .with(|c| events::bounds(c))
         .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
+    let user = store
+        .with(|c| Ok(account::Account::load(c)?.filter(|a| a.logged_in).map(|a| a.user_id)))
+        .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
 
     let (listener, socket_path) = server::bind(&config.socket)?;
     let daemon = Arc::new(Daemon {
@@ -134,6 +155,8 @@ pub async fn run(
         started: Instant::now(),
         frontends: Mutex::default(),
         network: Mutex::default(),
+        user: Mutex::new(user),
+        sender_wake: tokio::sync::Notify::new(),
     });
 
     let cancel = CancellationToken::new();

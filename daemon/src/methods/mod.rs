@@ -6,6 +6,7 @@
 
 mod device;
 mod events;
+mod messages;
 mod settings;
 mod system;
 
@@ -75,6 +76,13 @@ fn reply<T: Serialize>(result: T) -> Result<Reply, RpcError> {
     serde_json::to_value(result)
         .map(Reply::Value)
         .map_err(|e| RpcError::internal(format!("encoding the result: {e}")))
+}
+
+/// The logged-in user, or `not_logged_in`.
+async fn logged_in(daemon: &Daemon) -> Result<String, RpcError> {
+    daemon.user().ok_or_else(|| {
+        RpcError::new(letstalk_ipc::ErrorKind::NotLoggedIn, "no account on this device: register or log in first")
+    })
 }
 
 /// Store failures are internal errors: the client can do nothing but retry or report.

@@ -1,0 +1,182 @@
+//! `messages.*` and `conversations.list`.
+
+use std::sync::Arc;
+
+use letstalk_ipc::types::{
+    ConversationSummary, ConversationsList, Direction, Empty, ListParams, ListResult, MarkReadParams,
+    MarkedResult, MessageIdParams, MessageKind, MessageResult, MessageState, SendParams,
+};
+use letstalk_ipc::{ErrorKind, RpcError};
+
+use super::{internal, logged_in};
+use crate::content::{Content, ReceiptKind};
+use crate::messages::{self, NewMessage};
+use crate::{Daemon, delivery, now_ms, validate};
+
+/// The largest text accepted, in bytes of UTF-8.
+pub const MAX_TEXT: usize = 64 * 1024;
+
+/// A conversation name, checked: `user:<id>` (groups come with their issue).
+fn conversation_peer(field: &str, conversation: &str) -> Result<String, RpcError> {
+    match conversation.split_once(':') {
+        Some(("user", id)) => validate::user_id(field, id),
+        Some(("group", _)) => Err(RpcError::new(ErrorKind::NotFound, "groups are not available in this version")),
+        _ => Err(RpcError::invalid_params(field, format!("{field} must be \"user:<user_id>\" or \"group:<group_id>\""))),
+    }
+}
+
+pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageResult, RpcError> {
+    let me = logged_in(daemon).await?;
+    let peer = conversation_peer("to", &p.to)?;
+    if p.text.len() > MAX_TEXT {
+        return Err(RpcError::new(ErrorKind::TooLarge, format!("text is longer than {MAX_TEXT} bytes")));
+    }
+    if p.text.is_empty() {
+        return Err(RpcError::invalid_params("text", "text is empty"));
+    }
+    if p.client_msg_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
+        return Err(RpcError::invalid_params("client_msg_id", "client_msg_id must be 1 to 128 bytes"));
+    }
+    let conversation = format!("user:{peer}");
+    let outcome = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            if let Some(client_id) = &p.client_msg_id
+                && let Some(existing) = messages::by_client_id(&tx, client_id)?
+            {
+                return Ok(Ok((existing, None)));
+            }
+            if let Some(reply_to) = &p.reply_to
+                && messages::get(&tx, reply_to)?.is_none()
+            {
+                return Ok(Err(RpcError::new(ErrorKind::NotFound, "reply_to: no such message")));
+            }
+            let now = now_ms();
+            let id = uuid::Uuid::now_v7().to_string();
+            let new = NewMessage {
+                message_id: &id,
+                conversation: &conversation,
+                sender: &me,
+                direction: Direction::Out,
+                kind: MessageKind::Text,
+                text: Some(&p.text),
+                reply_to: p.reply_to.as_deref(),
+                client_msg_id: p.client_msg_id.as_deref(),
+                created_at: now,
+                received_at: None,
+                state: MessageState::Queued,
+                read: true,
+            };
+            messages::insert(&tx, &new)?;
+            let content = Content::Text { id: id.clone(), at: now, text: p.text.clone(), reply_to: p.reply_to.clone() };
+            delivery::enqueue(&tx, &peer, Some(&id), &content, now)?;
+            let message = messages::get(&tx, &id)?.ok_or_else(|| {
+                crate::store::StoreError::Io { context: "new message".into(), source: std::io::Error::other("vanished") }
+            })?;
+            tx.commit()?;
+            Ok(Ok((message, Some(peer))))
+        })
+        .await
+        .map_err(internal)??;
+    let (message, new_for) = outcome;
+    if new_for.is_some() {
+        daemon.wake_sender();
+    }
+    Ok(MessageResult { message })
+}
+
+pub(super) async fn list(daemon: &Arc<Daemon>, p: ListParams) -> Result<ListResult, RpcError> {
+    logged_in(daemon).await?;
+    conversation_peer("conversation", &p.conversation)?;
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(RpcError::invalid_params("limit", "limit must be 1 to 500"));
+    }
+    let page = daemon
+        .store
+        .call(move |c| messages::list(c, &p.conversation, p.before.as_deref(), limit))
+        .await
+        .map_err(internal)?;
+    let (messages, has_more) = page.ok_or_else(|| RpcError::new(ErrorKind::NotFound, "before: no such message"))?;
+    Ok(ListResult { messages, has_more })
+}
+
+pub(super) async fn get(daemon: &Arc<Daemon>, p: MessageIdParams) -> Result<MessageResult, RpcError> {
+    logged_in(daemon).await?;
+    let message = daemon.store.call(move |c| messages::get(c, &p.message_id)).await.map_err(internal)?;
+    let message = message.ok_or_else(|| RpcError::new(ErrorKind::NotFound, "no such message"))?;
+    Ok(MessageResult { message })
+}
+
+pub(super) async fn mark_read(daemon: &Arc<Daemon>, p: MarkReadParams) -> Result<MarkedResult, RpcError> {
+    logged_in(daemon).await?;
+    conversation_peer("conversation", &p.conversation)?;
+    let outcome = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let Some(marked) = messages::mark_read(&tx, &p.conversation, p.up_to.as_deref())? else {
+                return Ok(None);
+            };
+            let settings = super::Settings::load(&tx)?;
+            let now = now_ms();
+            let mut queued = false;
+            if settings.read_receipts && !marked.is_empty() {
+                let mut by_sender: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+                for (id, sender) in &marked {
+                    by_sender.entry(sender.clone()).or_default().push(id.clone());
+                }
+                for (sender, ids) in by_sender {
+                    delivery::enqueue(&tx, &sender, None, &Content::Receipt { state: ReceiptKind::Read, ids }, now)?;
+                    queued = true;
+                }
+            }
+            tx.commit()?;
+            Ok(Some((marked.len() as u64, queued)))
+        })
+        .await
+        .map_err(internal)?;
+    let (marked, queued) = outcome.ok_or_else(|| RpcError::new(ErrorKind::NotFound, "up_to: no such message"))?;
+    if queued {
+        daemon.wake_sender();
+    }
+    Ok(MarkedResult { marked })
+}
+
+pub(super) async fn delete(daemon: &Arc<Daemon>, p: MessageIdParams) -> Result<Empty, RpcError> {
+    logged_in(daemon).await?;
+    let deleted = daemon.store.call(move |c| messages::delete(c, &p.message_id)).await.map_err(internal)?;
+    if deleted { Ok(Empty {}) } else { Err(RpcError::new(ErrorKind::NotFound, "no such message")) }
+}
+
+pub(super) async fn conversations(daemon: &Arc<Daemon>, _: Empty) -> Result<ConversationsList, RpcError> {
+    logged_in(daemon).await?;
+    let rows = daemon
+        .store
+        .call(|c| {
+            let rows = messages::conversations(c)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (conversation, unread, last) in rows {
+                let peer = conversation.strip_prefix("user:").unwrap_or(&conversation).to_owned();
+                let title: Option<(String, Option<String>)> = {
+                    use rusqlite::OptionalExtension;
+                    c.query_row("SELECT nickname, alias FROM contacts WHERE user_id = ?1", [&peer], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?
+                };
+                let title = match title {
+                    Some((_, Some(alias))) => alias,
+                    Some((nick, None)) if !nick.is_empty() => nick,
+                    _ => peer,
+                };
+                out.push(ConversationSummary { conversation, title, unread, last_message: last, muted: false });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(internal)?;
+    Ok(ConversationsList { conversations: rows })
+}
+
