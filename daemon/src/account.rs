@@ -158,3 +158,44 @@ pub fn delete_one_time_prekey(conn: &Connection, id: u32) -> Result<(), StoreErr
     conn.prepare_cached("DELETE FROM prekeys WHERE id = ?1 AND kind = 'one_time'")?.execute(params![id])?;
     Ok(())
 }
+
+impl Account {
+    /// A new account's keys: a device key, an identity key pair.
+    pub fn generate(
+        user_id: String,
+        email: String,
+        nickname: String,
+        avatar: Option<(Vec<u8>, String)>,
+        now: i64,
+        rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+    ) -> Self {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        Self {
+            user_id,
+            email,
+            nickname,
+            avatar,
+            created_at: now,
+            device_key: zeroize::Zeroizing::new(seed),
+            identity: IdentityKeyPair::generate(rng),
+            logged_in: true,
+        }
+    }
+}
+
+/// The prekeys a new device publishes: a signed prekey, a last-resort prekey and
+/// [`ONE_TIME_PREKEYS`] one-time prekeys.
+pub fn generate_prekeys(
+    identity: &IdentityKeyPair,
+    rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+) -> Vec<PreKeySecret> {
+    let mut keys = vec![
+        PreKeySecret::generate_signed(SIGNED_PREKEY_ID, identity, rng),
+        PreKeySecret::generate_last_resort(LAST_RESORT_ID, identity, rng),
+    ];
+    for i in 0..ONE_TIME_PREKEYS {
+        keys.push(PreKeySecret::generate_one_time(FIRST_ONE_TIME_ID + i, rng));
+    }
+    keys
+}

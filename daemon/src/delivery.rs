@@ -325,3 +325,128 @@ pub fn system_message(
     })?;
     events::append(conn, &EventBody::MessageReceived { message }, now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::generate_prekeys;
+    use letstalk_crypto::PreKeyBundle;
+    use rand_core::OsRng;
+
+    struct Device {
+        _dir: tempfile::TempDir,
+        store: crate::store::Store,
+        account: Account,
+        prekeys: Vec<letstalk_crypto::PreKeySecret>,
+    }
+
+    fn device(name: &str) -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let account = Account::generate(name.into(), format!("{name}@x.org"), name.into(), None, 1, &mut OsRng);
+        let prekeys = generate_prekeys(&account.identity, &mut OsRng);
+        store
+            .with(|c| {
+                account.save(c)?;
+                for k in &prekeys {
+                    account::save_prekey(c, k, 1)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        Device { _dir: dir, store, account, prekeys }
+    }
+
+    fn bundle(d: &Device, one_time: usize) -> PreKeyBundle {
+        PreKeyBundle {
+            identity: d.account.identity.public(),
+            signed_prekey: d.prekeys[0].signed_public().unwrap(),
+            one_time_prekey: d.prekeys[2 + one_time].one_time_public(),
+        }
+    }
+
+    fn send_text(from: &Device, to: &str, id: &str, text: &str) {
+        from.store
+            .with(|c| {
+                let content = Content::Text { id: id.into(), at: 5, text: text.into(), reply_to: None };
+                let new = NewMessage {
+                    message_id: id,
+                    conversation: &format!("user:{to}"),
+                    sender: &from.account.user_id,
+                    direction: Direction::Out,
+                    kind: MessageKind::Text,
+                    text: Some(text),
+                    reply_to: None,
+                    client_msg_id: None,
+                    created_at: 5,
+                    received_at: None,
+                    state: MessageState::Queued,
+                    read: true,
+                };
+                messages::insert(c, &new)?;
+                enqueue(c, to, Some(id), &content, 5)
+            })
+            .unwrap();
+    }
+
+    fn next(from: &Device, to: &str, bundle: Option<&PreKeyBundle>) -> Prepared {
+        from.store.with(|c| prepare_next(c, &from.account, to, bundle, &mut OsRng, 6)).unwrap()
+    }
+
+    fn deliver(to: &Device, from: &str, o: &Outgoing) -> Received {
+        to.store.with(|c| receive(c, &to.account, from, &o.relay_id, &o.envelope, 7)).unwrap()
+    }
+
+    #[test]
+    fn a_round_trip_with_receipts_exactly_once() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "hello bob");
+        assert!(matches!(next(&alice, "bob", None), Prepared::NeedBundle));
+        let Prepared::Ready(first) = next(&alice, "bob", Some(&bundle(&bob, 0))) else { panic!() };
+        // Retransmission after a crash sends the very same ciphertext.
+        let Prepared::Ready(again) = next(&alice, "bob", None) else { panic!() };
+        assert_eq!((first.seq, &first.envelope, &first.relay_id), (again.seq, &again.envelope, &again.relay_id));
+        assert!(!first.envelope.windows(9).any(|w| w == b"hello bob"));
+
+        assert_eq!(deliver(&bob, "alice", &first), Received::Applied { last_event: Some(1), queued: true });
+        // The relay redelivers (our ack was lost): shown once.
+        assert_eq!(deliver(&bob, "alice", &first), Received::Duplicate);
+        let got = bob.store.with(|c| messages::get(c, "m1")).unwrap().unwrap();
+        assert_eq!((got.text.as_deref(), got.direction, got.from.as_str()), (Some("hello bob"), Direction::In, "alice"));
+        // The one-time prekey is gone once used.
+        assert!(bob.store.with(|c| account::load_prekey(c, FIRST)).unwrap().is_none());
+
+        // The relay accepted alice's message: sent. Then bob's delivery receipt: delivered.
+        alice.store.with(|c| sent(c, first.seq, 8)).unwrap();
+        assert_eq!(alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state, MessageState::Sent);
+        let Prepared::Ready(receipt) = next(&bob, "alice", None) else { panic!() };
+        assert!(matches!(deliver(&alice, "bob", &receipt), Received::Applied { .. }));
+        assert_eq!(alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state, MessageState::Delivered);
+        // A late `sent` never moves it back.
+        alice.store.with(|c| messages::advance_state(c, "m1", MessageState::Sent)).unwrap();
+        assert_eq!(alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state, MessageState::Delivered);
+    }
+
+    const FIRST: u32 = account::FIRST_ONE_TIME_ID;
+
+    #[test]
+    fn garbage_is_dropped_and_leaves_the_session_working() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "one");
+        let Prepared::Ready(m1) = next(&alice, "bob", Some(&bundle(&bob, 0))) else { panic!() };
+        assert!(matches!(deliver(&bob, "alice", &m1), Received::Applied { .. }));
+        let mut forged = m1.clone();
+        forged.relay_id = "other".into();
+        if let Some(b) = forged.envelope.last_mut() {
+            *b ^= 1;
+        }
+        assert!(matches!(deliver(&bob, "alice", &forged), Received::Dropped(_)));
+        alice.store.with(|c| sent(c, m1.seq, 8)).unwrap();
+        send_text(&alice, "bob", "m2", "two");
+        let Prepared::Ready(m2) = next(&alice, "bob", None) else { panic!() };
+        assert!(matches!(deliver(&bob, "alice", &m2), Received::Applied { .. }));
+        assert_eq!(bob.store.with(|c| messages::get(c, "m2")).unwrap().unwrap().text.as_deref(), Some("two"));
+    }
+}
