@@ -7,6 +7,7 @@ mod events;
 mod hostile;
 mod ipc_contract;
 mod lifecycle;
+mod systemd_units;
 
 use std::path::Path;
 use std::time::Duration;
