@@ -62,6 +62,64 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Creates an account on the relay and logs this device in. The password is read
+    /// from $LETSTALK_PASSWORD or the first line of standard input.
+    Register {
+        user_id: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        nickname: String,
+        /// A PNG, JPEG or WebP image of at most 1 MiB.
+        #[arg(long)]
+        avatar: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Logs this device in (the account moves here). Password as for `register`.
+    Login {
+        user_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Logs this device out (history stays).
+    Logout,
+    /// Adds a contact.
+    Add {
+        user_id: String,
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// Lists contacts with their presence.
+    Contacts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sends a text message to a user.
+    Send {
+        /// The user ID (or a conversation such as user:bob).
+        to: String,
+        text: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists conversations, most recent first, with unread counts.
+    Chats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows a conversation's messages, oldest first.
+    History {
+        /// The user ID (or a conversation such as user:bob).
+        with: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Also mark them read.
+        #[arg(long)]
+        read: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A failure, with the exit code it maps to.
@@ -131,6 +189,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Settings { changes, .. } if !changes.is_empty() => {
             Some(("settings.set".to_owned(), settings_patch(changes)?))
         }
+        Command::Register { user_id, email, nickname, avatar, .. } => {
+            let mut p = json!({"user_id": user_id, "email": email, "nickname": nickname, "password": password()?});
+            if let Some(a) = avatar {
+                let abs = std::path::absolute(a).map_err(|e| Failure::Usage(format!("--avatar: {e}")))?;
+                p["avatar"] = json!(abs);
+            }
+            Some(("account.register".to_owned(), p))
+        }
+        Command::Login { user_id, .. } => {
+            Some(("account.login".to_owned(), json!({"user_id": user_id, "password": password()?})))
+        }
         _ => None,
     };
     let client = Client::connect(&path).await?;
@@ -194,9 +263,94 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let d = client.call_value("device.info", json!({})).await?;
             if json { print_json(&d) } else { print_flat("", &d) }
         }
+        Command::Register { json, .. } | Command::Login { json, .. } => {
+            let (method, params) = request.unwrap_or_default();
+            let account = client.call_value(&method, params).await?;
+            if json {
+                print_json(&account);
+            } else {
+                println!("logged in as {} ({})", text(&account["user_id"]), text(&account["nickname"]));
+                println!("fingerprint {}", text(&account["fingerprint"]));
+            }
+        }
+        Command::Logout => {
+            client.call_value("account.logout", json!({})).await?;
+            println!("logged out");
+        }
+        Command::Add { user_id, alias } => {
+            let mut p = json!({"user_id": user_id});
+            if let Some(a) = alias {
+                p["alias"] = json!(a);
+            }
+            let c = client.call_value("contacts.add", p).await?;
+            println!("added {} ({})", text(&c["user_id"]), text(&c["presence"]));
+        }
+        Command::Contacts { json } => {
+            let list = client.call_value("contacts.list", json!({})).await?;
+            if json {
+                print_json(&list);
+            } else {
+                for c in list["contacts"].as_array().into_iter().flatten() {
+                    let name = c["alias"].as_str().or(c["nickname"].as_str()).unwrap_or("");
+                    let blocked = if c["blocked"] == true { "  [blocked]" } else { "" };
+                    println!("{:<24} {:<24} {}{blocked}", text(&c["user_id"]), name, text(&c["presence"]));
+                }
+            }
+        }
+        Command::Send { to, text: body, json } => {
+            let m = client.call_value("messages.send", json!({"to": conversation(&to), "text": body})).await?;
+            if json { print_json(&m) } else { println!("{} {}", text(&m["message"]["message_id"]), text(&m["message"]["state"])) }
+        }
+        Command::Chats { json } => {
+            let list = client.call_value("conversations.list", json!({})).await?;
+            if json {
+                print_json(&list);
+            } else {
+                for c in list["conversations"].as_array().into_iter().flatten() {
+                    let last = c["last_message"]["text"].as_str().unwrap_or("");
+                    println!("{:<28} {:>4} unread  {last}", text(&c["title"]), c["unread"]);
+                }
+            }
+        }
+        Command::History { with, limit, read, json } => {
+            let conv = conversation(&with);
+            let page = client.call_value("messages.list", json!({"conversation": conv, "limit": limit})).await?;
+            if read {
+                client.call_value("messages.mark_read", json!({"conversation": conv})).await?;
+            }
+            if json {
+                print_json(&page);
+            } else {
+                for m in page["messages"].as_array().into_iter().flatten() {
+                    let who = if m["direction"] == "out" { "me".to_owned() } else { text(&m["from"]) };
+                    let state = if m["direction"] == "out" { format!("  [{}]", text(&m["state"])) } else { String::new() };
+                    println!("{:<16} {}{state}", who, m["text"].as_str().unwrap_or(""));
+                }
+            }
+        }
         Command::Rpc { .. } => {}
     }
     Ok(())
+}
+
+/// `bob` → `user:bob`; a full conversation name is kept.
+fn conversation(to: &str) -> String {
+    if to.contains(':') { to.to_owned() } else { format!("user:{to}") }
+}
+
+/// The password from $LETSTALK_PASSWORD or the first line of standard input, so it never
+/// shows in the process list.
+fn password() -> Result<String, Failure> {
+    if let Ok(p) = std::env::var("LETSTALK_PASSWORD") {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| Failure::Usage(format!("reading the password: {e}")))?;
+    let p = line.trim_end_matches(['\r', '\n']).to_owned();
+    if p.is_empty() {
+        return Err(Failure::Usage("no password: set LETSTALK_PASSWORD or pipe it on standard input".into()));
+    }
+    Ok(p)
 }
 
 fn text(v: &Value) -> String {
