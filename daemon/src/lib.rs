@@ -10,6 +10,7 @@
 //! - [`content`]: what travels inside an end-to-end envelope (messages, receipts).
 //! - [`store`]: the SQLCipher database, its key and its migrations.
 //! - [`events`]: the persisted event log and the bus that wakes subscribers.
+//! - [`sender`]: drains the outbox to the relay in order, against a `Transport`.
 //! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
 //! - [`messages`]: message rows, their IPC shape and the conversation queries.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
@@ -26,6 +27,7 @@ pub mod device;
 pub mod events;
 pub mod messages;
 pub mod methods;
+pub mod sender;
 pub mod server;
 pub mod store;
 pub mod systemd;
@@ -81,7 +83,7 @@ pub struct Daemon {
     /// The logged-in user, cached from the `account` table.
     user: Mutex<Option<String>>,
     /// Wakes the sender task when the outbox got something.
-    sender_wake: tokio::sync::Notify,
+    pub(crate) sender_wake: tokio::sync::Notify,
 }
 
 impl Daemon {

@@ -1,0 +1,177 @@
+//! The sender: drains the outbox to the relay, one recipient at a time and in order.
+//!
+//! It is written against [`Transport`], the two things it needs from a relay connection,
+//! so the loop can be driven by the real QUIC link or by a test double. Order within a
+//! conversation holds because each recipient's rows go out strictly one after the other,
+//! each only after the relay acknowledged the previous one.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use letstalk_crypto::PreKeyBundle;
+use rand_core::OsRng;
+use tokio_util::sync::CancellationToken;
+
+use crate::account::Account;
+use crate::delivery::{self, Prepared};
+use crate::{Daemon, now_ms};
+
+/// Why a transmission did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Not connected, or the connection dropped: keep the row, retry later.
+    #[error("relay unavailable")]
+    Unavailable,
+    /// The relay refused this transmission for good (no such user, blocked, too large);
+    /// the message fails with this reason.
+    #[error("{0}")]
+    Refused(String),
+    /// Refused for now (quota, rate limit): retry later.
+    #[error("relay busy: {0}")]
+    Busy(String),
+}
+
+/// What the sender needs from a relay connection.
+pub trait Transport: Send + Sync + 'static {
+    /// The prekey bundle of `user`'s device (takes one of its one-time prekeys).
+    fn fetch_bundle(&self, user: &str) -> impl Future<Output = Result<PreKeyBundle, TransportError>> + Send;
+    /// Hands one envelope to the relay; returns once the relay has stored it. `relay_id`
+    /// is the same on every retransmission, so the relay stores it once.
+    fn send(
+        &self,
+        to: &str,
+        relay_id: &str,
+        envelope: &[u8],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
+
+/// Runs until cancelled: whenever woken (or every `retry` after a failure), sends what
+/// the outbox holds.
+pub async fn run<T: Transport>(daemon: Arc<Daemon>, transport: Arc<T>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let outcome = drain(&daemon, transport.as_ref()).await;
+        let wait = match outcome {
+            Ok(()) => {
+                backoff = Duration::from_millis(250);
+                None
+            }
+            Err(()) => {
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                Some(wait)
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = daemon.sender_wake.notified() => {}
+            () = sleep_opt(wait) => {}
+        }
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends everything queued. `Err` when something must be retried later.
+async fn drain<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), ()> {
+    let recipients = match daemon.store.call(|c| delivery::pending_recipients(c)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the outbox");
+            return Err(());
+        }
+    };
+    let mut all_ok = true;
+    for recipient in recipients {
+        if drain_one(daemon, transport, &recipient).await.is_err() {
+            all_ok = false;
+        }
+    }
+    if all_ok { Ok(()) } else { Err(()) }
+}
+
+async fn drain_one<T: Transport>(daemon: &Arc<Daemon>, transport: &T, recipient: &str) -> Result<(), ()> {
+    let mut bundle: Option<PreKeyBundle> = None;
+    loop {
+        let r = recipient.to_owned();
+        let b = bundle.take();
+        let prepared = daemon
+            .store
+            .call(move |c| {
+                let Some(me) = Account::load(c)? else { return Ok(Prepared::Empty) };
+                delivery::prepare_next(c, &me, &r, b.as_ref(), &mut OsRng, now_ms())
+            })
+            .await;
+        let out = match prepared {
+            Ok(Prepared::Empty) => return Ok(()),
+            Ok(Prepared::NeedBundle) => {
+                match transport.fetch_bundle(recipient).await {
+                    Ok(b) => bundle = Some(b),
+                    Err(TransportError::Refused(reason)) => {
+                        fail_head(daemon, recipient, &reason).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no prekey bundle yet");
+                        return Err(());
+                    }
+                }
+                continue;
+            }
+            Ok(Prepared::Ready(out)) => out,
+            Err(e) => {
+                tracing::warn!(error = %e, "preparing an outgoing message");
+                return Err(());
+            }
+        };
+        match transport.send(recipient, &out.relay_id, &out.envelope).await {
+            Ok(()) => {
+                let seq = out.seq;
+                match daemon.store.call(move |c| delivery::sent(c, seq, now_ms())).await {
+                    Ok(Some(event)) => daemon.bus.published(event),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recording a sent message");
+                        return Err(());
+                    }
+                }
+            }
+            Err(TransportError::Refused(reason)) => {
+                let seq = out.seq;
+                if let Ok(Some(event)) = daemon.store.call(move |c| delivery::failed(c, seq, &reason, now_ms())).await {
+                    daemon.bus.published(event);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "send deferred");
+                return Err(());
+            }
+        }
+    }
+}
+
+/// Fails the oldest queued row for `recipient` (it can never be delivered).
+async fn fail_head(daemon: &Arc<Daemon>, recipient: &str, reason: &str) {
+    let (r, reason) = (recipient.to_owned(), reason.to_owned());
+    let result = daemon
+        .store
+        .call(move |c| {
+            let seq: Option<i64> = {
+                use rusqlite::OptionalExtension;
+                c.query_row("SELECT min(seq) FROM outbox WHERE recipient = ?1", [&r], |row| row.get(0)).optional()?.flatten()
+            };
+            match seq {
+                Some(seq) => delivery::failed(c, seq, &reason, now_ms()),
+                None => Ok(None),
+            }
+        })
+        .await;
+    if let Ok(Some(event)) = result {
+        daemon.bus.published(event);
+    }
+}
