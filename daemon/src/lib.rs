@@ -12,6 +12,7 @@
 //! - [`events`]: the persisted event log and the bus that wakes subscribers.
 //! - [`sender`]: drains the outbox to the relay in order, against a `Transport`.
 //! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
+//! - [`keys`]: our public keys in the relay directory's shape and back.
 //! - [`messages`]: message rows, their IPC shape and the conversation queries.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
 //! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once.
@@ -25,6 +26,7 @@ pub mod content;
 pub mod delivery;
 pub mod device;
 pub mod events;
+pub mod keys;
 pub mod messages;
 pub mod methods;
 pub mod sender;

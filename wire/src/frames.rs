@@ -1,0 +1,745 @@
+//! The frames: requests (client → relay), responses (relay → client) and pushes (relay →
+//! client on the push stream), with their encoders and decoders.
+
+use std::fmt;
+
+use crate::codec::{LEN_PREFIX, Reader, Writer};
+use crate::{
+    MAX_AVATAR_LEN, MAX_FRAME_LEN, MAX_IDENTITY_LEN, MAX_LIST, MAX_MESSAGE_LEN, MAX_PREKEY_LEN,
+    MAX_SHORT_STR, MAX_TEXT_STR, WireError,
+};
+
+/// A prekey in the directory: the daemon's id for it and its opaque public bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreKey {
+    /// The daemon's id for the key (it finds its secret half by this id).
+    pub id: u32,
+    /// Opaque public key bytes (the relay never interprets them).
+    pub key: Vec<u8>,
+}
+
+/// What is known about an avatar without its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AvatarMeta {
+    /// MIME type as uploaded (`image/png`, ...).
+    pub mime: String,
+    /// SHA-256 of the bytes, so a client fetches only a changed avatar.
+    pub sha256: [u8; 32],
+    /// Size in bytes.
+    pub size: u32,
+}
+
+/// An avatar with its bytes (at most [`MAX_AVATAR_LEN`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Avatar {
+    /// MIME type.
+    pub mime: String,
+    /// The image.
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for Avatar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Avatar").field("mime", &self.mime).field("len", &self.data.len()).finish()
+    }
+}
+
+/// A change to the avatar in a profile update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AvatarUpdate {
+    /// Leave it as it is.
+    Keep,
+    /// Remove it.
+    Remove,
+    /// Replace it.
+    Set(Avatar),
+}
+
+/// A user's public profile; `email` is present only in one's own profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// Lowercased user id.
+    pub user_id: String,
+    /// Display name.
+    pub nickname: String,
+    /// Only for the account's own device.
+    pub email: Option<String>,
+    /// The avatar's metadata, if one is set.
+    pub avatar: Option<AvatarMeta>,
+    /// Account creation, ms since the Unix epoch.
+    pub created_at: u64,
+    /// Last profile change, ms since the Unix epoch.
+    pub updated_at: u64,
+}
+
+/// A user's presence as the relay sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceInfo {
+    /// Whose presence.
+    pub user_id: String,
+    /// Whether their device is connected now.
+    pub online: bool,
+    /// When their device was last connected (ms), 0 if never.
+    pub last_seen_at: u64,
+}
+
+/// What a sender needs to start a session with `user_id`'s device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bundle {
+    /// Whose bundle.
+    pub user_id: String,
+    /// The device's Ed25519 public key (its relay identity).
+    pub device_key: [u8; 32],
+    /// The opaque identity-key bytes the device uploaded.
+    pub identity: Vec<u8>,
+    /// The current signed prekey, if uploaded.
+    pub signed_prekey: Option<PreKey>,
+    /// A one-time prekey (taken: never handed out again) or, when they ran out, the
+    /// last-resort key.
+    pub one_time_prekey: Option<PreKey>,
+    /// True when `one_time_prekey` is the last-resort key.
+    pub last_resort: bool,
+}
+
+/// The machine-readable reason of an error response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Malformed or unacceptable input.
+    Invalid,
+    /// Wrong password or bad signature.
+    AuthFailed,
+    /// User id taken.
+    Conflict,
+    /// No such user (or avatar, or bundle).
+    NotFound,
+    /// Too many attempts; see `retry_after_ms`.
+    RateLimited,
+    /// A field or frame over its limit.
+    TooLarge,
+    /// The recipient's mailbox is full.
+    QuotaExceeded,
+    /// The recipient blocks the sender (later).
+    Blocked,
+    /// The device key is not (or no longer) bound to the account: logged in elsewhere.
+    UnknownDevice,
+    /// The request needs an authenticated connection.
+    Unauthenticated,
+    /// No common protocol version.
+    Unsupported,
+    /// The relay failed; retry later.
+    Internal,
+    /// A kind this version does not know (a newer relay); treat like `Internal`.
+    Other(u8),
+}
+
+impl ErrorKind {
+    /// The byte on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Invalid => 1,
+            Self::AuthFailed => 2,
+            Self::Conflict => 3,
+            Self::NotFound => 4,
+            Self::RateLimited => 5,
+            Self::TooLarge => 6,
+            Self::QuotaExceeded => 7,
+            Self::Blocked => 8,
+            Self::UnknownDevice => 9,
+            Self::Unauthenticated => 10,
+            Self::Unsupported => 11,
+            Self::Internal => 12,
+            Self::Other(c) => c,
+        }
+    }
+
+    /// The kind for a byte; unknown bytes are kept as [`ErrorKind::Other`].
+    pub fn from_code(c: u8) -> Self {
+        match c {
+            1 => Self::Invalid,
+            2 => Self::AuthFailed,
+            3 => Self::Conflict,
+            4 => Self::NotFound,
+            5 => Self::RateLimited,
+            6 => Self::TooLarge,
+            7 => Self::QuotaExceeded,
+            8 => Self::Blocked,
+            9 => Self::UnknownDevice,
+            10 => Self::Unauthenticated,
+            11 => Self::Unsupported,
+            12 => Self::Internal,
+            c => Self::Other(c),
+        }
+    }
+}
+
+/// A client's request: one per bidirectional stream.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Request {
+    /// First request on a connection: the versions the client speaks.
+    Hello { versions: Vec<u16>, client: String },
+    /// Proves the device: `signature` is Ed25519 over [`crate::auth_message`].
+    Auth { user_id: String, device_key: [u8; 32], signature: [u8; 64] },
+    /// Creates an account and binds this device (signature as for `Auth`).
+    Register {
+        user_id: String,
+        password: String,
+        email: String,
+        nickname: String,
+        device_key: [u8; 32],
+        signature: [u8; 64],
+        identity: Vec<u8>,
+    },
+    /// Binds this device to an existing account (moving it from any other device).
+    Login { user_id: String, password: String, device_key: [u8; 32], signature: [u8; 64] },
+    /// Unbinds this device from the account.
+    Logout,
+    /// Deletes the account and everything the relay keeps for it.
+    DeleteAccount,
+    /// Changes the password.
+    ChangePassword { old_password: String, new_password: String },
+    /// One's own profile (with email).
+    GetProfile,
+    /// Changes one's own profile; `None` leaves a field as it is.
+    UpdateProfile { nickname: Option<String>, email: Option<String>, avatar: AvatarUpdate },
+    /// Another user's public profile.
+    LookupUser { user_id: String },
+    /// A user's avatar bytes.
+    FetchAvatar { user_id: String },
+    /// Uploads identity bytes and prekeys; `None` leaves the stored one.
+    UploadKeys {
+        identity: Option<Vec<u8>>,
+        signed_prekey: Option<PreKey>,
+        one_time_prekeys: Vec<PreKey>,
+        last_resort: Option<PreKey>,
+    },
+    /// How many one-time prekeys the directory still holds for this account.
+    KeyCount,
+    /// A user's prekey bundle; takes one one-time prekey.
+    FetchBundle { user_id: String },
+    /// Changes the list of users whose presence and profile this device watches.
+    Watch { add: Vec<String>, remove: Vec<String> },
+    /// Hands a message to the relay; answered once it is persisted.
+    Send { to: String, msg_id: String, body: Vec<u8> },
+    /// The device has the pushed messages with these delivery ids: delete them.
+    Ack { delivery_ids: Vec<u64> },
+    /// Round-trip probe.
+    Ping { nonce: u64 },
+}
+
+/// The relay's answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Answer to `Hello`: the chosen version and this connection's auth challenge.
+    HelloOk { version: u16, challenge: [u8; 32], server: String },
+    /// Success without data.
+    Ok,
+    /// Failure.
+    Error { kind: ErrorKind, retry_after_ms: u64, message: String },
+    /// Answer to `Auth`, `Register` and `Login`: the connection now acts for `user_id`.
+    Authenticated { user_id: String },
+    /// Answer to `GetProfile`, `UpdateProfile` and `LookupUser`.
+    Profile(Profile),
+    /// Answer to `FetchAvatar`.
+    Avatar(Avatar),
+    /// Answer to `UploadKeys` and `KeyCount`.
+    KeyCount { one_time_remaining: u32 },
+    /// Answer to `FetchBundle`.
+    Bundle(Bundle),
+    /// Answer to `Watch`: the current presence of every watched user.
+    Presence { users: Vec<PresenceInfo> },
+    /// Answer to `Send`: persisted at `server_ts`; `duplicate` when it was a retransmit.
+    Sent { server_ts: u64, duplicate: bool },
+    /// Answer to `Ping`.
+    Pong { nonce: u64 },
+}
+
+/// What the relay sends on its own initiative, in order, on the push stream.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Push {
+    /// A message for this device; ack it with `Request::Ack { delivery_ids }`.
+    Message { delivery_id: u64, from: String, msg_id: String, server_ts: u64, body: Vec<u8> },
+    /// A watched user's presence changed.
+    Presence(PresenceInfo),
+    /// A watched user's profile changed (no email).
+    ProfileChanged(Profile),
+    /// The account was logged in on another device: this one is unbound.
+    LoggedOut,
+}
+
+impl fmt::Debug for Request {
+    // By hand, so that passwords, signatures and message bytes never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Hello { versions, client } => {
+                f.debug_struct("Hello").field("versions", versions).field("client", client).finish()
+            }
+            Self::Auth { user_id, .. } => f.debug_struct("Auth").field("user_id", user_id).finish_non_exhaustive(),
+            Self::Register { user_id, .. } => {
+                f.debug_struct("Register").field("user_id", user_id).finish_non_exhaustive()
+            }
+            Self::Login { user_id, .. } => f.debug_struct("Login").field("user_id", user_id).finish_non_exhaustive(),
+            Self::Logout => f.write_str("Logout"),
+            Self::DeleteAccount => f.write_str("DeleteAccount"),
+            Self::ChangePassword { .. } => f.write_str("ChangePassword { .. }"),
+            Self::GetProfile => f.write_str("GetProfile"),
+            Self::UpdateProfile { .. } => f.write_str("UpdateProfile { .. }"),
+            Self::LookupUser { user_id } => f.debug_struct("LookupUser").field("user_id", user_id).finish(),
+            Self::FetchAvatar { user_id } => f.debug_struct("FetchAvatar").field("user_id", user_id).finish(),
+            Self::UploadKeys { one_time_prekeys, .. } => f
+                .debug_struct("UploadKeys")
+                .field("one_time_prekeys", &one_time_prekeys.len())
+                .finish_non_exhaustive(),
+            Self::KeyCount => f.write_str("KeyCount"),
+            Self::FetchBundle { user_id } => f.debug_struct("FetchBundle").field("user_id", user_id).finish(),
+            Self::Watch { add, remove } => {
+                f.debug_struct("Watch").field("add", &add.len()).field("remove", &remove.len()).finish()
+            }
+            Self::Send { to, msg_id, body } => f
+                .debug_struct("Send")
+                .field("to", to)
+                .field("msg_id", msg_id)
+                .field("len", &body.len())
+                .finish(),
+            Self::Ack { delivery_ids } => f.debug_struct("Ack").field("count", &delivery_ids.len()).finish(),
+            Self::Ping { nonce } => f.debug_struct("Ping").field("nonce", nonce).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for Push {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Message { delivery_id, from, msg_id, server_ts, body } => f
+                .debug_struct("Message")
+                .field("delivery_id", delivery_id)
+                .field("from", from)
+                .field("msg_id", msg_id)
+                .field("server_ts", server_ts)
+                .field("len", &body.len())
+                .finish(),
+            Self::Presence(p) => f.debug_tuple("Presence").field(p).finish(),
+            Self::ProfileChanged(p) => f.debug_tuple("ProfileChanged").field(p).finish(),
+            Self::LoggedOut => f.write_str("LoggedOut"),
+        }
+    }
+}
+
+// Tags. Requests 0x01.., responses 0x80.., pushes 0xC0..: a frame sent on the wrong kind
+// of stream fails to decode instead of meaning something else.
+mod tag {
+    pub(super) const HELLO: u8 = 0x01;
+    pub(super) const AUTH: u8 = 0x02;
+    pub(super) const REGISTER: u8 = 0x03;
+    pub(super) const LOGIN: u8 = 0x04;
+    pub(super) const LOGOUT: u8 = 0x05;
+    pub(super) const DELETE_ACCOUNT: u8 = 0x06;
+    pub(super) const CHANGE_PASSWORD: u8 = 0x07;
+    pub(super) const GET_PROFILE: u8 = 0x08;
+    pub(super) const UPDATE_PROFILE: u8 = 0x09;
+    pub(super) const LOOKUP_USER: u8 = 0x0A;
+    pub(super) const FETCH_AVATAR: u8 = 0x0B;
+    pub(super) const UPLOAD_KEYS: u8 = 0x0C;
+    pub(super) const KEY_COUNT: u8 = 0x0D;
+    pub(super) const FETCH_BUNDLE: u8 = 0x0E;
+    pub(super) const WATCH: u8 = 0x0F;
+    pub(super) const SEND: u8 = 0x10;
+    pub(super) const ACK: u8 = 0x11;
+    pub(super) const PING: u8 = 0x12;
+
+    pub(super) const R_HELLO_OK: u8 = 0x80;
+    pub(super) const R_OK: u8 = 0x81;
+    pub(super) const R_ERROR: u8 = 0x82;
+    pub(super) const R_AUTHENTICATED: u8 = 0x83;
+    pub(super) const R_PROFILE: u8 = 0x84;
+    pub(super) const R_AVATAR: u8 = 0x85;
+    pub(super) const R_KEY_COUNT: u8 = 0x86;
+    pub(super) const R_BUNDLE: u8 = 0x87;
+    pub(super) const R_PRESENCE: u8 = 0x88;
+    pub(super) const R_SENT: u8 = 0x89;
+    pub(super) const R_PONG: u8 = 0x8A;
+
+    pub(super) const P_MESSAGE: u8 = 0xC0;
+    pub(super) const P_PRESENCE: u8 = 0xC1;
+    pub(super) const P_PROFILE_CHANGED: u8 = 0xC2;
+    pub(super) const P_LOGGED_OUT: u8 = 0xC3;
+}
+
+/// Prefixes `body` with its length, refusing a frame over [`MAX_FRAME_LEN`].
+fn framed(w: Writer) -> Result<Vec<u8>, WireError> {
+    let body = w.buf;
+    if body.len() > MAX_FRAME_LEN {
+        return Err(WireError::FrameTooLarge { len: body.len(), max: MAX_FRAME_LEN });
+    }
+    let mut out = Vec::with_capacity(LEN_PREFIX + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn put_prekey(w: &mut Writer, k: &PreKey) {
+    w.u32(k.id);
+    w.bytes(&k.key);
+}
+fn get_prekey(r: &mut Reader<'_>) -> Result<PreKey, WireError> {
+    Ok(PreKey { id: r.u32()?, key: r.bytes(MAX_PREKEY_LEN, "prekey")? })
+}
+fn put_avatar_meta(w: &mut Writer, a: &AvatarMeta) {
+    w.str(&a.mime);
+    w.raw(&a.sha256);
+    w.u32(a.size);
+}
+fn get_avatar_meta(r: &mut Reader<'_>) -> Result<AvatarMeta, WireError> {
+    Ok(AvatarMeta { mime: r.str(MAX_SHORT_STR, "mime")?, sha256: r.array()?, size: r.u32()? })
+}
+fn put_avatar(w: &mut Writer, a: &Avatar) {
+    w.str(&a.mime);
+    w.bytes(&a.data);
+}
+fn get_avatar(r: &mut Reader<'_>) -> Result<Avatar, WireError> {
+    Ok(Avatar { mime: r.str(MAX_SHORT_STR, "mime")?, data: r.bytes(MAX_AVATAR_LEN, "avatar")? })
+}
+fn put_profile(w: &mut Writer, p: &Profile) {
+    w.str(&p.user_id);
+    w.str(&p.nickname);
+    w.opt(p.email.as_ref(), |w, e| w.str(e));
+    w.opt(p.avatar.as_ref(), put_avatar_meta);
+    w.u64(p.created_at);
+    w.u64(p.updated_at);
+}
+fn get_profile(r: &mut Reader<'_>) -> Result<Profile, WireError> {
+    Ok(Profile {
+        user_id: r.str(MAX_SHORT_STR, "user_id")?,
+        nickname: r.str(MAX_TEXT_STR, "nickname")?,
+        email: r.opt(|r| r.str(MAX_TEXT_STR, "email"))?,
+        avatar: r.opt(get_avatar_meta)?,
+        created_at: r.u64()?,
+        updated_at: r.u64()?,
+    })
+}
+fn put_presence(w: &mut Writer, p: &PresenceInfo) {
+    w.str(&p.user_id);
+    w.bool(p.online);
+    w.u64(p.last_seen_at);
+}
+fn get_presence(r: &mut Reader<'_>) -> Result<PresenceInfo, WireError> {
+    Ok(PresenceInfo { user_id: r.str(MAX_SHORT_STR, "user_id")?, online: r.bool()?, last_seen_at: r.u64()? })
+}
+fn get_user_list(r: &mut Reader<'_>) -> Result<Vec<String>, WireError> {
+    r.list(MAX_LIST, "users", |r| r.str(MAX_SHORT_STR, "user_id"))
+}
+
+impl Request {
+    /// The frame (length prefix and body).
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut w = Writer::default();
+        match self {
+            Self::Hello { versions, client } => {
+                w.u8(tag::HELLO);
+                w.list(versions, |w, v| w.u16(*v));
+                w.str(client);
+            }
+            Self::Auth { user_id, device_key, signature } => {
+                w.u8(tag::AUTH);
+                w.str(user_id);
+                w.raw(device_key);
+                w.raw(signature);
+            }
+            Self::Register { user_id, password, email, nickname, device_key, signature, identity } => {
+                w.u8(tag::REGISTER);
+                w.str(user_id);
+                w.str(password);
+                w.str(email);
+                w.str(nickname);
+                w.raw(device_key);
+                w.raw(signature);
+                w.bytes(identity);
+            }
+            Self::Login { user_id, password, device_key, signature } => {
+                w.u8(tag::LOGIN);
+                w.str(user_id);
+                w.str(password);
+                w.raw(device_key);
+                w.raw(signature);
+            }
+            Self::Logout => w.u8(tag::LOGOUT),
+            Self::DeleteAccount => w.u8(tag::DELETE_ACCOUNT),
+            Self::ChangePassword { old_password, new_password } => {
+                w.u8(tag::CHANGE_PASSWORD);
+                w.str(old_password);
+                w.str(new_password);
+            }
+            Self::GetProfile => w.u8(tag::GET_PROFILE),
+            Self::UpdateProfile { nickname, email, avatar } => {
+                w.u8(tag::UPDATE_PROFILE);
+                w.opt(nickname.as_ref(), |w, v| w.str(v));
+                w.opt(email.as_ref(), |w, v| w.str(v));
+                match avatar {
+                    AvatarUpdate::Keep => w.u8(0),
+                    AvatarUpdate::Remove => w.u8(1),
+                    AvatarUpdate::Set(a) => {
+                        w.u8(2);
+                        put_avatar(&mut w, a);
+                    }
+                }
+            }
+            Self::LookupUser { user_id } => {
+                w.u8(tag::LOOKUP_USER);
+                w.str(user_id);
+            }
+            Self::FetchAvatar { user_id } => {
+                w.u8(tag::FETCH_AVATAR);
+                w.str(user_id);
+            }
+            Self::UploadKeys { identity, signed_prekey, one_time_prekeys, last_resort } => {
+                w.u8(tag::UPLOAD_KEYS);
+                w.opt(identity.as_ref(), |w, v| w.bytes(v));
+                w.opt(signed_prekey.as_ref(), put_prekey);
+                w.list(one_time_prekeys, put_prekey);
+                w.opt(last_resort.as_ref(), put_prekey);
+            }
+            Self::KeyCount => w.u8(tag::KEY_COUNT),
+            Self::FetchBundle { user_id } => {
+                w.u8(tag::FETCH_BUNDLE);
+                w.str(user_id);
+            }
+            Self::Watch { add, remove } => {
+                w.u8(tag::WATCH);
+                w.list(add, |w, v| w.str(v));
+                w.list(remove, |w, v| w.str(v));
+            }
+            Self::Send { to, msg_id, body } => {
+                w.u8(tag::SEND);
+                w.str(to);
+                w.str(msg_id);
+                w.bytes(body);
+            }
+            Self::Ack { delivery_ids } => {
+                w.u8(tag::ACK);
+                w.list(delivery_ids, |w, v| w.u64(*v));
+            }
+            Self::Ping { nonce } => {
+                w.u8(tag::PING);
+                w.u64(*nonce);
+            }
+        }
+        framed(w)
+    }
+
+    /// Decodes one frame body (without the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(body);
+        let req = match r.u8()? {
+            tag::HELLO => Self::Hello {
+                versions: r.list(16, "versions", Reader::u16)?,
+                client: r.str(MAX_TEXT_STR, "client")?,
+            },
+            tag::AUTH => Self::Auth {
+                user_id: r.str(MAX_SHORT_STR, "user_id")?,
+                device_key: r.array()?,
+                signature: r.array()?,
+            },
+            tag::REGISTER => Self::Register {
+                user_id: r.str(MAX_SHORT_STR, "user_id")?,
+                password: r.str(MAX_TEXT_STR, "password")?,
+                email: r.str(MAX_TEXT_STR, "email")?,
+                nickname: r.str(MAX_TEXT_STR, "nickname")?,
+                device_key: r.array()?,
+                signature: r.array()?,
+                identity: r.bytes(MAX_IDENTITY_LEN, "identity")?,
+            },
+            tag::LOGIN => Self::Login {
+                user_id: r.str(MAX_SHORT_STR, "user_id")?,
+                password: r.str(MAX_TEXT_STR, "password")?,
+                device_key: r.array()?,
+                signature: r.array()?,
+            },
+            tag::LOGOUT => Self::Logout,
+            tag::DELETE_ACCOUNT => Self::DeleteAccount,
+            tag::CHANGE_PASSWORD => Self::ChangePassword {
+                old_password: r.str(MAX_TEXT_STR, "old_password")?,
+                new_password: r.str(MAX_TEXT_STR, "new_password")?,
+            },
+            tag::GET_PROFILE => Self::GetProfile,
+            tag::UPDATE_PROFILE => Self::UpdateProfile {
+                nickname: r.opt(|r| r.str(MAX_TEXT_STR, "nickname"))?,
+                email: r.opt(|r| r.str(MAX_TEXT_STR, "email"))?,
+                avatar: match r.u8()? {
+                    0 => AvatarUpdate::Keep,
+                    1 => AvatarUpdate::Remove,
+                    2 => AvatarUpdate::Set(get_avatar(&mut r)?),
+                    _ => return Err(WireError::Invalid("avatar update")),
+                },
+            },
+            tag::LOOKUP_USER => Self::LookupUser { user_id: r.str(MAX_SHORT_STR, "user_id")? },
+            tag::FETCH_AVATAR => Self::FetchAvatar { user_id: r.str(MAX_SHORT_STR, "user_id")? },
+            tag::UPLOAD_KEYS => Self::UploadKeys {
+                identity: r.opt(|r| r.bytes(MAX_IDENTITY_LEN, "identity"))?,
+                signed_prekey: r.opt(get_prekey)?,
+                one_time_prekeys: r.list(MAX_LIST, "one_time_prekeys", get_prekey)?,
+                last_resort: r.opt(get_prekey)?,
+            },
+            tag::KEY_COUNT => Self::KeyCount,
+            tag::FETCH_BUNDLE => Self::FetchBundle { user_id: r.str(MAX_SHORT_STR, "user_id")? },
+            tag::WATCH => Self::Watch { add: get_user_list(&mut r)?, remove: get_user_list(&mut r)? },
+            tag::SEND => Self::Send {
+                to: r.str(MAX_SHORT_STR, "to")?,
+                msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
+                body: r.bytes(MAX_MESSAGE_LEN, "body")?,
+            },
+            tag::ACK => Self::Ack { delivery_ids: r.list(MAX_LIST, "delivery_ids", Reader::u64)? },
+            tag::PING => Self::Ping { nonce: r.u64()? },
+            t => return Err(WireError::UnknownTag(t)),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+impl Response {
+    /// The frame (length prefix and body).
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut w = Writer::default();
+        match self {
+            Self::HelloOk { version, challenge, server } => {
+                w.u8(tag::R_HELLO_OK);
+                w.u16(*version);
+                w.raw(challenge);
+                w.str(server);
+            }
+            Self::Ok => w.u8(tag::R_OK),
+            Self::Error { kind, retry_after_ms, message } => {
+                w.u8(tag::R_ERROR);
+                w.u8(kind.code());
+                w.u64(*retry_after_ms);
+                w.str(message);
+            }
+            Self::Authenticated { user_id } => {
+                w.u8(tag::R_AUTHENTICATED);
+                w.str(user_id);
+            }
+            Self::Profile(p) => {
+                w.u8(tag::R_PROFILE);
+                put_profile(&mut w, p);
+            }
+            Self::Avatar(a) => {
+                w.u8(tag::R_AVATAR);
+                put_avatar(&mut w, a);
+            }
+            Self::KeyCount { one_time_remaining } => {
+                w.u8(tag::R_KEY_COUNT);
+                w.u32(*one_time_remaining);
+            }
+            Self::Bundle(b) => {
+                w.u8(tag::R_BUNDLE);
+                w.str(&b.user_id);
+                w.raw(&b.device_key);
+                w.bytes(&b.identity);
+                w.opt(b.signed_prekey.as_ref(), put_prekey);
+                w.opt(b.one_time_prekey.as_ref(), put_prekey);
+                w.bool(b.last_resort);
+            }
+            Self::Presence { users } => {
+                w.u8(tag::R_PRESENCE);
+                w.list(users, put_presence);
+            }
+            Self::Sent { server_ts, duplicate } => {
+                w.u8(tag::R_SENT);
+                w.u64(*server_ts);
+                w.bool(*duplicate);
+            }
+            Self::Pong { nonce } => {
+                w.u8(tag::R_PONG);
+                w.u64(*nonce);
+            }
+        }
+        framed(w)
+    }
+
+    /// Decodes one frame body (without the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(body);
+        let resp = match r.u8()? {
+            tag::R_HELLO_OK => Self::HelloOk {
+                version: r.u16()?,
+                challenge: r.array()?,
+                server: r.str(MAX_TEXT_STR, "server")?,
+            },
+            tag::R_OK => Self::Ok,
+            tag::R_ERROR => Self::Error {
+                kind: ErrorKind::from_code(r.u8()?),
+                retry_after_ms: r.u64()?,
+                message: r.str(MAX_TEXT_STR, "message")?,
+            },
+            tag::R_AUTHENTICATED => Self::Authenticated { user_id: r.str(MAX_SHORT_STR, "user_id")? },
+            tag::R_PROFILE => Self::Profile(get_profile(&mut r)?),
+            tag::R_AVATAR => Self::Avatar(get_avatar(&mut r)?),
+            tag::R_KEY_COUNT => Self::KeyCount { one_time_remaining: r.u32()? },
+            tag::R_BUNDLE => Self::Bundle(Bundle {
+                user_id: r.str(MAX_SHORT_STR, "user_id")?,
+                device_key: r.array()?,
+                identity: r.bytes(MAX_IDENTITY_LEN, "identity")?,
+                signed_prekey: r.opt(get_prekey)?,
+                one_time_prekey: r.opt(get_prekey)?,
+                last_resort: r.bool()?,
+            }),
+            tag::R_PRESENCE => Self::Presence { users: r.list(MAX_LIST, "users", get_presence)? },
+            tag::R_SENT => Self::Sent { server_ts: r.u64()?, duplicate: r.bool()? },
+            tag::R_PONG => Self::Pong { nonce: r.u64()? },
+            t => return Err(WireError::UnknownTag(t)),
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+
+    /// An error response.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Error { kind, retry_after_ms: 0, message: message.into() }
+    }
+}
+
+impl Push {
+    /// The frame (length prefix and body).
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut w = Writer::default();
+        match self {
+            Self::Message { delivery_id, from, msg_id, server_ts, body } => {
+                w.u8(tag::P_MESSAGE);
+                w.u64(*delivery_id);
+                w.str(from);
+                w.str(msg_id);
+                w.u64(*server_ts);
+                w.bytes(body);
+            }
+            Self::Presence(p) => {
+                w.u8(tag::P_PRESENCE);
+                put_presence(&mut w, p);
+            }
+            Self::ProfileChanged(p) => {
+                w.u8(tag::P_PROFILE_CHANGED);
+                put_profile(&mut w, p);
+            }
+            Self::LoggedOut => w.u8(tag::P_LOGGED_OUT),
+        }
+        framed(w)
+    }
+
+    /// Decodes one frame body (without the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(body);
+        let push = match r.u8()? {
+            tag::P_MESSAGE => Self::Message {
+                delivery_id: r.u64()?,
+                from: r.str(MAX_SHORT_STR, "from")?,
+                msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
+                server_ts: r.u64()?,
+                body: r.bytes(MAX_MESSAGE_LEN, "body")?,
+            },
+            tag::P_PRESENCE => Self::Presence(get_presence(&mut r)?),
+            tag::P_PROFILE_CHANGED => Self::ProfileChanged(get_profile(&mut r)?),
+            tag::P_LOGGED_OUT => Self::LoggedOut,
+            t => return Err(WireError::UnknownTag(t)),
+        };
+        r.finish()?;
+        Ok(push)
+    }
+}

@@ -1,0 +1,251 @@
+//! Round-trip properties, hex snapshots, limits and the fuzz body run as a property.
+
+use letstalk_wire::*;
+use proptest::prelude::*;
+
+fn short() -> impl Strategy<Value = String> {
+    "[a-z0-9._-]{0,40}"
+}
+fn text() -> impl Strategy<Value = String> {
+    ".{0,60}"
+}
+fn blob(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..max)
+}
+fn prekey() -> impl Strategy<Value = PreKey> {
+    (any::<u32>(), blob(64)).prop_map(|(id, key)| PreKey { id, key })
+}
+fn avatar() -> impl Strategy<Value = Avatar> {
+    (short(), blob(300)).prop_map(|(mime, data)| Avatar { mime, data })
+}
+fn avatar_meta() -> impl Strategy<Value = AvatarMeta> {
+    (short(), any::<[u8; 32]>(), any::<u32>()).prop_map(|(mime, sha256, size)| AvatarMeta { mime, sha256, size })
+}
+fn profile() -> impl Strategy<Value = Profile> {
+    (short(), text(), proptest::option::of(text()), proptest::option::of(avatar_meta()), any::<u64>(), any::<u64>())
+        .prop_map(|(user_id, nickname, email, avatar, created_at, updated_at)| Profile {
+            user_id,
+            nickname,
+            email,
+            avatar,
+            created_at,
+            updated_at,
+        })
+}
+fn presence() -> impl Strategy<Value = PresenceInfo> {
+    (short(), any::<bool>(), any::<u64>()).prop_map(|(user_id, online, last_seen_at)| PresenceInfo {
+        user_id,
+        online,
+        last_seen_at,
+    })
+}
+fn sig() -> impl Strategy<Value = [u8; 64]> {
+    proptest::collection::vec(any::<u8>(), 64).prop_map(|v| {
+        let mut a = [0u8; 64];
+        a.copy_from_slice(&v);
+        a
+    })
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    let users = || proptest::collection::vec(short(), 0..5);
+    prop_oneof![
+        (proptest::collection::vec(any::<u16>(), 0..5), text())
+            .prop_map(|(versions, client)| Request::Hello { versions, client }),
+        (short(), any::<[u8; 32]>(), sig())
+            .prop_map(|(user_id, device_key, signature)| Request::Auth { user_id, device_key, signature }),
+        (short(), text(), text(), text(), any::<[u8; 32]>(), sig(), blob(100)).prop_map(
+            |(user_id, password, email, nickname, device_key, signature, identity)| Request::Register {
+                user_id,
+                password,
+                email,
+                nickname,
+                device_key,
+                signature,
+                identity
+            }
+        ),
+        (short(), text(), any::<[u8; 32]>(), sig()).prop_map(|(user_id, password, device_key, signature)| {
+            Request::Login { user_id, password, device_key, signature }
+        }),
+        Just(Request::Logout),
+        Just(Request::DeleteAccount),
+        (text(), text()).prop_map(|(old_password, new_password)| Request::ChangePassword { old_password, new_password }),
+        Just(Request::GetProfile),
+        (
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            prop_oneof![Just(AvatarUpdate::Keep), Just(AvatarUpdate::Remove), avatar().prop_map(AvatarUpdate::Set)]
+        )
+            .prop_map(|(nickname, email, avatar)| Request::UpdateProfile { nickname, email, avatar }),
+        short().prop_map(|user_id| Request::LookupUser { user_id }),
+        short().prop_map(|user_id| Request::FetchAvatar { user_id }),
+        (
+            proptest::option::of(blob(100)),
+            proptest::option::of(prekey()),
+            proptest::collection::vec(prekey(), 0..5),
+            proptest::option::of(prekey())
+        )
+            .prop_map(|(identity, signed_prekey, one_time_prekeys, last_resort)| Request::UploadKeys {
+                identity,
+                signed_prekey,
+                one_time_prekeys,
+                last_resort
+            }),
+        Just(Request::KeyCount),
+        short().prop_map(|user_id| Request::FetchBundle { user_id }),
+        (users(), users()).prop_map(|(add, remove)| Request::Watch { add, remove }),
+        (short(), short(), blob(500)).prop_map(|(to, msg_id, body)| Request::Send { to, msg_id, body }),
+        proptest::collection::vec(any::<u64>(), 0..10).prop_map(|delivery_ids| Request::Ack { delivery_ids }),
+        any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
+    ]
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    let kind = (1u8..=20).prop_map(ErrorKind::from_code);
+    prop_oneof![
+        (any::<u16>(), any::<[u8; 32]>(), text())
+            .prop_map(|(version, challenge, server)| Response::HelloOk { version, challenge, server }),
+        Just(Response::Ok),
+        (kind, any::<u64>(), text())
+            .prop_map(|(kind, retry_after_ms, message)| Response::Error { kind, retry_after_ms, message }),
+        short().prop_map(|user_id| Response::Authenticated { user_id }),
+        profile().prop_map(Response::Profile),
+        avatar().prop_map(Response::Avatar),
+        any::<u32>().prop_map(|one_time_remaining| Response::KeyCount { one_time_remaining }),
+        (
+            short(),
+            any::<[u8; 32]>(),
+            blob(100),
+            proptest::option::of(prekey()),
+            proptest::option::of(prekey()),
+            any::<bool>()
+        )
+            .prop_map(|(user_id, device_key, identity, signed_prekey, one_time_prekey, last_resort)| {
+                Response::Bundle(Bundle { user_id, device_key, identity, signed_prekey, one_time_prekey, last_resort })
+            }),
+        proptest::collection::vec(presence(), 0..5).prop_map(|users| Response::Presence { users }),
+        (any::<u64>(), any::<bool>()).prop_map(|(server_ts, duplicate)| Response::Sent { server_ts, duplicate }),
+        any::<u64>().prop_map(|nonce| Response::Pong { nonce }),
+    ]
+}
+
+fn push() -> impl Strategy<Value = Push> {
+    prop_oneof![
+        (any::<u64>(), short(), short(), any::<u64>(), blob(500)).prop_map(
+            |(delivery_id, from, msg_id, server_ts, body)| Push::Message { delivery_id, from, msg_id, server_ts, body }
+        ),
+        presence().prop_map(Push::Presence),
+        profile().prop_map(Push::ProfileChanged),
+        Just(Push::LoggedOut),
+    ]
+}
+
+fn body(frame: &[u8]) -> &[u8] {
+    let (body, used) = split_frame(frame, MAX_FRAME_LEN).unwrap().unwrap();
+    assert_eq!(used, frame.len());
+    body
+}
+
+proptest! {
+    #[test]
+    fn request_round_trips(req in request()) {
+        let frame = req.encode().unwrap();
+        prop_assert_eq!(Request::decode(body(&frame)).unwrap(), req);
+        // Every strict prefix is an error, never a panic or a different frame.
+        for cut in 0..body(&frame).len() {
+            prop_assert!(Request::decode(&body(&frame)[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn response_round_trips(resp in response()) {
+        let frame = resp.encode().unwrap();
+        prop_assert_eq!(Response::decode(body(&frame)).unwrap(), resp);
+    }
+
+    #[test]
+    fn push_round_trips(p in push()) {
+        let frame = p.encode().unwrap();
+        prop_assert_eq!(Push::decode(body(&frame)).unwrap(), p);
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected(req in request(), extra in proptest::collection::vec(any::<u8>(), 1..8)) {
+        let mut b = body(&req.encode().unwrap()).to_vec();
+        b.extend_from_slice(&extra);
+        prop_assert!(Request::decode(&b).is_err());
+    }
+
+    /// The fuzz target's body over random bytes, with a valid prefix half the time.
+    #[test]
+    fn fuzz_body_on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..400), prefix in any::<bool>()) {
+        let mut input = data.clone();
+        if prefix {
+            input = (data.len() as u32).to_be_bytes().to_vec();
+            input.extend_from_slice(&data);
+        }
+        fuzz_frame(&input);
+        let _ = Request::decode(&data);
+        let _ = Response::decode(&data);
+        let _ = Push::decode(&data);
+    }
+
+    /// Mutating one byte of a valid frame never panics, and what decodes is canonical.
+    #[test]
+    fn fuzz_body_on_mutated_frames(req in request(), at in any::<usize>(), byte in any::<u8>()) {
+        let mut frame = req.encode().unwrap();
+        let i = at % frame.len();
+        frame[i] = byte;
+        fuzz_frame(&frame);
+    }
+}
+
+#[test]
+fn oversized_prefix_is_rejected_before_allocation() {
+    let huge = (100u32 * 1024 * 1024).to_be_bytes();
+    assert!(matches!(frame_len(huge, MAX_FRAME_LEN), Err(WireError::FrameTooLarge { .. })));
+    assert!(matches!(split_frame(&huge, MAX_FRAME_LEN), Err(WireError::FrameTooLarge { .. })));
+    assert_eq!(split_frame(&[0, 0], MAX_FRAME_LEN), Ok(None));
+    assert_eq!(split_frame(&[0, 0, 0, 2, 0x12], MAX_FRAME_LEN), Ok(None));
+}
+
+#[test]
+fn oversized_fields_are_rejected() {
+    let body = Request::Send { to: "bob".into(), msg_id: "m".into(), body: vec![0; MAX_MESSAGE_LEN + 1] };
+    let frame = body.encode().unwrap();
+    assert_eq!(Request::decode(&frame[4..]), Err(WireError::FieldTooLong("body")));
+    // A list count larger than the bytes left is refused before allocating.
+    assert_eq!(Request::decode(&[0x11, 0x03, 0xE8]), Err(WireError::Truncated));
+    let big = Request::UpdateProfile {
+        nickname: None,
+        email: None,
+        avatar: AvatarUpdate::Set(Avatar { mime: "x".into(), data: vec![0; MAX_FRAME_LEN] }),
+    };
+    assert!(matches!(big.encode(), Err(WireError::FrameTooLarge { .. })));
+}
+
+/// Hex snapshots: the layout is a contract with deployed relays. If one of these changes,
+/// the protocol changed: bump `PROTOCOL_VERSION` instead of editing the expected hex.
+#[test]
+fn hex_snapshots() {
+    let check = |frame: Vec<u8>, expected: &str| assert_eq!(hex::encode(frame), expected);
+    check(Request::Ping { nonce: 0x0102030405060708 }.encode().unwrap(), "00000009120102030405060708");
+    check(Request::Hello { versions: vec![1], client: "d".into() }.encode().unwrap(), "000000080100010001000164");
+    check(
+        Request::Send { to: "bob".into(), msg_id: "m1".into(), body: vec![0xAA, 0xBB] }.encode().unwrap(),
+        "00000010100003626f6200026d3100000002aabb",
+    );
+    check(Response::Sent { server_ts: 1, duplicate: false }.encode().unwrap(), "0000000a89000000000000000100");
+    check(
+        Response::Error { kind: ErrorKind::RateLimited, retry_after_ms: 500, message: "slow".into() }.encode().unwrap(),
+        "00000010820500000000000001f40004736c6f77",
+    );
+    check(
+        Push::Message { delivery_id: 7, from: "al".into(), msg_id: "x".into(), server_ts: 2, body: vec![1] }
+            .encode()
+            .unwrap(),
+        "0000001dc000000000000000070002616c00017800000000000000020000000101",
+    );
+    check(Push::LoggedOut.encode().unwrap(), "00000001c3");
+}
