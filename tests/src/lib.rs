@@ -254,6 +254,147 @@ impl Drop for Daemon {
     }
 }
 
+/// A running `letstalk-relay`; killed when dropped.
+#[derive(Debug)]
+pub struct Relay {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    /// `127.0.0.1:PORT`, as the relay printed it.
+    pub addr: String,
+    pub cert: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl World {
+    /// Starts a relay on 127.0.0.1 with a free port, its data in `<world>/<name>`.
+    pub fn relay(&self, name: &str) -> Result<Relay> {
+        self.relay_with(name, &[])
+    }
+
+    /// Starts a relay with extra flags.
+    pub fn relay_with(&self, name: &str, extra: &[&str]) -> Result<Relay> {
+        let data_dir = self.path().join(name);
+        std::fs::create_dir_all(&data_dir)?;
+        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        Relay::spawn(data_dir, "127.0.0.1:0", args)
+    }
+}
+
+impl Relay {
+    fn spawn(data_dir: PathBuf, listen: &str, args: Vec<String>) -> Result<Relay> {
+        use std::io::BufRead;
+        let log = unique(data_dir.join("relay.log"));
+        let mut cmd = Command::new(bin("letstalk-relay"));
+        cmd.arg("--listen").arg(listen).arg("--data-dir").arg(&data_dir).args(&args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LETSTALK_") || k == "NOTIFY_SOCKET" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("LETSTALK_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        let mut child = cmd.spawn().context("spawning letstalk-relay")?;
+        let stdout = child.stdout.take().context("relay stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("letstalk-relay did not print `listening on`:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        };
+        let cert = data_dir.join("relay-cert.pem");
+        Ok(Relay { child: Some(child), data_dir, addr, cert, log, args })
+    }
+
+    /// `localhost:PORT`: the address daemons use (the certificate names localhost).
+    pub fn address(&self) -> String {
+        let port = self.addr.rsplit(':').next().unwrap_or("0");
+        format!("localhost:{port}")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the relay again on the same address and data directory.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let again = Relay::spawn(self.data_dir.clone(), &self.addr.clone(), self.args.clone())?;
+        *self = again;
+        Ok(())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+impl DaemonSpec {
+    /// Points the daemon at `relay`.
+    pub fn with_relay(self, relay: &Relay) -> Self {
+        self.arg("--relay").arg(relay.address()).arg("--relay-cert").arg(relay.cert.to_string_lossy().into_owned())
+    }
+}
+
+/// Waits until `check` returns `Some`, polling every 20 ms, failing after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
 /// Runs the `letstalk` CLI against `socket`; returns (exit code, stdout, stderr).
 pub fn cli(socket: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin("letstalk"))
