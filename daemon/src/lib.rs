@@ -9,9 +9,12 @@
 //! - [`config`]: flags, environment and config file resolved into a validated `Config`.
 //! - [`content`]: what travels inside an end-to-end envelope (messages, receipts).
 //! - [`store`]: the SQLCipher database, its key and its migrations.
+//! - [`contacts`]: contact rows, their IPC shape and safety numbers.
 //! - [`events`]: the persisted event log and the bus that wakes subscribers.
+//! - [`relay`]: the relay operations the methods use (`RelayApi`) and the QUIC link.
 //! - [`sender`]: drains the outbox to the relay in order, against a `Transport`.
 //! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
+//! - [`inbox`]: applies what the relay pushes (messages, presence, profiles, logout).
 //! - [`keys`]: our public keys in the relay directory's shape and back.
 //! - [`messages`]: message rows, their IPC shape and the conversation queries.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
@@ -25,11 +28,14 @@ pub mod config;
 pub mod content;
 pub mod delivery;
 pub mod device;
+pub mod contacts;
 pub mod events;
+pub mod inbox;
 pub mod keys;
 pub mod messages;
 pub mod methods;
 pub mod sender;
+pub mod relay;
 pub mod server;
 pub mod store;
 pub mod systemd;
@@ -82,6 +88,8 @@ pub struct Daemon {
     /// Frontends that introduced themselves with `system.hello`, by connection.
     pub frontends: Mutex<BTreeMap<u64, letstalk_ipc::types::Frontend>>,
     network: Mutex<Option<(Instant, letstalk_ipc::types::Network)>>,
+    /// The relay, when one is configured.
+    pub relay: Option<Arc<dyn relay::RelayApi>>,
     /// The logged-in user, cached from the `account` table.
     user: Mutex<Option<String>>,
     /// Wakes the sender task when the outbox got something.
@@ -160,6 +168,7 @@ pub async fn run(
         frontends: Mutex::default(),
         network: Mutex::default(),
         user: Mutex::new(user),
+        relay: None,
         sender_wake: tokio::sync::Notify::new(),
     });
 

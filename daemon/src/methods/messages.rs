@@ -14,7 +14,7 @@ use crate::messages::{self, NewMessage};
 use crate::{Daemon, delivery, now_ms, validate};
 
 /// The largest text accepted, in bytes of UTF-8.
-pub const MAX_TEXT: usize = 64 * 1024;
+pub(super) const MAX_TEXT: usize = 64 * 1024;
 
 /// A conversation name, checked: `user:<id>` (groups come with their issue).
 fn conversation_peer(field: &str, conversation: &str) -> Result<String, RpcError> {

@@ -4,6 +4,8 @@
 //! Names not in [`letstalk_ipc::methods::METHODS`] answer `-32601`; a test checks that
 //! every name in that table is dispatched here.
 
+mod account;
+mod contacts;
 mod device;
 mod events;
 mod messages;
@@ -23,6 +25,7 @@ use crate::Daemon;
 use crate::server::Connection;
 use crate::store::StoreError;
 
+pub(crate) use account::mark_logged_out;
 pub use settings::Settings;
 
 /// What a method produced.
@@ -64,6 +67,24 @@ pub async fn call(
         "device.info" => reply(device::info(daemon, parse(params)?)?),
         "events.subscribe" => events::subscribe(daemon, parse(params)?).await,
         "events.unsubscribe" => reply(events::unsubscribe(conn, parse(params)?)?),
+        "account.register" => reply(account::register(daemon, parse(params)?).await?),
+        "account.login" => reply(account::login(daemon, parse(params)?).await?),
+        "account.logout" => reply(account::logout(daemon, parse(params)?).await?),
+        "account.info" => reply(account::info(daemon, parse(params)?).await?),
+        "account.update" => reply(account::update(daemon, parse(params)?).await?),
+        "account.change_password" => reply(account::change_password(daemon, parse(params)?).await?),
+        "account.avatar" => reply(account::avatar(daemon, parse(params)?).await?),
+        "contacts.add" => reply(contacts::add(daemon, parse(params)?).await?),
+        "contacts.list" => reply(contacts::list(daemon, parse(params)?).await?),
+        "contacts.remove" => reply(contacts::remove(daemon, parse(params)?).await?),
+        "contacts.verify" => reply(contacts::verify(daemon, parse(params)?).await?),
+        "contacts.mark_verified" => reply(contacts::mark_verified(daemon, parse(params)?).await?),
+        "messages.send" => reply(messages::send(daemon, parse(params)?).await?),
+        "messages.list" => reply(messages::list(daemon, parse(params)?).await?),
+        "messages.get" => reply(messages::get(daemon, parse(params)?).await?),
+        "messages.mark_read" => reply(messages::mark_read(daemon, parse(params)?).await?),
+        "messages.delete" => reply(messages::delete(daemon, parse(params)?).await?),
+        "conversations.list" => reply(messages::conversations(daemon, parse(params)?).await?),
         other => Err(RpcError::method_not_found(other)),
     }
 }

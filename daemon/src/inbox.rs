@@ -1,0 +1,159 @@
+//! What the relay pushes, applied to the store: messages (decrypted and stored exactly
+//! once, then acknowledged), presence and profile changes of contacts, the account
+//! moving to another device, and the connection's state.
+
+use std::sync::Arc;
+
+use rusqlite::params;
+
+use letstalk_ipc::types::{EventBody, Presence};
+use letstalk_wire::Request;
+
+use crate::account::Account;
+use crate::delivery::{self, Received};
+use crate::relay::{Pushed, RelayApi};
+use crate::{Daemon, contacts, events, now_ms};
+
+/// Applies one push. Messages are acknowledged to the relay only after their
+/// transaction committed, so a crash in between means a redelivery, never a loss.
+pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, push: Pushed) {
+    match push {
+        Pushed::Message { delivery_id, from, msg_id, body } => {
+            let outcome = daemon
+                .store
+                .call(move |c| {
+                    let Some(me) = Account::load(c)? else { return Ok(None) };
+                    delivery::receive(c, &me, &from, &msg_id, &body, now_ms()).map(Some)
+                })
+                .await;
+            match outcome {
+                Ok(Some(received)) => {
+                    match &received {
+                        Received::Applied { last_event, queued } => {
+                            if let Some(seq) = last_event {
+                                daemon.bus.published(*seq);
+                            }
+                            if *queued {
+                                daemon.wake_sender();
+                            }
+                        }
+                        Received::Duplicate => {}
+                        Received::Dropped(why) => tracing::warn!(reason = %why, "dropped an undecryptable message"),
+                    }
+                    if let Err(e) = relay.request(Request::Ack { delivery_ids: vec![delivery_id] }).await {
+                        // Not acknowledged: the relay pushes it again and `received` skips it.
+                        tracing::debug!(error = %e, "ack failed");
+                    }
+                }
+                Ok(None) => tracing::debug!("message for a logged-out device left on the relay"),
+                Err(e) => tracing::warn!(error = %e, "storing a received message"),
+            }
+        }
+        Pushed::Presence(info) => {
+            let presence = if info.online { Presence::Online } else { Presence::Offline };
+            let last_seen = i64::try_from(info.last_seen_at).ok().filter(|t| *t > 0);
+            let user = info.user_id;
+            let seq = daemon
+                .store
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    let changed = tx.execute(
+                        "UPDATE contacts SET presence = ?2, last_seen_at = coalesce(?3, last_seen_at)
+                         WHERE user_id = ?1 AND presence != ?2",
+                        params![user, contacts::presence_str(presence), last_seen],
+                    )?;
+                    let seq = if changed == 1 {
+                        Some(events::append(&tx, &EventBody::ContactPresence { user_id: user, presence }, now_ms())?)
+                    } else {
+                        None
+                    };
+                    tx.commit()?;
+                    Ok(seq)
+                })
+                .await;
+            publish(daemon, seq);
+        }
+        Pushed::ProfileChanged(profile) => {
+            let seq = daemon
+                .store
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    let changed = tx.execute(
+                        "UPDATE contacts SET nickname = ?2, avatar_sha256 = ?3 WHERE user_id = ?1",
+                        params![profile.user_id, profile.nickname, profile.avatar.as_ref().map(|a| hex::encode(a.sha256))],
+                    )?;
+                    let mut seq = None;
+                    if changed == 1
+                        && let Some(contact) = contacts::get(&tx, &profile.user_id)?
+                    {
+                        seq = Some(events::append(&tx, &EventBody::ContactChanged { contact }, now_ms())?);
+                    }
+                    tx.commit()?;
+                    Ok(seq)
+                })
+                .await;
+            publish(daemon, seq);
+        }
+        Pushed::LoggedOut => {
+            tracing::info!("the account moved to another device; logged out");
+            relay.set_credentials(None);
+            if let Err(e) = crate::methods::mark_logged_out(daemon, true).await {
+                tracing::warn!(error = %e.message, "recording the logout");
+            }
+        }
+        Pushed::State(state) => {
+            let address = Some(relay.address());
+            let seq = daemon
+                .store
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    let seq = events::append(&tx, &EventBody::ConnectionState { state, address }, now_ms())?;
+                    tx.commit()?;
+                    Ok(seq)
+                })
+                .await;
+            publish(daemon, seq.map(Some));
+            if state == letstalk_ipc::types::RelayState::Connected {
+                daemon.wake_sender();
+                rewatch(daemon, relay).await;
+            }
+        }
+    }
+}
+
+fn publish(daemon: &Daemon, seq: Result<Option<u64>, crate::store::StoreError>) {
+    match seq {
+        Ok(Some(seq)) => daemon.bus.published(seq),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "applying a push"),
+    }
+}
+
+/// Re-sends the watch list after a (re)connection, so presence and profile pushes follow
+/// the contacts even across relay restarts.
+async fn rewatch(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) {
+    if daemon.user().is_none() {
+        return;
+    }
+    let users = daemon
+        .store
+        .call(|c| {
+            let ids: Vec<String> =
+                c.prepare("SELECT user_id FROM contacts")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+        .await
+        .unwrap_or_default();
+    if users.is_empty() {
+        return;
+    }
+    match relay.request(Request::Watch { add: users, remove: vec![] }).await {
+        Ok(letstalk_wire::Response::Presence { users }) => {
+            for info in users {
+                Box::pin(apply(daemon, relay, Pushed::Presence(info))).await;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "re-watching contacts"),
+    }
+}

@@ -1,0 +1,149 @@
+//! `contacts.*`: add, list, remove, verify, mark_verified.
+
+use std::sync::Arc;
+
+use rusqlite::params;
+
+use letstalk_ipc::types::{Contact, ContactsAddParams, ContactsList, Empty, EventBody, MarkVerifiedParams, UserIdParams, VerifyResult};
+use letstalk_ipc::{ErrorKind, RpcError};
+use letstalk_wire::{Request, Response};
+
+use super::account::relay;
+use super::{internal, logged_in};
+use crate::relay::check;
+use crate::{Daemon, contacts, events, now_ms, validate};
+
+fn not_found(user: &str) -> RpcError {
+    RpcError::new(ErrorKind::NotFound, format!("{user} is not a contact"))
+}
+
+pub(super) async fn add(daemon: &Arc<Daemon>, p: ContactsAddParams) -> Result<Contact, RpcError> {
+    let me = logged_in(daemon).await?;
+    let user = validate::user_id("user_id", &p.user_id)?;
+    if user == me {
+        return Err(RpcError::invalid_params("user_id", "you cannot add yourself"));
+    }
+    let alias = p.alias.as_deref().map(|a| validate::nickname("alias", a)).transpose()?;
+    let relay = relay(daemon)?;
+    let profile = match relay.request(Request::LookupUser { user_id: user.clone() }).await.and_then(check) {
+        Ok(Response::Profile(profile)) => profile,
+        Ok(_) => return Err(RpcError::internal("unexpected answer from the relay")),
+        Err(e) => return Err(e.to_rpc("user_id")),
+    };
+    let presence = match relay.request(Request::Watch { add: vec![user.clone()], remove: vec![] }).await.and_then(check) {
+        Ok(Response::Presence { users }) => users.into_iter().find(|u| u.user_id == user),
+        Ok(_) => None,
+        Err(e) => return Err(e.to_rpc("user_id")),
+    };
+    let u = user.clone();
+    let (contact, seq) = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let now = now_ms();
+            let (state, last_seen) = match &presence {
+                Some(p) if p.online => ("online", None),
+                Some(p) => ("offline", i64::try_from(p.last_seen_at).ok().filter(|t| *t > 0)),
+                None => ("offline", None),
+            };
+            tx.execute(
+                "INSERT INTO contacts (user_id, nickname, alias, presence, last_seen_at, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (user_id) DO UPDATE SET nickname = excluded.nickname,
+                    alias = coalesce(excluded.alias, contacts.alias), presence = excluded.presence,
+                    last_seen_at = coalesce(excluded.last_seen_at, contacts.last_seen_at)",
+                params![u, profile.nickname, alias, state, last_seen, now],
+            )?;
+            let contact = contacts::get(&tx, &u)?.ok_or_else(|| crate::store::StoreError::Io {
+                context: "new contact".into(),
+                source: std::io::Error::other("vanished"),
+            })?;
+            let seq = events::append(&tx, &EventBody::ContactChanged { contact: contact.clone() }, now)?;
+            tx.commit()?;
+            Ok((contact, seq))
+        })
+        .await
+        .map_err(internal)?;
+    daemon.bus.published(seq);
+    Ok(contact)
+}
+
+pub(super) async fn list(daemon: &Arc<Daemon>, _: Empty) -> Result<ContactsList, RpcError> {
+    logged_in(daemon).await?;
+    let contacts = daemon.store.call(|c| contacts::list(c)).await.map_err(internal)?;
+    Ok(ContactsList { contacts })
+}
+
+pub(super) async fn remove(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<Empty, RpcError> {
+    logged_in(daemon).await?;
+    let user = validate::user_id("user_id", &p.user_id)?;
+    let u = user.clone();
+    let removed = daemon
+        .store
+        .call(move |c| Ok(c.execute("DELETE FROM contacts WHERE user_id = ?1", params![u])? == 1))
+        .await
+        .map_err(internal)?;
+    if !removed {
+        return Err(not_found(&user));
+    }
+    if let Some(relay) = &daemon.relay
+        && let Err(e) = relay.request(Request::Watch { add: vec![], remove: vec![user] }).await
+    {
+        // The watch list is re-sent on every connection, so a missed removal heals.
+        tracing::debug!(error = %e, "unwatching failed");
+    }
+    Ok(Empty {})
+}
+
+pub(super) async fn verify(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<VerifyResult, RpcError> {
+    logged_in(daemon).await?;
+    let user = validate::user_id("user_id", &p.user_id)?;
+    let u = user.clone();
+    let found = daemon
+        .store
+        .call(move |c| {
+            let verified: Option<bool> = {
+                use rusqlite::OptionalExtension;
+                c.query_row("SELECT verified FROM contacts WHERE user_id = ?1", params![u], |r| r.get(0)).optional()?
+            };
+            let number = contacts::safety_number(c, &u)?;
+            let fingerprint = crate::delivery::load_session(c, &u)?.map(|s| s.remote_identity().fingerprint());
+            Ok((verified, number, fingerprint))
+        })
+        .await
+        .map_err(internal)?;
+    match found {
+        (Some(verified), Some(safety_number), Some(fingerprint)) => Ok(VerifyResult { safety_number, fingerprint, verified }),
+        (None, _, _) => Err(not_found(&user)),
+        _ => Err(RpcError::new(
+            ErrorKind::InvalidState,
+            format!("no session with {user} yet: exchange a message first"),
+        )),
+    }
+}
+
+pub(super) async fn mark_verified(daemon: &Arc<Daemon>, p: MarkVerifiedParams) -> Result<Contact, RpcError> {
+    logged_in(daemon).await?;
+    let user = validate::user_id("user_id", &p.user_id)?;
+    let u = user.clone();
+    let outcome = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            if tx.execute("UPDATE contacts SET verified = ?2 WHERE user_id = ?1", params![u, p.verified])? == 0 {
+                return Ok(None);
+            }
+            let contact = contacts::get(&tx, &u)?;
+            let mut seq = None;
+            if let Some(contact) = &contact {
+                seq = Some(events::append(&tx, &EventBody::ContactChanged { contact: contact.clone() }, now_ms())?);
+            }
+            tx.commit()?;
+            Ok(contact.zip(seq))
+        })
+        .await
+        .map_err(internal)?;
+    let (contact, seq) = outcome.ok_or_else(|| not_found(&user))?;
+    daemon.bus.published(seq);
+    Ok(contact)
+}

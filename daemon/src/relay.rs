@@ -1,0 +1,117 @@
+//! The daemon's view of the relay: the operations the methods need, as an object-safe
+//! trait ([`RelayApi`]), and the mapping of relay errors onto IPC error kinds.
+//!
+//! The real implementation drives the QUIC link (`relay/link.rs`); keeping the methods
+//! written against this trait keeps them independent of the transport.
+
+use futures::future::BoxFuture;
+
+use letstalk_ipc::types::RelayState;
+use letstalk_ipc::{ErrorKind, RpcError};
+use letstalk_wire::{Request, Response};
+
+pub mod link;
+
+/// A relay failure as the daemon sees it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RelayError {
+    /// Not connected (or the connection dropped mid-request).
+    #[error("the relay cannot be reached")]
+    Unavailable,
+    /// The relay answered with an error.
+    #[error("relay: {message}")]
+    Refused { kind: letstalk_wire::ErrorKind, retry_after_ms: u64, message: String },
+    /// The relay answered something this request does not expect.
+    #[error("unexpected answer from the relay")]
+    Unexpected,
+}
+
+impl RelayError {
+    /// The IPC error for this failure; `field` names the param an `Invalid` refers to.
+    pub fn to_rpc(&self, field: &str) -> RpcError {
+        use letstalk_wire::ErrorKind as W;
+        match self {
+            Self::Unavailable => RpcError::new(ErrorKind::RelayUnavailable, "the relay cannot be reached now"),
+            Self::Unexpected => RpcError::internal("unexpected answer from the relay"),
+            Self::Refused { kind, retry_after_ms, message } => match kind {
+                W::Invalid => RpcError::invalid_params(field, message.clone()),
+                W::AuthFailed => RpcError::new(ErrorKind::AuthFailed, "wrong user ID or password"),
+                W::Conflict => RpcError::new(ErrorKind::Conflict, message.clone()),
+                W::NotFound => RpcError::new(ErrorKind::NotFound, message.clone()),
+                W::RateLimited => RpcError::rate_limited(*retry_after_ms),
+                W::TooLarge => RpcError::new(ErrorKind::TooLarge, message.clone()),
+                W::QuotaExceeded => RpcError::rate_limited(retry_after_ms.max(&1000).to_owned()),
+                W::Blocked => RpcError::new(ErrorKind::Blocked, message.clone()),
+                W::UnknownDevice | W::Unauthenticated => {
+                    RpcError::new(ErrorKind::NotLoggedIn, "this device is not logged in on the relay")
+                }
+                W::Unsupported | W::Internal | W::Other(_) => RpcError::internal(format!("relay: {message}")),
+            },
+        }
+    }
+}
+
+/// Who this device is on the relay: the account and the Ed25519 seed binding it.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user_id: String,
+    pub device_seed: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user_id", &self.user_id).finish_non_exhaustive()
+    }
+}
+
+/// What the relay sends without being asked.
+#[derive(Debug, Clone)]
+pub enum Pushed {
+    Message { delivery_id: u64, from: String, msg_id: String, body: Vec<u8> },
+    Presence(letstalk_wire::PresenceInfo),
+    ProfileChanged(letstalk_wire::Profile),
+    LoggedOut,
+    /// The connection state changed (connected, connecting, offline).
+    State(RelayState),
+}
+
+/// The relay operations the daemon uses.
+pub trait RelayApi: Send + Sync + std::fmt::Debug {
+    /// Creates an account and binds this device (on success the link authenticates
+    /// every later connection with `credentials`).
+    fn register(
+        &self,
+        credentials: Credentials,
+        password: String,
+        email: String,
+        nickname: String,
+        identity: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), RelayError>>;
+    /// Binds this device to an existing account.
+    fn login(&self, credentials: Credentials, password: String) -> BoxFuture<'_, Result<(), RelayError>>;
+    /// Sets (or clears) the credentials used to authenticate connections.
+    fn set_credentials(&self, credentials: Option<Credentials>);
+    /// One request on the authenticated connection.
+    fn request(&self, request: Request) -> BoxFuture<'_, Result<Response, RelayError>>;
+    /// The connection state and last round-trip time.
+    fn status(&self) -> (RelayState, Option<u64>);
+    /// The address, as configured.
+    fn address(&self) -> String;
+}
+
+/// `request` expecting `Response::Ok`.
+pub async fn expect_ok(relay: &dyn RelayApi, request: Request) -> Result<(), RelayError> {
+    match relay.request(request).await? {
+        Response::Ok => Ok(()),
+        Response::Error { kind, retry_after_ms, message } => Err(RelayError::Refused { kind, retry_after_ms, message }),
+        _ => Err(RelayError::Unexpected),
+    }
+}
+
+/// Turns an error response into `Err`, passing anything else through.
+pub fn check(response: Response) -> Result<Response, RelayError> {
+    match response {
+        Response::Error { kind, retry_after_ms, message } => Err(RelayError::Refused { kind, retry_after_ms, message }),
+        other => Ok(other),
+    }
+}

@@ -1,0 +1,1 @@
+//! The QUIC link to the relay (lands with the link crate).

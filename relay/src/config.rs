@@ -1,0 +1,226 @@
+//! Configuration: flags (clap, each with its `LETSTALK_…` variable) over a TOML file over
+//! defaults, resolved once into a validated [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The command line, exactly as in `programs.md`. clap reads each flag's environment
+/// variable when the flag is absent, which gives flag > environment; the file comes next.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(name = "letstalk-relay", version, about = "The Letstalk store-and-forward relay")]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "LETSTALK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// UDP address for QUIC (default [::]:4433).
+    #[arg(long, env = "LETSTALK_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Where everything the relay keeps lives.
+    #[arg(long, env = "LETSTALK_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TLS certificate chain (PEM); requires --key.
+    #[arg(long, env = "LETSTALK_CERT", value_name = "PEM_FILE")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM); requires --cert.
+    #[arg(long, env = "LETSTALK_KEY", value_name = "PEM_FILE")]
+    pub key: Option<PathBuf>,
+    /// Run as a node of a multi-node relay (not supported yet).
+    #[arg(long, env = "LETSTALK_CLUSTER", value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This node's name.
+    #[arg(long, env = "LETSTALK_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// Log level or filter directive.
+    #[arg(long, env = "LETSTALK_LOG", value_name = "LEVEL")]
+    pub log: Option<String>,
+}
+
+/// The configuration file: the same keys as the flags, plus the limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    cluster: Option<String>,
+    node_id: Option<String>,
+    log: Option<String>,
+    message_ttl_days: Option<u64>,
+    mailbox_max_messages: Option<u64>,
+    mailbox_max_bytes: Option<u64>,
+    register_per_ip: Option<RateLimit>,
+    login_per_ip: Option<RateLimit>,
+    login_per_account: Option<RateLimit>,
+}
+
+/// A token bucket: `burst` attempts at once, refilled at `per_minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Bucket size.
+    pub burst: u32,
+    /// Refill rate.
+    pub per_minute: u32,
+}
+
+/// Where the TLS identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// Generate (or reuse) `relay-cert.pem` / `relay-key.pem` in the data directory.
+    SelfSigned,
+    /// Operator-provided files.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// Limits that bound what one client or account can cost.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Undelivered messages expire after this.
+    pub message_ttl: Duration,
+    /// Most queued messages per device.
+    pub mailbox_max_messages: u64,
+    /// Most queued bytes per device.
+    pub mailbox_max_bytes: u64,
+    /// Registrations per source IP.
+    pub register_per_ip: RateLimit,
+    /// Logins (and password changes) per source IP.
+    pub login_per_ip: RateLimit,
+    /// Logins (and password changes) per account.
+    pub login_per_account: RateLimit,
+    /// Streams a connection may open at once before being cut off...
+    pub stream_burst: u32,
+    /// ...and per second after that.
+    pub streams_per_sec: u32,
+    /// Concurrent bidirectional streams per connection.
+    pub max_concurrent_streams: u32,
+    /// A connection silent for this long is dropped.
+    pub idle_timeout: Duration,
+    /// A request must arrive in full within this time after its stream opens.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            message_ttl: Duration::from_secs(30 * 24 * 3600),
+            mailbox_max_messages: 10_000,
+            mailbox_max_bytes: 256 * 1024 * 1024,
+            register_per_ip: RateLimit { burst: 10, per_minute: 10 },
+            login_per_ip: RateLimit { burst: 20, per_minute: 20 },
+            login_per_account: RateLimit { burst: 10, per_minute: 5 },
+            stream_burst: 2000,
+            streams_per_sec: 500,
+            max_concurrent_streams: 32,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// Data directory (created 0700 if missing).
+    pub data_dir: PathBuf,
+    /// TLS identity.
+    pub tls: TlsSource,
+    /// This node's name (logs, the Hello answer).
+    pub node_id: String,
+    /// Log filter.
+    pub log: String,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// A configuration problem: reported on one line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Anything invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// `--cluster` is accepted but not implemented yet.
+    #[error("--cluster is not supported yet")]
+    ClusterUnsupported,
+}
+
+impl Config {
+    /// A configuration for tests: loopback, port 0, `data_dir`, default limits.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            tls: TlsSource::SelfSigned,
+            node_id: "test".into(),
+            log: "warn".into(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Resolves flags (with environment) and the config file into a `Config`.
+    pub fn resolve(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Invalid(format!("config file {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    ConfigError::Invalid(format!("config file {}: {}", path.display(), one_line(&e.to_string())))
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        if args.cluster.is_some() || file.cluster.is_some() {
+            return Err(ConfigError::ClusterUnsupported);
+        }
+        let listen_s = args.listen.or(file.listen).unwrap_or_else(|| "[::]:4433".into());
+        let listen: SocketAddr =
+            listen_s.parse().map_err(|_| ConfigError::Invalid(format!("--listen {listen_s:?}: expected ADDR:PORT")))?;
+        let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| {
+            std::env::var_os("STATE_DIRECTORY")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/letstalk-relay"))
+        });
+        let tls = match (args.cert.or(file.cert), args.key.or(file.key)) {
+            (None, None) => TlsSource::SelfSigned,
+            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            _ => return Err(ConfigError::Invalid("--cert and --key must be given together".into())),
+        };
+        let node_id = args.node_id.or(file.node_id).unwrap_or_else(crate::tls::host_name);
+        let log = args.log.or(file.log).unwrap_or_else(|| "info".into());
+        let mut limits = Limits::default();
+        if let Some(d) = file.message_ttl_days {
+            if d == 0 {
+                return Err(ConfigError::Invalid("message_ttl_days must be at least 1".into()));
+            }
+            limits.message_ttl = Duration::from_secs(d.saturating_mul(24 * 3600));
+        }
+        if let Some(n) = file.mailbox_max_messages {
+            limits.mailbox_max_messages = n;
+        }
+        if let Some(n) = file.mailbox_max_bytes {
+            limits.mailbox_max_bytes = n;
+        }
+        for (slot, v) in [
+            (&mut limits.register_per_ip, file.register_per_ip),
+            (&mut limits.login_per_ip, file.login_per_ip),
+            (&mut limits.login_per_account, file.login_per_account),
+        ] {
+            if let Some(v) = v {
+                if v.burst == 0 {
+                    return Err(ConfigError::Invalid("a rate limit's burst must be at least 1".into()));
+                }
+                *slot = v;
+            }
+        }
+        Ok(Self { listen, data_dir, tls, node_id, log, limits })
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,209 @@
+//! The storage trait: everything the relay keeps, behind one interface so that the
+//! embedded SQLite back end ([`SqliteStorage`]) and a cluster back end (NATS JetStream:
+//! key-value buckets for accounts and prekeys, one stream subject per device for
+//! mailboxes, the object store for blobs) are interchangeable.
+//!
+//! The trait is async: a cluster back end does network I/O, and the embedded one runs
+//! each call on tokio's blocking pool so SQLite never stalls the reactor. Operations are
+//! shaped for that future: each is one atomic step (take a prekey, enqueue with dedupe
+//! and quota, delete acknowledged), never a transaction spanning calls.
+//!
+//! The value types are the plain structs from `letstalk-wire` where they match exactly
+//! (profile, prekey, bundle): they carry no serde and no I/O.
+
+pub mod sqlite;
+
+use std::future::Future;
+
+use letstalk_wire::{Avatar, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
+
+pub use sqlite::SqliteStorage;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The user id is taken.
+    #[error("user id taken")]
+    Conflict,
+    /// No such account.
+    #[error("no such account")]
+    NotFound,
+    /// The recipient's mailbox is full.
+    #[error("mailbox full")]
+    QuotaExceeded,
+    /// The back end failed.
+    #[error("storage: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Backend(e.to_string())
+    }
+}
+
+/// A new account.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Lowercased and validated.
+    pub user_id: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Contact email.
+    pub email: String,
+    /// Display name.
+    pub nickname: String,
+    /// The registering device's Ed25519 key.
+    pub device_key: [u8; 32],
+    /// Opaque identity-key bytes (may be empty until uploaded).
+    pub identity: Vec<u8>,
+    /// Creation time, ms.
+    pub now: u64,
+}
+
+/// What authentication needs to know about an account.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// The bound device, if any.
+    pub device_key: Option<[u8; 32]>,
+}
+
+/// Keys a device uploads; `None` keeps what is stored.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpload {
+    /// Opaque identity-key bytes.
+    pub identity: Option<Vec<u8>>,
+    /// The signed prekey (replaces the old one).
+    pub signed_prekey: Option<PreKey>,
+    /// One-time prekeys to add (an id already present is replaced).
+    pub one_time: Vec<PreKey>,
+    /// The last-resort key (replaces the old one).
+    pub last_resort: Option<PreKey>,
+}
+
+/// A profile change; `None` keeps a field.
+#[derive(Debug, Clone)]
+pub struct ProfileUpdate {
+    /// New nickname.
+    pub nickname: Option<String>,
+    /// New email.
+    pub email: Option<String>,
+    /// Avatar change, with its SHA-256 computed by the caller.
+    pub avatar: AvatarUpdate,
+    /// Time of the change, ms.
+    pub now: u64,
+}
+
+/// A message handed to the relay.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The sending account.
+    pub sender: String,
+    /// The receiving account.
+    pub recipient: String,
+    /// The sender's idempotency key.
+    pub msg_id: String,
+    /// Opaque ciphertext.
+    pub body: Vec<u8>,
+    /// Acceptance time, ms.
+    pub now: u64,
+}
+
+/// Per-mailbox limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Most queued messages per recipient device.
+    pub max_messages: u64,
+    /// Most queued bytes per recipient device.
+    pub max_bytes: u64,
+}
+
+/// The outcome of an enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// When the relay first accepted the message, ms.
+    pub server_ts: u64,
+    /// True when this (sender, recipient, msg id) had been accepted before.
+    pub duplicate: bool,
+}
+
+/// A queued message.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Never reused; the recipient acknowledges by it.
+    pub delivery_id: u64,
+    /// The sending account.
+    pub sender: String,
+    /// The sender's id for it.
+    pub msg_id: String,
+    /// When accepted, ms.
+    pub server_ts: u64,
+    /// Opaque ciphertext.
+    pub body: Vec<u8>,
+}
+
+/// Everything the relay keeps. See the module doc for the concurrency model.
+pub trait Storage: Send + Sync + 'static {
+    /// Creates an account; [`StorageError::Conflict`] if the id is taken.
+    fn create_account(&self, account: NewAccount) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// The password hash and bound device of `user_id`, or `None`.
+    fn credentials(&self, user_id: &str) -> impl Future<Output = Result<Option<Credentials>, StorageError>> + Send;
+    /// Binds `device_key` (or unbinds with `None`). Binding a different key drops the old
+    /// device's identity and prekeys: they belong to a device that is gone.
+    fn bind_device(
+        &self,
+        user_id: &str,
+        device_key: Option<[u8; 32]>,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Replaces the password hash.
+    fn set_password_hash(&self, user_id: &str, hash: String) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Deletes the account and everything kept for it (mailbox, keys, avatar, watches).
+    fn delete_account(&self, user_id: &str) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// The profile, with email.
+    fn profile(&self, user_id: &str) -> impl Future<Output = Result<Option<Profile>, StorageError>> + Send;
+    /// Applies a profile change and returns the new profile.
+    fn update_profile(
+        &self,
+        user_id: &str,
+        update: ProfileUpdate,
+    ) -> impl Future<Output = Result<Profile, StorageError>> + Send;
+    /// The avatar bytes.
+    fn avatar(&self, user_id: &str) -> impl Future<Output = Result<Option<Avatar>, StorageError>> + Send;
+    /// Stores keys; returns how many one-time prekeys are now held.
+    fn upload_keys(&self, user_id: &str, keys: KeyUpload) -> impl Future<Output = Result<u32, StorageError>> + Send;
+    /// How many one-time prekeys are held.
+    fn one_time_count(&self, user_id: &str) -> impl Future<Output = Result<u32, StorageError>> + Send;
+    /// The bundle of `user_id`, atomically taking one one-time prekey (each is handed out
+    /// exactly once), or the last-resort key when none are left. `None`: no such account
+    /// or no bound device.
+    fn take_bundle(&self, user_id: &str) -> impl Future<Output = Result<Option<Bundle>, StorageError>> + Send;
+    /// Adds and removes watched users (unknown ones are ignored); returns the watched
+    /// users that exist among `add`, with their last-seen time (online is filled in by
+    /// the caller, which knows the connections).
+    fn watch(
+        &self,
+        watcher: &str,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<PresenceInfo>, StorageError>> + Send;
+    /// Who watches `user_id`.
+    fn watchers(&self, user_id: &str) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
+    /// Records when the device was last connected.
+    fn set_last_seen(&self, user_id: &str, at: u64) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Persists a message (deduplicated, within the quota). [`StorageError::NotFound`] if
+    /// the recipient does not exist.
+    fn enqueue(&self, envelope: Envelope, quota: Quota) -> impl Future<Output = Result<Enqueued, StorageError>> + Send;
+    /// Queued messages for `recipient` with delivery id above `after`, oldest first.
+    fn pending(
+        &self,
+        recipient: &str,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Queued>, StorageError>> + Send;
+    /// Deletes acknowledged messages of `recipient`; returns how many were deleted.
+    fn ack(&self, recipient: &str, delivery_ids: Vec<u64>) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    /// Deletes messages and idempotency records accepted before `before` (ms).
+    fn expire(&self, before: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
+}
