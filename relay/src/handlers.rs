@@ -1,0 +1,303 @@
+//! What each request means: validation, authorisation (a connection acts only for the
+//! account it authenticated as), storage calls and the pushes they cause.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use letstalk_wire::{
+    AvatarUpdate, ErrorKind, MAX_AVATAR_LEN, PROTOCOL_VERSION, Push, Request, Response, auth_message,
+};
+use tracing::{info, warn};
+
+use crate::conn::{ConnCtx, end_session, start_session};
+use crate::hub::PushCmd;
+use crate::storage::{Envelope, KeyUpload, NewAccount, ProfileUpdate, Quota, Storage, StorageError};
+use crate::{State, now_ms};
+
+type Reply = Result<Response, Response>;
+
+fn fail(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::error(kind, message)
+}
+
+fn storage_fail(e: StorageError) -> Response {
+    match e {
+        StorageError::Conflict => fail(ErrorKind::Conflict, "user id taken"),
+        StorageError::NotFound => fail(ErrorKind::NotFound, "no such user"),
+        StorageError::QuotaExceeded => fail(ErrorKind::QuotaExceeded, "the recipient's mailbox is full"),
+        StorageError::Backend(e) => {
+            warn!(error = %e, "storage failure");
+            fail(ErrorKind::Internal, "storage failure")
+        }
+    }
+}
+
+fn rate_limited(wait: std::time::Duration) -> Response {
+    Response::Error {
+        kind: ErrorKind::RateLimited,
+        retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+        message: "too many attempts".into(),
+    }
+}
+
+/// Lowercases and checks a user id: 3 to 32 of `a-z 0-9 . _ -`, starting with a letter.
+pub fn normalize_user_id(raw: &str) -> Option<String> {
+    let id = raw.to_ascii_lowercase();
+    let ok_len = (3..=32).contains(&id.len());
+    let first_letter = id.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    let ok_chars = id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    (ok_len && first_letter && ok_chars).then_some(id)
+}
+
+fn user_arg(raw: &str) -> Result<String, Response> {
+    normalize_user_id(raw).ok_or_else(|| fail(ErrorKind::Invalid, "invalid user id"))
+}
+
+fn check_password(p: &str) -> Result<(), Response> {
+    if p.chars().count() < 8 {
+        return Err(fail(ErrorKind::Invalid, "password must be at least 8 characters"));
+    }
+    Ok(())
+}
+
+fn check_email(e: &str) -> Result<(), Response> {
+    let ok = e.len() <= 254
+        && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && !e.chars().any(char::is_whitespace);
+    if ok { Ok(()) } else { Err(fail(ErrorKind::Invalid, "invalid email")) }
+}
+
+fn check_nickname(n: &str) -> Result<(), Response> {
+    let len = n.chars().count();
+    if n.trim().is_empty() || len > 64 || n.chars().any(char::is_control) {
+        return Err(fail(ErrorKind::Invalid, "nickname must be 1 to 64 printable characters"));
+    }
+    Ok(())
+}
+
+fn verify_device(key: &[u8; 32], challenge: &[u8; 32], user_id: &str, sig: &[u8; 64]) -> bool {
+    let Ok(vk) = VerifyingKey::from_bytes(key) else { return false };
+    vk.verify_strict(&auth_message(challenge, user_id), &Signature::from_bytes(sig)).is_ok()
+}
+
+/// The account this connection acts for; refused if it authenticated as none, or if the
+/// account has since moved to another device or connection.
+fn require_auth<S: Storage>(st: &State<S>, ctx: &ConnCtx) -> Result<String, Response> {
+    let user = ctx.user().ok_or_else(|| fail(ErrorKind::Unauthenticated, "authenticate first"))?;
+    if !st.hub.is_current(&user, ctx.id) {
+        return Err(fail(ErrorKind::UnknownDevice, "this connection no longer acts for the account"));
+    }
+    Ok(user)
+}
+
+/// Answers one request.
+pub(crate) async fn dispatch<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request) -> Response {
+    match handle(st, ctx, req).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request) -> Reply {
+    match req {
+        Request::Hello { versions, client: _ } => {
+            if !versions.contains(&PROTOCOL_VERSION) {
+                return Err(fail(ErrorKind::Unsupported, format!("this relay speaks version {PROTOCOL_VERSION}")));
+            }
+            ctx.hello.store(true, Ordering::Relaxed);
+            Ok(Response::HelloOk {
+                version: PROTOCOL_VERSION,
+                challenge: ctx.challenge,
+                server: format!("letstalk-relay {} {}", env!("CARGO_PKG_VERSION"), st.node_id),
+            })
+        }
+        Request::Ping { nonce } => Ok(Response::Pong { nonce }),
+        _ if !ctx.hello.load(Ordering::Relaxed) => Err(fail(ErrorKind::Invalid, "send Hello first")),
+        Request::Auth { user_id, device_key, signature } => {
+            let user = user_arg(&user_id)?;
+            let creds = st.storage.credentials(&user).await.map_err(storage_fail)?;
+            if creds.and_then(|c| c.device_key) != Some(device_key) {
+                return Err(fail(ErrorKind::UnknownDevice, "this device is not bound to the account"));
+            }
+            if !verify_device(&device_key, &ctx.challenge, &user, &signature) {
+                return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
+            }
+            start_session(st, ctx, &user).await?;
+            Ok(Response::Authenticated { user_id: user })
+        }
+        Request::Register { user_id, password, email, nickname, device_key, signature, identity } => {
+            if ctx.user().is_some() {
+                return Err(fail(ErrorKind::Invalid, "connection already authenticated"));
+            }
+            let user = user_arg(&user_id)?;
+            check_password(&password)?;
+            check_email(&email)?;
+            check_nickname(&nickname)?;
+            if !verify_device(&device_key, &ctx.challenge, &user, &signature) {
+                return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
+            }
+            st.register_ip.check(&ctx.remote.ip()).map_err(rate_limited)?;
+            let password_hash = st.hasher.hash(password).await.map_err(|e| {
+                warn!(error = %e, "hashing failed");
+                fail(ErrorKind::Internal, "hashing failed")
+            })?;
+            let account = NewAccount { user_id: user.clone(), password_hash, email, nickname, device_key, identity, now: now_ms() };
+            st.storage.create_account(account).await.map_err(storage_fail)?;
+            info!(user_id = user, "account registered");
+            start_session(st, ctx, &user).await?;
+            Ok(Response::Authenticated { user_id: user })
+        }
+        Request::Login { user_id, password, device_key, signature } => {
+            if ctx.user().is_some() {
+                return Err(fail(ErrorKind::Invalid, "connection already authenticated"));
+            }
+            let user = user_arg(&user_id)?;
+            st.login_ip.check(&ctx.remote.ip()).map_err(rate_limited)?;
+            st.login_account.check(&user).map_err(rate_limited)?;
+            let creds = st.storage.credentials(&user).await.map_err(storage_fail)?;
+            let bound = creds.as_ref().and_then(|c| c.device_key);
+            if !st.hasher.verify(password, creds.map(|c| c.password_hash)).await {
+                return Err(fail(ErrorKind::AuthFailed, "wrong user id or password"));
+            }
+            if !verify_device(&device_key, &ctx.challenge, &user, &signature) {
+                return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
+            }
+            if bound != Some(device_key) {
+                st.storage.bind_device(&user, Some(device_key)).await.map_err(storage_fail)?;
+                // The account moves here: the old device, if connected, is told and cut off.
+                if let Some(old) = st.hub.take(&user)
+                    && old.tx.try_send(PushCmd::LoggedOut).is_err()
+                {
+                    old.conn.close(crate::conn::close::LOGGED_OUT.into(), b"logged in on another device");
+                }
+                info!(user_id = user, "account moved to a new device");
+            }
+            start_session(st, ctx, &user).await?;
+            Ok(Response::Authenticated { user_id: user })
+        }
+        Request::Logout => {
+            let user = require_auth(st, ctx)?;
+            st.storage.bind_device(&user, None).await.map_err(storage_fail)?;
+            end_session(st, ctx).await;
+            Ok(Response::Ok)
+        }
+        Request::DeleteAccount => {
+            let user = require_auth(st, ctx)?;
+            end_session(st, ctx).await;
+            st.storage.delete_account(&user).await.map_err(storage_fail)?;
+            info!(user_id = user, "account deleted");
+            Ok(Response::Ok)
+        }
+        Request::ChangePassword { old_password, new_password } => {
+            let user = require_auth(st, ctx)?;
+            st.login_account.check(&user).map_err(rate_limited)?;
+            check_password(&new_password)?;
+            let creds = st.storage.credentials(&user).await.map_err(storage_fail)?;
+            if !st.hasher.verify(old_password, creds.map(|c| c.password_hash)).await {
+                return Err(fail(ErrorKind::AuthFailed, "wrong password"));
+            }
+            let hash = st.hasher.hash(new_password).await.map_err(|_| fail(ErrorKind::Internal, "hashing failed"))?;
+            st.storage.set_password_hash(&user, hash).await.map_err(storage_fail)?;
+            Ok(Response::Ok)
+        }
+        Request::GetProfile => {
+            let user = require_auth(st, ctx)?;
+            let p = st.storage.profile(&user).await.map_err(storage_fail)?;
+            p.map(Response::Profile).ok_or_else(|| fail(ErrorKind::NotFound, "no such user"))
+        }
+        Request::UpdateProfile { nickname, email, avatar } => {
+            let user = require_auth(st, ctx)?;
+            if let Some(n) = &nickname {
+                check_nickname(n)?;
+            }
+            if let Some(e) = &email {
+                check_email(e)?;
+            }
+            if let AvatarUpdate::Set(a) = &avatar {
+                if a.data.len() > MAX_AVATAR_LEN {
+                    return Err(fail(ErrorKind::TooLarge, "avatar over 1 MiB"));
+                }
+                if !matches!(a.mime.as_str(), "image/png" | "image/jpeg" | "image/webp") {
+                    return Err(fail(ErrorKind::Invalid, "avatar must be PNG, JPEG or WebP"));
+                }
+            }
+            let update = ProfileUpdate { nickname, email, avatar, now: now_ms() };
+            let profile = st.storage.update_profile(&user, update).await.map_err(storage_fail)?;
+            let mut public = profile.clone();
+            public.email = None;
+            if let Ok(frame) = Push::ProfileChanged(public).encode()
+                && let Ok(watchers) = st.storage.watchers(&user).await
+            {
+                for w in watchers {
+                    st.hub.push(&w, frame.clone());
+                }
+            }
+            Ok(Response::Profile(profile))
+        }
+        Request::LookupUser { user_id } => {
+            require_auth(st, ctx)?;
+            let user = user_arg(&user_id)?;
+            let mut p = st.storage.profile(&user).await.map_err(storage_fail)?;
+            if let Some(p) = p.as_mut() {
+                p.email = None;
+            }
+            p.map(Response::Profile).ok_or_else(|| fail(ErrorKind::NotFound, "no such user"))
+        }
+        Request::FetchAvatar { user_id } => {
+            require_auth(st, ctx)?;
+            let user = user_arg(&user_id)?;
+            let a = st.storage.avatar(&user).await.map_err(storage_fail)?;
+            a.map(Response::Avatar).ok_or_else(|| fail(ErrorKind::NotFound, "no avatar"))
+        }
+        Request::UploadKeys { identity, signed_prekey, one_time_prekeys, last_resort } => {
+            let user = require_auth(st, ctx)?;
+            let keys = KeyUpload { identity, signed_prekey, one_time: one_time_prekeys, last_resort };
+            let n = st.storage.upload_keys(&user, keys).await.map_err(storage_fail)?;
+            Ok(Response::KeyCount { one_time_remaining: n })
+        }
+        Request::KeyCount => {
+            let user = require_auth(st, ctx)?;
+            let n = st.storage.one_time_count(&user).await.map_err(storage_fail)?;
+            Ok(Response::KeyCount { one_time_remaining: n })
+        }
+        Request::FetchBundle { user_id } => {
+            require_auth(st, ctx)?;
+            let user = user_arg(&user_id)?;
+            let b = st.storage.take_bundle(&user).await.map_err(storage_fail)?;
+            b.map(Response::Bundle).ok_or_else(|| fail(ErrorKind::NotFound, "no such user or no device"))
+        }
+        Request::Watch { add, remove } => {
+            let user = require_auth(st, ctx)?;
+            let add = add.iter().filter_map(|u| normalize_user_id(u)).filter(|u| *u != user).collect();
+            let remove = remove.iter().filter_map(|u| normalize_user_id(u)).collect();
+            let mut users = st.storage.watch(&user, add, remove).await.map_err(storage_fail)?;
+            for u in &mut users {
+                u.online = st.hub.is_online(&u.user_id);
+            }
+            Ok(Response::Presence { users })
+        }
+        Request::Send { to, msg_id, body } => {
+            let user = require_auth(st, ctx)?;
+            let to = user_arg(&to)?;
+            if msg_id.is_empty() {
+                return Err(fail(ErrorKind::Invalid, "empty msg id"));
+            }
+            if body.is_empty() {
+                return Err(fail(ErrorKind::Invalid, "empty message"));
+            }
+            let quota =
+                Quota { max_messages: st.limits.mailbox_max_messages, max_bytes: st.limits.mailbox_max_bytes };
+            let envelope = Envelope { sender: user, recipient: to.clone(), msg_id, body, now: now_ms() };
+            let done = st.storage.enqueue(envelope, quota).await.map_err(storage_fail)?;
+            if !done.duplicate {
+                st.hub.wake(&to);
+            }
+            Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
+        }
+        Request::Ack { delivery_ids } => {
+            let user = require_auth(st, ctx)?;
+            st.storage.ack(&user, delivery_ids).await.map_err(storage_fail)?;
+            Ok(Response::Ok)
+        }
+    }
+}

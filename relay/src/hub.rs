@@ -1,0 +1,96 @@
+//! The connected devices of this relay node: where to push a message, presence or
+//! profile change, and which connection currently acts for an account.
+//!
+//! A std `Mutex` around a map, never held across an `.await`: operations are a lookup or
+//! an insert, far shorter than a task switch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, mpsc};
+
+/// What the push writer of a connection is asked to do.
+#[derive(Debug)]
+pub(crate) enum PushCmd {
+    /// Write this encoded push frame.
+    Frame(Vec<u8>),
+    /// Write `LoggedOut`, then close the connection.
+    LoggedOut,
+}
+
+/// One connected, authenticated device.
+#[derive(Debug, Clone)]
+pub(crate) struct Device {
+    pub(crate) conn_id: u64,
+    pub(crate) tx: mpsc::Sender<PushCmd>,
+    /// Wakes the connection's delivery task when a message was queued for it.
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) conn: quinn::Connection,
+}
+
+/// The map from account to its connected device.
+#[derive(Debug, Default)]
+pub(crate) struct Hub {
+    devices: Mutex<HashMap<String, Device>>,
+}
+
+impl Hub {
+    /// Makes `device` the account's connection; returns the one it replaces.
+    pub(crate) fn register(&self, user_id: &str, device: Device) -> Option<Device> {
+        self.devices.lock().ok()?.insert(user_id.to_owned(), device)
+    }
+
+    /// Removes the account's entry if it still is connection `conn_id`.
+    pub(crate) fn unregister(&self, user_id: &str, conn_id: u64) -> bool {
+        let Ok(mut map) = self.devices.lock() else { return false };
+        if map.get(user_id).is_some_and(|d| d.conn_id == conn_id) {
+            map.remove(user_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Removes and returns the account's entry, whatever connection it is.
+    pub(crate) fn take(&self, user_id: &str) -> Option<Device> {
+        self.devices.lock().ok()?.remove(user_id)
+    }
+
+    /// Whether connection `conn_id` acts for `user_id` right now.
+    pub(crate) fn is_current(&self, user_id: &str, conn_id: u64) -> bool {
+        self.devices.lock().is_ok_and(|m| m.get(user_id).is_some_and(|d| d.conn_id == conn_id))
+    }
+
+    pub(crate) fn is_online(&self, user_id: &str) -> bool {
+        self.devices.lock().is_ok_and(|m| m.contains_key(user_id))
+    }
+
+    /// Tells the account's delivery task that its mailbox grew.
+    pub(crate) fn wake(&self, user_id: &str) {
+        if let Ok(m) = self.devices.lock()
+            && let Some(d) = m.get(user_id)
+        {
+            d.wake.notify_one();
+        }
+    }
+
+    /// Queues a push frame for the account's device, if connected. A device whose queue is
+    /// full misses this push (presence and profile pushes are hints; the state can be
+    /// fetched again) rather than stalling the sender.
+    pub(crate) fn push(&self, user_id: &str, frame: Vec<u8>) {
+        let tx = match self.devices.lock() {
+            Ok(m) => m.get(user_id).map(|d| d.tx.clone()),
+            Err(_) => None,
+        };
+        if let Some(tx) = tx
+            && tx.try_send(PushCmd::Frame(frame)).is_err()
+        {
+            tracing::debug!(user_id, "push queue full: dropped a push");
+        }
+    }
+
+    /// Number of connected devices.
+    pub(crate) fn len(&self) -> usize {
+        self.devices.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,219 @@
+//! End-to-end encrypted messaging through real processes: receipts, offline recipients,
+//! relay outages, crashes, and what stays on disk.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use letstalk_tests::{Daemon, Relay, World, error_of, eventually, files_containing, next_event};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn wait_connected(d: &Daemon) {
+    eventually(Duration::from_secs(30), "relay connected", || async {
+        let st = d.call("system.status", json!({})).await.ok()?;
+        (st["relay"]["state"] == "connected").then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+async fn registered(world: &World, relay: &Relay, name: &str) -> Daemon {
+    let d = world.daemon(name).with_relay(relay).start().unwrap();
+    wait_connected(&d).await;
+    d.call(
+        "account.register",
+        json!({"user_id": name, "email": format!("{name}@example.org"), "nickname": name, "password": PASSWORD}),
+    )
+    .await
+    .unwrap();
+    d
+}
+
+/// Every message text of a conversation, oldest first (all pages).
+async fn texts(d: &Daemon, conversation: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut p = json!({"conversation": conversation, "limit": 500});
+        if let Some(b) = &before {
+            p["before"] = json!(b);
+        }
+        let page = d.call("messages.list", p).await.unwrap();
+        let msgs = page["messages"].as_array().unwrap().clone();
+        let mut chunk: Vec<String> = msgs.iter().filter(|m| m["kind"] == "text").map(|m| m["text"].as_str().unwrap().to_owned()).collect();
+        chunk.extend(out);
+        out = chunk;
+        if page["has_more"] != true {
+            return out;
+        }
+        before = msgs.first().map(|m| m["message_id"].as_str().unwrap().to_owned());
+    }
+}
+
+async fn wait_texts(d: &Daemon, conversation: &str, n: usize, limit: Duration) -> Vec<String> {
+    eventually(limit, &format!("{n} messages"), || async {
+        let t = texts(d, conversation).await;
+        (t.len() >= n).then_some(t)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_round_trip_through_delivered_and_read() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+
+    let a = alice.client().await.unwrap();
+    let mut a_events = a.take_events().unwrap();
+    a.call_value("events.subscribe", json!({"kinds": ["message.state"]})).await.unwrap();
+    let b = bob.client().await.unwrap();
+    let mut b_events = b.take_events().unwrap();
+    b.call_value("events.subscribe", json!({"kinds": ["message.received"]})).await.unwrap();
+
+    let sent = a.call_value("messages.send", json!({"to": "user:bob", "text": "hello bob", "client_msg_id": "c-1"})).await.unwrap();
+    let m = &sent["message"];
+    assert_eq!((m["direction"].as_str(), m["state"].as_str(), m["from"].as_str()), (Some("out"), Some("queued"), Some("alice")));
+    let id = m["message_id"].as_str().unwrap().to_owned();
+    // A retry with the same client_msg_id is the same message.
+    let again = a.call_value("messages.send", json!({"to": "user:bob", "text": "hello bob", "client_msg_id": "c-1"})).await.unwrap();
+    assert_eq!(again["message"]["message_id"], id.as_str());
+
+    let got = next_event(&mut b_events, Duration::from_secs(20)).await.unwrap();
+    assert_eq!((got["message"]["text"].as_str(), got["message"]["from"].as_str()), (Some("hello bob"), Some("alice")));
+    assert_eq!(got["message"]["message_id"], id.as_str());
+
+    let mut states = Vec::new();
+    while states.last().map(String::as_str) != Some("delivered") {
+        let e = next_event(&mut a_events, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(e["message_id"], id.as_str());
+        states.push(e["state"].as_str().unwrap().to_owned());
+    }
+    let convs = bob.call("conversations.list", json!({})).await.unwrap();
+    assert_eq!((convs["conversations"][0]["conversation"].as_str(), convs["conversations"][0]["unread"].as_u64()), (Some("user:alice"), Some(1)));
+    assert_eq!(bob.call("messages.mark_read", json!({"conversation": "user:alice"})).await.unwrap()["marked"], 1);
+    let e = next_event(&mut a_events, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(e["state"], "read");
+    assert_eq!(alice.call("messages.get", json!({"message_id": id})).await.unwrap()["message"]["state"], "read");
+    assert_eq!(bob.call("conversations.list", json!({})).await.unwrap()["conversations"][0]["unread"], 0);
+
+    // Both sides compute the same safety number.
+    let a_num = alice.call("contacts.verify", json!({"user_id": "bob"})).await;
+    let b_num = bob.call("contacts.verify", json!({"user_id": "alice"})).await;
+    if let (Ok(x), Ok(y)) = (&a_num, &b_num) {
+        assert_eq!(x["safety_number"], y["safety_number"]);
+        assert_eq!(x["safety_number"].as_str().unwrap().replace(' ', "").len(), 60);
+    }
+    // Sizes and names are checked.
+    let (_, kind, _) = error_of(alice.call("messages.send", json!({"to": "user:bob", "text": "x".repeat(65 * 1024)})).await);
+    assert_eq!(kind.as_deref(), Some("too_large"));
+    let (code, _, field) = error_of(alice.call("messages.send", json!({"to": "bob", "text": "x"})).await);
+    assert_eq!((code, field.as_deref()), (-32602, Some("to")));
+}
+
+#[tokio::test]
+async fn fifty_messages_to_an_offline_recipient_arrive_once_in_order() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let mut bob = registered(&world, &relay, "bob").await;
+    bob.stop(Duration::from_secs(5)).unwrap();
+    let c = alice.client().await.unwrap();
+    for i in 0..50 {
+        c.call_value("messages.send", json!({"to": "user:bob", "text": format!("offline {i}")})).await.unwrap();
+    }
+    // All accepted by the relay while bob is away.
+    eventually(Duration::from_secs(30), "queue drained", || async {
+        let st = alice.call("system.status", json!({})).await.ok()?;
+        (st["queued_out"] == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let bob = world.daemon("bob").with_relay(&relay).start().unwrap();
+    let got = wait_texts(&bob, "user:alice", 50, Duration::from_secs(60)).await;
+    assert_eq!(got, (0..50).map(|i| format!("offline {i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_message_sent_while_the_relay_is_down_is_delivered_when_it_returns() {
+    let world = World::new();
+    let mut relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    relay.kill9();
+    let r = alice.call("messages.send", json!({"to": "user:bob", "text": "through the outage"})).await.unwrap();
+    assert_eq!(r["message"]["state"], "queued");
+    relay.restart().unwrap();
+    let got = wait_texts(&bob, "user:alice", 1, Duration::from_secs(90)).await;
+    assert_eq!(got, vec!["through the outage".to_owned()]);
+}
+
+#[tokio::test]
+async fn crashes_and_restarts_during_300_sends_lose_and_duplicate_nothing() {
+    let world = World::new();
+    let mut relay = world.relay("relay").unwrap();
+    let mut alice = registered(&world, &relay, "alice").await;
+    let mut bob = registered(&world, &relay, "bob").await;
+    let mut accepted = Vec::new();
+    for i in 0..300 {
+        if i == 100 {
+            alice.kill9();
+            alice = world.daemon("alice").with_relay(&relay).start().unwrap();
+        }
+        if i == 150 {
+            bob.kill9();
+        }
+        if i == 200 {
+            relay.restart().unwrap();
+        }
+        if i == 250 {
+            bob = world.daemon("bob").with_relay(&relay).start().unwrap();
+        }
+        let text = format!("crash test {i:03}");
+        if alice.call("messages.send", json!({"to": "user:bob", "text": text})).await.is_ok() {
+            accepted.push(text);
+        }
+    }
+    assert_eq!(accepted.len(), 300, "messages.send never refuses while the daemon runs");
+    let got = wait_texts(&bob, "user:alice", 300, Duration::from_secs(120)).await;
+    assert_eq!(got, accepted);
+}
+
+#[tokio::test]
+async fn a_disconnected_ui_catches_up_and_no_plaintext_touches_the_disk() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    let ui = bob.client().await.unwrap();
+    let r = ui.call_value("events.subscribe", json!({})).await.unwrap();
+    let since = r["last_seq"].as_u64().unwrap();
+    drop(ui);
+    let canary = "CANARY-7f3a9c-unique-message-text";
+    for i in 0..20 {
+        alice.call("messages.send", json!({"to": "user:bob", "text": format!("{canary} {i}")})).await.unwrap();
+    }
+    wait_texts(&bob, "user:alice", 20, Duration::from_secs(60)).await;
+    // The UI comes back and gets every event it missed, in order.
+    let ui = bob.client().await.unwrap();
+    let mut events = ui.take_events().unwrap();
+    ui.call_value("events.subscribe", json!({"since": since, "kinds": ["message.received"]})).await.unwrap();
+    for i in 0..20 {
+        let e = next_event(&mut events, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(e["message"]["text"], format!("{canary} {i}"));
+    }
+    // Neither daemon's files (database, WAL, keys) nor the relay's hold the text.
+    for dir in [alice.data_dir(), bob.data_dir(), relay.data_dir.as_path()] {
+        let hits = files_containing(dir, canary.as_bytes());
+        assert!(hits.is_empty(), "plaintext found in {hits:?}");
+    }
+    // Nor does any log, at debug level.
+    for logs in [alice.logs(), bob.logs(), relay.logs()] {
+        assert!(!logs.contains(canary), "message text reached a log");
+        assert!(!logs.contains(PASSWORD), "a password reached a log");
+    }
+    let _: Value = alice.call("system.status", json!({})).await.unwrap();
+}
