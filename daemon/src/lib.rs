@@ -75,6 +75,8 @@ pub enum StartError {
     Store { path: PathBuf, source: store::StoreError },
     #[error(transparent)]
     Socket(#[from] server::BindError),
+    #[error("relay link: {0}")]
+    Relay(#[from] relay::link::LinkError),
 }
 
 /// State shared by every connection and task.
@@ -159,6 +161,27 @@ pub async fn run(
         .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
 
     let (listener, socket_path) = server::bind(&config.socket)?;
+    let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
+    let link = match &config.relay {
+        Some(addr) => {
+            let keepalive = store
+                .with(|c| methods::Settings::load(c))
+                .map(|s| Duration::from_secs(u64::from(s.keepalive_wifi_s)))
+                .unwrap_or(Duration::from_secs(20));
+            Some(relay::link::QuicRelay::new(
+                addr.clone(),
+                config.relay_cert.as_deref(),
+                keepalive,
+                Duration::from_secs(60),
+                push_tx,
+            )?)
+        }
+        None => None,
+    };
+    let credentials = store
+        .with(|c| Ok(account::Account::load(c)?.filter(|a| a.logged_in)))
+        .map_err(|source| StartError::Store { path: data_dir.clone(), source })?
+        .map(|a| relay::Credentials { user_id: a.user_id.clone(), device_seed: a.device_key.clone() });
     let daemon = Arc::new(Daemon {
         device_id: device::device_id(&data_dir),
         config,
@@ -168,7 +191,7 @@ pub async fn run(
         frontends: Mutex::default(),
         network: Mutex::default(),
         user: Mutex::new(user),
-        relay: None,
+        relay: link.clone().map(|l| l as Arc<dyn relay::RelayApi>),
         sender_wake: tokio::sync::Notify::new(),
     });
 
@@ -176,6 +199,23 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(server::accept_loop(daemon.clone(), listener, cancel.clone(), tasks.clone()));
     tasks.spawn(maintenance(daemon.clone(), cancel.clone()));
+    if let (Some(link), Some(api)) = (link, daemon.relay.clone()) {
+        use relay::RelayApi;
+        link.set_credentials(credentials);
+        tasks.spawn(link.run(cancel.clone()));
+        let (d, c) = (daemon.clone(), cancel.clone());
+        let inbox_api = api.clone();
+        tasks.spawn(async move {
+            loop {
+                let push = tokio::select! {
+                    () = c.cancelled() => return,
+                    p = push_rx.recv() => match p { Some(p) => p, None => return },
+                };
+                inbox::apply(&d, &inbox_api, push).await;
+            }
+        });
+        tasks.spawn(sender::run(daemon.clone(), Arc::new(relay::RelayTransport(api)), cancel.clone()));
+    }
     if let Some(interval) = systemd::watchdog_interval() {
         tasks.spawn(watchdog(interval, cancel.clone()));
     }

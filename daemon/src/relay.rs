@@ -115,3 +115,42 @@ pub fn check(response: Response) -> Result<Response, RelayError> {
         other => Ok(other),
     }
 }
+
+/// The sender's [`crate::sender::Transport`] over the relay.
+#[derive(Debug)]
+pub struct RelayTransport(pub std::sync::Arc<dyn RelayApi>);
+
+impl RelayTransport {
+    fn classify(e: RelayError) -> crate::sender::TransportError {
+        use crate::sender::TransportError as T;
+        use letstalk_wire::ErrorKind as W;
+        match e {
+            RelayError::Unavailable => T::Unavailable,
+            RelayError::Unexpected => T::Busy("unexpected answer".into()),
+            RelayError::Refused { kind, message, .. } => match kind {
+                W::NotFound | W::Blocked | W::TooLarge | W::Invalid => T::Refused(message),
+                W::UnknownDevice | W::Unauthenticated => T::Unavailable,
+                _ => T::Busy(message),
+            },
+        }
+    }
+}
+
+impl crate::sender::Transport for RelayTransport {
+    async fn fetch_bundle(&self, user: &str) -> Result<letstalk_crypto::PreKeyBundle, crate::sender::TransportError> {
+        match self.0.request(Request::FetchBundle { user_id: user.to_owned() }).await.and_then(check) {
+            Ok(Response::Bundle(b)) => crate::keys::bundle_from_wire(&b).map_err(crate::sender::TransportError::Refused),
+            Ok(_) => Err(crate::sender::TransportError::Busy("unexpected answer".into())),
+            Err(e) => Err(Self::classify(e)),
+        }
+    }
+
+    async fn send(&self, to: &str, relay_id: &str, envelope: &[u8]) -> Result<(), crate::sender::TransportError> {
+        let request = Request::Send { to: to.to_owned(), msg_id: relay_id.to_owned(), body: envelope.to_vec() };
+        match self.0.request(request).await.and_then(check) {
+            Ok(Response::Sent { .. }) => Ok(()),
+            Ok(_) => Err(crate::sender::TransportError::Busy("unexpected answer".into())),
+            Err(e) => Err(Self::classify(e)),
+        }
+    }
+}

@@ -41,7 +41,7 @@ pub struct Args {
 /// The configuration file: the same keys as the flags, plus the limits.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     cert: Option<PathBuf>,

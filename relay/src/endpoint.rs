@@ -16,7 +16,7 @@ use crate::tls::Identity;
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
 /// A bound UDP socket with large buffers, dual-stack when bound to `[::]`.
-pub fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, RelayError> {
+pub(crate) fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, RelayError> {
     let io = |e: std::io::Error| RelayError::Io(format!("UDP socket {addr}: {e}"));
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(io)?;
     if addr.is_ipv6() {
@@ -32,7 +32,7 @@ pub fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, RelayError> {
 
 /// quinn's defaults let a connection buffer hundreds of MB; these keep one connection to
 /// a few MiB: enough for a 1 MiB avatar frame and steady message flow.
-pub fn transport_config(limits: &Limits) -> Result<TransportConfig, RelayError> {
+pub(crate) fn transport_config(limits: &Limits) -> Result<TransportConfig, RelayError> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_concurrent_streams));
     // Clients never need to open unidirectional streams (the relay opens the push stream).
@@ -49,7 +49,7 @@ pub fn transport_config(limits: &Limits) -> Result<TransportConfig, RelayError> 
 }
 
 /// The server endpoint on `addr`, speaking TLS 1.3 with ALPN `letstalk/1` only.
-pub fn server(addr: SocketAddr, identity: Identity, limits: &Limits) -> Result<quinn::Endpoint, RelayError> {
+pub(crate) fn server(addr: SocketAddr, identity: Identity, limits: &Limits) -> Result<quinn::Endpoint, RelayError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -18,17 +18,17 @@ pub const KEY_FILE: &str = "relay-key.pem";
 
 /// A loaded identity.
 #[derive(Debug)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Certificate chain, leaf first.
-    pub certs: Vec<CertificateDer<'static>>,
+    pub(crate) certs: Vec<CertificateDer<'static>>,
     /// The private key.
-    pub key: PrivateKeyDer<'static>,
+    pub(crate) key: PrivateKeyDer<'static>,
     /// Path of the certificate file (the one daemons trust).
-    pub cert_path: PathBuf,
+    pub(crate) cert_path: PathBuf,
 }
 
 /// The machine's host name, or `localhost` when it cannot be read.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_owned())
@@ -37,7 +37,7 @@ pub fn host_name() -> String {
 }
 
 /// Loads or generates the identity for `config`.
-pub fn load(config: &Config) -> Result<Identity, RelayError> {
+pub(crate) fn load(config: &Config) -> Result<Identity, RelayError> {
     match &config.tls {
         TlsSource::Files { cert, key } => read_pair(cert, key),
         TlsSource::SelfSigned => {

@@ -61,7 +61,7 @@ pub async fn call(
     match method {
         "system.hello" => reply(system::hello(daemon, conn, parse(params)?)?),
         "system.schema" => reply(system::schema(parse(params)?)?),
-        "system.status" => reply(system::status(daemon, parse(params)?)?),
+        "system.status" => reply(system::status(daemon, parse(params)?).await?),
         "settings.get" => reply(settings::get(daemon, parse(params)?).await?),
         "settings.set" => reply(settings::set(daemon, parse(params)?).await?),
         "device.info" => reply(device::info(daemon, parse(params)?)?),

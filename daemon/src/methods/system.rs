@@ -42,23 +42,21 @@ pub(super) fn schema(_: Empty) -> Result<Value, RpcError> {
     Ok(letstalk_ipc::methods::openrpc(VERSION))
 }
 
-pub(super) fn status(daemon: &Arc<Daemon>, _: Empty) -> Result<StatusResult, RpcError> {
-    let relay = match &daemon.config.relay {
+pub(super) async fn status(daemon: &Arc<Daemon>, _: Empty) -> Result<StatusResult, RpcError> {
+    let relay = match &daemon.relay {
         None => RelayStatus { state: RelayState::Disabled, address: None, rtt_ms: None },
-        // The relay link lands with the relay issue; until then a configured relay is
-        // reported as not connected.
-        Some(addr) => RelayStatus {
-            state: RelayState::Offline,
-            address: Some(addr.to_string()),
-            rtt_ms: None,
-        },
+        Some(r) => {
+            let (state, rtt_ms) = r.status();
+            RelayStatus { state, address: Some(r.address()), rtt_ms }
+        }
     };
+    let queued_out = daemon.store.call(|c| crate::messages::queued_count(c)).await.map_err(super::internal)?;
     Ok(StatusResult {
         version: VERSION.to_owned(),
-        user_id: None,
+        user_id: daemon.user(),
         relay,
         network: daemon.network(),
-        queued_out: 0,
+        queued_out,
         uptime_s: daemon.started.elapsed().as_secs(),
     })
 }

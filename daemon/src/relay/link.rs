@@ -1,1 +1,393 @@
-//! The QUIC link to the relay (lands with the link crate).
+//! The QUIC link to the relay: one long-lived connection, re-established with
+//! exponential backoff and jitter, authenticated on every connect by signing the relay's
+//! fresh challenge with the device key (no password or token per connection).
+//!
+//! Protocol (see `letstalk_wire`): one bidirectional stream per request; the relay's
+//! pushes arrive on a unidirectional stream it opens after authentication. Pushes and
+//! connection-state changes go to one channel, applied in order by the inbox task.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use letstalk_ipc::types::RelayState;
+use letstalk_wire::{LEN_PREFIX, MAX_FRAME_LEN, Push, Request, Response, auth_message, split_frame};
+
+use super::{Credentials, Pushed, RelayApi, RelayError};
+use crate::config::RelayAddr;
+
+/// How long a connection attempt or a request may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Why the link could not be set up at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("relay certificate {0}: {1}")]
+    Cert(String, String),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("UDP socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+/// The current connection and its challenge.
+#[derive(Clone)]
+struct Live {
+    conn: quinn::Connection,
+    challenge: [u8; 32],
+}
+
+/// The link. Cheap to share; the connection task owns the reconnection loop.
+pub struct QuicRelay {
+    addr: RelayAddr,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    live: watch::Sender<Option<Live>>,
+    status: Mutex<(RelayState, Option<u64>)>,
+    credentials: Mutex<Option<Credentials>>,
+    /// Wakes the connection task to reconnect now (credentials changed).
+    kick: Notify,
+    pushes: mpsc::UnboundedSender<Pushed>,
+}
+
+impl std::fmt::Debug for QuicRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicRelay").field("addr", &self.addr.to_string()).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl QuicRelay {
+    /// Sets up the endpoint and TLS; nothing is sent until [`QuicRelay::run`].
+    pub fn new(
+        addr: RelayAddr,
+        cert: Option<&std::path::Path>,
+        keepalive: Duration,
+        idle_timeout: Duration,
+        pushes: mpsc::UnboundedSender<Pushed>,
+    ) -> Result<Arc<Self>, LinkError> {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(path) = cert {
+            let pem = std::fs::read(path).map_err(|e| LinkError::Cert(path.display().to_string(), e.to_string()))?;
+            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let c = c.map_err(|e| LinkError::Cert(path.display().to_string(), e.to_string()))?;
+                roots.add(c).map_err(|e| LinkError::Cert(path.display().to_string(), e.to_string()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| LinkError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![letstalk_wire::ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(keepalive));
+        transport.max_idle_timeout(Some(idle_timeout.try_into().map_err(|_| LinkError::Tls("idle timeout".into()))?));
+        client_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 0], 0)))
+            .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))?;
+        Ok(Arc::new(Self {
+            addr,
+            endpoint,
+            client_config,
+            live: watch::Sender::new(None),
+            status: Mutex::new((RelayState::Connecting, None)),
+            credentials: Mutex::new(None),
+            kick: Notify::new(),
+            pushes,
+        }))
+    }
+
+    fn set_state(&self, state: RelayState) {
+        let changed = {
+            let mut s = lock(&self.status);
+            let changed = s.0 != state;
+            s.0 = state;
+            if state != RelayState::Connected {
+                s.1 = None;
+            }
+            changed
+        };
+        if changed {
+            let _ = self.pushes.send(Pushed::State(state));
+        }
+    }
+
+    /// Keeps a connection up until cancelled.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            self.set_state(RelayState::Connecting);
+            let attempt = tokio::select! {
+                () = cancel.cancelled() => break,
+                r = self.connect() => r,
+            };
+            match attempt {
+                Ok(live) => {
+                    backoff = BACKOFF_MIN;
+                    let conn = live.conn.clone();
+                    self.live.send_replace(Some(live));
+                    self.set_state(RelayState::Connected);
+                    let readers = tokio::spawn(read_pushes(conn.clone(), self.pushes.clone()));
+                    let rtt = tokio::spawn(track_rtt(self.clone(), conn.clone()));
+                    tokio::select! {
+                        () = cancel.cancelled() => {
+                            conn.close(0u32.into(), b"bye");
+                            readers.abort();
+                            rtt.abort();
+                            break;
+                        }
+                        reason = conn.closed() => tracing::info!(%reason, "relay connection lost"),
+                        () = self.kick.notified() => conn.close(0u32.into(), b"reconnect"),
+                    }
+                    readers.abort();
+                    rtt.abort();
+                    self.live.send_replace(None);
+                    self.set_state(RelayState::Offline);
+                    // A deliberate reconnect (new credentials) goes at once.
+                    continue;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, relay = %self.addr, "cannot connect to the relay");
+                    self.set_state(RelayState::Offline);
+                }
+            }
+            // Exponential backoff with full jitter, so a relay restart is not met by
+            // every device at the same instant.
+            let jitter = rand::random::<f64>();
+            let wait = backoff.mul_f64(0.5 + jitter / 2.0);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+                () = self.kick.notified() => {}
+            }
+        }
+        self.live.send_replace(None);
+        self.endpoint.close(0u32.into(), b"bye");
+    }
+
+    /// Connects, says hello and, with credentials, authenticates.
+    async fn connect(&self) -> Result<Live, RelayError> {
+        let target = format!("{}:{}", self.addr.host, self.addr.port);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target).await.map_err(|_| RelayError::Unavailable)?.collect();
+        let mut last = RelayError::Unavailable;
+        for addr in addrs {
+            match self.connect_to(addr).await {
+                Ok(live) => return Ok(live),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_to(&self, addr: SocketAddr) -> Result<Live, RelayError> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, &self.addr.host)
+            .map_err(|_| RelayError::Unavailable)?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| RelayError::Unavailable)?
+            .map_err(|e| {
+                tracing::debug!(error = %e, "QUIC handshake failed");
+                RelayError::Unavailable
+            })?;
+        let hello = Request::Hello {
+            versions: vec![letstalk_wire::PROTOCOL_VERSION],
+            client: format!("letstalkd/{}", crate::VERSION),
+        };
+        let challenge = match exchange(&conn, &hello).await? {
+            Response::HelloOk { challenge, .. } => challenge,
+            other => return Err(refusal(other)),
+        };
+        let credentials = lock(&self.credentials).clone();
+        if let Some(c) = credentials {
+            let (device_key, signature) = sign(&c, &challenge);
+            let auth = Request::Auth { user_id: c.user_id.clone(), device_key, signature };
+            match exchange(&conn, &auth).await? {
+                Response::Authenticated { .. } => {}
+                Response::Error { kind: letstalk_wire::ErrorKind::UnknownDevice, .. } => {
+                    // The account moved to another device while we were away.
+                    *lock(&self.credentials) = None;
+                    let _ = self.pushes.send(Pushed::LoggedOut);
+                }
+                other => return Err(refusal(other)),
+            }
+        }
+        Ok(Live { conn, challenge })
+    }
+
+    fn current(&self) -> Result<Live, RelayError> {
+        self.live.borrow().clone().ok_or(RelayError::Unavailable)
+    }
+
+    /// Register or login on the current connection, then keep the credentials.
+    async fn bind(&self, credentials: Credentials, make: impl FnOnce([u8; 32], [u8; 64]) -> Request) -> Result<(), RelayError> {
+        let live = self.current()?;
+        let (device_key, signature) = sign(&credentials, &live.challenge);
+        match exchange(&live.conn, &make(device_key, signature)).await? {
+            Response::Ok | Response::Authenticated { .. } => {
+                *lock(&self.credentials) = Some(credentials);
+                Ok(())
+            }
+            other => Err(refusal(other)),
+        }
+    }
+}
+
+fn sign(c: &Credentials, challenge: &[u8; 32]) -> ([u8; 32], [u8; 64]) {
+    let key = SigningKey::from_bytes(&c.device_seed);
+    let signature = key.sign(&auth_message(challenge, &c.user_id));
+    (key.verifying_key().to_bytes(), signature.to_bytes())
+}
+
+fn refusal(response: Response) -> RelayError {
+    match response {
+        Response::Error { kind, retry_after_ms, message } => RelayError::Refused { kind, retry_after_ms, message },
+        _ => RelayError::Unexpected,
+    }
+}
+
+/// One request on its own bidirectional stream.
+async fn exchange(conn: &quinn::Connection, request: &Request) -> Result<Response, RelayError> {
+    let work = async {
+        let frame = request.encode().map_err(|_| RelayError::Unexpected)?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|_| RelayError::Unavailable)?;
+        send.write_all(&frame).await.map_err(|_| RelayError::Unavailable)?;
+        send.finish().map_err(|_| RelayError::Unavailable)?;
+        let bytes = recv.read_to_end(MAX_FRAME_LEN + LEN_PREFIX).await.map_err(|_| RelayError::Unavailable)?;
+        match split_frame(&bytes, MAX_FRAME_LEN) {
+            Ok(Some((body, used))) if used == bytes.len() => Response::decode(body).map_err(|_| RelayError::Unexpected),
+            _ => Err(RelayError::Unexpected),
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| RelayError::Unavailable)?
+}
+
+/// Reads every push stream the relay opens, frame by frame, in order.
+async fn read_pushes(conn: quinn::Connection, out: mpsc::UnboundedSender<Pushed>) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let out = out.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                match recv.read(&mut chunk).await {
+                    Ok(Some(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                    Ok(None) | Err(_) => return,
+                }
+                loop {
+                    let (push, used) = match split_frame(&buf, MAX_FRAME_LEN) {
+                        Ok(Some((body, used))) => (Push::decode(body), used),
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed push frame; dropping the connection");
+                            conn.close(1u32.into(), b"malformed push");
+                            return;
+                        }
+                    };
+                    buf.drain(..used);
+                    let pushed = match push {
+                        Ok(Push::Message { delivery_id, from, msg_id, body, .. }) => {
+                            Pushed::Message { delivery_id, from, msg_id, body }
+                        }
+                        Ok(Push::Presence(p)) => Pushed::Presence(p),
+                        Ok(Push::ProfileChanged(p)) => Pushed::ProfileChanged(p),
+                        Ok(Push::LoggedOut) => Pushed::LoggedOut,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed push; dropping the connection");
+                            conn.close(1u32.into(), b"malformed push");
+                            return;
+                        }
+                    };
+                    if out.send(pushed).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Keeps `rtt_ms` current from QUIC's own estimate (no extra traffic).
+async fn track_rtt(link: Arc<QuicRelay>, conn: quinn::Connection) {
+    loop {
+        lock(&link.status).1 = Some(u64::try_from(conn.rtt().as_millis()).unwrap_or(u64::MAX));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+impl RelayApi for QuicRelay {
+    fn register(
+        &self,
+        credentials: Credentials,
+        password: String,
+        email: String,
+        nickname: String,
+        identity: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), RelayError>> {
+        Box::pin(async move {
+            let user_id = credentials.user_id.clone();
+            self.bind(credentials, |device_key, signature| Request::Register {
+                user_id,
+                password,
+                email,
+                nickname,
+                device_key,
+                signature,
+                identity,
+            })
+            .await
+        })
+    }
+
+    fn login(&self, credentials: Credentials, password: String) -> BoxFuture<'_, Result<(), RelayError>> {
+        Box::pin(async move {
+            let user_id = credentials.user_id.clone();
+            self.bind(credentials, |device_key, signature| Request::Login { user_id, password, device_key, signature })
+                .await
+        })
+    }
+
+    fn set_credentials(&self, credentials: Option<Credentials>) {
+        let had = lock(&self.credentials).is_some();
+        let has = credentials.is_some();
+        *lock(&self.credentials) = credentials;
+        // Dropping credentials: reconnect unauthenticated, so nothing more is pushed.
+        if had && !has {
+            self.kick.notify_one();
+        }
+    }
+
+    fn request(&self, request: Request) -> BoxFuture<'_, Result<Response, RelayError>> {
+        Box::pin(async move {
+            let live = self.current()?;
+            exchange(&live.conn, &request).await
+        })
+    }
+
+    fn status(&self) -> (RelayState, Option<u64>) {
+        *lock(&self.status)
+    }
+
+    fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}

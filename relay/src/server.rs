@@ -1,0 +1,123 @@
+//! The relay's lifecycle: bind everything (data directory, storage, certificate, UDP
+//! socket), then serve until the shutdown future completes, then drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::storage::{SqliteStorage, Storage};
+use crate::{Config, RelayError, State, conn, endpoint, hub, now_ms, password, ratelimit, tls};
+
+/// A bound relay, ready to serve.
+#[derive(Debug)]
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    state: Arc<State<SqliteStorage>>,
+    local_addr: SocketAddr,
+    cert_path: PathBuf,
+}
+
+/// Binds and serves until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+    Relay::bind(config).await?.serve(shutdown).await
+}
+
+impl Relay {
+    /// Creates the data directory (0700), opens storage, loads or generates the
+    /// certificate and binds the UDP socket.
+    pub async fn bind(config: Config) -> Result<Self, RelayError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|e| RelayError::Io(format!("data directory {}: {e}", config.data_dir.display())))?;
+        let dir = config.data_dir.clone();
+        let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&dir))
+            .await
+            .map_err(|e| RelayError::Io(e.to_string()))??;
+        let identity = tls::load(&config)?;
+        let cert_path = identity.cert_path.clone();
+        let endpoint = endpoint::server(config.listen, identity, &config.limits)?;
+        let local_addr = endpoint.local_addr().map_err(|e| RelayError::Io(e.to_string()))?;
+        let limits = config.limits.clone();
+        let state = Arc::new(State {
+            storage,
+            hub: hub::Hub::default(),
+            register_ip: ratelimit::Limiter::new(limits.register_per_ip),
+            login_ip: ratelimit::Limiter::new(limits.login_per_ip),
+            login_account: ratelimit::Limiter::new(limits.login_per_account),
+            limits,
+            hasher: password::Hasher::new(),
+            node_id: config.node_id,
+            next_conn: AtomicU64::new(1),
+            cancel: CancellationToken::new(),
+        });
+        Ok(Self { endpoint, state, local_addr, cert_path })
+    }
+
+    /// The bound UDP address (the real port when port 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The certificate file clients should trust.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// The storage (for tests and tools).
+    pub fn storage(&self) -> &SqliteStorage {
+        &self.state.storage
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection and waits (a few
+    /// seconds at most) for the connection tasks to finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+        let Self { endpoint, state, local_addr, .. } = self;
+        let tracker = TaskTracker::new();
+        // Expiry runs often enough that nothing outlives its TTL by more than a quarter.
+        let period = (state.limits.message_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let mut expiry = tokio::time::interval(period);
+        tokio::pin!(shutdown);
+        info!(%local_addr, "relay serving");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        tracker.spawn(conn::serve(state.clone(), incoming));
+                    }
+                    None => break,
+                },
+                _ = expiry.tick() => {
+                    let st = state.clone();
+                    tracker.spawn(async move {
+                        let ttl = u64::try_from(st.limits.message_ttl.as_millis()).unwrap_or(u64::MAX);
+                        match st.storage.expire(now_ms().saturating_sub(ttl)).await {
+                            Ok(0) => {}
+                            Ok(n) => info!(expired = n, "expired undelivered messages"),
+                            Err(e) => warn!(error = %e, "expiry failed"),
+                        }
+                    });
+                }
+            }
+        }
+        info!(connected = state.hub.len(), "shutting down");
+        state.cancel.cancel();
+        endpoint.close(conn::close::SHUTDOWN.into(), b"relay shutting down");
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+            warn!("connection tasks still running after 5 s");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        Ok(())
+    }
+}
