@@ -6,7 +6,9 @@ mod cli;
 mod events;
 mod hostile;
 mod ipc_contract;
+mod accounts;
 mod lifecycle;
+mod messaging;
 mod systemd_units;
 
 use std::path::Path;

@@ -43,7 +43,11 @@ async fn upload_keys(relay: &dyn RelayApi, a: &Account, prekeys: &[letstalk_cryp
         one_time_prekeys: one_time,
         last_resort,
     };
-    expect_ok(relay, request).await.map_err(|e| e.to_rpc(""))
+    match relay.request(request).await.and_then(check) {
+        Ok(Response::KeyCount { .. } | Response::Ok) => Ok(()),
+        Ok(_) => Err(RpcError::internal("unexpected answer from the relay")),
+        Err(e) => Err(e.to_rpc("")),
+    }
 }
 
 /// Saves a freshly bound account with its prekeys and emits `account.changed`.
