@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::Signer;
 use letstalk_wire::{
-    ErrorKind, MAX_FRAME_LEN, PROTOCOL_VERSION, Push as WirePush, Request, Response, auth_message, frame_len,
+    ErrorKind, MAX_FRAME_LEN, PROTOCOL_VERSION, Push as WirePush, Request, Response, auth_message,
+    frame_len,
 };
 use tracing::{debug, info, warn};
 
@@ -90,13 +91,16 @@ async fn hold(shared: &Arc<Shared>, conn: &quinn::Connection) -> bool {
 }
 
 fn split_host(relay: &str) -> Result<String, LinkError> {
-    let (host, _) = relay.rsplit_once(':').ok_or_else(|| LinkError::Config(format!("{relay:?}: expected HOST:PORT")))?;
+    let (host, _) = relay
+        .rsplit_once(':')
+        .ok_or_else(|| LinkError::Config(format!("{relay:?}: expected HOST:PORT")))?;
     Ok(host.trim_start_matches('[').trim_end_matches(']').to_owned())
 }
 
 async fn resolve(relay: &str) -> Result<SocketAddr, LinkError> {
-    let mut addrs =
-        tokio::net::lookup_host(relay).await.map_err(|e| LinkError::Unavailable(format!("resolving {relay}: {e}")))?;
+    let mut addrs = tokio::net::lookup_host(relay)
+        .await
+        .map_err(|e| LinkError::Unavailable(format!("resolving {relay}: {e}")))?;
     addrs.next().ok_or_else(|| LinkError::Unavailable(format!("{relay}: no address")))
 }
 
@@ -117,7 +121,10 @@ async fn connect(shared: &Arc<Shared>) -> Result<quinn::Connection, LinkError> {
     // the device.
     tokio::spawn(read_pushes(shared.clone(), conn.clone()));
     let timeout = shared.config.request_timeout;
-    let hello = Request::Hello { versions: vec![PROTOCOL_VERSION], client: shared.config.client_name.clone() };
+    let hello = Request::Hello {
+        versions: vec![PROTOCOL_VERSION],
+        client: shared.config.client_name.clone(),
+    };
     let challenge = match request(&conn, &hello, timeout).await? {
         Response::HelloOk { challenge, .. } => challenge,
         other => return Err(LinkError::Protocol(format!("hello answered with {other:?}"))),
@@ -158,16 +165,23 @@ async fn connect(shared: &Arc<Shared>) -> Result<quinn::Connection, LinkError> {
 }
 
 /// One request on its own stream.
-pub(crate) async fn request(conn: &quinn::Connection, req: &Request, timeout: Duration) -> Result<Response, LinkError> {
+pub(crate) async fn request(
+    conn: &quinn::Connection,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, LinkError> {
     let frame = req.encode().map_err(|e| LinkError::Protocol(e.to_string()))?;
     let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
+        let (mut send, mut recv) =
+            conn.open_bi().await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
         send.write_all(&frame).await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
         let _ = send.finish();
         let body = read_frame(&mut recv).await?;
         Response::decode(&body).map_err(|e| LinkError::Protocol(format!("bad response: {e}")))
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| LinkError::Unavailable("request timed out".into()))?
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| LinkError::Unavailable("request timed out".into()))?
 }
 
 async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, LinkError> {

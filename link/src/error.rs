@@ -106,7 +106,9 @@ impl LinkError {
     /// How long to wait before retrying, for `rate_limited`.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
-            Self::Relay { kind: ErrorKind::RateLimited, retry_after_ms, .. } => Some(*retry_after_ms),
+            Self::Relay { kind: ErrorKind::RateLimited, retry_after_ms, .. } => {
+                Some(*retry_after_ms)
+            }
             _ => None,
         }
     }

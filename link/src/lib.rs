@@ -25,8 +25,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use ed25519_dalek::SigningKey;
 use ed25519_dalek::Signer;
+pub use ed25519_dalek::SigningKey;
 pub use error::{Kind, LinkError};
 pub use letstalk_wire::{Avatar, AvatarMeta, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
 use letstalk_wire::{ErrorKind, MAX_AVATAR_LEN, MAX_MESSAGE_LEN, Request, Response, auth_message};
@@ -266,11 +266,15 @@ impl Link {
     /// Starts the link: a background task connects, authenticates with `identity` when
     /// given, and reconnects whenever the connection drops. Must be called within a tokio
     /// runtime. Returns the handle and the receiver of pushes.
-    pub fn start(config: LinkConfig, identity: Option<Identity>) -> Result<(Self, mpsc::Receiver<Push>), LinkError> {
+    pub fn start(
+        config: LinkConfig,
+        identity: Option<Identity>,
+    ) -> Result<(Self, mpsc::Receiver<Push>), LinkError> {
         let client_config = tls::client_config(&config)?;
-        let endpoint = quinn::Endpoint::client(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))
-            .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
-            .map_err(|e| LinkError::Config(format!("UDP socket: {e}")))?;
+        let endpoint =
+            quinn::Endpoint::client(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))
+                .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
+                .map_err(|e| LinkError::Config(format!("UDP socket: {e}")))?;
         let (pushes, rx) = mpsc::channel(PUSH_CHANNEL);
         let (status, _) = watch::channel(LinkStatus {
             state: ConnState::Offline,
@@ -305,7 +309,9 @@ impl Link {
         let want_user = self.shared.identity().map(|i| i.user_id);
         let ok = tokio::time::timeout(
             timeout,
-            rx.wait_for(|s| s.state == ConnState::Connected && (want_user.is_none() || s.user_id == want_user)),
+            rx.wait_for(|s| {
+                s.state == ConnState::Connected && (want_user.is_none() || s.user_id == want_user)
+            }),
         )
         .await;
         match ok {
@@ -343,7 +349,8 @@ impl Link {
         if let Some(c) = self.shared.current() {
             c.conn.close(0u32.into(), b"shutdown");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
     }
 
     fn live(&self) -> Result<Current, LinkError> {
@@ -376,8 +383,12 @@ impl Link {
         self.call_on(&current.conn, req).await
     }
 
-    async fn bind_with(&self, key: SigningKey, user_id: &str, make: impl FnOnce([u8; 32], [u8; 64]) -> Request)
-    -> Result<String, LinkError> {
+    async fn bind_with(
+        &self,
+        key: SigningKey,
+        user_id: &str,
+        make: impl FnOnce([u8; 32], [u8; 64]) -> Request,
+    ) -> Result<String, LinkError> {
         let current = self.live()?;
         let user = user_id.to_ascii_lowercase();
         let signature = key.sign(&auth_message(&current.challenge, &user)).to_bytes();
@@ -410,7 +421,12 @@ impl Link {
 
     /// Binds this device's `key` to an existing account (the account moves here; its old
     /// device gets `LoggedOut`).
-    pub async fn login(&self, user_id: &str, password: &str, key: SigningKey) -> Result<String, LinkError> {
+    pub async fn login(
+        &self,
+        user_id: &str,
+        password: &str,
+        key: SigningKey,
+    ) -> Result<String, LinkError> {
         let user = user_id.to_ascii_lowercase();
         let password = password.to_owned();
         self.bind_with(key, &user.clone(), |device_key, signature| Request::Login {
@@ -439,7 +455,11 @@ impl Link {
     }
 
     /// Changes the password.
-    pub async fn change_password(&self, old_password: &str, new_password: &str) -> Result<(), LinkError> {
+    pub async fn change_password(
+        &self,
+        old_password: &str,
+        new_password: &str,
+    ) -> Result<(), LinkError> {
         expect_ok(
             self.call(Request::ChangePassword {
                 old_password: old_password.to_owned(),
@@ -523,7 +543,11 @@ impl Link {
     }
 
     /// Adds and removes watched users; returns the presence of the added ones that exist.
-    pub async fn watch(&self, add: Vec<String>, remove: Vec<String>) -> Result<Vec<PresenceInfo>, LinkError> {
+    pub async fn watch(
+        &self,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> Result<Vec<PresenceInfo>, LinkError> {
         match self.call(Request::Watch { add, remove }).await? {
             Response::Presence { users } => Ok(users),
             other => Err(unexpected(&other)),
@@ -536,7 +560,10 @@ impl Link {
         if body.len() > MAX_MESSAGE_LEN {
             return Err(LinkError::TooLarge("message"));
         }
-        match self.call(Request::Send { to: to.to_owned(), msg_id: msg_id.to_owned(), body }).await? {
+        match self
+            .call(Request::Send { to: to.to_owned(), msg_id: msg_id.to_owned(), body })
+            .await?
+        {
             Response::Sent { server_ts, duplicate } => Ok(Sent { server_ts, duplicate }),
             other => Err(unexpected(&other)),
         }

@@ -21,13 +21,14 @@ pub(crate) fn client_config(config: &LinkConfig) -> Result<quinn::ClientConfig, 
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![letstalk_wire::ALPN.to_vec()];
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| LinkError::Config(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| LinkError::Config(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(config.keepalive));
     t.max_idle_timeout(Some(
-        IdleTimeout::try_from(config.idle_timeout).map_err(|e| LinkError::Config(format!("idle timeout: {e}")))?,
+        IdleTimeout::try_from(config.idle_timeout)
+            .map_err(|e| LinkError::Config(format!("idle timeout: {e}")))?,
     ));
     // The relay opens one push stream; the link opens no more than a handful at once.
     t.max_concurrent_uni_streams(VarInt::from_u32(4));
@@ -40,7 +41,8 @@ pub(crate) fn client_config(config: &LinkConfig) -> Result<quinn::ClientConfig, 
 }
 
 fn add_pem(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), LinkError> {
-    let pem = std::fs::read(path).map_err(|e| LinkError::Config(format!("{}: {e}", path.display())))?;
+    let pem =
+        std::fs::read(path).map_err(|e| LinkError::Config(format!("{}: {e}", path.display())))?;
     let mut n = 0;
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         let cert = cert.map_err(|e| LinkError::Config(format!("{}: {e}", path.display())))?;

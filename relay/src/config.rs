@@ -166,10 +166,15 @@ impl Config {
     pub fn resolve(args: Args) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::Invalid(format!("config file {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::Invalid(format!("config file {}: {e}", path.display()))
+                })?;
                 toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    ConfigError::Invalid(format!("config file {}: {}", path.display(), one_line(&e.to_string())))
+                    ConfigError::Invalid(format!(
+                        "config file {}: {}",
+                        path.display(),
+                        one_line(&e.to_string())
+                    ))
                 })?
             }
             None => FileConfig::default(),
@@ -178,8 +183,9 @@ impl Config {
             return Err(ConfigError::ClusterUnsupported);
         }
         let listen_s = args.listen.or(file.listen).unwrap_or_else(|| "[::]:4433".into());
-        let listen: SocketAddr =
-            listen_s.parse().map_err(|_| ConfigError::Invalid(format!("--listen {listen_s:?}: expected ADDR:PORT")))?;
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            ConfigError::Invalid(format!("--listen {listen_s:?}: expected ADDR:PORT"))
+        })?;
         let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| {
             std::env::var_os("STATE_DIRECTORY")
                 .map(PathBuf::from)
@@ -188,7 +194,9 @@ impl Config {
         let tls = match (args.cert.or(file.cert), args.key.or(file.key)) {
             (None, None) => TlsSource::SelfSigned,
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
-            _ => return Err(ConfigError::Invalid("--cert and --key must be given together".into())),
+            _ => {
+                return Err(ConfigError::Invalid("--cert and --key must be given together".into()));
+            }
         };
         let node_id = args.node_id.or(file.node_id).unwrap_or_else(crate::tls::host_name);
         let log = args.log.or(file.log).unwrap_or_else(|| "info".into());
@@ -212,7 +220,9 @@ impl Config {
         ] {
             if let Some(v) = v {
                 if v.burst == 0 {
-                    return Err(ConfigError::Invalid("a rate limit's burst must be at least 1".into()));
+                    return Err(ConfigError::Invalid(
+                        "a rate limit's burst must be at least 1".into(),
+                    ));
                 }
                 *slot = v;
             }

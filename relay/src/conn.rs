@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::handlers::{Fail, fail};
 use crate::hub::{Device, PushCmd};
 use crate::storage::Storage;
 use crate::{State, handlers, now_ms};
@@ -126,11 +127,17 @@ struct StreamBucket {
 
 impl StreamBucket {
     fn new(burst: u32, per_sec: u32) -> Self {
-        Self { tokens: f64::from(burst), burst: f64::from(burst), per_sec: f64::from(per_sec), at: Instant::now() }
+        Self {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            per_sec: f64::from(per_sec),
+            at: Instant::now(),
+        }
     }
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + self.per_sec * now.duration_since(self.at).as_secs_f64()).min(self.burst);
+        self.tokens = (self.tokens + self.per_sec * now.duration_since(self.at).as_secs_f64())
+            .min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -150,7 +157,8 @@ enum ReadError {
 async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, ReadError> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix).await.map_err(|e| ReadError::Stream(e.to_string()))?;
-    let len = frame_len(prefix, MAX_FRAME_LEN).map_err(|_| ReadError::TooLarge(u32::from_be_bytes(prefix) as usize))?;
+    let len = frame_len(prefix, MAX_FRAME_LEN)
+        .map_err(|_| ReadError::TooLarge(u32::from_be_bytes(prefix) as usize))?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| ReadError::Stream(e.to_string()))?;
     Ok(body)
@@ -207,17 +215,17 @@ pub(crate) async fn start_session<S: Storage>(
     st: &Arc<State<S>>,
     ctx: &Arc<ConnCtx>,
     user_id: &str,
-) -> Result<(), Response> {
+) -> Result<(), Fail> {
     let cancel = ctx.cancel.child_token();
     {
         let Ok(mut guard) = ctx.session.lock() else {
-            return Err(Response::error(ErrorKind::Internal, "session lock"));
+            return Err(fail(ErrorKind::Internal, "session lock"));
         };
         if let Some(s) = guard.as_ref() {
             return if s.user_id == user_id {
                 Ok(())
             } else {
-                Err(Response::error(ErrorKind::Invalid, "connection already acts for another account"))
+                Err(fail(ErrorKind::Invalid, "connection already acts for another account"))
             };
         }
         *guard = Some(Session { user_id: user_id.to_owned(), cancel: cancel.clone() });
@@ -228,12 +236,13 @@ pub(crate) async fn start_session<S: Storage>(
             if let Ok(mut g) = ctx.session.lock() {
                 *g = None;
             }
-            return Err(Response::error(ErrorKind::Internal, format!("push stream: {e}")));
+            return Err(fail(ErrorKind::Internal, format!("push stream: {e}")));
         }
     };
     let (tx, rx) = mpsc::channel(PUSH_QUEUE);
     let wake = Arc::new(Notify::new());
-    let device = Device { conn_id: ctx.id, tx: tx.clone(), wake: wake.clone(), conn: ctx.conn.clone() };
+    let device =
+        Device { conn_id: ctx.id, tx: tx.clone(), wake: wake.clone(), conn: ctx.conn.clone() };
     if let Some(old) = st.hub.register(user_id, device)
         && old.conn_id != ctx.id
     {
@@ -265,7 +274,9 @@ pub(crate) async fn announce<S: Storage>(st: &Arc<State<S>>, user_id: &str, onli
         warn!(error = %e, "last seen not stored");
     }
     let Ok(watchers) = st.storage.watchers(user_id).await else { return };
-    let Ok(frame) = Push::Presence(PresenceInfo { user_id: user_id.to_owned(), online, last_seen_at: now }).encode()
+    let Ok(frame) =
+        Push::Presence(PresenceInfo { user_id: user_id.to_owned(), online, last_seen_at: now })
+            .encode()
     else {
         return;
     };
@@ -299,7 +310,8 @@ async fn push_writer(
                     && send.finish().is_ok()
                 {
                     // Give the device a moment to read it before the connection goes.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped())
+                        .await;
                 }
                 conn.close(close::LOGGED_OUT.into(), b"logged in on another device");
                 break;

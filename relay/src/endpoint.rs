@@ -18,7 +18,8 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// A bound UDP socket with large buffers, dual-stack when bound to `[::]`.
 pub(crate) fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, RelayError> {
     let io = |e: std::io::Error| RelayError::Io(format!("UDP socket {addr}: {e}"));
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(io)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(io)?;
     if addr.is_ipv6() {
         // Serve IPv4 clients on `[::]` too; failing that is not fatal.
         let _ = socket.set_only_v6(false);
@@ -43,13 +44,18 @@ pub(crate) fn transport_config(limits: &Limits) -> Result<TransportConfig, Relay
     t.datagram_receive_buffer_size(Some(64 * 1024));
     t.datagram_send_buffer_size(64 * 1024);
     t.max_idle_timeout(Some(
-        IdleTimeout::try_from(limits.idle_timeout).map_err(|e| RelayError::Config(format!("idle timeout: {e}")))?,
+        IdleTimeout::try_from(limits.idle_timeout)
+            .map_err(|e| RelayError::Config(format!("idle timeout: {e}")))?,
     ));
     Ok(t)
 }
 
 /// The server endpoint on `addr`, speaking TLS 1.3 with ALPN `letstalk/1` only.
-pub(crate) fn server(addr: SocketAddr, identity: Identity, limits: &Limits) -> Result<quinn::Endpoint, RelayError> {
+pub(crate) fn server(
+    addr: SocketAddr,
+    identity: Identity,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, RelayError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -58,11 +64,16 @@ pub(crate) fn server(addr: SocketAddr, identity: Identity, limits: &Limits) -> R
         .with_single_cert(identity.certs, identity.key)
         .map_err(|e| RelayError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![letstalk_wire::ALPN.to_vec()];
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| RelayError::Tls(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(limits)?));
     let socket = udp_socket(addr)?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
-        .map_err(|e| RelayError::Io(format!("QUIC endpoint {addr}: {e}")))
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| RelayError::Io(format!("QUIC endpoint {addr}: {e}")))
 }

@@ -6,26 +6,46 @@ use std::sync::atomic::Ordering;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use letstalk_wire::{
-    AvatarUpdate, ErrorKind, MAX_AVATAR_LEN, PROTOCOL_VERSION, Push, Request, Response, auth_message,
+    AvatarUpdate, ErrorKind, MAX_AVATAR_LEN, PROTOCOL_VERSION, Push, Request, Response,
+    auth_message,
 };
 use tracing::{info, warn};
 
 use crate::conn::{ConnCtx, end_session, start_session};
 use crate::hub::PushCmd;
-use crate::storage::{Envelope, KeyUpload, NewAccount, ProfileUpdate, Quota, Storage, StorageError};
+use crate::storage::{
+    Envelope, KeyUpload, NewAccount, ProfileUpdate, Quota, Storage, StorageError,
+};
 use crate::{State, now_ms};
 
-type Reply = Result<Response, Response>;
+type Reply = Result<Response, Fail>;
 
-fn fail(kind: ErrorKind, message: impl Into<String>) -> Response {
-    Response::error(kind, message)
+/// A refused request; becomes a `Response::Error`. Kept small (a `Response` is large) so
+/// `Result`s stay cheap to move.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    kind: ErrorKind,
+    retry_after_ms: u64,
+    message: String,
 }
 
-fn storage_fail(e: StorageError) -> Response {
+impl From<Fail> for Response {
+    fn from(f: Fail) -> Self {
+        Self::Error { kind: f.kind, retry_after_ms: f.retry_after_ms, message: f.message }
+    }
+}
+
+pub(crate) fn fail(kind: ErrorKind, message: impl Into<String>) -> Fail {
+    Fail { kind, retry_after_ms: 0, message: message.into() }
+}
+
+fn storage_fail(e: StorageError) -> Fail {
     match e {
         StorageError::Conflict => fail(ErrorKind::Conflict, "user id taken"),
         StorageError::NotFound => fail(ErrorKind::NotFound, "no such user"),
-        StorageError::QuotaExceeded => fail(ErrorKind::QuotaExceeded, "the recipient's mailbox is full"),
+        StorageError::QuotaExceeded => {
+            fail(ErrorKind::QuotaExceeded, "the recipient's mailbox is full")
+        }
         StorageError::Backend(e) => {
             warn!(error = %e, "storage failure");
             fail(ErrorKind::Internal, "storage failure")
@@ -33,8 +53,8 @@ fn storage_fail(e: StorageError) -> Response {
     }
 }
 
-fn rate_limited(wait: std::time::Duration) -> Response {
-    Response::Error {
+fn rate_limited(wait: std::time::Duration) -> Fail {
+    Fail {
         kind: ErrorKind::RateLimited,
         retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
         message: "too many attempts".into(),
@@ -46,29 +66,32 @@ pub fn normalize_user_id(raw: &str) -> Option<String> {
     let id = raw.to_ascii_lowercase();
     let ok_len = (3..=32).contains(&id.len());
     let first_letter = id.chars().next().is_some_and(|c| c.is_ascii_lowercase());
-    let ok_chars = id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    let ok_chars = id
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
     (ok_len && first_letter && ok_chars).then_some(id)
 }
 
-fn user_arg(raw: &str) -> Result<String, Response> {
+fn user_arg(raw: &str) -> Result<String, Fail> {
     normalize_user_id(raw).ok_or_else(|| fail(ErrorKind::Invalid, "invalid user id"))
 }
 
-fn check_password(p: &str) -> Result<(), Response> {
+fn check_password(p: &str) -> Result<(), Fail> {
     if p.chars().count() < 8 {
         return Err(fail(ErrorKind::Invalid, "password must be at least 8 characters"));
     }
     Ok(())
 }
 
-fn check_email(e: &str) -> Result<(), Response> {
+fn check_email(e: &str) -> Result<(), Fail> {
     let ok = e.len() <= 254
-        && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
         && !e.chars().any(char::is_whitespace);
     if ok { Ok(()) } else { Err(fail(ErrorKind::Invalid, "invalid email")) }
 }
 
-fn check_nickname(n: &str) -> Result<(), Response> {
+fn check_nickname(n: &str) -> Result<(), Fail> {
     let len = n.chars().count();
     if n.trim().is_empty() || len > 64 || n.chars().any(char::is_control) {
         return Err(fail(ErrorKind::Invalid, "nickname must be 1 to 64 printable characters"));
@@ -83,26 +106,34 @@ fn verify_device(key: &[u8; 32], challenge: &[u8; 32], user_id: &str, sig: &[u8;
 
 /// The account this connection acts for; refused if it authenticated as none, or if the
 /// account has since moved to another device or connection.
-fn require_auth<S: Storage>(st: &State<S>, ctx: &ConnCtx) -> Result<String, Response> {
+fn require_auth<S: Storage>(st: &State<S>, ctx: &ConnCtx) -> Result<String, Fail> {
     let user = ctx.user().ok_or_else(|| fail(ErrorKind::Unauthenticated, "authenticate first"))?;
     if !st.hub.is_current(&user, ctx.id) {
-        return Err(fail(ErrorKind::UnknownDevice, "this connection no longer acts for the account"));
+        return Err(fail(
+            ErrorKind::UnknownDevice,
+            "this connection no longer acts for the account",
+        ));
     }
     Ok(user)
 }
 
 /// Answers one request.
-pub(crate) async fn dispatch<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request) -> Response {
-    match handle(st, ctx, req).await {
-        Ok(r) | Err(r) => r,
-    }
+pub(crate) async fn dispatch<S: Storage>(
+    st: &Arc<State<S>>,
+    ctx: &Arc<ConnCtx>,
+    req: Request,
+) -> Response {
+    handle(st, ctx, req).await.unwrap_or_else(Response::from)
 }
 
 async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request) -> Reply {
     match req {
         Request::Hello { versions, client: _ } => {
             if !versions.contains(&PROTOCOL_VERSION) {
-                return Err(fail(ErrorKind::Unsupported, format!("this relay speaks version {PROTOCOL_VERSION}")));
+                return Err(fail(
+                    ErrorKind::Unsupported,
+                    format!("this relay speaks version {PROTOCOL_VERSION}"),
+                ));
             }
             ctx.hello.store(true, Ordering::Relaxed);
             Ok(Response::HelloOk {
@@ -112,12 +143,17 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             })
         }
         Request::Ping { nonce } => Ok(Response::Pong { nonce }),
-        _ if !ctx.hello.load(Ordering::Relaxed) => Err(fail(ErrorKind::Invalid, "send Hello first")),
+        _ if !ctx.hello.load(Ordering::Relaxed) => {
+            Err(fail(ErrorKind::Invalid, "send Hello first"))
+        }
         Request::Auth { user_id, device_key, signature } => {
             let user = user_arg(&user_id)?;
             let creds = st.storage.credentials(&user).await.map_err(storage_fail)?;
             if creds.and_then(|c| c.device_key) != Some(device_key) {
-                return Err(fail(ErrorKind::UnknownDevice, "this device is not bound to the account"));
+                return Err(fail(
+                    ErrorKind::UnknownDevice,
+                    "this device is not bound to the account",
+                ));
             }
             if !verify_device(&device_key, &ctx.challenge, &user, &signature) {
                 return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
@@ -125,7 +161,15 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             start_session(st, ctx, &user).await?;
             Ok(Response::Authenticated { user_id: user })
         }
-        Request::Register { user_id, password, email, nickname, device_key, signature, identity } => {
+        Request::Register {
+            user_id,
+            password,
+            email,
+            nickname,
+            device_key,
+            signature,
+            identity,
+        } => {
             if ctx.user().is_some() {
                 return Err(fail(ErrorKind::Invalid, "connection already authenticated"));
             }
@@ -141,7 +185,15 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 warn!(error = %e, "hashing failed");
                 fail(ErrorKind::Internal, "hashing failed")
             })?;
-            let account = NewAccount { user_id: user.clone(), password_hash, email, nickname, device_key, identity, now: now_ms() };
+            let account = NewAccount {
+                user_id: user.clone(),
+                password_hash,
+                email,
+                nickname,
+                device_key,
+                identity,
+                now: now_ms(),
+            };
             st.storage.create_account(account).await.map_err(storage_fail)?;
             info!(user_id = user, "account registered");
             start_session(st, ctx, &user).await?;
@@ -168,7 +220,10 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 if let Some(old) = st.hub.take(&user)
                     && old.tx.try_send(PushCmd::LoggedOut).is_err()
                 {
-                    old.conn.close(crate::conn::close::LOGGED_OUT.into(), b"logged in on another device");
+                    old.conn.close(
+                        crate::conn::close::LOGGED_OUT.into(),
+                        b"logged in on another device",
+                    );
                 }
                 info!(user_id = user, "account moved to a new device");
             }
@@ -196,7 +251,11 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             if !st.hasher.verify(old_password, creds.map(|c| c.password_hash)).await {
                 return Err(fail(ErrorKind::AuthFailed, "wrong password"));
             }
-            let hash = st.hasher.hash(new_password).await.map_err(|_| fail(ErrorKind::Internal, "hashing failed"))?;
+            let hash = st
+                .hasher
+                .hash(new_password)
+                .await
+                .map_err(|_| fail(ErrorKind::Internal, "hashing failed"))?;
             st.storage.set_password_hash(&user, hash).await.map_err(storage_fail)?;
             Ok(Response::Ok)
         }
@@ -251,7 +310,8 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
         }
         Request::UploadKeys { identity, signed_prekey, one_time_prekeys, last_resort } => {
             let user = require_auth(st, ctx)?;
-            let keys = KeyUpload { identity, signed_prekey, one_time: one_time_prekeys, last_resort };
+            let keys =
+                KeyUpload { identity, signed_prekey, one_time: one_time_prekeys, last_resort };
             let n = st.storage.upload_keys(&user, keys).await.map_err(storage_fail)?;
             Ok(Response::KeyCount { one_time_remaining: n })
         }
@@ -264,11 +324,13 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             require_auth(st, ctx)?;
             let user = user_arg(&user_id)?;
             let b = st.storage.take_bundle(&user).await.map_err(storage_fail)?;
-            b.map(Response::Bundle).ok_or_else(|| fail(ErrorKind::NotFound, "no such user or no device"))
+            b.map(Response::Bundle)
+                .ok_or_else(|| fail(ErrorKind::NotFound, "no such user or no device"))
         }
         Request::Watch { add, remove } => {
             let user = require_auth(st, ctx)?;
-            let add = add.iter().filter_map(|u| normalize_user_id(u)).filter(|u| *u != user).collect();
+            let add =
+                add.iter().filter_map(|u| normalize_user_id(u)).filter(|u| *u != user).collect();
             let remove = remove.iter().filter_map(|u| normalize_user_id(u)).collect();
             let mut users = st.storage.watch(&user, add, remove).await.map_err(storage_fail)?;
             for u in &mut users {
@@ -285,9 +347,12 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             if body.is_empty() {
                 return Err(fail(ErrorKind::Invalid, "empty message"));
             }
-            let quota =
-                Quota { max_messages: st.limits.mailbox_max_messages, max_bytes: st.limits.mailbox_max_bytes };
-            let envelope = Envelope { sender: user, recipient: to.clone(), msg_id, body, now: now_ms() };
+            let quota = Quota {
+                max_messages: st.limits.mailbox_max_messages,
+                max_bytes: st.limits.mailbox_max_bytes,
+            };
+            let envelope =
+                Envelope { sender: user, recipient: to.clone(), msg_id, body, now: now_ms() };
             let done = st.storage.enqueue(envelope, quota).await.map_err(storage_fail)?;
             if !done.duplicate {
                 st.hub.wake(&to);

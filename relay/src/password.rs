@@ -42,7 +42,9 @@ impl Hasher {
 
     pub(crate) async fn hash(&self, password: String) -> Result<String, String> {
         let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
-        tokio::task::spawn_blocking(move || hash_blocking(&password)).await.map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || hash_blocking(&password))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// Verifies `password` against `phc`, or against a dummy hash when `phc` is `None`
@@ -55,17 +57,20 @@ impl Hasher {
             None => match self.dummy.get() {
                 Some(d) => d.clone(),
                 None => {
-                    let d = tokio::task::spawn_blocking(|| hash_blocking("letstalk-dummy-password"))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or_default();
+                    let d =
+                        tokio::task::spawn_blocking(|| hash_blocking("letstalk-dummy-password"))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .unwrap_or_default();
                     let _ = self.dummy.set(d.clone());
                     d
                 }
             },
         };
-        let ok = tokio::task::spawn_blocking(move || verify_blocking(&password, &phc)).await.unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || verify_blocking(&password, &phc))
+            .await
+            .unwrap_or(false);
         ok && real
     }
 }

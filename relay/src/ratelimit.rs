@@ -29,7 +29,9 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         let per_sec = f64::from(self.limit.per_minute) / 60.0;
         let Ok(mut map) = self.buckets.lock() else { return Ok(()) };
         if map.len() >= MAX_KEYS && !map.contains_key(key) {
-            map.retain(|_, (tokens, at)| *tokens + per_sec * now.duration_since(*at).as_secs_f64() < burst);
+            map.retain(|_, (tokens, at)| {
+                *tokens + per_sec * now.duration_since(*at).as_secs_f64() < burst
+            });
             if map.len() >= MAX_KEYS {
                 map.clear();
             }

@@ -34,11 +34,9 @@ impl Relay {
     /// Creates the data directory (0700), opens storage, loads or generates the
     /// certificate and binds the UDP socket.
     pub async fn bind(config: Config) -> Result<Self, RelayError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.data_dir)
-            .map_err(|e| RelayError::Io(format!("data directory {}: {e}", config.data_dir.display())))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.data_dir).map_err(
+            |e| RelayError::Io(format!("data directory {}: {e}", config.data_dir.display())),
+        )?;
         let dir = config.data_dir.clone();
         let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&dir))
             .await
@@ -84,7 +82,8 @@ impl Relay {
         let Self { endpoint, state, local_addr, .. } = self;
         let tracker = TaskTracker::new();
         // Expiry runs often enough that nothing outlives its TTL by more than a quarter.
-        let period = (state.limits.message_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let period =
+            (state.limits.message_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
         let mut expiry = tokio::time::interval(period);
         tokio::pin!(shutdown);
         info!(%local_addr, "relay serving");

@@ -147,9 +147,15 @@ pub struct Queued {
 /// Everything the relay keeps. See the module doc for the concurrency model.
 pub trait Storage: Send + Sync + 'static {
     /// Creates an account; [`StorageError::Conflict`] if the id is taken.
-    fn create_account(&self, account: NewAccount) -> impl Future<Output = Result<(), StorageError>> + Send;
+    fn create_account(
+        &self,
+        account: NewAccount,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// The password hash and bound device of `user_id`, or `None`.
-    fn credentials(&self, user_id: &str) -> impl Future<Output = Result<Option<Credentials>, StorageError>> + Send;
+    fn credentials(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<Credentials>, StorageError>> + Send;
     /// Binds `device_key` (or unbinds with `None`). Binding a different key drops the old
     /// device's identity and prekeys: they belong to a device that is gone.
     fn bind_device(
@@ -158,11 +164,21 @@ pub trait Storage: Send + Sync + 'static {
         device_key: Option<[u8; 32]>,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// Replaces the password hash.
-    fn set_password_hash(&self, user_id: &str, hash: String) -> impl Future<Output = Result<(), StorageError>> + Send;
+    fn set_password_hash(
+        &self,
+        user_id: &str,
+        hash: String,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// Deletes the account and everything kept for it (mailbox, keys, avatar, watches).
-    fn delete_account(&self, user_id: &str) -> impl Future<Output = Result<(), StorageError>> + Send;
+    fn delete_account(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// The profile, with email.
-    fn profile(&self, user_id: &str) -> impl Future<Output = Result<Option<Profile>, StorageError>> + Send;
+    fn profile(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<Profile>, StorageError>> + Send;
     /// Applies a profile change and returns the new profile.
     fn update_profile(
         &self,
@@ -170,15 +186,28 @@ pub trait Storage: Send + Sync + 'static {
         update: ProfileUpdate,
     ) -> impl Future<Output = Result<Profile, StorageError>> + Send;
     /// The avatar bytes.
-    fn avatar(&self, user_id: &str) -> impl Future<Output = Result<Option<Avatar>, StorageError>> + Send;
+    fn avatar(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<Avatar>, StorageError>> + Send;
     /// Stores keys; returns how many one-time prekeys are now held.
-    fn upload_keys(&self, user_id: &str, keys: KeyUpload) -> impl Future<Output = Result<u32, StorageError>> + Send;
+    fn upload_keys(
+        &self,
+        user_id: &str,
+        keys: KeyUpload,
+    ) -> impl Future<Output = Result<u32, StorageError>> + Send;
     /// How many one-time prekeys are held.
-    fn one_time_count(&self, user_id: &str) -> impl Future<Output = Result<u32, StorageError>> + Send;
+    fn one_time_count(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<u32, StorageError>> + Send;
     /// The bundle of `user_id`, atomically taking one one-time prekey (each is handed out
     /// exactly once), or the last-resort key when none are left. `None`: no such account
     /// or no bound device.
-    fn take_bundle(&self, user_id: &str) -> impl Future<Output = Result<Option<Bundle>, StorageError>> + Send;
+    fn take_bundle(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<Bundle>, StorageError>> + Send;
     /// Adds and removes watched users (unknown ones are ignored); returns the watched
     /// users that exist among `add`, with their last-seen time (online is filled in by
     /// the caller, which knows the connections).
@@ -189,12 +218,23 @@ pub trait Storage: Send + Sync + 'static {
         remove: Vec<String>,
     ) -> impl Future<Output = Result<Vec<PresenceInfo>, StorageError>> + Send;
     /// Who watches `user_id`.
-    fn watchers(&self, user_id: &str) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
+    fn watchers(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
     /// Records when the device was last connected.
-    fn set_last_seen(&self, user_id: &str, at: u64) -> impl Future<Output = Result<(), StorageError>> + Send;
+    fn set_last_seen(
+        &self,
+        user_id: &str,
+        at: u64,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// Persists a message (deduplicated, within the quota). [`StorageError::NotFound`] if
     /// the recipient does not exist.
-    fn enqueue(&self, envelope: Envelope, quota: Quota) -> impl Future<Output = Result<Enqueued, StorageError>> + Send;
+    fn enqueue(
+        &self,
+        envelope: Envelope,
+        quota: Quota,
+    ) -> impl Future<Output = Result<Enqueued, StorageError>> + Send;
     /// Queued messages for `recipient` with delivery id above `after`, oldest first.
     fn pending(
         &self,
@@ -203,7 +243,11 @@ pub trait Storage: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Queued>, StorageError>> + Send;
     /// Deletes acknowledged messages of `recipient`; returns how many were deleted.
-    fn ack(&self, recipient: &str, delivery_ids: Vec<u64>) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    fn ack(
+        &self,
+        recipient: &str,
+        delivery_ids: Vec<u64>,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
     /// Deletes messages and idempotency records accepted before `before` (ms).
     fn expire(&self, before: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
 }

@@ -46,7 +46,8 @@ pub(crate) fn load(config: &Config) -> Result<Identity, RelayError> {
             if cert.exists() && key.exists() {
                 return read_pair(&cert, &key);
             }
-            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned(), host_name()];
+            let mut names =
+                vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned(), host_name()];
             let ip = config.listen.ip();
             if !ip.is_unspecified() {
                 names.push(ip.to_string());
@@ -69,11 +70,14 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), RelayError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| RelayError::Io(format!("{}: {e}", path.display())))?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| RelayError::Io(format!("{}: {e}", path.display())))
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| RelayError::Io(format!("{}: {e}", path.display())))
 }
 
 fn read_pair(cert: &Path, key: &Path) -> Result<Identity, RelayError> {
-    let cert_pem = fs::read(cert).map_err(|e| RelayError::Tls(format!("{}: {e}", cert.display())))?;
+    let cert_pem =
+        fs::read(cert).map_err(|e| RelayError::Tls(format!("{}: {e}", cert.display())))?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| RelayError::Tls(format!("{}: {e}", cert.display())))?;

@@ -167,7 +167,7 @@ async fn crashes_and_restarts_during_300_sends_lose_and_duplicate_nothing() {
             bob.kill9();
         }
         if i == 200 {
-            relay.restart().unwrap();
+            relay.crash_restart().unwrap();
         }
         if i == 250 {
             bob = world.daemon("bob").with_relay(&relay).start().unwrap();

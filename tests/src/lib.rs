@@ -335,9 +335,35 @@ impl Relay {
         }
     }
 
-    /// Starts the relay again on the same address and data directory.
+    /// Stops the relay with SIGTERM (it closes its connections) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A clean restart: SIGTERM, then start again on the same address and data directory.
     pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.start_again()
+    }
+
+    /// A crash and restart: kill -9, then start again.
+    pub fn crash_restart(&mut self) -> Result<()> {
         self.kill9();
+        self.start_again()
+    }
+
+    fn start_again(&mut self) -> Result<()> {
         let again = Relay::spawn(self.data_dir.clone(), &self.addr.clone(), self.args.clone())?;
         *self = again;
         Ok(())
@@ -361,7 +387,7 @@ impl DaemonSpec {
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + limit;
     loop {

@@ -273,34 +273,48 @@ impl fmt::Debug for Request {
             Self::Hello { versions, client } => {
                 f.debug_struct("Hello").field("versions", versions).field("client", client).finish()
             }
-            Self::Auth { user_id, .. } => f.debug_struct("Auth").field("user_id", user_id).finish_non_exhaustive(),
+            Self::Auth { user_id, .. } => {
+                f.debug_struct("Auth").field("user_id", user_id).finish_non_exhaustive()
+            }
             Self::Register { user_id, .. } => {
                 f.debug_struct("Register").field("user_id", user_id).finish_non_exhaustive()
             }
-            Self::Login { user_id, .. } => f.debug_struct("Login").field("user_id", user_id).finish_non_exhaustive(),
+            Self::Login { user_id, .. } => {
+                f.debug_struct("Login").field("user_id", user_id).finish_non_exhaustive()
+            }
             Self::Logout => f.write_str("Logout"),
             Self::DeleteAccount => f.write_str("DeleteAccount"),
             Self::ChangePassword { .. } => f.write_str("ChangePassword { .. }"),
             Self::GetProfile => f.write_str("GetProfile"),
             Self::UpdateProfile { .. } => f.write_str("UpdateProfile { .. }"),
-            Self::LookupUser { user_id } => f.debug_struct("LookupUser").field("user_id", user_id).finish(),
-            Self::FetchAvatar { user_id } => f.debug_struct("FetchAvatar").field("user_id", user_id).finish(),
+            Self::LookupUser { user_id } => {
+                f.debug_struct("LookupUser").field("user_id", user_id).finish()
+            }
+            Self::FetchAvatar { user_id } => {
+                f.debug_struct("FetchAvatar").field("user_id", user_id).finish()
+            }
             Self::UploadKeys { one_time_prekeys, .. } => f
                 .debug_struct("UploadKeys")
                 .field("one_time_prekeys", &one_time_prekeys.len())
                 .finish_non_exhaustive(),
             Self::KeyCount => f.write_str("KeyCount"),
-            Self::FetchBundle { user_id } => f.debug_struct("FetchBundle").field("user_id", user_id).finish(),
-            Self::Watch { add, remove } => {
-                f.debug_struct("Watch").field("add", &add.len()).field("remove", &remove.len()).finish()
+            Self::FetchBundle { user_id } => {
+                f.debug_struct("FetchBundle").field("user_id", user_id).finish()
             }
+            Self::Watch { add, remove } => f
+                .debug_struct("Watch")
+                .field("add", &add.len())
+                .field("remove", &remove.len())
+                .finish(),
             Self::Send { to, msg_id, body } => f
                 .debug_struct("Send")
                 .field("to", to)
                 .field("msg_id", msg_id)
                 .field("len", &body.len())
                 .finish(),
-            Self::Ack { delivery_ids } => f.debug_struct("Ack").field("count", &delivery_ids.len()).finish(),
+            Self::Ack { delivery_ids } => {
+                f.debug_struct("Ack").field("count", &delivery_ids.len()).finish()
+            }
             Self::Ping { nonce } => f.debug_struct("Ping").field("nonce", nonce).finish(),
         }
     }
@@ -422,7 +436,11 @@ fn put_presence(w: &mut Writer, p: &PresenceInfo) {
     w.u64(p.last_seen_at);
 }
 fn get_presence(r: &mut Reader<'_>) -> Result<PresenceInfo, WireError> {
-    Ok(PresenceInfo { user_id: r.str(MAX_SHORT_STR, "user_id")?, online: r.bool()?, last_seen_at: r.u64()? })
+    Ok(PresenceInfo {
+        user_id: r.str(MAX_SHORT_STR, "user_id")?,
+        online: r.bool()?,
+        last_seen_at: r.u64()?,
+    })
 }
 fn get_user_list(r: &mut Reader<'_>) -> Result<Vec<String>, WireError> {
     r.list(MAX_LIST, "users", |r| r.str(MAX_SHORT_STR, "user_id"))
@@ -444,7 +462,15 @@ impl Request {
                 w.raw(device_key);
                 w.raw(signature);
             }
-            Self::Register { user_id, password, email, nickname, device_key, signature, identity } => {
+            Self::Register {
+                user_id,
+                password,
+                email,
+                nickname,
+                device_key,
+                signature,
+                identity,
+            } => {
                 w.u8(tag::REGISTER);
                 w.str(user_id);
                 w.str(password);
@@ -580,7 +606,9 @@ impl Request {
             },
             tag::KEY_COUNT => Self::KeyCount,
             tag::FETCH_BUNDLE => Self::FetchBundle { user_id: r.str(MAX_SHORT_STR, "user_id")? },
-            tag::WATCH => Self::Watch { add: get_user_list(&mut r)?, remove: get_user_list(&mut r)? },
+            tag::WATCH => {
+                Self::Watch { add: get_user_list(&mut r)?, remove: get_user_list(&mut r)? }
+            }
             tag::SEND => Self::Send {
                 to: r.str(MAX_SHORT_STR, "to")?,
                 msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
@@ -670,7 +698,9 @@ impl Response {
                 retry_after_ms: r.u64()?,
                 message: r.str(MAX_TEXT_STR, "message")?,
             },
-            tag::R_AUTHENTICATED => Self::Authenticated { user_id: r.str(MAX_SHORT_STR, "user_id")? },
+            tag::R_AUTHENTICATED => {
+                Self::Authenticated { user_id: r.str(MAX_SHORT_STR, "user_id")? }
+            }
             tag::R_PROFILE => Self::Profile(get_profile(&mut r)?),
             tag::R_AVATAR => Self::Avatar(get_avatar(&mut r)?),
             tag::R_KEY_COUNT => Self::KeyCount { one_time_remaining: r.u32()? },

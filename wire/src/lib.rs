@@ -45,8 +45,8 @@ mod frames;
 
 pub use codec::{LEN_PREFIX, frame_len, split_frame};
 pub use frames::{
-    Avatar, AvatarMeta, AvatarUpdate, Bundle, ErrorKind, PreKey, PresenceInfo, Profile, Push, Request,
-    Response,
+    Avatar, AvatarMeta, AvatarUpdate, Bundle, ErrorKind, PreKey, PresenceInfo, Profile, Push,
+    Request, Response,
 };
 
 /// The protocol version this crate speaks.
@@ -112,14 +112,26 @@ pub fn fuzz_frame(data: &[u8]) {
     let prefixed = |enc: Result<Vec<u8>, WireError>| -> Option<Vec<u8>> { enc.ok() };
     if let Ok(req) = Request::decode(body) {
         let again = prefixed(req.encode());
-        assert_eq!(again.as_deref().and_then(|f| f.get(LEN_PREFIX..)), Some(body), "request not canonical");
+        assert_eq!(
+            again.as_deref().and_then(|f| f.get(LEN_PREFIX..)),
+            Some(body),
+            "request not canonical"
+        );
     }
     if let Ok(resp) = Response::decode(body) {
         let again = prefixed(resp.encode());
-        assert_eq!(again.as_deref().and_then(|f| f.get(LEN_PREFIX..)), Some(body), "response not canonical");
+        assert_eq!(
+            again.as_deref().and_then(|f| f.get(LEN_PREFIX..)),
+            Some(body),
+            "response not canonical"
+        );
     }
     if let Ok(push) = Push::decode(body) {
         let again = prefixed(push.encode());
-        assert_eq!(again.as_deref().and_then(|f| f.get(LEN_PREFIX..)), Some(body), "push not canonical");
+        assert_eq!(
+            again.as_deref().and_then(|f| f.get(LEN_PREFIX..)),
+            Some(body),
+            "push not canonical"
+        );
     }
 }

@@ -1,5 +1,8 @@
 //! Round-trip properties, hex snapshots, limits and the fuzz body run as a property.
 
+// Test helpers outside `#[test]` functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use letstalk_wire::*;
 use proptest::prelude::*;
 
@@ -19,10 +22,21 @@ fn avatar() -> impl Strategy<Value = Avatar> {
     (short(), blob(300)).prop_map(|(mime, data)| Avatar { mime, data })
 }
 fn avatar_meta() -> impl Strategy<Value = AvatarMeta> {
-    (short(), any::<[u8; 32]>(), any::<u32>()).prop_map(|(mime, sha256, size)| AvatarMeta { mime, sha256, size })
+    (short(), any::<[u8; 32]>(), any::<u32>()).prop_map(|(mime, sha256, size)| AvatarMeta {
+        mime,
+        sha256,
+        size,
+    })
 }
 fn profile() -> impl Strategy<Value = Profile> {
-    (short(), text(), proptest::option::of(text()), proptest::option::of(avatar_meta()), any::<u64>(), any::<u64>())
+    (
+        short(),
+        text(),
+        proptest::option::of(text()),
+        proptest::option::of(avatar_meta()),
+        any::<u64>(),
+        any::<u64>(),
+    )
         .prop_map(|(user_id, nickname, email, avatar, created_at, updated_at)| Profile {
             user_id,
             nickname,
@@ -33,11 +47,8 @@ fn profile() -> impl Strategy<Value = Profile> {
         })
 }
 fn presence() -> impl Strategy<Value = PresenceInfo> {
-    (short(), any::<bool>(), any::<u64>()).prop_map(|(user_id, online, last_seen_at)| PresenceInfo {
-        user_id,
-        online,
-        last_seen_at,
-    })
+    (short(), any::<bool>(), any::<u64>())
+        .prop_map(|(user_id, online, last_seen_at)| PresenceInfo { user_id, online, last_seen_at })
 }
 fn sig() -> impl Strategy<Value = [u8; 64]> {
     proptest::collection::vec(any::<u8>(), 64).prop_map(|v| {
@@ -52,32 +63,48 @@ fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (proptest::collection::vec(any::<u16>(), 0..5), text())
             .prop_map(|(versions, client)| Request::Hello { versions, client }),
-        (short(), any::<[u8; 32]>(), sig())
-            .prop_map(|(user_id, device_key, signature)| Request::Auth { user_id, device_key, signature }),
+        (short(), any::<[u8; 32]>(), sig()).prop_map(|(user_id, device_key, signature)| {
+            Request::Auth { user_id, device_key, signature }
+        }),
         (short(), text(), text(), text(), any::<[u8; 32]>(), sig(), blob(100)).prop_map(
-            |(user_id, password, email, nickname, device_key, signature, identity)| Request::Register {
-                user_id,
-                password,
-                email,
-                nickname,
-                device_key,
-                signature,
-                identity
+            |(user_id, password, email, nickname, device_key, signature, identity)| {
+                Request::Register {
+                    user_id,
+                    password,
+                    email,
+                    nickname,
+                    device_key,
+                    signature,
+                    identity,
+                }
             }
         ),
-        (short(), text(), any::<[u8; 32]>(), sig()).prop_map(|(user_id, password, device_key, signature)| {
-            Request::Login { user_id, password, device_key, signature }
-        }),
+        (short(), text(), any::<[u8; 32]>(), sig()).prop_map(
+            |(user_id, password, device_key, signature)| {
+                Request::Login { user_id, password, device_key, signature }
+            }
+        ),
         Just(Request::Logout),
         Just(Request::DeleteAccount),
-        (text(), text()).prop_map(|(old_password, new_password)| Request::ChangePassword { old_password, new_password }),
+        (text(), text()).prop_map(|(old_password, new_password)| Request::ChangePassword {
+            old_password,
+            new_password
+        }),
         Just(Request::GetProfile),
         (
             proptest::option::of(text()),
             proptest::option::of(text()),
-            prop_oneof![Just(AvatarUpdate::Keep), Just(AvatarUpdate::Remove), avatar().prop_map(AvatarUpdate::Set)]
+            prop_oneof![
+                Just(AvatarUpdate::Keep),
+                Just(AvatarUpdate::Remove),
+                avatar().prop_map(AvatarUpdate::Set)
+            ]
         )
-            .prop_map(|(nickname, email, avatar)| Request::UpdateProfile { nickname, email, avatar }),
+            .prop_map(|(nickname, email, avatar)| Request::UpdateProfile {
+                nickname,
+                email,
+                avatar
+            }),
         short().prop_map(|user_id| Request::LookupUser { user_id }),
         short().prop_map(|user_id| Request::FetchAvatar { user_id }),
         (
@@ -86,17 +113,19 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::collection::vec(prekey(), 0..5),
             proptest::option::of(prekey())
         )
-            .prop_map(|(identity, signed_prekey, one_time_prekeys, last_resort)| Request::UploadKeys {
-                identity,
-                signed_prekey,
-                one_time_prekeys,
-                last_resort
+            .prop_map(|(identity, signed_prekey, one_time_prekeys, last_resort)| {
+                Request::UploadKeys { identity, signed_prekey, one_time_prekeys, last_resort }
             }),
         Just(Request::KeyCount),
         short().prop_map(|user_id| Request::FetchBundle { user_id }),
         (users(), users()).prop_map(|(add, remove)| Request::Watch { add, remove }),
-        (short(), short(), blob(500)).prop_map(|(to, msg_id, body)| Request::Send { to, msg_id, body }),
-        proptest::collection::vec(any::<u64>(), 0..10).prop_map(|delivery_ids| Request::Ack { delivery_ids }),
+        (short(), short(), blob(500)).prop_map(|(to, msg_id, body)| Request::Send {
+            to,
+            msg_id,
+            body
+        }),
+        proptest::collection::vec(any::<u64>(), 0..10)
+            .prop_map(|delivery_ids| Request::Ack { delivery_ids }),
         any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
     ]
 }
@@ -104,11 +133,15 @@ fn request() -> impl Strategy<Value = Request> {
 fn response() -> impl Strategy<Value = Response> {
     let kind = (1u8..=20).prop_map(ErrorKind::from_code);
     prop_oneof![
-        (any::<u16>(), any::<[u8; 32]>(), text())
-            .prop_map(|(version, challenge, server)| Response::HelloOk { version, challenge, server }),
+        (any::<u16>(), any::<[u8; 32]>(), text()).prop_map(|(version, challenge, server)| {
+            Response::HelloOk { version, challenge, server }
+        }),
         Just(Response::Ok),
-        (kind, any::<u64>(), text())
-            .prop_map(|(kind, retry_after_ms, message)| Response::Error { kind, retry_after_ms, message }),
+        (kind, any::<u64>(), text()).prop_map(|(kind, retry_after_ms, message)| Response::Error {
+            kind,
+            retry_after_ms,
+            message
+        }),
         short().prop_map(|user_id| Response::Authenticated { user_id }),
         profile().prop_map(Response::Profile),
         avatar().prop_map(Response::Avatar),
@@ -121,11 +154,21 @@ fn response() -> impl Strategy<Value = Response> {
             proptest::option::of(prekey()),
             any::<bool>()
         )
-            .prop_map(|(user_id, device_key, identity, signed_prekey, one_time_prekey, last_resort)| {
-                Response::Bundle(Bundle { user_id, device_key, identity, signed_prekey, one_time_prekey, last_resort })
-            }),
+            .prop_map(
+                |(user_id, device_key, identity, signed_prekey, one_time_prekey, last_resort)| {
+                    Response::Bundle(Bundle {
+                        user_id,
+                        device_key,
+                        identity,
+                        signed_prekey,
+                        one_time_prekey,
+                        last_resort,
+                    })
+                }
+            ),
         proptest::collection::vec(presence(), 0..5).prop_map(|users| Response::Presence { users }),
-        (any::<u64>(), any::<bool>()).prop_map(|(server_ts, duplicate)| Response::Sent { server_ts, duplicate }),
+        (any::<u64>(), any::<bool>())
+            .prop_map(|(server_ts, duplicate)| Response::Sent { server_ts, duplicate }),
         any::<u64>().prop_map(|nonce| Response::Pong { nonce }),
     ]
 }
@@ -133,7 +176,13 @@ fn response() -> impl Strategy<Value = Response> {
 fn push() -> impl Strategy<Value = Push> {
     prop_oneof![
         (any::<u64>(), short(), short(), any::<u64>(), blob(500)).prop_map(
-            |(delivery_id, from, msg_id, server_ts, body)| Push::Message { delivery_id, from, msg_id, server_ts, body }
+            |(delivery_id, from, msg_id, server_ts, body)| Push::Message {
+                delivery_id,
+                from,
+                msg_id,
+                server_ts,
+                body
+            }
         ),
         presence().prop_map(Push::Presence),
         profile().prop_map(Push::ProfileChanged),
@@ -212,7 +261,8 @@ fn oversized_prefix_is_rejected_before_allocation() {
 
 #[test]
 fn oversized_fields_are_rejected() {
-    let body = Request::Send { to: "bob".into(), msg_id: "m".into(), body: vec![0; MAX_MESSAGE_LEN + 1] };
+    let body =
+        Request::Send { to: "bob".into(), msg_id: "m".into(), body: vec![0; MAX_MESSAGE_LEN + 1] };
     let frame = body.encode().unwrap();
     assert_eq!(Request::decode(&frame[4..]), Err(WireError::FieldTooLong("body")));
     // A list count larger than the bytes left is refused before allocating.
@@ -230,21 +280,44 @@ fn oversized_fields_are_rejected() {
 #[test]
 fn hex_snapshots() {
     let check = |frame: Vec<u8>, expected: &str| assert_eq!(hex::encode(frame), expected);
-    check(Request::Ping { nonce: 0x0102030405060708 }.encode().unwrap(), "00000009120102030405060708");
-    check(Request::Hello { versions: vec![1], client: "d".into() }.encode().unwrap(), "000000080100010001000164");
     check(
-        Request::Send { to: "bob".into(), msg_id: "m1".into(), body: vec![0xAA, 0xBB] }.encode().unwrap(),
+        Request::Ping { nonce: 0x0102030405060708 }.encode().unwrap(),
+        "00000009120102030405060708",
+    );
+    check(
+        Request::Hello { versions: vec![1], client: "d".into() }.encode().unwrap(),
+        "000000080100010001000164",
+    );
+    check(
+        Request::Send { to: "bob".into(), msg_id: "m1".into(), body: vec![0xAA, 0xBB] }
+            .encode()
+            .unwrap(),
         "00000010100003626f6200026d3100000002aabb",
     );
-    check(Response::Sent { server_ts: 1, duplicate: false }.encode().unwrap(), "0000000a89000000000000000100");
     check(
-        Response::Error { kind: ErrorKind::RateLimited, retry_after_ms: 500, message: "slow".into() }.encode().unwrap(),
+        Response::Sent { server_ts: 1, duplicate: false }.encode().unwrap(),
+        "0000000a89000000000000000100",
+    );
+    check(
+        Response::Error {
+            kind: ErrorKind::RateLimited,
+            retry_after_ms: 500,
+            message: "slow".into(),
+        }
+        .encode()
+        .unwrap(),
         "00000010820500000000000001f40004736c6f77",
     );
     check(
-        Push::Message { delivery_id: 7, from: "al".into(), msg_id: "x".into(), server_ts: 2, body: vec![1] }
-            .encode()
-            .unwrap(),
+        Push::Message {
+            delivery_id: 7,
+            from: "al".into(),
+            msg_id: "x".into(),
+            server_ts: 2,
+            body: vec![1],
+        }
+        .encode()
+        .unwrap(),
         "0000001dc000000000000000070002616c00017800000000000000020000000101",
     );
     check(Push::LoggedOut.encode().unwrap(), "00000001c3");

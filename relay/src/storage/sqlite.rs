@@ -14,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Credentials, Enqueued, Envelope, KeyUpload, NewAccount, ProfileUpdate, Queued, Quota, Storage, StorageError,
+    Credentials, Enqueued, Envelope, KeyUpload, NewAccount, ProfileUpdate, Queued, Quota, Storage,
+    StorageError,
 };
 
 /// Numbered migrations; `PRAGMA user_version` records how many ran.
@@ -41,7 +42,8 @@ impl SqliteStorage {
     }
 
     fn migrate(&mut self) -> Result<(), StorageError> {
-        let mut conn = self.conn.lock().map_err(|_| StorageError::Backend("lock poisoned".into()))?;
+        let mut conn =
+            self.conn.lock().map_err(|_| StorageError::Backend("lock poisoned".into()))?;
         let done: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(done).unwrap_or(0)) {
             let tx = conn.transaction()?;
@@ -68,7 +70,10 @@ impl SqliteStorage {
 
     /// Rows in the mailbox (all recipients): for tests and metrics.
     pub async fn mailbox_len(&self) -> Result<u64, StorageError> {
-        self.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM mailbox", [], |r| r.get::<_, i64>(0))? as u64)).await
+        self.with(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM mailbox", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
     }
 }
 
@@ -136,16 +141,22 @@ impl Storage for SqliteStorage {
     async fn credentials(&self, user_id: &str) -> Result<Option<Credentials>, StorageError> {
         let user_id = user_id.to_owned();
         self.with(move |c| {
-            Ok(c.prepare_cached("SELECT password_hash, device_key FROM accounts WHERE user_id = ?1")?
-                .query_row([&user_id], |r| {
-                    Ok(Credentials { password_hash: r.get(0)?, device_key: key32(r.get(1)?) })
-                })
-                .optional()?)
+            Ok(c.prepare_cached(
+                "SELECT password_hash, device_key FROM accounts WHERE user_id = ?1",
+            )?
+            .query_row([&user_id], |r| {
+                Ok(Credentials { password_hash: r.get(0)?, device_key: key32(r.get(1)?) })
+            })
+            .optional()?)
         })
         .await
     }
 
-    async fn bind_device(&self, user_id: &str, device_key: Option<[u8; 32]>) -> Result<(), StorageError> {
+    async fn bind_device(
+        &self,
+        user_id: &str,
+        device_key: Option<[u8; 32]>,
+    ) -> Result<(), StorageError> {
         let user_id = user_id.to_owned();
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -170,7 +181,10 @@ impl Storage for SqliteStorage {
     async fn set_password_hash(&self, user_id: &str, hash: String) -> Result<(), StorageError> {
         let user_id = user_id.to_owned();
         self.with(move |c| {
-            let n = c.execute("UPDATE accounts SET password_hash = ?2 WHERE user_id = ?1", params![user_id, hash])?;
+            let n = c.execute(
+                "UPDATE accounts SET password_hash = ?2 WHERE user_id = ?1",
+                params![user_id, hash],
+            )?;
             if n == 0 { Err(StorageError::NotFound) } else { Ok(()) }
         })
         .await
@@ -194,7 +208,11 @@ impl Storage for SqliteStorage {
         self.with(move |c| read_profile(c, &user_id)).await
     }
 
-    async fn update_profile(&self, user_id: &str, u: ProfileUpdate) -> Result<Profile, StorageError> {
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        u: ProfileUpdate,
+    ) -> Result<Profile, StorageError> {
         let user_id = user_id.to_owned();
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -321,17 +339,24 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn watch(&self, watcher: &str, add: Vec<String>, remove: Vec<String>) -> Result<Vec<PresenceInfo>, StorageError> {
+    async fn watch(
+        &self,
+        watcher: &str,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> Result<Vec<PresenceInfo>, StorageError> {
         let watcher = watcher.to_owned();
         self.with(move |c| {
             let tx = c.transaction()?;
             let mut out = Vec::new();
             {
-                let mut del = tx.prepare_cached("DELETE FROM watches WHERE watcher = ?1 AND watched = ?2")?;
+                let mut del =
+                    tx.prepare_cached("DELETE FROM watches WHERE watcher = ?1 AND watched = ?2")?;
                 for w in &remove {
                     del.execute(params![watcher, w])?;
                 }
-                let mut seen = tx.prepare_cached("SELECT last_seen_at FROM accounts WHERE user_id = ?1")?;
+                let mut seen =
+                    tx.prepare_cached("SELECT last_seen_at FROM accounts WHERE user_id = ?1")?;
                 let mut ins = tx.prepare_cached(
                     "INSERT INTO watches (watcher, watched) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 )?;
@@ -339,7 +364,11 @@ impl Storage for SqliteStorage {
                     let last: Option<i64> = seen.query_row([&w], |r| r.get(0)).optional()?;
                     if let Some(last) = last {
                         ins.execute(params![watcher, w])?;
-                        out.push(PresenceInfo { user_id: w, online: false, last_seen_at: last as u64 });
+                        out.push(PresenceInfo {
+                            user_id: w,
+                            online: false,
+                            last_seen_at: last as u64,
+                        });
                     }
                 }
             }
@@ -362,7 +391,10 @@ impl Storage for SqliteStorage {
     async fn set_last_seen(&self, user_id: &str, at: u64) -> Result<(), StorageError> {
         let user_id = user_id.to_owned();
         self.with(move |c| {
-            c.execute("UPDATE accounts SET last_seen_at = ?2 WHERE user_id = ?1", params![user_id, i(at)])?;
+            c.execute(
+                "UPDATE accounts SET last_seen_at = ?2 WHERE user_id = ?1",
+                params![user_id, i(at)],
+            )?;
             Ok(())
         })
         .await
@@ -406,7 +438,12 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn pending(&self, recipient: &str, after: u64, limit: u32) -> Result<Vec<Queued>, StorageError> {
+    async fn pending(
+        &self,
+        recipient: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Queued>, StorageError> {
         let recipient = recipient.to_owned();
         self.with(move |c| {
             let mut st = c.prepare_cached(
@@ -434,7 +471,9 @@ impl Storage for SqliteStorage {
             let mut n = 0;
             {
                 // The recipient in the WHERE clause: a device can only delete its own mail.
-                let mut del = tx.prepare_cached("DELETE FROM mailbox WHERE delivery_id = ?1 AND recipient = ?2")?;
+                let mut del = tx.prepare_cached(
+                    "DELETE FROM mailbox WHERE delivery_id = ?1 AND recipient = ?2",
+                )?;
                 for id in ids {
                     n += del.execute(params![i(id), recipient])? as u64;
                 }
