@@ -192,7 +192,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Register { user_id, email, nickname, avatar, .. } => {
             let mut p = json!({"user_id": user_id, "email": email, "nickname": nickname, "password": password()?});
             if let Some(a) = avatar {
-                let abs = std::path::absolute(a).map_err(|e| Failure::Usage(format!("--avatar: {e}")))?;
+                let abs =
+                    std::path::absolute(a).map_err(|e| Failure::Usage(format!("--avatar: {e}")))?;
                 p["avatar"] = json!(abs);
             }
             Some(("account.register".to_owned(), p))
@@ -269,7 +270,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json {
                 print_json(&account);
             } else {
-                println!("logged in as {} ({})", text(&account["user_id"]), text(&account["nickname"]));
+                println!(
+                    "logged in as {} ({})",
+                    text(&account["user_id"]),
+                    text(&account["nickname"])
+                );
                 println!("fingerprint {}", text(&account["fingerprint"]));
             }
         }
@@ -293,13 +298,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 for c in list["contacts"].as_array().into_iter().flatten() {
                     let name = c["alias"].as_str().or(c["nickname"].as_str()).unwrap_or("");
                     let blocked = if c["blocked"] == true { "  [blocked]" } else { "" };
-                    println!("{:<24} {:<24} {}{blocked}", text(&c["user_id"]), name, text(&c["presence"]));
+                    println!(
+                        "{:<24} {:<24} {}{blocked}",
+                        text(&c["user_id"]),
+                        name,
+                        text(&c["presence"])
+                    );
                 }
             }
         }
         Command::Send { to, text: body, json } => {
-            let m = client.call_value("messages.send", json!({"to": conversation(&to), "text": body})).await?;
-            if json { print_json(&m) } else { println!("{} {}", text(&m["message"]["message_id"]), text(&m["message"]["state"])) }
+            let m = client
+                .call_value("messages.send", json!({"to": conversation(&to), "text": body}))
+                .await?;
+            if json {
+                print_json(&m)
+            } else {
+                println!("{} {}", text(&m["message"]["message_id"]), text(&m["message"]["state"]))
+            }
         }
         Command::Chats { json } => {
             let list = client.call_value("conversations.list", json!({})).await?;
@@ -314,7 +330,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::History { with, limit, read, json } => {
             let conv = conversation(&with);
-            let page = client.call_value("messages.list", json!({"conversation": conv, "limit": limit})).await?;
+            let page = client
+                .call_value("messages.list", json!({"conversation": conv, "limit": limit}))
+                .await?;
             if read {
                 client.call_value("messages.mark_read", json!({"conversation": conv})).await?;
             }
@@ -322,8 +340,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&page);
             } else {
                 for m in page["messages"].as_array().into_iter().flatten() {
-                    let who = if m["direction"] == "out" { "me".to_owned() } else { text(&m["from"]) };
-                    let state = if m["direction"] == "out" { format!("  [{}]", text(&m["state"])) } else { String::new() };
+                    let who =
+                        if m["direction"] == "out" { "me".to_owned() } else { text(&m["from"]) };
+                    let state = if m["direction"] == "out" {
+                        format!("  [{}]", text(&m["state"]))
+                    } else {
+                        String::new()
+                    };
                     println!("{:<16} {}{state}", who, m["text"].as_str().unwrap_or(""));
                 }
             }
@@ -345,10 +368,14 @@ fn password() -> Result<String, Failure> {
         return Ok(p);
     }
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).map_err(|e| Failure::Usage(format!("reading the password: {e}")))?;
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Usage(format!("reading the password: {e}")))?;
     let p = line.trim_end_matches(['\r', '\n']).to_owned();
     if p.is_empty() {
-        return Err(Failure::Usage("no password: set LETSTALK_PASSWORD or pipe it on standard input".into()));
+        return Err(Failure::Usage(
+            "no password: set LETSTALK_PASSWORD or pipe it on standard input".into(),
+        ));
     }
     Ok(p)
 }

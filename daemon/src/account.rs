@@ -36,7 +36,10 @@ impl std::fmt::Debug for Account {
 }
 
 fn corrupt(what: &str) -> StoreError {
-    StoreError::Io { context: format!("account {what}"), source: std::io::Error::other("malformed") }
+    StoreError::Io {
+        context: format!("account {what}"),
+        source: std::io::Error::other("malformed"),
+    }
 }
 
 impl Account {
@@ -60,10 +63,22 @@ impl Account {
                 ))
             })
             .optional()?;
-        let Some((user_id, email, nickname, avatar, mime, created_at, device_key, identity, logged_in)) = row else {
+        let Some((
+            user_id,
+            email,
+            nickname,
+            avatar,
+            mime,
+            created_at,
+            device_key,
+            identity,
+            logged_in,
+        )) = row
+        else {
             return Ok(None);
         };
-        let device_key: [u8; 32] = device_key.as_slice().try_into().map_err(|_| corrupt("device key"))?;
+        let device_key: [u8; 32] =
+            device_key.as_slice().try_into().map_err(|_| corrupt("device key"))?;
         let identity = IdentityKeyPair::from_bytes(&identity).map_err(|_| corrupt("identity"))?;
         Ok(Some(Self {
             user_id,
@@ -80,7 +95,9 @@ impl Account {
     /// Writes (replaces) the account row.
     pub fn save(&self, conn: &Connection) -> Result<(), StoreError> {
         let (avatar, mime, sha) = match &self.avatar {
-            Some((bytes, mime)) => (Some(bytes.as_slice()), Some(mime.as_str()), Some(sha256_hex(bytes))),
+            Some((bytes, mime)) => {
+                (Some(bytes.as_slice()), Some(mime.as_str()), Some(sha256_hex(bytes)))
+            }
             None => (None, None, None),
         };
         conn.execute(
@@ -155,7 +172,8 @@ pub fn load_prekey(conn: &Connection, id: u32) -> Result<Option<PreKeySecret>, S
 
 /// Deletes a used one-time prekey (never the signed or last-resort ones).
 pub fn delete_one_time_prekey(conn: &Connection, id: u32) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM prekeys WHERE id = ?1 AND kind = 'one_time'")?.execute(params![id])?;
+    conn.prepare_cached("DELETE FROM prekeys WHERE id = ?1 AND kind = 'one_time'")?
+        .execute(params![id])?;
     Ok(())
 }
 

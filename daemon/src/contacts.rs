@@ -55,7 +55,12 @@ pub fn list(conn: &Connection) -> Result<Vec<Contact>, StoreError> {
 pub fn safety_number(conn: &Connection, user_id: &str) -> Result<Option<String>, StoreError> {
     let Some(me) = Account::load(conn)? else { return Ok(None) };
     let Some(session) = delivery::load_session(conn, user_id)? else { return Ok(None) };
-    let n = SafetyNumber::new(&me.identity.public(), me.user_id.as_bytes(), session.remote_identity(), user_id.as_bytes());
+    let n = SafetyNumber::new(
+        &me.identity.public(),
+        me.user_id.as_bytes(),
+        session.remote_identity(),
+        user_id.as_bytes(),
+    );
     Ok(Some(n.to_string()))
 }
 

@@ -20,9 +20,9 @@ use rand_core::{CryptoRng, RngCore};
 
 use crate::account::{self, Account};
 use crate::content::{Content, ReceiptKind};
+use crate::events;
 use crate::messages::{self, NewMessage};
 use crate::store::StoreError;
-use crate::events;
 
 /// A transmission ready to go to the relay.
 #[derive(Debug, Clone)]
@@ -57,7 +57,12 @@ pub fn load_session(conn: &Connection, peer: &str) -> Result<Option<Session>, St
     Session::from_bytes(&bytes).map(Some).map_err(|e| crypto_err("session state", e))
 }
 
-pub fn save_session(conn: &Connection, peer: &str, session: &Session, now: i64) -> Result<(), StoreError> {
+pub fn save_session(
+    conn: &Connection,
+    peer: &str,
+    session: &Session,
+    now: i64,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO sessions (peer, state, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (peer) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
@@ -83,7 +88,8 @@ pub fn enqueue(
 
 /// Recipients with something in the outbox, oldest first.
 pub fn pending_recipients(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT recipient FROM outbox GROUP BY recipient ORDER BY min(seq)")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT recipient FROM outbox GROUP BY recipient ORDER BY min(seq)")?;
     let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
     Ok(rows)
 }
@@ -98,7 +104,8 @@ pub fn prepare_next(
     now: i64,
 ) -> Result<Prepared, StoreError> {
     let tx = conn.transaction()?;
-    let row: Option<(i64, String, Option<Vec<u8>>, Option<Vec<u8>>)> = tx
+    type Row = (i64, String, Option<Vec<u8>>, Option<Vec<u8>>);
+    let row: Option<Row> = tx
         .prepare_cached(
             "SELECT seq, relay_id, plaintext, envelope FROM outbox WHERE recipient = ?1 ORDER BY seq LIMIT 1",
         )?
@@ -106,14 +113,18 @@ pub fn prepare_next(
         .optional()?;
     let Some((seq, relay_id, plaintext, envelope)) = row else { return Ok(Prepared::Empty) };
     if let Some(envelope) = envelope {
-        return Ok(Prepared::Ready(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope }));
+        return Ok(Prepared::Ready(Outgoing {
+            seq,
+            recipient: recipient.to_owned(),
+            relay_id,
+            envelope,
+        }));
     }
     let plaintext = zeroize::Zeroizing::new(plaintext.unwrap_or_default());
     let mut session = match (load_session(&tx, recipient)?, bundle) {
         (Some(s), _) => s,
-        (None, Some(bundle)) => {
-            Session::initiate(&me.identity, bundle, rng).map_err(|e| crypto_err("starting a session", e))?
-        }
+        (None, Some(bundle)) => Session::initiate(&me.identity, bundle, rng)
+            .map_err(|e| crypto_err("starting a session", e))?,
         (None, None) => return Ok(Prepared::NeedBundle),
     };
     let envelope = session.encrypt(&plaintext, rng).map_err(|e| crypto_err("encrypting", e))?;
@@ -136,7 +147,8 @@ pub fn sent(conn: &mut Connection, seq: i64, now: i64) -> Result<Option<u64>, St
     if let Some(Some(id)) = message_id
         && let Some(conversation) = messages::advance_state(&tx, &id, MessageState::Sent)?
     {
-        let body = EventBody::MessageState { message_id: id, conversation, state: MessageState::Sent };
+        let body =
+            EventBody::MessageState { message_id: id, conversation, state: MessageState::Sent };
         event = Some(events::append(&tx, &body, now)?);
     }
     tx.commit()?;
@@ -144,7 +156,12 @@ pub fn sent(conn: &mut Connection, seq: i64, now: i64) -> Result<Option<u64>, St
 }
 
 /// The relay refused outbox row `seq` for good (e.g. no such user): the message fails.
-pub fn failed(conn: &mut Connection, seq: i64, error: &str, now: i64) -> Result<Option<u64>, StoreError> {
+pub fn failed(
+    conn: &mut Connection,
+    seq: i64,
+    error: &str,
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
     let tx = conn.transaction()?;
     let row: Option<(Option<String>, String)> = tx
         .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id, recipient")?
@@ -152,8 +169,10 @@ pub fn failed(conn: &mut Connection, seq: i64, error: &str, now: i64) -> Result<
         .optional()?;
     let mut event = None;
     if let Some((Some(id), recipient)) = row {
-        tx.prepare_cached("UPDATE messages SET state = 'failed', error = ?2 WHERE message_id = ?1")?
-            .execute(params![id, error])?;
+        tx.prepare_cached(
+            "UPDATE messages SET state = 'failed', error = ?2 WHERE message_id = ?1",
+        )?
+        .execute(params![id, error])?;
         let body = EventBody::MessageState {
             message_id: id,
             conversation: format!("user:{recipient}"),
@@ -213,7 +232,8 @@ pub fn receive(
                     Some(id) => account::load_prekey(&tx, id)?,
                     None => None,
                 };
-                match Session::accept_prekey_message(&me.identity, &pm, &signed, one_time.as_ref()) {
+                match Session::accept_prekey_message(&me.identity, &pm, &signed, one_time.as_ref())
+                {
                     Ok(ok) => {
                         if let Some(k) = &one_time {
                             account::delete_one_time_prekey(&tx, k.id())?;
@@ -246,7 +266,9 @@ pub fn receive(
         && old != *session.remote_identity()
     {
         let id = uuid::Uuid::now_v7().to_string();
-        let text = format!("The safety number with {sender} changed: their device or identity key is new.");
+        let text = format!(
+            "The safety number with {sender} changed: their device or identity key is new."
+        );
         last_event = Some(system_message(&tx, &id, &conversation, &text, now)?);
     }
 
@@ -266,13 +288,20 @@ pub fn receive(
                 state: MessageState::Delivered,
                 read: false,
             };
-            if messages::insert(&tx, &new)? {
-                if let Some(message) = messages::get(&tx, &id)? {
-                    last_event = Some(events::append(&tx, &EventBody::MessageReceived { message }, now)?);
-                }
+            if messages::insert(&tx, &new)?
+                && let Some(message) = messages::get(&tx, &id)?
+            {
+                last_event =
+                    Some(events::append(&tx, &EventBody::MessageReceived { message }, now)?);
             }
             // Acknowledge to the sender even for a duplicate: its first receipt may be lost.
-            enqueue(&tx, sender, None, &Content::Receipt { state: ReceiptKind::Delivered, ids: vec![id] }, now)?;
+            enqueue(
+                &tx,
+                sender,
+                None,
+                &Content::Receipt { state: ReceiptKind::Delivered, ids: vec![id] },
+                now,
+            )?;
             queued = true;
         }
         Some(Content::Receipt { state, ids }) => {
@@ -282,7 +311,8 @@ pub fn receive(
             };
             for id in ids.iter().take(1000) {
                 if let Some(conversation) = messages::advance_state(&tx, id, state)? {
-                    let body = EventBody::MessageState { message_id: id.clone(), conversation, state };
+                    let body =
+                        EventBody::MessageState { message_id: id.clone(), conversation, state };
                     last_event = Some(events::append(&tx, &body, now)?);
                 }
             }
@@ -343,7 +373,14 @@ mod tests {
     fn device(name: &str) -> Device {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
-        let account = Account::generate(name.into(), format!("{name}@x.org"), name.into(), None, 1, &mut OsRng);
+        let account = Account::generate(
+            name.into(),
+            format!("{name}@x.org"),
+            name.into(),
+            None,
+            1,
+            &mut OsRng,
+        );
         let prekeys = generate_prekeys(&account.identity, &mut OsRng);
         store
             .with(|c| {
@@ -368,7 +405,8 @@ mod tests {
     fn send_text(from: &Device, to: &str, id: &str, text: &str) {
         from.store
             .with(|c| {
-                let content = Content::Text { id: id.into(), at: 5, text: text.into(), reply_to: None };
+                let content =
+                    Content::Text { id: id.into(), at: 5, text: text.into(), reply_to: None };
                 let new = NewMessage {
                     message_id: id,
                     conversation: &format!("user:{to}"),
@@ -406,26 +444,44 @@ mod tests {
         let Prepared::Ready(first) = next(&alice, "bob", Some(&bundle(&bob, 0))) else { panic!() };
         // Retransmission after a crash sends the very same ciphertext.
         let Prepared::Ready(again) = next(&alice, "bob", None) else { panic!() };
-        assert_eq!((first.seq, &first.envelope, &first.relay_id), (again.seq, &again.envelope, &again.relay_id));
+        assert_eq!(
+            (first.seq, &first.envelope, &first.relay_id),
+            (again.seq, &again.envelope, &again.relay_id)
+        );
         assert!(!first.envelope.windows(9).any(|w| w == b"hello bob"));
 
-        assert_eq!(deliver(&bob, "alice", &first), Received::Applied { last_event: Some(1), queued: true });
+        assert_eq!(
+            deliver(&bob, "alice", &first),
+            Received::Applied { last_event: Some(1), queued: true }
+        );
         // The relay redelivers (our ack was lost): shown once.
         assert_eq!(deliver(&bob, "alice", &first), Received::Duplicate);
         let got = bob.store.with(|c| messages::get(c, "m1")).unwrap().unwrap();
-        assert_eq!((got.text.as_deref(), got.direction, got.from.as_str()), (Some("hello bob"), Direction::In, "alice"));
+        assert_eq!(
+            (got.text.as_deref(), got.direction, got.from.as_str()),
+            (Some("hello bob"), Direction::In, "alice")
+        );
         // The one-time prekey is gone once used.
         assert!(bob.store.with(|c| account::load_prekey(c, FIRST)).unwrap().is_none());
 
         // The relay accepted alice's message: sent. Then bob's delivery receipt: delivered.
         alice.store.with(|c| sent(c, first.seq, 8)).unwrap();
-        assert_eq!(alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state, MessageState::Sent);
+        assert_eq!(
+            alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state,
+            MessageState::Sent
+        );
         let Prepared::Ready(receipt) = next(&bob, "alice", None) else { panic!() };
         assert!(matches!(deliver(&alice, "bob", &receipt), Received::Applied { .. }));
-        assert_eq!(alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state, MessageState::Delivered);
+        assert_eq!(
+            alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state,
+            MessageState::Delivered
+        );
         // A late `sent` never moves it back.
         alice.store.with(|c| messages::advance_state(c, "m1", MessageState::Sent)).unwrap();
-        assert_eq!(alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state, MessageState::Delivered);
+        assert_eq!(
+            alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state,
+            MessageState::Delivered
+        );
     }
 
     const FIRST: u32 = account::FIRST_ONE_TIME_ID;
@@ -447,6 +503,9 @@ mod tests {
         send_text(&alice, "bob", "m2", "two");
         let Prepared::Ready(m2) = next(&alice, "bob", None) else { panic!() };
         assert!(matches!(deliver(&bob, "alice", &m2), Received::Applied { .. }));
-        assert_eq!(bob.store.with(|c| messages::get(c, "m2")).unwrap().unwrap().text.as_deref(), Some("two"));
+        assert_eq!(
+            bob.store.with(|c| messages::get(c, "m2")).unwrap().unwrap().text.as_deref(),
+            Some("two")
+        );
     }
 }

@@ -38,9 +38,13 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, push: Pushed
                             }
                         }
                         Received::Duplicate => {}
-                        Received::Dropped(why) => tracing::warn!(reason = %why, "dropped an undecryptable message"),
+                        Received::Dropped(why) => {
+                            tracing::warn!(reason = %why, "dropped an undecryptable message")
+                        }
                     }
-                    if let Err(e) = relay.request(Request::Ack { delivery_ids: vec![delivery_id] }).await {
+                    if let Err(e) =
+                        relay.request(Request::Ack { delivery_ids: vec![delivery_id] }).await
+                    {
                         // Not acknowledged: the relay pushes it again and `received` skips it.
                         tracing::debug!(error = %e, "ack failed");
                     }
@@ -80,13 +84,21 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, push: Pushed
                     let tx = c.transaction()?;
                     let changed = tx.execute(
                         "UPDATE contacts SET nickname = ?2, avatar_sha256 = ?3 WHERE user_id = ?1",
-                        params![profile.user_id, profile.nickname, profile.avatar.as_ref().map(|a| hex::encode(a.sha256))],
+                        params![
+                            profile.user_id,
+                            profile.nickname,
+                            profile.avatar.as_ref().map(|a| hex::encode(a.sha256))
+                        ],
                     )?;
                     let mut seq = None;
                     if changed == 1
                         && let Some(contact) = contacts::get(&tx, &profile.user_id)?
                     {
-                        seq = Some(events::append(&tx, &EventBody::ContactChanged { contact }, now_ms())?);
+                        seq = Some(events::append(
+                            &tx,
+                            &EventBody::ContactChanged { contact },
+                            now_ms(),
+                        )?);
                     }
                     tx.commit()?;
                     Ok(seq)
@@ -107,7 +119,11 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, push: Pushed
                 .store
                 .call(move |c| {
                     let tx = c.transaction()?;
-                    let seq = events::append(&tx, &EventBody::ConnectionState { state, address }, now_ms())?;
+                    let seq = events::append(
+                        &tx,
+                        &EventBody::ConnectionState { state, address },
+                        now_ms(),
+                    )?;
                     tx.commit()?;
                     Ok(seq)
                 })
@@ -138,8 +154,10 @@ async fn rewatch(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) {
     let users = daemon
         .store
         .call(|c| {
-            let ids: Vec<String> =
-                c.prepare("SELECT user_id FROM contacts")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let ids: Vec<String> = c
+                .prepare("SELECT user_id FROM contacts")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
             Ok(ids)
         })
         .await

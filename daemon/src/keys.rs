@@ -5,7 +5,9 @@
 //! prekeys = X25519 key (32) ‖ Ed25519 signature by the identity (64); one-time prekeys
 //! = X25519 key (32).
 
-use letstalk_crypto::{OneTimePreKeyPublic, PreKeyBundle, PreKeySecret, PublicIdentity, SignedPreKeyPublic};
+use letstalk_crypto::{
+    OneTimePreKeyPublic, PreKeyBundle, PreKeySecret, PublicIdentity, SignedPreKeyPublic,
+};
 use letstalk_wire::{Bundle, PreKey};
 
 /// A prekey's public half for the directory.
@@ -38,7 +40,8 @@ pub fn bundle_from_wire(b: &Bundle) -> Result<PreKeyBundle, String> {
             Some(OneTimePreKeyPublic { id: p.id, key, last_resort_signature: Some(sig) })
         }
         Some(p) => {
-            let key: [u8; 32] = p.key.as_slice().try_into().map_err(|_| "malformed one-time prekey")?;
+            let key: [u8; 32] =
+                p.key.as_slice().try_into().map_err(|_| "malformed one-time prekey")?;
             Some(OneTimePreKeyPublic { id: p.id, key, last_resort_signature: None })
         }
     };
@@ -58,7 +61,9 @@ mod tests {
     fn bundles_round_trip_through_the_directory_shape() {
         let id = IdentityKeyPair::generate(&mut OsRng);
         let keys = generate_prekeys(&id, &mut OsRng);
-        for (one_time, last_resort) in [(Some(&keys[5]), false), (Some(&keys[1]), true), (None, false)] {
+        for (one_time, last_resort) in
+            [(Some(&keys[5]), false), (Some(&keys[1]), true), (None, false)]
+        {
             let wire = Bundle {
                 user_id: "bob".into(),
                 device_key: [0; 32],

@@ -25,17 +25,17 @@
 
 pub mod account;
 pub mod config;
+pub mod contacts;
 pub mod content;
 pub mod delivery;
 pub mod device;
-pub mod contacts;
 pub mod events;
 pub mod inbox;
 pub mod keys;
 pub mod messages;
 pub mod methods;
-pub mod sender;
 pub mod relay;
+pub mod sender;
 pub mod server;
 pub mod store;
 pub mod systemd;
@@ -181,7 +181,10 @@ pub async fn run(
     let credentials = store
         .with(|c| Ok(account::Account::load(c)?.filter(|a| a.logged_in)))
         .map_err(|source| StartError::Store { path: data_dir.clone(), source })?
-        .map(|a| relay::Credentials { user_id: a.user_id.clone(), device_seed: a.device_key.clone() });
+        .map(|a| relay::Credentials {
+            user_id: a.user_id.clone(),
+            device_seed: a.device_key.clone(),
+        });
     let daemon = Arc::new(Daemon {
         device_id: device::device_id(&data_dir),
         config,
@@ -214,7 +217,11 @@ pub async fn run(
                 inbox::apply(&d, &inbox_api, push).await;
             }
         });
-        tasks.spawn(sender::run(daemon.clone(), Arc::new(relay::RelayTransport(api)), cancel.clone()));
+        tasks.spawn(sender::run(
+            daemon.clone(),
+            Arc::new(relay::RelayTransport(api)),
+            cancel.clone(),
+        ));
     }
     if let Some(interval) = systemd::watchdog_interval() {
         tasks.spawn(watchdog(interval, cancel.clone()));

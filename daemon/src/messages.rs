@@ -33,7 +33,7 @@ pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
         received_at: r.get(8)?,
         state: parse_state(&state),
         read: r.get::<_, i64>(10)? != 0,
-        error: error.map(|m| letstalk_ipc::RpcError::internal(m)),
+        error: error.map(letstalk_ipc::RpcError::internal),
     })
 }
 
@@ -131,9 +131,15 @@ pub fn insert(conn: &Connection, m: &NewMessage<'_>) -> Result<bool, StoreError>
 
 /// Moves an outgoing message forward to `state` (never backwards: a late `sent` after
 /// `delivered` changes nothing). Returns the conversation when it changed.
-pub fn advance_state(conn: &Connection, message_id: &str, state: MessageState) -> Result<Option<String>, StoreError> {
+pub fn advance_state(
+    conn: &Connection,
+    message_id: &str,
+    state: MessageState,
+) -> Result<Option<String>, StoreError> {
     let current: Option<(String, String)> = conn
-        .prepare_cached("SELECT state, conversation FROM messages WHERE message_id = ?1 AND direction = 'out'")?
+        .prepare_cached(
+            "SELECT state, conversation FROM messages WHERE message_id = ?1 AND direction = 'out'",
+        )?
         .query_row(params![message_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((current, conversation)) = current else { return Ok(None) };
@@ -157,7 +163,9 @@ pub fn list(
         None => i64::MAX,
         Some(id) => {
             let found: Option<i64> = conn
-                .prepare_cached("SELECT id FROM messages WHERE message_id = ?1 AND conversation = ?2")?
+                .prepare_cached(
+                    "SELECT id FROM messages WHERE message_id = ?1 AND conversation = ?2",
+                )?
                 .query_row(params![id, conversation], |r| r.get(0))
                 .optional()?;
             match found {
@@ -190,7 +198,9 @@ pub fn mark_read(
         None => i64::MAX,
         Some(id) => {
             let found: Option<i64> = conn
-                .prepare_cached("SELECT id FROM messages WHERE message_id = ?1 AND conversation = ?2")?
+                .prepare_cached(
+                    "SELECT id FROM messages WHERE message_id = ?1 AND conversation = ?2",
+                )?
                 .query_row(params![id, conversation], |r| r.get(0))
                 .optional()?;
             match found {
@@ -212,7 +222,10 @@ pub fn mark_read(
 
 /// Deletes one message on this device; `false` if there was none.
 pub fn delete(conn: &Connection, message_id: &str) -> Result<bool, StoreError> {
-    Ok(conn.prepare_cached("DELETE FROM messages WHERE message_id = ?1")?.execute(params![message_id])? == 1)
+    Ok(conn
+        .prepare_cached("DELETE FROM messages WHERE message_id = ?1")?
+        .execute(params![message_id])?
+        == 1)
 }
 
 /// Every conversation with its unread count and last message, most recent first.
@@ -235,6 +248,9 @@ pub fn conversations(conn: &Connection) -> Result<Vec<(String, u64, Option<Messa
 
 /// Outgoing messages not yet accepted by the relay.
 pub fn queued_count(conn: &Connection) -> Result<u64, StoreError> {
-    let n: i64 = conn.query_row("SELECT count(*) FROM outbox WHERE message_id IS NOT NULL", [], |r| r.get(0))?;
+    let n: i64 =
+        conn.query_row("SELECT count(*) FROM outbox WHERE message_id IS NOT NULL", [], |r| {
+            r.get(0)
+        })?;
     Ok(u64::try_from(n).unwrap_or(0))
 }

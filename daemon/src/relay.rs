@@ -31,7 +31,9 @@ impl RelayError {
     pub fn to_rpc(&self, field: &str) -> RpcError {
         use letstalk_wire::ErrorKind as W;
         match self {
-            Self::Unavailable => RpcError::new(ErrorKind::RelayUnavailable, "the relay cannot be reached now"),
+            Self::Unavailable => {
+                RpcError::new(ErrorKind::RelayUnavailable, "the relay cannot be reached now")
+            }
             Self::Unexpected => RpcError::internal("unexpected answer from the relay"),
             Self::Refused { kind, retry_after_ms, message } => match kind {
                 W::Invalid => RpcError::invalid_params(field, message.clone()),
@@ -42,10 +44,13 @@ impl RelayError {
                 W::TooLarge => RpcError::new(ErrorKind::TooLarge, message.clone()),
                 W::QuotaExceeded => RpcError::rate_limited(retry_after_ms.max(&1000).to_owned()),
                 W::Blocked => RpcError::new(ErrorKind::Blocked, message.clone()),
-                W::UnknownDevice | W::Unauthenticated => {
-                    RpcError::new(ErrorKind::NotLoggedIn, "this device is not logged in on the relay")
+                W::UnknownDevice | W::Unauthenticated => RpcError::new(
+                    ErrorKind::NotLoggedIn,
+                    "this device is not logged in on the relay",
+                ),
+                W::Unsupported | W::Internal | W::Other(_) => {
+                    RpcError::internal(format!("relay: {message}"))
                 }
-                W::Unsupported | W::Internal | W::Other(_) => RpcError::internal(format!("relay: {message}")),
             },
         }
     }
@@ -67,7 +72,12 @@ impl std::fmt::Debug for Credentials {
 /// What the relay sends without being asked.
 #[derive(Debug, Clone)]
 pub enum Pushed {
-    Message { delivery_id: u64, from: String, msg_id: String, body: Vec<u8> },
+    Message {
+        delivery_id: u64,
+        from: String,
+        msg_id: String,
+        body: Vec<u8>,
+    },
     Presence(letstalk_wire::PresenceInfo),
     ProfileChanged(letstalk_wire::Profile),
     LoggedOut,
@@ -88,7 +98,11 @@ pub trait RelayApi: Send + Sync + std::fmt::Debug {
         identity: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), RelayError>>;
     /// Binds this device to an existing account.
-    fn login(&self, credentials: Credentials, password: String) -> BoxFuture<'_, Result<(), RelayError>>;
+    fn login(
+        &self,
+        credentials: Credentials,
+        password: String,
+    ) -> BoxFuture<'_, Result<(), RelayError>>;
     /// Sets (or clears) the credentials used to authenticate connections.
     fn set_credentials(&self, credentials: Option<Credentials>);
     /// One request on the authenticated connection.
@@ -103,7 +117,9 @@ pub trait RelayApi: Send + Sync + std::fmt::Debug {
 pub async fn expect_ok(relay: &dyn RelayApi, request: Request) -> Result<(), RelayError> {
     match relay.request(request).await? {
         Response::Ok => Ok(()),
-        Response::Error { kind, retry_after_ms, message } => Err(RelayError::Refused { kind, retry_after_ms, message }),
+        Response::Error { kind, retry_after_ms, message } => {
+            Err(RelayError::Refused { kind, retry_after_ms, message })
+        }
         _ => Err(RelayError::Unexpected),
     }
 }
@@ -111,7 +127,9 @@ pub async fn expect_ok(relay: &dyn RelayApi, request: Request) -> Result<(), Rel
 /// Turns an error response into `Err`, passing anything else through.
 pub fn check(response: Response) -> Result<Response, RelayError> {
     match response {
-        Response::Error { kind, retry_after_ms, message } => Err(RelayError::Refused { kind, retry_after_ms, message }),
+        Response::Error { kind, retry_after_ms, message } => {
+            Err(RelayError::Refused { kind, retry_after_ms, message })
+        }
         other => Ok(other),
     }
 }
@@ -137,16 +155,35 @@ impl RelayTransport {
 }
 
 impl crate::sender::Transport for RelayTransport {
-    async fn fetch_bundle(&self, user: &str) -> Result<letstalk_crypto::PreKeyBundle, crate::sender::TransportError> {
-        match self.0.request(Request::FetchBundle { user_id: user.to_owned() }).await.and_then(check) {
-            Ok(Response::Bundle(b)) => crate::keys::bundle_from_wire(&b).map_err(crate::sender::TransportError::Refused),
+    async fn fetch_bundle(
+        &self,
+        user: &str,
+    ) -> Result<letstalk_crypto::PreKeyBundle, crate::sender::TransportError> {
+        match self
+            .0
+            .request(Request::FetchBundle { user_id: user.to_owned() })
+            .await
+            .and_then(check)
+        {
+            Ok(Response::Bundle(b)) => {
+                crate::keys::bundle_from_wire(&b).map_err(crate::sender::TransportError::Refused)
+            }
             Ok(_) => Err(crate::sender::TransportError::Busy("unexpected answer".into())),
             Err(e) => Err(Self::classify(e)),
         }
     }
 
-    async fn send(&self, to: &str, relay_id: &str, envelope: &[u8]) -> Result<(), crate::sender::TransportError> {
-        let request = Request::Send { to: to.to_owned(), msg_id: relay_id.to_owned(), body: envelope.to_vec() };
+    async fn send(
+        &self,
+        to: &str,
+        relay_id: &str,
+        envelope: &[u8],
+    ) -> Result<(), crate::sender::TransportError> {
+        let request = Request::Send {
+            to: to.to_owned(),
+            msg_id: relay_id.to_owned(),
+            body: envelope.to_vec(),
+        };
         match self.0.request(request).await.and_then(check) {
             Ok(Response::Sent { .. }) => Ok(()),
             Ok(_) => Err(crate::sender::TransportError::Busy("unexpected answer".into())),

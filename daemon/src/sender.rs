@@ -35,7 +35,10 @@ pub enum TransportError {
 /// What the sender needs from a relay connection.
 pub trait Transport: Send + Sync + 'static {
     /// The prekey bundle of `user`'s device (takes one of its one-time prekeys).
-    fn fetch_bundle(&self, user: &str) -> impl Future<Output = Result<PreKeyBundle, TransportError>> + Send;
+    fn fetch_bundle(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<PreKeyBundle, TransportError>> + Send;
     /// Hands one envelope to the relay; returns once the relay has stored it. `relay_id`
     /// is the same on every retransmission, so the relay stores it once.
     fn send(
@@ -96,7 +99,11 @@ async fn drain<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), 
     if all_ok { Ok(()) } else { Err(()) }
 }
 
-async fn drain_one<T: Transport>(daemon: &Arc<Daemon>, transport: &T, recipient: &str) -> Result<(), ()> {
+async fn drain_one<T: Transport>(
+    daemon: &Arc<Daemon>,
+    transport: &T,
+    recipient: &str,
+) -> Result<(), ()> {
     let mut bundle: Option<PreKeyBundle> = None;
     loop {
         let r = recipient.to_owned();
@@ -143,7 +150,9 @@ async fn drain_one<T: Transport>(daemon: &Arc<Daemon>, transport: &T, recipient:
             }
             Err(TransportError::Refused(reason)) => {
                 let seq = out.seq;
-                if let Ok(Some(event)) = daemon.store.call(move |c| delivery::failed(c, seq, &reason, now_ms())).await {
+                if let Ok(Some(event)) =
+                    daemon.store.call(move |c| delivery::failed(c, seq, &reason, now_ms())).await
+                {
                     daemon.bus.published(event);
                 }
             }
@@ -163,7 +172,11 @@ async fn fail_head(daemon: &Arc<Daemon>, recipient: &str, reason: &str) {
         .call(move |c| {
             let seq: Option<i64> = {
                 use rusqlite::OptionalExtension;
-                c.query_row("SELECT min(seq) FROM outbox WHERE recipient = ?1", [&r], |row| row.get(0)).optional()?.flatten()
+                c.query_row("SELECT min(seq) FROM outbox WHERE recipient = ?1", [&r], |row| {
+                    row.get(0)
+                })
+                .optional()?
+                .flatten()
             };
             match seq {
                 Some(seq) => delivery::failed(c, seq, &reason, now_ms()),

@@ -20,13 +20,17 @@ pub fn user_id(field: &str, raw: &str) -> Result<String, RpcError> {
     let id = raw.trim().to_lowercase();
     let ok = (3..=32).contains(&id.chars().count())
         && id.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(id)
     } else {
         Err(RpcError::invalid_params(
             field,
-            format!("{field} must be 3 to 32 characters of a-z, 0-9, '.', '_', '-', starting with a letter"),
+            format!(
+                "{field} must be 3 to 32 characters of a-z, 0-9, '.', '_', '-', starting with a letter"
+            ),
         ))
     }
 }
@@ -56,10 +60,16 @@ pub fn email(field: &str, raw: &str) -> Result<String, RpcError> {
 pub fn password(field: &str, raw: &str) -> Result<(), RpcError> {
     let n = raw.chars().count();
     if n < MIN_PASSWORD {
-        return Err(RpcError::invalid_params(field, format!("{field} must be at least {MIN_PASSWORD} characters")));
+        return Err(RpcError::invalid_params(
+            field,
+            format!("{field} must be at least {MIN_PASSWORD} characters"),
+        ));
     }
     if raw.len() > MAX_PASSWORD {
-        return Err(RpcError::new(ErrorKind::TooLarge, format!("{field} is longer than {MAX_PASSWORD} bytes")));
+        return Err(RpcError::new(
+            ErrorKind::TooLarge,
+            format!("{field} is longer than {MAX_PASSWORD} bytes"),
+        ));
     }
     Ok(())
 }
@@ -82,18 +92,21 @@ pub fn avatar(field: &str, path: &str) -> Result<(Vec<u8>, &'static str), RpcErr
     if !p.is_absolute() {
         return Err(RpcError::invalid_params(field, format!("{field} must be an absolute path")));
     }
-    let meta = std::fs::metadata(p)
-        .map_err(|e| RpcError::invalid_params(field, format!("{field}: cannot read {path}: {e}")))?;
+    let meta = std::fs::metadata(p).map_err(|e| {
+        RpcError::invalid_params(field, format!("{field}: cannot read {path}: {e}"))
+    })?;
     if meta.len() > MAX_AVATAR {
         return Err(RpcError::new(ErrorKind::TooLarge, format!("{field} is larger than 1 MiB")));
     }
-    let bytes = std::fs::read(p)
-        .map_err(|e| RpcError::invalid_params(field, format!("{field}: cannot read {path}: {e}")))?;
+    let bytes = std::fs::read(p).map_err(|e| {
+        RpcError::invalid_params(field, format!("{field}: cannot read {path}: {e}"))
+    })?;
     if bytes.len() as u64 > MAX_AVATAR {
         return Err(RpcError::new(ErrorKind::TooLarge, format!("{field} is larger than 1 MiB")));
     }
-    let mime = image_type(&bytes)
-        .ok_or_else(|| RpcError::invalid_params(field, format!("{field} must be a PNG, JPEG or WebP image")))?;
+    let mime = image_type(&bytes).ok_or_else(|| {
+        RpcError::invalid_params(field, format!("{field} must be a PNG, JPEG or WebP image"))
+    })?;
     Ok((bytes, mime))
 }
 
@@ -117,7 +130,8 @@ mod tests {
     #[test]
     fn user_ids() {
         assert_eq!(user_id("u", " Alice.B_1-x ").unwrap(), "alice.b_1-x");
-        for bad in ["ab", "1abc", "_abc", "a".repeat(33).as_str(), "al ice", "alicé", "al@ce", ""] {
+        for bad in ["ab", "1abc", "_abc", "a".repeat(33).as_str(), "al ice", "alicé", "al@ce", ""]
+        {
             assert_eq!(user_id("user_id", bad).unwrap_err().field(), Some("user_id"), "{bad}");
         }
         assert!(user_id("u", &"a".repeat(32)).is_ok());

@@ -14,7 +14,10 @@ use tokio::sync::oneshot;
 use letstalk_ipc::Client;
 
 #[derive(Debug, Parser)]
-#[command(name = "letstalk-demo", about = "Runs a relay and two daemons locally and lets them talk.")]
+#[command(
+    name = "letstalk-demo",
+    about = "Runs a relay and two daemons locally and lets them talk."
+)]
 struct Args {
     /// Keep the temporary directory (and print how to talk to the daemons) instead of
     /// removing it at the end.
@@ -36,14 +39,18 @@ async fn main() -> Result<()> {
     // The relay, embedded, on a free loopback port.
     let t = Instant::now();
     let relay_dir = root.join("relay");
-    let relay = letstalk_relay::Relay::bind(letstalk_relay::Config::for_tests(relay_dir.clone())).await?;
+    let relay =
+        letstalk_relay::Relay::bind(letstalk_relay::Config::for_tests(relay_dir.clone())).await?;
     let relay_addr = format!("localhost:{}", relay.local_addr().port());
     let cert = relay.cert_path().to_path_buf();
     let (stop_relay, relay_stopped) = oneshot::channel::<()>();
     let relay_task = tokio::spawn(relay.serve(async move {
         let _ = relay_stopped.await;
     }));
-    println!("relay       listening on {relay_addr} (QUIC, ALPN letstalk/1), started in {:?}", t.elapsed());
+    println!(
+        "relay       listening on {relay_addr} (QUIC, ALPN letstalk/1), started in {:?}",
+        t.elapsed()
+    );
 
     let alice = start_daemon(&root, "alice", &relay_addr, &cert).await?;
     let bob = start_daemon(&root, "bob", &relay_addr, &cert).await?;
@@ -57,7 +64,8 @@ async fn main() -> Result<()> {
     let mut b_events = b.take_events().context("events")?;
     b.call_value("events.subscribe", json!({"kinds": ["message.received"]})).await?;
     let mut a_events = a.take_events().context("events")?;
-    a.call_value("events.subscribe", json!({"kinds": ["message.received", "message.state"]})).await?;
+    a.call_value("events.subscribe", json!({"kinds": ["message.received", "message.state"]}))
+        .await?;
 
     println!();
     let password = "demo password, not a real one";
@@ -69,7 +77,11 @@ async fn main() -> Result<()> {
                 json!({"user_id": name, "email": format!("{name}@example.org"), "nickname": capitalize(name), "password": password}),
             )
             .await?;
-        println!("{name:<11} registered in {:>7.1} ms, identity {}", ms(t.elapsed()), short(&acc["fingerprint"]));
+        println!(
+            "{name:<11} registered in {:>7.1} ms, identity {}",
+            ms(t.elapsed()),
+            short(&acc["fingerprint"])
+        );
     }
     a.call_value("contacts.add", json!({"user_id": "bob"})).await?;
     b.call_value("contacts.add", json!({"user_id": "alice"})).await?;
@@ -82,7 +94,8 @@ async fn main() -> Result<()> {
         ("bob", "Perfect. Talk soon!"),
     ];
     for (who, text) in lines {
-        let (from, to_events, to) = if who == "alice" { (&a, &mut b_events, "bob") } else { (&b, &mut a_events, "alice") };
+        let (from, to_events, to) =
+            if who == "alice" { (&a, &mut b_events, "bob") } else { (&b, &mut a_events, "alice") };
         from.call_value("messages.send", json!({"to": format!("user:{to}"), "text": text})).await?;
         wait_received(to_events, text).await?;
     }
@@ -98,35 +111,71 @@ async fn main() -> Result<()> {
     b.call_value("messages.mark_read", json!({"conversation": "user:alice"})).await?;
     a.call_value("messages.mark_read", json!({"conversation": "user:bob"})).await?;
     // Read receipts travel back end to end; give them a moment.
-    let page = a.call_value("messages.list", json!({"conversation": "user:bob", "limit": 500})).await?;
-    let last_out = page["messages"].as_array().and_then(|v| v.iter().rev().find(|m| m["direction"] == "out")).cloned();
+    let page =
+        a.call_value("messages.list", json!({"conversation": "user:bob", "limit": 500})).await?;
+    let last_out = page["messages"]
+        .as_array()
+        .and_then(|v| v.iter().rev().find(|m| m["direction"] == "out"))
+        .cloned();
     if let Some(m) = last_out {
         settle_state(&a, &m, "read").await;
     }
 
     println!("\nThe conversation, as alice's daemon has it:");
-    let page = a.call_value("messages.list", json!({"conversation": "user:bob", "limit": 500})).await?;
-    for m in page["messages"].as_array().into_iter().flatten().filter(|m| !text_of(m).starts_with("timing ")) {
+    let page =
+        a.call_value("messages.list", json!({"conversation": "user:bob", "limit": 500})).await?;
+    for m in page["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| !text_of(m).starts_with("timing "))
+    {
         let who = if m["direction"] == "out" { "alice" } else { "bob" };
-        let state = if m["direction"] == "out" { format!("  [{}]", m["state"].as_str().unwrap_or("")) } else { String::new() };
+        let state = if m["direction"] == "out" {
+            format!("  [{}]", m["state"].as_str().unwrap_or(""))
+        } else {
+            String::new()
+        };
         println!("  {who:>5}: {}{state}", text_of(m));
     }
 
     samples.sort();
-    let p = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default();
-    println!("\nTimings ({} messages, UI to UI through both daemons and the relay):", samples.len());
+    let p = |q: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "\nTimings ({} messages, UI to UI through both daemons and the relay):",
+        samples.len()
+    );
     println!("  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms", ms(p(0.5)), ms(p(0.99)), ms(p(1.0)));
 
     let verify = a.call_value("contacts.verify", json!({"user_id": "bob"})).await?;
     let verify_b = b.call_value("contacts.verify", json!({"user_id": "alice"})).await?;
-    println!("\nSafety number (compare on both phones):\n  alice sees {}\n  bob sees   {}", text(&verify["safety_number"]), text(&verify_b["safety_number"]));
+    println!(
+        "\nSafety number (compare on both phones):\n  alice sees {}\n  bob sees   {}",
+        text(&verify["safety_number"]),
+        text(&verify_b["safety_number"])
+    );
 
     println!("\nWhere the data lives:");
     for d in [&alice, &bob] {
-        println!("  {:<6} {} (SQLCipher database letstalk.db, key db.key, socket {})", d.name, d.data_dir.display(), d.socket.display());
+        println!(
+            "  {:<6} {} (SQLCipher database letstalk.db, key db.key, socket {})",
+            d.name,
+            d.data_dir.display(),
+            d.socket.display()
+        );
     }
-    println!("  relay  {} (accounts, prekeys and undelivered ciphertext only)", relay_dir.display());
-    let leaked = ["end-to-end encrypted", "timing 1", password].iter().any(|needle| contains(&root, needle.as_bytes()));
+    println!(
+        "  relay  {} (accounts, prekeys and undelivered ciphertext only)",
+        relay_dir.display()
+    );
+    let leaked = ["end-to-end encrypted", "timing 1", password]
+        .iter()
+        .any(|needle| contains(&root, needle.as_bytes()));
     println!(
         "  a byte search of all three directories for the message texts and the password: {}",
         if leaked { "FOUND (this is a bug)" } else { "nothing found" }
@@ -135,7 +184,12 @@ async fn main() -> Result<()> {
     if args.keep {
         let path = dir.keep();
         println!("\nKept {}. The daemons stop with this demo; restart one with:", path.display());
-        println!("  letstalkd --data-dir {} --socket {} --relay {relay_addr} --relay-cert {}", alice.data_dir.display(), alice.socket.display(), cert.display());
+        println!(
+            "  letstalkd --data-dir {} --socket {} --relay {relay_addr} --relay-cert {}",
+            alice.data_dir.display(),
+            alice.socket.display(),
+            cert.display()
+        );
     }
     drop((a, b));
     for d in [alice, bob] {
@@ -198,7 +252,10 @@ async fn wait_connected(c: &Client) -> Result<()> {
     bail!("the daemon did not reach the relay")
 }
 
-async fn wait_received(events: &mut tokio::sync::mpsc::UnboundedReceiver<Value>, text: &str) -> Result<()> {
+async fn wait_received(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    text: &str,
+) -> Result<()> {
     loop {
         let e = tokio::time::timeout(Duration::from_secs(20), events.recv())
             .await

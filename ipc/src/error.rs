@@ -87,7 +87,9 @@ pub mod code {
 }
 
 /// A JSON-RPC error object, as sent on the wire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, thiserror::Error,
+)]
 #[error("{message} ({code})")]
 pub struct RpcError {
     pub code: i64,

@@ -458,7 +458,9 @@ pub enum MessageKind {
 }
 
 /// The delivery state of a message. Incoming messages are `delivered` (they are here).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageState {
     Failed,

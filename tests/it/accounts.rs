@@ -38,8 +38,11 @@ async fn register_conflicts_passwords_and_login_moves_the_account() {
     let relay = world.relay("relay").unwrap();
     let alice = registered(&world, &relay, "alice").await;
     let info = alice.call("account.info", json!({})).await.unwrap();
-    assert_eq!((info["email"].as_str(), info["nickname"].as_str()), (Some("alice@example.org"), Some("alice nick")));
-    assert_eq!(info["fingerprint"].as_str().map(str::len).unwrap_or(0) > 0, true);
+    assert_eq!(
+        (info["email"].as_str(), info["nickname"].as_str()),
+        (Some("alice@example.org"), Some("alice nick"))
+    );
+    assert!(info["fingerprint"].as_str().is_some_and(|f| !f.is_empty()));
     let st = alice.call("system.status", json!({})).await.unwrap();
     assert_eq!(st["user_id"], "alice");
     assert!(st["relay"]["rtt_ms"].is_u64(), "{st}");
@@ -57,17 +60,33 @@ async fn register_conflicts_passwords_and_login_moves_the_account() {
     }
     // Validation, field by field.
     for (params, field) in [
-        (json!({"user_id": "1x", "email": "x@example.org", "nickname": "x", "password": PASSWORD}), "user_id"),
-        (json!({"user_id": "xavier", "email": "nope", "nickname": "x", "password": PASSWORD}), "email"),
-        (json!({"user_id": "xavier", "email": "x@example.org", "nickname": "x", "password": "short"}), "password"),
+        (
+            json!({"user_id": "1x", "email": "x@example.org", "nickname": "x", "password": PASSWORD}),
+            "user_id",
+        ),
+        (
+            json!({"user_id": "xavier", "email": "nope", "nickname": "x", "password": PASSWORD}),
+            "email",
+        ),
+        (
+            json!({"user_id": "xavier", "email": "x@example.org", "nickname": "x", "password": "short"}),
+            "password",
+        ),
         (json!({"user_id": "xavier", "email": "x@example.org", "nickname": "x"}), "password"),
-        (json!({"user_id": "xavier", "email": "x@example.org", "nickname": "x", "password": PASSWORD, "avatar": "/etc/hostname"}), "avatar"),
+        (
+            json!({"user_id": "xavier", "email": "x@example.org", "nickname": "x", "password": PASSWORD, "avatar": "/etc/hostname"}),
+            "avatar",
+        ),
     ] {
         let (code, _, f) = error_of(other.call("account.register", params).await);
         assert_eq!((code, f.as_deref()), (-32602, Some(field)));
     }
     // A wrong password.
-    let (_, kind, _) = error_of(other.call("account.login", json!({"user_id": "alice", "password": "wrong password"})).await);
+    let (_, kind, _) = error_of(
+        other
+            .call("account.login", json!({"user_id": "alice", "password": "wrong password"}))
+            .await,
+    );
     assert_eq!(kind.as_deref(), Some("auth_failed"));
 
     // Change the password; the old one stops working, the new one moves the account.
@@ -75,16 +94,29 @@ async fn register_conflicts_passwords_and_login_moves_the_account() {
     let mut alice_events = c.take_events().unwrap();
     c.call_value("events.subscribe", json!({"kinds": ["account.logged_out"]})).await.unwrap();
     let (_, kind, _) = error_of(
-        alice.call("account.change_password", json!({"old_password": "not it at all", "new_password": "another good one"})).await,
+        alice
+            .call(
+                "account.change_password",
+                json!({"old_password": "not it at all", "new_password": "another good one"}),
+            )
+            .await,
     );
     assert_eq!(kind.as_deref(), Some("auth_failed"));
     alice
-        .call("account.change_password", json!({"old_password": PASSWORD, "new_password": "another good one"}))
+        .call(
+            "account.change_password",
+            json!({"old_password": PASSWORD, "new_password": "another good one"}),
+        )
         .await
         .unwrap();
-    let (_, kind, _) = error_of(other.call("account.login", json!({"user_id": "alice", "password": PASSWORD})).await);
+    let (_, kind, _) = error_of(
+        other.call("account.login", json!({"user_id": "alice", "password": PASSWORD})).await,
+    );
     assert_eq!(kind.as_deref(), Some("auth_failed"));
-    let moved = other.call("account.login", json!({"user_id": "Alice", "password": "another good one"})).await.unwrap();
+    let moved = other
+        .call("account.login", json!({"user_id": "Alice", "password": "another good one"}))
+        .await
+        .unwrap();
     assert_eq!(moved["user_id"], "alice");
     let e = next_event(&mut alice_events, Duration::from_secs(20)).await.unwrap();
     assert_eq!(e["kind"], "account.logged_out");
@@ -95,7 +127,10 @@ async fn register_conflicts_passwords_and_login_moves_the_account() {
     other.call("account.logout", json!({})).await.unwrap();
     let (_, kind, _) = error_of(other.call("contacts.list", json!({})).await);
     assert_eq!(kind.as_deref(), Some("not_logged_in"));
-    other.call("account.login", json!({"user_id": "alice", "password": "another good one"})).await.unwrap();
+    other
+        .call("account.login", json!({"user_id": "alice", "password": "another good one"}))
+        .await
+        .unwrap();
 
     // The relay keeps no password, in any file.
     for secret in [PASSWORD, "another good one"] {
@@ -104,7 +139,10 @@ async fn register_conflicts_passwords_and_login_moves_the_account() {
     }
     // Nobody logged a password.
     for logs in [alice.logs(), other.logs(), relay.logs()] {
-        assert!(!logs.contains(PASSWORD) && !logs.contains("another good one"), "a password reached a log");
+        assert!(
+            !logs.contains(PASSWORD) && !logs.contains("another good one"),
+            "a password reached a log"
+        );
     }
 }
 
@@ -117,13 +155,19 @@ async fn contacts_profiles_and_presence() {
 
     let (_, kind, _) = error_of(alice.call("contacts.add", json!({"user_id": "nobody"})).await);
     assert_eq!(kind.as_deref(), Some("not_found"));
-    let contact = alice.call("contacts.add", json!({"user_id": "bob", "alias": "Bobby"})).await.unwrap();
-    assert_eq!((contact["nickname"].as_str(), contact["alias"].as_str()), (Some("bob nick"), Some("Bobby")));
+    let contact =
+        alice.call("contacts.add", json!({"user_id": "bob", "alias": "Bobby"})).await.unwrap();
+    assert_eq!(
+        (contact["nickname"].as_str(), contact["alias"].as_str()),
+        (Some("bob nick"), Some("Bobby"))
+    );
     assert_eq!(contact["blocked"], false);
 
     let c = alice.client().await.unwrap();
     let mut events = c.take_events().unwrap();
-    c.call_value("events.subscribe", json!({"kinds": ["contact.presence", "contact.changed"]})).await.unwrap();
+    c.call_value("events.subscribe", json!({"kinds": ["contact.presence", "contact.changed"]}))
+        .await
+        .unwrap();
     let online = |v: &Value| v["contacts"][0]["presence"] == "online";
     eventually(Duration::from_secs(20), "bob online", || async {
         let list = alice.call("contacts.list", json!({})).await.ok()?;
@@ -184,5 +228,8 @@ async fn daemons_reconnect_after_a_relay_restart() {
     assert!(states.iter().any(|s| s != "connected"), "no disconnection seen: {states:?}");
     // Still authenticated as alice after the reconnect.
     assert_eq!(alice.call("account.info", json!({})).await.unwrap()["user_id"], "alice");
-    assert_eq!(alice.call("system.status", json!({})).await.unwrap()["relay"]["state"], "connected");
+    assert_eq!(
+        alice.call("system.status", json!({})).await.unwrap()["relay"]["state"],
+        "connected"
+    );
 }

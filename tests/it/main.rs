@@ -2,11 +2,11 @@
 //! driven through the IPC socket. Modules by capability.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests: a panic is a failed test")]
 
+mod accounts;
 mod cli;
 mod events;
 mod hostile;
 mod ipc_contract;
-mod accounts;
 mod lifecycle;
 mod messaging;
 mod systemd_units;

@@ -41,7 +41,11 @@ async fn texts(d: &Daemon, conversation: &str) -> Vec<String> {
         }
         let page = d.call("messages.list", p).await.unwrap();
         let msgs = page["messages"].as_array().unwrap().clone();
-        let mut chunk: Vec<String> = msgs.iter().filter(|m| m["kind"] == "text").map(|m| m["text"].as_str().unwrap().to_owned()).collect();
+        let mut chunk: Vec<String> = msgs
+            .iter()
+            .filter(|m| m["kind"] == "text")
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect();
         chunk.extend(out);
         out = chunk;
         if page["has_more"] != true {
@@ -74,16 +78,34 @@ async fn a_round_trip_through_delivered_and_read() {
     let mut b_events = b.take_events().unwrap();
     b.call_value("events.subscribe", json!({"kinds": ["message.received"]})).await.unwrap();
 
-    let sent = a.call_value("messages.send", json!({"to": "user:bob", "text": "hello bob", "client_msg_id": "c-1"})).await.unwrap();
+    let sent = a
+        .call_value(
+            "messages.send",
+            json!({"to": "user:bob", "text": "hello bob", "client_msg_id": "c-1"}),
+        )
+        .await
+        .unwrap();
     let m = &sent["message"];
-    assert_eq!((m["direction"].as_str(), m["state"].as_str(), m["from"].as_str()), (Some("out"), Some("queued"), Some("alice")));
+    assert_eq!(
+        (m["direction"].as_str(), m["state"].as_str(), m["from"].as_str()),
+        (Some("out"), Some("queued"), Some("alice"))
+    );
     let id = m["message_id"].as_str().unwrap().to_owned();
     // A retry with the same client_msg_id is the same message.
-    let again = a.call_value("messages.send", json!({"to": "user:bob", "text": "hello bob", "client_msg_id": "c-1"})).await.unwrap();
+    let again = a
+        .call_value(
+            "messages.send",
+            json!({"to": "user:bob", "text": "hello bob", "client_msg_id": "c-1"}),
+        )
+        .await
+        .unwrap();
     assert_eq!(again["message"]["message_id"], id.as_str());
 
     let got = next_event(&mut b_events, Duration::from_secs(20)).await.unwrap();
-    assert_eq!((got["message"]["text"].as_str(), got["message"]["from"].as_str()), (Some("hello bob"), Some("alice")));
+    assert_eq!(
+        (got["message"]["text"].as_str(), got["message"]["from"].as_str()),
+        (Some("hello bob"), Some("alice"))
+    );
     assert_eq!(got["message"]["message_id"], id.as_str());
 
     let mut states = Vec::new();
@@ -93,12 +115,27 @@ async fn a_round_trip_through_delivered_and_read() {
         states.push(e["state"].as_str().unwrap().to_owned());
     }
     let convs = bob.call("conversations.list", json!({})).await.unwrap();
-    assert_eq!((convs["conversations"][0]["conversation"].as_str(), convs["conversations"][0]["unread"].as_u64()), (Some("user:alice"), Some(1)));
-    assert_eq!(bob.call("messages.mark_read", json!({"conversation": "user:alice"})).await.unwrap()["marked"], 1);
+    assert_eq!(
+        (
+            convs["conversations"][0]["conversation"].as_str(),
+            convs["conversations"][0]["unread"].as_u64()
+        ),
+        (Some("user:alice"), Some(1))
+    );
+    assert_eq!(
+        bob.call("messages.mark_read", json!({"conversation": "user:alice"})).await.unwrap()["marked"],
+        1
+    );
     let e = next_event(&mut a_events, Duration::from_secs(20)).await.unwrap();
     assert_eq!(e["state"], "read");
-    assert_eq!(alice.call("messages.get", json!({"message_id": id})).await.unwrap()["message"]["state"], "read");
-    assert_eq!(bob.call("conversations.list", json!({})).await.unwrap()["conversations"][0]["unread"], 0);
+    assert_eq!(
+        alice.call("messages.get", json!({"message_id": id})).await.unwrap()["message"]["state"],
+        "read"
+    );
+    assert_eq!(
+        bob.call("conversations.list", json!({})).await.unwrap()["conversations"][0]["unread"],
+        0
+    );
 
     // Both sides compute the same safety number.
     let a_num = alice.call("contacts.verify", json!({"user_id": "bob"})).await;
@@ -108,9 +145,12 @@ async fn a_round_trip_through_delivered_and_read() {
         assert_eq!(x["safety_number"].as_str().unwrap().replace(' ', "").len(), 60);
     }
     // Sizes and names are checked.
-    let (_, kind, _) = error_of(alice.call("messages.send", json!({"to": "user:bob", "text": "x".repeat(65 * 1024)})).await);
+    let (_, kind, _) = error_of(
+        alice.call("messages.send", json!({"to": "user:bob", "text": "x".repeat(65 * 1024)})).await,
+    );
     assert_eq!(kind.as_deref(), Some("too_large"));
-    let (code, _, field) = error_of(alice.call("messages.send", json!({"to": "bob", "text": "x"})).await);
+    let (code, _, field) =
+        error_of(alice.call("messages.send", json!({"to": "bob", "text": "x"})).await);
     assert_eq!((code, field.as_deref()), (-32602, Some("to")));
 }
 
@@ -123,7 +163,9 @@ async fn fifty_messages_to_an_offline_recipient_arrive_once_in_order() {
     bob.stop(Duration::from_secs(5)).unwrap();
     let c = alice.client().await.unwrap();
     for i in 0..50 {
-        c.call_value("messages.send", json!({"to": "user:bob", "text": format!("offline {i}")})).await.unwrap();
+        c.call_value("messages.send", json!({"to": "user:bob", "text": format!("offline {i}")}))
+            .await
+            .unwrap();
     }
     // All accepted by the relay while bob is away.
     eventually(Duration::from_secs(30), "queue drained", || async {
@@ -144,7 +186,10 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_when_it_returns() {
     let alice = registered(&world, &relay, "alice").await;
     let bob = registered(&world, &relay, "bob").await;
     relay.kill9();
-    let r = alice.call("messages.send", json!({"to": "user:bob", "text": "through the outage"})).await.unwrap();
+    let r = alice
+        .call("messages.send", json!({"to": "user:bob", "text": "through the outage"}))
+        .await
+        .unwrap();
     assert_eq!(r["message"]["state"], "queued");
     relay.restart().unwrap();
     let got = wait_texts(&bob, "user:alice", 1, Duration::from_secs(90)).await;
@@ -194,13 +239,18 @@ async fn a_disconnected_ui_catches_up_and_no_plaintext_touches_the_disk() {
     drop(ui);
     let canary = "CANARY-7f3a9c-unique-message-text";
     for i in 0..20 {
-        alice.call("messages.send", json!({"to": "user:bob", "text": format!("{canary} {i}")})).await.unwrap();
+        alice
+            .call("messages.send", json!({"to": "user:bob", "text": format!("{canary} {i}")}))
+            .await
+            .unwrap();
     }
     wait_texts(&bob, "user:alice", 20, Duration::from_secs(60)).await;
     // The UI comes back and gets every event it missed, in order.
     let ui = bob.client().await.unwrap();
     let mut events = ui.take_events().unwrap();
-    ui.call_value("events.subscribe", json!({"since": since, "kinds": ["message.received"]})).await.unwrap();
+    ui.call_value("events.subscribe", json!({"since": since, "kinds": ["message.received"]}))
+        .await
+        .unwrap();
     for i in 0..20 {
         let e = next_event(&mut events, Duration::from_secs(20)).await.unwrap();
         assert_eq!(e["message"]["text"], format!("{canary} {i}"));

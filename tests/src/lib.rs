@@ -306,12 +306,12 @@ impl Relay {
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                bail!("letstalk-relay did not print `listening on`:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-            }
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            bail!(
+                "letstalk-relay did not print `listening on`:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
         let cert = data_dir.join("relay-cert.pem");
         Ok(Relay { child: Some(child), data_dir, addr, cert, log, args })
@@ -379,7 +379,10 @@ impl Drop for Relay {
 impl DaemonSpec {
     /// Points the daemon at `relay`.
     pub fn with_relay(self, relay: &Relay) -> Self {
-        self.arg("--relay").arg(relay.address()).arg("--relay-cert").arg(relay.cert.to_string_lossy().into_owned())
+        self.arg("--relay")
+            .arg(relay.address())
+            .arg("--relay-cert")
+            .arg(relay.cert.to_string_lossy().into_owned())
     }
 }
 

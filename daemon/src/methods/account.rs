@@ -5,8 +5,8 @@ use std::sync::Arc;
 use rand_core::OsRng;
 
 use letstalk_ipc::types::{
-    Account as IpcAccount, AvatarParams, AvatarResult, ChangePasswordParams, Empty, EventBody, LoginParams,
-    RegisterParams, UpdateParams,
+    Account as IpcAccount, AvatarParams, AvatarResult, ChangePasswordParams, Empty, EventBody,
+    LoginParams, RegisterParams, UpdateParams,
 };
 use letstalk_ipc::{ErrorKind, RpcError};
 use letstalk_wire::{AvatarUpdate, Request, Response};
@@ -18,7 +18,9 @@ use crate::{Daemon, events, keys, now_ms, validate};
 
 /// The relay, or `relay_unavailable` when none is configured.
 pub(super) fn relay(daemon: &Daemon) -> Result<Arc<dyn RelayApi>, RpcError> {
-    daemon.relay.clone().ok_or_else(|| RpcError::new(ErrorKind::RelayUnavailable, "no relay is configured (--relay)"))
+    daemon.relay.clone().ok_or_else(|| {
+        RpcError::new(ErrorKind::RelayUnavailable, "no relay is configured (--relay)")
+    })
 }
 
 fn credentials(a: &Account) -> Credentials {
@@ -26,7 +28,11 @@ fn credentials(a: &Account) -> Credentials {
 }
 
 /// Publishes our identity and prekeys in the relay's directory.
-async fn upload_keys(relay: &dyn RelayApi, a: &Account, prekeys: &[letstalk_crypto::PreKeySecret]) -> Result<(), RpcError> {
+async fn upload_keys(
+    relay: &dyn RelayApi,
+    a: &Account,
+    prekeys: &[letstalk_crypto::PreKeySecret],
+) -> Result<(), RpcError> {
     let mut signed = None;
     let mut last_resort = None;
     let mut one_time = Vec::new();
@@ -82,7 +88,10 @@ async fn store_account(
     Ok(ipc)
 }
 
-pub(super) async fn register(daemon: &Arc<Daemon>, p: RegisterParams) -> Result<IpcAccount, RpcError> {
+pub(super) async fn register(
+    daemon: &Arc<Daemon>,
+    p: RegisterParams,
+) -> Result<IpcAccount, RpcError> {
     let user_id = validate::user_id("user_id", &p.user_id)?;
     let email = validate::email("email", &p.email)?;
     let nickname = validate::nickname("nickname", &p.nickname)?;
@@ -92,7 +101,10 @@ pub(super) async fn register(daemon: &Arc<Daemon>, p: RegisterParams) -> Result<
         None => None,
     };
     if let Some(current) = daemon.user() {
-        return Err(RpcError::new(ErrorKind::InvalidState, format!("logged in as {current}: log out first")));
+        return Err(RpcError::new(
+            ErrorKind::InvalidState,
+            format!("logged in as {current}: log out first"),
+        ));
     }
     let relay = relay(daemon)?;
     let a = Account::generate(
@@ -105,12 +117,18 @@ pub(super) async fn register(daemon: &Arc<Daemon>, p: RegisterParams) -> Result<
     );
     let prekeys = generate_prekeys(&a.identity, &mut OsRng);
     let identity = a.identity.public().to_bytes().to_vec();
-    relay.register(credentials(&a), p.password.0, email, nickname, identity).await.map_err(|e| e.to_rpc("user_id"))?;
+    relay
+        .register(credentials(&a), p.password.0, email, nickname, identity)
+        .await
+        .map_err(|e| e.to_rpc("user_id"))?;
     if let Some((data, mime)) = &a.avatar {
         let update = Request::UpdateProfile {
             nickname: None,
             email: None,
-            avatar: AvatarUpdate::Set(letstalk_wire::Avatar { mime: mime.clone(), data: data.clone() }),
+            avatar: AvatarUpdate::Set(letstalk_wire::Avatar {
+                mime: mime.clone(),
+                data: data.clone(),
+            }),
         };
         relay.request(update).await.and_then(check).map_err(|e| e.to_rpc("avatar"))?;
     }
@@ -124,7 +142,10 @@ pub(super) async fn login(daemon: &Arc<Daemon>, p: LoginParams) -> Result<IpcAcc
         return Err(RpcError::invalid_params("password", "password is empty"));
     }
     if let Some(current) = daemon.user() {
-        return Err(RpcError::new(ErrorKind::InvalidState, format!("logged in as {current}: log out first")));
+        return Err(RpcError::new(
+            ErrorKind::InvalidState,
+            format!("logged in as {current}: log out first"),
+        ));
     }
     let relay = relay(daemon)?;
     let previous = daemon.store.call(|c| Account::load(c)).await.map_err(internal)?;
@@ -132,19 +153,26 @@ pub(super) async fn login(daemon: &Arc<Daemon>, p: LoginParams) -> Result<IpcAcc
     // anything else starts with new ones.
     let (mut a, reuse) = match previous {
         Some(prev) if prev.user_id == user_id => (prev, true),
-        _ => (Account::generate(user_id, String::new(), String::new(), None, now_ms(), &mut OsRng), false),
+        _ => (
+            Account::generate(user_id, String::new(), String::new(), None, now_ms(), &mut OsRng),
+            false,
+        ),
     };
     relay.login(credentials(&a), p.password.0).await.map_err(|e| e.to_rpc("user_id"))?;
-    if let Response::Profile(profile) = relay.request(Request::GetProfile).await.and_then(check).map_err(|e| e.to_rpc(""))? {
+    if let Response::Profile(profile) =
+        relay.request(Request::GetProfile).await.and_then(check).map_err(|e| e.to_rpc(""))?
+    {
         a.email = profile.email.unwrap_or_default();
         a.nickname = profile.nickname;
         a.created_at = i64::try_from(profile.created_at).unwrap_or(a.created_at);
         a.avatar = match profile.avatar {
             None => None,
-            Some(_) => match relay.request(Request::FetchAvatar { user_id: a.user_id.clone() }).await {
-                Ok(Response::Avatar(av)) => Some((av.data, av.mime)),
-                _ => a.avatar.take(),
-            },
+            Some(_) => {
+                match relay.request(Request::FetchAvatar { user_id: a.user_id.clone() }).await {
+                    Ok(Response::Avatar(av)) => Some((av.data, av.mime)),
+                    _ => a.avatar.take(),
+                }
+            }
         };
     }
     a.logged_in = true;
@@ -152,7 +180,10 @@ pub(super) async fn login(daemon: &Arc<Daemon>, p: LoginParams) -> Result<IpcAcc
         let stored = daemon
             .store
             .call(|c| {
-                let ids: Vec<u32> = c.prepare("SELECT id FROM prekeys")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                let ids: Vec<u32> = c
+                    .prepare("SELECT id FROM prekeys")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
                 let mut keys = Vec::new();
                 for id in ids {
                     keys.extend(account::load_prekey(c, id)?);
@@ -191,8 +222,11 @@ pub(crate) async fn mark_logged_out(daemon: &Arc<Daemon>, event: bool) -> Result
         .call(move |c| {
             let tx = c.transaction()?;
             tx.execute("UPDATE account SET logged_in = 0", [])?;
-            let seq =
-                if event { Some(events::append(&tx, &EventBody::AccountLoggedOut {}, now_ms())?) } else { None };
+            let seq = if event {
+                Some(events::append(&tx, &EventBody::AccountLoggedOut {}, now_ms())?)
+            } else {
+                None
+            };
             tx.commit()?;
             Ok(seq)
         })
@@ -235,9 +269,10 @@ pub(super) async fn update(daemon: &Arc<Daemon>, p: UpdateParams) -> Result<IpcA
         avatar: match &avatar {
             None => AvatarUpdate::Keep,
             Some(None) => AvatarUpdate::Remove,
-            Some(Some((data, mime))) => {
-                AvatarUpdate::Set(letstalk_wire::Avatar { mime: (*mime).to_owned(), data: data.clone() })
-            }
+            Some(Some((data, mime))) => AvatarUpdate::Set(letstalk_wire::Avatar {
+                mime: (*mime).to_owned(),
+                data: data.clone(),
+            }),
         },
     };
     relay.request(update).await.and_then(check).map_err(|e| e.to_rpc(""))?;
@@ -267,17 +302,26 @@ pub(super) async fn update(daemon: &Arc<Daemon>, p: UpdateParams) -> Result<IpcA
     Ok(ipc)
 }
 
-pub(super) async fn change_password(daemon: &Arc<Daemon>, p: ChangePasswordParams) -> Result<Empty, RpcError> {
+pub(super) async fn change_password(
+    daemon: &Arc<Daemon>,
+    p: ChangePasswordParams,
+) -> Result<Empty, RpcError> {
     current(daemon).await?;
     validate::password("new_password", &p.new_password.0)?;
     let relay = relay(daemon)?;
-    expect_ok(relay.as_ref(), Request::ChangePassword { old_password: p.old_password.0, new_password: p.new_password.0 })
-        .await
-        .map_err(|e| e.to_rpc("new_password"))?;
+    expect_ok(
+        relay.as_ref(),
+        Request::ChangePassword { old_password: p.old_password.0, new_password: p.new_password.0 },
+    )
+    .await
+    .map_err(|e| e.to_rpc("new_password"))?;
     Ok(Empty {})
 }
 
-pub(super) async fn avatar(daemon: &Arc<Daemon>, p: AvatarParams) -> Result<AvatarResult, RpcError> {
+pub(super) async fn avatar(
+    daemon: &Arc<Daemon>,
+    p: AvatarParams,
+) -> Result<AvatarResult, RpcError> {
     let me = current(daemon).await?;
     let user = match &p.user_id {
         Some(u) => validate::user_id("user_id", u)?,
@@ -286,7 +330,11 @@ pub(super) async fn avatar(daemon: &Arc<Daemon>, p: AvatarParams) -> Result<Avat
     let (data, mime) = if user == me.user_id {
         me.avatar.clone().ok_or_else(|| RpcError::new(ErrorKind::NotFound, "no avatar"))?
     } else {
-        match relay(daemon)?.request(Request::FetchAvatar { user_id: user.clone() }).await.and_then(check) {
+        match relay(daemon)?
+            .request(Request::FetchAvatar { user_id: user.clone() })
+            .await
+            .and_then(check)
+        {
             Ok(Response::Avatar(av)) => (av.data, av.mime),
             Ok(_) => return Err(RpcError::internal("unexpected answer from the relay")),
             Err(e) => return Err(e.to_rpc("user_id")),
@@ -306,7 +354,8 @@ pub(super) async fn avatar(daemon: &Arc<Daemon>, p: AvatarParams) -> Result<Avat
             dir.join(format!("{user}.{ext}"))
         }
     };
-    std::fs::write(&path, &data)
-        .map_err(|e| RpcError::invalid_params("dest", format!("cannot write {}: {e}", path.display())))?;
+    std::fs::write(&path, &data).map_err(|e| {
+        RpcError::invalid_params("dest", format!("cannot write {}: {e}", path.display()))
+    })?;
     Ok(AvatarResult { path: path.display().to_string(), sha256: account::sha256_hex(&data), mime })
 }

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use rusqlite::params;
 
-use letstalk_ipc::types::{Contact, ContactsAddParams, ContactsList, Empty, EventBody, MarkVerifiedParams, UserIdParams, VerifyResult};
+use letstalk_ipc::types::{
+    Contact, ContactsAddParams, ContactsList, Empty, EventBody, MarkVerifiedParams, UserIdParams,
+    VerifyResult,
+};
 use letstalk_ipc::{ErrorKind, RpcError};
 use letstalk_wire::{Request, Response};
 
@@ -25,12 +28,17 @@ pub(super) async fn add(daemon: &Arc<Daemon>, p: ContactsAddParams) -> Result<Co
     }
     let alias = p.alias.as_deref().map(|a| validate::nickname("alias", a)).transpose()?;
     let relay = relay(daemon)?;
-    let profile = match relay.request(Request::LookupUser { user_id: user.clone() }).await.and_then(check) {
-        Ok(Response::Profile(profile)) => profile,
-        Ok(_) => return Err(RpcError::internal("unexpected answer from the relay")),
-        Err(e) => return Err(e.to_rpc("user_id")),
-    };
-    let presence = match relay.request(Request::Watch { add: vec![user.clone()], remove: vec![] }).await.and_then(check) {
+    let profile =
+        match relay.request(Request::LookupUser { user_id: user.clone() }).await.and_then(check) {
+            Ok(Response::Profile(profile)) => profile,
+            Ok(_) => return Err(RpcError::internal("unexpected answer from the relay")),
+            Err(e) => return Err(e.to_rpc("user_id")),
+        };
+    let presence = match relay
+        .request(Request::Watch { add: vec![user.clone()], remove: vec![] })
+        .await
+        .and_then(check)
+    {
         Ok(Response::Presence { users }) => users.into_iter().find(|u| u.user_id == user),
         Ok(_) => None,
         Err(e) => return Err(e.to_rpc("user_id")),
@@ -58,7 +66,8 @@ pub(super) async fn add(daemon: &Arc<Daemon>, p: ContactsAddParams) -> Result<Co
                 context: "new contact".into(),
                 source: std::io::Error::other("vanished"),
             })?;
-            let seq = events::append(&tx, &EventBody::ContactChanged { contact: contact.clone() }, now)?;
+            let seq =
+                events::append(&tx, &EventBody::ContactChanged { contact: contact.clone() }, now)?;
             tx.commit()?;
             Ok((contact, seq))
         })
@@ -95,7 +104,10 @@ pub(super) async fn remove(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<Empt
     Ok(Empty {})
 }
 
-pub(super) async fn verify(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<VerifyResult, RpcError> {
+pub(super) async fn verify(
+    daemon: &Arc<Daemon>,
+    p: UserIdParams,
+) -> Result<VerifyResult, RpcError> {
     logged_in(daemon).await?;
     let user = validate::user_id("user_id", &p.user_id)?;
     let u = user.clone();
@@ -104,16 +116,22 @@ pub(super) async fn verify(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<Veri
         .call(move |c| {
             let verified: Option<bool> = {
                 use rusqlite::OptionalExtension;
-                c.query_row("SELECT verified FROM contacts WHERE user_id = ?1", params![u], |r| r.get(0)).optional()?
+                c.query_row("SELECT verified FROM contacts WHERE user_id = ?1", params![u], |r| {
+                    r.get(0)
+                })
+                .optional()?
             };
             let number = contacts::safety_number(c, &u)?;
-            let fingerprint = crate::delivery::load_session(c, &u)?.map(|s| s.remote_identity().fingerprint());
+            let fingerprint =
+                crate::delivery::load_session(c, &u)?.map(|s| s.remote_identity().fingerprint());
             Ok((verified, number, fingerprint))
         })
         .await
         .map_err(internal)?;
     match found {
-        (Some(verified), Some(safety_number), Some(fingerprint)) => Ok(VerifyResult { safety_number, fingerprint, verified }),
+        (Some(verified), Some(safety_number), Some(fingerprint)) => {
+            Ok(VerifyResult { safety_number, fingerprint, verified })
+        }
         (None, _, _) => Err(not_found(&user)),
         _ => Err(RpcError::new(
             ErrorKind::InvalidState,
@@ -122,7 +140,10 @@ pub(super) async fn verify(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<Veri
     }
 }
 
-pub(super) async fn mark_verified(daemon: &Arc<Daemon>, p: MarkVerifiedParams) -> Result<Contact, RpcError> {
+pub(super) async fn mark_verified(
+    daemon: &Arc<Daemon>,
+    p: MarkVerifiedParams,
+) -> Result<Contact, RpcError> {
     logged_in(daemon).await?;
     let user = validate::user_id("user_id", &p.user_id)?;
     let u = user.clone();
@@ -130,13 +151,21 @@ pub(super) async fn mark_verified(daemon: &Arc<Daemon>, p: MarkVerifiedParams) -
         .store
         .call(move |c| {
             let tx = c.transaction()?;
-            if tx.execute("UPDATE contacts SET verified = ?2 WHERE user_id = ?1", params![u, p.verified])? == 0 {
+            if tx.execute(
+                "UPDATE contacts SET verified = ?2 WHERE user_id = ?1",
+                params![u, p.verified],
+            )? == 0
+            {
                 return Ok(None);
             }
             let contact = contacts::get(&tx, &u)?;
             let mut seq = None;
             if let Some(contact) = &contact {
-                seq = Some(events::append(&tx, &EventBody::ContactChanged { contact: contact.clone() }, now_ms())?);
+                seq = Some(events::append(
+                    &tx,
+                    &EventBody::ContactChanged { contact: contact.clone() },
+                    now_ms(),
+                )?);
             }
             tx.commit()?;
             Ok(contact.zip(seq))

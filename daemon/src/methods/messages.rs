@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use letstalk_ipc::types::{
-    ConversationSummary, ConversationsList, Direction, Empty, ListParams, ListResult, MarkReadParams,
-    MarkedResult, MessageIdParams, MessageKind, MessageResult, MessageState, SendParams,
+    ConversationSummary, ConversationsList, Direction, Empty, ListParams, ListResult,
+    MarkReadParams, MarkedResult, MessageIdParams, MessageKind, MessageResult, MessageState,
+    SendParams,
 };
 use letstalk_ipc::{ErrorKind, RpcError};
 
@@ -20,8 +21,13 @@ pub(super) const MAX_TEXT: usize = 64 * 1024;
 fn conversation_peer(field: &str, conversation: &str) -> Result<String, RpcError> {
     match conversation.split_once(':') {
         Some(("user", id)) => validate::user_id(field, id),
-        Some(("group", _)) => Err(RpcError::new(ErrorKind::NotFound, "groups are not available in this version")),
-        _ => Err(RpcError::invalid_params(field, format!("{field} must be \"user:<user_id>\" or \"group:<group_id>\""))),
+        Some(("group", _)) => {
+            Err(RpcError::new(ErrorKind::NotFound, "groups are not available in this version"))
+        }
+        _ => Err(RpcError::invalid_params(
+            field,
+            format!("{field} must be \"user:<user_id>\" or \"group:<group_id>\""),
+        )),
     }
 }
 
@@ -29,13 +35,19 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
     let me = logged_in(daemon).await?;
     let peer = conversation_peer("to", &p.to)?;
     if p.text.len() > MAX_TEXT {
-        return Err(RpcError::new(ErrorKind::TooLarge, format!("text is longer than {MAX_TEXT} bytes")));
+        return Err(RpcError::new(
+            ErrorKind::TooLarge,
+            format!("text is longer than {MAX_TEXT} bytes"),
+        ));
     }
     if p.text.is_empty() {
         return Err(RpcError::invalid_params("text", "text is empty"));
     }
     if p.client_msg_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
-        return Err(RpcError::invalid_params("client_msg_id", "client_msg_id must be 1 to 128 bytes"));
+        return Err(RpcError::invalid_params(
+            "client_msg_id",
+            "client_msg_id must be 1 to 128 bytes",
+        ));
     }
     let conversation = format!("user:{peer}");
     let outcome = daemon
@@ -69,10 +81,16 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
                 read: true,
             };
             messages::insert(&tx, &new)?;
-            let content = Content::Text { id: id.clone(), at: now, text: p.text.clone(), reply_to: p.reply_to.clone() };
+            let content = Content::Text {
+                id: id.clone(),
+                at: now,
+                text: p.text.clone(),
+                reply_to: p.reply_to.clone(),
+            };
             delivery::enqueue(&tx, &peer, Some(&id), &content, now)?;
-            let message = messages::get(&tx, &id)?.ok_or_else(|| {
-                crate::store::StoreError::Io { context: "new message".into(), source: std::io::Error::other("vanished") }
+            let message = messages::get(&tx, &id)?.ok_or_else(|| crate::store::StoreError::Io {
+                context: "new message".into(),
+                source: std::io::Error::other("vanished"),
             })?;
             tx.commit()?;
             Ok(Ok((message, Some(peer))))
@@ -98,37 +116,53 @@ pub(super) async fn list(daemon: &Arc<Daemon>, p: ListParams) -> Result<ListResu
         .call(move |c| messages::list(c, &p.conversation, p.before.as_deref(), limit))
         .await
         .map_err(internal)?;
-    let (messages, has_more) = page.ok_or_else(|| RpcError::new(ErrorKind::NotFound, "before: no such message"))?;
+    let (messages, has_more) =
+        page.ok_or_else(|| RpcError::new(ErrorKind::NotFound, "before: no such message"))?;
     Ok(ListResult { messages, has_more })
 }
 
-pub(super) async fn get(daemon: &Arc<Daemon>, p: MessageIdParams) -> Result<MessageResult, RpcError> {
+pub(super) async fn get(
+    daemon: &Arc<Daemon>,
+    p: MessageIdParams,
+) -> Result<MessageResult, RpcError> {
     logged_in(daemon).await?;
-    let message = daemon.store.call(move |c| messages::get(c, &p.message_id)).await.map_err(internal)?;
+    let message =
+        daemon.store.call(move |c| messages::get(c, &p.message_id)).await.map_err(internal)?;
     let message = message.ok_or_else(|| RpcError::new(ErrorKind::NotFound, "no such message"))?;
     Ok(MessageResult { message })
 }
 
-pub(super) async fn mark_read(daemon: &Arc<Daemon>, p: MarkReadParams) -> Result<MarkedResult, RpcError> {
+pub(super) async fn mark_read(
+    daemon: &Arc<Daemon>,
+    p: MarkReadParams,
+) -> Result<MarkedResult, RpcError> {
     logged_in(daemon).await?;
     conversation_peer("conversation", &p.conversation)?;
     let outcome = daemon
         .store
         .call(move |c| {
             let tx = c.transaction()?;
-            let Some(marked) = messages::mark_read(&tx, &p.conversation, p.up_to.as_deref())? else {
+            let Some(marked) = messages::mark_read(&tx, &p.conversation, p.up_to.as_deref())?
+            else {
                 return Ok(None);
             };
             let settings = super::Settings::load(&tx)?;
             let now = now_ms();
             let mut queued = false;
             if settings.read_receipts && !marked.is_empty() {
-                let mut by_sender: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+                let mut by_sender: std::collections::BTreeMap<String, Vec<String>> =
+                    Default::default();
                 for (id, sender) in &marked {
                     by_sender.entry(sender.clone()).or_default().push(id.clone());
                 }
                 for (sender, ids) in by_sender {
-                    delivery::enqueue(&tx, &sender, None, &Content::Receipt { state: ReceiptKind::Read, ids }, now)?;
+                    delivery::enqueue(
+                        &tx,
+                        &sender,
+                        None,
+                        &Content::Receipt { state: ReceiptKind::Read, ids },
+                        now,
+                    )?;
                     queued = true;
                 }
             }
@@ -137,7 +171,8 @@ pub(super) async fn mark_read(daemon: &Arc<Daemon>, p: MarkReadParams) -> Result
         })
         .await
         .map_err(internal)?;
-    let (marked, queued) = outcome.ok_or_else(|| RpcError::new(ErrorKind::NotFound, "up_to: no such message"))?;
+    let (marked, queued) =
+        outcome.ok_or_else(|| RpcError::new(ErrorKind::NotFound, "up_to: no such message"))?;
     if queued {
         daemon.wake_sender();
     }
@@ -146,11 +181,15 @@ pub(super) async fn mark_read(daemon: &Arc<Daemon>, p: MarkReadParams) -> Result
 
 pub(super) async fn delete(daemon: &Arc<Daemon>, p: MessageIdParams) -> Result<Empty, RpcError> {
     logged_in(daemon).await?;
-    let deleted = daemon.store.call(move |c| messages::delete(c, &p.message_id)).await.map_err(internal)?;
+    let deleted =
+        daemon.store.call(move |c| messages::delete(c, &p.message_id)).await.map_err(internal)?;
     if deleted { Ok(Empty {}) } else { Err(RpcError::new(ErrorKind::NotFound, "no such message")) }
 }
 
-pub(super) async fn conversations(daemon: &Arc<Daemon>, _: Empty) -> Result<ConversationsList, RpcError> {
+pub(super) async fn conversations(
+    daemon: &Arc<Daemon>,
+    _: Empty,
+) -> Result<ConversationsList, RpcError> {
     logged_in(daemon).await?;
     let rows = daemon
         .store
@@ -161,9 +200,11 @@ pub(super) async fn conversations(daemon: &Arc<Daemon>, _: Empty) -> Result<Conv
                 let peer = conversation.strip_prefix("user:").unwrap_or(&conversation).to_owned();
                 let title: Option<(String, Option<String>)> = {
                     use rusqlite::OptionalExtension;
-                    c.query_row("SELECT nickname, alias FROM contacts WHERE user_id = ?1", [&peer], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
+                    c.query_row(
+                        "SELECT nickname, alias FROM contacts WHERE user_id = ?1",
+                        [&peer],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
                     .optional()?
                 };
                 let title = match title {
@@ -171,7 +212,13 @@ pub(super) async fn conversations(daemon: &Arc<Daemon>, _: Empty) -> Result<Conv
                     Some((nick, None)) if !nick.is_empty() => nick,
                     _ => peer,
                 };
-                out.push(ConversationSummary { conversation, title, unread, last_message: last, muted: false });
+                out.push(ConversationSummary {
+                    conversation,
+                    title,
+                    unread,
+                    last_message: last,
+                    muted: false,
+                });
             }
             Ok(out)
         })
@@ -179,4 +226,3 @@ pub(super) async fn conversations(daemon: &Arc<Daemon>, _: Empty) -> Result<Conv
         .map_err(internal)?;
     Ok(ConversationsList { conversations: rows })
 }
-

@@ -102,7 +102,10 @@ fn reply<T: Serialize>(result: T) -> Result<Reply, RpcError> {
 /// The logged-in user, or `not_logged_in`.
 async fn logged_in(daemon: &Daemon) -> Result<String, RpcError> {
     daemon.user().ok_or_else(|| {
-        RpcError::new(letstalk_ipc::ErrorKind::NotLoggedIn, "no account on this device: register or log in first")
+        RpcError::new(
+            letstalk_ipc::ErrorKind::NotLoggedIn,
+            "no account on this device: register or log in first",
+        )
     })
 }
 

@@ -50,7 +50,8 @@ pub(super) async fn status(daemon: &Arc<Daemon>, _: Empty) -> Result<StatusResul
             RelayStatus { state, address: Some(r.address()), rtt_ms }
         }
     };
-    let queued_out = daemon.store.call(|c| crate::messages::queued_count(c)).await.map_err(super::internal)?;
+    let queued_out =
+        daemon.store.call(|c| crate::messages::queued_count(c)).await.map_err(super::internal)?;
     Ok(StatusResult {
         version: VERSION.to_owned(),
         user_id: daemon.user(),

@@ -16,7 +16,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use letstalk_ipc::types::RelayState;
-use letstalk_wire::{LEN_PREFIX, MAX_FRAME_LEN, Push, Request, Response, auth_message, split_frame};
+use letstalk_wire::{
+    LEN_PREFIX, MAX_FRAME_LEN, Push, Request, Response, auth_message, split_frame,
+};
 
 use super::{Credentials, Pushed, RelayApi, RelayError};
 use crate::config::RelayAddr;
@@ -80,10 +82,14 @@ impl QuicRelay {
     ) -> Result<Arc<Self>, LinkError> {
         let mut roots = rustls::RootCertStore::empty();
         if let Some(path) = cert {
-            let pem = std::fs::read(path).map_err(|e| LinkError::Cert(path.display().to_string(), e.to_string()))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| LinkError::Cert(path.display().to_string(), e.to_string()))?;
             for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let c = c.map_err(|e| LinkError::Cert(path.display().to_string(), e.to_string()))?;
-                roots.add(c).map_err(|e| LinkError::Cert(path.display().to_string(), e.to_string()))?;
+                let c =
+                    c.map_err(|e| LinkError::Cert(path.display().to_string(), e.to_string()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| LinkError::Cert(path.display().to_string(), e.to_string()))?;
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -93,11 +99,14 @@ impl QuicRelay {
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![letstalk_wire::ALPN.to_vec()];
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| LinkError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(keepalive));
-        transport.max_idle_timeout(Some(idle_timeout.try_into().map_err(|_| LinkError::Tls("idle timeout".into()))?));
+        transport.max_idle_timeout(Some(
+            idle_timeout.try_into().map_err(|_| LinkError::Tls("idle timeout".into()))?,
+        ));
         client_config.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 0], 0)))
             .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))?;
@@ -185,7 +194,8 @@ impl QuicRelay {
     /// Connects, says hello and, with credentials, authenticates.
     async fn connect(&self) -> Result<Live, RelayError> {
         let target = format!("{}:{}", self.addr.host, self.addr.port);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target).await.map_err(|_| RelayError::Unavailable)?.collect();
+        let addrs: Vec<SocketAddr> =
+            tokio::net::lookup_host(&target).await.map_err(|_| RelayError::Unavailable)?.collect();
         let mut last = RelayError::Unavailable;
         for addr in addrs {
             match self.connect_to(addr).await {
@@ -238,7 +248,11 @@ impl QuicRelay {
     }
 
     /// Register or login on the current connection, then keep the credentials.
-    async fn bind(&self, credentials: Credentials, make: impl FnOnce([u8; 32], [u8; 64]) -> Request) -> Result<(), RelayError> {
+    async fn bind(
+        &self,
+        credentials: Credentials,
+        make: impl FnOnce([u8; 32], [u8; 64]) -> Request,
+    ) -> Result<(), RelayError> {
         let live = self.current()?;
         let (device_key, signature) = sign(&credentials, &live.challenge);
         match exchange(&live.conn, &make(device_key, signature)).await? {
@@ -259,7 +273,9 @@ fn sign(c: &Credentials, challenge: &[u8; 32]) -> ([u8; 32], [u8; 64]) {
 
 fn refusal(response: Response) -> RelayError {
     match response {
-        Response::Error { kind, retry_after_ms, message } => RelayError::Refused { kind, retry_after_ms, message },
+        Response::Error { kind, retry_after_ms, message } => {
+            RelayError::Refused { kind, retry_after_ms, message }
+        }
         _ => RelayError::Unexpected,
     }
 }
@@ -271,9 +287,14 @@ async fn exchange(conn: &quinn::Connection, request: &Request) -> Result<Respons
         let (mut send, mut recv) = conn.open_bi().await.map_err(|_| RelayError::Unavailable)?;
         send.write_all(&frame).await.map_err(|_| RelayError::Unavailable)?;
         send.finish().map_err(|_| RelayError::Unavailable)?;
-        let bytes = recv.read_to_end(MAX_FRAME_LEN + LEN_PREFIX).await.map_err(|_| RelayError::Unavailable)?;
+        let bytes = recv
+            .read_to_end(MAX_FRAME_LEN + LEN_PREFIX)
+            .await
+            .map_err(|_| RelayError::Unavailable)?;
         match split_frame(&bytes, MAX_FRAME_LEN) {
-            Ok(Some((body, used))) if used == bytes.len() => Response::decode(body).map_err(|_| RelayError::Unexpected),
+            Ok(Some((body, used))) if used == bytes.len() => {
+                Response::decode(body).map_err(|_| RelayError::Unexpected)
+            }
             _ => Err(RelayError::Unexpected),
         }
     };
@@ -358,11 +379,20 @@ impl RelayApi for QuicRelay {
         })
     }
 
-    fn login(&self, credentials: Credentials, password: String) -> BoxFuture<'_, Result<(), RelayError>> {
+    fn login(
+        &self,
+        credentials: Credentials,
+        password: String,
+    ) -> BoxFuture<'_, Result<(), RelayError>> {
         Box::pin(async move {
             let user_id = credentials.user_id.clone();
-            self.bind(credentials, |device_key, signature| Request::Login { user_id, password, device_key, signature })
-                .await
+            self.bind(credentials, |device_key, signature| Request::Login {
+                user_id,
+                password,
+                device_key,
+                signature,
+            })
+            .await
         })
     }
 

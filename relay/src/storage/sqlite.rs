@@ -495,3 +495,99 @@ impl Storage for SqliteStorage {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(user_id: &str) -> NewAccount {
+        NewAccount {
+            user_id: user_id.into(),
+            password_hash: "$argon2id$x".into(),
+            email: "a@b.c".into(),
+            nickname: "A".into(),
+            device_key: [1; 32],
+            identity: vec![],
+            now: 1,
+        }
+    }
+
+    fn envelope(msg_id: &str, now: u64) -> Envelope {
+        Envelope {
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            msg_id: msg_id.into(),
+            body: vec![1, 2, 3],
+            now,
+        }
+    }
+
+    const QUOTA: Quota = Quota { max_messages: 100, max_bytes: 1 << 20 };
+
+    #[tokio::test]
+    async fn migrations_run_once_and_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        s.create_account(account("alice")).await.unwrap();
+        drop(s);
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        assert!(matches!(s.create_account(account("alice")).await, Err(StorageError::Conflict)));
+        let v: i64 = s
+            .with(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[tokio::test]
+    async fn expiry_drops_old_messages_and_their_dedupe_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        s.create_account(account("alice")).await.unwrap();
+        s.create_account(account("bob")).await.unwrap();
+        s.enqueue(envelope("old", 1_000), QUOTA).await.unwrap();
+        s.enqueue(envelope("new", 5_000), QUOTA).await.unwrap();
+        assert_eq!(s.expire(2_000).await.unwrap(), 1);
+        let left = s.pending("bob", 0, 10).await.unwrap();
+        assert_eq!(left.iter().map(|m| m.msg_id.as_str()).collect::<Vec<_>>(), ["new"]);
+        assert_eq!(s.mailbox_len().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn byte_quota_counts_queued_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        s.create_account(account("alice")).await.unwrap();
+        s.create_account(account("bob")).await.unwrap();
+        let quota = Quota { max_messages: 100, max_bytes: 5 };
+        s.enqueue(envelope("a", 1), quota).await.unwrap();
+        assert!(matches!(
+            s.enqueue(envelope("b", 1), quota).await,
+            Err(StorageError::QuotaExceeded)
+        ));
+        // A retransmit of an accepted message is still acknowledged when the box is full.
+        assert!(s.enqueue(envelope("a", 2), quota).await.unwrap().duplicate);
+    }
+
+    #[tokio::test]
+    async fn binding_a_new_device_drops_the_old_devices_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        s.create_account(account("alice")).await.unwrap();
+        let keys = KeyUpload {
+            identity: Some(vec![9]),
+            signed_prekey: Some(PreKey { id: 1, key: vec![1] }),
+            one_time: vec![PreKey { id: 2, key: vec![2] }],
+            last_resort: None,
+        };
+        assert_eq!(s.upload_keys("alice", keys).await.unwrap(), 1);
+        s.bind_device("alice", Some([1; 32])).await.unwrap();
+        assert_eq!(s.one_time_count("alice").await.unwrap(), 1, "same device keeps its keys");
+        s.bind_device("alice", Some([2; 32])).await.unwrap();
+        assert_eq!(s.one_time_count("alice").await.unwrap(), 0);
+        let b = s.take_bundle("alice").await.unwrap().unwrap();
+        assert_eq!((b.identity.len(), b.signed_prekey, b.one_time_prekey), (0, None, None));
+        s.bind_device("alice", None).await.unwrap();
+        assert!(s.take_bundle("alice").await.unwrap().is_none());
+    }
+}
