@@ -152,6 +152,18 @@ pub fn advance_state(
     Ok(Some(conversation))
 }
 
+/// The local order of a message within a conversation (`None`: not in it).
+fn local_position(
+    conn: &Connection,
+    conversation: &str,
+    message_id: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM messages WHERE message_id = ?1 AND conversation = ?2")?
+        .query_row(params![message_id, conversation], |r| r.get(0))
+        .optional()?)
+}
+
 /// A page of a conversation, oldest first, ending before `before` (exclusive).
 pub fn list(
     conn: &Connection,
@@ -161,18 +173,10 @@ pub fn list(
 ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
     let upper: i64 = match before {
         None => i64::MAX,
-        Some(id) => {
-            let found: Option<i64> = conn
-                .prepare_cached(
-                    "SELECT id FROM messages WHERE message_id = ?1 AND conversation = ?2",
-                )?
-                .query_row(params![id, conversation], |r| r.get(0))
-                .optional()?;
-            match found {
-                Some(row) => row,
-                None => return Ok(None),
-            }
-        }
+        Some(id) => match local_position(conn, conversation, id)? {
+            Some(row) => row,
+            None => return Ok(None),
+        },
     };
     let sql = format!(
         "SELECT {COLUMNS} FROM messages WHERE conversation = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
@@ -196,18 +200,10 @@ pub fn mark_read(
 ) -> Result<Option<Vec<(String, String)>>, StoreError> {
     let upper: i64 = match up_to {
         None => i64::MAX,
-        Some(id) => {
-            let found: Option<i64> = conn
-                .prepare_cached(
-                    "SELECT id FROM messages WHERE message_id = ?1 AND conversation = ?2",
-                )?
-                .query_row(params![id, conversation], |r| r.get(0))
-                .optional()?;
-            match found {
-                Some(row) => row,
-                None => return Ok(None),
-            }
-        }
+        Some(id) => match local_position(conn, conversation, id)? {
+            Some(row) => row,
+            None => return Ok(None),
+        },
     };
     let mut stmt = conn.prepare_cached(
         "UPDATE messages SET read = 1

@@ -37,10 +37,19 @@ async fn request(conn: &quinn::Connection, req: &Request) -> Result<Response> {
 }
 
 /// Connects, says hello and binds (`register`) or authenticates as `user`.
-async fn session(ep: &quinn::Endpoint, addr: SocketAddr, user: &str, key: &SigningKey, register: bool) -> Result<quinn::Connection> {
+async fn session(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    user: &str,
+    key: &SigningKey,
+    register: bool,
+) -> Result<quinn::Connection> {
     let conn = ep.connect(addr, "localhost")?.await?;
-    let Response::HelloOk { challenge, .. } =
-        request(&conn, &Request::Hello { versions: vec![PROTOCOL_VERSION], client: "bench".into() }).await?
+    let Response::HelloOk { challenge, .. } = request(
+        &conn,
+        &Request::Hello { versions: vec![PROTOCOL_VERSION], client: "bench".into() },
+    )
+    .await?
     else {
         bail!("no hello");
     };
@@ -67,7 +76,8 @@ async fn session(ep: &quinn::Endpoint, addr: SocketAddr, user: &str, key: &Signi
 
 async fn bench(accounts: usize, handshakes: usize) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let relay_bin = exe.parent().and_then(|p| p.parent()).context("exe dir")?.join("letstalk-relay");
+    let relay_bin =
+        exe.parent().and_then(|p| p.parent()).context("exe dir")?.join("letstalk-relay");
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("relay.toml");
     // Registration bursts from one address: lift the per-IP limit for the benchmark.
@@ -82,24 +92,28 @@ async fn bench(accounts: usize, handshakes: usize) -> Result<()> {
         .with_context(|| format!("{} (build it with --bins)", relay_bin.display()))?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr: SocketAddr = line.trim().strip_prefix("listening on ").context("listening line")?.parse()?;
+    let addr: SocketAddr =
+        line.trim().strip_prefix("listening on ").context("listening line")?.parse()?;
 
     let pem = std::fs::read(dir.path().join("data/relay-cert.pem"))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(c?)?;
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     tls.alpn_protocols = vec![letstalk_wire::ALPN.to_vec()];
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
     )));
 
-    let keys: Vec<SigningKey> = (0..accounts).map(|_| SigningKey::from_bytes(&rand::random())).collect();
+    let keys: Vec<SigningKey> =
+        (0..accounts).map(|_| SigningKey::from_bytes(&rand::random())).collect();
     let users: Vec<String> = (0..accounts).map(|i| format!("bench{i}")).collect();
     let started = Instant::now();
     for chunk in (0..accounts).collect::<Vec<_>>().chunks(16) {
@@ -112,7 +126,10 @@ async fn bench(accounts: usize, handshakes: usize) -> Result<()> {
             c??.close(0u32.into(), b"registered");
         }
     }
-    println!("registered {accounts} accounts in {:.2} s (Argon2id each)", started.elapsed().as_secs_f64());
+    println!(
+        "registered {accounts} accounts in {:.2} s (Argon2id each)",
+        started.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
     if std::env::var_os("BENCH_MAPS").is_some() {
@@ -169,7 +186,10 @@ async fn bench(accounts: usize, handshakes: usize) -> Result<()> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("{handshakes} full handshakes with device auth in {secs:.2} s: {:.0}/s", handshakes as f64 / secs);
+    println!(
+        "{handshakes} full handshakes with device auth in {secs:.2} s: {:.0}/s",
+        handshakes as f64 / secs
+    );
     child.kill()?;
     child.wait()?;
     Ok(())

@@ -271,12 +271,11 @@ fn sign(c: &Credentials, challenge: &[u8; 32]) -> ([u8; 32], [u8; 64]) {
     (key.verifying_key().to_bytes(), signature.to_bytes())
 }
 
+/// An answer that is not the one expected: the relay's error, or `Unexpected`.
 fn refusal(response: Response) -> RelayError {
-    match response {
-        Response::Error { kind, retry_after_ms, message } => {
-            RelayError::Refused { kind, retry_after_ms, message }
-        }
-        _ => RelayError::Unexpected,
+    match super::check(response) {
+        Err(e) => e,
+        Ok(_) => RelayError::Unexpected,
     }
 }
 
