@@ -267,3 +267,37 @@ async fn a_disconnected_ui_catches_up_and_no_plaintext_touches_the_disk() {
     }
     let _: Value = alice.call("system.status", json!({})).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_new_identity_shows_a_system_message_and_a_new_safety_number() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    alice.call("contacts.add", json!({"user_id": "bob"})).await.unwrap();
+    bob.call("messages.send", json!({"to": "user:alice", "text": "from the old phone"}))
+        .await
+        .unwrap();
+    wait_texts(&alice, "user:bob", 1, Duration::from_secs(30)).await;
+    let before = alice.call("contacts.verify", json!({"user_id": "bob"})).await.unwrap();
+
+    // Bob moves to a new device: new identity key.
+    let bob2 = world.daemon("bob2").with_relay(&relay).start().unwrap();
+    wait_connected(&bob2).await;
+    bob2.call("account.login", json!({"user_id": "bob", "password": PASSWORD})).await.unwrap();
+    bob2.call("messages.send", json!({"to": "user:alice", "text": "from the new phone"}))
+        .await
+        .unwrap();
+    wait_texts(&alice, "user:bob", 2, Duration::from_secs(30)).await;
+    let page = alice.call("messages.list", json!({"conversation": "user:bob"})).await.unwrap();
+    let kinds: Vec<&str> =
+        page["messages"].as_array().unwrap().iter().map(|m| m["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["text", "system", "text"], "{page}");
+    let after = alice.call("contacts.verify", json!({"user_id": "bob"})).await.unwrap();
+    assert_ne!(before["safety_number"], after["safety_number"]);
+    // And alice's replies reach the new device.
+    alice.call("messages.send", json!({"to": "user:bob", "text": "welcome back"})).await.unwrap();
+    let texts = wait_texts(&bob2, "user:alice", 2, Duration::from_secs(30)).await;
+    assert_eq!(texts, ["from the new phone", "welcome back"]);
+    drop(bob);
+}
