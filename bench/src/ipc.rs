@@ -112,7 +112,7 @@ fn daemon_path(args: &IpcArgs) -> Result<PathBuf> {
 }
 
 /// The directory of this executable (target/release/), leaving a deps/ subdirectory.
-fn exe_dir() -> Result<PathBuf> {
+pub(crate) fn exe_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating this executable")?;
     let mut dir = exe.parent().map(Path::to_path_buf).context("this executable has no dir")?;
     if dir.ends_with("deps") {

@@ -1,12 +1,15 @@
 //! `letstalk-bench`: benchmarks that print figures (never pass/fail), each beside the
 //! same figure measured for a baseline in the same run.
 //!
-//! Every benchmark is a subcommand; `ipc` (the default) measures the daemon's local
-//! JSON-RPC interface. Later benchmarks (relay handshakes, message throughput, calls)
-//! are added as further subcommands with their own module.
+//! Every benchmark is a subcommand with its own module: `ipc` (the default) measures the
+//! daemon's local JSON-RPC interface, `messaging` end-to-end messaging between two
+//! daemons through a relay (and the ratchet step), `relay` the relay's delivery between
+//! many clients beside mosquitto at QoS 1.
 
 mod ipc;
 mod load;
+mod messaging;
+mod relay;
 mod servers;
 mod stats;
 mod sys;
@@ -37,6 +40,81 @@ enum Command {
     /// IPC round trip (1 and 16 clients), start-up time, idle RSS and binary size of
     /// letstalkd, beside the Delta Chat JSON-RPC server's (the default).
     Ipc(IpcArgs),
+    /// UI-to-UI latency and sustained throughput between two letstalkd through
+    /// letstalk-relay, and the cost of one Double Ratchet step.
+    Messaging(MessagingArgs),
+    /// Delivery rate through letstalk-relay between many connected clients, beside
+    /// mosquitto at QoS 1 with the same shape.
+    Relay(RelayArgs),
+}
+
+/// Flags of `letstalk-bench messaging`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct MessagingArgs {
+    /// The letstalkd binary [default: target/release/letstalkd beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon: Option<PathBuf>,
+
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// Measured sequential messages of the latency run.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub(crate) messages: usize,
+
+    /// Unmeasured messages before the latency run.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub(crate) warmup: usize,
+
+    /// Messages of the throughput run.
+    #[arg(long, default_value_t = 5000, value_name = "N")]
+    pub(crate) throughput: usize,
+
+    /// `messages.send` calls in flight during the throughput run.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub(crate) window: usize,
+
+    /// The throughput run stops after this many seconds even if not all arrived.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub(crate) limit_s: u64,
+
+    /// Messages per ratchet figure.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub(crate) ratchet_steps: usize,
+}
+
+/// Flags of `letstalk-bench relay`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RelayArgs {
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// The mosquitto binary [default: `mosquitto` on PATH or in /usr/sbin].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) mosquitto: Option<PathBuf>,
+
+    /// Publisher → subscriber pairs, each client its own connection.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub(crate) pairs: usize,
+
+    /// Messages per publisher. The relay lets one connection open 2,000 streams at once
+    /// and 500/s after that (one per send), so more than ~2,000 here measures that limit.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub(crate) messages: usize,
+
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256, value_name = "BYTES")]
+    pub(crate) payload: usize,
+
+    /// Sends in flight per publisher (the relay allows 32 concurrent streams).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub(crate) window: usize,
+
+    /// Each run stops after this many seconds even if not all was delivered.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub(crate) limit_s: u64,
 }
 
 /// Flags of `letstalk-bench ipc`.
@@ -98,5 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     match cli.command.unwrap_or(Command::Ipc(cli.ipc)) {
         Command::Ipc(args) => runtime.block_on(ipc::run(&args)),
+        Command::Messaging(args) => runtime.block_on(messaging::run(&args)),
+        Command::Relay(args) => runtime.block_on(relay::run(&args)),
     }
 }

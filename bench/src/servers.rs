@@ -2,6 +2,10 @@
 //! `READY=1` on `NOTIFY_SOCKET`, stopped by SIGTERM) and the Delta Chat JSON-RPC server
 //! (one channel on its stdin/stdout, stopped by closing stdin).
 //!
+//! For the messaging and relay benchmarks also `letstalk-relay` (readiness by its
+//! `listening on ADDR:PORT` line on stdout, stopped by SIGTERM) and the mosquitto MQTT
+//! broker (readiness by accepting a TCP connection, stopped by SIGTERM).
+//!
 //! Each process gets private directories and a stderr log under the bench's temp dir,
 //! and no ambient configuration leaks in from the caller's environment.
 
@@ -59,6 +63,8 @@ fn reap(child: &mut Child, limit: Duration) -> Result<()> {
 pub(crate) struct LetstalkdSpec {
     pub(crate) bin: PathBuf,
     pub(crate) home: PathBuf,
+    /// Extra command-line arguments (e.g. `--relay HOST:PORT --relay-cert PEM`).
+    pub(crate) args: Vec<std::ffi::OsString>,
 }
 
 /// A running `letstalkd`; killed when dropped.
@@ -71,7 +77,16 @@ pub(crate) struct Letstalkd {
 
 impl LetstalkdSpec {
     pub(crate) fn new(bin: &Path, home: PathBuf) -> Self {
-        Self { bin: bin.to_owned(), home }
+        Self { bin: bin.to_owned(), home, args: Vec::new() }
+    }
+
+    /// The same daemon, linked to the relay listening on `port` (its certificate `cert`).
+    pub(crate) fn with_relay(mut self, port: u16, cert: &Path) -> Self {
+        self.args.push("--relay".into());
+        self.args.push(format!("localhost:{port}").into());
+        self.args.push("--relay-cert".into());
+        self.args.push(cert.as_os_str().to_owned());
+        self
     }
 
     pub(crate) fn socket(&self) -> PathBuf {
@@ -81,6 +96,7 @@ impl LetstalkdSpec {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--data-dir").arg(self.home.join("data")).arg("--socket").arg(self.socket());
+        cmd.args(&self.args);
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
             if k.starts_with("LETSTALK_") || k == "NOTIFY_SOCKET" || k.starts_with("LISTEN_") {
@@ -276,6 +292,217 @@ impl DeltaChat {
                 let _ = self.child.kill().await;
                 bail!("deltachat-rpc-server did not stop within {PATIENCE:?} and was killed")
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Binaries
+
+/// `explicit`, or `name` in `dir` (target/release/); an error telling how to build it
+/// when it is missing.
+pub(crate) fn release_bin(explicit: Option<&PathBuf>, dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = explicit.cloned().unwrap_or_else(|| dir.join(name));
+    if !path.is_file() {
+        bail!(
+            "{name} not found at {}: build it with `cargo build --release -p {name}`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Removes the caller's `LETSTALK_*`, `NOTIFY_SOCKET` and `LISTEN_*` from `cmd`.
+fn scrub_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("LETSTALK_") || k == "NOTIFY_SOCKET" || k.starts_with("LISTEN_") {
+            cmd.env_remove(&*k);
+        }
+    }
+}
+
+/// SIGTERM to `child`, then waits for it (killing it after `PATIENCE`).
+fn terminate(child: &mut Child) -> Result<()> {
+    if let Some(pid) = Pid::from_raw(child.id() as i32) {
+        let _ = kill_process(pid, Signal::TERM);
+    }
+    reap(child, PATIENCE)
+}
+
+// ---------------------------------------------------------------------------------------
+// letstalk-relay
+
+/// A running `letstalk-relay` on 127.0.0.1; killed when dropped.
+#[derive(Debug)]
+pub(crate) struct RelayProcess {
+    child: Option<Child>,
+    /// Its UDP port.
+    pub(crate) port: u16,
+    /// Its self-signed certificate (`relay-cert.pem` in its data directory).
+    pub(crate) cert: PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts the relay with a data directory and a config file under `home` that raises
+    /// `register_per_ip` (the bench registers every account from 127.0.0.1); every other
+    /// limit is the default. Waits for its `listening on` line.
+    pub(crate) fn start(bin: &Path, home: &Path) -> Result<Self> {
+        let data = home.join("data");
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let config = home.join("relay.toml");
+        std::fs::write(&config, "[register_per_ip]\nburst = 1000\nper_minute = 6000\n")?;
+        let log = home.join("relay.log");
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut cmd = Command::new(bin);
+        scrub_env(&mut cmd);
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .arg("--log")
+            .arg("warn")
+            .env("HOME", home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the first line, then drains stdout until the relay exits.
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let mut relay = Self { child: Some(child), port: 0, cert: data.join("relay-cert.pem") };
+        let line = match rx.recv_timeout(PATIENCE) {
+            Ok(Ok(line)) => line,
+            _ => bail!("letstalk-relay did not say where it listens:\n{}", log_tail(&log)),
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .with_context(|| format!("letstalk-relay printed {line:?}:\n{}", log_tail(&log)))?;
+        relay.port = addr.port();
+        Ok(relay)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub(crate) fn stop(&mut self) -> Result<()> {
+        match self.child.take() {
+            Some(mut child) => terminate(&mut child).context("stopping letstalk-relay"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// mosquitto (the relay benchmark's baseline)
+
+/// A running mosquitto broker on 127.0.0.1; killed when dropped.
+#[derive(Debug)]
+pub(crate) struct Mosquitto {
+    child: Option<Child>,
+    /// Its TCP port.
+    pub(crate) port: u16,
+    pub(crate) version: String,
+}
+
+impl Mosquitto {
+    /// `explicit`, or `mosquitto` on PATH or in /usr/sbin.
+    pub(crate) fn find(explicit: Option<&PathBuf>) -> Option<PathBuf> {
+        if let Some(p) = explicit {
+            return p.is_file().then(|| p.clone());
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+            .map(|d| d.join("mosquitto"))
+            .find(|p| p.is_file())
+    }
+
+    /// Starts mosquitto with a config under `home`: one listener on a free loopback port,
+    /// anonymous clients, no persistence (its default), no limit on queued QoS 1
+    /// messages per client (so that none is dropped). Waits until it accepts TCP.
+    pub(crate) fn start(bin: &Path, home: &Path) -> Result<Self> {
+        std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let config = home.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 0\nlog_dest stderr\nlog_type error\n"
+            ),
+        )?;
+        let log = home.join("mosquitto.log");
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let version = Command::new(bin)
+            .arg("-h")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut broker = Self { child: Some(child), port, version };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = broker.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("mosquitto exited with {status}:\n{}", log_tail(&log));
+            }
+            if started.elapsed() > PATIENCE {
+                bail!("mosquitto did not accept connections:\n{}", log_tail(&log));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(broker)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub(crate) fn stop(&mut self) -> Result<()> {
+        match self.child.take() {
+            Some(mut child) => terminate(&mut child).context("stopping mosquitto"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -103,6 +103,16 @@ impl LinkError {
         }
     }
 
+    /// Whether the same request may succeed later without any change (relay down, rate
+    /// limit, full mailbox, relay failure); otherwise the refusal is final (no such user,
+    /// blocked, too large, invalid, not logged in).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind(),
+            Kind::RelayUnavailable | Kind::RateLimited | Kind::QuotaExceeded | Kind::Internal
+        )
+    }
+
     /// How long to wait before retrying, for `rate_limited`.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {

@@ -539,12 +539,12 @@ async fn delete_account_and_logout() {
 }
 
 /// Starts the real binary and returns it with the address from its `listening on` line.
-fn spawn_relay(args: &[&str]) -> (std::process::Child, String) {
+fn spawn_relay(args: &[&str], stderr: Stdio) -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_letstalk-relay"))
         .args(args)
         .env_remove("LETSTALK_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -561,8 +561,13 @@ fn spawn_relay(args: &[&str]) -> (std::process::Child, String) {
 async fn the_binary_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (mut child, addr) =
-        spawn_relay(&["--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]);
+    // Everything logged at trace level goes to a file that is searched for secrets below.
+    let log_path = dir.path().join("relay.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut child, addr) = spawn_relay(
+        &["--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap(), "--log", "trace"],
+        Stdio::from(log),
+    );
     let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
     assert_ne!(port, 0);
     let cert = data.join("relay-cert.pem");
@@ -575,21 +580,27 @@ async fn the_binary_serves_and_stops_on_sigterm() {
     config.relay = format!("127.0.0.1:{port}");
     let (link, _rx) = Link::start(config, None).unwrap();
     link.wait_connected(T).await.unwrap();
-    link.register(registration("alice", "correct horse"), new_key()).await.unwrap();
+    link.register(registration("alice", "canary-pass-71f3"), new_key()).await.unwrap();
+    link.change_password("canary-pass-71f3", "canary-pass-92ab").await.unwrap();
+    link.send("alice", "m1", b"canary-body-5c5c".to_vec()).await.unwrap();
     let cert_before = std::fs::read(&cert).unwrap();
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "{exit:?}");
+    let log = std::fs::read(&log_path).unwrap();
+    assert!(log.len() > 1000, "expected trace logs");
+    for canary in [&b"canary-pass-71f3"[..], b"canary-pass-92ab", b"canary-body-5c5c"] {
+        let found = log.windows(canary.len()).any(|w| w == canary);
+        assert!(!found, "{} in the log", String::from_utf8_lossy(canary));
+    }
 
     // Restart on the same data directory: the certificate is reused, the account kept.
-    let (mut child, _addr) = spawn_relay(&[
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let (mut child, _addr) = spawn_relay(
+        &["--listen", &format!("127.0.0.1:{port}"), "--data-dir", data.to_str().unwrap()],
+        Stdio::null(),
+    );
     assert_eq!(std::fs::read(&cert).unwrap(), cert_before);
     let mut status = link.status();
     tokio::time::timeout(

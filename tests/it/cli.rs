@@ -99,3 +99,55 @@ fn listen_prints_events_as_json_lines() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn people_commands_register_send_and_read_history() {
+    use letstalk_tests::{cli_env, eventually};
+    use std::time::Duration;
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = world.daemon("alice").with_relay(&relay).start().unwrap();
+    let bob = world.daemon("bob").with_relay(&relay).start().unwrap();
+    for d in [&alice, &bob] {
+        eventually(Duration::from_secs(20), "connected", || async {
+            let st = d.call("system.status", serde_json::json!({})).await.ok()?;
+            (st["relay"]["state"] == "connected").then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let pw = [("LETSTALK_PASSWORD", "a long enough password")];
+    for (d, name) in [(&alice, "alice"), (&bob, "bob")] {
+        let (code, out, err) = cli_env(
+            d.socket(),
+            &["register", name, "--email", &format!("{name}@example.org"), "--nickname", name],
+            &pw,
+        );
+        assert_eq!(code, 0, "{out}{err}\n--- daemon:\n{}\n--- relay:\n{}", d.logs(), relay.logs());
+        assert!(out.contains(&format!("logged in as {name}")), "{out}");
+    }
+    let (code, out, _) = cli(alice.socket(), &["add", "bob"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = cli(alice.socket(), &["send", "bob", "hello from the command line"]);
+    assert_eq!(code, 0, "{out}");
+    let history = eventually(Duration::from_secs(20), "bob has it", || async {
+        let (_, out, _) = cli(bob.socket(), &["history", "alice", "--read"]);
+        out.contains("hello from the command line").then_some(out)
+    })
+    .await
+    .unwrap();
+    assert!(history.starts_with("alice"), "{history}");
+    let (code, out, _) = cli(alice.socket(), &["contacts"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("bob"), "{out}");
+    let (code, out, _) = cli(bob.socket(), &["chats"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("alice") && out.contains("0 unread"), "{out}");
+    // A wrong password is the daemon's error: exit 1.
+    let (code, _, err) = cli_env(bob.socket(), &["logout"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) =
+        cli_env(bob.socket(), &["login", "bob"], &[("LETSTALK_PASSWORD", "wrong password!")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("auth_failed"), "{err}");
+}

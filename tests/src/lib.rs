@@ -426,11 +426,18 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 /// Runs the `letstalk` CLI against `socket`; returns (exit code, stdout, stderr).
 pub fn cli(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    cli_env(socket, args, &[])
+}
+
+/// [`cli`] with extra environment variables.
+pub fn cli_env(socket: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(bin("letstalk"))
         .arg("--socket")
         .arg(socket)
         .args(args)
         .env_remove("LETSTALK_SOCKET")
+        .env_remove("LETSTALK_PASSWORD")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("running letstalk");

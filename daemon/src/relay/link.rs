@@ -281,15 +281,21 @@ fn refusal(response: Response) -> RelayError {
 
 /// One request on its own bidirectional stream.
 async fn exchange(conn: &quinn::Connection, request: &Request) -> Result<Response, RelayError> {
+    fn lost(what: &'static str) -> impl FnOnce(String) -> RelayError {
+        move |e| {
+            tracing::debug!(error = %e, what, "relay request failed");
+            RelayError::Unavailable
+        }
+    }
     let work = async {
         let frame = request.encode().map_err(|_| RelayError::Unexpected)?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|_| RelayError::Unavailable)?;
-        send.write_all(&frame).await.map_err(|_| RelayError::Unavailable)?;
-        send.finish().map_err(|_| RelayError::Unavailable)?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost("open")(e.to_string()))?;
+        send.write_all(&frame).await.map_err(|e| lost("write")(e.to_string()))?;
+        send.finish().map_err(|e| lost("finish")(e.to_string()))?;
         let bytes = recv
             .read_to_end(MAX_FRAME_LEN + LEN_PREFIX)
             .await
-            .map_err(|_| RelayError::Unavailable)?;
+            .map_err(|e| lost("read")(e.to_string()))?;
         match split_frame(&bytes, MAX_FRAME_LEN) {
             Ok(Some((body, used))) if used == bytes.len() => {
                 Response::decode(body).map_err(|_| RelayError::Unexpected)
@@ -297,7 +303,9 @@ async fn exchange(conn: &quinn::Connection, request: &Request) -> Result<Respons
             _ => Err(RelayError::Unexpected),
         }
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| RelayError::Unavailable)?
+    tokio::time::timeout(REQUEST_TIMEOUT, work)
+        .await
+        .map_err(|_| lost("timeout")("no answer".into()))?
 }
 
 /// Reads every push stream the relay opens, frame by frame, in order.
