@@ -379,9 +379,8 @@ impl RelayProcess {
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
         let mut relay = Self { child: Some(child), port: 0, cert: data.join("relay-cert.pem") };
-        let line = match rx.recv_timeout(PATIENCE) {
-            Ok(Ok(line)) => line,
-            _ => bail!("letstalk-relay did not say where it listens:\n{}", log_tail(&log)),
+        let Ok(Ok(line)) = rx.recv_timeout(PATIENCE) else {
+            bail!("letstalk-relay did not say where it listens:\n{}", log_tail(&log));
         };
         let addr = line
             .trim()
@@ -390,10 +389,6 @@ impl RelayProcess {
             .with_context(|| format!("letstalk-relay printed {line:?}:\n{}", log_tail(&log)))?;
         relay.port = addr.port();
         Ok(relay)
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
     /// SIGTERM, then waits for the exit.
@@ -483,10 +478,6 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(broker)
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
     /// SIGTERM, then waits for the exit.

@@ -2,6 +2,7 @@
 //! once, then acknowledged), presence and profile changes of contacts, the account
 //! moving to another device, and the connection's state.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use rusqlite::params;
@@ -14,9 +15,43 @@ use crate::delivery::{self, Received};
 use crate::relay::{Pushed, RelayApi};
 use crate::{Daemon, contacts, events, now_ms};
 
+/// Acknowledges deliveries in batches: one `Ack` request carries every delivery ID that
+/// piled up while the previous one was in flight.
+#[derive(Debug, Clone)]
+pub struct Acks(tokio::sync::mpsc::UnboundedSender<u64>);
+
+impl Acks {
+    pub fn start(
+        relay: Arc<dyn RelayApi>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> (Self, impl Future<Output = ()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let task = async move {
+            loop {
+                let first = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    id = rx.recv() => match id { Some(id) => id, None => return },
+                };
+                let mut ids = vec![first];
+                while ids.len() < letstalk_wire::MAX_LIST {
+                    match rx.try_recv() {
+                        Ok(id) => ids.push(id),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = relay.request(Request::Ack { delivery_ids: ids }).await {
+                    // Not acknowledged: the relay pushes them again and `received` skips them.
+                    tracing::debug!(error = %e, "ack failed");
+                }
+            }
+        };
+        (Self(tx), task)
+    }
+}
+
 /// Applies one push. Messages are acknowledged to the relay only after their
 /// transaction committed, so a crash in between means a redelivery, never a loss.
-pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, push: Pushed) {
+pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks, push: Pushed) {
     match push {
         Pushed::Message { delivery_id, from, msg_id, body } => {
             let outcome = daemon
@@ -42,12 +77,8 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, push: Pushed
                             tracing::warn!(reason = %why, "dropped an undecryptable message")
                         }
                     }
-                    if let Err(e) =
-                        relay.request(Request::Ack { delivery_ids: vec![delivery_id] }).await
-                    {
-                        // Not acknowledged: the relay pushes it again and `received` skips it.
-                        tracing::debug!(error = %e, "ack failed");
-                    }
+                    // Committed: acknowledge (batched, without waiting).
+                    let _ = acks.0.send(delivery_id);
                 }
                 Ok(None) => tracing::debug!("message for a logged-out device left on the relay"),
                 Err(e) => tracing::warn!(error = %e, "storing a received message"),
@@ -168,7 +199,13 @@ async fn rewatch(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) {
     match relay.request(Request::Watch { add: users, remove: vec![] }).await {
         Ok(letstalk_wire::Response::Presence { users }) => {
             for info in users {
-                Box::pin(apply(daemon, relay, Pushed::Presence(info))).await;
+                Box::pin(apply(
+                    daemon,
+                    relay,
+                    &Acks(tokio::sync::mpsc::unbounded_channel().0),
+                    Pushed::Presence(info),
+                ))
+                .await;
             }
         }
         Ok(_) => {}

@@ -208,13 +208,15 @@ pub async fn run(
         tasks.spawn(link.run(cancel.clone()));
         let (d, c) = (daemon.clone(), cancel.clone());
         let inbox_api = api.clone();
+        let (acks, ack_task) = inbox::Acks::start(api.clone(), cancel.clone());
+        tasks.spawn(ack_task);
         tasks.spawn(async move {
             loop {
                 let push = tokio::select! {
                     () = c.cancelled() => return,
                     p = push_rx.recv() => match p { Some(p) => p, None => return },
                 };
-                inbox::apply(&d, &inbox_api, push).await;
+                inbox::apply(&d, &inbox_api, &acks, push).await;
             }
         });
         tasks.spawn(sender::run(

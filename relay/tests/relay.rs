@@ -637,3 +637,41 @@ fn the_binary_rejects_bad_configuration_with_exit_2() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn flags_override_environment_which_overrides_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    let data = dir.path().join("from-file");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"not valid\"\ndata_dir = {:?}\nmessage_ttl_days = 7\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // The environment's listen address beats the file's (invalid) one; the file's data
+    // directory is used since neither flag nor environment names one.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_letstalk-relay"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("LETSTALK_LISTEN", "127.0.0.1:0")
+        .env_remove("LETSTALK_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on 127.0.0.1:"), "{line:?}");
+    assert!(data.join("relay.db").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A flag beats the environment: an invalid flag fails even with a valid variable.
+    let out = Command::new(env!("CARGO_BIN_EXE_letstalk-relay"))
+        .args(["--config", config.to_str().unwrap(), "--listen", "bad"])
+        .env("LETSTALK_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -26,6 +26,8 @@ use crate::config::RelayAddr;
 /// How long a connection attempt or a request may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for a connection being established.
+const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(3);
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -58,6 +60,8 @@ pub struct QuicRelay {
     credentials: Mutex<Option<Credentials>>,
     /// Wakes the connection task to reconnect now (credentials changed).
     kick: Notify,
+    /// Ends a backoff wait early (a request is waiting for the connection).
+    hurry: Notify,
     pushes: mpsc::UnboundedSender<Pushed>,
 }
 
@@ -118,6 +122,7 @@ impl QuicRelay {
             status: Mutex::new((RelayState::Connecting, None)),
             credentials: Mutex::new(None),
             kick: Notify::new(),
+            hurry: Notify::new(),
             pushes,
         }))
     }
@@ -185,6 +190,7 @@ impl QuicRelay {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
                 () = self.kick.notified() => {}
+                () = self.hurry.notified() => {}
             }
         }
         self.live.send_replace(None);
@@ -243,8 +249,20 @@ impl QuicRelay {
         Ok(Live { conn, challenge })
     }
 
-    fn current(&self) -> Result<Live, RelayError> {
-        self.live.borrow().clone().ok_or(RelayError::Unavailable)
+    /// The live connection; while one is being (re)established, waits for it a little
+    /// (a reconnect after a logout, or right after start), rather than failing at once.
+    async fn current(&self) -> Result<Live, RelayError> {
+        if let Some(live) = self.live.borrow().clone() {
+            return Ok(live);
+        }
+        // Skip any backoff: someone needs the relay now.
+        self.hurry.notify_one();
+        let mut rx = self.live.subscribe();
+        let wait = rx.wait_for(Option::is_some);
+        match tokio::time::timeout(WAIT_FOR_CONNECTION, wait).await {
+            Ok(Ok(live)) => live.clone().ok_or(RelayError::Unavailable),
+            _ => Err(RelayError::Unavailable),
+        }
     }
 
     /// Register or login on the current connection, then keep the credentials.
@@ -253,7 +271,7 @@ impl QuicRelay {
         credentials: Credentials,
         make: impl FnOnce([u8; 32], [u8; 64]) -> Request,
     ) -> Result<(), RelayError> {
-        let live = self.current()?;
+        let live = self.current().await?;
         let (device_key, signature) = sign(&credentials, &live.challenge);
         match exchange(&live.conn, &make(device_key, signature)).await? {
             Response::Ok | Response::Authenticated { .. } => {
@@ -415,7 +433,7 @@ impl RelayApi for QuicRelay {
 
     fn request(&self, request: Request) -> BoxFuture<'_, Result<Response, RelayError>> {
         Box::pin(async move {
-            let live = self.current()?;
+            let live = self.current().await?;
             exchange(&live.conn, &request).await
         })
     }
