@@ -41,7 +41,8 @@ pub enum Prepared {
     Empty,
     /// There is no session yet: fetch the recipient's prekey bundle and call again.
     NeedBundle,
-    Ready(Outgoing),
+    /// In outbox order.
+    Ready(Vec<Outgoing>),
 }
 
 fn crypto_err(context: &str, e: letstalk_crypto::Error) -> StoreError {
@@ -94,62 +95,78 @@ pub fn pending_recipients(conn: &Connection) -> Result<Vec<String>, StoreError> 
     Ok(rows)
 }
 
-/// The oldest outbox row for `recipient`, encrypted (once) and ready to transmit.
+/// The oldest outbox rows for `recipient` (at most `max`), each encrypted once and ready
+/// to transmit. Encrypting a batch in one transaction costs one disk sync for all of
+/// them, and the ciphertexts are committed before any of them leaves the device.
 pub fn prepare_next(
     conn: &mut Connection,
     me: &Account,
     recipient: &str,
     bundle: Option<&PreKeyBundle>,
+    max: usize,
     rng: &mut (impl RngCore + CryptoRng),
     now: i64,
 ) -> Result<Prepared, StoreError> {
-    let tx = conn.transaction()?;
     type Row = (i64, String, Option<Vec<u8>>, Option<Vec<u8>>);
-    let row: Option<Row> = tx
+    let tx = conn.transaction()?;
+    let rows: Vec<Row> = tx
         .prepare_cached(
-            "SELECT seq, relay_id, plaintext, envelope FROM outbox WHERE recipient = ?1 ORDER BY seq LIMIT 1",
+            "SELECT seq, relay_id, plaintext, envelope FROM outbox WHERE recipient = ?1 ORDER BY seq LIMIT ?2",
         )?
-        .query_row(params![recipient], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    let Some((seq, relay_id, plaintext, envelope)) = row else { return Ok(Prepared::Empty) };
-    if let Some(envelope) = envelope {
-        return Ok(Prepared::Ready(Outgoing {
-            seq,
-            recipient: recipient.to_owned(),
-            relay_id,
-            envelope,
-        }));
+        .query_map(params![recipient, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    if rows.is_empty() {
+        return Ok(Prepared::Empty);
     }
-    let plaintext = zeroize::Zeroizing::new(plaintext.unwrap_or_default());
-    let mut session = match (load_session(&tx, recipient)?, bundle) {
-        (Some(s), _) => s,
-        (None, Some(bundle)) => Session::initiate(&me.identity, bundle, rng)
-            .map_err(|e| crypto_err("starting a session", e))?,
-        (None, None) => return Ok(Prepared::NeedBundle),
-    };
-    let envelope = session.encrypt(&plaintext, rng).map_err(|e| crypto_err("encrypting", e))?;
-    tx.prepare_cached("UPDATE outbox SET envelope = ?2, plaintext = NULL WHERE seq = ?1")?
-        .execute(params![seq, envelope])?;
-    save_session(&tx, recipient, &session, now)?;
+    let mut session: Option<Session> = None;
+    let mut ready = Vec::with_capacity(rows.len());
+    for (seq, relay_id, plaintext, envelope) in rows {
+        if let Some(envelope) = envelope {
+            ready.push(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope });
+            continue;
+        }
+        if session.is_none() {
+            session = match (load_session(&tx, recipient)?, bundle) {
+                (Some(s), _) => Some(s),
+                (None, Some(bundle)) => Some(
+                    Session::initiate(&me.identity, bundle, rng)
+                        .map_err(|e| crypto_err("starting a session", e))?,
+                ),
+                (None, None) if ready.is_empty() => return Ok(Prepared::NeedBundle),
+                (None, None) => break,
+            };
+        }
+        let Some(s) = session.as_mut() else { break };
+        let plaintext = zeroize::Zeroizing::new(plaintext.unwrap_or_default());
+        let envelope = s.encrypt(&plaintext, rng).map_err(|e| crypto_err("encrypting", e))?;
+        tx.prepare_cached("UPDATE outbox SET envelope = ?2, plaintext = NULL WHERE seq = ?1")?
+            .execute(params![seq, envelope])?;
+        ready.push(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope });
+    }
+    if let Some(s) = &session {
+        save_session(&tx, recipient, s, now)?;
+    }
     tx.commit()?;
-    Ok(Prepared::Ready(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope }))
+    Ok(Prepared::Ready(ready))
 }
 
-/// The relay accepted outbox row `seq`: drop it and mark its message `sent`. Returns the
-/// last event seq written, if any.
-pub fn sent(conn: &mut Connection, seq: i64, now: i64) -> Result<Option<u64>, StoreError> {
+/// The relay accepted these outbox rows: drop them and mark their messages `sent`, in
+/// one transaction. Returns the last event seq written, if any.
+pub fn sent(conn: &mut Connection, seqs: &[i64], now: i64) -> Result<Option<u64>, StoreError> {
     let tx = conn.transaction()?;
-    let message_id: Option<Option<String>> = tx
-        .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id")?
-        .query_row(params![seq], |r| r.get(0))
-        .optional()?;
     let mut event = None;
-    if let Some(Some(id)) = message_id
-        && let Some(conversation) = messages::advance_state(&tx, &id, MessageState::Sent)?
-    {
-        let body =
-            EventBody::MessageState { message_id: id, conversation, state: MessageState::Sent };
-        event = Some(events::append(&tx, &body, now)?);
+    for seq in seqs {
+        let message_id: Option<Option<String>> = tx
+            .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id")?
+            .query_row(params![seq], |r| r.get(0))
+            .optional()?;
+        if let Some(Some(id)) = message_id
+            && let Some(conversation) = messages::advance_state(&tx, &id, MessageState::Sent)?
+        {
+            let body =
+                EventBody::MessageState { message_id: id, conversation, state: MessageState::Sent };
+            event = Some(events::append(&tx, &body, now)?);
+        }
     }
     tx.commit()?;
     Ok(event)
@@ -205,7 +222,38 @@ pub fn receive(
     bytes: &[u8],
     now: i64,
 ) -> Result<Received, StoreError> {
-    let tx = conn.transaction()?;
+    Ok(receive_many(conn, me, &[(sender, relay_id, bytes)], now)?.remove(0))
+}
+
+/// [`receive`] for several deliveries in one transaction (one disk sync for all), each
+/// applied in its own savepoint, in order.
+pub fn receive_many(
+    conn: &mut Connection,
+    me: &Account,
+    items: &[(&str, &str, &[u8])],
+    now: i64,
+) -> Result<Vec<Received>, StoreError> {
+    let mut tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(items.len());
+    for (sender, relay_id, bytes) in items {
+        let sp = tx.savepoint()?;
+        out.push(receive_in(&sp, me, sender, relay_id, bytes, now)?);
+        sp.commit()?;
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Applies one delivery inside the caller's transaction; everything it writes is meant
+/// to be committed, also when the delivery is dropped (so it is not applied twice).
+fn receive_in(
+    tx: &Connection,
+    me: &Account,
+    sender: &str,
+    relay_id: &str,
+    bytes: &[u8],
+    now: i64,
+) -> Result<Received, StoreError> {
     let seen: Option<i64> = tx
         .prepare_cached("SELECT 1 FROM received WHERE sender = ?1 AND relay_id = ?2")?
         .query_row(params![sender, relay_id], |r| r.get(0))
@@ -216,7 +264,7 @@ pub fn receive(
     tx.prepare_cached("INSERT INTO received (sender, relay_id, at) VALUES (?1, ?2, ?3)")?
         .execute(params![sender, relay_id, now])?;
 
-    let existing = load_session(&tx, sender)?;
+    let existing = load_session(tx, sender)?;
     let previous_identity = existing.as_ref().map(|s| *s.remote_identity());
     // Decrypt on a copy; the stored session changes only if this succeeds.
     let attempt = existing.clone().map(|mut s| s.decrypt(bytes).map(|p| (s, p)));
@@ -224,24 +272,22 @@ pub fn receive(
         Some(Ok(ok)) => ok,
         other => match Envelope::decode(bytes) {
             Ok(Envelope::PreKey(pm)) => {
-                let Some(signed) = account::load_prekey(&tx, pm.signed_prekey_id)? else {
-                    tx.commit()?;
+                let Some(signed) = account::load_prekey(tx, pm.signed_prekey_id)? else {
                     return Ok(Received::Dropped("unknown signed prekey".into()));
                 };
                 let one_time = match pm.one_time_prekey_id {
-                    Some(id) => account::load_prekey(&tx, id)?,
+                    Some(id) => account::load_prekey(tx, id)?,
                     None => None,
                 };
                 match Session::accept_prekey_message(&me.identity, &pm, &signed, one_time.as_ref())
                 {
                     Ok(ok) => {
                         if let Some(k) = &one_time {
-                            account::delete_one_time_prekey(&tx, k.id())?;
+                            account::delete_one_time_prekey(tx, k.id())?;
                         }
                         ok
                     }
                     Err(e) => {
-                        tx.commit()?;
                         return Ok(Received::Dropped(format!("prekey message: {e}")));
                     }
                 }
@@ -251,13 +297,12 @@ pub fn receive(
                     Some(Err(e)) => e.to_string(),
                     _ => "no session".into(),
                 };
-                tx.commit()?;
                 return Ok(Received::Dropped(why));
             }
         },
     };
     let plaintext = zeroize::Zeroizing::new(plaintext);
-    save_session(&tx, sender, &session, now)?;
+    save_session(tx, sender, &session, now)?;
     let conversation = format!("user:{sender}");
     let mut last_event = None;
     let mut queued = false;
@@ -269,7 +314,7 @@ pub fn receive(
         let text = format!(
             "The safety number with {sender} changed: their device or identity key is new."
         );
-        last_event = Some(system_message(&tx, &id, &conversation, &text, now)?);
+        last_event = Some(system_message(tx, &id, &conversation, &text, now)?);
     }
 
     match Content::decode(&plaintext) {
@@ -288,15 +333,15 @@ pub fn receive(
                 state: MessageState::Delivered,
                 read: false,
             };
-            if messages::insert(&tx, &new)?
-                && let Some(message) = messages::get(&tx, &id)?
+            if messages::insert(tx, &new)?
+                && let Some(message) = messages::get(tx, &id)?
             {
                 last_event =
-                    Some(events::append(&tx, &EventBody::MessageReceived { message }, now)?);
+                    Some(events::append(tx, &EventBody::MessageReceived { message }, now)?);
             }
             // Acknowledge to the sender even for a duplicate: its first receipt may be lost.
             enqueue(
-                &tx,
+                tx,
                 sender,
                 None,
                 &Content::Receipt { state: ReceiptKind::Delivered, ids: vec![id] },
@@ -310,19 +355,17 @@ pub fn receive(
                 ReceiptKind::Read => MessageState::Read,
             };
             for id in ids.iter().take(1000) {
-                if let Some(conversation) = messages::advance_state(&tx, id, state)? {
+                if let Some(conversation) = messages::advance_state(tx, id, state)? {
                     let body =
                         EventBody::MessageState { message_id: id.clone(), conversation, state };
-                    last_event = Some(events::append(&tx, &body, now)?);
+                    last_event = Some(events::append(tx, &body, now)?);
                 }
             }
         }
         None => {
-            tx.commit()?;
             return Ok(Received::Dropped("unknown content".into()));
         }
     }
-    tx.commit()?;
     Ok(Received::Applied { last_event, queued })
 }
 
@@ -428,7 +471,7 @@ mod tests {
     }
 
     fn next(from: &Device, to: &str, bundle: Option<&PreKeyBundle>) -> Prepared {
-        from.store.with(|c| prepare_next(c, &from.account, to, bundle, &mut OsRng, 6)).unwrap()
+        from.store.with(|c| prepare_next(c, &from.account, to, bundle, 1, &mut OsRng, 6)).unwrap()
     }
 
     fn deliver(to: &Device, from: &str, o: &Outgoing) -> Received {
@@ -441,9 +484,13 @@ mod tests {
         let bob = device("bob");
         send_text(&alice, "bob", "m1", "hello bob");
         assert!(matches!(next(&alice, "bob", None), Prepared::NeedBundle));
-        let Prepared::Ready(first) = next(&alice, "bob", Some(&bundle(&bob, 0))) else { panic!() };
+        let Prepared::Ready(mut first) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+            panic!()
+        };
+        let first = first.remove(0);
         // Retransmission after a crash sends the very same ciphertext.
-        let Prepared::Ready(again) = next(&alice, "bob", None) else { panic!() };
+        let Prepared::Ready(mut again) = next(&alice, "bob", None) else { panic!() };
+        let again = again.remove(0);
         assert_eq!(
             (first.seq, &first.envelope, &first.relay_id),
             (again.seq, &again.envelope, &again.relay_id)
@@ -465,12 +512,13 @@ mod tests {
         assert!(bob.store.with(|c| account::load_prekey(c, FIRST)).unwrap().is_none());
 
         // The relay accepted alice's message: sent. Then bob's delivery receipt: delivered.
-        alice.store.with(|c| sent(c, first.seq, 8)).unwrap();
+        alice.store.with(|c| sent(c, &[first.seq], 8)).unwrap();
         assert_eq!(
             alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state,
             MessageState::Sent
         );
-        let Prepared::Ready(receipt) = next(&bob, "alice", None) else { panic!() };
+        let Prepared::Ready(mut receipt) = next(&bob, "alice", None) else { panic!() };
+        let receipt = receipt.remove(0);
         assert!(matches!(deliver(&alice, "bob", &receipt), Received::Applied { .. }));
         assert_eq!(
             alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state,
@@ -491,7 +539,8 @@ mod tests {
         let alice = device("alice");
         let bob = device("bob");
         send_text(&alice, "bob", "m1", "one");
-        let Prepared::Ready(m1) = next(&alice, "bob", Some(&bundle(&bob, 0))) else { panic!() };
+        let Prepared::Ready(mut m1) = next(&alice, "bob", Some(&bundle(&bob, 0))) else { panic!() };
+        let m1 = m1.remove(0);
         assert!(matches!(deliver(&bob, "alice", &m1), Received::Applied { .. }));
         let mut forged = m1.clone();
         forged.relay_id = "other".into();
@@ -499,9 +548,10 @@ mod tests {
             *b ^= 1;
         }
         assert!(matches!(deliver(&bob, "alice", &forged), Received::Dropped(_)));
-        alice.store.with(|c| sent(c, m1.seq, 8)).unwrap();
+        alice.store.with(|c| sent(c, &[m1.seq], 8)).unwrap();
         send_text(&alice, "bob", "m2", "two");
-        let Prepared::Ready(m2) = next(&alice, "bob", None) else { panic!() };
+        let Prepared::Ready(mut m2) = next(&alice, "bob", None) else { panic!() };
+        let m2 = m2.remove(0);
         assert!(matches!(deliver(&bob, "alice", &m2), Received::Applied { .. }));
         assert_eq!(
             bob.store.with(|c| messages::get(c, "m2")).unwrap().unwrap().text.as_deref(),

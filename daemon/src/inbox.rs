@@ -49,40 +49,64 @@ impl Acks {
     }
 }
 
+/// One pushed message.
+#[derive(Debug)]
+pub struct Incoming {
+    pub delivery_id: u64,
+    pub from: String,
+    pub msg_id: String,
+    pub body: Vec<u8>,
+}
+
+/// Applies pushed messages in one transaction (one disk sync), then acknowledges them.
+pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incoming>) {
+    let ids: Vec<u64> = batch.iter().map(|m| m.delivery_id).collect();
+    let outcome = daemon
+        .store
+        .call(move |c| {
+            let Some(me) = Account::load(c)? else { return Ok(None) };
+            let items: Vec<(&str, &str, &[u8])> = batch
+                .iter()
+                .map(|m| (m.from.as_str(), m.msg_id.as_str(), m.body.as_slice()))
+                .collect();
+            delivery::receive_many(c, &me, &items, now_ms()).map(Some)
+        })
+        .await;
+    match outcome {
+        Ok(Some(results)) => {
+            for received in &results {
+                match received {
+                    Received::Applied { last_event, queued } => {
+                        if let Some(seq) = last_event {
+                            daemon.bus.published(*seq);
+                        }
+                        if *queued {
+                            daemon.wake_sender();
+                        }
+                    }
+                    Received::Duplicate => {}
+                    Received::Dropped(why) => {
+                        tracing::warn!(reason = %why, "dropped an undecryptable message");
+                    }
+                }
+            }
+            // Committed: acknowledge (batched, without waiting). A crash before this
+            // means a redelivery, which `received` recognises.
+            for id in ids {
+                let _ = acks.0.send(id);
+            }
+        }
+        Ok(None) => tracing::debug!("messages for a logged-out device left on the relay"),
+        Err(e) => tracing::warn!(error = %e, "storing received messages"),
+    }
+}
+
 /// Applies one push. Messages are acknowledged to the relay only after their
 /// transaction committed, so a crash in between means a redelivery, never a loss.
 pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks, push: Pushed) {
     match push {
         Pushed::Message { delivery_id, from, msg_id, body } => {
-            let outcome = daemon
-                .store
-                .call(move |c| {
-                    let Some(me) = Account::load(c)? else { return Ok(None) };
-                    delivery::receive(c, &me, &from, &msg_id, &body, now_ms()).map(Some)
-                })
-                .await;
-            match outcome {
-                Ok(Some(received)) => {
-                    match &received {
-                        Received::Applied { last_event, queued } => {
-                            if let Some(seq) = last_event {
-                                daemon.bus.published(*seq);
-                            }
-                            if *queued {
-                                daemon.wake_sender();
-                            }
-                        }
-                        Received::Duplicate => {}
-                        Received::Dropped(why) => {
-                            tracing::warn!(reason = %why, "dropped an undecryptable message")
-                        }
-                    }
-                    // Committed: acknowledge (batched, without waiting).
-                    let _ = acks.0.send(delivery_id);
-                }
-                Ok(None) => tracing::debug!("message for a logged-out device left on the relay"),
-                Err(e) => tracing::warn!(error = %e, "storing a received message"),
-            }
+            apply_messages(daemon, acks, vec![Incoming { delivery_id, from, msg_id, body }]).await;
         }
         Pushed::Presence(info) => {
             let presence = if info.online { Presence::Online } else { Presence::Offline };

@@ -211,12 +211,34 @@ pub async fn run(
         let (acks, ack_task) = inbox::Acks::start(api.clone(), cancel.clone());
         tasks.spawn(ack_task);
         tasks.spawn(async move {
+            let mut pending: Option<relay::Pushed> = None;
             loop {
-                let push = tokio::select! {
-                    () = c.cancelled() => return,
-                    p = push_rx.recv() => match p { Some(p) => p, None => return },
+                let push = match pending.take() {
+                    Some(p) => p,
+                    None => tokio::select! {
+                        () = c.cancelled() => return,
+                        p = push_rx.recv() => match p { Some(p) => p, None => return },
+                    },
                 };
-                inbox::apply(&d, &inbox_api, &acks, push).await;
+                // Messages that arrived together are stored together (one disk sync).
+                if let relay::Pushed::Message { delivery_id, from, msg_id, body } = push {
+                    let mut batch = vec![inbox::Incoming { delivery_id, from, msg_id, body }];
+                    while batch.len() < 64 {
+                        match push_rx.try_recv() {
+                            Ok(relay::Pushed::Message { delivery_id, from, msg_id, body }) => {
+                                batch.push(inbox::Incoming { delivery_id, from, msg_id, body });
+                            }
+                            Ok(other) => {
+                                pending = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    inbox::apply_messages(&d, &acks, batch).await;
+                } else {
+                    inbox::apply(&d, &inbox_api, &acks, push).await;
+                }
             }
         });
         tasks.spawn(sender::run(

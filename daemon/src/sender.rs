@@ -17,6 +17,9 @@ use crate::account::Account;
 use crate::delivery::{self, Prepared};
 use crate::{Daemon, now_ms};
 
+/// Outbox rows encrypted per transaction.
+const BATCH: usize = 64;
+
 /// Why a transmission did not go through.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -112,10 +115,10 @@ async fn drain_one<T: Transport>(
             .store
             .call(move |c| {
                 let Some(me) = Account::load(c)? else { return Ok(Prepared::Empty) };
-                delivery::prepare_next(c, &me, &r, b.as_ref(), &mut OsRng, now_ms())
+                delivery::prepare_next(c, &me, &r, b.as_ref(), BATCH, &mut OsRng, now_ms())
             })
             .await;
-        let out = match prepared {
+        let batch = match prepared {
             Ok(Prepared::Empty) => return Ok(()),
             Ok(Prepared::NeedBundle) => {
                 match transport.fetch_bundle(recipient).await {
@@ -130,37 +133,46 @@ async fn drain_one<T: Transport>(
                 }
                 continue;
             }
-            Ok(Prepared::Ready(out)) => out,
+            Ok(Prepared::Ready(batch)) => batch,
             Err(e) => {
                 tracing::warn!(error = %e, "preparing an outgoing message");
                 return Err(());
             }
         };
-        match transport.send(recipient, &out.relay_id, &out.envelope).await {
-            Ok(()) => {
-                let seq = out.seq;
-                match daemon.store.call(move |c| delivery::sent(c, seq, now_ms())).await {
-                    Ok(Some(event)) => daemon.bus.published(event),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "recording a sent message");
-                        return Err(());
+        // Strictly one after the other: the relay stores them in the order it accepts them.
+        let mut done = Vec::with_capacity(batch.len());
+        let mut outcome = Ok(());
+        for out in batch {
+            match transport.send(recipient, &out.relay_id, &out.envelope).await {
+                Ok(()) => done.push(out.seq),
+                Err(TransportError::Refused(reason)) => {
+                    let seq = out.seq;
+                    if let Ok(Some(event)) = daemon
+                        .store
+                        .call(move |c| delivery::failed(c, seq, &reason, now_ms()))
+                        .await
+                    {
+                        daemon.bus.published(event);
                     }
                 }
-            }
-            Err(TransportError::Refused(reason)) => {
-                let seq = out.seq;
-                if let Ok(Some(event)) =
-                    daemon.store.call(move |c| delivery::failed(c, seq, &reason, now_ms())).await
-                {
-                    daemon.bus.published(event);
+                Err(e) => {
+                    tracing::debug!(error = %e, "send deferred");
+                    outcome = Err(());
+                    break;
                 }
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "send deferred");
-                return Err(());
+        }
+        if !done.is_empty() {
+            match daemon.store.call(move |c| delivery::sent(c, &done, now_ms())).await {
+                Ok(Some(event)) => daemon.bus.published(event),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording sent messages");
+                    return Err(());
+                }
             }
         }
+        outcome?;
     }
 }
 
