@@ -55,6 +55,7 @@ pub(crate) fn server(
     addr: SocketAddr,
     identity: Identity,
     limits: &Limits,
+    data_dir: &std::path::Path,
 ) -> Result<quinn::Endpoint, RelayError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -69,11 +70,37 @@ pub(crate) fn server(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(limits)?));
     let socket = udp_socket(addr)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|e| RelayError::Io(format!("QUIC endpoint {addr}: {e}")))
+    let endpoint_config = quinn::EndpointConfig::new(reset_key(data_dir)?);
+    quinn::Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|e| RelayError::Io(format!("QUIC endpoint {addr}: {e}")))
+}
+
+/// The key that derives stateless-reset tokens, kept in the data directory (0600) so it
+/// survives a restart: after a crash, a client's next packet on its old connection is
+/// answered with a valid stateless reset and it reconnects at once, instead of waiting
+/// for its idle timeout.
+fn reset_key(data_dir: &std::path::Path) -> Result<Arc<dyn quinn::crypto::HmacKey>, RelayError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("quic-reset-key");
+    let io = |e: std::io::Error| RelayError::Io(format!("{}: {e}", path.display()));
+    let secret: [u8; 32] = match std::fs::read(&path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|_| RelayError::Io(format!("{}: expected 32 bytes", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret: [u8; 32] = rand::random();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?;
+            f.write_all(&secret).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            secret
+        }
+        Err(e) => return Err(io(e)),
+    };
+    Ok(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)))
 }

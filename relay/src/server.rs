@@ -43,7 +43,7 @@ impl Relay {
             .map_err(|e| RelayError::Io(e.to_string()))??;
         let identity = tls::load(&config)?;
         let cert_path = identity.cert_path.clone();
-        let endpoint = endpoint::server(config.listen, identity, &config.limits)?;
+        let endpoint = endpoint::server(config.listen, identity, &config.limits, &config.data_dir)?;
         let local_addr = endpoint.local_addr().map_err(|e| RelayError::Io(e.to_string()))?;
         let limits = config.limits.clone();
         let state = Arc::new(State {

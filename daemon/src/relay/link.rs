@@ -25,7 +25,9 @@ use crate::config::RelayAddr;
 
 /// How long a connection attempt or a request may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request unanswered this long means the path or the relay is dead (a relay that
+/// crashed never closes the connection): the connection is dropped and re-established.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a request waits for a connection being established.
 const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(3);
 /// Reconnection backoff bounds.
