@@ -176,14 +176,16 @@ impl crate::sender::Transport for RelayTransport {
     async fn send(
         &self,
         to: &str,
-        relay_id: &str,
-        envelope: &[u8],
+        batch: &[(&str, &[u8])],
     ) -> Result<(), crate::sender::TransportError> {
-        let request = Request::Send {
-            to: to.to_owned(),
-            msg_id: relay_id.to_owned(),
-            body: envelope.to_vec(),
-        };
+        let messages = batch
+            .iter()
+            .map(|(id, body)| letstalk_wire::Outbound {
+                msg_id: (*id).to_owned(),
+                body: body.to_vec(),
+            })
+            .collect();
+        let request = Request::SendBatch { to: to.to_owned(), messages };
         match self.0.request(request).await.and_then(check) {
             Ok(Response::Sent { .. }) => Ok(()),
             Ok(_) => Err(crate::sender::TransportError::Busy("unexpected answer".into())),

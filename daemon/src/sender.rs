@@ -42,13 +42,13 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         user: &str,
     ) -> impl Future<Output = Result<PreKeyBundle, TransportError>> + Send;
-    /// Hands one envelope to the relay; returns once the relay has stored it. `relay_id`
-    /// is the same on every retransmission, so the relay stores it once.
+    /// Hands envelopes for one recipient to the relay, in order; returns once the relay
+    /// has stored all of them. Each `relay_id` is the same on every retransmission, so
+    /// the relay stores each once.
     fn send(
         &self,
         to: &str,
-        relay_id: &str,
-        envelope: &[u8],
+        batch: &[(&str, &[u8])],
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
 }
 
@@ -139,20 +139,25 @@ async fn drain_one<T: Transport>(
                 return Err(());
             }
         };
-        // Strictly one after the other: the relay stores them in the order it accepts them.
+        // In order, in as few requests as the frame size allows: the relay stores each
+        // request's messages in one transaction, in the order given.
         let mut done = Vec::with_capacity(batch.len());
         let mut outcome = Ok(());
-        for out in batch {
-            match transport.send(recipient, &out.relay_id, &out.envelope).await {
-                Ok(()) => done.push(out.seq),
+        for chunk in chunks(&batch) {
+            let items: Vec<(&str, &[u8])> =
+                chunk.iter().map(|o| (o.relay_id.as_str(), o.envelope.as_slice())).collect();
+            match transport.send(recipient, &items).await {
+                Ok(()) => done.extend(chunk.iter().map(|o| o.seq)),
                 Err(TransportError::Refused(reason)) => {
-                    let seq = out.seq;
-                    if let Ok(Some(event)) = daemon
-                        .store
-                        .call(move |c| delivery::failed(c, seq, &reason, now_ms()))
-                        .await
-                    {
-                        daemon.bus.published(event);
+                    for o in chunk {
+                        let (seq, reason) = (o.seq, reason.clone());
+                        if let Ok(Some(event)) = daemon
+                            .store
+                            .call(move |c| delivery::failed(c, seq, &reason, now_ms()))
+                            .await
+                        {
+                            daemon.bus.published(event);
+                        }
                     }
                 }
                 Err(e) => {
@@ -174,6 +179,27 @@ async fn drain_one<T: Transport>(
         }
         outcome?;
     }
+}
+
+/// Splits a batch into requests that fit a wire frame.
+fn chunks(batch: &[delivery::Outgoing]) -> Vec<&[delivery::Outgoing]> {
+    // Leave room for the framing around the bodies.
+    const BUDGET: usize = letstalk_wire::MAX_FRAME_LEN - 64 * 1024;
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, o) in batch.iter().enumerate() {
+        let cost = o.envelope.len() + o.relay_id.len() + 8;
+        if i > start && (size + cost > BUDGET || i - start >= letstalk_wire::MAX_LIST) {
+            out.extend(batch.get(start..i));
+            start = i;
+            size = 0;
+        }
+        size += cost;
+    }
+    out.extend(batch.get(start..));
+    out.retain(|c| !c.is_empty());
+    out
 }
 
 /// Fails the oldest queued row for `recipient` (it can never be delivered).

@@ -359,6 +359,35 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             }
             Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
         }
+        Request::SendBatch { to, messages } => {
+            let user = require_auth(st, ctx)?;
+            let to = user_arg(&to)?;
+            if messages.is_empty()
+                || messages.iter().any(|m| m.msg_id.is_empty() || m.body.is_empty())
+            {
+                return Err(fail(ErrorKind::Invalid, "empty batch, msg id or message"));
+            }
+            let quota = Quota {
+                max_messages: st.limits.mailbox_max_messages,
+                max_bytes: st.limits.mailbox_max_bytes,
+            };
+            let now = now_ms();
+            let envelopes = messages
+                .into_iter()
+                .map(|m| Envelope {
+                    sender: user.clone(),
+                    recipient: to.clone(),
+                    msg_id: m.msg_id,
+                    body: m.body,
+                    now,
+                })
+                .collect();
+            let done = st.storage.enqueue_many(envelopes, quota).await.map_err(storage_fail)?;
+            if done.iter().any(|d| !d.duplicate) {
+                st.hub.wake(&to);
+            }
+            Ok(Response::Sent { server_ts: now, duplicate: done.iter().all(|d| d.duplicate) })
+        }
         Request::Ack { delivery_ids } => {
             let user = require_auth(st, ctx)?;
             st.storage.ack(&user, delivery_ids).await.map_err(storage_fail)?;

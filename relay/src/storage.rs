@@ -235,6 +235,13 @@ pub trait Storage: Send + Sync + 'static {
         envelope: Envelope,
         quota: Quota,
     ) -> impl Future<Output = Result<Enqueued, StorageError>> + Send;
+    /// Persists several messages for one recipient, in order, in one transaction (all or
+    /// none), each deduplicated and within the quota like [`Storage::enqueue`].
+    fn enqueue_many(
+        &self,
+        envelopes: Vec<Envelope>,
+        quota: Quota,
+    ) -> impl Future<Output = Result<Vec<Enqueued>, StorageError>> + Send;
     /// Queued messages for `recipient` with delivery id above `after`, oldest first.
     fn pending(
         &self,

@@ -101,6 +101,24 @@ pub struct Bundle {
     pub last_resort: bool,
 }
 
+/// One message of a [`Request::SendBatch`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// The sender's idempotency key.
+    pub msg_id: String,
+    /// The opaque (end-to-end encrypted) body.
+    pub body: Vec<u8>,
+}
+
+impl fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbound")
+            .field("msg_id", &self.msg_id)
+            .field("len", &self.body.len())
+            .finish()
+    }
+}
+
 /// The machine-readable reason of an error response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -220,6 +238,10 @@ pub enum Request {
     Watch { add: Vec<String>, remove: Vec<String> },
     /// Hands a message to the relay; answered once it is persisted.
     Send { to: String, msg_id: String, body: Vec<u8> },
+    /// Hands several messages for one recipient to the relay, in order; answered
+    /// (`Sent`) once all of them are persisted, in one transaction. Each is deduplicated by
+    /// its msg id like `Send`.
+    SendBatch { to: String, messages: Vec<Outbound> },
     /// The device has the pushed messages with these delivery ids: delete them.
     Ack { delivery_ids: Vec<u64> },
     /// Round-trip probe.
@@ -312,6 +334,9 @@ impl fmt::Debug for Request {
                 .field("msg_id", msg_id)
                 .field("len", &body.len())
                 .finish(),
+            Self::SendBatch { to, messages } => {
+                f.debug_struct("SendBatch").field("to", to).field("count", &messages.len()).finish()
+            }
             Self::Ack { delivery_ids } => {
                 f.debug_struct("Ack").field("count", &delivery_ids.len()).finish()
             }
@@ -359,6 +384,7 @@ mod tag {
     pub(super) const SEND: u8 = 0x10;
     pub(super) const ACK: u8 = 0x11;
     pub(super) const PING: u8 = 0x12;
+    pub(super) const SEND_BATCH: u8 = 0x13;
 
     pub(super) const R_HELLO_OK: u8 = 0x80;
     pub(super) const R_OK: u8 = 0x81;
@@ -539,6 +565,14 @@ impl Request {
                 w.str(msg_id);
                 w.bytes(body);
             }
+            Self::SendBatch { to, messages } => {
+                w.u8(tag::SEND_BATCH);
+                w.str(to);
+                w.list(messages, |w, m| {
+                    w.str(&m.msg_id);
+                    w.bytes(&m.body);
+                });
+            }
             Self::Ack { delivery_ids } => {
                 w.u8(tag::ACK);
                 w.list(delivery_ids, |w, v| w.u64(*v));
@@ -613,6 +647,15 @@ impl Request {
                 to: r.str(MAX_SHORT_STR, "to")?,
                 msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
                 body: r.bytes(MAX_MESSAGE_LEN, "body")?,
+            },
+            tag::SEND_BATCH => Self::SendBatch {
+                to: r.str(MAX_SHORT_STR, "to")?,
+                messages: r.list(MAX_LIST, "messages", |r| {
+                    Ok(Outbound {
+                        msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
+                        body: r.bytes(MAX_MESSAGE_LEN, "body")?,
+                    })
+                })?,
             },
             tag::ACK => Self::Ack { delivery_ids: r.list(MAX_LIST, "delivery_ids", Reader::u64)? },
             tag::PING => Self::Ping { nonce: r.u64()? },

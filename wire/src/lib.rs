@@ -45,8 +45,8 @@ mod frames;
 
 pub use codec::{LEN_PREFIX, frame_len, split_frame};
 pub use frames::{
-    Avatar, AvatarMeta, AvatarUpdate, Bundle, ErrorKind, PreKey, PresenceInfo, Profile, Push,
-    Request, Response,
+    Avatar, AvatarMeta, AvatarUpdate, Bundle, ErrorKind, Outbound, PreKey, PresenceInfo, Profile,
+    Push, Request, Response,
 };
 
 /// The protocol version this crate speaks.

@@ -124,6 +124,15 @@ fn request() -> impl Strategy<Value = Request> {
             msg_id,
             body
         }),
+        (short(), proptest::collection::vec((short(), blob(300)), 0..6)).prop_map(|(to, items)| {
+            Request::SendBatch {
+                to,
+                messages: items
+                    .into_iter()
+                    .map(|(msg_id, body)| Outbound { msg_id, body })
+                    .collect(),
+            }
+        }),
         proptest::collection::vec(any::<u64>(), 0..10)
             .prop_map(|delivery_ids| Request::Ack { delivery_ids }),
         any::<u64>().prop_map(|nonce| Request::Ping { nonce }),

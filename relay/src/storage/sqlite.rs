@@ -401,39 +401,23 @@ impl Storage for SqliteStorage {
     }
 
     async fn enqueue(&self, e: Envelope, quota: Quota) -> Result<Enqueued, StorageError> {
+        let mut done = self.enqueue_many(vec![e], quota).await?;
+        done.pop().ok_or(StorageError::NotFound)
+    }
+
+    async fn enqueue_many(
+        &self,
+        envelopes: Vec<Envelope>,
+        quota: Quota,
+    ) -> Result<Vec<Enqueued>, StorageError> {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let before: Option<i64> = tx
-                .query_row(
-                    "SELECT server_ts FROM sent_ids WHERE sender = ?1 AND recipient = ?2 AND msg_id = ?3",
-                    params![e.sender, e.recipient, e.msg_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(ts) = before {
-                return Ok(Enqueued { server_ts: ts as u64, duplicate: true });
+            let mut out = Vec::with_capacity(envelopes.len());
+            for e in envelopes {
+                out.push(enqueue_in(&tx, e, quota)?);
             }
-            if !exists(&tx, &e.recipient)? {
-                return Err(StorageError::NotFound);
-            }
-            let (count, bytes): (i64, i64) = tx.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox WHERE recipient = ?1",
-                [&e.recipient],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            if count as u64 >= quota.max_messages || bytes as u64 + e.body.len() as u64 > quota.max_bytes {
-                return Err(StorageError::QuotaExceeded);
-            }
-            tx.execute(
-                "INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![e.recipient, e.sender, e.msg_id, i(e.now), e.body],
-            )?;
-            tx.execute(
-                "INSERT INTO sent_ids (sender, recipient, msg_id, server_ts) VALUES (?1, ?2, ?3, ?4)",
-                params![e.sender, e.recipient, e.msg_id, i(e.now)],
-            )?;
             tx.commit()?;
-            Ok(Enqueued { server_ts: e.now, duplicate: false })
+            Ok(out)
         })
         .await
     }
@@ -494,6 +478,44 @@ impl Storage for SqliteStorage {
         })
         .await
     }
+}
+
+/// One message into the mailbox, inside the caller's transaction.
+fn enqueue_in(
+    tx: &rusqlite::Transaction<'_>,
+    e: Envelope,
+    quota: Quota,
+) -> Result<Enqueued, StorageError> {
+    let before: Option<i64> = tx
+        .query_row(
+            "SELECT server_ts FROM sent_ids WHERE sender = ?1 AND recipient = ?2 AND msg_id = ?3",
+            params![e.sender, e.recipient, e.msg_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(ts) = before {
+        return Ok(Enqueued { server_ts: ts as u64, duplicate: true });
+    }
+    if !exists(tx, &e.recipient)? {
+        return Err(StorageError::NotFound);
+    }
+    let (count, bytes): (i64, i64) = tx.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox WHERE recipient = ?1",
+        [&e.recipient],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if count as u64 >= quota.max_messages || bytes as u64 + e.body.len() as u64 > quota.max_bytes {
+        return Err(StorageError::QuotaExceeded);
+    }
+    tx.execute(
+        "INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![e.recipient, e.sender, e.msg_id, i(e.now), e.body],
+    )?;
+    tx.execute(
+        "INSERT INTO sent_ids (sender, recipient, msg_id, server_ts) VALUES (?1, ?2, ?3, ?4)",
+        params![e.sender, e.recipient, e.msg_id, i(e.now)],
+    )?;
+    Ok(Enqueued { server_ts: e.now, duplicate: false })
 }
 
 #[cfg(test)]
