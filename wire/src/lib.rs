@@ -17,6 +17,10 @@
 //!   32-byte challenge for this connection. The device proves itself with
 //!   [`Request::Auth`] (or binds with `Register`/`Login`), signing [`auth_message`] with its
 //!   Ed25519 key; until then only Hello, Auth, Register, Login and Ping are served.
+//! - **Sending**: `Send` hands one message to the relay; `SendBatch` hands several for
+//!   one recipient, stored in order in one transaction, so a device with a backlog pays one
+//!   round trip and one disk sync per batch instead of per message. Both are answered
+//!   `Sent` only once everything is persisted, and both deduplicate by msg id.
 //! - **Pushes**: after authentication the relay opens one unidirectional stream to the
 //!   client and writes [`Push`] frames on it, in order: queued messages oldest first,
 //!   presence and profile changes of watched users, and `LoggedOut`. A message stays on
