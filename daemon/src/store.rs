@@ -164,6 +164,46 @@ fn load_or_create_key(data_dir: &Path, db_exists: bool) -> Result<String, StoreE
 mod tests {
     use super::*;
 
+    /// Every earlier schema version, with data in it, migrates to the current one and
+    /// keeps that data.
+    #[test]
+    fn migrates_from_every_earlier_version() {
+        for from in 0..MIGRATIONS.len() {
+            let dir = tempfile::tempdir().unwrap();
+            let key = load_or_create_key(dir.path(), false).unwrap();
+            {
+                let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+                conn.execute_batch(&format!("PRAGMA key = \"x'{key}'\";")).unwrap();
+                for (i, sql) in MIGRATIONS.iter().enumerate().take(from) {
+                    conn.execute_batch(sql).unwrap();
+                    conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).unwrap();
+                }
+                if from >= 1 {
+                    conn.execute("INSERT INTO settings (key, value) VALUES ('typing', 0)", [])
+                        .unwrap();
+                    conn.execute(
+                        "INSERT INTO events (kind, at, body) VALUES ('settings.changed', 1, '{}')",
+                        [],
+                    )
+                    .unwrap();
+                }
+            }
+            let store = Store::open(dir.path()).unwrap();
+            let (version, settings, events): (i64, i64, i64) = store
+                .with(|c| {
+                    Ok((
+                        c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+                        c.query_row("SELECT count(*) FROM settings", [], |r| r.get(0))?,
+                        c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?,
+                    ))
+                })
+                .unwrap();
+            assert_eq!(version as usize, MIGRATIONS.len(), "from version {from}");
+            let expected = i64::from(from >= 1);
+            assert_eq!((settings, events), (expected, expected), "from version {from}");
+        }
+    }
+
     #[test]
     fn creates_reopens_and_refuses_a_wrong_key() {
         let dir = tempfile::tempdir().unwrap();
