@@ -114,6 +114,20 @@ impl Store {
         f(&mut conn)
     }
 
+    /// Runs a quick read on this thread if the connection is free right now (`None` when
+    /// it is busy): cheap queries on hot IPC paths skip the hand-off to the blocking pool,
+    /// and never wait behind a transaction.
+    pub fn try_with<F, R>(&self, f: F) -> Option<Result<R, StoreError>>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, StoreError>,
+    {
+        match self.conn.try_lock() {
+            Ok(mut conn) => Some(f(&mut conn)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(f(&mut p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Checkpoints the WAL into the main file, for a clean stop.
     pub fn close(&self) -> Result<(), StoreError> {
         self.with(|c| Ok(c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?))
