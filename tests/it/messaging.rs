@@ -301,3 +301,35 @@ async fn a_new_identity_shows_a_system_message_and_a_new_safety_number() {
     assert_eq!(texts, ["from the new phone", "welcome back"]);
     drop(bob);
 }
+
+#[tokio::test]
+async fn read_receipts_follow_the_setting() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    bob.call("settings.set", json!({"read_receipts": false})).await.unwrap();
+    let id = alice
+        .call("messages.send", json!({"to": "user:bob", "text": "private reading"}))
+        .await
+        .unwrap()["message"]["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_texts(&bob, "user:alice", 1, Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(20), "delivered", || async {
+        let m = alice.call("messages.get", json!({"message_id": id})).await.ok()?;
+        (m["message"]["state"] == "delivered").then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        bob.call("messages.mark_read", json!({"conversation": "user:alice"})).await.unwrap()["marked"],
+        1
+    );
+    // A later message proves the link is flowing; the first one still is not "read".
+    bob.call("messages.send", json!({"to": "user:alice", "text": "after reading"})).await.unwrap();
+    wait_texts(&alice, "user:bob", 2, Duration::from_secs(30)).await;
+    let m = alice.call("messages.get", json!({"message_id": id})).await.unwrap();
+    assert_eq!(m["message"]["state"], "delivered");
+}
