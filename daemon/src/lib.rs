@@ -94,6 +94,8 @@ pub struct Daemon {
     pub relay: Option<Arc<dyn relay::RelayApi>>,
     /// The logged-in user, cached from the `account` table.
     user: Mutex<Option<String>>,
+    /// Group-committed writes (`messages.send`).
+    pub writes: store::GroupCommit,
     /// Wakes the sender task when the outbox got something.
     pub(crate) sender_wake: tokio::sync::Notify,
 }
@@ -185,7 +187,9 @@ pub async fn run(
             user_id: a.user_id.clone(),
             device_seed: a.device_key.clone(),
         });
+    let (writes, group_task) = store::GroupCommit::start(store.clone());
     let daemon = Arc::new(Daemon {
+        writes,
         device_id: device::device_id(&data_dir),
         config,
         store: store.clone(),
@@ -202,6 +206,8 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(server::accept_loop(daemon.clone(), listener, cancel.clone(), tasks.clone()));
     tasks.spawn(maintenance(daemon.clone(), cancel.clone()));
+    // Ends when the last handle (the daemon's) is dropped, after every caller is answered.
+    tokio::spawn(group_task);
     if let (Some(link), Some(api)) = (link, daemon.relay.clone()) {
         use relay::RelayApi;
         link.set_credentials(credentials);

@@ -51,16 +51,15 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
     }
     let conversation = format!("user:{peer}");
     let outcome = daemon
-        .store
-        .call(move |c| {
-            let tx = c.transaction()?;
+        .writes
+        .run(move |tx| {
             if let Some(client_id) = &p.client_msg_id
-                && let Some(existing) = messages::by_client_id(&tx, client_id)?
+                && let Some(existing) = messages::by_client_id(tx, client_id)?
             {
                 return Ok(Ok((existing, None)));
             }
             if let Some(reply_to) = &p.reply_to
-                && messages::get(&tx, reply_to)?.is_none()
+                && messages::get(tx, reply_to)?.is_none()
             {
                 return Ok(Err(RpcError::new(ErrorKind::NotFound, "reply_to: no such message")));
             }
@@ -80,19 +79,18 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
                 state: MessageState::Queued,
                 read: true,
             };
-            messages::insert(&tx, &new)?;
+            messages::insert(tx, &new)?;
             let content = Content::Text {
                 id: id.clone(),
                 at: now,
                 text: p.text.clone(),
                 reply_to: p.reply_to.clone(),
             };
-            delivery::enqueue(&tx, &peer, Some(&id), &content, now)?;
-            let message = messages::get(&tx, &id)?.ok_or_else(|| crate::store::StoreError::Io {
+            delivery::enqueue(tx, &peer, Some(&id), &content, now)?;
+            let message = messages::get(tx, &id)?.ok_or_else(|| crate::store::StoreError::Io {
                 context: "new message".into(),
                 source: std::io::Error::other("vanished"),
             })?;
-            tx.commit()?;
             Ok(Ok((message, Some(peer))))
         })
         .await
