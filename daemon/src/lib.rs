@@ -90,6 +90,7 @@ pub struct Daemon {
     /// Frontends that introduced themselves with `system.hello`, by connection.
     pub frontends: Mutex<BTreeMap<u64, letstalk_ipc::types::Frontend>>,
     network: Mutex<Option<(Instant, letstalk_ipc::types::Network)>>,
+    queued: Mutex<Option<(Instant, u64)>>,
     /// The relay, when one is configured.
     pub relay: Option<Arc<dyn relay::RelayApi>>,
     /// The logged-in user, cached from the `account` table.
@@ -108,6 +109,27 @@ impl Daemon {
 
     pub fn set_user(&self, user: Option<String>) {
         *self.user.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = user;
+    }
+
+    /// Outgoing messages not yet accepted by the relay, for `system.status`. A UI polls
+    /// this; a count up to 100 ms old is good enough and keeps concurrent status calls
+    /// off the database.
+    pub async fn queued_out(&self) -> Result<u64, store::StoreError> {
+        {
+            let cached = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, n)) = *cached
+                && at.elapsed() < Duration::from_millis(100)
+            {
+                return Ok(n);
+            }
+        }
+        let n = match self.store.try_with(|c| messages::queued_count(c)) {
+            Some(r) => r?,
+            None => self.store.call(|c| messages::queued_count(c)).await?,
+        };
+        *self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Instant::now(), n));
+        Ok(n)
     }
 
     /// Tells the sender task to look at the outbox.
@@ -198,6 +220,7 @@ pub async fn run(
         frontends: Mutex::default(),
         network: Mutex::default(),
         user: Mutex::new(user),
+        queued: Mutex::default(),
         relay: link.clone().map(|l| l as Arc<dyn relay::RelayApi>),
         sender_wake: tokio::sync::Notify::new(),
     });

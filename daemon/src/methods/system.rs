@@ -50,11 +50,7 @@ pub(super) async fn status(daemon: &Arc<Daemon>, _: Empty) -> Result<StatusResul
             RelayStatus { state, address: Some(r.address()), rtt_ms }
         }
     };
-    let queued_out = match daemon.store.try_with(|c| crate::messages::queued_count(c)) {
-        Some(r) => r,
-        None => daemon.store.call(|c| crate::messages::queued_count(c)).await,
-    }
-    .map_err(super::internal)?;
+    let queued_out = daemon.queued_out().await.map_err(super::internal)?;
     Ok(StatusResult {
         version: VERSION.to_owned(),
         user_id: daemon.user(),
