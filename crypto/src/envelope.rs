@@ -82,16 +82,13 @@ impl Envelope {
         match self {
             Self::PreKey(p) => {
                 out.push(TYPE_PREKEY);
-                out.extend_from_slice(&p.sender.to_bytes());
-                out.extend_from_slice(&p.ephemeral);
-                out.extend_from_slice(&p.signed_prekey_id.to_be_bytes());
-                match p.one_time_prekey_id {
-                    Some(id) => {
-                        out.push(1);
-                        out.extend_from_slice(&id.to_be_bytes());
-                    }
-                    None => out.push(0),
-                }
+                put_x3dh_fields(
+                    &mut out,
+                    &p.sender,
+                    &p.ephemeral,
+                    p.signed_prekey_id,
+                    p.one_time_prekey_id,
+                );
             }
             Self::Message(_) => out.push(TYPE_MESSAGE),
         }
@@ -135,6 +132,27 @@ impl Envelope {
             Self::PreKey(p) => &p.message,
             Self::Message(m) => m,
         }
+    }
+}
+
+/// The X3DH fields of a prekey message (sender identity, ephemeral key, prekey ids), as
+/// both the envelope and the stored session state lay them out.
+pub(crate) fn put_x3dh_fields(
+    out: &mut Vec<u8>,
+    sender: &PublicIdentity,
+    ephemeral: &[u8; 32],
+    signed_prekey_id: u32,
+    one_time_prekey_id: Option<u32>,
+) {
+    out.extend_from_slice(&sender.to_bytes());
+    out.extend_from_slice(ephemeral);
+    out.extend_from_slice(&signed_prekey_id.to_be_bytes());
+    match one_time_prekey_id {
+        Some(id) => {
+            out.push(1);
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        None => out.push(0),
     }
 }
 

@@ -245,16 +245,13 @@ fn write_prekey_data(out: &mut Vec<u8>, data: Option<&PendingPreKey>) {
         return;
     };
     out.push(1);
-    out.extend_from_slice(&p.sender.to_bytes());
-    out.extend_from_slice(&p.ephemeral);
-    out.extend_from_slice(&p.signed_prekey_id.to_be_bytes());
-    match p.one_time_prekey_id {
-        Some(id) => {
-            out.push(1);
-            out.extend_from_slice(&id.to_be_bytes());
-        }
-        None => out.push(0),
-    }
+    crate::envelope::put_x3dh_fields(
+        out,
+        &p.sender,
+        &p.ephemeral,
+        p.signed_prekey_id,
+        p.one_time_prekey_id,
+    );
 }
 
 fn read_prekey_data(r: &mut Reader<'_>) -> Result<Option<PendingPreKey>> {
