@@ -57,5 +57,6 @@ pub use prekeys::{
 };
 pub use ratchet::{Header, MAX_SKIP};
 pub use safety::SafetyNumber;
+pub use sender_keys::{SenderKey, SenderKeyDistribution, SenderKeyReceiver};
 pub use session::Session;
 pub use stream::{StreamDecryptor, StreamEncryptor};

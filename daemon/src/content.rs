@@ -1,5 +1,6 @@
 //! What travels inside an end-to-end envelope between two devices: a message, a
-//! receipt, or a profile note. This is a boundary format (the peer may run another
+//! receipt, a group update or a sender key (and, encrypted with a sender key, a group
+//! message's text). This is a boundary format (the peer may run another
 //! version), so it is versioned JSON with explicit, optional-friendly fields; only the
 //! two devices ever see it, encrypted everywhere else.
 
@@ -21,6 +22,23 @@ pub enum Content {
     /// Delivery or read receipts for messages the receiver got from us.
     #[serde(rename = "receipt")]
     Receipt { state: ReceiptKind, ids: Vec<String> },
+    /// A group's name and membership as an admin set it; `ver` orders the updates.
+    #[serde(rename = "group")]
+    Group {
+        gid: String,
+        name: String,
+        members: Vec<String>,
+        admins: Vec<String>,
+        ver: u64,
+        created: i64,
+    },
+    /// The sender left the group.
+    #[serde(rename = "group_leave")]
+    GroupLeave { gid: String },
+    /// The sender's sender key for a group, hex (secret: it only ever travels inside a
+    /// pairwise session).
+    #[serde(rename = "sender_key")]
+    SenderKey { gid: String, key: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +76,16 @@ mod tests {
         for c in [
             Content::Text { id: "m1".into(), at: 5, text: "hi".into(), reply_to: None },
             Content::Receipt { state: ReceiptKind::Read, ids: vec!["a".into(), "b".into()] },
+            Content::Group {
+                gid: "g".into(),
+                name: "n".into(),
+                members: vec!["a".into()],
+                admins: vec!["a".into()],
+                ver: 2,
+                created: 1,
+            },
+            Content::GroupLeave { gid: "g".into() },
+            Content::SenderKey { gid: "g".into(), key: "00".into() },
         ] {
             assert_eq!(Content::decode(&c.encode()), Some(c));
         }

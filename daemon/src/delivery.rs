@@ -32,6 +32,8 @@ pub struct Outgoing {
     /// The relay's idempotency key: the same on every retransmission.
     pub relay_id: String,
     pub envelope: Vec<u8>,
+    /// A group message: every recipient of the one ciphertext.
+    pub fanout: Option<Vec<String>>,
 }
 
 /// What [`prepare_next`] found.
@@ -107,22 +109,31 @@ pub fn prepare_next(
     rng: &mut (impl RngCore + CryptoRng),
     now: i64,
 ) -> Result<Prepared, StoreError> {
-    type Row = (i64, String, Option<Vec<u8>>, Option<Vec<u8>>);
+    type Row = (i64, String, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
     let tx = conn.transaction()?;
     let rows: Vec<Row> = tx
         .prepare_cached(
-            "SELECT seq, relay_id, plaintext, envelope FROM outbox WHERE recipient = ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, relay_id, plaintext, envelope, fanout FROM outbox WHERE recipient = ?1 ORDER BY seq LIMIT ?2",
         )?
-        .query_map(params![recipient, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map(params![recipient, max as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
         .collect::<Result<_, _>>()?;
     if rows.is_empty() {
         return Ok(Prepared::Empty);
     }
     let mut session: Option<Session> = None;
     let mut ready = Vec::with_capacity(rows.len());
-    for (seq, relay_id, plaintext, envelope) in rows {
+    for (seq, relay_id, plaintext, envelope, fanout) in rows {
         if let Some(envelope) = envelope {
-            ready.push(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope });
+            let fanout = fanout.and_then(|f| serde_json::from_str(&f).ok());
+            ready.push(Outgoing {
+                seq,
+                recipient: recipient.to_owned(),
+                relay_id,
+                envelope,
+                fanout,
+            });
             continue;
         }
         if session.is_none() {
@@ -141,7 +152,13 @@ pub fn prepare_next(
         let envelope = s.encrypt(&plaintext, rng).map_err(|e| crypto_err("encrypting", e))?;
         tx.prepare_cached("UPDATE outbox SET envelope = ?2, plaintext = NULL WHERE seq = ?1")?
             .execute(params![seq, envelope])?;
-        ready.push(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope });
+        ready.push(Outgoing {
+            seq,
+            recipient: recipient.to_owned(),
+            relay_id,
+            envelope,
+            fanout: None,
+        });
     }
     if let Some(s) = &session {
         save_session(&tx, recipient, s, now)?;
@@ -190,15 +207,132 @@ pub fn failed(
             "UPDATE messages SET state = 'failed', error = ?2 WHERE message_id = ?1",
         )?
         .execute(params![id, error])?;
-        let body = EventBody::MessageState {
-            message_id: id,
-            conversation: format!("user:{recipient}"),
-            state: MessageState::Failed,
-        };
+        tx.prepare_cached(
+            "UPDATE message_members SET state = 'failed', error = ?2 WHERE message_id = ?1",
+        )?
+        .execute(params![id, error])?;
+        let conversation =
+            if recipient.starts_with("group:") { recipient } else { format!("user:{recipient}") };
+        let body =
+            EventBody::MessageState { message_id: id, conversation, state: MessageState::Failed };
         event = Some(events::append(&tx, &body, now)?);
     }
     tx.commit()?;
     Ok(event)
+}
+
+/// The relay took group message row `seq` for every recipient but `refused` (each with
+/// its stored error): each member's state moves to `sent` or `failed`, the message's to
+/// the least advanced. Returns the event seq written, if any.
+pub fn group_sent(
+    conn: &mut Connection,
+    seq: i64,
+    refused: &[(String, String)],
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    let tx = conn.transaction()?;
+    let message_id: Option<Option<String>> = tx
+        .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id")?
+        .query_row(params![seq], |r| r.get(0))
+        .optional()?;
+    let mut event = None;
+    if let Some(Some(id)) = message_id {
+        tx.prepare_cached(
+            "UPDATE message_members SET state = 'sent' WHERE message_id = ?1 AND state = 'queued'",
+        )?
+        .execute(params![id])?;
+        for (member, error) in refused {
+            tx.prepare_cached(
+                "UPDATE message_members SET state = 'failed', error = ?3
+                 WHERE message_id = ?1 AND member = ?2",
+            )?
+            .execute(params![id, member, error])?;
+        }
+        if let Some((conversation, state)) = messages::settle_group_state(&tx, &id)? {
+            let body = EventBody::MessageState { message_id: id, conversation, state };
+            event = Some(events::append(&tx, &body, now)?);
+        }
+    }
+    tx.commit()?;
+    Ok(event)
+}
+
+/// What applying a delivery changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Effects {
+    /// The last event seq written.
+    pub last_event: Option<u64>,
+    /// Whether the outbox got a new row.
+    pub queued: bool,
+}
+
+impl Effects {
+    pub fn merge(&mut self, other: Effects) {
+        self.last_event = self.last_event.max(other.last_event);
+        self.queued |= other.queued;
+    }
+}
+
+/// Whether this device blocks `user`: their deliveries are read (keeping the session in
+/// step) and then discarded.
+pub fn is_blocked(conn: &Connection, user: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT blocked FROM contacts WHERE user_id = ?1")?
+        .query_row(params![user], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
+/// Whether "block everyone" is on.
+fn blocks_everyone(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM settings WHERE key = 'block_all'")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some_and(|v| v != 0))
+}
+
+/// Shows a received text in `conversation` (once, by its message ID) and queues the
+/// delivery receipt to its sender.
+pub fn apply_text(
+    tx: &Connection,
+    sender: &str,
+    conversation: &str,
+    text: Content,
+    now: i64,
+) -> Result<Effects, StoreError> {
+    let Content::Text { id, at, text, reply_to } = text else { return Ok(Effects::default()) };
+    let new = NewMessage {
+        message_id: &id,
+        conversation,
+        sender,
+        direction: Direction::In,
+        kind: MessageKind::Text,
+        text: Some(&text),
+        reply_to: reply_to.as_deref(),
+        client_msg_id: None,
+        created_at: at,
+        received_at: Some(now),
+        state: MessageState::Delivered,
+        read: false,
+    };
+    let mut effects = Effects::default();
+    if messages::insert(tx, &new)?
+        && let Some(message) = messages::get(tx, &id)?
+    {
+        effects.last_event =
+            Some(events::append(tx, &EventBody::MessageReceived { message }, now)?);
+    }
+    // Acknowledge to the sender even for a duplicate: its first receipt may be lost.
+    enqueue(
+        tx,
+        sender,
+        None,
+        &Content::Receipt { state: ReceiptKind::Delivered, ids: vec![id] },
+        now,
+    )?;
+    effects.queued = true;
+    Ok(effects)
 }
 
 /// What [`receive`] did.
@@ -264,6 +398,16 @@ fn receive_in(
     tx.prepare_cached("INSERT INTO received (sender, relay_id, at) VALUES (?1, ?2, ?3)")?
         .execute(params![sender, relay_id, now])?;
 
+    if let Some((gid, message)) = crate::groups::parse_frame(bytes) {
+        if is_blocked(tx, sender)? || blocks_everyone(tx)? {
+            return Ok(Received::Dropped("refused: blocked".into()));
+        }
+        return Ok(match crate::groups::on_message(tx, sender, gid, message, now)? {
+            Ok(e) => Received::Applied { last_event: e.last_event, queued: e.queued },
+            Err(why) => Received::Dropped(why),
+        });
+    }
+
     let existing = load_session(tx, sender)?;
     let previous_identity = existing.as_ref().map(|s| *s.remote_identity());
     // Decrypt on a copy; the stored session changes only if this succeeds.
@@ -305,7 +449,7 @@ fn receive_in(
     save_session(tx, sender, &session, now)?;
     let conversation = format!("user:{sender}");
     let mut last_event = None;
-    let mut queued = false;
+    let queued = false;
 
     if let Some(old) = previous_identity
         && old != *session.remote_identity()
@@ -317,56 +461,50 @@ fn receive_in(
         last_event = Some(system_message(tx, &id, &conversation, &text, now)?);
     }
 
-    match Content::decode(&plaintext) {
-        Some(Content::Text { id, at, text, reply_to }) => {
-            let new = NewMessage {
-                message_id: &id,
-                conversation: &conversation,
-                sender,
-                direction: Direction::In,
-                kind: MessageKind::Text,
-                text: Some(&text),
-                reply_to: reply_to.as_deref(),
-                client_msg_id: None,
-                created_at: at,
-                received_at: Some(now),
-                state: MessageState::Delivered,
-                read: false,
-            };
-            if messages::insert(tx, &new)?
-                && let Some(message) = messages::get(tx, &id)?
-            {
-                last_event =
-                    Some(events::append(tx, &EventBody::MessageReceived { message }, now)?);
-            }
-            // Acknowledge to the sender even for a duplicate: its first receipt may be lost.
-            enqueue(
-                tx,
-                sender,
-                None,
-                &Content::Receipt { state: ReceiptKind::Delivered, ids: vec![id] },
-                now,
-            )?;
-            queued = true;
-        }
+    if is_blocked(tx, sender)? {
+        // Read (the session stays in step) and discarded.
+        return Ok(Received::Applied { last_event, queued });
+    }
+    let me_id = me.user_id.as_str();
+    let mut effects = Effects { last_event, queued };
+    let outcome = match Content::decode(&plaintext) {
+        // "Block everyone" refuses messages; receipts, keys and group news still apply.
+        Some(Content::Text { .. }) if blocks_everyone(tx)? => Ok(Effects::default()),
+        Some(text @ Content::Text { .. }) => Ok(apply_text(tx, sender, &conversation, text, now)?),
         Some(Content::Receipt { state, ids }) => {
             let state = match state {
                 ReceiptKind::Delivered => MessageState::Delivered,
                 ReceiptKind::Read => MessageState::Read,
             };
+            let mut e = Effects::default();
             for id in ids.iter().take(1000) {
-                if let Some(conversation) = messages::advance_state(tx, id, state)? {
+                if let Some((conversation, state)) = messages::advance_from(tx, id, sender, state)?
+                {
                     let body =
                         EventBody::MessageState { message_id: id.clone(), conversation, state };
-                    last_event = Some(events::append(tx, &body, now)?);
+                    e.last_event = Some(events::append(tx, &body, now)?);
                 }
             }
+            Ok(e)
         }
-        None => {
-            return Ok(Received::Dropped("unknown content".into()));
+        Some(update @ Content::Group { .. }) => {
+            crate::groups::on_update(tx, me_id, sender, &update, now)?
         }
+        Some(Content::GroupLeave { gid }) => {
+            Ok(crate::groups::on_leave(tx, me_id, sender, &gid, now)?)
+        }
+        Some(Content::SenderKey { gid, key }) => {
+            crate::groups::on_sender_key(tx, me_id, sender, &gid, &key, now)?
+        }
+        None => Err("unknown content".to_owned()),
+    };
+    match outcome {
+        Ok(e) => {
+            effects.merge(e);
+            Ok(Received::Applied { last_event: effects.last_event, queued: effects.queued })
+        }
+        Err(why) => Ok(Received::Dropped(why)),
     }
-    Ok(Received::Applied { last_event, queued })
 }
 
 /// Inserts a system message into a conversation, with its event.

@@ -109,7 +109,13 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
             apply_messages(daemon, acks, vec![Incoming { delivery_id, from, msg_id, body }]).await;
         }
         Pushed::Presence(info) => {
-            let presence = if info.online { Presence::Online } else { Presence::Offline };
+            let presence = if info.hidden {
+                Presence::Hidden
+            } else if info.online {
+                Presence::Online
+            } else {
+                Presence::Offline
+            };
             let last_seen = i64::try_from(info.last_seen_at).ok().filter(|t| *t > 0);
             let user = info.user_id;
             let seq = daemon
@@ -186,6 +192,7 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
             publish(daemon, seq.map(Some));
             if state == letstalk_ipc::types::RelayState::Connected {
                 daemon.wake_sender();
+                crate::methods::sync_blocks(daemon).await;
                 rewatch(daemon, relay).await;
             }
         }

@@ -11,6 +11,7 @@
 //! - [`store`]: the SQLCipher database, its key and its migrations.
 //! - [`contacts`]: contact rows, their IPC shape and safety numbers.
 //! - [`events`]: the persisted event log and the bus that wakes subscribers.
+//! - [`groups`]: group membership, sender keys, group messages in and out.
 //! - [`relay`]: the relay operations the methods use (`RelayApi`) and the QUIC link.
 //! - [`sender`]: drains the outbox to the relay in order, against a `Transport`.
 //! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
@@ -30,6 +31,7 @@ pub mod content;
 pub mod delivery;
 pub mod device;
 pub mod events;
+pub mod groups;
 pub mod inbox;
 pub mod keys;
 pub mod messages;
@@ -109,6 +111,11 @@ impl Daemon {
 
     pub fn set_user(&self, user: Option<String>) {
         *self.user.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = user;
+    }
+
+    /// Drops cached figures (after the store was reset).
+    pub fn forget_caches(&self) {
+        *self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// Outgoing messages not yet accepted by the relay, for `system.status`. A UI polls

@@ -6,7 +6,10 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use std::collections::BTreeMap;
+
 use letstalk_ipc::types::{Direction, Message, MessageKind, MessageState};
+use letstalk_ipc::{ErrorKind, RpcError};
 
 use crate::store::StoreError;
 
@@ -33,8 +36,44 @@ pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
         received_at: r.get(8)?,
         state: parse_state(&state),
         read: r.get::<_, i64>(10)? != 0,
-        error: error.map(letstalk_ipc::RpcError::internal),
+        error: error.as_deref().map(parse_error),
+        states: None,
     })
+}
+
+/// How a failure is stored: its IPC error kind (if it has one) and message, so the
+/// message object can carry the spec's error object (`blocked`, `not_found`, ...).
+pub fn error_text(kind: Option<ErrorKind>, message: &str) -> String {
+    match kind {
+        Some(kind) => format!("{}\t{message}", kind.as_str()),
+        None => message.to_owned(),
+    }
+}
+
+fn parse_error(stored: &str) -> RpcError {
+    match stored.split_once('\t') {
+        Some((kind, message)) => match ErrorKind::parse(kind) {
+            Some(kind) => RpcError::new(kind, message),
+            None => RpcError::internal(stored),
+        },
+        None => RpcError::internal(stored),
+    }
+}
+
+/// Fills `states` of an outgoing group message from `message_members`.
+pub fn fill_states(conn: &Connection, m: &mut Message) -> Result<(), StoreError> {
+    if m.direction != Direction::Out || !m.conversation.starts_with("group:") {
+        return Ok(());
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT member, state FROM message_members WHERE message_id = ?1")?;
+    let states: BTreeMap<String, MessageState> = stmt
+        .query_map(params![m.message_id], |r| {
+            Ok((r.get::<_, String>(0)?, parse_state(&r.get::<_, String>(1)?)))
+        })?
+        .collect::<Result<_, _>>()?;
+    m.states = Some(states);
+    Ok(())
 }
 
 fn parse_kind(s: &str) -> MessageKind {
@@ -78,7 +117,11 @@ pub fn state_str(s: MessageState) -> &'static str {
 /// One message by ID.
 pub fn get(conn: &Connection, message_id: &str) -> Result<Option<Message>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM messages WHERE message_id = ?1");
-    Ok(conn.prepare_cached(&sql)?.query_row(params![message_id], from_row).optional()?)
+    let mut m = conn.prepare_cached(&sql)?.query_row(params![message_id], from_row).optional()?;
+    if let Some(m) = m.as_mut() {
+        fill_states(conn, m)?;
+    }
+    Ok(m)
 }
 
 /// The message an earlier `messages.send` with this `client_msg_id` created.
@@ -152,6 +195,53 @@ pub fn advance_state(
     Ok(Some(conversation))
 }
 
+/// A receipt from `member` moves our message `message_id` forward. For a group message
+/// that is the member's own state, and the message's state becomes the least advanced
+/// of all members; otherwise as [`advance_state`]. Returns the conversation and the
+/// message's (overall) state when something changed.
+pub fn advance_from(
+    conn: &Connection,
+    message_id: &str,
+    member: &str,
+    state: MessageState,
+) -> Result<Option<(String, MessageState)>, StoreError> {
+    let current: Option<String> = conn
+        .prepare_cached("SELECT state FROM message_members WHERE message_id = ?1 AND member = ?2")?
+        .query_row(params![message_id, member], |r| r.get(0))
+        .optional()?;
+    let Some(current) = current else {
+        return Ok(advance_state(conn, message_id, state)?.map(|c| (c, state)));
+    };
+    let current = parse_state(&current);
+    if current == MessageState::Failed || current >= state {
+        return Ok(None);
+    }
+    conn.prepare_cached(
+        "UPDATE message_members SET state = ?3 WHERE message_id = ?1 AND member = ?2",
+    )?
+    .execute(params![message_id, member, state_str(state)])?;
+    settle_group_state(conn, message_id)
+}
+
+/// Sets a group message's state to the least advanced of its members' (failed first).
+pub fn settle_group_state(
+    conn: &Connection,
+    message_id: &str,
+) -> Result<Option<(String, MessageState)>, StoreError> {
+    let states: Vec<String> = conn
+        .prepare_cached("SELECT state FROM message_members WHERE message_id = ?1")?
+        .query_map(params![message_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let Some(least) = states.iter().map(|s| parse_state(s)).min() else { return Ok(None) };
+    let conversation: Option<String> = conn
+        .prepare_cached(
+            "UPDATE messages SET state = ?2 WHERE message_id = ?1 RETURNING conversation",
+        )?
+        .query_row(params![message_id, state_str(least)], |r| r.get(0))
+        .optional()?;
+    Ok(conversation.map(|c| (c, least)))
+}
+
 /// The local order of a message within a conversation (`None`: not in it).
 fn local_position(
     conn: &Connection,
@@ -188,6 +278,9 @@ pub fn list(
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     rows.reverse();
+    for m in &mut rows {
+        fill_states(conn, m)?;
+    }
     Ok(Some((rows, has_more)))
 }
 

@@ -145,13 +145,27 @@ impl RelayTransport {
         match e {
             RelayError::Unavailable => T::Unavailable,
             RelayError::Unexpected => T::Busy("unexpected answer".into()),
-            RelayError::Refused { kind, message, .. } => match kind {
-                W::NotFound | W::Blocked | W::TooLarge | W::Invalid => T::Refused(message),
-                W::UnknownDevice | W::Unauthenticated => T::Unavailable,
-                _ => T::Busy(message),
+            RelayError::Refused { kind, message, .. } => match refusal(kind, &message) {
+                Some(stored) => T::Refused(stored),
+                None if matches!(kind, W::UnknownDevice | W::Unauthenticated) => T::Unavailable,
+                None => T::Busy(message),
             },
         }
     }
+}
+
+/// A refusal for good, as stored with the failed message (IPC error kind and message);
+/// `None` for a refusal that a retry may overcome.
+fn refusal(kind: letstalk_wire::ErrorKind, message: &str) -> Option<String> {
+    use letstalk_wire::ErrorKind as W;
+    let kind = match kind {
+        W::NotFound => Some(ErrorKind::NotFound),
+        W::Blocked => Some(ErrorKind::Blocked),
+        W::TooLarge => Some(ErrorKind::TooLarge),
+        W::Invalid => None,
+        _ => return None,
+    };
+    Some(crate::messages::error_text(kind, message))
 }
 
 impl crate::sender::Transport for RelayTransport {
@@ -188,6 +202,35 @@ impl crate::sender::Transport for RelayTransport {
         let request = Request::SendBatch { to: to.to_owned(), messages };
         match self.0.request(request).await.and_then(check) {
             Ok(Response::Sent { .. }) => Ok(()),
+            Ok(_) => Err(crate::sender::TransportError::Busy("unexpected answer".into())),
+            Err(e) => Err(Self::classify(e)),
+        }
+    }
+
+    async fn send_group(
+        &self,
+        to: &[String],
+        msg_id: &str,
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, crate::sender::TransportError> {
+        let request =
+            Request::SendGroup { to: to.to_vec(), msg_id: msg_id.to_owned(), body: body.to_vec() };
+        match self.0.request(request).await.and_then(check) {
+            Ok(Response::GroupSent { refused, .. }) => Ok(refused
+                .into_iter()
+                .map(|r| {
+                    let reason = match r.kind {
+                        letstalk_wire::ErrorKind::Blocked => {
+                            "the recipient does not accept your messages"
+                        }
+                        letstalk_wire::ErrorKind::NotFound => "no such user",
+                        _ => "the relay refused the message",
+                    };
+                    let stored = refusal(r.kind, reason)
+                        .unwrap_or_else(|| crate::messages::error_text(None, reason));
+                    (r.user_id, stored)
+                })
+                .collect()),
             Ok(_) => Err(crate::sender::TransportError::Busy("unexpected answer".into())),
             Err(e) => Err(Self::classify(e)),
         }

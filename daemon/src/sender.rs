@@ -50,6 +50,15 @@ pub trait Transport: Send + Sync + 'static {
         to: &str,
         batch: &[(&str, &[u8])],
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Hands one group message to the relay for every recipient in `to`; returns once
+    /// the relay stored it for all of them but the returned refusals (each a recipient
+    /// and the error to record for it).
+    fn send_group(
+        &self,
+        to: &[String],
+        msg_id: &str,
+        body: &[u8],
+    ) -> impl Future<Output = Result<Vec<(String, String)>, TransportError>> + Send;
 }
 
 /// Runs until cancelled: whenever woken (or every `retry` after a failure), sends what
@@ -139,6 +148,12 @@ async fn drain_one<T: Transport>(
                 return Err(());
             }
         };
+        if let Some(first) = batch.first()
+            && first.fanout.is_some()
+        {
+            send_group_rows(daemon, transport, &batch).await?;
+            continue;
+        }
         // In order, in as few requests as the frame size allows: the relay stores each
         // request's messages in one transaction, in the order given.
         let mut done = Vec::with_capacity(batch.len());
@@ -179,6 +194,39 @@ async fn drain_one<T: Transport>(
         }
         outcome?;
     }
+}
+
+/// Sends a group's outbox rows, one relay request each, in order.
+async fn send_group_rows<T: Transport>(
+    daemon: &Arc<Daemon>,
+    transport: &T,
+    batch: &[delivery::Outgoing],
+) -> Result<(), ()> {
+    for o in batch {
+        let to = o.fanout.clone().unwrap_or_default();
+        let seq = o.seq;
+        let outcome = match transport.send_group(&to, &o.relay_id, &o.envelope).await {
+            Ok(refused) => {
+                daemon.store.call(move |c| delivery::group_sent(c, seq, &refused, now_ms())).await
+            }
+            Err(TransportError::Refused(reason)) => {
+                daemon.store.call(move |c| delivery::failed(c, seq, &reason, now_ms())).await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "group send deferred");
+                return Err(());
+            }
+        };
+        match outcome {
+            Ok(Some(event)) => daemon.bus.published(event),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "recording a group send");
+                return Err(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Splits a batch into requests that fit a wire frame.

@@ -19,8 +19,11 @@ use rusqlite::Connection;
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran. Never edit
 /// one that has shipped: add the next.
-const MIGRATIONS: &[&str] =
-    &[include_str!("store/0001_init.sql"), include_str!("store/0002_messaging.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("store/0001_init.sql"),
+    include_str!("store/0002_messaging.sql"),
+    include_str!("store/0003_groups.sql"),
+];
 
 pub const DB_FILE: &str = "letstalk.db";
 pub const KEY_FILE: &str = "db.key";
@@ -136,6 +139,74 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// "Restore defaults": closes the database, destroys its key (the data in the files
+    /// is unreadable from that moment, also on flash where overwriting in place is not
+    /// reliable), deletes the database files and the attachments, and opens a fresh
+    /// database with a new key in their place. Event seqs carry on from the old ones so
+    /// a subscriber's cursor never points at a reused seq.
+    pub fn reset(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last_seq: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+        let old = std::mem::replace(&mut *conn, Connection::open_in_memory()?);
+        old.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
+        let data_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        destroy_key(&data_dir)?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = self.path.clone().into_os_string();
+            name.push(suffix);
+            remove_if_exists(Path::new(&name))?;
+        }
+        let attachments = data_dir.join(ATTACHMENTS_DIR);
+        match std::fs::remove_dir_all(&attachments) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(format!("removing {}", attachments.display()))(e)),
+        }
+        sync_dir(&data_dir)?;
+        let fresh = Self::open(&data_dir)?;
+        let fresh = fresh.conn.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fresh
+            .execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?1)", [last_seq])?;
+        *conn = fresh;
+        Ok(())
+    }
+}
+
+/// Where files sent and received are kept (encrypted) inside the data directory.
+pub const ATTACHMENTS_DIR: &str = "attachments";
+
+fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("removing {}", path.display()))(e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("syncing {}", dir.display())))
+}
+
+/// Destroys the database key: the key file is overwritten with random bytes, synced,
+/// then unlinked. Without it the database files are noise.
+pub fn destroy_key(data_dir: &Path) -> Result<(), StoreError> {
+    let path = data_dir.join(KEY_FILE);
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(mut file) => {
+            let noise: [u8; 64] = rand::random();
+            file.write_all(hex::encode(noise).as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io("overwriting the database key"))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(format!("opening {}", path.display()))(e)),
+    }
+    remove_if_exists(&path)?;
+    sync_dir(data_dir)
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {

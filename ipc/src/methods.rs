@@ -53,6 +53,15 @@ methods! {
     "contacts.remove" (UserIdParams) -> Empty: "Removes a contact.";
     "contacts.verify" (UserIdParams) -> VerifyResult: "The safety number and the contact's identity fingerprint.";
     "contacts.mark_verified" (MarkVerifiedParams) -> Contact: "Records that the safety number was compared.";
+    "contacts.block" (UserIdParams) -> Contact: "Blocks a user: the relay refuses their messages and calls and hides your presence from them.";
+    "contacts.unblock" (UserIdParams) -> Contact: "Unblocks a user.";
+    "groups.create" (GroupsCreateParams) -> Group: "Creates a group; the creator is its admin.";
+    "groups.list" (Empty) -> GroupsList: "The groups this user is a member of.";
+    "groups.info" (GroupIdParams) -> Group: "One group.";
+    "groups.add_members" (GroupMembersParams) -> Group: "Adds members (admins only).";
+    "groups.remove_members" (GroupMembersParams) -> Group: "Removes members (admins only); they cannot read what follows.";
+    "groups.rename" (GroupRenameParams) -> Group: "Renames a group (admins only).";
+    "groups.leave" (GroupIdParams) -> Empty: "Leaves a group; its history stays on this device.";
     "messages.send" (SendParams) -> MessageResult: "Sends a text; durable on return, queued while offline.";
     "messages.list" (ListParams) -> ListResult: "A page of a conversation, oldest first.";
     "messages.get" (MessageIdParams) -> MessageResult: "One message.";
@@ -61,6 +70,8 @@ methods! {
     "conversations.list" (Empty) -> ConversationsList: "Conversations, most recent first, with unread counts.";
     "settings.get" (Empty) -> Settings: "The current settings.";
     "settings.set" (SettingsPatch) -> Settings: "Changes any subset of the settings; returns them all.";
+    "privacy.clear_history" (ConfirmParams) -> ClearHistoryResult: "Deletes every unsent and every unread message, for good.";
+    "privacy.restore_defaults" (ConfirmParams) -> RestoreDefaultsResult: "Deletes the account (also on the relay), contacts, groups, messages, keys and settings; the daemon is then as freshly installed.";
     "device.info" (Empty) -> DeviceInfo: "Hardware, OS, network, device ID and connected frontends.";
     "events.subscribe" (SubscribeParams) -> SubscribeResult: "Starts event notifications on this connection, replaying from `since`.";
     "events.unsubscribe" (Empty) -> Empty: "Stops event notifications on this connection.";

@@ -179,6 +179,10 @@ pub enum EventBody {
     AccountChanged { account: Account },
     #[serde(rename = "account.logged_out")]
     AccountLoggedOut {},
+    #[serde(rename = "group.changed")]
+    GroupChanged { group: Group },
+    #[serde(rename = "history.cleared")]
+    HistoryCleared { deleted: u64 },
     /// The subscription was dropped because the client read too slowly; `seq` is the
     /// last event it was sent. Re-subscribe with `since` to catch up.
     #[serde(rename = "events.overflow")]
@@ -198,6 +202,8 @@ impl EventBody {
             Self::ContactChanged { .. } => "contact.changed",
             Self::AccountChanged { .. } => "account.changed",
             Self::AccountLoggedOut {} => "account.logged_out",
+            Self::GroupChanged { .. } => "group.changed",
+            Self::HistoryCleared { .. } => "history.cleared",
             Self::Overflow {} => "events.overflow",
         }
     }
@@ -415,6 +421,74 @@ pub struct ContactsAddParams {
     pub alias: Option<String>,
 }
 
+// ---------------------------------------------------------------------------------------
+// groups
+
+/// A group as this device knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Group {
+    pub group_id: String,
+    pub name: String,
+    /// Every member, this device's user included, sorted.
+    pub members: Vec<String>,
+    /// Members who may add, remove and rename; the creator to begin with.
+    pub admins: Vec<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupsCreateParams {
+    /// 1 to 64 printable characters.
+    pub name: String,
+    /// User IDs to add besides the creator (at most 255).
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupIdParams {
+    pub group_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupMembersParams {
+    pub group_id: String,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupRenameParams {
+    pub group_id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupsList {
+    pub groups: Vec<Group>,
+}
+
+// ---------------------------------------------------------------------------------------
+// privacy
+
+/// Params of a destructive call: without `confirm: true` it answers `confirm_required`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfirmParams {
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClearHistoryResult {
+    /// Messages deleted.
+    pub deleted: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RestoreDefaultsResult {
+    /// Whether the account was deleted on the relay (false when it could not be reached
+    /// or there was no account).
+    pub relay_account_deleted: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UserIdParams {
     pub user_id: String,
@@ -497,6 +571,10 @@ pub struct Message {
     /// Why a message `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<crate::RpcError>,
+    /// An outgoing group message: each member's own state (`state` is the least
+    /// advanced of these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub states: Option<std::collections::BTreeMap<String, MessageState>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

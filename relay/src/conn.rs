@@ -274,14 +274,16 @@ pub(crate) async fn announce<S: Storage>(st: &Arc<State<S>>, user_id: &str, onli
         warn!(error = %e, "last seen not stored");
     }
     let Ok(watchers) = st.storage.watchers(user_id).await else { return };
-    let Ok(frame) =
-        Push::Presence(PresenceInfo { user_id: user_id.to_owned(), online, last_seen_at: now })
-            .encode()
-    else {
+    let Ok(blocks) = st.storage.blocks(user_id).await else { return };
+    let info =
+        PresenceInfo { user_id: user_id.to_owned(), online, last_seen_at: now, hidden: false };
+    let Ok(frame) = Push::Presence(info).encode() else {
         return;
     };
-    for w in watchers {
-        st.hub.push(&w, frame.clone());
+    // Those the user blocks (or everyone, with "block everyone") were told `hidden`
+    // when the block was set and hear nothing more.
+    for w in watchers.iter().filter(|w| !blocks.refuses(w)) {
+        st.hub.push(w, frame.clone());
     }
 }
 

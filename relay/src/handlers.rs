@@ -6,15 +6,15 @@ use std::sync::atomic::Ordering;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use letstalk_wire::{
-    AvatarUpdate, ErrorKind, MAX_AVATAR_LEN, PROTOCOL_VERSION, Push, Request, Response,
-    auth_message,
+    AvatarUpdate, ErrorKind, MAX_AVATAR_LEN, PROTOCOL_VERSION, PresenceInfo, Push, Refusal,
+    Request, Response, auth_message,
 };
 use tracing::{info, warn};
 
 use crate::conn::{ConnCtx, end_session, start_session};
 use crate::hub::PushCmd;
 use crate::storage::{
-    Envelope, KeyUpload, NewAccount, ProfileUpdate, Quota, Storage, StorageError,
+    Blocks, Envelope, KeyUpload, NewAccount, ProfileUpdate, Quota, Storage, StorageError,
 };
 use crate::{State, now_ms};
 
@@ -45,6 +45,9 @@ fn storage_fail(e: StorageError) -> Fail {
         StorageError::NotFound => fail(ErrorKind::NotFound, "no such user"),
         StorageError::QuotaExceeded => {
             fail(ErrorKind::QuotaExceeded, "the recipient's mailbox is full")
+        }
+        StorageError::Blocked => {
+            fail(ErrorKind::Blocked, "the recipient does not accept your messages")
         }
         StorageError::Backend(e) => {
             warn!(error = %e, "storage failure");
@@ -334,7 +337,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             let remove = remove.iter().filter_map(|u| normalize_user_id(u)).collect();
             let mut users = st.storage.watch(&user, add, remove).await.map_err(storage_fail)?;
             for u in &mut users {
-                u.online = st.hub.is_online(&u.user_id);
+                u.online = !u.hidden && st.hub.is_online(&u.user_id);
             }
             Ok(Response::Presence { users })
         }
@@ -388,10 +391,77 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             }
             Ok(Response::Sent { server_ts: now, duplicate: done.iter().all(|d| d.duplicate) })
         }
+        Request::SetBlocks { block_all, users } => {
+            let user = require_auth(st, ctx)?;
+            let users = users.iter().map(|u| user_arg(u)).collect::<Result<_, _>>()?;
+            let new = Blocks { all: block_all, users };
+            let old = st.storage.set_blocks(&user, new.clone()).await.map_err(storage_fail)?;
+            reannounce(st, &user, &old, &new).await;
+            info!(user_id = user, block_all, "blocks changed");
+            Ok(Response::Ok)
+        }
+        Request::SendGroup { to, msg_id, body } => {
+            let user = require_auth(st, ctx)?;
+            if msg_id.is_empty() || body.is_empty() || to.is_empty() {
+                return Err(fail(ErrorKind::Invalid, "empty recipients, msg id or message"));
+            }
+            let mut recipients: Vec<String> =
+                to.iter().map(|u| user_arg(u)).collect::<Result<_, _>>()?;
+            recipients.sort();
+            recipients.dedup();
+            let quota = Quota {
+                max_messages: st.limits.mailbox_max_messages,
+                max_bytes: st.limits.mailbox_max_bytes,
+            };
+            let now = now_ms();
+            let envelopes = recipients
+                .iter()
+                .map(|to| Envelope {
+                    sender: user.clone(),
+                    recipient: to.clone(),
+                    msg_id: msg_id.clone(),
+                    body: body.clone(),
+                    now,
+                })
+                .collect();
+            let done = st.storage.enqueue_fanout(envelopes, quota).await.map_err(storage_fail)?;
+            let mut refused = Vec::new();
+            for (to, outcome) in recipients.into_iter().zip(done) {
+                match outcome {
+                    Ok(d) if !d.duplicate => st.hub.wake(&to),
+                    Ok(_) => {}
+                    Err(e) => refused.push(Refusal { user_id: to, kind: storage_fail(e).kind }),
+                }
+            }
+            Ok(Response::GroupSent { server_ts: now, refused })
+        }
         Request::Ack { delivery_ids } => {
             let user = require_auth(st, ctx)?;
             st.storage.ack(&user, delivery_ids).await.map_err(storage_fail)?;
             Ok(Response::Ok)
+        }
+    }
+}
+
+/// After `user` changed whom it blocks, tells each watcher whose view changed: the
+/// newly refused see `hidden`, the newly allowed see the real presence.
+async fn reannounce<S: Storage>(st: &Arc<State<S>>, user: &str, old: &Blocks, new: &Blocks) {
+    let Ok(watchers) = st.storage.watchers(user).await else { return };
+    let online = st.hub.is_online(user);
+    let last_seen = if online { now_ms() } else { 0 };
+    for w in watchers {
+        let (was, is) = (old.refuses(&w), new.refuses(&w));
+        if was == is {
+            continue;
+        }
+        let info = PresenceInfo {
+            user_id: user.to_owned(),
+            online: online && !is,
+            last_seen_at: if is { 0 } else { last_seen },
+            hidden: is,
+        };
+        if let Ok(frame) = Push::Presence(info).encode() {
+            st.hub.push(&w, frame);
         }
     }
 }

@@ -31,6 +31,9 @@ pub enum StorageError {
     /// The recipient's mailbox is full.
     #[error("mailbox full")]
     QuotaExceeded,
+    /// The recipient blocks the sender, or blocks everyone.
+    #[error("blocked")]
+    Blocked,
     /// The back end failed.
     #[error("storage: {0}")]
     Backend(String),
@@ -144,6 +147,22 @@ pub struct Queued {
     pub body: Vec<u8>,
 }
 
+/// Whom an account blocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Blocks {
+    /// "Block everyone".
+    pub all: bool,
+    /// Blocked users.
+    pub users: std::collections::BTreeSet<String>,
+}
+
+impl Blocks {
+    /// Whether the account refuses `sender`'s messages and hides its presence from them.
+    pub fn refuses(&self, sender: &str) -> bool {
+        self.all || self.users.contains(sender)
+    }
+}
+
 /// Everything the relay keeps. See the module doc for the concurrency model.
 pub trait Storage: Send + Sync + 'static {
     /// Creates an account; [`StorageError::Conflict`] if the id is taken.
@@ -222,6 +241,14 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         user_id: &str,
     ) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
+    /// Replaces whom `user_id` blocks; returns what it blocked before.
+    fn set_blocks(
+        &self,
+        user_id: &str,
+        blocks: Blocks,
+    ) -> impl Future<Output = Result<Blocks, StorageError>> + Send;
+    /// Whom `user_id` blocks.
+    fn blocks(&self, user_id: &str) -> impl Future<Output = Result<Blocks, StorageError>> + Send;
     /// Records when the device was last connected.
     fn set_last_seen(
         &self,
@@ -229,7 +256,7 @@ pub trait Storage: Send + Sync + 'static {
         at: u64,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// Persists a message (deduplicated, within the quota). [`StorageError::NotFound`] if
-    /// the recipient does not exist.
+    /// the recipient does not exist, [`StorageError::Blocked`] if it refuses the sender.
     fn enqueue(
         &self,
         envelope: Envelope,
@@ -242,6 +269,13 @@ pub trait Storage: Send + Sync + 'static {
         envelopes: Vec<Envelope>,
         quota: Quota,
     ) -> impl Future<Output = Result<Vec<Enqueued>, StorageError>> + Send;
+    /// Persists one message for several recipients, each in its own step (one refusing
+    /// does not stop the others); the outcome per recipient, in order.
+    fn enqueue_fanout(
+        &self,
+        envelopes: Vec<Envelope>,
+        quota: Quota,
+    ) -> impl Future<Output = Result<Vec<Result<Enqueued, StorageError>>, StorageError>> + Send;
     /// Queued messages for `recipient` with delivery id above `after`, oldest first.
     fn pending(
         &self,

@@ -4,33 +4,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use letstalk_tests::{Daemon, Relay, World, error_of, eventually, files_containing, next_event};
-
-const PASSWORD: &str = "correct horse battery staple";
-
-/// A daemon named `name` on `relay`, registered as `name`.
-async fn registered(world: &World, relay: &Relay, name: &str) -> Daemon {
-    let d = world.daemon(name).with_relay(relay).start().unwrap();
-    wait_connected(&d).await;
-    let account = d
-        .call(
-            "account.register",
-            json!({"user_id": name, "email": format!("{name}@example.org"), "nickname": format!("{name} nick"), "password": PASSWORD}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(account["user_id"], name);
-    d
-}
-
-async fn wait_connected(d: &Daemon) {
-    eventually(Duration::from_secs(20), "relay connected", || async {
-        let st = d.call("system.status", json!({})).await.ok()?;
-        (st["relay"]["state"] == "connected").then_some(())
-    })
-    .await
-    .unwrap();
-}
+use letstalk_tests::{
+    PASSWORD, World, error_of, eventually, files_containing, next_event, registered, wait_connected,
+};
 
 #[tokio::test]
 async fn register_conflicts_passwords_and_login_moves_the_account() {

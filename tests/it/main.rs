@@ -5,6 +5,7 @@
 mod accounts;
 mod cli;
 mod events;
+mod groups;
 mod hostile;
 mod ipc_contract;
 mod lifecycle;

@@ -5,64 +5,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use letstalk_tests::{Daemon, Relay, World, error_of, eventually, files_containing, next_event};
-
-const PASSWORD: &str = "correct horse battery staple";
-
-async fn wait_connected(d: &Daemon) {
-    eventually(Duration::from_secs(30), "relay connected", || async {
-        let st = d.call("system.status", json!({})).await.ok()?;
-        (st["relay"]["state"] == "connected").then_some(())
-    })
-    .await
-    .unwrap();
-}
-
-async fn registered(world: &World, relay: &Relay, name: &str) -> Daemon {
-    let d = world.daemon(name).with_relay(relay).start().unwrap();
-    wait_connected(&d).await;
-    d.call(
-        "account.register",
-        json!({"user_id": name, "email": format!("{name}@example.org"), "nickname": name, "password": PASSWORD}),
-    )
-    .await
-    .unwrap();
-    d
-}
-
-/// Every message text of a conversation, oldest first (all pages).
-async fn texts(d: &Daemon, conversation: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut before: Option<String> = None;
-    loop {
-        let mut p = json!({"conversation": conversation, "limit": 500});
-        if let Some(b) = &before {
-            p["before"] = json!(b);
-        }
-        let page = d.call("messages.list", p).await.unwrap();
-        let msgs = page["messages"].as_array().unwrap().clone();
-        let mut chunk: Vec<String> = msgs
-            .iter()
-            .filter(|m| m["kind"] == "text")
-            .map(|m| m["text"].as_str().unwrap().to_owned())
-            .collect();
-        chunk.extend(out);
-        out = chunk;
-        if page["has_more"] != true {
-            return out;
-        }
-        before = msgs.first().map(|m| m["message_id"].as_str().unwrap().to_owned());
-    }
-}
-
-async fn wait_texts(d: &Daemon, conversation: &str, n: usize, limit: Duration) -> Vec<String> {
-    eventually(limit, &format!("{n} messages"), || async {
-        let t = texts(d, conversation).await;
-        (t.len() >= n).then_some(t)
-    })
-    .await
-    .unwrap()
-}
+use letstalk_tests::{
+    PASSWORD, World, error_of, eventually, files_containing, next_event, registered,
+    wait_connected, wait_texts,
+};
 
 #[tokio::test]
 async fn a_round_trip_through_delivered_and_read() {

@@ -474,3 +474,68 @@ pub fn error_of(result: Result<Value>) -> (i64, Option<String>, Option<String>) 
         },
     }
 }
+
+/// The password every test account uses.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Waits until `d` reports its relay link connected.
+pub async fn wait_connected(d: &Daemon) {
+    eventually(Duration::from_secs(30), "relay connected", || async {
+        let st = d.call("system.status", serde_json::json!({})).await.ok()?;
+        (st["relay"]["state"] == "connected").then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// A daemon named `name` on `relay`, registered as user `name` (nickname "NAME nick",
+/// email NAME@example.org).
+pub async fn registered(world: &World, relay: &Relay, name: &str) -> Daemon {
+    let d = world.daemon(name).with_relay(relay).start().unwrap();
+    wait_connected(&d).await;
+    let account = d
+        .call(
+            "account.register",
+            serde_json::json!({"user_id": name, "email": format!("{name}@example.org"),
+                "nickname": format!("{name} nick"), "password": PASSWORD}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(account["user_id"], name);
+    d
+}
+
+/// Every text message of a conversation, oldest first (all pages).
+pub async fn texts(d: &Daemon, conversation: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut p = serde_json::json!({"conversation": conversation, "limit": 500});
+        if let Some(b) = &before {
+            p["before"] = serde_json::json!(b);
+        }
+        let page = d.call("messages.list", p).await.unwrap();
+        let msgs = page["messages"].as_array().unwrap().clone();
+        let mut chunk: Vec<String> = msgs
+            .iter()
+            .filter(|m| m["kind"] == "text")
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect();
+        chunk.extend(out);
+        out = chunk;
+        if page["has_more"] != true {
+            return out;
+        }
+        before = msgs.first().map(|m| m["message_id"].as_str().unwrap().to_owned());
+    }
+}
+
+/// Waits until a conversation holds at least `n` text messages; returns them.
+pub async fn wait_texts(d: &Daemon, conversation: &str, n: usize, limit: Duration) -> Vec<String> {
+    eventually(limit, &format!("{n} messages"), || async {
+        let t = texts(d, conversation).await;
+        (t.len() >= n).then_some(t)
+    })
+    .await
+    .unwrap()
+}

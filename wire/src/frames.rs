@@ -81,6 +81,9 @@ pub struct PresenceInfo {
     pub online: bool,
     /// When their device was last connected (ms), 0 if never.
     pub last_seen_at: u64,
+    /// The user hides their presence from the watcher (blocks them, or blocks everyone):
+    /// `online` is false and `last_seen_at` 0.
+    pub hidden: bool,
 }
 
 /// What a sender needs to start a session with `user_id`'s device.
@@ -117,6 +120,15 @@ impl fmt::Debug for Outbound {
             .field("len", &self.body.len())
             .finish()
     }
+}
+
+/// A recipient of a [`Request::SendGroup`] that refused the message, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The recipient.
+    pub user_id: String,
+    /// Why (`Blocked`, `NotFound`, `QuotaExceeded`, ...).
+    pub kind: ErrorKind,
 }
 
 /// The machine-readable reason of an error response.
@@ -246,6 +258,13 @@ pub enum Request {
     Ack { delivery_ids: Vec<u64> },
     /// Round-trip probe.
     Ping { nonce: u64 },
+    /// Replaces who this account blocks: the relay refuses their messages (`Blocked`)
+    /// and hides this account's presence from them; with `block_all`, from everyone.
+    SetBlocks { block_all: bool, users: Vec<String> },
+    /// Hands one message to several recipients (a group message: the same sender-key
+    /// ciphertext for all); answered with `GroupSent` once every accepted copy is
+    /// persisted. Deduplicated per recipient by `msg_id` like `Send`.
+    SendGroup { to: Vec<String>, msg_id: String, body: Vec<u8> },
 }
 
 /// The relay's answer to one request.
@@ -273,6 +292,8 @@ pub enum Response {
     Sent { server_ts: u64, duplicate: bool },
     /// Answer to `Ping`.
     Pong { nonce: u64 },
+    /// Answer to `SendGroup`: persisted at `server_ts` for every recipient but `refused`.
+    GroupSent { server_ts: u64, refused: Vec<Refusal> },
 }
 
 /// What the relay sends on its own initiative, in order, on the push stream.
@@ -341,6 +362,17 @@ impl fmt::Debug for Request {
                 f.debug_struct("Ack").field("count", &delivery_ids.len()).finish()
             }
             Self::Ping { nonce } => f.debug_struct("Ping").field("nonce", nonce).finish(),
+            Self::SetBlocks { block_all, users } => f
+                .debug_struct("SetBlocks")
+                .field("block_all", block_all)
+                .field("count", &users.len())
+                .finish(),
+            Self::SendGroup { to, msg_id, body } => f
+                .debug_struct("SendGroup")
+                .field("to", &to.len())
+                .field("msg_id", msg_id)
+                .field("len", &body.len())
+                .finish(),
         }
     }
 }
@@ -385,6 +417,8 @@ mod tag {
     pub(super) const ACK: u8 = 0x11;
     pub(super) const PING: u8 = 0x12;
     pub(super) const SEND_BATCH: u8 = 0x13;
+    pub(super) const SET_BLOCKS: u8 = 0x20;
+    pub(super) const SEND_GROUP: u8 = 0x21;
 
     pub(super) const R_HELLO_OK: u8 = 0x80;
     pub(super) const R_OK: u8 = 0x81;
@@ -397,6 +431,7 @@ mod tag {
     pub(super) const R_PRESENCE: u8 = 0x88;
     pub(super) const R_SENT: u8 = 0x89;
     pub(super) const R_PONG: u8 = 0x8A;
+    pub(super) const R_GROUP_SENT: u8 = 0x90;
 
     pub(super) const P_MESSAGE: u8 = 0xC0;
     pub(super) const P_PRESENCE: u8 = 0xC1;
@@ -460,12 +495,14 @@ fn put_presence(w: &mut Writer, p: &PresenceInfo) {
     w.str(&p.user_id);
     w.bool(p.online);
     w.u64(p.last_seen_at);
+    w.bool(p.hidden);
 }
 fn get_presence(r: &mut Reader<'_>) -> Result<PresenceInfo, WireError> {
     Ok(PresenceInfo {
         user_id: r.str(MAX_SHORT_STR, "user_id")?,
         online: r.bool()?,
         last_seen_at: r.u64()?,
+        hidden: r.bool()?,
     })
 }
 fn get_user_list(r: &mut Reader<'_>) -> Result<Vec<String>, WireError> {
@@ -581,6 +618,17 @@ impl Request {
                 w.u8(tag::PING);
                 w.u64(*nonce);
             }
+            Self::SetBlocks { block_all, users } => {
+                w.u8(tag::SET_BLOCKS);
+                w.bool(*block_all);
+                w.list(users, |w, v| w.str(v));
+            }
+            Self::SendGroup { to, msg_id, body } => {
+                w.u8(tag::SEND_GROUP);
+                w.list(to, |w, v| w.str(v));
+                w.str(msg_id);
+                w.bytes(body);
+            }
         }
         framed(w)
     }
@@ -659,6 +707,14 @@ impl Request {
             },
             tag::ACK => Self::Ack { delivery_ids: r.list(MAX_LIST, "delivery_ids", Reader::u64)? },
             tag::PING => Self::Ping { nonce: r.u64()? },
+            tag::SET_BLOCKS => {
+                Self::SetBlocks { block_all: r.bool()?, users: get_user_list(&mut r)? }
+            }
+            tag::SEND_GROUP => Self::SendGroup {
+                to: get_user_list(&mut r)?,
+                msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
+                body: r.bytes(MAX_MESSAGE_LEN, "body")?,
+            },
             t => return Err(WireError::UnknownTag(t)),
         };
         r.finish()?;
@@ -722,6 +778,14 @@ impl Response {
                 w.u8(tag::R_PONG);
                 w.u64(*nonce);
             }
+            Self::GroupSent { server_ts, refused } => {
+                w.u8(tag::R_GROUP_SENT);
+                w.u64(*server_ts);
+                w.list(refused, |w, f| {
+                    w.str(&f.user_id);
+                    w.u8(f.kind.code());
+                });
+            }
         }
         framed(w)
     }
@@ -758,6 +822,15 @@ impl Response {
             tag::R_PRESENCE => Self::Presence { users: r.list(MAX_LIST, "users", get_presence)? },
             tag::R_SENT => Self::Sent { server_ts: r.u64()?, duplicate: r.bool()? },
             tag::R_PONG => Self::Pong { nonce: r.u64()? },
+            tag::R_GROUP_SENT => Self::GroupSent {
+                server_ts: r.u64()?,
+                refused: r.list(MAX_LIST, "refused", |r| {
+                    Ok(Refusal {
+                        user_id: r.str(MAX_SHORT_STR, "user_id")?,
+                        kind: ErrorKind::from_code(r.u8()?),
+                    })
+                })?,
+            },
             t => return Err(WireError::UnknownTag(t)),
         };
         r.finish()?;

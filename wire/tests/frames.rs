@@ -47,8 +47,14 @@ fn profile() -> impl Strategy<Value = Profile> {
         })
 }
 fn presence() -> impl Strategy<Value = PresenceInfo> {
-    (short(), any::<bool>(), any::<u64>())
-        .prop_map(|(user_id, online, last_seen_at)| PresenceInfo { user_id, online, last_seen_at })
+    (short(), any::<bool>(), any::<u64>(), any::<bool>()).prop_map(
+        |(user_id, online, last_seen_at, hidden)| PresenceInfo {
+            user_id,
+            online,
+            last_seen_at,
+            hidden,
+        },
+    )
 }
 fn sig() -> impl Strategy<Value = [u8; 64]> {
     proptest::collection::vec(any::<u8>(), 64).prop_map(|v| {
@@ -136,6 +142,13 @@ fn request() -> impl Strategy<Value = Request> {
         proptest::collection::vec(any::<u64>(), 0..10)
             .prop_map(|delivery_ids| Request::Ack { delivery_ids }),
         any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
+        (any::<bool>(), users())
+            .prop_map(|(block_all, users)| Request::SetBlocks { block_all, users }),
+        (users(), short(), blob(300)).prop_map(|(to, msg_id, body)| Request::SendGroup {
+            to,
+            msg_id,
+            body
+        }),
     ]
 }
 
@@ -179,6 +192,17 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), any::<bool>())
             .prop_map(|(server_ts, duplicate)| Response::Sent { server_ts, duplicate }),
         any::<u64>().prop_map(|nonce| Response::Pong { nonce }),
+        (
+            any::<u64>(),
+            proptest::collection::vec((short(), (1u8..=20).prop_map(ErrorKind::from_code)), 0..5)
+        )
+            .prop_map(|(server_ts, refused)| Response::GroupSent {
+                server_ts,
+                refused: refused
+                    .into_iter()
+                    .map(|(user_id, kind)| Refusal { user_id, kind })
+                    .collect(),
+            }),
     ]
 }
 

@@ -50,6 +50,7 @@ pub(super) async fn add(daemon: &Arc<Daemon>, p: ContactsAddParams) -> Result<Co
             let tx = c.transaction()?;
             let now = now_ms();
             let (state, last_seen) = match &presence {
+                Some(p) if p.hidden => ("hidden", None),
                 Some(p) if p.online => ("online", None),
                 Some(p) => ("offline", i64::try_from(p.last_seen_at).ok().filter(|t| *t > 0)),
                 None => ("offline", None),
@@ -175,4 +176,94 @@ pub(super) async fn mark_verified(
     let (contact, seq) = outcome.ok_or_else(|| not_found(&user))?;
     daemon.bus.published(seq);
     Ok(contact)
+}
+
+pub(super) async fn block(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<Contact, RpcError> {
+    set_blocked(daemon, &p.user_id, true).await
+}
+
+pub(super) async fn unblock(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<Contact, RpcError> {
+    set_blocked(daemon, &p.user_id, false).await
+}
+
+/// Records the block on this device (which from then on discards anything from the
+/// user), then tells the relay, which refuses their messages and calls and hides our
+/// presence from them. Offline, the relay hears it on the next connection.
+async fn set_blocked(daemon: &Arc<Daemon>, raw: &str, blocked: bool) -> Result<Contact, RpcError> {
+    let me = logged_in(daemon).await?;
+    let user = validate::user_id("user_id", raw)?;
+    if user == me {
+        return Err(RpcError::invalid_params("user_id", "you cannot block yourself"));
+    }
+    let u = user.clone();
+    let known =
+        daemon.store.call(move |c| Ok(contacts::get(c, &u)?.is_some())).await.map_err(internal)?;
+    // Blocking someone who is not a contact (a stranger writing to us) adds them as a
+    // blocked contact, once the relay confirms the account exists.
+    let mut nickname = String::new();
+    if !known {
+        if !blocked {
+            return Err(not_found(&user));
+        }
+        let relay = relay(daemon)?;
+        match relay.request(Request::LookupUser { user_id: user.clone() }).await.and_then(check) {
+            Ok(Response::Profile(profile)) => nickname = profile.nickname,
+            Ok(_) => return Err(RpcError::internal("unexpected answer from the relay")),
+            Err(e) => return Err(e.to_rpc("user_id")),
+        }
+    }
+    let u = user.clone();
+    let (contact, seq) = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO contacts (user_id, nickname, blocked, added_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id) DO UPDATE SET blocked = excluded.blocked",
+                params![u, nickname, blocked, now],
+            )?;
+            let contact = contacts::get(&tx, &u)?.ok_or_else(|| crate::store::StoreError::Io {
+                context: "blocked contact".into(),
+                source: std::io::Error::other("vanished"),
+            })?;
+            let seq =
+                events::append(&tx, &EventBody::ContactChanged { contact: contact.clone() }, now)?;
+            tx.commit()?;
+            Ok((contact, seq))
+        })
+        .await
+        .map_err(internal)?;
+    daemon.bus.published(seq);
+    sync_blocks(daemon).await;
+    Ok(contact)
+}
+
+/// Sends the relay the whole block state (blocked contacts and "block everyone"). Runs
+/// after every change and on every connection, so a change made offline, or one whose
+/// request was lost, reaches the relay eventually.
+pub(crate) async fn sync_blocks(daemon: &Arc<Daemon>) {
+    let (Some(relay), Some(_)) = (&daemon.relay, daemon.user()) else { return };
+    let state = daemon
+        .store
+        .call(|c| {
+            let users: Vec<String> = c
+                .prepare("SELECT user_id FROM contacts WHERE blocked = 1 ORDER BY user_id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok((super::Settings::load(c)?.block_all, users))
+        })
+        .await;
+    let (block_all, users) = match state {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the block list");
+            return;
+        }
+    };
+    if let Err(e) =
+        crate::relay::expect_ok(relay.as_ref(), Request::SetBlocks { block_all, users }).await
+    {
+        tracing::debug!(error = %e, "block list not sent yet; it is re-sent on connection");
+    }
 }

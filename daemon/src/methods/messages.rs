@@ -17,13 +17,27 @@ use crate::{Daemon, delivery, now_ms, validate};
 /// The largest text accepted, in bytes of UTF-8.
 pub(super) const MAX_TEXT: usize = 64 * 1024;
 
-/// A conversation name, checked: `user:<id>` (groups come with their issue).
-fn conversation_peer(field: &str, conversation: &str) -> Result<String, RpcError> {
-    match conversation.split_once(':') {
-        Some(("user", id)) => validate::user_id(field, id),
-        Some(("group", _)) => {
-            Err(RpcError::new(ErrorKind::NotFound, "groups are not available in this version"))
+/// Whom a conversation is with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Peer {
+    User(String),
+    Group(String),
+}
+
+impl Peer {
+    fn conversation(&self) -> String {
+        match self {
+            Self::User(u) => format!("user:{u}"),
+            Self::Group(g) => format!("group:{g}"),
         }
+    }
+}
+
+/// A conversation name, checked: `user:<user_id>` or `group:<group_id>`.
+fn conversation_peer(field: &str, conversation: &str) -> Result<Peer, RpcError> {
+    match conversation.split_once(':') {
+        Some(("user", id)) => validate::user_id(field, id).map(Peer::User),
+        Some(("group", id)) if crate::groups::valid_id(id) => Ok(Peer::Group(id.to_owned())),
         _ => Err(RpcError::invalid_params(
             field,
             format!("{field} must be \"user:<user_id>\" or \"group:<group_id>\""),
@@ -49,20 +63,35 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
             "client_msg_id must be 1 to 128 bytes",
         ));
     }
-    let conversation = format!("user:{peer}");
+    let conversation = peer.conversation();
     let outcome = daemon
         .writes
         .run(move |tx| {
             if let Some(client_id) = &p.client_msg_id
                 && let Some(existing) = messages::by_client_id(tx, client_id)?
             {
-                return Ok(Ok((existing, None)));
+                return Ok(Ok((existing, false)));
             }
             if let Some(reply_to) = &p.reply_to
                 && messages::get(tx, reply_to)?.is_none()
             {
                 return Ok(Err(RpcError::new(ErrorKind::NotFound, "reply_to: no such message")));
             }
+            let group = match &peer {
+                Peer::User(user) => {
+                    if delivery::is_blocked(tx, user)? {
+                        return Ok(Err(RpcError::new(
+                            ErrorKind::Blocked,
+                            format!("you block {user}: unblock them to write"),
+                        )));
+                    }
+                    None
+                }
+                Peer::Group(gid) => match crate::groups::load(tx, gid)? {
+                    Some((g, true)) => Some(g),
+                    _ => return Ok(Err(RpcError::new(ErrorKind::NotFound, "no such group"))),
+                },
+            };
             let now = now_ms();
             let id = uuid::Uuid::now_v7().to_string();
             let new = NewMessage {
@@ -86,17 +115,32 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
                 text: p.text.clone(),
                 reply_to: p.reply_to.clone(),
             };
-            delivery::enqueue(tx, &peer, Some(&id), &content, now)?;
+            let queued = match (&peer, &group) {
+                (_, Some(g)) => crate::groups::enqueue_text(
+                    tx,
+                    &me,
+                    g,
+                    &id,
+                    &content,
+                    &mut rand_core::OsRng,
+                    now,
+                )?,
+                (Peer::User(user), None) => {
+                    delivery::enqueue(tx, user, Some(&id), &content, now)?;
+                    true
+                }
+                (Peer::Group(_), None) => false,
+            };
             let message = messages::get(tx, &id)?.ok_or_else(|| crate::store::StoreError::Io {
                 context: "new message".into(),
                 source: std::io::Error::other("vanished"),
             })?;
-            Ok(Ok((message, Some(peer))))
+            Ok(Ok((message, queued)))
         })
         .await
         .map_err(internal)??;
-    let (message, new_for) = outcome;
-    if new_for.is_some() {
+    let (message, queued) = outcome;
+    if queued {
         daemon.wake_sender();
     }
     Ok(MessageResult { message })
@@ -195,6 +239,17 @@ pub(super) async fn conversations(
             let rows = messages::conversations(c)?;
             let mut out = Vec::with_capacity(rows.len());
             for (conversation, unread, last) in rows {
+                if let Some(gid) = conversation.strip_prefix("group:") {
+                    let title = crate::groups::name(c, gid)?.unwrap_or_else(|| gid.to_owned());
+                    out.push(ConversationSummary {
+                        conversation,
+                        title,
+                        unread,
+                        last_message: last,
+                        muted: false,
+                    });
+                    continue;
+                }
                 let peer = conversation.strip_prefix("user:").unwrap_or(&conversation).to_owned();
                 let title: Option<(String, Option<String>)> = {
                     use rusqlite::OptionalExtension;

@@ -8,7 +8,9 @@ mod account;
 mod contacts;
 mod device;
 mod events;
+mod groups;
 mod messages;
+mod privacy;
 mod settings;
 mod system;
 
@@ -26,6 +28,7 @@ use crate::server::Connection;
 use crate::store::StoreError;
 
 pub(crate) use account::mark_logged_out;
+pub(crate) use contacts::sync_blocks;
 pub use settings::Settings;
 
 /// What a method produced.
@@ -79,6 +82,19 @@ pub async fn call(
         "contacts.remove" => reply(contacts::remove(daemon, parse(params)?).await?),
         "contacts.verify" => reply(contacts::verify(daemon, parse(params)?).await?),
         "contacts.mark_verified" => reply(contacts::mark_verified(daemon, parse(params)?).await?),
+        "contacts.block" => reply(contacts::block(daemon, parse(params)?).await?),
+        "contacts.unblock" => reply(contacts::unblock(daemon, parse(params)?).await?),
+        "groups.create" => reply(groups::create(daemon, parse(params)?).await?),
+        "groups.list" => reply(groups::list(daemon, parse(params)?).await?),
+        "groups.info" => reply(groups::info(daemon, parse(params)?).await?),
+        "groups.add_members" => reply(groups::add_members(daemon, parse(params)?).await?),
+        "groups.remove_members" => reply(groups::remove_members(daemon, parse(params)?).await?),
+        "groups.rename" => reply(groups::rename(daemon, parse(params)?).await?),
+        "groups.leave" => reply(groups::leave(daemon, parse(params)?).await?),
+        "privacy.clear_history" => reply(privacy::clear_history(daemon, parse(params)?).await?),
+        "privacy.restore_defaults" => {
+            reply(privacy::restore_defaults(daemon, parse(params)?).await?)
+        }
         "messages.send" => reply(messages::send(daemon, parse(params)?).await?),
         "messages.list" => reply(messages::list(daemon, parse(params)?).await?),
         "messages.get" => reply(messages::get(daemon, parse(params)?).await?),

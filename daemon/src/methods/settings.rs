@@ -173,13 +173,16 @@ pub(super) async fn set(
                 seq = Some(events::append(&tx, &body, now_ms())?);
             }
             tx.commit()?;
-            Ok(Ok((new, seq)))
+            Ok(Ok((new, seq, new.block_all != old.block_all)))
         })
         .await
         .map_err(internal)??;
-    let (new, seq) = outcome;
+    let (new, seq, block_all_changed) = outcome;
     if let Some(seq) = seq {
         daemon.bus.published(seq);
+    }
+    if block_all_changed {
+        super::sync_blocks(daemon).await;
     }
     Ok(new.to_ipc())
 }

@@ -14,12 +14,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Credentials, Enqueued, Envelope, KeyUpload, NewAccount, ProfileUpdate, Queued, Quota, Storage,
-    StorageError,
+    Blocks, Credentials, Enqueued, Envelope, KeyUpload, NewAccount, ProfileUpdate, Queued, Quota,
+    Storage, StorageError,
 };
 
 /// Numbered migrations; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("0001_init.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("0001_init.sql"), include_str!("0002_blocks.sql")];
 
 /// SQLite storage. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -355,19 +355,25 @@ impl Storage for SqliteStorage {
                 for w in &remove {
                     del.execute(params![watcher, w])?;
                 }
-                let mut seen =
-                    tx.prepare_cached("SELECT last_seen_at FROM accounts WHERE user_id = ?1")?;
+                let mut seen = tx.prepare_cached(
+                    "SELECT a.last_seen_at, a.block_all OR EXISTS
+                        (SELECT 1 FROM blocks b WHERE b.blocker = a.user_id AND b.blocked = ?2)
+                     FROM accounts a WHERE a.user_id = ?1",
+                )?;
                 let mut ins = tx.prepare_cached(
                     "INSERT INTO watches (watcher, watched) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 )?;
                 for w in add {
-                    let last: Option<i64> = seen.query_row([&w], |r| r.get(0)).optional()?;
-                    if let Some(last) = last {
+                    let row: Option<(i64, bool)> = seen
+                        .query_row(params![w, watcher], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    if let Some((last, hidden)) = row {
                         ins.execute(params![watcher, w])?;
                         out.push(PresenceInfo {
                             user_id: w,
                             online: false,
-                            last_seen_at: last as u64,
+                            last_seen_at: if hidden { 0 } else { last as u64 },
+                            hidden,
                         });
                     }
                 }
@@ -386,6 +392,37 @@ impl Storage for SqliteStorage {
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
         .await
+    }
+
+    async fn set_blocks(&self, user_id: &str, blocks: Blocks) -> Result<Blocks, StorageError> {
+        let user_id = user_id.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let old = read_blocks(&tx, &user_id)?;
+            let n = tx.execute(
+                "UPDATE accounts SET block_all = ?2 WHERE user_id = ?1",
+                params![user_id, blocks.all],
+            )?;
+            if n == 0 {
+                return Err(StorageError::NotFound);
+            }
+            tx.execute("DELETE FROM blocks WHERE blocker = ?1", [&user_id])?;
+            {
+                let mut ins =
+                    tx.prepare_cached("INSERT INTO blocks (blocker, blocked) VALUES (?1, ?2)")?;
+                for u in &blocks.users {
+                    ins.execute(params![user_id, u])?;
+                }
+            }
+            tx.commit()?;
+            Ok(old)
+        })
+        .await
+    }
+
+    async fn blocks(&self, user_id: &str) -> Result<Blocks, StorageError> {
+        let user_id = user_id.to_owned();
+        self.with(move |c| read_blocks(c, &user_id)).await
     }
 
     async fn set_last_seen(&self, user_id: &str, at: u64) -> Result<(), StorageError> {
@@ -415,6 +452,31 @@ impl Storage for SqliteStorage {
             let mut out = Vec::with_capacity(envelopes.len());
             for e in envelopes {
                 out.push(enqueue_in(&tx, e, quota)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn enqueue_fanout(
+        &self,
+        envelopes: Vec<Envelope>,
+        quota: Quota,
+    ) -> Result<Vec<Result<Enqueued, StorageError>>, StorageError> {
+        self.with(move |c| {
+            let mut tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut out = Vec::with_capacity(envelopes.len());
+            for e in envelopes {
+                let sp = tx.savepoint()?;
+                match enqueue_in(&sp, e, quota) {
+                    Ok(done) => {
+                        sp.commit()?;
+                        out.push(Ok(done));
+                    }
+                    Err(StorageError::Backend(e)) => return Err(StorageError::Backend(e)),
+                    Err(refused) => out.push(Err(refused)),
+                }
             }
             tx.commit()?;
             Ok(out)
@@ -480,12 +542,20 @@ impl Storage for SqliteStorage {
     }
 }
 
+fn read_blocks(c: &Connection, user_id: &str) -> Result<Blocks, StorageError> {
+    let all: Option<bool> = c
+        .prepare_cached("SELECT block_all FROM accounts WHERE user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))
+        .optional()?;
+    let users = c
+        .prepare_cached("SELECT blocked FROM blocks WHERE blocker = ?1")?
+        .query_map([user_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Blocks { all: all.unwrap_or(false), users })
+}
+
 /// One message into the mailbox, inside the caller's transaction.
-fn enqueue_in(
-    tx: &rusqlite::Transaction<'_>,
-    e: Envelope,
-    quota: Quota,
-) -> Result<Enqueued, StorageError> {
+fn enqueue_in(tx: &Connection, e: Envelope, quota: Quota) -> Result<Enqueued, StorageError> {
     let before: Option<i64> = tx
         .query_row(
             "SELECT server_ts FROM sent_ids WHERE sender = ?1 AND recipient = ?2 AND msg_id = ?3",
@@ -496,8 +566,18 @@ fn enqueue_in(
     if let Some(ts) = before {
         return Ok(Enqueued { server_ts: ts as u64, duplicate: true });
     }
-    if !exists(tx, &e.recipient)? {
-        return Err(StorageError::NotFound);
+    let refuses: Option<bool> = tx
+        .prepare_cached(
+            "SELECT a.block_all OR EXISTS
+                (SELECT 1 FROM blocks b WHERE b.blocker = a.user_id AND b.blocked = ?2)
+             FROM accounts a WHERE a.user_id = ?1",
+        )?
+        .query_row(params![e.recipient, e.sender], |r| r.get(0))
+        .optional()?;
+    match refuses {
+        None => return Err(StorageError::NotFound),
+        Some(true) => return Err(StorageError::Blocked),
+        Some(false) => {}
     }
     let (count, bytes): (i64, i64) = tx.query_row(
         "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox WHERE recipient = ?1",

@@ -1,0 +1,118 @@
+//! `privacy.clear_history` and `privacy.restore_defaults`, exactly as the privacy policy
+//! words them. Both refuse without `confirm: true` (`confirm_required`).
+
+use std::sync::Arc;
+
+use letstalk_ipc::types::{ClearHistoryResult, ConfirmParams, EventBody, RestoreDefaultsResult};
+use letstalk_ipc::{ErrorKind, RpcError};
+use letstalk_wire::Request;
+
+use super::{Settings, internal};
+use crate::{Daemon, events, now_ms};
+
+fn confirm(p: &ConfirmParams, what: &str) -> Result<(), RpcError> {
+    if p.confirm {
+        Ok(())
+    } else {
+        Err(RpcError::new(
+            ErrorKind::ConfirmRequired,
+            format!("{what} cannot be undone: call again with \"confirm\": true"),
+        ))
+    }
+}
+
+/// "Clear chat history": deletes every unsent (queued or failed) and every unread
+/// message, withdrawing the unsent ones from the outbox in the same transaction so they
+/// never go out, together with the events that carried their text and group messages
+/// still waiting to be read. Read history stays. The database zeroes freed pages
+/// (`secure_delete`) and the WAL is checkpointed and truncated afterwards, so nothing
+/// deleted can be read back from the device.
+pub(super) async fn clear_history(
+    daemon: &Arc<Daemon>,
+    p: ConfirmParams,
+) -> Result<ClearHistoryResult, RpcError> {
+    confirm(&p, "clearing the chat history")?;
+    let (deleted, seq) = daemon
+        .store
+        .call(|c| {
+            let tx = c.transaction()?;
+            tx.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS cleared (id TEXT PRIMARY KEY) STRICT;
+                 DELETE FROM temp.cleared;
+                 INSERT INTO temp.cleared
+                    SELECT message_id FROM messages
+                    WHERE (direction = 'out' AND state IN ('queued', 'failed'))
+                       OR (direction = 'in' AND read = 0);
+                 DELETE FROM outbox WHERE message_id IN (SELECT id FROM temp.cleared);
+                 DELETE FROM message_members WHERE message_id IN (SELECT id FROM temp.cleared);
+                 DELETE FROM events WHERE kind IN ('message.received', 'message.state')
+                    AND coalesce(json_extract(body, '$.message.message_id'),
+                                 json_extract(body, '$.message_id'))
+                        IN (SELECT id FROM temp.cleared);
+                 DELETE FROM group_pending;",
+            )?;
+            let deleted = tx.execute(
+                "DELETE FROM messages WHERE message_id IN (SELECT id FROM temp.cleared)",
+                [],
+            )?;
+            tx.execute("DELETE FROM temp.cleared", [])?;
+            let deleted = deleted as u64;
+            let seq = events::append(&tx, &EventBody::HistoryCleared { deleted }, now_ms())?;
+            tx.commit()?;
+            tx_checkpoint(c)?;
+            Ok((deleted, seq))
+        })
+        .await
+        .map_err(internal)?;
+    daemon.bus.published(seq);
+    Ok(ClearHistoryResult { deleted })
+}
+
+fn tx_checkpoint(c: &rusqlite::Connection) -> Result<(), crate::store::StoreError> {
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
+/// "Restore defaults": deletes the account on the relay when it can be reached, then
+/// destroys the database key and with it every key and secret on the device, then the
+/// data (database files, attachments). The daemon carries on as freshly installed, on
+/// a new empty database; subscribers hear `account.logged_out` and `settings.changed`.
+pub(super) async fn restore_defaults(
+    daemon: &Arc<Daemon>,
+    p: ConfirmParams,
+) -> Result<RestoreDefaultsResult, RpcError> {
+    confirm(&p, "restoring the defaults")?;
+    let mut relay_account_deleted = false;
+    if let (Some(relay), Some(_)) = (&daemon.relay, daemon.user()) {
+        match crate::relay::expect_ok(relay.as_ref(), Request::DeleteAccount).await {
+            Ok(()) => relay_account_deleted = true,
+            Err(e) => tracing::info!(error = %e, "the relay account could not be deleted"),
+        }
+    }
+    if let Some(relay) = &daemon.relay {
+        relay.set_credentials(None);
+    }
+    daemon.set_user(None);
+    let store = daemon.store.clone();
+    tokio::task::spawn_blocking(move || store.reset())
+        .await
+        .map_err(|_| RpcError::internal("the reset task failed"))?
+        .map_err(internal)?;
+    daemon.forget_caches();
+    let seq = daemon
+        .store
+        .call(|c| {
+            let tx = c.transaction()?;
+            let now = now_ms();
+            events::append(&tx, &EventBody::AccountLoggedOut {}, now)?;
+            let settings = Settings::default().to_ipc();
+            let seq = events::append(&tx, &EventBody::SettingsChanged { settings }, now)?;
+            tx.commit()?;
+            Ok(seq)
+        })
+        .await
+        .map_err(internal)?;
+    daemon.bus.published(seq);
+    tracing::info!(relay_account_deleted, "restored defaults: account, keys and data deleted");
+    Ok(RestoreDefaultsResult { relay_account_deleted })
+}
