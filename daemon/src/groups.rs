@@ -559,6 +559,174 @@ fn retry_pending(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::NewMessage;
+    use crate::store::Store;
+    use letstalk_ipc::types::{Direction, MessageKind, MessageState};
+    use rand_core::OsRng;
+
+    struct Device {
+        _dir: tempfile::TempDir,
+        store: Store,
+        me: &'static str,
+    }
+
+    fn device(me: &'static str) -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        Device { _dir: dir, store, me }
+    }
+
+    /// Takes every outbox row of `d`: (recipient, decoded plaintext, envelope).
+    fn take_outbox(d: &Device) -> Vec<(String, Option<Content>, Option<Vec<u8>>)> {
+        d.store
+            .with(|c| {
+                let rows = c
+                    .prepare("SELECT recipient, plaintext, envelope FROM outbox ORDER BY seq")?
+                    .query_map([], |r| {
+                        let plain: Option<Vec<u8>> = r.get(1)?;
+                        Ok((r.get(0)?, plain.and_then(|p| Content::decode(&p)), r.get(2)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                c.execute("DELETE FROM outbox", [])?;
+                Ok(rows)
+            })
+            .unwrap()
+    }
+
+    fn send(d: &Device, g: &GroupState, id: &str, text: &str) {
+        d.store
+            .with(|c| {
+                let conversation = g.conversation();
+                let new = NewMessage {
+                    message_id: id,
+                    conversation: &conversation,
+                    sender: d.me,
+                    direction: Direction::Out,
+                    kind: MessageKind::Text,
+                    text: Some(text),
+                    reply_to: None,
+                    client_msg_id: None,
+                    created_at: 1,
+                    received_at: None,
+                    state: MessageState::Queued,
+                    read: true,
+                };
+                messages::insert(c, &new)?;
+                let content =
+                    Content::Text { id: id.into(), at: 1, text: text.into(), reply_to: None };
+                enqueue_text(c, d.me, g, id, &content, &mut OsRng, 1)
+            })
+            .unwrap();
+    }
+
+    /// Hands `from`'s queued sender keys for `to` to `to`.
+    fn deliver_keys(rows: &[(String, Option<Content>, Option<Vec<u8>>)], from: &str, to: &Device) {
+        for (recipient, content, _) in rows {
+            if let (true, Some(Content::SenderKey { gid, key })) = (recipient == to.me, content) {
+                to.store.with(|c| on_sender_key(c, to.me, from, gid, key, 2)).unwrap().unwrap();
+            }
+        }
+    }
+
+    fn group_frame(rows: &[(String, Option<Content>, Option<Vec<u8>>)]) -> Vec<u8> {
+        rows.iter()
+            .find_map(|(r, _, e)| r.starts_with("group:").then(|| e.clone()))
+            .flatten()
+            .unwrap()
+    }
+
+    fn shown(d: &Device, id: &str) -> Option<String> {
+        d.store.with(|c| messages::get(c, id)).unwrap().and_then(|m| m.text)
+    }
+
+    #[test]
+    fn a_removed_member_holding_every_old_key_cannot_read_what_follows() {
+        let (alice, bob, carol) = (device("alice"), device("bob"), device("carol"));
+        let g = GroupState {
+            id: "g1".into(),
+            name: "Crew".into(),
+            created_at: 1,
+            version: 1,
+            members: ["alice", "bob", "carol"].map(String::from).into(),
+            admins: ["alice"].map(String::from).into(),
+        };
+        for d in [&alice, &bob, &carol] {
+            d.store.with(|c| apply(c, d.me, None, &g, "alice", 1)).unwrap();
+        }
+
+        send(&alice, &g, "m1", "before");
+        let rows = take_outbox(&alice);
+        deliver_keys(&rows, "alice", &carol);
+        deliver_keys(&rows, "alice", &bob);
+        let first = group_frame(&rows);
+        let (gid, message) = parse_frame(&first).unwrap();
+        for d in [&bob, &carol] {
+            d.store.with(|c| on_message(c, "alice", gid, message, 2)).unwrap().unwrap();
+            assert_eq!(shown(d, "m1").as_deref(), Some("before"));
+        }
+
+        // carol is removed; alice's next message rotates her key, for bob only.
+        let after = GroupState { version: 2, ..without(&g, "carol") };
+        alice.store.with(|c| apply(c, "alice", Some(&g), &after, "alice", 3)).unwrap();
+        send(&alice, &after, "m2", "after carol");
+        let rows = take_outbox(&alice);
+        assert!(rows.iter().all(|(r, _, _)| r != "carol"), "nothing at all is queued for carol");
+        let second = group_frame(&rows);
+        assert!(!second.windows(11).any(|w| w == b"after carol"));
+        let (gid, message) = parse_frame(&second).unwrap();
+
+        // carol, who never heard of her removal and keeps every key she had, reads nothing.
+        carol.store.with(|c| on_message(c, "alice", gid, message, 4)).unwrap().unwrap();
+        assert_eq!(shown(&carol, "m2"), None);
+        let old_keys: Vec<Vec<u8>> = carol
+            .store
+            .with(|c| {
+                Ok(c.prepare("SELECT state FROM group_receivers")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert!(!old_keys.is_empty());
+        for state in old_keys {
+            let mut receiver = SenderKeyReceiver::from_bytes(&state).unwrap();
+            assert!(receiver.decrypt(message).is_err());
+        }
+
+        // bob gets the new generation and reads it.
+        deliver_keys(&rows, "alice", &bob);
+        bob.store.with(|c| on_message(c, "alice", gid, message, 4)).unwrap().unwrap();
+        assert_eq!(shown(&bob, "m2").as_deref(), Some("after carol"));
+    }
+
+    #[test]
+    fn a_message_before_its_key_waits_and_is_shown_when_the_key_comes() {
+        let (alice, bob) = (device("alice"), device("bob"));
+        let g = GroupState {
+            id: "g2".into(),
+            name: "Two".into(),
+            created_at: 1,
+            version: 1,
+            members: ["alice", "bob"].map(String::from).into(),
+            admins: ["alice"].map(String::from).into(),
+        };
+        alice.store.with(|c| apply(c, "alice", None, &g, "alice", 1)).unwrap();
+        send(&alice, &g, "m1", "early");
+        let rows = take_outbox(&alice);
+        let frame = group_frame(&rows);
+        let (gid, message) = parse_frame(&frame).unwrap();
+        // Neither the group nor the key is known yet: kept, not shown, not lost.
+        bob.store.with(|c| on_message(c, "alice", gid, message, 2)).unwrap().unwrap();
+        assert_eq!(shown(&bob, "m1"), None);
+        let update = g.content();
+        bob.store.with(|c| on_update(c, "bob", "alice", &update, 3)).unwrap().unwrap();
+        assert_eq!(shown(&bob, "m1"), None);
+        deliver_keys(&rows, "alice", &bob);
+        assert_eq!(shown(&bob, "m1").as_deref(), Some("early"));
+        // A stranger cannot rewrite the group.
+        let forged = GroupState { version: 9, name: "Mine".into(), ..g.clone() }.content();
+        let refused = bob.store.with(|c| on_update(c, "bob", "mallory", &forged, 4)).unwrap();
+        assert!(refused.is_err());
+    }
 
     #[test]
     fn frames_round_trip_and_refuse_garbage() {

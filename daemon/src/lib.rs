@@ -101,6 +101,10 @@ pub struct Daemon {
     pub writes: store::GroupCommit,
     /// Wakes the sender task when the outbox got something.
     pub(crate) sender_wake: tokio::sync::Notify,
+    /// Held by the sender from reading outbox rows until the relay's answer is recorded,
+    /// and by "clear chat history" while it withdraws rows: a withdrawn message can never
+    /// be half-way out.
+    pub(crate) outbox_gate: tokio::sync::Mutex<()>,
 }
 
 impl Daemon {
@@ -230,6 +234,7 @@ pub async fn run(
         queued: Mutex::default(),
         relay: link.clone().map(|l| l as Arc<dyn relay::RelayApi>),
         sender_wake: tokio::sync::Notify::new(),
+        outbox_gate: tokio::sync::Mutex::new(()),
     });
 
     let cancel = CancellationToken::new();

@@ -118,6 +118,7 @@ async fn drain_one<T: Transport>(
 ) -> Result<(), ()> {
     let mut bundle: Option<PreKeyBundle> = None;
     loop {
+        let _gate = daemon.outbox_gate.lock().await;
         let r = recipient.to_owned();
         let b = bundle.take();
         let prepared = daemon

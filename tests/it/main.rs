@@ -10,6 +10,7 @@ mod hostile;
 mod ipc_contract;
 mod lifecycle;
 mod messaging;
+mod privacy;
 mod systemd_units;
 
 use std::path::Path;

@@ -32,6 +32,9 @@ pub(super) async fn clear_history(
     p: ConfirmParams,
 ) -> Result<ClearHistoryResult, RpcError> {
     confirm(&p, "clearing the chat history")?;
+    // Waits for a transmission in flight to finish: what the relay took is sent, the
+    // rest is withdrawn before the sender can read it again.
+    let _gate = daemon.outbox_gate.lock().await;
     let (deleted, seq) = daemon
         .store
         .call(|c| {

@@ -692,4 +692,42 @@ mod tests {
         s.bind_device("alice", None).await.unwrap();
         assert!(s.take_bundle("alice").await.unwrap().is_none());
     }
+
+    #[tokio::test]
+    async fn blocks_refuse_messages_hide_presence_and_fan_out_per_recipient() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        for u in ["alice", "bob", "carol"] {
+            s.create_account(account(u)).await.unwrap();
+        }
+        let blocks = Blocks { all: false, users: ["alice".to_owned()].into() };
+        assert_eq!(s.set_blocks("bob", blocks.clone()).await.unwrap(), Blocks::default());
+        assert_eq!(s.blocks("bob").await.unwrap(), blocks);
+        assert!(matches!(s.enqueue(envelope("m1", 1), QUOTA).await, Err(StorageError::Blocked)));
+        let seen = s.watch("alice", vec!["bob".into(), "carol".into()], vec![]).await.unwrap();
+        assert_eq!(
+            seen.iter().map(|p| (p.user_id.as_str(), p.hidden)).collect::<Vec<_>>(),
+            [("bob", true), ("carol", false)]
+        );
+        // One group message: carol gets it, bob refuses it, nothing else changes.
+        let fan = ["bob", "carol"]
+            .map(|to| Envelope { recipient: to.into(), ..envelope("g1", 2) })
+            .to_vec();
+        let out = s.enqueue_fanout(fan, QUOTA).await.unwrap();
+        assert!(matches!(out[0], Err(StorageError::Blocked)));
+        assert!(out[1].as_ref().is_ok_and(|d| !d.duplicate));
+        assert_eq!(s.mailbox_len().await.unwrap(), 1);
+        // "Block everyone" refuses carol too; turning it off lets alice through again.
+        s.set_blocks("carol", Blocks { all: true, users: Default::default() }).await.unwrap();
+        let to_carol = Envelope { recipient: "carol".into(), ..envelope("m2", 3) };
+        assert!(matches!(s.enqueue(to_carol.clone(), QUOTA).await, Err(StorageError::Blocked)));
+        s.set_blocks("carol", Blocks::default()).await.unwrap();
+        assert!(s.enqueue(to_carol, QUOTA).await.is_ok());
+        s.set_blocks("bob", Blocks::default()).await.unwrap();
+        assert!(s.enqueue(envelope("m1", 4), QUOTA).await.is_ok());
+        assert!(matches!(
+            s.set_blocks("nobody", Blocks::default()).await,
+            Err(StorageError::NotFound)
+        ));
+    }
 }

@@ -1,0 +1,172 @@
+//! The privacy policy's controls through real relays and daemons: blocking one user,
+//! "block everyone", "clear chat history" and "restore defaults".
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use letstalk_tests::{
+    Daemon, PASSWORD, World, error_of, eventually, files_containing, registered, texts,
+    wait_connected, wait_texts,
+};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Sends and waits for the message's final state at the sender (`delivered` or `failed`).
+async fn send_and_settle(from: &Daemon, to: &str, text: &str) -> Value {
+    let sent = from.call("messages.send", json!({"to": to, "text": text})).await.unwrap();
+    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
+    eventually(LIMIT, &format!("{text:?} settled"), || async {
+        let m = from.call("messages.get", json!({"message_id": id})).await.ok()?;
+        matches!(m["message"]["state"].as_str(), Some("delivered" | "failed"))
+            .then(|| m["message"].clone())
+    })
+    .await
+    .unwrap()
+}
+
+async fn presence_of(d: &Daemon, user: &str) -> String {
+    let list = d.call("contacts.list", json!({})).await.unwrap();
+    let c = list["contacts"].as_array().unwrap().iter().find(|c| c["user_id"] == user).cloned();
+    c.map(|c| c["presence"].as_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+async fn wait_presence(d: &Daemon, user: &str, want: &str) {
+    eventually(LIMIT, &format!("{user} {want}"), || async {
+        (presence_of(d, user).await == want).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn blocking_one_user_and_everyone_stops_messages_and_presence_until_undone() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    alice.call("contacts.add", json!({"user_id": "bob"})).await.unwrap();
+    bob.call("contacts.add", json!({"user_id": "alice"})).await.unwrap();
+    wait_presence(&alice, "bob", "online").await;
+    assert_eq!(send_and_settle(&alice, "user:bob", "before").await["state"], "delivered");
+
+    // bob blocks alice: her messages are refused with `blocked`, she sees no presence.
+    let c = bob.call("contacts.block", json!({"user_id": "alice"})).await.unwrap();
+    assert_eq!(c["blocked"], true);
+    wait_presence(&alice, "bob", "hidden").await;
+    let m = send_and_settle(&alice, "user:bob", "while blocked").await;
+    assert_eq!(
+        (m["state"].as_str(), m["error"]["data"]["kind"].as_str()),
+        (Some("failed"), Some("blocked"))
+    );
+    assert_eq!(m["error"]["code"], -32005);
+    // bob cannot write to someone he blocks either.
+    let own = bob.call("messages.send", json!({"to": "user:alice", "text": "x"})).await;
+    assert_eq!(error_of(own).1.as_deref(), Some("blocked"));
+
+    bob.call("contacts.unblock", json!({"user_id": "alice"})).await.unwrap();
+    wait_presence(&alice, "bob", "online").await;
+    assert_eq!(send_and_settle(&alice, "user:bob", "after unblock").await["state"], "delivered");
+
+    // "Block everyone": the same for every sender, until turned off.
+    let s = bob.call("settings.set", json!({"block_all": true})).await.unwrap();
+    assert_eq!(s["block_all"], true);
+    wait_presence(&alice, "bob", "hidden").await;
+    let m = send_and_settle(&alice, "user:bob", "while everyone is blocked").await;
+    assert_eq!(m["error"]["data"]["kind"], "blocked");
+    bob.call("settings.set", json!({"block_all": false})).await.unwrap();
+    wait_presence(&alice, "bob", "online").await;
+    assert_eq!(send_and_settle(&alice, "user:bob", "back").await["state"], "delivered");
+
+    assert_eq!(texts(&bob, "user:alice").await, vec!["before", "after unblock", "back"]);
+    // Blocking a stranger works; unblocking one does not exist.
+    let none = bob.call("contacts.unblock", json!({"user_id": "nobody-here"})).await;
+    assert_eq!(error_of(none).1.as_deref(), Some("not_found"));
+}
+
+#[tokio::test]
+async fn clear_history_deletes_unsent_and_unread_and_the_unsent_never_go_out() {
+    let world = World::new();
+    let mut relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    for t in ["read one", "unread one"] {
+        bob.call("messages.send", json!({"to": "user:alice", "text": t})).await.unwrap();
+    }
+    let got = wait_texts(&alice, "user:bob", 2, LIMIT).await;
+    assert_eq!(got, vec!["read one", "unread one"]);
+    let page = alice.call("messages.list", json!({"conversation": "user:bob"})).await.unwrap();
+    let first = page["messages"][0]["message_id"].as_str().unwrap().to_owned();
+    alice
+        .call("messages.mark_read", json!({"conversation": "user:bob", "up_to": first}))
+        .await
+        .unwrap();
+    assert_eq!(
+        send_and_settle(&alice, "user:bob", "sent and delivered").await["state"],
+        "delivered"
+    );
+
+    // The relay goes away; what alice writes now stays queued on her device.
+    relay.stop();
+    alice.call("messages.send", json!({"to": "user:bob", "text": "unsent secret"})).await.unwrap();
+    let refused = alice.call("privacy.clear_history", json!({})).await;
+    assert_eq!(error_of(refused).1.as_deref(), Some("confirm_required"));
+    let cleared = alice.call("privacy.clear_history", json!({"confirm": true})).await.unwrap();
+    assert_eq!(cleared["deleted"], 2, "the unread and the unsent message");
+    assert_eq!(texts(&alice, "user:bob").await, vec!["read one", "sent and delivered"]);
+    let st = alice.call("system.status", json!({})).await.unwrap();
+    assert_eq!(st["queued_out"], 0);
+
+    // Back online: a later message arrives, the cleared one never does.
+    relay.restart().unwrap();
+    wait_connected(&alice).await;
+    alice.call("messages.send", json!({"to": "user:bob", "text": "later"})).await.unwrap();
+    let at_bob = wait_texts(&bob, "user:alice", 4, LIMIT).await;
+    assert_eq!(at_bob, vec!["read one", "unread one", "sent and delivered", "later"]);
+}
+
+#[tokio::test]
+async fn restore_defaults_deletes_everything_here_and_on_the_relay() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    alice.call("contacts.add", json!({"user_id": "bob"})).await.unwrap();
+    let text = "restore-defaults canary text";
+    bob.call("messages.send", json!({"to": "user:alice", "text": text})).await.unwrap();
+    wait_texts(&alice, "user:bob", 1, LIMIT).await;
+    alice.call("groups.create", json!({"name": "Secret club", "members": ["bob"]})).await.unwrap();
+    alice.call("settings.set", json!({"read_receipts": false})).await.unwrap();
+    let key_before = std::fs::read(alice.data_dir().join("db.key")).unwrap();
+
+    let refused = alice.call("privacy.restore_defaults", json!({"confirm": false})).await;
+    assert_eq!(error_of(refused).1.as_deref(), Some("confirm_required"));
+    let done = alice.call("privacy.restore_defaults", json!({"confirm": true})).await.unwrap();
+    assert_eq!(done["relay_account_deleted"], true);
+
+    // As freshly installed: no account, default settings, a new database key.
+    let e = alice.call("account.info", json!({})).await;
+    assert_eq!(error_of(e).1.as_deref(), Some("not_logged_in"));
+    assert_eq!(alice.call("settings.get", json!({})).await.unwrap()["read_receipts"], true);
+    let st = alice.call("system.status", json!({})).await.unwrap();
+    assert_eq!(st["user_id"], Value::Null);
+    assert_ne!(std::fs::read(alice.data_dir().join("db.key")).unwrap(), key_before);
+    for needle in ["alice@example.org", "alice nick", "Secret club", text, "bob nick"] {
+        let found = files_containing(alice.data_dir(), needle.as_bytes());
+        assert!(found.is_empty(), "{needle:?} found in {found:?}");
+    }
+    // The relay forgot the account: bob cannot find it, and the ID is free again.
+    let gone = bob.call("contacts.add", json!({"user_id": "alice"})).await;
+    assert_eq!(error_of(gone).1.as_deref(), Some("not_found"));
+    let again = alice
+        .call(
+            "account.register",
+            json!({"user_id": "alice", "email": "new@example.org", "nickname": "New Alice", "password": PASSWORD}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again["user_id"], "alice");
+    assert_eq!(alice.call("contacts.list", json!({})).await.unwrap()["contacts"], json!([]));
+    assert_eq!(alice.call("groups.list", json!({})).await.unwrap()["groups"], json!([]));
+    assert_eq!(texts(&alice, "user:bob").await, Vec::<String>::new());
+}
