@@ -576,8 +576,11 @@ mod tests {
         Device { _dir: dir, store, me }
     }
 
-    /// Takes every outbox row of `d`: (recipient, decoded plaintext, envelope).
-    fn take_outbox(d: &Device) -> Vec<(String, Option<Content>, Option<Vec<u8>>)> {
+    /// An outbox row: recipient, decoded plaintext, envelope.
+    type Row = (String, Option<Content>, Option<Vec<u8>>);
+
+    /// Takes every outbox row of `d`.
+    fn take_outbox(d: &Device) -> Vec<Row> {
         d.store
             .with(|c| {
                 let rows = c
@@ -620,7 +623,7 @@ mod tests {
     }
 
     /// Hands `from`'s queued sender keys for `to` to `to`.
-    fn deliver_keys(rows: &[(String, Option<Content>, Option<Vec<u8>>)], from: &str, to: &Device) {
+    fn deliver_keys(rows: &[Row], from: &str, to: &Device) {
         for (recipient, content, _) in rows {
             if let (true, Some(Content::SenderKey { gid, key })) = (recipient == to.me, content) {
                 to.store.with(|c| on_sender_key(c, to.me, from, gid, key, 2)).unwrap().unwrap();
@@ -628,7 +631,7 @@ mod tests {
         }
     }
 
-    fn group_frame(rows: &[(String, Option<Content>, Option<Vec<u8>>)]) -> Vec<u8> {
+    fn group_frame(rows: &[Row]) -> Vec<u8> {
         rows.iter()
             .find_map(|(r, _, e)| r.starts_with("group:").then(|| e.clone()))
             .flatten()
