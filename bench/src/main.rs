@@ -4,8 +4,10 @@
 //! Every benchmark is a subcommand with its own module: `ipc` (the default) measures the
 //! daemon's local JSON-RPC interface, `messaging` end-to-end messaging between two
 //! daemons through a relay (and the ratchet step), `relay` the relay's delivery between
-//! many clients beside mosquitto at QoS 1.
+//! many clients beside mosquitto at QoS 1, `groups` the cost of one group message to
+//! N members on the sender and on the relay.
 
+mod groups;
 mod ipc;
 mod load;
 mod messaging;
@@ -46,6 +48,27 @@ enum Command {
     /// Delivery rate through letstalk-relay between many connected clients, beside
     /// mosquitto at QoS 1 with the same shape.
     Relay(RelayArgs),
+    /// The cost of one group message to N members, sender and relay side.
+    Groups(GroupsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GroupsArgs {
+    /// The daemon binary (default: the release build beside this one).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon: Option<PathBuf>,
+
+    /// The relay binary (default: the release build beside this one).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// Group sizes to measure, the sender included.
+    #[arg(long, value_delimiter = ',', default_values_t = [10usize, 50])]
+    pub(crate) members: Vec<usize>,
+
+    /// Messages per group size.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub(crate) messages: usize,
 }
 
 /// Flags of `letstalk-bench messaging`.
@@ -178,5 +201,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ipc(args) => runtime.block_on(ipc::run(&args)),
         Command::Messaging(args) => runtime.block_on(messaging::run(&args)),
         Command::Relay(args) => runtime.block_on(relay::run(&args)),
+        Command::Groups(args) => runtime.block_on(groups::run(&args)),
     }
 }

@@ -143,7 +143,7 @@ fn print_line(label: &str, d: &Delivery, total: usize) {
 // letstalk-relay through letstalk-link
 
 /// A registered, authenticated link for the account `user`.
-async fn connected_link(
+pub(crate) async fn connected_link(
     port: u16,
     cert: &Path,
     user: &str,
