@@ -90,6 +90,26 @@ enum Command {
         #[arg(long)]
         alias: Option<String>,
     },
+    /// Blocks a user: their messages and calls never reach you, and they see no presence.
+    Block { user_id: String },
+    /// Unblocks a user.
+    Unblock { user_id: String },
+    /// Groups: create, list, info, add, remove, rename, leave.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Deletes every unsent and every unread message, for good (needs --yes).
+    ClearHistory {
+        /// Confirm: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Deletes the account (also on the relay), contacts, groups, messages, keys and
+    /// settings; the daemon is then as freshly installed (needs --yes).
+    RestoreDefaults {
+        /// Confirm: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Lists contacts with their presence.
     Contacts {
         #[arg(long)]
@@ -120,6 +140,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Creates a group with these members; you are its admin.
+    Create {
+        name: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists your groups.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one group.
+    Info {
+        group_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adds members (admins only).
+    Add {
+        group_id: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Removes members (admins only); they cannot read what follows.
+    Remove {
+        group_id: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Renames a group (admins only).
+    Rename { group_id: String, name: String },
+    /// Leaves a group; its history stays on this device.
+    Leave { group_id: String },
 }
 
 /// A failure, with the exit code it maps to.
@@ -351,7 +410,84 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Command::Block { user_id } => block(&client, "contacts.block", &user_id).await?,
+        Command::Unblock { user_id } => block(&client, "contacts.unblock", &user_id).await?,
+        Command::Group(g) => group(&client, g).await?,
+        Command::ClearHistory { yes } => {
+            let r = client.call_value("privacy.clear_history", json!({"confirm": yes})).await?;
+            println!("deleted {} unsent or unread messages", r["deleted"]);
+        }
+        Command::RestoreDefaults { yes } => {
+            let r = client.call_value("privacy.restore_defaults", json!({"confirm": yes})).await?;
+            let relay = if r["relay_account_deleted"] == true {
+                "the account was deleted on the relay"
+            } else {
+                "the relay could not be reached: the account there was not deleted"
+            };
+            println!("restored defaults: everything on this device is deleted; {relay}");
+        }
         Command::Rpc { .. } => {}
+    }
+    Ok(())
+}
+
+async fn block(client: &Client, method: &str, user_id: &str) -> Result<(), Failure> {
+    let c = client.call_value(method, json!({"user_id": user_id})).await?;
+    let state = if c["blocked"] == true { "blocked" } else { "unblocked" };
+    println!("{} {state}", text(&c["user_id"]));
+    Ok(())
+}
+
+async fn group(client: &Client, command: GroupCommand) -> Result<(), Failure> {
+    let (method, params, json) = match command {
+        GroupCommand::Create { name, members, json } => {
+            ("groups.create", json!({"name": name, "members": members}), json)
+        }
+        GroupCommand::List { json } => ("groups.list", json!({}), json),
+        GroupCommand::Info { group_id, json } => {
+            ("groups.info", json!({"group_id": group_id}), json)
+        }
+        GroupCommand::Add { group_id, members } => {
+            ("groups.add_members", json!({"group_id": group_id, "members": members}), false)
+        }
+        GroupCommand::Remove { group_id, members } => {
+            ("groups.remove_members", json!({"group_id": group_id, "members": members}), false)
+        }
+        GroupCommand::Rename { group_id, name } => {
+            ("groups.rename", json!({"group_id": group_id, "name": name}), false)
+        }
+        GroupCommand::Leave { group_id } => ("groups.leave", json!({"group_id": group_id}), false),
+    };
+    let result = client.call_value(method, params).await?;
+    if json {
+        print_json(&result);
+        return Ok(());
+    }
+    let groups = match result.get("groups").and_then(Value::as_array) {
+        Some(list) => list.clone(),
+        None if result.get("group_id").is_some() => vec![result],
+        None => {
+            println!("left the group");
+            return Ok(());
+        }
+    };
+    for g in groups {
+        let members: Vec<String> = g["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let admin = g["admins"].as_array().is_some_and(|a| a.contains(m));
+                format!("{}{}", text(m), if admin { "*" } else { "" })
+            })
+            .collect();
+        println!(
+            "{}  {:<24} {}  (chat: letstalk send group:{} TEXT)",
+            text(&g["group_id"]),
+            text(&g["name"]),
+            members.join(", "),
+            text(&g["group_id"])
+        );
     }
     Ok(())
 }

@@ -137,6 +137,33 @@ async fn people_commands_register_send_and_read_history() {
     .await
     .unwrap();
     assert!(history.starts_with("alice"), "{history}");
+
+    // Groups, blocking and the privacy controls from the command line.
+    let (code, out, err) = cli(alice.socket(), &["group", "create", "Friends", "bob", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let group: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let gid = group["group_id"].as_str().unwrap();
+    let (code, out, _) = cli(alice.socket(), &["group", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Friends") && out.contains("alice*, bob"), "{out}");
+    let (code, _, err) = cli(alice.socket(), &["send", &format!("group:{gid}"), "hi friends"]);
+    assert_eq!(code, 0, "{err}");
+    eventually(Duration::from_secs(20), "bob has the group message", || async {
+        let (_, out, _) = cli(bob.socket(), &["history", &format!("group:{gid}")]);
+        out.contains("hi friends").then_some(())
+    })
+    .await
+    .unwrap();
+    let (code, out, _) = cli(bob.socket(), &["block", "alice"]);
+    assert_eq!((code, out.trim()), (0, "alice blocked"));
+    let (code, out, _) = cli(bob.socket(), &["unblock", "alice"]);
+    assert_eq!((code, out.trim()), (0, "alice unblocked"));
+    let (code, _, err) = cli(bob.socket(), &["clear-history"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("confirm_required"), "{err}");
+    let (code, out, _) = cli(bob.socket(), &["clear-history", "--yes"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("deleted "), "{out}");
     let (code, out, _) = cli(alice.socket(), &["contacts"]);
     assert_eq!(code, 0);
     assert!(out.contains("bob"), "{out}");
