@@ -180,11 +180,14 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
                 .store
                 .call(move |c| {
                     let tx = c.transaction()?;
-                    let seq = events::append(
-                        &tx,
-                        &EventBody::ConnectionState { state, address },
-                        now_ms(),
-                    )?;
+                    let now = now_ms();
+                    let event = serde_json::to_value(state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    crate::diagnostics::record_connection(&tx, &event, address.as_deref(), now)?;
+                    let seq =
+                        events::append(&tx, &EventBody::ConnectionState { state, address }, now)?;
                     tx.commit()?;
                     Ok(seq)
                 })

@@ -19,8 +19,10 @@
 //! - [`keys`]: our public keys in the relay directory's shape and back.
 //! - [`messages`]: message rows, their IPC shape and the conversation queries.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
+//! - [`netwatch`]: network changes from routing netlink: history, events, link migration.
 //! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once.
 //! - [`device`]: hardware, OS, network and the application-specific device ID.
+//! - [`diagnostics`]: the history diagnostics reports are made of, and queued feedback.
 //! - [`validate`]: the input rules of the spec (user IDs, emails, passwords, avatars).
 //! - [`systemd`]: readiness, watchdog and socket activation, no-ops without systemd.
 
@@ -30,12 +32,14 @@ pub mod contacts;
 pub mod content;
 pub mod delivery;
 pub mod device;
+pub mod diagnostics;
 pub mod events;
 pub mod groups;
 pub mod inbox;
 pub mod keys;
 pub mod messages;
 pub mod methods;
+pub mod netwatch;
 pub mod relay;
 pub mod sender;
 pub mod server;
@@ -57,6 +61,14 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::store::Store;
+
+/// The call log entries for diagnostics reports (time, duration, receiver). Empty until
+/// calls are part of this build.
+pub fn calls_log(
+    _conn: &rusqlite::Connection,
+) -> Result<Vec<letstalk_ipc::types::CallEntry>, store::StoreError> {
+    Ok(Vec::new())
+}
 
 /// The daemon's version string as `system.hello` reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -150,6 +162,12 @@ impl Daemon {
 
     /// The current network, re-read at most once a second (reading sysfs on every
     /// `system.status` would put file I/O on the hottest IPC path).
+    /// Replaces the cached network (the watcher read it just now).
+    pub fn set_network(&self, network: letstalk_ipc::types::Network) {
+        *self.network.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Instant::now(), network));
+    }
+
     pub fn network(&self) -> letstalk_ipc::types::Network {
         let mut cached = self.network.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match &*cached {
@@ -241,6 +259,8 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(server::accept_loop(daemon.clone(), listener, cancel.clone(), tasks.clone()));
     tasks.spawn(maintenance(daemon.clone(), cancel.clone()));
+    let on_change = link.clone().map(|l| l as Arc<dyn netwatch::OnChange>);
+    tasks.spawn(netwatch::run(daemon.clone(), on_change, cancel.clone()));
     // Ends when the last handle (the daemon's) is dropped, after every caller is answered.
     tokio::spawn(group_task);
     if let (Some(link), Some(api)) = (link, daemon.relay.clone()) {

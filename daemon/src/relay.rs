@@ -207,6 +207,20 @@ impl crate::sender::Transport for RelayTransport {
         }
     }
 
+    async fn submit_report(
+        &self,
+        id: &str,
+        kind: letstalk_wire::ReportKind,
+        body: &[u8],
+    ) -> Result<(), crate::sender::TransportError> {
+        let request = Request::SubmitReport { id: id.to_owned(), kind, body: body.to_vec() };
+        match self.0.request(request).await.and_then(check) {
+            Ok(Response::Ok) => Ok(()),
+            Ok(_) => Err(crate::sender::TransportError::Busy("unexpected answer".into())),
+            Err(e) => Err(Self::classify(e)),
+        }
+    }
+
     async fn send_group(
         &self,
         to: &[String],

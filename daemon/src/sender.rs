@@ -59,6 +59,13 @@ pub trait Transport: Send + Sync + 'static {
         msg_id: &str,
         body: &[u8],
     ) -> impl Future<Output = Result<Vec<(String, String)>, TransportError>> + Send;
+    /// Hands a feedback note or report to the relay (idempotent by `id`).
+    fn submit_report(
+        &self,
+        id: &str,
+        kind: letstalk_wire::ReportKind,
+        body: &[u8],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
 }
 
 /// Runs until cancelled: whenever woken (or every `retry` after a failure), sends what
@@ -107,6 +114,9 @@ async fn drain<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), 
         if drain_one(daemon, transport, &recipient).await.is_err() {
             all_ok = false;
         }
+    }
+    if drain_reports(daemon, transport).await.is_err() {
+        all_ok = false;
     }
     if all_ok { Ok(()) } else { Err(()) }
 }
@@ -195,6 +205,31 @@ async fn drain_one<T: Transport>(
         }
         outcome?;
     }
+}
+
+/// Hands queued feedback notes to the relay; a refused one (malformed) is dropped.
+async fn drain_reports<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), ()> {
+    let pending = daemon.store.call(|c| crate::diagnostics::pending(c)).await.map_err(|e| {
+        tracing::warn!(error = %e, "reading queued feedback");
+    })?;
+    for (id, kind, body) in pending {
+        match transport.submit_report(&id, kind, &body).await {
+            Ok(()) => {}
+            Err(TransportError::Refused(reason)) => {
+                tracing::warn!(reason = %reason, "the relay refused a feedback note; dropped");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "feedback deferred");
+                return Err(());
+            }
+        }
+        let done = id.clone();
+        if let Err(e) = daemon.store.call(move |c| crate::diagnostics::delivered(c, &done)).await {
+            tracing::warn!(error = %e, "recording sent feedback");
+            return Err(());
+        }
+    }
+    Ok(())
 }
 
 /// Sends a group's outbox rows, one relay request each, in order.

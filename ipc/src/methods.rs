@@ -73,6 +73,9 @@ methods! {
     "privacy.clear_history" (ConfirmParams) -> ClearHistoryResult: "Deletes every unsent and every unread message, for good.";
     "privacy.restore_defaults" (ConfirmParams) -> RestoreDefaultsResult: "Deletes the account (also on the relay), contacts, groups, messages, keys and settings; the daemon is then as freshly installed.";
     "device.info" (Empty) -> DeviceInfo: "Hardware, OS, network, device ID and connected frontends.";
+    "diagnostics.preview" (Empty) -> PreviewResult: "Exactly what diagnostics.upload would send; never message content.";
+    "diagnostics.upload" (Empty) -> UploadResult: "Sends the diagnostics report; confirm_required unless settings.diagnostics_upload is on.";
+    "feedback.send" (FeedbackParams) -> FeedbackResult: "Sends in-app feedback (queued while offline).";
     "events.subscribe" (SubscribeParams) -> SubscribeResult: "Starts event notifications on this connection, replaying from `since`.";
     "events.unsubscribe" (Empty) -> Empty: "Stops event notifications on this connection.";
 }

@@ -298,6 +298,83 @@ pub struct DeviceInfo {
 }
 
 // ---------------------------------------------------------------------------------------
+// diagnostics and feedback
+
+/// What `diagnostics.upload` sends, exactly: the device, its network-type history, call
+/// log entries, connection events and the frontends that introduced themselves. Never
+/// any message content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DiagnosticsReport {
+    pub generated_at: i64,
+    /// `letstalkd X.Y.Z`.
+    pub daemon: String,
+    pub device: DeviceInfo,
+    /// Frontends that introduced themselves with `system.hello`, most recent first.
+    pub frontends: Vec<FrontendSeen>,
+    /// Network-type changes, oldest first.
+    pub network_history: Vec<NetworkEntry>,
+    /// Call log entries: time, duration and receiver only.
+    pub calls: Vec<CallEntry>,
+    /// Relay connection events and errors, oldest first.
+    pub connection_log: Vec<ConnectionEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FrontendSeen {
+    pub client: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkEntry {
+    pub at: i64,
+    #[serde(rename = "type")]
+    pub kind: NetworkType,
+    pub interface: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallEntry {
+    pub started_at: i64,
+    pub duration_s: u64,
+    /// The other party of the call.
+    pub receiver: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnectionEntry {
+    pub at: i64,
+    /// `connected`, `connecting`, `offline`, ...
+    pub event: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PreviewResult {
+    pub report: DiagnosticsReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UploadResult {
+    pub report_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FeedbackParams {
+    /// 1 byte to 64 KiB of UTF-8.
+    pub text: String,
+    /// Attach the diagnostics report (consent for this one report).
+    #[serde(default)]
+    pub include_diagnostics: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FeedbackResult {
+    pub feedback_id: String,
+}
+
+// ---------------------------------------------------------------------------------------
 // account
 
 /// A password in params. Its `Debug` never shows it, so it cannot reach a log by

@@ -50,6 +50,7 @@ pub(crate) struct FileConfig {
     node_id: Option<String>,
     log: Option<String>,
     message_ttl_days: Option<u64>,
+    report_ttl_days: Option<u64>,
     mailbox_max_messages: Option<u64>,
     mailbox_max_bytes: Option<u64>,
     register_per_ip: Option<RateLimit>,
@@ -81,6 +82,8 @@ pub enum TlsSource {
 pub struct Limits {
     /// Undelivered messages expire after this.
     pub message_ttl: Duration,
+    /// Diagnostics reports and feedback are deleted after this.
+    pub report_ttl: Duration,
     /// Most queued messages per device.
     pub mailbox_max_messages: u64,
     /// Most queued bytes per device.
@@ -107,6 +110,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             message_ttl: Duration::from_secs(30 * 24 * 3600),
+            report_ttl: Duration::from_secs(90 * 24 * 3600),
             mailbox_max_messages: 10_000,
             mailbox_max_bytes: 256 * 1024 * 1024,
             register_per_ip: RateLimit { burst: 10, per_minute: 10 },
@@ -206,6 +210,12 @@ impl Config {
                 return Err(ConfigError::Invalid("message_ttl_days must be at least 1".into()));
             }
             limits.message_ttl = Duration::from_secs(d.saturating_mul(24 * 3600));
+        }
+        if let Some(d) = file.report_ttl_days {
+            if d == 0 {
+                return Err(ConfigError::Invalid("report_ttl_days must be at least 1".into()));
+            }
+            limits.report_ttl = Duration::from_secs(d.saturating_mul(24 * 3600));
         }
         if let Some(n) = file.mailbox_max_messages {
             limits.mailbox_max_messages = n;

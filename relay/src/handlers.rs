@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::conn::{ConnCtx, end_session, start_session};
 use crate::hub::PushCmd;
 use crate::storage::{
-    Blocks, Envelope, KeyUpload, NewAccount, ProfileUpdate, Quota, Storage, StorageError,
+    Blocks, Envelope, KeyUpload, NewAccount, ProfileUpdate, Quota, Report, Storage, StorageError,
 };
 use crate::{State, now_ms};
 
@@ -434,6 +434,18 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 }
             }
             Ok(Response::GroupSent { server_ts: now, refused })
+        }
+        Request::SubmitReport { id, kind, body } => {
+            let user = require_auth(st, ctx)?;
+            if id.is_empty() || body.is_empty() {
+                return Err(fail(ErrorKind::Invalid, "empty report id or body"));
+            }
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                return Err(fail(ErrorKind::Invalid, "a report is a JSON document"));
+            }
+            let report = Report { id, user_id: user, kind, body, now: now_ms() };
+            st.storage.store_report(report).await.map_err(storage_fail)?;
+            Ok(Response::Ok)
         }
         Request::Ack { delivery_ids } => {
             let user = require_auth(st, ctx)?;

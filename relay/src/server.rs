@@ -105,6 +105,12 @@ impl Relay {
                             Ok(n) => info!(expired = n, "expired undelivered messages"),
                             Err(e) => warn!(error = %e, "expiry failed"),
                         }
+                        let keep = u64::try_from(st.limits.report_ttl.as_millis()).unwrap_or(u64::MAX);
+                        match st.storage.expire_reports(now_ms().saturating_sub(keep)).await {
+                            Ok(0) => {}
+                            Ok(n) => info!(expired = n, "deleted old reports and feedback"),
+                            Err(e) => warn!(error = %e, "report expiry failed"),
+                        }
                     });
                 }
             }

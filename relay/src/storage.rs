@@ -163,6 +163,29 @@ impl Blocks {
     }
 }
 
+/// A diagnostics report or feedback note for the operator.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The device's id for it (a resend is stored once).
+    pub id: String,
+    /// The sending account.
+    pub user_id: String,
+    /// Diagnostics or feedback.
+    pub kind: letstalk_wire::ReportKind,
+    /// JSON as the device sent it.
+    pub body: Vec<u8>,
+    /// Receipt time, ms.
+    pub now: u64,
+}
+
+/// The stored name of a report kind.
+pub fn report_kind_name(kind: letstalk_wire::ReportKind) -> &'static str {
+    match kind {
+        letstalk_wire::ReportKind::Diagnostics => "diagnostics",
+        letstalk_wire::ReportKind::Feedback => "feedback",
+    }
+}
+
 /// Everything the relay keeps. See the module doc for the concurrency model.
 pub trait Storage: Send + Sync + 'static {
     /// Creates an account; [`StorageError::Conflict`] if the id is taken.
@@ -289,6 +312,12 @@ pub trait Storage: Send + Sync + 'static {
         recipient: &str,
         delivery_ids: Vec<u64>,
     ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    /// Keeps a report (once per id).
+    fn store_report(&self, report: Report)
+    -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Deletes reports received before `before` (ms); returns how many.
+    fn expire_reports(&self, before: u64)
+    -> impl Future<Output = Result<u64, StorageError>> + Send;
     /// Deletes messages and idempotency records accepted before `before` (ms).
     fn expire(&self, before: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
 }

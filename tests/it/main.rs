@@ -4,12 +4,14 @@
 
 mod accounts;
 mod cli;
+mod diagnostics;
 mod events;
 mod groups;
 mod hostile;
 mod ipc_contract;
 mod lifecycle;
 mod messaging;
+mod network;
 mod privacy;
 mod systemd_units;
 

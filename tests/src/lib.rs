@@ -79,6 +79,7 @@ impl World {
             home,
             args: Vec::new(),
             env: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -92,9 +93,17 @@ pub struct DaemonSpec {
     pub socket: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Run inside this network namespace (see [`Netns`]).
+    pub netns: Option<String>,
 }
 
 impl DaemonSpec {
+    /// Runs the daemon inside `ns`.
+    pub fn in_netns(mut self, ns: &Netns) -> Self {
+        self.netns = Some(ns.name.clone());
+        self
+    }
+
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
         self
@@ -107,7 +116,7 @@ impl DaemonSpec {
 
     /// The command, with no ambient LETSTALK_* or XDG variables leaking in.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(bin("letstalkd"));
+        let mut cmd = netns_command(self.netns.as_deref(), "letstalkd");
         cmd.arg("--data-dir").arg(&self.data_dir).arg("--socket").arg(&self.socket);
         cmd.args(&self.args);
         for (k, _) in std::env::vars() {
@@ -264,9 +273,18 @@ pub struct Relay {
     pub cert: PathBuf,
     log: PathBuf,
     args: Vec<String>,
+    netns: Option<String>,
 }
 
 impl World {
+    /// Starts a relay inside network namespace `ns`, listening on `listen` (an address
+    /// of that namespace, port 0 for a free one).
+    pub fn relay_in(&self, name: &str, ns: &Netns, listen: &str) -> Result<Relay> {
+        let data_dir = self.path().join(name);
+        std::fs::create_dir_all(&data_dir)?;
+        Relay::spawn(data_dir, listen, Vec::new(), Some(ns.name.clone()))
+    }
+
     /// Starts a relay on 127.0.0.1 with a free port, its data in `<world>/<name>`.
     pub fn relay(&self, name: &str) -> Result<Relay> {
         self.relay_with(name, &[])
@@ -277,15 +295,20 @@ impl World {
         let data_dir = self.path().join(name);
         std::fs::create_dir_all(&data_dir)?;
         let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        Relay::spawn(data_dir, "127.0.0.1:0", args)
+        Relay::spawn(data_dir, "127.0.0.1:0", args, None)
     }
 }
 
 impl Relay {
-    fn spawn(data_dir: PathBuf, listen: &str, args: Vec<String>) -> Result<Relay> {
+    fn spawn(
+        data_dir: PathBuf,
+        listen: &str,
+        args: Vec<String>,
+        netns: Option<String>,
+    ) -> Result<Relay> {
         use std::io::BufRead;
         let log = unique(data_dir.join("relay.log"));
-        let mut cmd = Command::new(bin("letstalk-relay"));
+        let mut cmd = netns_command(netns.as_deref(), "letstalk-relay");
         cmd.arg("--listen").arg(listen).arg("--data-dir").arg(&data_dir).args(&args);
         for (k, _) in std::env::vars() {
             if k.starts_with("LETSTALK_") || k == "NOTIFY_SOCKET" {
@@ -314,7 +337,7 @@ impl Relay {
             );
         };
         let cert = data_dir.join("relay-cert.pem");
-        Ok(Relay { child: Some(child), data_dir, addr, cert, log, args })
+        Ok(Relay { child: Some(child), data_dir, addr, cert, log, args, netns })
     }
 
     /// `localhost:PORT`: the address daemons use (the certificate names localhost).
@@ -364,7 +387,12 @@ impl Relay {
     }
 
     fn start_again(&mut self) -> Result<()> {
-        let again = Relay::spawn(self.data_dir.clone(), &self.addr.clone(), self.args.clone())?;
+        let again = Relay::spawn(
+            self.data_dir.clone(),
+            &self.addr.clone(),
+            self.args.clone(),
+            self.netns.clone(),
+        )?;
         *self = again;
         Ok(())
     }
@@ -377,6 +405,15 @@ impl Drop for Relay {
 }
 
 impl DaemonSpec {
+    /// Points the daemon at `relay` by the address it printed (for a relay listening on
+    /// a namespace's address: its certificate names that address).
+    pub fn with_relay_at_ip(self, relay: &Relay) -> Self {
+        self.arg("--relay")
+            .arg(relay.addr.clone())
+            .arg("--relay-cert")
+            .arg(relay.cert.to_string_lossy().into_owned())
+    }
+
     /// Points the daemon at `relay`.
     pub fn with_relay(self, relay: &Relay) -> Self {
         self.arg("--relay")
@@ -538,4 +575,60 @@ pub async fn wait_texts(d: &Daemon, conversation: &str, n: usize, limit: Duratio
     })
     .await
     .unwrap()
+}
+
+/// `bin(name)`, run inside network namespace `ns` when given (`ip netns exec` execs the
+/// program, so the child's pid is the program's).
+fn netns_command(ns: Option<&str>, name: &str) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(bin(name));
+            cmd
+        }
+        None => Command::new(bin(name)),
+    }
+}
+
+/// A network namespace the test creates, deleted (with its interfaces) when dropped.
+/// Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN): network tests only ever send traffic
+/// inside namespaces they made.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A fresh namespace with `lo` up.
+    pub fn new(tag: &str) -> Result<Netns> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("lt-{}-{n}-{tag}", std::process::id());
+        run_ip(&["netns", "add", &name])
+            .context("creating a network namespace (the network tests need root)")?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NAME ARGS…`, failing with ip's message.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run_ip(&all)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run_ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn run_ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }

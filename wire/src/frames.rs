@@ -265,6 +265,18 @@ pub enum Request {
     /// ciphertext for all); answered with `GroupSent` once every accepted copy is
     /// persisted. Deduplicated per recipient by `msg_id` like `Send`.
     SendGroup { to: Vec<String>, msg_id: String, body: Vec<u8> },
+    /// A diagnostics report or a feedback note for the relay's operator (not end-to-end
+    /// encrypted: its reader is the service). `id` makes a resend idempotent.
+    SubmitReport { id: String, kind: ReportKind, body: Vec<u8> },
+}
+
+/// What a [`Request::SubmitReport`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportKind {
+    /// `diagnostics.upload`: sent only with the user's consent.
+    Diagnostics,
+    /// `feedback.send`.
+    Feedback,
 }
 
 /// The relay's answer to one request.
@@ -367,6 +379,12 @@ impl fmt::Debug for Request {
                 .field("block_all", block_all)
                 .field("count", &users.len())
                 .finish(),
+            Self::SubmitReport { id, kind, body } => f
+                .debug_struct("SubmitReport")
+                .field("id", id)
+                .field("kind", kind)
+                .field("len", &body.len())
+                .finish(),
             Self::SendGroup { to, msg_id, body } => f
                 .debug_struct("SendGroup")
                 .field("to", &to.len())
@@ -419,6 +437,7 @@ mod tag {
     pub(super) const SEND_BATCH: u8 = 0x13;
     pub(super) const SET_BLOCKS: u8 = 0x20;
     pub(super) const SEND_GROUP: u8 = 0x21;
+    pub(super) const SUBMIT_REPORT: u8 = 0x28;
 
     pub(super) const R_HELLO_OK: u8 = 0x80;
     pub(super) const R_OK: u8 = 0x81;
@@ -629,6 +648,15 @@ impl Request {
                 w.str(msg_id);
                 w.bytes(body);
             }
+            Self::SubmitReport { id, kind, body } => {
+                w.u8(tag::SUBMIT_REPORT);
+                w.str(id);
+                w.u8(match kind {
+                    ReportKind::Diagnostics => 1,
+                    ReportKind::Feedback => 2,
+                });
+                w.bytes(body);
+            }
         }
         framed(w)
     }
@@ -710,6 +738,15 @@ impl Request {
             tag::SET_BLOCKS => {
                 Self::SetBlocks { block_all: r.bool()?, users: get_user_list(&mut r)? }
             }
+            tag::SUBMIT_REPORT => Self::SubmitReport {
+                id: r.str(MAX_SHORT_STR, "id")?,
+                kind: match r.u8()? {
+                    1 => ReportKind::Diagnostics,
+                    2 => ReportKind::Feedback,
+                    _ => return Err(WireError::Invalid("report kind")),
+                },
+                body: r.bytes(MAX_MESSAGE_LEN, "body")?,
+            },
             tag::SEND_GROUP => Self::SendGroup {
                 to: get_user_list(&mut r)?,
                 msg_id: r.str(MAX_SHORT_STR, "msg_id")?,

@@ -50,7 +50,7 @@ mod frames;
 pub use codec::{LEN_PREFIX, frame_len, split_frame};
 pub use frames::{
     Avatar, AvatarMeta, AvatarUpdate, Bundle, ErrorKind, Outbound, PreKey, PresenceInfo, Profile,
-    Push, Refusal, Request, Response,
+    Push, Refusal, ReportKind, Request, Response,
 };
 
 /// The protocol version this crate speaks.

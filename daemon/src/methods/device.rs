@@ -5,7 +5,7 @@ use letstalk_ipc::types::{DeviceInfo, Empty, NetworkType};
 
 use crate::Daemon;
 
-pub(super) fn info(daemon: &Daemon, _: Empty) -> Result<DeviceInfo, RpcError> {
+pub(crate) fn info(daemon: &Daemon, _: Empty) -> Result<DeviceInfo, RpcError> {
     let network = daemon.network();
     let frontends = daemon
         .frontends

@@ -7,6 +7,7 @@
 mod account;
 mod contacts;
 mod device;
+mod diagnostics;
 mod events;
 mod groups;
 mod messages;
@@ -68,6 +69,9 @@ pub async fn call(
         "settings.get" => reply(settings::get(daemon, parse(params)?).await?),
         "settings.set" => reply(settings::set(daemon, parse(params)?).await?),
         "device.info" => reply(device::info(daemon, parse(params)?)?),
+        "diagnostics.preview" => reply(diagnostics::preview(daemon, parse(params)?).await?),
+        "diagnostics.upload" => reply(diagnostics::upload(daemon, parse(params)?).await?),
+        "feedback.send" => reply(diagnostics::feedback(daemon, parse(params)?).await?),
         "events.subscribe" => events::subscribe(daemon, parse(params)?).await,
         "events.unsubscribe" => reply(events::unsubscribe(conn, parse(params)?)?),
         "account.register" => reply(account::register(daemon, parse(params)?).await?),

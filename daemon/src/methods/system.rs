@@ -12,7 +12,7 @@ use crate::server::Connection;
 use crate::{Daemon, VERSION, now_ms};
 
 pub(super) fn hello(
-    daemon: &Daemon,
+    daemon: &Arc<Daemon>,
     conn: &Connection,
     p: HelloParams,
 ) -> Result<HelloResult, RpcError> {
@@ -29,7 +29,17 @@ pub(super) fn hello(
         let client: String = client.chars().take(256).collect();
         let mut frontends =
             daemon.frontends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        frontends.insert(conn.id, Frontend { client, connected_at: now_ms() });
+        frontends.insert(conn.id, Frontend { client: client.clone(), connected_at: now_ms() });
+        // Remembered for diagnostics reports; off the answer's path.
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let at = now_ms();
+            if let Err(e) =
+                d.store.call(move |c| crate::diagnostics::record_frontend(c, &client, at)).await
+            {
+                tracing::debug!(error = %e, "recording the frontend");
+            }
+        });
     }
     Ok(HelloResult {
         daemon: format!("letstalkd {VERSION}"),

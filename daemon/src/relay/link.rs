@@ -30,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a request waits for a connection being established.
 const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(3);
+/// How long the path probe after a network change may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -197,6 +199,32 @@ impl QuicRelay {
         }
         self.live.send_replace(None);
         self.endpoint.close(0u32.into(), b"bye");
+    }
+
+    /// The device moved to another network: moves the connection onto a fresh UDP
+    /// socket (QUIC connection migration: the relay validates the new path and carries
+    /// on with the same connection, streams and session) and probes it at once. If the
+    /// probe gets no answer, the connection is dropped and re-established right away.
+    pub async fn network_changed(&self) {
+        let socket = std::net::UdpSocket::bind(SocketAddr::from(([0u16; 8], 0)))
+            .or_else(|_| std::net::UdpSocket::bind(SocketAddr::from(([0u8; 4], 0))));
+        match socket.and_then(|s| self.endpoint.rebind(s)) {
+            Ok(()) => tracing::debug!("relay link moved to a new UDP socket"),
+            Err(e) => tracing::warn!(error = %e, "cannot rebind the relay link"),
+        }
+        let live = self.live.borrow().clone();
+        let Some(live) = live else {
+            self.hurry.notify_one();
+            return;
+        };
+        let ping = Request::Ping { nonce: rand::random() };
+        match tokio::time::timeout(PROBE_TIMEOUT, exchange(&live.conn, &ping)).await {
+            Ok(Ok(Response::Pong { .. })) => tracing::info!("relay connection migrated"),
+            _ => {
+                tracing::info!("relay connection did not survive the network change; reconnecting");
+                live.conn.close(0u32.into(), b"network changed");
+            }
+        }
     }
 
     /// Connects, says hello and, with credentials, authenticates.
@@ -446,5 +474,11 @@ impl RelayApi for QuicRelay {
 
     fn address(&self) -> String {
         self.addr.to_string()
+    }
+}
+
+impl crate::netwatch::OnChange for QuicRelay {
+    fn network_changed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(QuicRelay::network_changed(self))
     }
 }

@@ -15,11 +15,15 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Blocks, Credentials, Enqueued, Envelope, KeyUpload, NewAccount, ProfileUpdate, Queued, Quota,
-    Storage, StorageError,
+    Report, Storage, StorageError, report_kind_name,
 };
 
 /// Numbered migrations; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("0001_init.sql"), include_str!("0002_blocks.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("0001_init.sql"),
+    include_str!("0002_blocks.sql"),
+    include_str!("0003_reports.sql"),
+];
 
 /// SQLite storage. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -526,6 +530,25 @@ impl Storage for SqliteStorage {
             }
             tx.commit()?;
             Ok(n)
+        })
+        .await
+    }
+
+    async fn store_report(&self, r: Report) -> Result<(), StorageError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO reports (id, user_id, kind, body, received_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO NOTHING",
+                params![r.id, r.user_id, report_kind_name(r.kind), r.body, i(r.now)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn expire_reports(&self, before: u64) -> Result<u64, StorageError> {
+        self.with(move |c| {
+            Ok(c.execute("DELETE FROM reports WHERE received_at < ?1", [i(before)])? as u64)
         })
         .await
     }
