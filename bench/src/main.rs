@@ -5,8 +5,10 @@
 //! daemon's local JSON-RPC interface, `messaging` end-to-end messaging between two
 //! daemons through a relay (and the ratchet step), `relay` the relay's delivery between
 //! many clients beside mosquitto at QoS 1, `groups` the cost of one group message to
-//! N members on the sender and on the relay.
+//! N members on the sender and on the relay, `device` a connected daemon's idle cost and
+//! the interruption by a network switch.
 
+mod device;
 mod groups;
 mod ipc;
 mod load;
@@ -50,6 +52,27 @@ enum Command {
     Relay(RelayArgs),
     /// The cost of one group message to N members, sender and relay side.
     Groups(GroupsArgs),
+    /// Idle wake-ups and CPU of a connected daemon; interruption by a network switch.
+    Device(DeviceArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DeviceArgs {
+    /// The daemon binary (default: the release build beside this one).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon: Option<PathBuf>,
+
+    /// The relay binary (default: the release build beside this one).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// How long to watch the idle daemon, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "S")]
+    pub(crate) idle_s: u64,
+
+    /// Network switches to measure (needs root).
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    pub(crate) switches: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -202,5 +225,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Messaging(args) => runtime.block_on(messaging::run(&args)),
         Command::Relay(args) => runtime.block_on(relay::run(&args)),
         Command::Groups(args) => runtime.block_on(groups::run(&args)),
+        Command::Device(args) => runtime.block_on(device::run(&args)),
     }
 }

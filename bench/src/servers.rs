@@ -65,6 +65,8 @@ pub(crate) struct LetstalkdSpec {
     pub(crate) home: PathBuf,
     /// Extra command-line arguments (e.g. `--relay HOST:PORT --relay-cert PEM`).
     pub(crate) args: Vec<std::ffi::OsString>,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub(crate) netns: Option<String>,
 }
 
 /// A running `letstalkd`; killed when dropped.
@@ -77,7 +79,7 @@ pub(crate) struct Letstalkd {
 
 impl LetstalkdSpec {
     pub(crate) fn new(bin: &Path, home: PathBuf) -> Self {
-        Self { bin: bin.to_owned(), home, args: Vec::new() }
+        Self { bin: bin.to_owned(), home, args: Vec::new(), netns: None }
     }
 
     /// The same daemon, linked to the relay listening on `port` (its certificate `cert`).
@@ -94,7 +96,7 @@ impl LetstalkdSpec {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = in_netns(self.netns.as_deref(), &self.bin);
         cmd.arg("--data-dir").arg(self.home.join("data")).arg("--socket").arg(self.socket());
         cmd.args(&self.args);
         for (k, _) in std::env::vars_os() {
@@ -348,16 +350,26 @@ impl RelayProcess {
     /// `register_per_ip` (the bench registers every account from 127.0.0.1); every other
     /// limit is the default. Waits for its `listening on` line.
     pub(crate) fn start(bin: &Path, home: &Path) -> Result<Self> {
+        Self::start_at(bin, home, None, "127.0.0.1:0")
+    }
+
+    /// [`RelayProcess::start`] listening on `listen`, inside network namespace `netns`.
+    pub(crate) fn start_at(
+        bin: &Path,
+        home: &Path,
+        netns: Option<&str>,
+        listen: &str,
+    ) -> Result<Self> {
         let data = home.join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         let config = home.join("relay.toml");
         std::fs::write(&config, "[register_per_ip]\nburst = 1000\nper_minute = 6000\n")?;
         let log = home.join("relay.log");
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = in_netns(netns, bin);
         scrub_env(&mut cmd);
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(&data)
             .arg("--config")
@@ -397,6 +409,18 @@ impl RelayProcess {
             Some(mut child) => terminate(&mut child).context("stopping letstalk-relay"),
             None => Ok(()),
         }
+    }
+}
+
+/// `bin`, run inside network namespace `ns` when given.
+pub(crate) fn in_netns(ns: Option<&str>, bin: &Path) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
     }
 }
 

@@ -129,6 +129,16 @@ impl Daemon {
         *self.user.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = user;
     }
 
+    /// Gives the relay link the keep-alive interval for the current network type.
+    pub async fn apply_keepalive(&self) {
+        let Some(relay) = &self.relay else { return };
+        let kind = self.network().kind;
+        match self.store.call(|c| methods::Settings::load(c)).await {
+            Ok(s) => relay.set_keepalive(s.keepalive_for(kind)),
+            Err(e) => tracing::warn!(error = %e, "reading the keep-alive settings"),
+        }
+    }
+
     /// Drops cached figures (after the store was reset).
     pub fn forget_caches(&self) {
         *self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
@@ -219,7 +229,7 @@ pub async fn run(
         Some(addr) => {
             let keepalive = store
                 .with(|c| methods::Settings::load(c))
-                .map(|s| Duration::from_secs(u64::from(s.keepalive_wifi_s)))
+                .map(|s| s.keepalive_for(device::network().kind))
                 .unwrap_or(Duration::from_secs(20));
             Some(relay::link::QuicRelay::new(
                 addr.clone(),

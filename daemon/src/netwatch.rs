@@ -143,5 +143,6 @@ pub async fn run(daemon: Arc<Daemon>, link: Option<Arc<dyn OnChange>>, cancel: C
         if let Some(link) = &link {
             link.network_changed().await;
         }
+        daemon.apply_keepalive().await;
     }
 }

@@ -111,6 +111,8 @@ pub trait RelayApi: Send + Sync + std::fmt::Debug {
     fn status(&self) -> (RelayState, Option<u64>);
     /// The address, as configured.
     fn address(&self) -> String;
+    /// The keep-alive interval to use (by network type); applied to new connections.
+    fn set_keepalive(&self, _keepalive: std::time::Duration) {}
 }
 
 /// `request` expecting `Response::Ok`.

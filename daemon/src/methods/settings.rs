@@ -124,6 +124,16 @@ impl Settings {
         Ok(s)
     }
 
+    /// The keep-alive interval for a network type: cellular NAT bindings need the
+    /// cellular one; anything else uses the Wi-Fi one.
+    pub fn keepalive_for(&self, kind: ipc::NetworkType) -> std::time::Duration {
+        let secs = match kind {
+            ipc::NetworkType::Cellular => self.keepalive_cellular_s,
+            _ => self.keepalive_wifi_s,
+        };
+        std::time::Duration::from_secs(u64::from(secs))
+    }
+
     pub fn to_ipc(self) -> ipc::Settings {
         ipc::Settings {
             block_all: self.block_all,
@@ -184,5 +194,6 @@ pub(super) async fn set(
     if block_all_changed {
         super::sync_blocks(daemon).await;
     }
+    daemon.apply_keepalive().await;
     Ok(new.to_ipc())
 }

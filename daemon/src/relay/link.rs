@@ -52,6 +52,8 @@ pub enum LinkError {
 struct Live {
     conn: quinn::Connection,
     challenge: [u8; 32],
+    /// The keep-alive interval this connection was made with.
+    keepalive: Duration,
 }
 
 /// The link. Cheap to share; the connection task owns the reconnection loop.
@@ -59,6 +61,9 @@ pub struct QuicRelay {
     addr: RelayAddr,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
+    idle_timeout: quinn::IdleTimeout,
+    /// The keep-alive interval for new connections (by network type, from the settings).
+    keepalive: Mutex<Duration>,
     live: watch::Sender<Option<Live>>,
     status: Mutex<(RelayState, Option<u64>)>,
     credentials: Mutex<Option<Credentials>>,
@@ -109,19 +114,17 @@ impl QuicRelay {
         tls.alpn_protocols = vec![letstalk_wire::ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| LinkError::Tls(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(keepalive));
-        transport.max_idle_timeout(Some(
-            idle_timeout.try_into().map_err(|_| LinkError::Tls("idle timeout".into()))?,
-        ));
-        client_config.transport_config(Arc::new(transport));
+        let client_config = quinn::ClientConfig::new(Arc::new(quic));
+        let idle_timeout: quinn::IdleTimeout =
+            idle_timeout.try_into().map_err(|_| LinkError::Tls("idle timeout".into()))?;
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 0], 0)))
             .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))?;
         Ok(Arc::new(Self {
             addr,
             endpoint,
             client_config,
+            idle_timeout,
+            keepalive: Mutex::new(keepalive),
             live: watch::Sender::new(None),
             status: Mutex::new((RelayState::Connecting, None)),
             credentials: Mutex::new(None),
@@ -162,19 +165,16 @@ impl QuicRelay {
                     self.live.send_replace(Some(live));
                     self.set_state(RelayState::Connected);
                     let readers = tokio::spawn(read_pushes(conn.clone(), self.pushes.clone()));
-                    let rtt = tokio::spawn(track_rtt(self.clone(), conn.clone()));
                     tokio::select! {
                         () = cancel.cancelled() => {
                             conn.close(0u32.into(), b"bye");
                             readers.abort();
-                            rtt.abort();
                             break;
                         }
                         reason = conn.closed() => tracing::info!(%reason, "relay connection lost"),
                         () = self.kick.notified() => conn.close(0u32.into(), b"reconnect"),
                     }
                     readers.abort();
-                    rtt.abort();
                     self.live.send_replace(None);
                     self.set_state(RelayState::Offline);
                     // A deliberate reconnect (new credentials) goes at once.
@@ -243,9 +243,15 @@ impl QuicRelay {
     }
 
     async fn connect_to(&self, addr: SocketAddr) -> Result<Live, RelayError> {
+        let keepalive = *lock(&self.keepalive);
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(keepalive));
+        transport.max_idle_timeout(Some(self.idle_timeout));
+        let mut config = self.client_config.clone();
+        config.transport_config(Arc::new(transport));
         let connecting = self
             .endpoint
-            .connect_with(self.client_config.clone(), addr, &self.addr.host)
+            .connect_with(config, addr, &self.addr.host)
             .map_err(|_| RelayError::Unavailable)?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
@@ -276,7 +282,7 @@ impl QuicRelay {
                 other => return Err(refusal(other)),
             }
         }
-        Ok(Live { conn, challenge })
+        Ok(Live { conn, challenge, keepalive })
     }
 
     /// The live connection; while one is being (re)established, waits for it a little
@@ -403,13 +409,6 @@ async fn read_pushes(conn: quinn::Connection, out: mpsc::UnboundedSender<Pushed>
 }
 
 /// Keeps `rtt_ms` current from QUIC's own estimate (no extra traffic).
-async fn track_rtt(link: Arc<QuicRelay>, conn: quinn::Connection) {
-    loop {
-        lock(&link.status).1 = Some(u64::try_from(conn.rtt().as_millis()).unwrap_or(u64::MAX));
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
-}
-
 impl RelayApi for QuicRelay {
     fn register(
         &self,
@@ -469,7 +468,30 @@ impl RelayApi for QuicRelay {
     }
 
     fn status(&self) -> (RelayState, Option<u64>) {
-        *lock(&self.status)
+        // Read on demand from QUIC's estimate: no timer wakes the daemon for it.
+        let state = lock(&self.status).0;
+        let rtt = self
+            .live
+            .borrow()
+            .as_ref()
+            .filter(|_| state == RelayState::Connected)
+            .map(|l| u64::try_from(l.conn.rtt().as_millis()).unwrap_or(u64::MAX));
+        (state, rtt)
+    }
+
+    fn set_keepalive(&self, keepalive: Duration) {
+        let changed = {
+            let mut k = lock(&self.keepalive);
+            let changed = *k != keepalive;
+            *k = keepalive;
+            changed
+        };
+        let connected_with = self.live.borrow().as_ref().map(|l| l.keepalive);
+        if changed && connected_with.is_some_and(|k| k != keepalive) {
+            // QUIC fixes keep-alive per connection: reconnect to apply the new interval.
+            tracing::info!(secs = keepalive.as_secs(), "keep-alive interval changed; reconnecting");
+            self.kick.notify_one();
+        }
     }
 
     fn address(&self) -> String {

@@ -1,0 +1,298 @@
+//! `letstalk-bench device`: what a connected daemon costs a phone while nothing
+//! happens, and how long a network switch interrupts traffic.
+//!
+//! Idle: a registered daemon connected to a relay on 127.0.0.1, left alone for
+//! `--idle-s` seconds; its threads' context switches (each one a wake-up) and CPU time
+//! from `/proc`, beside the keep-alives the QUIC connection is expected to send in that
+//! time. Target: nothing between keep-alives.
+//!
+//! Switch (root only: it makes network namespaces): a "phone" namespace with two links to
+//! a "network" namespace holding the relay and the peer; the default route moves from
+//! one link to the other, a message is sent at once, and the time until the peer has it
+//! is the interruption. Repeated `--switches` times, back and forth.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use letstalk_ipc::Client;
+use serde_json::{Value, json};
+
+use crate::DeviceArgs;
+use crate::ipc::exe_dir;
+use crate::messaging::{register, start_daemon};
+use crate::servers::{LetstalkdSpec, RelayProcess, release_bin};
+use crate::stats::{Latencies, ms};
+use crate::sys;
+
+/// The daemon's default keep-alive (settings.keepalive_s).
+const KEEPALIVE_S: f64 = 20.0;
+
+pub(crate) async fn run(args: &DeviceArgs) -> Result<()> {
+    let dir = exe_dir()?;
+    let daemon_bin = release_bin(args.daemon.as_ref(), &dir, "letstalkd")?;
+    let relay_bin = release_bin(args.relay.as_ref(), &dir, "letstalk-relay")?;
+    let work = tempfile::Builder::new().prefix("letstalk-bench-").tempdir()?;
+    println!("letstalk-bench device: {}", sys::host());
+    println!();
+
+    eprintln!("  measuring an idle connected daemon for {} s …", args.idle_s);
+    let idle = idle_run(&daemon_bin, &relay_bin, work.path(), args.idle_s).await?;
+    let minutes = args.idle_s as f64 / 60.0;
+    println!("== Idle, connected, over {} s ==", args.idle_s);
+    println!(
+        "  wake-ups (context switches, all threads): {} = {:.1} per minute",
+        idle.wakeups,
+        idle.wakeups as f64 / minutes
+    );
+    println!(
+        "  CPU: {:.1} ms = {:.2} ms per minute",
+        idle.cpu.as_secs_f64() * 1000.0,
+        idle.cpu.as_secs_f64() * 1000.0 / minutes
+    );
+    println!(
+        "  keep-alives expected (every {KEEPALIVE_S:.0} s): {:.1} per minute; each costs a few \
+         wake-ups (timer, send, the relay's acknowledgement)",
+        60.0 / KEEPALIVE_S
+    );
+    println!(
+        "  seconds in which it woke at all: {} of {} (at s {:?})",
+        idle.busy_seconds.len(),
+        args.idle_s,
+        idle.busy_seconds
+    );
+    // A keep-alive is a cluster: tokio's timer wheel wakes a couple of times as the
+    // 20 s timer cascades to finer slots (e.g. 16.8 s, then 3.2 s, then the last ms),
+    // then the PING goes out and its ACK comes back. Clusters further apart than 5 s
+    // are separate events.
+    let clusters = idle.busy_seconds.windows(2).filter(|w| w[1] - w[0] > 5).count()
+        + usize::from(!idle.busy_seconds.is_empty());
+    let expected = (args.idle_s as f64 / KEEPALIVE_S).ceil() as usize;
+    println!(
+        "  wake-up clusters: {clusters}, keep-alives in the window: {expected}  →  nothing \
+         between keep-alives: {}  ({:.1} wake-ups per keep-alive)",
+        if clusters <= expected { "met" } else { "NOT met" },
+        idle.wakeups as f64 / (args.idle_s as f64 / KEEPALIVE_S).max(1.0)
+    );
+    println!();
+
+    if !rustix::process::geteuid().is_root() {
+        println!("== Network switch: not measured (it needs root to make network namespaces) ==");
+        return Ok(());
+    }
+    eprintln!("  measuring {} network switches …", args.switches);
+    match switch_run(&daemon_bin, &relay_bin, work.path(), args.switches).await {
+        Ok(l) => {
+            println!("== Network switch (default route moves between two links) ==");
+            println!(
+                "  link change → message delivered on the new path: p50 {}  max {}  ({} switches)",
+                ms(l.p50()),
+                ms(l.max()),
+                l.len()
+            );
+            println!("  target (issue): traffic flowing again within 3 s");
+        }
+        Err(e) => println!("== Network switch: the run failed: {e:#}"),
+    }
+    Ok(())
+}
+
+struct Idle {
+    wakeups: u64,
+    cpu: Duration,
+    /// The seconds (from the start of the window) in which the daemon woke at all.
+    busy_seconds: Vec<u64>,
+}
+
+/// Context switches so far of each live thread of `pid`.
+fn switches(pid: u32) -> Result<std::collections::HashMap<String, u64>> {
+    let mut out = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let n: u64 = status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum();
+        out.insert(task.file_name().to_string_lossy().into_owned(), n);
+    }
+    Ok(out)
+}
+
+/// The CPU time `pid` used so far (all threads, also finished ones).
+fn cpu(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_millis(ticks * 1000 / hz))
+}
+
+async fn idle_run(daemon_bin: &Path, relay_bin: &Path, work: &Path, secs: u64) -> Result<Idle> {
+    let mut relay = RelayProcess::start(relay_bin, &work.join("idle-relay"))?;
+    let mut daemon = start_daemon(daemon_bin, &work.join("idle-alice"), &relay).await?;
+    {
+        let client = Client::connect(&daemon.socket).await?;
+        register(&client, "alice").await?;
+    }
+    // Let start-up work settle (key upload, first keep-alive timers).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = daemon.pid();
+    // Threads come and go (tokio's blocking pool lets idle ones exit), so the count is
+    // summed per thread from samples taken every second: a thread's increments between
+    // samples, a new thread's whole count. Reading /proc does not wake the daemon.
+    let c0 = cpu(pid)?;
+    let mut last = switches(pid)?;
+    let mut wakeups = 0u64;
+    let mut busy_seconds = Vec::new();
+    for second in 0..secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = switches(pid)?;
+        let mut this = 0;
+        for (tid, n) in &now {
+            this += n.saturating_sub(last.get(tid).copied().unwrap_or(0));
+        }
+        if this > 0 {
+            busy_seconds.push(second + 1);
+        }
+        wakeups += this;
+        last = now;
+    }
+    let c1 = cpu(pid)?;
+    daemon.stop()?;
+    relay.stop()?;
+    Ok(Idle { wakeups, cpu: c1.saturating_sub(c0), busy_seconds })
+}
+
+/// A network namespace, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Result<Self> {
+        let name = format!("ltb-{}-{tag}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = Self(name);
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", self.0.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.0]);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+async fn connected(client: &Client) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let st = client.call_value("system.status", json!({})).await?;
+        if st.pointer("/relay/state").and_then(Value::as_str) == Some("connected") {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("no relay connection within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn switch_run(
+    daemon_bin: &Path,
+    relay_bin: &Path,
+    work: &Path,
+    switches: usize,
+) -> Result<Latencies> {
+    let phone = Netns::new("phone")?;
+    let net = Netns::new("net")?;
+    for (dev, gw) in [("wlan0", "gw-a"), ("wwan0", "gw-b")] {
+        phone.ip(&["link", "add", dev, "type", "veth", "peer", "name", gw, "netns", &net.0])?;
+    }
+    for args in [
+        &["addr", "add", "10.62.1.2/24", "dev", "wlan0"][..],
+        &["addr", "add", "10.62.2.2/24", "dev", "wwan0"],
+        &["link", "set", "wlan0", "up"],
+        &["link", "set", "wwan0", "up"],
+        &["route", "add", "default", "via", "10.62.1.1", "dev", "wlan0"],
+    ] {
+        phone.ip(args)?;
+    }
+    for args in [
+        &["addr", "add", "10.62.1.1/24", "dev", "gw-a"][..],
+        &["addr", "add", "10.62.2.1/24", "dev", "gw-b"],
+        &["addr", "add", "10.62.9.1/32", "dev", "lo"],
+        &["link", "set", "gw-a", "up"],
+        &["link", "set", "gw-b", "up"],
+    ] {
+        net.ip(args)?;
+    }
+    let mut relay =
+        RelayProcess::start_at(relay_bin, &work.join("sw-relay"), Some(&net.0), "10.62.9.1:0")?;
+    let relay_addr = format!("10.62.9.1:{}", relay.port);
+    let start = |name: &str, ns: &Netns| {
+        let mut spec = LetstalkdSpec::new(daemon_bin, work.join(name));
+        spec.netns = Some(ns.0.clone());
+        spec.args.extend(["--relay".into(), relay_addr.clone().into(), "--relay-cert".into()]);
+        spec.args.push(relay.cert.as_os_str().to_owned());
+        spec.start().map(|(d, _, _)| d)
+    };
+    let mut alice = start("sw-alice", &phone)?;
+    let mut bob = start("sw-bob", &net)?;
+    let a = Client::connect(&alice.socket).await?;
+    let b = Client::connect(&bob.socket).await?;
+    for (c, name) in [(&a, "alice"), (&b, "bob")] {
+        connected(c).await?;
+        register(c, name).await?;
+    }
+    let mut events = b.take_events().context("events taken")?;
+    b.call_value("events.subscribe", json!({"kinds": ["message.received"]})).await?;
+    let routes = [("10.62.2.1", "wwan0", "wlan0"), ("10.62.1.1", "wlan0", "wwan0")];
+    let mut samples = Vec::with_capacity(switches);
+    let wall = Instant::now();
+    for i in 0..switches {
+        let (via, dev, old) = routes[i % 2];
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        phone.ip(&["link", "set", old, "down"])?;
+        phone.ip(&["route", "replace", "default", "via", via, "dev", dev])?;
+        let text = format!("after switch {i}");
+        a.call_value("messages.send", json!({"to": "user:bob", "text": text})).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.recv()).await else {
+                bail!("switch {i}: the message did not arrive within 30 s");
+            };
+            if e.pointer("/message/text").and_then(Value::as_str) == Some(text.as_str()) {
+                break;
+            }
+        }
+        samples.push(t0.elapsed());
+        phone.ip(&["link", "set", old, "up"])?;
+    }
+    drop((a, b));
+    alice.stop()?;
+    bob.stop()?;
+    relay.stop()?;
+    Ok(Latencies::new(samples, wall.elapsed(), switches))
+}
