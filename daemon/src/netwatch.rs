@@ -80,14 +80,14 @@ fn spawn_reader(fd: OwnedFd) -> std::io::Result<mpsc::UnboundedReceiver<()>> {
 
 /// Records the network in use now and when it differs from the last recorded, emits
 /// `network.changed`. Returns whether it changed.
-async fn observe(daemon: &Arc<Daemon>, network: Network) -> bool {
+async fn observe(daemon: &Arc<Daemon>, network: Network, emit: bool) -> bool {
     let outcome = daemon
         .store
         .call(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
             let mut seq = None;
-            if diagnostics::record_network(&tx, &network, now)? {
+            if diagnostics::record_network(&tx, &network, now)? && emit {
                 seq = Some(events::append(&tx, &EventBody::NetworkChanged { network }, now)?);
             }
             tx.commit()?;
@@ -111,7 +111,8 @@ async fn observe(daemon: &Arc<Daemon>, network: Network) -> bool {
 pub async fn run(daemon: Arc<Daemon>, link: Option<Arc<dyn OnChange>>, cancel: CancellationToken) {
     let mut last = device::network();
     daemon.set_network(last.clone());
-    observe(&daemon, last.clone()).await;
+    // At start the network is only recorded: nothing changed while a UI was watching.
+    observe(&daemon, last.clone(), false).await;
     let mut ticks = match netlink_socket().and_then(spawn_reader) {
         Ok(rx) => rx,
         Err(e) => {
@@ -139,7 +140,7 @@ pub async fn run(daemon: Arc<Daemon>, link: Option<Arc<dyn OnChange>>, cancel: C
         }
         last = now.clone();
         tracing::info!(kind = ?now.kind, interface = ?now.interface, "network changed");
-        observe(&daemon, now).await;
+        observe(&daemon, now, true).await;
         if let Some(link) = &link {
             link.network_changed().await;
         }
