@@ -164,19 +164,26 @@ impl Store {
         &self.path
     }
 
-    /// "Restore defaults": closes the database, destroys its key (the data in the files
-    /// is unreadable from that moment, also on flash where overwriting in place is not
-    /// reliable), deletes the database files and the attachments, and opens a fresh
-    /// database with a new key in their place. Event seqs carry on from the old ones so
+    /// "Restore defaults": destroys the database key wherever it lives (the data in the
+    /// files is unreadable from that moment, also on flash where overwriting in place is
+    /// not reliable), closes the database, deletes the database files and the
+    /// attachments, and opens a fresh database with a new key in their place, placed as
+    /// `keyring` says for a new data directory. Event seqs carry on from the old ones so
     /// a subscriber's cursor never points at a reused seq.
-    pub fn reset(&self) -> Result<(), StoreError> {
+    ///
+    /// The key goes first, while the database is still open: a key that cannot be
+    /// destroyed (a keyring that went away) leaves everything as it was, and the caller
+    /// gets the error. Blocking, and it may talk to the keyring: call it on a blocking
+    /// thread (`spawn_blocking`), never on an async task.
+    pub fn reset(&self, keyring: crate::config::Keyring) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let last_seq: i64 =
             conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+        let data_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let destroyed = key::block_on(destroy_key(&data_dir))?;
+        tracing::debug!(?destroyed, "destroyed the database key");
         let old = std::mem::replace(&mut *conn, Connection::open_in_memory()?);
         old.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
-        let data_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
-        destroy_key(&data_dir)?;
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let mut name = self.path.clone().into_os_string();
             name.push(suffix);
@@ -189,7 +196,9 @@ impl Store {
             Err(e) => return Err(io(format!("removing {}", attachments.display()))(e)),
         }
         sync_dir(&data_dir)?;
-        let fresh = Self::open(&data_dir)?;
+        let (key, _) = key::block_on(key::load_or_create(&data_dir, keyring))?;
+        let fresh = Self::open_with_key(&data_dir, &key)?;
+        drop(key);
         let fresh = fresh.conn.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         fresh
             .execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?1)", [last_seq])?;
@@ -213,24 +222,6 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(format!("syncing {}", dir.display())))
-}
-
-/// Destroys the database key: the key file is overwritten with random bytes, synced,
-/// then unlinked. Without it the database files are noise.
-pub fn destroy_key(data_dir: &Path) -> Result<(), StoreError> {
-    let path = data_dir.join(KEY_FILE);
-    match std::fs::OpenOptions::new().write(true).open(&path) {
-        Ok(mut file) => {
-            let noise: [u8; 64] = rand::random();
-            file.write_all(hex::encode(noise).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(io("overwriting the database key"))?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io(format!("opening {}", path.display()))(e)),
-    }
-    remove_if_exists(&path)?;
-    sync_dir(data_dir)
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {

@@ -150,6 +150,29 @@ async fn destroy_key_deletes_the_keyring_item() {
     assert!(stderr.contains("key file is missing"), "{stderr}");
 }
 
+#[tokio::test]
+async fn restore_defaults_destroys_the_keyring_key_and_makes_a_new_one() {
+    let world = World::new();
+    let session = world.secret_service().unwrap();
+    let spec = world.daemon("alice").in_session(&session);
+    let (dir, old_key) = first_run(&spec, &session).await;
+    let old_location = std::fs::read_to_string(dir.join("db.key.location")).unwrap();
+
+    let mut d = spec.start().unwrap();
+    d.call("privacy.restore_defaults", json!({"confirm": true})).await.unwrap();
+    let settings = d.call("settings.get", json!({})).await.unwrap();
+    assert_eq!(settings["read_receipts"], true, "the defaults are back: {settings}");
+    let new_key = session.lookup(&attrs(&dir)).unwrap().expect("a new key in the keyring");
+    assert_ne!(new_key, old_key);
+    assert_eq!(session.count(&[("application", "letstalk")]).unwrap(), 1, "the old item is gone");
+    assert_ne!(std::fs::read_to_string(dir.join("db.key.location")).unwrap(), old_location);
+    assert!(!dir.join("db.key").exists());
+    d.stop(Duration::from_secs(5)).unwrap();
+    // The fresh database opens with the new key.
+    let d = spec.start().unwrap();
+    assert_eq!(d.call("settings.get", json!({})).await.unwrap()["read_receipts"], true);
+}
+
 const CHILD_DIR: &str = "LETSTALK_TEST_DESTROY_DIR";
 
 /// The child half of `destroy_key_deletes_the_keyring_item`; does nothing when run on

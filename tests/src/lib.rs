@@ -776,6 +776,21 @@ impl SecretService {
         Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
+    /// `secret-tool search --all ATTR VALUE…`: how many items match.
+    pub fn count(&self, attributes: &[(&str, &str)]) -> Result<usize> {
+        let mut cmd = self.command("secret-tool");
+        cmd.args(["search", "--all"]);
+        for (k, v) in attributes {
+            cmd.args([k, v]);
+        }
+        let out = cmd.stdin(Stdio::null()).output()?;
+        // It prints each item's attributes on stderr and its label and secret on stdout.
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("label = "))
+            .count())
+    }
+
     /// `secret-tool clear ATTR VALUE…`: deletes the matching items.
     pub fn clear(&self, attributes: &[(&str, &str)]) -> Result<()> {
         let mut cmd = self.command("secret-tool");

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use super::keyring::{self, KeyringError};
-use super::{DB_FILE, KEY_FILE, StoreError, io};
+use super::{DB_FILE, KEY_FILE, StoreError, io, sync_dir};
 use crate::config::Keyring;
 
 /// The non-secret file saying that the key is in the Secret Service, and which item.
@@ -82,7 +82,7 @@ pub enum KeyLocation {
 /// What [`destroy_key`] destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destroyed {
-    /// `db.key` was overwritten with zeros, synced and unlinked.
+    /// `db.key` was overwritten, synced and unlinked.
     KeyFile,
     /// The Secret Service item was deleted (or was already gone) and `db.key.location`
     /// removed.
@@ -222,7 +222,7 @@ pub fn load_or_create_file(data_dir: &Path) -> Result<DbKey, StoreError> {
 /// Destroys the database key of `data_dir` wherever it lives, so the database can never
 /// be decrypted again ("restore defaults" calls this first, then deletes the files).
 ///
-/// A key file is overwritten with zeros, synced and unlinked; a keyring key has its
+/// A key file is overwritten with random digits, synced and unlinked; a keyring key has its
 /// Secret Service item deleted, then `db.key.location` is removed. An item that is
 /// already gone counts as destroyed; a Secret Service that cannot be reached (or is
 /// locked) is an error and leaves `db.key.location` in place, so the caller can retry
@@ -331,26 +331,33 @@ fn write_key_file(data_dir: &Path, key: &DbKey) -> Result<(), StoreError> {
     sync_dir(data_dir)
 }
 
-/// Overwrites a file with zeros, syncs it and unlinks it. On flash the old blocks may
-/// survive the overwrite; that is why the key, not the database, is what gets destroyed,
-/// and why the keyring is preferred.
+/// Overwrites a key file with random digits, syncs it and unlinks it. On flash the old
+/// blocks may survive the overwrite; that is why the key, not the database, is what gets
+/// destroyed, and why the keyring is preferred where there is one.
 fn shred(path: &Path) -> Result<(), StoreError> {
-    let len = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?.len();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(io(format!("opening {}", path.display())))?;
-    let zeros = vec![0u8; usize::try_from(len).unwrap_or(64).max(64)];
-    file.write_all(&zeros).map_err(io(format!("overwriting {}", path.display())))?;
-    file.sync_all().map_err(io(format!("syncing {}", path.display())))?;
+    let noise: [u8; 64] = rand::random();
+    file.write_all(hex::encode(noise).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io("overwriting the database key"))?;
     std::fs::remove_file(path).map_err(io(format!("removing {}", path.display())))
 }
 
-/// Makes a file created or removed in `dir` survive a power loss.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(format!("syncing directory {}", dir.display())))
+/// Runs a keyring operation from blocking code: on the caller's runtime when called on
+/// one of its blocking threads (`spawn_blocking`), else on a small runtime of its own.
+/// Never call it on an async task (tokio panics: blocking there would stall the runtime).
+pub fn block_on<T>(op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.block_on(op),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io("starting a runtime for the keyring"))?
+            .block_on(op),
+    }
 }
 
 #[cfg(test)]
@@ -430,9 +437,5 @@ mod tests {
         write_location(dir.path(), &"0f".repeat(16), dir.path()).unwrap();
         assert!(matches!(load_or_create_file(dir.path()), Err(StoreError::KeyInKeyring(_))));
         assert!(!dir.path().join(KEY_FILE).exists());
-    }
-
-    fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
     }
 }

@@ -14,7 +14,6 @@
 //! `secret-tool search application letstalk` shows people which key is which.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
