@@ -45,8 +45,9 @@ pub enum StoreError {
     BadKey(PathBuf),
     #[error("database {0} exists but its key file is missing: the data cannot be read")]
     MissingKey(PathBuf),
-    #[error("its database key is in the OS keyring but {source}")]
-    Keyring { data_dir: PathBuf, source: KeyringError },
+    /// Not a `source`: the message already says it all, and start errors are one line.
+    #[error("its database key is in the OS keyring but {reason}")]
+    Keyring { data_dir: PathBuf, reason: KeyringError },
     #[error("{0}: malformed (the keyring location of the database key)")]
     BadLocation(PathBuf),
     #[error(

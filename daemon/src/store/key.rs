@@ -168,12 +168,12 @@ pub async fn load_or_create(
             if location.store != SECRET_SERVICE {
                 return Err(StoreError::BadLocation(data_dir.join(LOCATION_FILE)));
             }
-            let secret = keyring::load(&location.id).await.map_err(|source| {
-                StoreError::Keyring { data_dir: data_dir.to_path_buf(), source }
+            let secret = keyring::load(&location.id).await.map_err(|reason| {
+                StoreError::Keyring { data_dir: data_dir.to_path_buf(), reason }
             })?;
             let key = DbKey::from_hex(&secret).ok_or_else(|| StoreError::Keyring {
                 data_dir: data_dir.to_path_buf(),
-                source: KeyringError::Malformed,
+                reason: KeyringError::Malformed,
             })?;
             Ok((key, KeyLocation::SecretService { id: location.id }))
         }
@@ -236,7 +236,7 @@ pub async fn destroy_key(data_dir: &Path) -> Result<Destroyed, StoreError> {
         }
         keyring::delete(&location.id)
             .await
-            .map_err(|source| StoreError::Keyring { data_dir: data_dir.to_path_buf(), source })?;
+            .map_err(|reason| StoreError::Keyring { data_dir: data_dir.to_path_buf(), reason })?;
         let path = data_dir.join(LOCATION_FILE);
         std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
         destroyed = Destroyed::SecretService;
