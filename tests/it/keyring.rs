@@ -73,17 +73,37 @@ async fn a_new_data_directory_keeps_its_key_in_the_keyring() {
     let config = dave.home.join("config").join("letstalk").join("letstalkd.toml");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     std::fs::write(&config, "keyring = \"off\"\n").unwrap();
+    let mut file_daemons = Vec::new();
     for spec in [carol, dave] {
         let d = spec.start().unwrap();
         let dir = std::fs::canonicalize(d.data_dir()).unwrap();
         assert!(dir.join("db.key").exists(), "{}", spec.name);
         assert!(!dir.join("db.key.location").exists(), "{}", spec.name);
         assert_eq!(session.lookup(&attrs(&dir)).unwrap(), None, "{}", spec.name);
+        file_daemons.push(d);
     }
     let erin = world.daemon("erin").in_session(&session).env("LETSTALK_KEYRING", "off");
     let d = erin.arg("--keyring").arg("auto").start().unwrap();
     assert!(!d.data_dir().join("db.key").exists());
     assert!(d.data_dir().join("db.key.location").exists());
+
+    // The D-Bus connection is gone once the daemon runs: it holds as many sockets as one
+    // that never talked to D-Bus.
+    let never = sockets(file_daemons[0].pid());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sockets(d.pid()) != never {
+        assert!(std::time::Instant::now() < deadline, "a D-Bus connection stays open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How many sockets process `pid` has open.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
 }
 
 #[tokio::test]
