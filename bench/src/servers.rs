@@ -108,6 +108,11 @@ impl LetstalkdSpec {
         cmd.env("XDG_CONFIG_HOME", self.home.join("config"));
         cmd.env("HOME", &self.home);
         cmd.env("LETSTALK_LOG", "warn");
+        // No session bus: each run's fresh data directory would otherwise put a key into
+        // the caller's keyring. The daemon then keeps its key in a file, as on a device
+        // without a desktop session.
+        cmd.env_remove("DBUS_SESSION_BUS_ADDRESS");
+        cmd.env("XDG_RUNTIME_DIR", self.home.join("xdg-runtime"));
         cmd
     }
 

@@ -41,6 +41,23 @@ pub struct Args {
     /// "letstalkd=debug,info").
     #[arg(long, env = "LETSTALK_LOG", value_name = "LEVEL")]
     pub log: Option<String>,
+    /// Where a new data directory's database key goes: "auto" puts it in the OS keyring
+    /// (a Secret Service such as gnome-keyring or KWallet on the session D-Bus) when one
+    /// is reachable and unlocked, else in the 0600 file db.key; "off" always uses the
+    /// file. An existing data directory keeps its key where it is. Default: auto.
+    #[arg(long, env = "LETSTALK_KEYRING", value_name = "auto|off")]
+    pub keyring: Option<Keyring>,
+}
+
+/// Whether a new database key may go into the OS keyring (`--keyring`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keyring {
+    /// The Secret Service when one is reachable and unlocked, else the key file.
+    #[default]
+    Auto,
+    /// Always the key file; the daemon never talks to D-Bus for a new key.
+    Off,
 }
 
 /// The config file's keys: the same as the flags.
@@ -52,6 +69,7 @@ struct FileConfig {
     relay: Option<String>,
     relay_cert: Option<PathBuf>,
     log: Option<String>,
+    keyring: Option<Keyring>,
 }
 
 /// Where the IPC socket comes from.
@@ -89,6 +107,7 @@ pub struct Config {
     pub relay: Option<RelayAddr>,
     pub relay_cert: Option<PathBuf>,
     pub log: String,
+    pub keyring: Keyring,
 }
 
 /// A configuration problem, reported on one line.
@@ -135,7 +154,8 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
             return Err(ConfigError::Log(log));
         }
-        Ok(Self { config_file, data_dir, socket, relay, relay_cert, log })
+        let keyring = args.keyring.or(file.keyring).unwrap_or_default();
+        Ok(Self { config_file, data_dir, socket, relay, relay_cert, log, keyring })
     }
 
     /// Re-reads the config file for SIGHUP; only the log filter takes effect at once.

@@ -8,7 +8,7 @@
 //! - [`account`]: this device's account, device key, identity key and prekeys.
 //! - [`config`]: flags, environment and config file resolved into a validated `Config`.
 //! - [`content`]: what travels inside an end-to-end envelope (messages, receipts).
-//! - [`store`]: the SQLCipher database, its key and its migrations.
+//! - [`store`]: the SQLCipher database, its key (key file or OS keyring) and its migrations.
 //! - [`contacts`]: contact rows, their IPC shape and safety numbers.
 //! - [`events`]: the persisted event log and the bus that wakes subscribers.
 //! - [`groups`]: group membership, sender keys, group messages in and out.
@@ -213,8 +213,15 @@ pub async fn run(
         .map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
     let _lock = lock_data_dir(&data_dir)?;
 
-    let store = Store::open(&data_dir)
+    // The key comes first (from the key file, or over D-Bus from the OS keyring; see
+    // store::key) and is zeroized as soon as SQLCipher has it.
+    let (key, location) = store::key::load_or_create(&data_dir, config.keyring)
+        .await
         .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
+    let store = Store::open_with_key(&data_dir, &key)
+        .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
+    drop(key);
+    tracing::debug!(key = ?location, "database key found");
     let store = Arc::new(store);
     let (last_seq, _) = store
         .with(|c| events::bounds(c))

@@ -65,7 +65,9 @@ async fn serve(config: Config, reload: ReloadHandle) -> anyhow::Result<()> {
             }
         }
     };
-    letstalkd::run(config, shutdown, |_| {}).await?;
+    // A StartError's message already names its cause; as an anyhow chain it would be
+    // printed twice by `{:#}`.
+    letstalkd::run(config, shutdown, |_| {}).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 

@@ -1,21 +1,27 @@
 //! The encrypted local store: one SQLCipher database in the data directory, opened with
 //! a random 256-bit key, in WAL mode, with numbered migrations.
 //!
-//! The key lives in a 0600 file beside the database (`db.key`). Deleting the key is what
-//! makes the data unrecoverable ("restore defaults" shreds the key first, then the
-//! files): SQLCipher pages on disk are useless without it, which works on flash storage
-//! where overwriting in place is not reliable.
+//! The key lives in the OS keyring when one is usable, else in a 0600 file beside the
+//! database (`db.key`); [`key`] decides and keeps the decision. Destroying the key
+//! ([`key::destroy_key`]) is what makes the data unrecoverable ("restore defaults"
+//! destroys the key first, then the files): SQLCipher pages on disk are useless without
+//! it, which works on flash storage where overwriting in place is not reliable.
 //!
 //! SQLite calls block, so async code reaches the database through [`Store::call`], which
 //! runs the closure on tokio's blocking pool. One connection, behind a mutex: the
 //! daemon's writes are small and serialising them keeps transactions simple.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+pub mod key;
+mod keyring;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
+use zeroize::Zeroizing;
+
+pub use key::{DbKey, Destroyed, KeyLocation, destroy_key};
+pub use keyring::KeyringError;
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran. Never edit
 /// one that has shipped: add the next.
@@ -39,6 +45,17 @@ pub enum StoreError {
     BadKey(PathBuf),
     #[error("database {0} exists but its key file is missing: the data cannot be read")]
     MissingKey(PathBuf),
+    /// Not a `source`: the message already says it all, and start errors are one line.
+    #[error("its database key is in the OS keyring but {reason}")]
+    Keyring { data_dir: PathBuf, reason: KeyringError },
+    #[error("{0}: malformed (the keyring location of the database key)")]
+    BadLocation(PathBuf),
+    #[error(
+        "both db.key and db.key.location exist in {0}: remove the one that is not this database's key"
+    )]
+    KeyConflict(PathBuf),
+    #[error("the database key of {0} is in the OS keyring, which this tool does not read")]
+    KeyInKeyring(PathBuf),
     #[error("database {0} cannot be opened with its key (wrong key or corrupt file)")]
     WrongKey(PathBuf),
     #[error("database schema version {found} is newer than this daemon ({known})")]
@@ -55,13 +72,20 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `data_dir`.
+    /// Opens (creating if needed) the database in `data_dir` with its key from the key
+    /// file, never the keyring: for tests and tools. The daemon uses
+    /// [`key::load_or_create`] and [`Store::open_with_key`].
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_key(data_dir, &key::load_or_create_file(data_dir)?)
+    }
+
+    /// Opens (creating if needed) the database in `data_dir` with `key`.
+    pub fn open_with_key(data_dir: &Path, key: &DbKey) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
-        let key = load_or_create_key(data_dir, path.exists())?;
         let conn = Connection::open(&path)?;
         // The key is passed as a raw hex blob so SQLCipher does no passphrase derivation.
-        conn.execute_batch(&format!("PRAGMA key = \"x'{key}'\";"))?;
+        let pragma = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", key.to_hex().as_str()));
+        conn.execute_batch(&pragma)?;
         if conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).is_err()
         {
             return Err(StoreError::WrongKey(path));
@@ -141,19 +165,26 @@ impl Store {
         &self.path
     }
 
-    /// "Restore defaults": closes the database, destroys its key (the data in the files
-    /// is unreadable from that moment, also on flash where overwriting in place is not
-    /// reliable), deletes the database files and the attachments, and opens a fresh
-    /// database with a new key in their place. Event seqs carry on from the old ones so
+    /// "Restore defaults": destroys the database key wherever it lives (the data in the
+    /// files is unreadable from that moment, also on flash where overwriting in place is
+    /// not reliable), closes the database, deletes the database files and the
+    /// attachments, and opens a fresh database with a new key in their place, placed as
+    /// `keyring` says for a new data directory. Event seqs carry on from the old ones so
     /// a subscriber's cursor never points at a reused seq.
-    pub fn reset(&self) -> Result<(), StoreError> {
+    ///
+    /// The key goes first, while the database is still open: a key that cannot be
+    /// destroyed (a keyring that went away) leaves everything as it was, and the caller
+    /// gets the error. Blocking, and it may talk to the keyring: call it on a blocking
+    /// thread (`spawn_blocking`), never on an async task.
+    pub fn reset(&self, keyring: crate::config::Keyring) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let last_seq: i64 =
             conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+        let data_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let destroyed = key::block_on(destroy_key(&data_dir))?;
+        tracing::debug!(?destroyed, "destroyed the database key");
         let old = std::mem::replace(&mut *conn, Connection::open_in_memory()?);
         old.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
-        let data_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
-        destroy_key(&data_dir)?;
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let mut name = self.path.clone().into_os_string();
             name.push(suffix);
@@ -166,7 +197,9 @@ impl Store {
             Err(e) => return Err(io(format!("removing {}", attachments.display()))(e)),
         }
         sync_dir(&data_dir)?;
-        let fresh = Self::open(&data_dir)?;
+        let (key, _) = key::block_on(key::load_or_create(&data_dir, keyring))?;
+        let fresh = Self::open_with_key(&data_dir, &key)?;
+        drop(key);
         let fresh = fresh.conn.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         fresh
             .execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?1)", [last_seq])?;
@@ -192,58 +225,9 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io(format!("syncing {}", dir.display())))
 }
 
-/// Destroys the database key: the key file is overwritten with random bytes, synced,
-/// then unlinked. Without it the database files are noise.
-pub fn destroy_key(data_dir: &Path) -> Result<(), StoreError> {
-    let path = data_dir.join(KEY_FILE);
-    match std::fs::OpenOptions::new().write(true).open(&path) {
-        Ok(mut file) => {
-            let noise: [u8; 64] = rand::random();
-            file.write_all(hex::encode(noise).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(io("overwriting the database key"))?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io(format!("opening {}", path.display()))(e)),
-    }
-    remove_if_exists(&path)?;
-    sync_dir(data_dir)
-}
-
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     let context = context.into();
     move |source| StoreError::Io { context, source }
-}
-
-/// Reads the key file, or creates one with a fresh random key for a new database.
-fn load_or_create_key(data_dir: &Path, db_exists: bool) -> Result<String, StoreError> {
-    let path = data_dir.join(KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let key = text.trim().to_owned();
-            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(StoreError::BadKey(path));
-            }
-            Ok(key)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if db_exists {
-                return Err(StoreError::MissingKey(data_dir.join(DB_FILE)));
-            }
-            let key: [u8; 32] = rand::random();
-            let hex = hex::encode(key);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io(format!("creating {}", path.display())))?;
-            file.write_all(hex.as_bytes()).map_err(io("writing the database key"))?;
-            file.sync_all().map_err(io("syncing the database key"))?;
-            Ok(hex)
-        }
-        Err(e) => Err(io(format!("reading {}", path.display()))(e)),
-    }
 }
 
 /// A write that may share its transaction (and its disk sync) with others; see
@@ -341,10 +325,11 @@ mod tests {
     fn migrates_from_every_earlier_version() {
         for from in 0..MIGRATIONS.len() {
             let dir = tempfile::tempdir().unwrap();
-            let key = load_or_create_key(dir.path(), false).unwrap();
+            let key = key::load_or_create_file(dir.path()).unwrap();
             {
                 let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-                conn.execute_batch(&format!("PRAGMA key = \"x'{key}'\";")).unwrap();
+                conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", key.to_hex().as_str()))
+                    .unwrap();
                 for (i, sql) in MIGRATIONS.iter().enumerate().take(from) {
                     conn.execute_batch(sql).unwrap();
                     conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).unwrap();

@@ -223,6 +223,8 @@ async fn start_daemon(root: &Path, name: &'static str, relay: &str, cert: &Path)
         relay: Some(letstalkd::config::parse_relay(relay)?),
         relay_cert: Some(cert.to_path_buf()),
         log: "warn".into(),
+        // Temporary data directories: their keys belong in them, not in the user's keyring.
+        keyring: letstalkd::config::Keyring::Off,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let (ready_tx, ready) = oneshot::channel();

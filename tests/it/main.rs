@@ -9,6 +9,7 @@ mod events;
 mod groups;
 mod hostile;
 mod ipc_contract;
+mod keyring;
 mod lifecycle;
 mod messaging;
 mod network;

@@ -5,6 +5,10 @@
 //! Readiness is never guessed with sleeps: each daemon gets a `NOTIFY_SOCKET` and the
 //! harness waits for its `READY=1`, exactly as systemd would.
 //!
+//! [`SecretService`] is a private D-Bus session bus with gnome-keyring's Secret Service
+//! on it, for the tests of the database key in the OS keyring; daemons never see the
+//! caller's own session bus.
+//!
 //! The binaries are the workspace's own debug builds (`target/debug/`), which
 //! `cargo nextest run --workspace` / `cargo test --workspace` build before any test runs.
 #![allow(
@@ -127,6 +131,7 @@ impl DaemonSpec {
         cmd.env("XDG_CONFIG_HOME", self.home.join("config"));
         cmd.env("HOME", &self.home);
         cmd.env("LETSTALK_LOG", "debug");
+        no_session_bus(&mut cmd, &self.home);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -157,6 +162,15 @@ impl DaemonSpec {
         let out = self.command().stdin(Stdio::null()).output()?;
         Ok((out.status, String::from_utf8_lossy(&out.stderr).into_owned()))
     }
+}
+
+/// Keeps a daemon away from the caller's D-Bus session, so a test run on a desktop never
+/// puts keys into the developer's keyring: no `DBUS_SESSION_BUS_ADDRESS`, and an
+/// `XDG_RUNTIME_DIR` (where the session bus would otherwise be looked for) under `home`.
+/// [`DaemonSpec::in_session`] points a daemon at a test's own session instead.
+pub fn no_session_bus(cmd: &mut Command, home: &Path) {
+    cmd.env_remove("DBUS_SESSION_BUS_ADDRESS");
+    cmd.env("XDG_RUNTIME_DIR", home.join("xdg-runtime"));
 }
 
 fn unique(mut path: PathBuf) -> PathBuf {
@@ -631,4 +645,240 @@ fn run_ip(args: &[&str]) -> Result<()> {
         bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// A private D-Bus session bus (`dbus-daemon` with its own config: no service activation,
+/// a socket in the world's directory) with `gnome-keyring-daemon` serving the Secret
+/// Service on it, its login collection created and unlocked with a password on stdin.
+/// HOME and the XDG directories point into the world, so nothing touches the user's
+/// keyring. Both processes are killed when this is dropped.
+#[derive(Debug)]
+pub struct SecretService {
+    dir: PathBuf,
+    address: String,
+    bus: Option<Child>,
+    keyring: Option<Child>,
+}
+
+/// The programs the keyring tests need, with their Debian packages.
+const SECRET_SERVICE_TOOLS: &[(&str, &str)] = &[
+    ("dbus-daemon", "dbus"),
+    ("dbus-send", "dbus"),
+    ("gnome-keyring-daemon", "gnome-keyring"),
+    ("secret-tool", "libsecret-tools"),
+];
+
+impl World {
+    /// Starts a private session bus and an unlocked gnome-keyring on it. Panics, rather
+    /// than skipping, when the programs are missing: CI installs them (`.ci/run`).
+    pub fn secret_service(&self) -> Result<SecretService> {
+        for (program, package) in SECRET_SERVICE_TOOLS {
+            let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .any(|d| d.join(program).exists());
+            assert!(
+                found,
+                "{program} is required for the keyring tests (Debian package {package}; .ci/run installs it)"
+            );
+        }
+        let dir = self.path().join("session");
+        for sub in ["home", "runtime", "data", "config", "cache"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let socket = dir.join("runtime").join("bus");
+        let address = format!("unix:path={}", socket.display());
+        let config = dir.join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>{address}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#
+            ),
+        )?;
+        let mut session = SecretService { dir, address, bus: None, keyring: None };
+        let bus = session
+            .command("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(session.dir.join("dbus-daemon.log"))?)
+            .spawn()
+            .context("spawning dbus-daemon")?;
+        session.bus = Some(bus);
+        session.wait_until("the session bus", |s| s.name_has_owner("org.freedesktop.DBus"))?;
+        let mut keyring = session
+            .command("gnome-keyring-daemon")
+            .args(["--foreground", "--unlock", "--components=secrets"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(session.dir.join("gnome-keyring.log"))?)
+            .spawn()
+            .context("spawning gnome-keyring-daemon")?;
+        {
+            use std::io::Write;
+            let mut stdin = keyring.stdin.take().context("gnome-keyring stdin")?;
+            stdin.write_all(b"letstalk-test-keyring-password")?;
+        }
+        session.keyring = Some(keyring);
+        session.wait_until("an unlocked default collection", |s| {
+            s.dbus_send(&[
+                "--dest=org.freedesktop.secrets",
+                "/org/freedesktop/secrets",
+                "org.freedesktop.Secret.Service.ReadAlias",
+                "string:default",
+            ])
+            .is_some_and(|out| out.contains("/org/freedesktop/secrets/collection/"))
+        })?;
+        Ok(session)
+    }
+}
+
+impl SecretService {
+    /// The session bus address, for `DBUS_SESSION_BUS_ADDRESS`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// `program` with an empty environment but PATH, the session's HOME and XDG
+    /// directories and its bus address.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.join("home"))
+            .env("XDG_RUNTIME_DIR", self.dir.join("runtime"))
+            .env("XDG_DATA_HOME", self.dir.join("data"))
+            .env("XDG_CONFIG_HOME", self.dir.join("config"))
+            .env("XDG_CACHE_HOME", self.dir.join("cache"))
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address);
+        cmd
+    }
+
+    /// `secret-tool lookup ATTR VALUE…`: the secret of the matching item, if any.
+    pub fn lookup(&self, attributes: &[(&str, &str)]) -> Result<Option<String>> {
+        let mut cmd = self.command("secret-tool");
+        cmd.arg("lookup");
+        for (k, v) in attributes {
+            cmd.args([k, v]);
+        }
+        let out = cmd.stdin(Stdio::null()).output()?;
+        Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// `secret-tool search --all ATTR VALUE…`: how many items match.
+    pub fn count(&self, attributes: &[(&str, &str)]) -> Result<usize> {
+        let mut cmd = self.command("secret-tool");
+        cmd.args(["search", "--all"]);
+        for (k, v) in attributes {
+            cmd.args([k, v]);
+        }
+        let out = cmd.stdin(Stdio::null()).output()?;
+        // It prints each item's attributes on stderr and its label and secret on stdout.
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("label = "))
+            .count())
+    }
+
+    /// `secret-tool clear ATTR VALUE…`: deletes the matching items.
+    pub fn clear(&self, attributes: &[(&str, &str)]) -> Result<()> {
+        let mut cmd = self.command("secret-tool");
+        cmd.arg("clear");
+        for (k, v) in attributes {
+            cmd.args([k, v]);
+        }
+        let status = cmd.stdin(Stdio::null()).status()?;
+        anyhow::ensure!(status.success(), "secret-tool clear failed: {status}");
+        Ok(())
+    }
+
+    /// Locks the login collection (the default one), as a screen lock might.
+    pub fn lock(&self) -> Result<()> {
+        self.dbus_send(&[
+            "--dest=org.freedesktop.secrets",
+            "/org/freedesktop/secrets",
+            "org.freedesktop.Secret.Service.Lock",
+            "array:objpath:/org/freedesktop/secrets/collection/login",
+        ])
+        .context("locking the login collection")?;
+        Ok(())
+    }
+
+    /// Stops gnome-keyring; the bus stays, with nobody owning org.freedesktop.secrets.
+    pub fn stop_keyring(&mut self) -> Result<()> {
+        if let Some(mut child) = self.keyring.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.wait_until("the Secret Service to leave the bus", |s| {
+            !s.name_has_owner("org.freedesktop.secrets")
+        })
+    }
+
+    fn name_has_owner(&self, name: &str) -> bool {
+        self.dbus_send(&[
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.NameHasOwner",
+            &format!("string:{name}"),
+        ])
+        .is_some_and(|out| out.contains("boolean true"))
+    }
+
+    /// One method call with `dbus-send`; its printed reply, or `None` on an error.
+    fn dbus_send(&self, args: &[&str]) -> Option<String> {
+        let out = self
+            .command("dbus-send")
+            .args(["--session", "--print-reply", "--reply-timeout=5000"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Polls `ready` (neither program has a readiness notification) for up to 20 s.
+    fn wait_until(&self, what: &str, ready: impl Fn(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if ready(self) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = |name: &str| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        bail!(
+            "timed out waiting for {what}\ndbus-daemon: {}\ngnome-keyring: {}",
+            log("dbus-daemon.log"),
+            log("gnome-keyring.log")
+        )
+    }
+}
+
+impl Drop for SecretService {
+    fn drop(&mut self) {
+        for child in [self.keyring.take(), self.bus.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl DaemonSpec {
+    /// Runs the daemon in `session`: its Secret Service is the daemon's OS keyring.
+    pub fn in_session(self, session: &SecretService) -> Self {
+        self.env("DBUS_SESSION_BUS_ADDRESS", session.address())
+    }
 }

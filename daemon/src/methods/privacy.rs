@@ -97,7 +97,8 @@ pub(super) async fn restore_defaults(
     }
     daemon.set_user(None);
     let store = daemon.store.clone();
-    tokio::task::spawn_blocking(move || store.reset())
+    let keyring = daemon.config.keyring;
+    tokio::task::spawn_blocking(move || store.reset(keyring))
         .await
         .map_err(|_| RpcError::internal("the reset task failed"))?
         .map_err(internal)?;
