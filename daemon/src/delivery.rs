@@ -362,6 +362,11 @@ fn receive_in(
                 }
             }
         }
+        Some(c @ (Content::File { .. } | Content::FileCancel { .. })) => {
+            let applied = crate::files::receive(tx, sender, &c, now)?;
+            last_event = applied.last_event.or(last_event);
+            queued |= applied.queued;
+        }
         None => {
             return Ok(Received::Dropped("unknown content".into()));
         }

@@ -20,6 +20,8 @@
 //! - [`methods`]: one module per method namespace, turning typed params into results.
 //! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once.
 //! - [`device`]: hardware, OS, network and the application-specific device ID.
+//! - [`files`]: file encryption, blob uploads and downloads (resuming), automatic
+//!   download, cancel.
 //! - [`validate`]: the input rules of the spec (user IDs, emails, passwords, avatars).
 //! - [`systemd`]: readiness, watchdog and socket activation, no-ops without systemd.
 
@@ -30,6 +32,7 @@ pub mod content;
 pub mod delivery;
 pub mod device;
 pub mod events;
+pub mod files;
 pub mod inbox;
 pub mod keys;
 pub mod messages;
@@ -99,6 +102,8 @@ pub struct Daemon {
     pub writes: store::GroupCommit,
     /// Wakes the sender task when the outbox got something.
     pub(crate) sender_wake: tokio::sync::Notify,
+    /// File transfers running now, and the wake-up of their worker.
+    pub transfers: files::Transfers,
 }
 
 impl Daemon {
@@ -210,6 +215,7 @@ pub async fn run(
             device_seed: a.device_key.clone(),
         });
     let (writes, group_task) = store::GroupCommit::start(store.clone());
+    let cancel = CancellationToken::new();
     let daemon = Arc::new(Daemon {
         writes,
         device_id: device::device_id(&data_dir),
@@ -223,9 +229,9 @@ pub async fn run(
         queued: Mutex::default(),
         relay: link.clone().map(|l| l as Arc<dyn relay::RelayApi>),
         sender_wake: tokio::sync::Notify::new(),
+        transfers: files::Transfers::new(cancel.child_token()),
     });
 
-    let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(server::accept_loop(daemon.clone(), listener, cancel.clone(), tasks.clone()));
     tasks.spawn(maintenance(daemon.clone(), cancel.clone()));
@@ -270,6 +276,7 @@ pub async fn run(
                 }
             }
         });
+        tasks.spawn(files::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(sender::run(
             daemon.clone(),
             Arc::new(relay::RelayTransport(api)),

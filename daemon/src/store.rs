@@ -19,8 +19,11 @@ use rusqlite::Connection;
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran. Never edit
 /// one that has shipped: add the next.
-const MIGRATIONS: &[&str] =
-    &[include_str!("store/0001_init.sql"), include_str!("store/0002_messaging.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("store/0001_init.sql"),
+    include_str!("store/0002_messaging.sql"),
+    include_str!("store/0003_files.sql"),
+];
 
 pub const DB_FILE: &str = "letstalk.db";
 pub const KEY_FILE: &str = "db.key";

@@ -59,6 +59,9 @@ methods! {
     "messages.mark_read" (MarkReadParams) -> MarkedResult: "Marks incoming messages read (and sends read receipts).";
     "messages.delete" (MessageIdParams) -> Empty: "Deletes a message on this device.";
     "conversations.list" (Empty) -> ConversationsList: "Conversations, most recent first, with unread counts.";
+    "files.send" (FilesSendParams) -> MessageResult: "Encrypts a file on the device and streams it to the relay; file.progress events follow.";
+    "files.download" (FilesDownloadParams) -> FilesDownloadResult: "Downloads (resuming) and checks a received file, and writes it out.";
+    "files.cancel" (MessageIdParams) -> Empty: "Cancels a file transfer, on both sides.";
     "settings.get" (Empty) -> Settings: "The current settings.";
     "settings.set" (SettingsPatch) -> Settings: "Changes any subset of the settings; returns them all.";
     "device.info" (Empty) -> DeviceInfo: "Hardware, OS, network, device ID and connected frontends.";

@@ -179,6 +179,12 @@ pub enum EventBody {
     AccountChanged { account: Account },
     #[serde(rename = "account.logged_out")]
     AccountLoggedOut {},
+    /// A file transfer advanced; `bytes == total` when it completed.
+    #[serde(rename = "file.progress")]
+    FileProgress { message_id: String, direction: TransferDirection, bytes: u64, total: u64 },
+    /// A file transfer changed state (an addition to the spec: cancelled, failed, done).
+    #[serde(rename = "file.state")]
+    FileState { message_id: String, conversation: String, transfer: FileTransfer },
     /// The subscription was dropped because the client read too slowly; `seq` is the
     /// last event it was sent. Re-subscribe with `since` to catch up.
     #[serde(rename = "events.overflow")]
@@ -198,6 +204,8 @@ impl EventBody {
             Self::ContactChanged { .. } => "contact.changed",
             Self::AccountChanged { .. } => "account.changed",
             Self::AccountLoggedOut {} => "account.logged_out",
+            Self::FileProgress { .. } => "file.progress",
+            Self::FileState { .. } => "file.state",
             Self::Overflow {} => "events.overflow",
         }
     }
@@ -473,10 +481,72 @@ pub enum MessageState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FileInfo {
     pub name: String,
+    /// Bytes of the file itself (not its encrypted form).
     pub size: u64,
     pub mime: String,
+    /// SHA-256 of the file, 64 hex digits.
     pub sha256: String,
+    /// Where the file is readable on this device (the sender's original, or where
+    /// `files.download` wrote it); null until then.
     pub path: Option<String>,
+    /// Where the transfer stands (an addition to the spec's object).
+    #[serde(default)]
+    pub transfer: Option<FileTransfer>,
+}
+
+/// Where a file's transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileTransfer {
+    /// Outgoing: being streamed to the relay.
+    Uploading,
+    /// Outgoing: on the relay; the message carrying its key follows the usual states.
+    Uploaded,
+    /// Incoming: on the relay, not downloaded (automatic download did not apply).
+    Available,
+    /// Incoming: being downloaded.
+    Downloading,
+    /// Incoming: downloaded and checked; kept encrypted on this device.
+    Done,
+    /// Cancelled on this side or the other.
+    Cancelled,
+    /// Failed for good (e.g. the relay no longer has it, or the hash did not match).
+    Failed,
+}
+
+/// Which way a file moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferDirection {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FilesSendParams {
+    /// `user:<id>`.
+    pub to: String,
+    /// An absolute path to a regular file of at most 2 GiB.
+    pub path: String,
+    /// Text shown with the file (at most 64 KiB of UTF-8).
+    #[serde(default)]
+    pub caption: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FilesDownloadParams {
+    pub message_id: String,
+    /// An absolute path to write the file to (default: the daemon's directory of
+    /// opened files, see PROTOCOL.md).
+    #[serde(default)]
+    pub dest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FilesDownloadResult {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

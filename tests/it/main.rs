@@ -5,6 +5,7 @@
 mod accounts;
 mod cli;
 mod events;
+mod files;
 mod hostile;
 mod ipc_contract;
 mod lifecycle;

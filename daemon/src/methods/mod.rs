@@ -8,6 +8,7 @@ mod account;
 mod contacts;
 mod device;
 mod events;
+mod files;
 mod messages;
 mod settings;
 mod system;
@@ -85,6 +86,9 @@ pub async fn call(
         "messages.mark_read" => reply(messages::mark_read(daemon, parse(params)?).await?),
         "messages.delete" => reply(messages::delete(daemon, parse(params)?).await?),
         "conversations.list" => reply(messages::conversations(daemon, parse(params)?).await?),
+        "files.send" => reply(files::send(daemon, parse(params)?).await?),
+        "files.download" => reply(files::download(daemon, parse(params)?).await?),
+        "files.cancel" => reply(files::cancel(daemon, parse(params)?).await?),
         other => Err(RpcError::method_not_found(other)),
     }
 }
