@@ -4,8 +4,10 @@
 //! Every benchmark is a subcommand with its own module: `ipc` (the default) measures the
 //! daemon's local JSON-RPC interface, `messaging` end-to-end messaging between two
 //! daemons through a relay (and the ratchet step), `relay` the relay's delivery between
-//! many clients beside mosquitto at QoS 1.
+//! many clients beside mosquitto at QoS 1, `files` a file through the relay beside a
+//! raw copy of the same bytes.
 
+mod files;
 mod ipc;
 mod load;
 mod messaging;
@@ -46,6 +48,29 @@ enum Command {
     /// Delivery rate through letstalk-relay between many connected clients, beside
     /// mosquitto at QoS 1 with the same shape.
     Relay(RelayArgs),
+    /// A file from one letstalkd to another through letstalk-relay (encrypt, upload,
+    /// download) in MiB/s, beside a raw copy of the same bytes.
+    Files(FilesArgs),
+}
+
+/// Flags of `letstalk-bench files`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FilesArgs {
+    /// The letstalkd binary [default: target/release/letstalkd beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon: Option<PathBuf>,
+
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// The file's size in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub(crate) mib: usize,
+
+    /// Each leg stops after this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "S")]
+    pub(crate) limit_s: u64,
 }
 
 /// Flags of `letstalk-bench messaging`.
@@ -178,5 +203,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ipc(args) => runtime.block_on(ipc::run(&args)),
         Command::Messaging(args) => runtime.block_on(messaging::run(&args)),
         Command::Relay(args) => runtime.block_on(relay::run(&args)),
+        Command::Files(args) => runtime.block_on(files::run(&args)),
     }
 }

@@ -140,11 +140,11 @@ pub(crate) async fn run(args: &MessagingArgs) -> Result<()> {
     Ok(())
 }
 
-fn progress(what: &str) {
+pub(crate) fn progress(what: &str) {
     eprintln!("  measuring {what} …");
 }
 
-fn verdict(met: bool) -> &'static str {
+pub(crate) fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
 }
 
@@ -154,7 +154,7 @@ fn rate(n: usize, d: Duration) -> f64 {
 }
 
 /// Starts a daemon linked to `relay` and waits until `system.status` says connected.
-async fn start_daemon(bin: &Path, home: &Path, relay: &RelayProcess) -> Result<Letstalkd> {
+pub(crate) async fn start_daemon(bin: &Path, home: &Path, relay: &RelayProcess) -> Result<Letstalkd> {
     let spec = LetstalkdSpec::new(bin, PathBuf::from(home)).with_relay(relay.port, &relay.cert);
     let (daemon, _, _) = spec.start()?;
     let client = Client::connect(&daemon.socket).await?;
@@ -171,7 +171,7 @@ async fn start_daemon(bin: &Path, home: &Path, relay: &RelayProcess) -> Result<L
     }
 }
 
-async fn register(client: &Client, name: &str) -> Result<()> {
+pub(crate) async fn register(client: &Client, name: &str) -> Result<()> {
     client
         .call_value(
             "account.register",
