@@ -154,7 +154,11 @@ fn rate(n: usize, d: Duration) -> f64 {
 }
 
 /// Starts a daemon linked to `relay` and waits until `system.status` says connected.
-pub(crate) async fn start_daemon(bin: &Path, home: &Path, relay: &RelayProcess) -> Result<Letstalkd> {
+pub(crate) async fn start_daemon(
+    bin: &Path,
+    home: &Path,
+    relay: &RelayProcess,
+) -> Result<Letstalkd> {
     let spec = LetstalkdSpec::new(bin, PathBuf::from(home)).with_relay(relay.port, &relay.cert);
     let (daemon, _, _) = spec.start()?;
     let client = Client::connect(&daemon.socket).await?;

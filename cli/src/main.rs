@@ -383,7 +383,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut events =
                 client.take_events().ok_or_else(|| Failure::Usage("no event stream".into()))?;
             if !no_wait {
-                client.call_value("events.subscribe", json!({"kinds": ["file.progress", "file.state"]})).await?;
+                client
+                    .call_value(
+                        "events.subscribe",
+                        json!({"kinds": ["file.progress", "file.state"]}),
+                    )
+                    .await?;
             }
             let mut p = json!({"to": conversation(&to), "path": abs});
             if let Some(c) = caption {

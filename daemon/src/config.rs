@@ -41,6 +41,9 @@ pub struct Args {
     /// "letstalkd=debug,info").
     #[arg(long, env = "LETSTALK_LOG", value_name = "LEVEL")]
     pub log: Option<String>,
+    /// Seconds an unanswered call rings before it is missed (5 to 600; default 45).
+    #[arg(long, env = "LETSTALK_RING_TIMEOUT_S", value_name = "SECONDS")]
+    pub ring_timeout_s: Option<u64>,
 }
 
 /// The config file's keys: the same as the flags.
@@ -52,6 +55,7 @@ struct FileConfig {
     relay: Option<String>,
     relay_cert: Option<PathBuf>,
     log: Option<String>,
+    ring_timeout_s: Option<u64>,
 }
 
 /// Where the IPC socket comes from.
@@ -80,6 +84,9 @@ impl std::fmt::Display for RelayAddr {
     }
 }
 
+/// Seconds an unanswered call rings by default.
+pub const DEFAULT_RING_TIMEOUT_S: u64 = 45;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -89,6 +96,8 @@ pub struct Config {
     pub relay: Option<RelayAddr>,
     pub relay_cert: Option<PathBuf>,
     pub log: String,
+    /// How long an unanswered call rings.
+    pub ring_timeout: std::time::Duration,
 }
 
 /// A configuration problem, reported on one line.
@@ -104,6 +113,8 @@ pub enum ConfigError {
     RelayCert { path: PathBuf, message: String },
     #[error("invalid log level {0:?}")]
     Log(String),
+    #[error("ring timeout {0} s: expected 5 to 600 seconds")]
+    RingTimeout(u64),
     #[error("no data directory: set --data-dir, $XDG_DATA_HOME or $HOME")]
     NoDataDir,
     #[error("data directory {path}: {message}")]
@@ -135,7 +146,12 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
             return Err(ConfigError::Log(log));
         }
-        Ok(Self { config_file, data_dir, socket, relay, relay_cert, log })
+        let ring = args.ring_timeout_s.or(file.ring_timeout_s).unwrap_or(DEFAULT_RING_TIMEOUT_S);
+        if !(5..=600).contains(&ring) {
+            return Err(ConfigError::RingTimeout(ring));
+        }
+        let ring_timeout = std::time::Duration::from_secs(ring);
+        Ok(Self { config_file, data_dir, socket, relay, relay_cert, log, ring_timeout })
     }
 
     /// Re-reads the config file for SIGHUP; only the log filter takes effect at once.

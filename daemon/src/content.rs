@@ -44,6 +44,16 @@ pub enum Content {
     /// The sender cancelled file message `id`: its blob is gone.
     #[serde(rename = "file_cancel")]
     FileCancel { id: String },
+    /// A call: `media` is `audio` or `video`, `key` the call's fresh 32-byte media key
+    /// (hex) that seals every frame.
+    #[serde(rename = "call_offer")]
+    CallOffer { call_id: String, at: i64, media: String, key: Secret },
+    /// The callee answered.
+    #[serde(rename = "call_answer")]
+    CallAnswer { call_id: String },
+    /// The call ended on the sender's side: `hangup`, `rejected`, `busy` or `missed`.
+    #[serde(rename = "call_end")]
+    CallEnd { call_id: String, reason: String },
 }
 
 /// A secret string (hex key material): serialised as is, never shown by `Debug`.
@@ -111,6 +121,14 @@ mod tests {
                 caption: None,
             },
             Content::FileCancel { id: "f".into() },
+            Content::CallOffer {
+                call_id: "c".into(),
+                at: 2,
+                media: "audio".into(),
+                key: Secret("k".into()),
+            },
+            Content::CallAnswer { call_id: "c".into() },
+            Content::CallEnd { call_id: "c".into(), reason: "hangup".into() },
         ] {
             assert_eq!(Content::decode(&c.encode()), Some(c));
         }

@@ -367,6 +367,13 @@ fn receive_in(
             last_event = applied.last_event.or(last_event);
             queued |= applied.queued;
         }
+        Some(
+            c @ (Content::CallOffer { .. } | Content::CallAnswer { .. } | Content::CallEnd { .. }),
+        ) => {
+            let applied = crate::calls::receive(tx, sender, &c, now)?;
+            last_event = applied.last_event.or(last_event);
+            queued |= applied.queued;
+        }
         None => {
             return Ok(Received::Dropped("unknown content".into()));
         }

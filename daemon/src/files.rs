@@ -300,6 +300,22 @@ pub fn auto_download(settings: &crate::methods::Settings, network: &Network) -> 
     }
 }
 
+/// The daemon's runtime directory: the IPC socket's directory (0700, normally a tmpfs
+/// under `$XDG_RUNTIME_DIR`); under socket activation `$XDG_RUNTIME_DIR/letstalk`, and
+/// only without either, the data directory. Opened files (`files/`) and call media
+/// sockets (`calls/`) live here, so plaintext never lands in the data directory unasked.
+pub fn runtime_dir(daemon: &Daemon) -> PathBuf {
+    if let crate::config::SocketSource::Path(p) = &daemon.config.socket
+        && let Some(parent) = p.parent()
+    {
+        return parent.to_path_buf();
+    }
+    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(run).join("letstalk");
+    }
+    daemon.config.data_dir.clone()
+}
+
 // ---------------------------------------------------------------------------------------
 // Sending
 

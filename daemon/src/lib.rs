@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`account`]: this device's account, device key, identity key and prekeys.
+//! - [`calls`]: call signalling, the call log, media sockets and datagrams.
 //! - [`config`]: flags, environment and config file resolved into a validated `Config`.
 //! - [`content`]: what travels inside an end-to-end envelope (messages, receipts).
 //! - [`store`]: the SQLCipher database, its key and its migrations.
@@ -26,6 +27,7 @@
 //! - [`systemd`]: readiness, watchdog and socket activation, no-ops without systemd.
 
 pub mod account;
+pub mod calls;
 pub mod config;
 pub mod contacts;
 pub mod content;
@@ -104,6 +106,8 @@ pub struct Daemon {
     pub(crate) sender_wake: tokio::sync::Notify,
     /// File transfers running now, and the wake-up of their worker.
     pub transfers: files::Transfers,
+    /// Calls carrying media now, and the wake-up of their manager.
+    pub calls: calls::Calls,
 }
 
 impl Daemon {
@@ -230,6 +234,7 @@ pub async fn run(
         relay: link.clone().map(|l| l as Arc<dyn relay::RelayApi>),
         sender_wake: tokio::sync::Notify::new(),
         transfers: files::Transfers::new(cancel.child_token()),
+        calls: calls::Calls::new(cancel.child_token()),
     });
 
     let tasks = TaskTracker::new();
@@ -277,6 +282,7 @@ pub async fn run(
             }
         });
         tasks.spawn(files::run(daemon.clone(), api.clone(), cancel.clone()));
+        tasks.spawn(calls::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(sender::run(
             daemon.clone(),
             Arc::new(relay::RelayTransport(api)),

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0001_init.sql"),
     include_str!("store/0002_messaging.sql"),
     include_str!("store/0003_files.sql"),
+    include_str!("store/0004_calls.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";

@@ -62,6 +62,11 @@ methods! {
     "files.send" (FilesSendParams) -> MessageResult: "Encrypts a file on the device and streams it to the relay; file.progress events follow.";
     "files.download" (FilesDownloadParams) -> FilesDownloadResult: "Downloads (resuming) and checks a received file, and writes it out.";
     "files.cancel" (MessageIdParams) -> Empty: "Cancels a file transfer, on both sides.";
+    "calls.start" (CallsStartParams) -> CallSocketResult: "Calls a user; returns the call and its media socket.";
+    "calls.accept" (CallIdParams) -> CallSocketResult: "Answers a ringing incoming call; returns its media socket.";
+    "calls.reject" (CallIdParams) -> CallResult: "Declines a ringing incoming call.";
+    "calls.hangup" (CallIdParams) -> CallResult: "Ends a call (or stops ringing one), on both sides.";
+    "calls.list" (CallsListParams) -> CallsList: "The call log, most recent first.";
     "settings.get" (Empty) -> Settings: "The current settings.";
     "settings.set" (SettingsPatch) -> Settings: "Changes any subset of the settings; returns them all.";
     "device.info" (Empty) -> DeviceInfo: "Hardware, OS, network, device ID and connected frontends.";

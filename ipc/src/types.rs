@@ -185,6 +185,10 @@ pub enum EventBody {
     /// A file transfer changed state (an addition to the spec: cancelled, failed, done).
     #[serde(rename = "file.state")]
     FileState { message_id: String, conversation: String, transfer: FileTransfer },
+    #[serde(rename = "call.incoming")]
+    CallIncoming { call: Call },
+    #[serde(rename = "call.state")]
+    CallState { call: Call },
     /// The subscription was dropped because the client read too slowly; `seq` is the
     /// last event it was sent. Re-subscribe with `since` to catch up.
     #[serde(rename = "events.overflow")]
@@ -206,6 +210,8 @@ impl EventBody {
             Self::AccountLoggedOut {} => "account.logged_out",
             Self::FileProgress { .. } => "file.progress",
             Self::FileState { .. } => "file.state",
+            Self::CallIncoming { .. } => "call.incoming",
+            Self::CallState { .. } => "call.state",
             Self::Overflow {} => "events.overflow",
         }
     }
@@ -631,4 +637,86 @@ pub struct ConversationSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ConversationsList {
     pub conversations: Vec<ConversationSummary>,
+}
+
+// ---------------------------------------------------------------------------------------
+// calls
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallMedia {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    Ringing,
+    Active,
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEndReason {
+    Hangup,
+    Rejected,
+    Missed,
+    Failed,
+    Busy,
+}
+
+/// A call, and its entry in the call log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Call {
+    pub call_id: String,
+    /// The other side's user ID.
+    pub peer: String,
+    pub direction: Direction,
+    pub media: CallMedia,
+    pub state: CallState,
+    pub started_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    /// Seconds from answer to end (0 for a call never answered); null until it ends.
+    pub duration_s: Option<u64>,
+    pub end_reason: Option<CallEndReason>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallsStartParams {
+    /// `user:<id>`.
+    pub to: String,
+    pub media: CallMedia,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallIdParams {
+    pub call_id: String,
+}
+
+/// A call and the path of its media socket (`SOCK_SEQPACKET`, mode 0600).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallSocketResult {
+    pub call: Call,
+    pub media_socket: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallResult {
+    pub call: Call,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallsListParams {
+    /// 1 to 1000, default 100.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallsList {
+    /// Most recent first.
+    pub calls: Vec<Call>,
 }

@@ -151,7 +151,10 @@ pub(super) async fn download(
     // Write it out: to `dest`, or to the directory of opened files.
     let target = match dest {
         Some(d) => d,
-        None => opened_dir(daemon).join(&row.message_id).join(files::safe_name(&row.name)),
+        None => files::runtime_dir(daemon)
+            .join("files")
+            .join(&row.message_id)
+            .join(files::safe_name(&row.name)),
     };
     let (src, key, want, t) = (have, row.file_key.clone(), row.sha256.clone(), target.clone());
     let written = tokio::task::spawn_blocking(move || export(&src, &key, &want, &t))
@@ -181,22 +184,6 @@ pub(super) async fn download(
         .await
         .map_err(internal)?;
     Ok(FilesDownloadResult { path, size: row.size, sha256: row.sha256 })
-}
-
-/// Where files opened without a `dest` go: `files/` beside the socket (the runtime
-/// directory, 0700, normally a tmpfs), so plaintext never lands in the data directory
-/// by default; under socket activation `$XDG_RUNTIME_DIR/letstalk/files`, and only
-/// without either, `<data dir>/files`.
-fn opened_dir(daemon: &Daemon) -> PathBuf {
-    if let crate::config::SocketSource::Path(p) = &daemon.config.socket
-        && let Some(parent) = p.parent()
-    {
-        return parent.join("files");
-    }
-    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(run).join("letstalk").join("files");
-    }
-    daemon.config.data_dir.join("files")
 }
 
 /// Decrypts `src` into `dest` through a temporary file beside it; `Ok(false)` (and

@@ -5,6 +5,7 @@
 //! every name in that table is dispatched here.
 
 mod account;
+mod calls;
 mod contacts;
 mod device;
 mod events;
@@ -89,6 +90,11 @@ pub async fn call(
         "files.send" => reply(files::send(daemon, parse(params)?).await?),
         "files.download" => reply(files::download(daemon, parse(params)?).await?),
         "files.cancel" => reply(files::cancel(daemon, parse(params)?).await?),
+        "calls.start" => reply(calls::start(daemon, parse(params)?).await?),
+        "calls.accept" => reply(calls::accept(daemon, parse(params)?).await?),
+        "calls.reject" => reply(calls::reject(daemon, parse(params)?).await?),
+        "calls.hangup" => reply(calls::hangup(daemon, parse(params)?).await?),
+        "calls.list" => reply(calls::list(daemon, parse(params)?).await?),
         other => Err(RpcError::method_not_found(other)),
     }
 }
