@@ -928,9 +928,24 @@ async fn download(
         let mut at = offset;
         progress.report(at, true).await;
         while at < row.blob_size {
-            let n = stream.recv.read(&mut buf).await.map_err(|_| TransferError::Unavailable)?;
+            // Gather a large buffer per file write (QUIC hands over about a packet at
+            // a time); on an error, what was written is kept and the next attempt
+            // resumes after it.
+            let mut n = 0;
+            let mut ended = false;
+            while n < buf.len() && !ended {
+                let Some(slice) = buf.get_mut(n..) else { break };
+                match stream.recv.read(slice).await {
+                    Ok(0) => ended = true,
+                    Ok(k) => n += k,
+                    Err(_) if n > 0 => ended = true,
+                    Err(_) => {
+                        let _ = file.flush().await;
+                        return Err(TransferError::Unavailable);
+                    }
+                }
+            }
             if n == 0 {
-                // Flush what arrived: the next attempt resumes after it.
                 let _ = file.flush().await;
                 return Err(TransferError::Unavailable);
             }

@@ -223,7 +223,7 @@ async fn start_daemon(root: &Path, name: &'static str, relay: &str, cert: &Path)
         relay: Some(letstalkd::config::parse_relay(relay)?),
         relay_cert: Some(cert.to_path_buf()),
         log: "warn".into(),
-        ring_timeout: std::time::Duration::from_secs(letstalkd::config::DEFAULT_RING_TIMEOUT_S),
+        ring_timeout: Duration::from_secs(letstalkd::config::DEFAULT_RING_TIMEOUT_S),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let (ready_tx, ready) = oneshot::channel();

@@ -26,7 +26,10 @@ use crate::storage::Storage;
 use crate::{State, now_ms};
 
 /// Bytes read or written per step while streaming a blob.
-const IO_CHUNK: usize = 256 * 1024;
+const IO_CHUNK: usize = 1024 * 1024;
+
+/// Blobs with an upload streaming in: (owner, blob id).
+type InFlight = Arc<Mutex<HashSet<(String, [u8; 16])>>>;
 
 /// The blob store. Cheap to share (`Arc` inside).
 #[derive(Debug, Clone)]
@@ -35,7 +38,7 @@ pub(crate) struct Blobs {
     db: Arc<Mutex<Connection>>,
     /// Blobs with an upload streaming in right now: a second upload of the same blob is
     /// refused rather than interleaved.
-    uploading: Arc<Mutex<HashSet<(String, [u8; 16])>>>,
+    uploading: InFlight,
     /// Most bytes one account may hold in blobs at once.
     quota: u64,
 }
@@ -407,10 +410,12 @@ async fn put<S: Storage>(
     file.set_len(offset).await.map_err(io)?;
     file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
     let mut at = offset;
+    // QUIC hands data over about a packet at a time: gather a large buffer before each
+    // file write, or the blocking-pool round trip per write caps the rate.
+    let mut buf = vec![0u8; IO_CHUNK];
     loop {
-        let chunk = match recv.read_chunk(IO_CHUNK, true).await {
-            Ok(Some(c)) => c.bytes,
-            Ok(None) => break,
+        let (filled, ended) = match read_full(recv, &mut buf).await {
+            Ok(r) => r,
             Err(e) => {
                 // The uploader went away: keep what arrived, it resumes from there.
                 let _ = file.flush().await;
@@ -418,14 +423,17 @@ async fn put<S: Storage>(
                 return Err(fail(ErrorKind::Internal, "upload interrupted"));
             }
         };
-        let end = at.saturating_add(chunk.len() as u64);
+        let end = at.saturating_add(filled as u64);
         if end > size {
             let _ = file.flush().await;
             let _ = file.set_len(at).await;
             return Err(fail(ErrorKind::Invalid, "more bytes than the blob's size"));
         }
-        file.write_all(&chunk).await.map_err(io)?;
+        file.write_all(buf.get(..filled).unwrap_or_default()).await.map_err(io)?;
         at = end;
+        if ended {
+            break;
+        }
     }
     file.flush().await.map_err(io)?;
     if at < size {
@@ -442,6 +450,23 @@ async fn put<S: Storage>(
         .await?;
     info!(size, resumed_at = offset, "blob stored");
     Ok(Response::Blob { size, stored: size })
+}
+
+/// Reads until `buf` is full or the stream ends: (bytes read, ended). On an error, what
+/// this call read is not written; the uploader resumes from what was.
+async fn read_full(
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+) -> Result<(usize, bool), quinn::ReadError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let Some(slice) = buf.get_mut(filled..) else { break };
+        match recv.read(slice).await? {
+            Some(n) => filled += n,
+            None => return Ok((filled, true)),
+        }
+    }
+    Ok((filled, false))
 }
 
 /// Writes the `Blob` answer and the bytes from `offset`; `Ok(None)` when done, or an

@@ -78,7 +78,7 @@ mod tests {
         assert!(MediaDatagram::decode(&[0; 3]).is_err());
         assert!(MediaDatagram::decode(&vec![0; MAX_DATAGRAM_LEN + 1]).is_err());
         // 1,200-byte QUIC packets leave at least 1,160 bytes for a datagram frame.
-        assert!(MAX_DATAGRAM_LEN <= 1160);
+        const { assert!(MAX_DATAGRAM_LEN <= 1160) };
     }
 
     proptest::proptest! {
