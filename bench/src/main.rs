@@ -7,6 +7,7 @@
 //! many clients beside mosquitto at QoS 1, `files` a file through the relay beside a
 //! raw copy of the same bytes.
 
+mod calls;
 mod files;
 mod ipc;
 mod load;
@@ -51,6 +52,25 @@ enum Command {
     /// A file from one letstalkd to another through letstalk-relay (encrypt, upload,
     /// download) in MiB/s, beside a raw copy of the same bytes.
     Files(FilesArgs),
+    /// Call media through letstalk-relay: frame loss and latency p50/p99 for 50 fps
+    /// audio-sized and 30 fps video-sized frames, beside a bare socket pair.
+    Calls(CallsArgs),
+}
+
+/// Flags of `letstalk-bench calls`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CallsArgs {
+    /// The letstalkd binary [default: target/release/letstalkd beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon: Option<PathBuf>,
+
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// Seconds of media per run.
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    pub(crate) seconds: u64,
 }
 
 /// Flags of `letstalk-bench files`.
@@ -204,5 +224,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Messaging(args) => runtime.block_on(messaging::run(&args)),
         Command::Relay(args) => runtime.block_on(relay::run(&args)),
         Command::Files(args) => runtime.block_on(files::run(&args)),
+        Command::Calls(args) => runtime.block_on(calls::run(&args)),
     }
 }
