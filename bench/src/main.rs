@@ -6,9 +6,12 @@
 //! daemons through a relay (and the ratchet step), `relay` the relay's delivery between
 //! many clients beside mosquitto at QoS 1, `groups` the cost of one group message to
 //! N members on the sender and on the relay, `device` a connected daemon's idle cost and
-//! the interruption by a network switch.
+//! the interruption by a network switch, `files` a file through the relay beside a raw
+//! copy of the same bytes, `calls` call media loss and latency.
 
+mod calls;
 mod device;
+mod files;
 mod groups;
 mod ipc;
 mod load;
@@ -54,6 +57,12 @@ enum Command {
     Groups(GroupsArgs),
     /// Idle wake-ups and CPU of a connected daemon; interruption by a network switch.
     Device(DeviceArgs),
+    /// A file from one letstalkd to another through letstalk-relay (encrypt, upload,
+    /// download) in MiB/s, beside a raw copy of the same bytes.
+    Files(FilesArgs),
+    /// Call media through letstalk-relay: frame loss and latency p50/p99 for 50 fps
+    /// audio-sized and 30 fps video-sized frames, beside a bare socket pair.
+    Calls(CallsArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -92,6 +101,42 @@ pub(crate) struct GroupsArgs {
     /// Messages per group size.
     #[arg(long, default_value_t = 200, value_name = "N")]
     pub(crate) messages: usize,
+}
+
+/// Flags of `letstalk-bench calls`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CallsArgs {
+    /// The letstalkd binary [default: target/release/letstalkd beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon: Option<PathBuf>,
+
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// Seconds of media per run.
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    pub(crate) seconds: u64,
+}
+
+/// Flags of `letstalk-bench files`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FilesArgs {
+    /// The letstalkd binary [default: target/release/letstalkd beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon: Option<PathBuf>,
+
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// The file's size in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub(crate) mib: usize,
+
+    /// Each leg stops after this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "S")]
+    pub(crate) limit_s: u64,
 }
 
 /// Flags of `letstalk-bench messaging`.
@@ -226,5 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => runtime.block_on(relay::run(&args)),
         Command::Groups(args) => runtime.block_on(groups::run(&args)),
         Command::Device(args) => runtime.block_on(device::run(&args)),
+        Command::Files(args) => runtime.block_on(files::run(&args)),
+        Command::Calls(args) => runtime.block_on(calls::run(&args)),
     }
 }

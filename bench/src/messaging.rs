@@ -140,11 +140,11 @@ pub(crate) async fn run(args: &MessagingArgs) -> Result<()> {
     Ok(())
 }
 
-fn progress(what: &str) {
+pub(crate) fn progress(what: &str) {
     eprintln!("  measuring {what} …");
 }
 
-fn verdict(met: bool) -> &'static str {
+pub(crate) fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
 }
 

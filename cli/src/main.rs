@@ -123,6 +123,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sends a file (at most 2 GiB) to a user; shows the upload's progress on a terminal.
+    SendFile {
+        /// The user ID (or a conversation such as user:bob).
+        to: String,
+        path: PathBuf,
+        /// Text shown with the file.
+        #[arg(long)]
+        caption: Option<String>,
+        /// Return once the file is encrypted and queued, without waiting for the upload.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Downloads a received file (resuming) and writes it out; shows progress on a
+    /// terminal.
+    Download {
+        message_id: String,
+        /// Where to write it (default: the daemon's directory of opened files).
+        #[arg(long)]
+        dest: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancels a file transfer (on both sides).
+    CancelFile { message_id: String },
     /// Lists conversations, most recent first, with unread counts.
     Chats {
         #[arg(long)]
@@ -426,6 +452,81 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             println!("restored defaults: everything on this device is deleted; {relay}");
         }
+        Command::SendFile { to, path, caption, no_wait, json } => {
+            let abs = std::path::absolute(&path)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+            let mut events =
+                client.take_events().ok_or_else(|| Failure::Usage("no event stream".into()))?;
+            if !no_wait {
+                client
+                    .call_value(
+                        "events.subscribe",
+                        json!({"kinds": ["file.progress", "file.state"]}),
+                    )
+                    .await?;
+            }
+            let mut p = json!({"to": conversation(&to), "path": abs});
+            if let Some(c) = caption {
+                p["caption"] = json!(c);
+            }
+            let m = client.call_value("files.send", p).await?;
+            let id = text(&m["message"]["message_id"]);
+            if !no_wait {
+                let total = m["message"]["file"]["size"].as_u64().unwrap_or(0);
+                let bar = progress_bar(total, "up");
+                while let Some(e) = events.recv().await {
+                    if e["message_id"] != id.as_str() {
+                        continue;
+                    }
+                    if e["kind"] == "file.state" && e["transfer"] == "cancelled" {
+                        bar.abandon();
+                        return Err(Failure::Usage("the transfer was cancelled".into()));
+                    }
+                    if let Some(b) = e["bytes"].as_u64() {
+                        bar.set_position(b);
+                        if e["bytes"] == e["total"] {
+                            break;
+                        }
+                    }
+                }
+                bar.finish_and_clear();
+            }
+            if json { print_json(&m) } else { println!("{id} sent") }
+        }
+        Command::Download { message_id, dest, json } => {
+            let mut p = json!({"message_id": message_id});
+            if let Some(d) = dest {
+                let abs = std::path::absolute(&d)
+                    .map_err(|e| Failure::Usage(format!("{}: {e}", d.display())))?;
+                p["dest"] = json!(abs);
+            }
+            let mut events =
+                client.take_events().ok_or_else(|| Failure::Usage("no event stream".into()))?;
+            client.call_value("events.subscribe", json!({"kinds": ["file.progress"]})).await?;
+            let m = client.call_value("messages.get", json!({"message_id": message_id})).await?;
+            let bar = progress_bar(m["message"]["file"]["size"].as_u64().unwrap_or(0), "down");
+            let call = client.call_value("files.download", p);
+            tokio::pin!(call);
+            let result = loop {
+                tokio::select! {
+                    r = &mut call => break r,
+                    Some(e) = events.recv() => {
+                        if e["message_id"] == message_id.as_str()
+                            && let Some(b) = e["bytes"].as_u64()
+                        {
+                            bar.set_position(b);
+                        }
+                    }
+                }
+            };
+            bar.finish_and_clear();
+            let r = result?;
+            if json { print_json(&r) } else { println!("{}", text(&r["path"])) }
+        }
+        Command::CancelFile { message_id } => {
+            client.call_value("files.cancel", json!({"message_id": message_id})).await?;
+            println!("cancelled");
+        }
         Command::Rpc { .. } => {}
     }
     Ok(())
@@ -490,6 +591,24 @@ async fn group(client: &Client, command: GroupCommand) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+/// A progress bar on standard error when it is a terminal; hidden otherwise (scripts
+/// get no control characters).
+fn progress_bar(total: u64, direction: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(direction.to_owned());
+    bar
 }
 
 /// `bob` → `user:bob`; a full conversation name is kept.

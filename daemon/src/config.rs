@@ -41,6 +41,9 @@ pub struct Args {
     /// "letstalkd=debug,info").
     #[arg(long, env = "LETSTALK_LOG", value_name = "LEVEL")]
     pub log: Option<String>,
+    /// Seconds an unanswered call rings before it is missed (5 to 600; default 45).
+    #[arg(long, env = "LETSTALK_RING_TIMEOUT_S", value_name = "SECONDS")]
+    pub ring_timeout_s: Option<u64>,
     /// Where a new data directory's database key goes: "auto" puts it in the OS keyring
     /// (a Secret Service such as gnome-keyring or KWallet on the session D-Bus) when one
     /// is reachable and unlocked, else in the 0600 file db.key; "off" always uses the
@@ -70,6 +73,7 @@ struct FileConfig {
     relay_cert: Option<PathBuf>,
     log: Option<String>,
     keyring: Option<Keyring>,
+    ring_timeout_s: Option<u64>,
 }
 
 /// Where the IPC socket comes from.
@@ -98,6 +102,9 @@ impl std::fmt::Display for RelayAddr {
     }
 }
 
+/// Seconds an unanswered call rings by default.
+pub const DEFAULT_RING_TIMEOUT_S: u64 = 45;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -108,6 +115,8 @@ pub struct Config {
     pub relay_cert: Option<PathBuf>,
     pub log: String,
     pub keyring: Keyring,
+    /// How long an unanswered call rings.
+    pub ring_timeout: std::time::Duration,
 }
 
 /// A configuration problem, reported on one line.
@@ -123,6 +132,8 @@ pub enum ConfigError {
     RelayCert { path: PathBuf, message: String },
     #[error("invalid log level {0:?}")]
     Log(String),
+    #[error("ring timeout {0} s: expected 5 to 600 seconds")]
+    RingTimeout(u64),
     #[error("no data directory: set --data-dir, $XDG_DATA_HOME or $HOME")]
     NoDataDir,
     #[error("data directory {path}: {message}")]
@@ -154,8 +165,13 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
             return Err(ConfigError::Log(log));
         }
+        let ring = args.ring_timeout_s.or(file.ring_timeout_s).unwrap_or(DEFAULT_RING_TIMEOUT_S);
+        if !(5..=600).contains(&ring) {
+            return Err(ConfigError::RingTimeout(ring));
+        }
+        let ring_timeout = std::time::Duration::from_secs(ring);
         let keyring = args.keyring.or(file.keyring).unwrap_or_default();
-        Ok(Self { config_file, data_dir, socket, relay, relay_cert, log, keyring })
+        Ok(Self { config_file, data_dir, socket, relay, relay_cert, log, keyring, ring_timeout })
     }
 
     /// Re-reads the config file for SIGHUP; only the log filter takes effect at once.

@@ -39,6 +39,56 @@ pub enum Content {
     /// pairwise session).
     #[serde(rename = "sender_key")]
     SenderKey { gid: String, key: String },
+    /// A file: what it is, where its encrypted bytes wait on the relay (`blob`, owned by
+    /// the sender), and the key and hash that open and check them.
+    #[serde(rename = "file")]
+    File {
+        id: String,
+        at: i64,
+        name: String,
+        size: u64,
+        mime: String,
+        /// SHA-256 of the plaintext, hex.
+        sha256: String,
+        /// The 16-byte age file key, hex.
+        key: Secret,
+        /// The 16-byte blob id, hex.
+        blob: String,
+        /// Bytes of the blob (the age payload).
+        blob_size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
+    },
+    /// The sender cancelled file message `id`: its blob is gone.
+    #[serde(rename = "file_cancel")]
+    FileCancel { id: String },
+    /// A call: `media` is `audio` or `video`, `key` the call's fresh 32-byte media key
+    /// (hex) that seals every frame.
+    #[serde(rename = "call_offer")]
+    CallOffer { call_id: String, at: i64, media: String, key: Secret },
+    /// The callee answered.
+    #[serde(rename = "call_answer")]
+    CallAnswer { call_id: String },
+    /// The call ended on the sender's side: `hangup`, `rejected`, `busy` or `missed`.
+    #[serde(rename = "call_end")]
+    CallEnd { call_id: String, reason: String },
+}
+
+/// A secret string (hex key material): serialised as is, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,11 +136,55 @@ mod tests {
             },
             Content::GroupLeave { gid: "g".into() },
             Content::SenderKey { gid: "g".into(), key: "00".into() },
+            Content::File {
+                id: "f".into(),
+                at: 1,
+                name: "a.txt".into(),
+                size: 3,
+                mime: "text/plain".into(),
+                sha256: "00".into(),
+                key: Secret("k".into()),
+                blob: "b".into(),
+                blob_size: 40,
+                caption: None,
+            },
+            Content::FileCancel { id: "f".into() },
+            Content::CallOffer {
+                call_id: "c".into(),
+                at: 2,
+                media: "audio".into(),
+                key: Secret("k".into()),
+            },
+            Content::CallAnswer { call_id: "c".into() },
+            Content::CallEnd { call_id: "c".into(), reason: "hangup".into() },
         ] {
             assert_eq!(Content::decode(&c.encode()), Some(c));
         }
         assert_eq!(Content::decode(b""), None);
         assert_eq!(Content::decode(b"\x02{}"), None);
         assert_eq!(Content::decode(b"\x01{\"t\":\"nope\"}"), None);
+    }
+}
+
+#[cfg(test)]
+mod redaction {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_file_key() {
+        let c = Content::File {
+            id: "f".into(),
+            at: 1,
+            name: "a".into(),
+            size: 1,
+            mime: "x".into(),
+            sha256: "s".into(),
+            key: Secret("00112233445566778899aabbccddeeff".into()),
+            blob: "b".into(),
+            blob_size: 1,
+            caption: None,
+        };
+        assert!(!format!("{c:?}").contains("00112233"));
+        assert!(String::from_utf8_lossy(&c.encode()).contains("00112233"));
     }
 }

@@ -284,7 +284,7 @@ pub fn is_blocked(conn: &Connection, user: &str) -> Result<bool, StoreError> {
 }
 
 /// Whether "block everyone" is on.
-fn blocks_everyone(conn: &Connection) -> Result<bool, StoreError> {
+pub fn blocks_everyone(conn: &Connection) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached("SELECT value FROM settings WHERE key = 'block_all'")?
         .query_row([], |r| r.get::<_, i64>(0))
@@ -490,6 +490,14 @@ fn receive_in(
         Some(update @ Content::Group { .. }) => {
             crate::groups::on_update(tx, me_id, sender, &update, now)?
         }
+        // "Block everyone" refuses files as it refuses texts (calls: `calls::receive`).
+        Some(Content::File { .. }) if blocks_everyone(tx)? => Ok(Effects::default()),
+        Some(c @ (Content::File { .. } | Content::FileCancel { .. })) => {
+            Ok(crate::files::receive(tx, sender, &c, now)?)
+        }
+        Some(
+            c @ (Content::CallOffer { .. } | Content::CallAnswer { .. } | Content::CallEnd { .. }),
+        ) => Ok(crate::calls::receive(tx, sender, &c, now)?),
         Some(Content::GroupLeave { gid }) => {
             Ok(crate::groups::on_leave(tx, me_id, sender, &gid, now)?)
         }

@@ -90,6 +90,10 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
                     }
                 }
             }
+            // A file may have arrived: its download may start on its own.
+            daemon.transfers.wake();
+            // Call signalling may have arrived: media set up or torn down.
+            daemon.calls.wake();
             // Committed: acknowledge (batched, without waiting). A crash before this
             // means a redelivery, which `received` recognises.
             for id in ids {

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`account`]: this device's account, device key, identity key and prekeys.
+//! - [`calls`]: call signalling, the call log, media sockets and datagrams.
 //! - [`config`]: flags, environment and config file resolved into a validated `Config`.
 //! - [`content`]: what travels inside an end-to-end envelope (messages, receipts).
 //! - [`store`]: the SQLCipher database, its key (key file or OS keyring) and its migrations.
@@ -23,10 +24,13 @@
 //! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once.
 //! - [`device`]: hardware, OS, network and the application-specific device ID.
 //! - [`diagnostics`]: the history diagnostics reports are made of, and queued feedback.
+//! - [`files`]: file encryption, blob uploads and downloads (resuming), automatic
+//!   download, cancel.
 //! - [`validate`]: the input rules of the spec (user IDs, emails, passwords, avatars).
 //! - [`systemd`]: readiness, watchdog and socket activation, no-ops without systemd.
 
 pub mod account;
+pub mod calls;
 pub mod config;
 pub mod contacts;
 pub mod content;
@@ -34,6 +38,7 @@ pub mod delivery;
 pub mod device;
 pub mod diagnostics;
 pub mod events;
+pub mod files;
 pub mod groups;
 pub mod inbox;
 pub mod keys;
@@ -61,14 +66,6 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::store::Store;
-
-/// The call log entries for diagnostics reports (time, duration, receiver). Empty until
-/// calls are part of this build.
-pub fn calls_log(
-    _conn: &rusqlite::Connection,
-) -> Result<Vec<letstalk_ipc::types::CallEntry>, store::StoreError> {
-    Ok(Vec::new())
-}
 
 /// The daemon's version string as `system.hello` reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -117,6 +114,10 @@ pub struct Daemon {
     /// and by "clear chat history" while it withdraws rows: a withdrawn message can never
     /// be half-way out.
     pub(crate) outbox_gate: tokio::sync::Mutex<()>,
+    /// File transfers running now, and the wake-up of their worker.
+    pub transfers: files::Transfers,
+    /// Calls carrying media now, and the wake-up of their manager.
+    pub calls: calls::Calls,
 }
 
 impl Daemon {
@@ -256,6 +257,7 @@ pub async fn run(
             device_seed: a.device_key.clone(),
         });
     let (writes, group_task) = store::GroupCommit::start(store.clone());
+    let cancel = CancellationToken::new();
     let daemon = Arc::new(Daemon {
         writes,
         device_id: device::device_id(&data_dir),
@@ -270,9 +272,10 @@ pub async fn run(
         relay: link.clone().map(|l| l as Arc<dyn relay::RelayApi>),
         sender_wake: tokio::sync::Notify::new(),
         outbox_gate: tokio::sync::Mutex::new(()),
+        transfers: files::Transfers::new(cancel.child_token()),
+        calls: calls::Calls::new(cancel.child_token()),
     });
 
-    let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(server::accept_loop(daemon.clone(), listener, cancel.clone(), tasks.clone()));
     tasks.spawn(maintenance(daemon.clone(), cancel.clone()));
@@ -319,6 +322,8 @@ pub async fn run(
                 }
             }
         });
+        tasks.spawn(files::run(daemon.clone(), api.clone(), cancel.clone()));
+        tasks.spawn(calls::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(sender::run(
             daemon.clone(),
             Arc::new(relay::RelayTransport(api)),

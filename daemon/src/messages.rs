@@ -14,8 +14,12 @@ use letstalk_ipc::{ErrorKind, RpcError};
 use crate::store::StoreError;
 
 /// The columns every query selects, in [`from_row`]'s order.
+/// The last one is the file object as JSON (null for messages without a file).
 pub const COLUMNS: &str = "message_id, conversation, sender, direction, kind, body, reply_to, \
-                           created_at, received_at, state, read, error";
+                           created_at, received_at, state, read, error, \
+                           (SELECT json_object('name', f.name, 'size', f.size, 'mime', f.mime, \
+                           'sha256', f.sha256, 'path', f.path, 'transfer', f.transfer) \
+                           FROM files f WHERE f.message_id = messages.message_id)";
 
 /// A message row as the IPC object.
 pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
@@ -23,6 +27,7 @@ pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
     let kind: String = r.get(4)?;
     let state: String = r.get(9)?;
     let error: Option<String> = r.get(11)?;
+    let file: Option<String> = r.get(12)?;
     Ok(Message {
         message_id: r.get(0)?,
         conversation: r.get(1)?,
@@ -31,7 +36,7 @@ pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
         kind: parse_kind(&kind),
         text: r.get(5)?,
         reply_to: r.get(6)?,
-        file: None,
+        file: file.and_then(|json| serde_json::from_str(&json).ok()),
         created_at: r.get(7)?,
         received_at: r.get(8)?,
         state: parse_state(&state),

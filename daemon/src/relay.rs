@@ -85,6 +85,19 @@ pub enum Pushed {
     State(RelayState),
 }
 
+/// A stream of its own to the relay, for a blob transfer: the request frame is already
+/// written on `send`; the bytes (up or down) and the answer frame follow.
+pub struct RelayStream {
+    pub send: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub recv: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+}
+
+impl std::fmt::Debug for RelayStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayStream")
+    }
+}
+
 /// The relay operations the daemon uses.
 pub trait RelayApi: Send + Sync + std::fmt::Debug {
     /// Creates an account and binds this device (on success the link authenticates
@@ -113,6 +126,15 @@ pub trait RelayApi: Send + Sync + std::fmt::Debug {
     fn address(&self) -> String;
     /// The keep-alive interval to use (by network type); applied to new connections.
     fn set_keepalive(&self, _keepalive: std::time::Duration) {}
+    /// Opens a stream of its own on the authenticated connection and writes `header`
+    /// (a `BlobPut` or `BlobGet`) on it.
+    fn open_stream(&self, header: Request) -> BoxFuture<'_, Result<RelayStream, RelayError>>;
+    /// Sends one call media datagram; never waits (a full buffer drops the oldest).
+    fn send_datagram(&self, datagram: Vec<u8>) -> Result<(), RelayError>;
+    /// Received call media datagrams, for whoever takes them (the call manager).
+    fn take_datagrams(&self) -> Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>;
+    /// Largest datagram the current path carries, if datagrams are available.
+    fn max_datagram_size(&self) -> Option<usize>;
 }
 
 /// `request` expecting `Response::Ok`.

@@ -30,6 +30,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0002_messaging.sql"),
     include_str!("store/0003_groups.sql"),
     include_str!("store/0004_diagnostics.sql"),
+    include_str!("store/0005_files.sql"),
+    include_str!("store/0006_calls.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";

@@ -225,6 +225,7 @@ async fn start_daemon(root: &Path, name: &'static str, relay: &str, cert: &Path)
         log: "warn".into(),
         // Temporary data directories: their keys belong in them, not in the user's keyring.
         keyring: letstalkd::config::Keyring::Off,
+        ring_timeout: Duration::from_secs(letstalkd::config::DEFAULT_RING_TIMEOUT_S),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let (ready_tx, ready) = oneshot::channel();

@@ -68,6 +68,14 @@ methods! {
     "messages.mark_read" (MarkReadParams) -> MarkedResult: "Marks incoming messages read (and sends read receipts).";
     "messages.delete" (MessageIdParams) -> Empty: "Deletes a message on this device.";
     "conversations.list" (Empty) -> ConversationsList: "Conversations, most recent first, with unread counts.";
+    "files.send" (FilesSendParams) -> MessageResult: "Encrypts a file on the device and streams it to the relay; file.progress events follow.";
+    "files.download" (FilesDownloadParams) -> FilesDownloadResult: "Downloads (resuming) and checks a received file, and writes it out.";
+    "files.cancel" (MessageIdParams) -> Empty: "Cancels a file transfer, on both sides.";
+    "calls.start" (CallsStartParams) -> CallSocketResult: "Calls a user; returns the call and its media socket.";
+    "calls.accept" (CallIdParams) -> CallSocketResult: "Answers a ringing incoming call; returns its media socket.";
+    "calls.reject" (CallIdParams) -> CallResult: "Declines a ringing incoming call.";
+    "calls.hangup" (CallIdParams) -> CallResult: "Ends a call (or stops ringing one), on both sides.";
+    "calls.list" (CallsListParams) -> CallsList: "The call log, most recent first.";
     "settings.get" (Empty) -> Settings: "The current settings.";
     "settings.set" (SettingsPatch) -> Settings: "Changes any subset of the settings; returns them all.";
     "privacy.clear_history" (ConfirmParams) -> ClearHistoryResult: "Deletes every unsent and every unread message, for good.";

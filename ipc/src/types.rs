@@ -183,6 +183,16 @@ pub enum EventBody {
     GroupChanged { group: Group },
     #[serde(rename = "history.cleared")]
     HistoryCleared { deleted: u64 },
+    /// A file transfer advanced; `bytes == total` when it completed.
+    #[serde(rename = "file.progress")]
+    FileProgress { message_id: String, direction: TransferDirection, bytes: u64, total: u64 },
+    /// A file transfer changed state (an addition to the spec: cancelled, failed, done).
+    #[serde(rename = "file.state")]
+    FileState { message_id: String, conversation: String, transfer: FileTransfer },
+    #[serde(rename = "call.incoming")]
+    CallIncoming { call: Call },
+    #[serde(rename = "call.state")]
+    CallState { call: Call },
     /// The subscription was dropped because the client read too slowly; `seq` is the
     /// last event it was sent. Re-subscribe with `since` to catch up.
     #[serde(rename = "events.overflow")]
@@ -204,6 +214,10 @@ impl EventBody {
             Self::AccountLoggedOut {} => "account.logged_out",
             Self::GroupChanged { .. } => "group.changed",
             Self::HistoryCleared { .. } => "history.cleared",
+            Self::FileProgress { .. } => "file.progress",
+            Self::FileState { .. } => "file.state",
+            Self::CallIncoming { .. } => "call.incoming",
+            Self::CallState { .. } => "call.state",
             Self::Overflow {} => "events.overflow",
         }
     }
@@ -624,10 +638,72 @@ pub enum MessageState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FileInfo {
     pub name: String,
+    /// Bytes of the file itself (not its encrypted form).
     pub size: u64,
     pub mime: String,
+    /// SHA-256 of the file, 64 hex digits.
     pub sha256: String,
+    /// Where the file is readable on this device (the sender's original, or where
+    /// `files.download` wrote it); null until then.
     pub path: Option<String>,
+    /// Where the transfer stands (an addition to the spec's object).
+    #[serde(default)]
+    pub transfer: Option<FileTransfer>,
+}
+
+/// Where a file's transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileTransfer {
+    /// Outgoing: being streamed to the relay.
+    Uploading,
+    /// Outgoing: on the relay; the message carrying its key follows the usual states.
+    Uploaded,
+    /// Incoming: on the relay, not downloaded (automatic download did not apply).
+    Available,
+    /// Incoming: being downloaded.
+    Downloading,
+    /// Incoming: downloaded and checked; kept encrypted on this device.
+    Done,
+    /// Cancelled on this side or the other.
+    Cancelled,
+    /// Failed for good (e.g. the relay no longer has it, or the hash did not match).
+    Failed,
+}
+
+/// Which way a file moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferDirection {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FilesSendParams {
+    /// `user:<id>`.
+    pub to: String,
+    /// An absolute path to a regular file of at most 2 GiB.
+    pub path: String,
+    /// Text shown with the file (at most 64 KiB of UTF-8).
+    #[serde(default)]
+    pub caption: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FilesDownloadParams {
+    pub message_id: String,
+    /// An absolute path to write the file to (default: the daemon's directory of
+    /// opened files, see PROTOCOL.md).
+    #[serde(default)]
+    pub dest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FilesDownloadResult {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -716,4 +792,86 @@ pub struct ConversationSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ConversationsList {
     pub conversations: Vec<ConversationSummary>,
+}
+
+// ---------------------------------------------------------------------------------------
+// calls
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallMedia {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    Ringing,
+    Active,
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEndReason {
+    Hangup,
+    Rejected,
+    Missed,
+    Failed,
+    Busy,
+}
+
+/// A call, and its entry in the call log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Call {
+    pub call_id: String,
+    /// The other side's user ID.
+    pub peer: String,
+    pub direction: Direction,
+    pub media: CallMedia,
+    pub state: CallState,
+    pub started_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    /// Seconds from answer to end (0 for a call never answered); null until it ends.
+    pub duration_s: Option<u64>,
+    pub end_reason: Option<CallEndReason>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallsStartParams {
+    /// `user:<id>`.
+    pub to: String,
+    pub media: CallMedia,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallIdParams {
+    pub call_id: String,
+}
+
+/// A call and the path of its media socket (`SOCK_SEQPACKET`, mode 0600).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallSocketResult {
+    pub call: Call,
+    pub media_socket: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallResult {
+    pub call: Call,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallsListParams {
+    /// 1 to 1000, default 100.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallsList {
+    /// Most recent first.
+    pub calls: Vec<Call>,
 }

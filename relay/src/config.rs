@@ -51,6 +51,8 @@ pub(crate) struct FileConfig {
     log: Option<String>,
     message_ttl_days: Option<u64>,
     report_ttl_days: Option<u64>,
+    blob_ttl_hours: Option<u64>,
+    blob_quota_bytes: Option<u64>,
     mailbox_max_messages: Option<u64>,
     mailbox_max_bytes: Option<u64>,
     register_per_ip: Option<RateLimit>,
@@ -104,6 +106,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// A request must arrive in full within this time after its stream opens.
     pub request_timeout: Duration,
+    /// File blobs are deleted this long after their upload started, fetched or not.
+    pub blob_ttl: Duration,
+    /// Most blob bytes one account may hold on the relay at once.
+    pub blob_quota: u64,
 }
 
 impl Default for Limits {
@@ -121,6 +127,8 @@ impl Default for Limits {
             max_concurrent_streams: 32,
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
+            blob_ttl: Duration::from_secs(48 * 3600),
+            blob_quota: 8 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -216,6 +224,15 @@ impl Config {
                 return Err(ConfigError::Invalid("report_ttl_days must be at least 1".into()));
             }
             limits.report_ttl = Duration::from_secs(d.saturating_mul(24 * 3600));
+        }
+        if let Some(h) = file.blob_ttl_hours {
+            if h == 0 {
+                return Err(ConfigError::Invalid("blob_ttl_hours must be at least 1".into()));
+            }
+            limits.blob_ttl = Duration::from_secs(h.saturating_mul(3600));
+        }
+        if let Some(n) = file.blob_quota_bytes {
+            limits.blob_quota = n;
         }
         if let Some(n) = file.mailbox_max_messages {
             limits.mailbox_max_messages = n;

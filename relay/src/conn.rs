@@ -89,6 +89,7 @@ pub(crate) async fn serve<S: Storage>(st: Arc<State<S>>, incoming: quinn::Incomi
     async move {
         debug!("connected");
         let mut tasks = JoinSet::new();
+        tasks.spawn(crate::calls::forward(st.clone(), ctx.clone()));
         let mut bucket = StreamBucket::new(st.limits.stream_burst, st.limits.streams_per_sec);
         loop {
             let (send, recv) = tokio::select! {
@@ -188,6 +189,11 @@ async fn serve_stream<S: Storage>(
         Ok(Ok(body)) => body,
     };
     let response = match letstalk_wire::Request::decode(&body) {
+        Ok(req) if crate::blobs::is_stream_request(&req) => {
+            debug!(?req, "blob stream");
+            crate::blobs::serve_stream(&st, &ctx, req, send, recv).await;
+            return;
+        }
         Ok(req) => {
             debug!(?req, "request");
             handlers::dispatch(&st, &ctx, req).await
@@ -263,6 +269,7 @@ pub(crate) async fn end_session<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCt
     let Some(session) = session else { return };
     session.cancel.cancel();
     if st.hub.unregister(&session.user_id, ctx.id) {
+        st.calls.drop_user(&session.user_id);
         announce(st, &session.user_id, false).await;
     }
 }

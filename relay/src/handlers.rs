@@ -39,7 +39,7 @@ pub(crate) fn fail(kind: ErrorKind, message: impl Into<String>) -> Fail {
     Fail { kind, retry_after_ms: 0, message: message.into() }
 }
 
-fn storage_fail(e: StorageError) -> Fail {
+pub(crate) fn storage_fail(e: StorageError) -> Fail {
     match e {
         StorageError::Conflict => fail(ErrorKind::Conflict, "user id taken"),
         StorageError::NotFound => fail(ErrorKind::NotFound, "no such user"),
@@ -109,7 +109,7 @@ fn verify_device(key: &[u8; 32], challenge: &[u8; 32], user_id: &str, sig: &[u8;
 
 /// The account this connection acts for; refused if it authenticated as none, or if the
 /// account has since moved to another device or connection.
-fn require_auth<S: Storage>(st: &State<S>, ctx: &ConnCtx) -> Result<String, Fail> {
+pub(crate) fn require_auth<S: Storage>(st: &State<S>, ctx: &ConnCtx) -> Result<String, Fail> {
     let user = ctx.user().ok_or_else(|| fail(ErrorKind::Unauthenticated, "authenticate first"))?;
     if !st.hub.is_current(&user, ctx.id) {
         return Err(fail(
@@ -243,6 +243,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             let user = require_auth(st, ctx)?;
             end_session(st, ctx).await;
             st.storage.delete_account(&user).await.map_err(storage_fail)?;
+            st.blobs.delete_owner(&user).await?;
             info!(user_id = user, "account deleted");
             Ok(Response::Ok)
         }
@@ -451,6 +452,26 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             let user = require_auth(st, ctx)?;
             st.storage.ack(&user, delivery_ids).await.map_err(storage_fail)?;
             Ok(Response::Ok)
+        }
+        Request::BlobStat { owner, blob_id } => {
+            let user = require_auth(st, ctx)?;
+            crate::blobs::stat(st, &user, &owner, blob_id).await
+        }
+        Request::BlobRelease { owner, blob_id } => {
+            let user = require_auth(st, ctx)?;
+            crate::blobs::release(st, &user, &owner, blob_id).await
+        }
+        // Hook for blocking (on main): a blocked caller's route must be refused here too.
+        Request::CallRoute { call_id, peer } => {
+            let user = require_auth(st, ctx)?;
+            crate::calls::route(st, &user, call_id, &peer)
+        }
+        Request::CallUnroute { call_id } => {
+            let user = require_auth(st, ctx)?;
+            Ok(crate::calls::unroute(st, &user, call_id))
+        }
+        Request::BlobPut { .. } | Request::BlobGet { .. } => {
+            Err(fail(ErrorKind::Invalid, "blob transfers need their own stream"))
         }
     }
 }

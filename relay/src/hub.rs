@@ -61,6 +61,11 @@ impl Hub {
         self.devices.lock().is_ok_and(|m| m.get(user_id).is_some_and(|d| d.conn_id == conn_id))
     }
 
+    /// The account's current connection, if it is connected (call media forwarding).
+    pub(crate) fn connection(&self, user_id: &str) -> Option<quinn::Connection> {
+        self.devices.lock().ok()?.get(user_id).map(|d| d.conn.clone())
+    }
+
     pub(crate) fn is_online(&self, user_id: &str) -> bool {
         self.devices.lock().is_ok_and(|m| m.contains_key(user_id))
     }

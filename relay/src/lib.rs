@@ -9,6 +9,9 @@
 //! - `server.rs`: [`Relay`]: bind, accept loop, expiry timer, graceful shutdown.
 //! - `conn.rs`: one connection: request streams, the device session, pushes, delivery.
 //! - `handlers.rs`: the meaning of each request.
+//! - `blobs.rs`: file blobs (files under `blobs/`, metadata in `blobs.db`): upload and
+//!   download streams with resume, release by recipients, expiry.
+//! - `calls.rs`: call media routes and the datagram forwarding of a connection.
 //! - `hub.rs`: connected devices (push routing, which connection acts for an account).
 //! - `ratelimit.rs`, `password.rs`: token buckets; Argon2id on the blocking pool.
 //! - `storage.rs`, `storage/sqlite.rs`: the [`Storage`] trait and its SQLite back end.
@@ -20,6 +23,8 @@
 //! while it is that account's current connection (`hub.rs`); every request that touches
 //! an account takes the account from the session, never from the request.
 
+mod blobs;
+mod calls;
 mod config;
 mod conn;
 mod endpoint;
@@ -73,6 +78,10 @@ pub(crate) struct State<S> {
     pub(crate) node_id: String,
     pub(crate) next_conn: AtomicU64,
     pub(crate) cancel: CancellationToken,
+    /// File blobs.
+    pub(crate) blobs: blobs::Blobs,
+    /// Call media routes.
+    pub(crate) calls: calls::Routes,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -14,7 +14,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::storage::{SqliteStorage, Storage};
-use crate::{Config, RelayError, State, conn, endpoint, hub, now_ms, password, ratelimit, tls};
+use crate::{
+    Config, RelayError, State, blobs, calls, conn, endpoint, hub, now_ms, password, ratelimit, tls,
+};
 
 /// A bound relay, ready to serve.
 #[derive(Debug)]
@@ -41,6 +43,7 @@ impl Relay {
         let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&dir))
             .await
             .map_err(|e| RelayError::Io(e.to_string()))??;
+        let blobs = blobs::Blobs::open(&config.data_dir, config.limits.blob_quota)?;
         let identity = tls::load(&config)?;
         let cert_path = identity.cert_path.clone();
         let endpoint = endpoint::server(config.listen, identity, &config.limits, &config.data_dir)?;
@@ -57,6 +60,8 @@ impl Relay {
             node_id: config.node_id,
             next_conn: AtomicU64::new(1),
             cancel: CancellationToken::new(),
+            blobs,
+            calls: calls::Routes::default(),
         });
         Ok(Self { endpoint, state, local_addr, cert_path })
     }
@@ -82,8 +87,8 @@ impl Relay {
         let Self { endpoint, state, local_addr, .. } = self;
         let tracker = TaskTracker::new();
         // Expiry runs often enough that nothing outlives its TTL by more than a quarter.
-        let period =
-            (state.limits.message_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let period = (state.limits.message_ttl.min(state.limits.blob_ttl) / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
         let mut expiry = tokio::time::interval(period);
         tokio::pin!(shutdown);
         info!(%local_addr, "relay serving");
@@ -110,6 +115,12 @@ impl Relay {
                             Ok(0) => {}
                             Ok(n) => info!(expired = n, "deleted old reports and feedback"),
                             Err(e) => warn!(error = %e, "report expiry failed"),
+                        }
+                        let ttl = u64::try_from(st.limits.blob_ttl.as_millis()).unwrap_or(u64::MAX);
+                        match st.blobs.expire(now_ms().saturating_sub(ttl)).await {
+                            Ok(0) => {}
+                            Ok(n) => info!(expired = n, "expired file blobs"),
+                            Err(e) => warn!(error = ?e, "blob expiry failed"),
                         }
                     });
                 }

@@ -3,9 +3,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests: a panic is a failed test")]
 
 mod accounts;
+mod calls;
 mod cli;
 mod diagnostics;
 mod events;
+mod files;
 mod groups;
 mod hostile;
 mod ipc_contract;

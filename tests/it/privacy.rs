@@ -170,3 +170,91 @@ async fn restore_defaults_deletes_everything_here_and_on_the_relay() {
     assert_eq!(alice.call("groups.list", json!({})).await.unwrap()["groups"], json!([]));
     assert_eq!(texts(&alice, "user:bob").await, Vec::<String>::new());
 }
+
+/// A file of random bytes in the world's directory.
+fn file_of(world: &World, name: &str, len: usize) -> std::path::PathBuf {
+    let mut data = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
+    let path = world.path().join(name);
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+/// The names in a daemon's encrypted attachments directory.
+fn attachments(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.data_dir().join("attachments"))
+        .map(|dir| dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn blocking_refuses_files_and_calls_and_clearing_history_deletes_unread_files() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let quick = world.daemon("bob").with_relay(&relay).arg("--ring-timeout-s").arg("5");
+    let bob = quick.start().unwrap();
+    wait_connected(&bob).await;
+    bob.call(
+        "account.register",
+        json!({"user_id": "bob", "email": "bob@example.org", "nickname": "bob", "password": PASSWORD}),
+    )
+    .await
+    .unwrap();
+    bob.call("settings.set", json!({"auto_download": {"wifi": false, "cellular": false}}))
+        .await
+        .unwrap();
+    alice.call("contacts.add", json!({"user_id": "bob"})).await.unwrap();
+    wait_presence(&alice, "bob", "online").await;
+
+    // bob blocks alice: her file never reaches the relay's blob store for him and fails
+    // with `blocked`; her call is never seen by bob and goes unanswered.
+    bob.call("contacts.block", json!({"user_id": "alice"})).await.unwrap();
+    wait_presence(&alice, "bob", "hidden").await;
+    let path = file_of(&world, "photo.jpg", 300_000);
+    let sent = alice.call("files.send", json!({"to": "user:bob", "path": path})).await.unwrap();
+    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
+    let m = eventually(LIMIT, "the file refused", || async {
+        let m = alice.call("messages.get", json!({"message_id": id})).await.ok()?;
+        (m["message"]["state"] == "failed").then(|| m["message"].clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(m["error"]["data"]["kind"], "blocked");
+    assert_eq!(m["file"]["transfer"], "failed");
+    let call = alice.call("calls.start", json!({"to": "user:bob", "media": "audio"})).await;
+    let call_id = call.unwrap()["call"]["call_id"].as_str().unwrap().to_owned();
+    let calls = bob.call("calls.list", json!({})).await.unwrap();
+    assert_eq!(calls["calls"], json!([]), "bob's daemon never sees the call");
+    alice.call("calls.hangup", json!({"call_id": call_id})).await.unwrap();
+
+    // Unblocked: a file arrives; bob downloads it without reading it. Clearing the
+    // history deletes the unread message and its encrypted copy.
+    bob.call("contacts.unblock", json!({"user_id": "alice"})).await.unwrap();
+    wait_presence(&alice, "bob", "online").await;
+    let sent = alice.call("files.send", json!({"to": "user:bob", "path": path})).await.unwrap();
+    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
+    eventually(LIMIT, "the file at bob", || async {
+        bob.call("messages.get", json!({"message_id": id})).await.ok()
+    })
+    .await
+    .unwrap();
+    let dest = world.path().join("at-bob.jpg");
+    bob.call("files.download", json!({"message_id": id, "dest": dest})).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&path).unwrap());
+    assert_eq!(attachments(&bob), vec![format!("{id}.age")]);
+    let cleared = bob.call("privacy.clear_history", json!({"confirm": true})).await.unwrap();
+    assert_eq!(cleared["deleted"], 1);
+    assert_eq!(attachments(&bob), Vec::<String>::new());
+    let gone = bob.call("messages.get", json!({"message_id": id})).await;
+    assert_eq!(error_of(gone).1.as_deref(), Some("not_found"));
+
+    // The diagnostics call log has alice's unanswered call (receiver, no duration).
+    let report = alice.call("diagnostics.preview", json!({})).await.unwrap();
+    let log = report["report"]["calls"].as_array().unwrap().clone();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(
+        (log[0]["receiver"].as_str(), log[0]["duration_s"].as_u64()),
+        (Some("bob"), Some(0))
+    );
+}

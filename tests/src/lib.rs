@@ -27,8 +27,14 @@ use serde_json::Value;
 
 pub use letstalk_ipc::Client;
 
-/// The directory holding the workspace's binaries.
+/// The directory holding the workspace's binaries: `$LETSTALK_TEST_BIN_DIR` when set
+/// (worktrees sharing one target directory overwrite each other's `target/debug`
+/// binaries, so a run can point at a private copy), else the test executable's profile
+/// directory.
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LETSTALK_TEST_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     // The test executable is target/<profile>/deps/it-<hash>; the binaries are in
     // target/<profile>/.
     let exe = std::env::current_exe().unwrap_or_default();

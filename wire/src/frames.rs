@@ -5,8 +5,8 @@ use std::fmt;
 
 use crate::codec::{LEN_PREFIX, Reader, Writer};
 use crate::{
-    MAX_AVATAR_LEN, MAX_FRAME_LEN, MAX_IDENTITY_LEN, MAX_LIST, MAX_MESSAGE_LEN, MAX_PREKEY_LEN,
-    MAX_SHORT_STR, MAX_TEXT_STR, WireError,
+    MAX_AVATAR_LEN, MAX_BLOB_LEN, MAX_FRAME_LEN, MAX_IDENTITY_LEN, MAX_LIST, MAX_MESSAGE_LEN,
+    MAX_PREKEY_LEN, MAX_SHORT_STR, MAX_TEXT_STR, WireError,
 };
 
 /// A prekey in the directory: the daemon's id for it and its opaque public bytes.
@@ -258,6 +258,25 @@ pub enum Request {
     Ack { delivery_ids: Vec<u64> },
     /// Round-trip probe.
     Ping { nonce: u64 },
+    /// Stores (part of) a file blob: this frame opens a blob stream, and the bytes
+    /// `offset..size` of the blob follow it raw on the same stream, which the client then
+    /// finishes. `offset` must not exceed what the relay already holds (see `BlobStat`):
+    /// an interrupted upload resumes. Only `recipients` (and the owner) may fetch it.
+    /// Answered with `Blob` once the bytes are durable.
+    BlobPut { blob_id: [u8; 16], size: u64, offset: u64, recipients: Vec<String> },
+    /// How much of `owner`'s blob the relay holds (owner or a recipient).
+    BlobStat { owner: String, blob_id: [u8; 16] },
+    /// Fetches a complete blob from `offset`: answered with `Blob`, then the bytes
+    /// `offset..size` follow raw on the same stream.
+    BlobGet { owner: String, blob_id: [u8; 16], offset: u64 },
+    /// A recipient has the blob (or gives it up); from the owner, a cancel. The relay
+    /// deletes the blob once every recipient released it, or at once for the owner.
+    BlobRelease { owner: String, blob_id: [u8; 16] },
+    /// Forward this call's media datagrams between this device and `peer`. A route
+    /// carries datagrams only once both sides asked for it, each naming the other.
+    CallRoute { call_id: [u8; 16], peer: String },
+    /// Stop forwarding this call's datagrams.
+    CallUnroute { call_id: [u8; 16] },
     /// Replaces who this account blocks: the relay refuses their messages (`Blocked`)
     /// and hides this account's presence from them; with `block_all`, from everyone.
     SetBlocks { block_all: bool, users: Vec<String> },
@@ -306,6 +325,9 @@ pub enum Response {
     Pong { nonce: u64 },
     /// Answer to `SendGroup`: persisted at `server_ts` for every recipient but `refused`.
     GroupSent { server_ts: u64, refused: Vec<Refusal> },
+    /// Answer to the blob requests: the blob's full size and the bytes held so far
+    /// (`stored == size` once complete).
+    Blob { size: u64, stored: u64 },
 }
 
 /// What the relay sends on its own initiative, in order, on the push stream.
@@ -391,6 +413,27 @@ impl fmt::Debug for Request {
                 .field("msg_id", msg_id)
                 .field("len", &body.len())
                 .finish(),
+            Self::BlobPut { size, offset, recipients, .. } => f
+                .debug_struct("BlobPut")
+                .field("size", size)
+                .field("offset", offset)
+                .field("recipients", &recipients.len())
+                .finish_non_exhaustive(),
+            Self::BlobStat { owner, .. } => {
+                f.debug_struct("BlobStat").field("owner", owner).finish_non_exhaustive()
+            }
+            Self::BlobGet { owner, offset, .. } => f
+                .debug_struct("BlobGet")
+                .field("owner", owner)
+                .field("offset", offset)
+                .finish_non_exhaustive(),
+            Self::BlobRelease { owner, .. } => {
+                f.debug_struct("BlobRelease").field("owner", owner).finish_non_exhaustive()
+            }
+            Self::CallRoute { peer, .. } => {
+                f.debug_struct("CallRoute").field("peer", peer).finish_non_exhaustive()
+            }
+            Self::CallUnroute { .. } => f.write_str("CallUnroute { .. }"),
         }
     }
 }
@@ -438,6 +481,12 @@ mod tag {
     pub(super) const SET_BLOCKS: u8 = 0x20;
     pub(super) const SEND_GROUP: u8 = 0x21;
     pub(super) const SUBMIT_REPORT: u8 = 0x28;
+    pub(super) const BLOB_PUT: u8 = 0x14;
+    pub(super) const BLOB_STAT: u8 = 0x15;
+    pub(super) const BLOB_GET: u8 = 0x16;
+    pub(super) const BLOB_RELEASE: u8 = 0x17;
+    pub(super) const CALL_ROUTE: u8 = 0x18;
+    pub(super) const CALL_UNROUTE: u8 = 0x19;
 
     pub(super) const R_HELLO_OK: u8 = 0x80;
     pub(super) const R_OK: u8 = 0x81;
@@ -451,6 +500,7 @@ mod tag {
     pub(super) const R_SENT: u8 = 0x89;
     pub(super) const R_PONG: u8 = 0x8A;
     pub(super) const R_GROUP_SENT: u8 = 0x90;
+    pub(super) const R_BLOB: u8 = 0x8B;
 
     pub(super) const P_MESSAGE: u8 = 0xC0;
     pub(super) const P_PRESENCE: u8 = 0xC1;
@@ -657,6 +707,38 @@ impl Request {
                 });
                 w.bytes(body);
             }
+            Self::BlobPut { blob_id, size, offset, recipients } => {
+                w.u8(tag::BLOB_PUT);
+                w.raw(blob_id);
+                w.u64(*size);
+                w.u64(*offset);
+                w.list(recipients, |w, v| w.str(v));
+            }
+            Self::BlobStat { owner, blob_id } => {
+                w.u8(tag::BLOB_STAT);
+                w.str(owner);
+                w.raw(blob_id);
+            }
+            Self::BlobGet { owner, blob_id, offset } => {
+                w.u8(tag::BLOB_GET);
+                w.str(owner);
+                w.raw(blob_id);
+                w.u64(*offset);
+            }
+            Self::BlobRelease { owner, blob_id } => {
+                w.u8(tag::BLOB_RELEASE);
+                w.str(owner);
+                w.raw(blob_id);
+            }
+            Self::CallRoute { call_id, peer } => {
+                w.u8(tag::CALL_ROUTE);
+                w.raw(call_id);
+                w.str(peer);
+            }
+            Self::CallUnroute { call_id } => {
+                w.u8(tag::CALL_UNROUTE);
+                w.raw(call_id);
+            }
         }
         framed(w)
     }
@@ -752,6 +834,33 @@ impl Request {
                 msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
                 body: r.bytes(MAX_MESSAGE_LEN, "body")?,
             },
+            tag::BLOB_PUT => {
+                let blob_id = r.array()?;
+                let size = r.u64()?;
+                let offset = r.u64()?;
+                if size > MAX_BLOB_LEN {
+                    return Err(WireError::FieldTooLong("size"));
+                }
+                if offset > size {
+                    return Err(WireError::Invalid("offset"));
+                }
+                Self::BlobPut { blob_id, size, offset, recipients: get_user_list(&mut r)? }
+            }
+            tag::BLOB_STAT => {
+                Self::BlobStat { owner: r.str(MAX_SHORT_STR, "owner")?, blob_id: r.array()? }
+            }
+            tag::BLOB_GET => Self::BlobGet {
+                owner: r.str(MAX_SHORT_STR, "owner")?,
+                blob_id: r.array()?,
+                offset: r.u64()?,
+            },
+            tag::BLOB_RELEASE => {
+                Self::BlobRelease { owner: r.str(MAX_SHORT_STR, "owner")?, blob_id: r.array()? }
+            }
+            tag::CALL_ROUTE => {
+                Self::CallRoute { call_id: r.array()?, peer: r.str(MAX_SHORT_STR, "peer")? }
+            }
+            tag::CALL_UNROUTE => Self::CallUnroute { call_id: r.array()? },
             t => return Err(WireError::UnknownTag(t)),
         };
         r.finish()?;
@@ -823,6 +932,11 @@ impl Response {
                     w.u8(f.kind.code());
                 });
             }
+            Self::Blob { size, stored } => {
+                w.u8(tag::R_BLOB);
+                w.u64(*size);
+                w.u64(*stored);
+            }
         }
         framed(w)
     }
@@ -868,6 +982,14 @@ impl Response {
                     })
                 })?,
             },
+            tag::R_BLOB => {
+                let size = r.u64()?;
+                let stored = r.u64()?;
+                if size > MAX_BLOB_LEN || stored > size {
+                    return Err(WireError::Invalid("blob size"));
+                }
+                Self::Blob { size, stored }
+            }
             t => return Err(WireError::UnknownTag(t)),
         };
         r.finish()?;

@@ -5,6 +5,7 @@
 //!
 //! - `codec.rs`: primitive big-endian encoding, the length prefix, [`split_frame`].
 //! - `frames.rs`: [`Request`], [`Response`], [`Push`] and the value types they carry.
+//! - `datagram.rs`: [`MediaDatagram`], the call media datagrams the relay forwards.
 //!
 //! # How the frames travel (QUIC, ALPN `letstalk/1`)
 //!
@@ -26,6 +27,14 @@
 //!   presence and profile changes of watched users, and `LoggedOut`. A message stays on
 //!   the relay until the client sends [`Request::Ack`] with its delivery id; a message
 //!   pushed but not acknowledged is pushed again on the next connection.
+//! - **File blobs** travel on their own bidirectional streams, never through the message
+//!   path: `BlobPut` is a frame followed by the raw (already end-to-end encrypted) bytes
+//!   on the same stream, answered `Blob` once durable; `BlobGet` is answered by a `Blob`
+//!   frame followed by the raw bytes. Both take an offset, so transfers resume.
+//!   `BlobRelease` from every recipient (or the owner) deletes the blob; so does expiry.
+//! - **Call media** travels as QUIC datagrams ([`MediaDatagram`]): unreliable, never
+//!   retransmitted or queued. The relay forwards a datagram only along a route both
+//!   devices asked for with `CallRoute`.
 //!
 //! # Frame layout
 //!
@@ -45,9 +54,13 @@
 //! a peer never receives a tag its negotiated version does not define.
 
 mod codec;
+mod datagram;
 mod frames;
 
 pub use codec::{LEN_PREFIX, frame_len, split_frame};
+pub use datagram::{
+    CALL_ID_LEN, MAX_DATAGRAM_LEN, MAX_MEDIA_FRAME, MAX_SEALED_FRAME, MediaDatagram, fuzz_datagram,
+};
 pub use frames::{
     Avatar, AvatarMeta, AvatarUpdate, Bundle, ErrorKind, Outbound, PreKey, PresenceInfo, Profile,
     Push, Refusal, ReportKind, Request, Response,
@@ -63,6 +76,9 @@ pub const MAX_FRAME_LEN: usize = 1024 * 1024 + 64 * 1024;
 pub const MAX_MESSAGE_LEN: usize = 256 * 1024;
 /// Largest avatar image.
 pub const MAX_AVATAR_LEN: usize = 1024 * 1024;
+/// Largest file blob: a 2 GiB file in the age STREAM format (16-byte nonce, 64 KiB
+/// chunks with a 16-byte tag each), rounded up to 2 GiB + 1 MiB.
+pub const MAX_BLOB_LEN: u64 = 2 * 1024 * 1024 * 1024 + 1024 * 1024;
 /// Largest identity-key blob.
 pub const MAX_IDENTITY_LEN: usize = 4096;
 /// Largest prekey blob.

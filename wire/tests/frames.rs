@@ -149,6 +149,23 @@ fn request() -> impl Strategy<Value = Request> {
             msg_id,
             body
         }),
+        (any::<[u8; 16]>(), 0..=MAX_BLOB_LEN, any::<u64>(), users()).prop_map(
+            |(blob_id, size, offset, recipients)| Request::BlobPut {
+                blob_id,
+                size,
+                offset: offset % (size + 1),
+                recipients
+            }
+        ),
+        (short(), any::<[u8; 16]>())
+            .prop_map(|(owner, blob_id)| Request::BlobStat { owner, blob_id }),
+        (short(), any::<[u8; 16]>(), any::<u64>())
+            .prop_map(|(owner, blob_id, offset)| Request::BlobGet { owner, blob_id, offset }),
+        (short(), any::<[u8; 16]>())
+            .prop_map(|(owner, blob_id)| Request::BlobRelease { owner, blob_id }),
+        (any::<[u8; 16]>(), short())
+            .prop_map(|(call_id, peer)| Request::CallRoute { call_id, peer }),
+        any::<[u8; 16]>().prop_map(|call_id| Request::CallUnroute { call_id }),
     ]
 }
 
@@ -203,6 +220,8 @@ fn response() -> impl Strategy<Value = Response> {
                     .map(|(user_id, kind)| Refusal { user_id, kind })
                     .collect(),
             }),
+        (0..=MAX_BLOB_LEN, any::<u64>())
+            .prop_map(|(size, stored)| Response::Blob { size, stored: stored % (size + 1) }),
     ]
 }
 
@@ -361,4 +380,32 @@ fn hex_snapshots() {
         "0000001dc000000000000000070002616c00017800000000000000020000000101",
     );
     check(Push::LoggedOut.encode().unwrap(), "00000001c3");
+    check(
+        Request::BlobPut { blob_id: [0xAB; 16], size: 5, offset: 2, recipients: vec!["bo".into()] }
+            .encode()
+            .unwrap(),
+        "0000002714abababababababababababababababab0000000000000005000000000000000200010002626f",
+    );
+    check(
+        Request::CallRoute { call_id: [1; 16], peer: "bo".into() }.encode().unwrap(),
+        "0000001518010101010101010101010101010101010002626f",
+    );
+    check(
+        Response::Blob { size: 9, stored: 3 }.encode().unwrap(),
+        "000000118b00000000000000090000000000000003",
+    );
+}
+
+#[test]
+fn blob_limits() {
+    let put = |size, offset| {
+        Request::BlobPut { blob_id: [0; 16], size, offset, recipients: vec![] }.encode().unwrap()
+    };
+    assert_eq!(
+        Request::decode(&put(MAX_BLOB_LEN + 1, 0)[4..]),
+        Err(WireError::FieldTooLong("size"))
+    );
+    assert_eq!(Request::decode(&put(10, 11)[4..]), Err(WireError::Invalid("offset")));
+    let blob = Response::Blob { size: 3, stored: 4 }.encode().unwrap();
+    assert_eq!(Response::decode(&blob[4..]), Err(WireError::Invalid("blob size")));
 }

@@ -26,6 +26,11 @@ proptest! {
     fn age_stream_random_bytes(data in prop::collection::vec(any::<u8>(), 0..70_000)) {
         fuzz::age_stream(&data);
     }
+
+    #[test]
+    fn media_frame_random_bytes(data in prop::collection::vec(any::<u8>(), 0..4_000)) {
+        fuzz::media_frame(&data);
+    }
 }
 
 fn valid_envelopes() -> &'static Vec<Vec<u8>> {

@@ -19,7 +19,7 @@ async fn build(daemon: &Arc<Daemon>) -> Result<DiagnosticsReport, RpcError> {
     let device = super::device::info(daemon, Empty {})?;
     daemon
         .store
-        .call(move |c| diagnostics::report(c, device, crate::calls_log(c)?, now_ms()))
+        .call(move |c| diagnostics::report(c, device, crate::calls::log_entries(c)?, now_ms()))
         .await
         .map_err(internal)
 }

@@ -5,10 +5,12 @@
 //! every name in that table is dispatched here.
 
 mod account;
+mod calls;
 mod contacts;
 mod device;
 mod diagnostics;
 mod events;
+mod files;
 mod groups;
 mod messages;
 mod privacy;
@@ -105,6 +107,14 @@ pub async fn call(
         "messages.mark_read" => reply(messages::mark_read(daemon, parse(params)?).await?),
         "messages.delete" => reply(messages::delete(daemon, parse(params)?).await?),
         "conversations.list" => reply(messages::conversations(daemon, parse(params)?).await?),
+        "files.send" => reply(files::send(daemon, parse(params)?).await?),
+        "files.download" => reply(files::download(daemon, parse(params)?).await?),
+        "files.cancel" => reply(files::cancel(daemon, parse(params)?).await?),
+        "calls.start" => reply(calls::start(daemon, parse(params)?).await?),
+        "calls.accept" => reply(calls::accept(daemon, parse(params)?).await?),
+        "calls.reject" => reply(calls::reject(daemon, parse(params)?).await?),
+        "calls.hangup" => reply(calls::hangup(daemon, parse(params)?).await?),
+        "calls.list" => reply(calls::list(daemon, parse(params)?).await?),
         other => Err(RpcError::method_not_found(other)),
     }
 }

@@ -27,6 +27,11 @@ fn confirm(p: &ConfirmParams, what: &str) -> Result<(), RpcError> {
 /// still waiting to be read. Read history stays. The database zeroes freed pages
 /// (`secure_delete`) and the WAL is checkpointed and truncated afterwards, so nothing
 /// deleted can be read back from the device.
+/// The messages "clear chat history" deletes: unsent (queued or failed) and unread.
+const CLEARED: &str = "SELECT message_id FROM messages
+    WHERE (direction = 'out' AND state IN ('queued', 'failed'))
+       OR (direction = 'in' AND read = 0)";
+
 pub(super) async fn clear_history(
     daemon: &Arc<Daemon>,
     p: ConfirmParams,
@@ -35,25 +40,37 @@ pub(super) async fn clear_history(
     // Waits for a transmission in flight to finish: what the relay took is sent, the
     // rest is withdrawn before the sender can read it again.
     let _gate = daemon.outbox_gate.lock().await;
+    // Their files go too: transfers stop first so nothing writes them again.
+    let files: Vec<String> = daemon
+        .store
+        .call(|c| {
+            let ids = c
+                .prepare(&format!("SELECT message_id FROM files WHERE message_id IN ({CLEARED})"))?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+        .await
+        .map_err(internal)?;
+    for id in &files {
+        daemon.transfers.stop(id).await;
+    }
     let (deleted, seq) = daemon
         .store
         .call(|c| {
             let tx = c.transaction()?;
-            tx.execute_batch(
+            tx.execute_batch(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS cleared (id TEXT PRIMARY KEY) STRICT;
                  DELETE FROM temp.cleared;
-                 INSERT INTO temp.cleared
-                    SELECT message_id FROM messages
-                    WHERE (direction = 'out' AND state IN ('queued', 'failed'))
-                       OR (direction = 'in' AND read = 0);
+                 INSERT INTO temp.cleared {CLEARED};
                  DELETE FROM outbox WHERE message_id IN (SELECT id FROM temp.cleared);
                  DELETE FROM message_members WHERE message_id IN (SELECT id FROM temp.cleared);
                  DELETE FROM events WHERE kind IN ('message.received', 'message.state')
                     AND coalesce(json_extract(body, '$.message.message_id'),
                                  json_extract(body, '$.message_id'))
                         IN (SELECT id FROM temp.cleared);
-                 DELETE FROM group_pending;",
-            )?;
+                 DELETE FROM group_pending;"
+            ))?;
             let deleted = tx.execute(
                 "DELETE FROM messages WHERE message_id IN (SELECT id FROM temp.cleared)",
                 [],
@@ -67,6 +84,11 @@ pub(super) async fn clear_history(
         })
         .await
         .map_err(internal)?;
+    for id in &files {
+        // Again: the worker may have picked a row up between the stop and the commit.
+        daemon.transfers.stop(id).await;
+        crate::files::remove_local(&daemon.config.data_dir, id);
+    }
     daemon.bus.published(seq);
     Ok(ClearHistoryResult { deleted })
 }
@@ -96,6 +118,9 @@ pub(super) async fn restore_defaults(
         relay.set_credentials(None);
     }
     daemon.set_user(None);
+    // Nothing may write into the data directory while it is deleted.
+    daemon.transfers.stop_all().await;
+    crate::calls::stop_all_media(daemon, daemon.relay.as_ref());
     let store = daemon.store.clone();
     let keyring = daemon.config.keyring;
     tokio::task::spawn_blocking(move || store.reset(keyring))

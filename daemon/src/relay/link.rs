@@ -72,7 +72,14 @@ pub struct QuicRelay {
     /// Ends a backoff wait early (a request is waiting for the connection).
     hurry: Notify,
     pushes: mpsc::UnboundedSender<Pushed>,
+    /// Call media datagrams received; bounded, and a full queue drops the newest (late
+    /// media is worthless, it never waits).
+    datagrams: mpsc::Sender<bytes::Bytes>,
+    datagrams_rx: Mutex<Option<mpsc::Receiver<bytes::Bytes>>>,
 }
+
+/// Received datagrams waiting for the call manager.
+const DATAGRAM_QUEUE: usize = 256;
 
 impl std::fmt::Debug for QuicRelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,7 +126,10 @@ impl QuicRelay {
             idle_timeout.try_into().map_err(|_| LinkError::Tls("idle timeout".into()))?;
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 0], 0)))
             .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))?;
+        let (datagrams, datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
         Ok(Arc::new(Self {
+            datagrams,
+            datagrams_rx: Mutex::new(Some(datagrams_rx)),
             addr,
             endpoint,
             client_config,
@@ -165,16 +175,19 @@ impl QuicRelay {
                     self.live.send_replace(Some(live));
                     self.set_state(RelayState::Connected);
                     let readers = tokio::spawn(read_pushes(conn.clone(), self.pushes.clone()));
+                    let media = tokio::spawn(read_datagrams(conn.clone(), self.datagrams.clone()));
                     tokio::select! {
                         () = cancel.cancelled() => {
                             conn.close(0u32.into(), b"bye");
                             readers.abort();
+                            media.abort();
                             break;
                         }
                         reason = conn.closed() => tracing::info!(%reason, "relay connection lost"),
                         () = self.kick.notified() => conn.close(0u32.into(), b"reconnect"),
                     }
                     readers.abort();
+                    media.abort();
                     self.live.send_replace(None);
                     self.set_state(RelayState::Offline);
                     // A deliberate reconnect (new credentials) goes at once.
@@ -408,7 +421,15 @@ async fn read_pushes(conn: quinn::Connection, out: mpsc::UnboundedSender<Pushed>
     }
 }
 
-/// Keeps `rtt_ms` current from QUIC's own estimate (no extra traffic).
+/// Hands received datagrams on; drops them when nobody keeps up.
+async fn read_datagrams(conn: quinn::Connection, out: mpsc::Sender<bytes::Bytes>) {
+    while let Ok(d) = conn.read_datagram().await {
+        if let Err(mpsc::error::TrySendError::Closed(_)) = out.try_send(d) {
+            return;
+        }
+    }
+}
+
 impl RelayApi for QuicRelay {
     fn register(
         &self,
@@ -496,6 +517,40 @@ impl RelayApi for QuicRelay {
 
     fn address(&self) -> String {
         self.addr.to_string()
+    }
+
+    fn open_stream(
+        &self,
+        header: Request,
+    ) -> BoxFuture<'_, Result<super::RelayStream, RelayError>> {
+        Box::pin(async move {
+            let live = self.current().await?;
+            let frame = header.encode().map_err(|_| RelayError::Unexpected)?;
+            let opened = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let (mut send, recv) = live.conn.open_bi().await.ok()?;
+                send.write_all(&frame).await.ok()?;
+                Some((send, recv))
+            })
+            .await;
+            let Ok(Some((send, recv))) = opened else { return Err(RelayError::Unavailable) };
+            Ok(super::RelayStream { send: Box::pin(send), recv: Box::pin(recv) })
+        })
+    }
+
+    fn send_datagram(&self, datagram: Vec<u8>) -> Result<(), RelayError> {
+        let live = self.live.borrow().clone().ok_or(RelayError::Unavailable)?;
+        live.conn.send_datagram(datagram.into()).map_err(|e| {
+            tracing::debug!(error = %e, "datagram not sent");
+            RelayError::Unavailable
+        })
+    }
+
+    fn take_datagrams(&self) -> Option<mpsc::Receiver<bytes::Bytes>> {
+        lock(&self.datagrams_rx).take()
+    }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        self.live.borrow().as_ref().and_then(|l| l.conn.max_datagram_size())
     }
 }
 

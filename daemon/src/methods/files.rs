@@ -1,0 +1,236 @@
+//! `files.*`: send (encrypt on the device, then stream to the relay in the background),
+//! download (resuming, checked against the SHA-256, written where asked) and cancel.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use letstalk_ipc::types::{
+    Direction, Empty, FileTransfer, FilesDownloadParams, FilesDownloadResult, FilesSendParams,
+    MessageIdParams, MessageResult,
+};
+use letstalk_ipc::{ErrorKind, RpcError};
+
+use super::{internal, logged_in};
+use crate::files::{self, TransferError};
+use crate::{Daemon, now_ms, validate};
+
+fn absolute(field: &str, path: &str) -> Result<PathBuf, RpcError> {
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(RpcError::invalid_params(field, format!("{field} must be an absolute path")));
+    }
+    Ok(p)
+}
+
+fn relay(daemon: &Daemon) -> Result<Arc<dyn crate::relay::RelayApi>, RpcError> {
+    daemon.relay.clone().ok_or_else(|| {
+        RpcError::new(ErrorKind::RelayUnavailable, "no relay is configured on this daemon")
+    })
+}
+
+pub(super) async fn send(
+    daemon: &Arc<Daemon>,
+    p: FilesSendParams,
+) -> Result<MessageResult, RpcError> {
+    let me = logged_in(daemon).await?;
+    let peer = match p.to.split_once(':') {
+        Some(("user", id)) => validate::user_id("to", id)?,
+        Some(("group", _)) => {
+            return Err(RpcError::new(
+                ErrorKind::NotFound,
+                "groups are not available in this version",
+            ));
+        }
+        _ => return Err(RpcError::invalid_params("to", "to must be \"user:<user_id>\"")),
+    };
+    if let Some(c) = &p.caption
+        && c.len() > super::messages::MAX_TEXT
+    {
+        return Err(RpcError::new(ErrorKind::TooLarge, "caption is longer than 64 KiB"));
+    }
+    let source = absolute("path", &p.path)?;
+    let meta = std::fs::metadata(&source).map_err(|e| {
+        RpcError::invalid_params("path", format!("cannot read {}: {e}", source.display()))
+    })?;
+    if !meta.is_file() {
+        return Err(RpcError::invalid_params("path", "path is not a regular file"));
+    }
+    if meta.len() > files::MAX_FILE {
+        return Err(RpcError::new(ErrorKind::TooLarge, "files are limited to 2 GiB"));
+    }
+    let name = source
+        .file_name()
+        .map(|n| files::safe_name(&n.to_string_lossy()))
+        .unwrap_or_else(|| "file".to_owned());
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let dir = daemon.config.data_dir.join(files::ATTACHMENTS);
+    let dest = files::encrypted_path(&daemon.config.data_dir, &message_id);
+    let src = source.clone();
+    let enc = tokio::task::spawn_blocking(move || {
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        }
+        files::encrypt_file(&src, &dest)
+    })
+    .await
+    .map_err(|e| RpcError::internal(format!("encrypting: {e}")))?
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::FileTooLarge => {
+            RpcError::new(ErrorKind::TooLarge, "files are limited to 2 GiB")
+        }
+        _ => RpcError::invalid_params("path", format!("cannot read {}: {e}", source.display())),
+    })?;
+    let source_str = source.to_string_lossy().into_owned();
+    let id = message_id.clone();
+    let message = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let m = files::insert_outgoing(
+                &tx,
+                &id,
+                &me,
+                &peer,
+                &name,
+                &source_str,
+                p.caption.as_deref(),
+                &enc,
+                now_ms(),
+            )?;
+            tx.commit()?;
+            Ok(m)
+        })
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| RpcError::internal("the new message vanished"))?;
+    daemon.transfers.wake();
+    Ok(MessageResult { message })
+}
+
+pub(super) async fn download(
+    daemon: &Arc<Daemon>,
+    p: FilesDownloadParams,
+) -> Result<FilesDownloadResult, RpcError> {
+    logged_in(daemon).await?;
+    let dest = p.dest.as_deref().map(|d| absolute("dest", d)).transpose()?;
+    let id = p.message_id.clone();
+    let row = daemon
+        .store
+        .call(move |c| files::get(c, &id))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| RpcError::new(ErrorKind::NotFound, "no such file message"))?;
+    match row.transfer {
+        FileTransfer::Cancelled => {
+            return Err(RpcError::new(ErrorKind::InvalidState, "the transfer was cancelled"));
+        }
+        FileTransfer::Uploading if row.direction == Direction::Out => {}
+        _ => {}
+    }
+    let have = files::encrypted_path(&daemon.config.data_dir, &row.message_id);
+    let ready = row.direction == Direction::Out || row.transfer == FileTransfer::Done;
+    if !ready || !have.exists() {
+        if row.direction == Direction::Out {
+            return Err(RpcError::new(ErrorKind::NotFound, "the encrypted copy is gone"));
+        }
+        let relay = relay(daemon)?;
+        files::download_now(daemon, &relay, &row).await.map_err(|e| match e {
+            TransferError::Unavailable => {
+                RpcError::new(ErrorKind::RelayUnavailable, "the relay cannot be reached now")
+            }
+            TransferError::Gone => {
+                RpcError::new(ErrorKind::NotFound, "the relay no longer has this file")
+            }
+            TransferError::Cancelled => {
+                RpcError::new(ErrorKind::InvalidState, "the transfer was cancelled")
+            }
+            other => RpcError::internal(other.to_string()),
+        })?;
+    }
+    // Write it out: to `dest`, or to the directory of opened files.
+    let target = match dest {
+        Some(d) => d,
+        None => files::runtime_dir(daemon)
+            .join("files")
+            .join(&row.message_id)
+            .join(files::safe_name(&row.name)),
+    };
+    let (src, key, want, t) = (have, row.file_key.clone(), row.sha256.clone(), target.clone());
+    let written = tokio::task::spawn_blocking(move || export(&src, &key, &want, &t))
+        .await
+        .map_err(|e| RpcError::internal(format!("decrypting: {e}")))?;
+    match written {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(RpcError::internal("the stored file does not match its SHA-256"));
+        }
+        Err(e) => {
+            return Err(RpcError::invalid_params(
+                "dest",
+                format!("cannot write {}: {e}", target.display()),
+            ));
+        }
+    }
+    let (id, path) = (row.message_id.clone(), target.to_string_lossy().into_owned());
+    let p2 = path.clone();
+    daemon
+        .store
+        .call(move |c| {
+            c.prepare_cached("UPDATE files SET path = ?2 WHERE message_id = ?1")?
+                .execute(rusqlite::params![id, p2])?;
+            Ok(())
+        })
+        .await
+        .map_err(internal)?;
+    Ok(FilesDownloadResult { path, size: row.size, sha256: row.sha256 })
+}
+
+/// Decrypts `src` into `dest` through a temporary file beside it; `Ok(false)` (and
+/// nothing written) when the hash does not match.
+fn export(src: &Path, key: &[u8; 16], want: &str, dest: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dest.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+    }
+    let tmp = dest.with_extension("letstalk-part");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let sha = match files::decrypt_to(src, key, Some(&mut out)) {
+        Ok(sha) => sha,
+        Err(e) => {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    if sha != want {
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(false);
+    }
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dest)?;
+    Ok(true)
+}
+
+pub(super) async fn cancel(daemon: &Arc<Daemon>, p: MessageIdParams) -> Result<Empty, RpcError> {
+    logged_in(daemon).await?;
+    let id = p.message_id.clone();
+    let row = daemon
+        .store
+        .call(move |c| files::get(c, &id))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| RpcError::new(ErrorKind::NotFound, "no such file message"))?;
+    match row.transfer {
+        FileTransfer::Cancelled => return Ok(Empty {}),
+        FileTransfer::Done | FileTransfer::Failed => {
+            return Err(RpcError::new(ErrorKind::InvalidState, "the transfer has ended"));
+        }
+        _ => {}
+    }
+    files::cancel(daemon, &row).await.map_err(internal)?;
+    Ok(Empty {})
+}
