@@ -5,8 +5,10 @@
 //! daemon's local JSON-RPC interface, `messaging` end-to-end messaging between two
 //! daemons through a relay (and the ratchet step), `relay` the relay's delivery between
 //! many clients beside mosquitto at QoS 1, `groups` the cost of one group message to
-//! N members on the sender and on the relay.
+//! N members on the sender and on the relay, `cluster` delivery through relay nodes
+//! sharing NATS JetStream beside the single embedded relay.
 
+mod cluster;
 mod groups;
 mod ipc;
 mod load;
@@ -50,6 +52,40 @@ enum Command {
     Relay(RelayArgs),
     /// The cost of one group message to N members, sender and relay side.
     Groups(GroupsArgs),
+    /// Delivery through relay nodes sharing a NATS JetStream cluster (one node, two
+    /// nodes) beside the single embedded relay.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClusterArgs {
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// nats-server processes forming the JetStream cluster (3 keeps three copies).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub(crate) nats_servers: usize,
+
+    /// Publisher → subscriber pairs (at least 2: the split run puts half on each node).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub(crate) pairs: usize,
+
+    /// Messages per publisher.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub(crate) messages: usize,
+
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256, value_name = "BYTES")]
+    pub(crate) payload: usize,
+
+    /// Sends in flight per publisher.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub(crate) window: usize,
+
+    /// Each run stops after this many seconds even if not all was delivered.
+    #[arg(long, default_value_t = 60, value_name = "S")]
+    pub(crate) limit_s: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -202,5 +238,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Messaging(args) => runtime.block_on(messaging::run(&args)),
         Command::Relay(args) => runtime.block_on(relay::run(&args)),
         Command::Groups(args) => runtime.block_on(groups::run(&args)),
+        Command::Cluster(args) => runtime.block_on(cluster::run(&args)),
     }
 }

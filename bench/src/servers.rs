@@ -348,6 +348,11 @@ impl RelayProcess {
     /// `register_per_ip` (the bench registers every account from 127.0.0.1); every other
     /// limit is the default. Waits for its `listening on` line.
     pub(crate) fn start(bin: &Path, home: &Path) -> Result<Self> {
+        Self::start_with(bin, home, &[])
+    }
+
+    /// [`RelayProcess::start`] with extra flags (e.g. `--cluster URL --node-id NAME`).
+    pub(crate) fn start_with(bin: &Path, home: &Path, extra: &[&str]) -> Result<Self> {
         let data = home.join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         let config = home.join("relay.toml");
@@ -364,6 +369,7 @@ impl RelayProcess {
             .arg(&config)
             .arg("--log")
             .arg("warn")
+            .args(extra)
             .env("HOME", home)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -10,8 +10,11 @@
 //! - `conn.rs`: one connection: request streams, the device session, pushes, delivery.
 //! - `handlers.rs`: the meaning of each request.
 //! - `hub.rs`: connected devices (push routing, which connection acts for an account).
+//! - `cluster.rs`: the bus between the nodes of a cluster relay (core NATS): wakes,
+//!   pushes, logouts and takeovers for a device connected to another node.
 //! - `ratelimit.rs`, `password.rs`: token buckets; Argon2id on the blocking pool.
-//! - `storage.rs`, `storage/sqlite.rs`: the [`Storage`] trait and its SQLite back end.
+//! - `storage.rs`, `storage/sqlite.rs`, `storage/nats.rs`: the [`Storage`] trait, its
+//!   SQLite back end (one machine) and its NATS JetStream back end (`--cluster`).
 //! - `testing.rs`: an in-process relay on loopback for tests.
 //!
 //! The wire protocol (stream usage, frames, versioning) is documented in `letstalk-wire`.
@@ -20,6 +23,7 @@
 //! while it is that account's current connection (`hub.rs`); every request that touches
 //! an account takes the account from the session, never from the request.
 
+mod cluster;
 mod config;
 mod conn;
 mod endpoint;
@@ -39,7 +43,7 @@ pub use config::{Args, Config, ConfigError, Limits, RateLimit, TlsSource};
 pub use conn::close;
 pub use handlers::normalize_user_id;
 pub use server::{Relay, run};
-pub use storage::{SqliteStorage, Storage, StorageError};
+pub use storage::{NatsStorage, SqliteStorage, Storage, StorageError};
 pub use tls::{CERT_FILE, KEY_FILE};
 use tokio_util::sync::CancellationToken;
 

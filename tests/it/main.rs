@@ -3,6 +3,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests: a panic is a failed test")]
 
 mod accounts;
+mod cluster;
 mod cli;
 mod events;
 mod groups;
