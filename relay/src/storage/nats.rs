@@ -396,6 +396,10 @@ impl BlocksRec {
     fn blocks(self) -> Blocks {
         Blocks { all: self.all, users: self.users }
     }
+
+    fn refuses(&self, sender: &str) -> bool {
+        self.all || self.users.contains(sender)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -679,7 +683,7 @@ impl NatsStorage {
             read(&self.inner.accounts, &blocks_key(recipient)).await?;
         match blocks {
             None => Err(StorageError::NotFound),
-            Some((b, _)) if b.blocks().refuses(sender) => Err(StorageError::Blocked),
+            Some((b, _)) if b.refuses(sender) => Err(StorageError::Blocked),
             Some(_) => Ok(()),
         }
     }
@@ -1208,14 +1212,15 @@ mod tests {
         assert_eq!(s.upload_keys("alice", keys).await.unwrap(), 2);
         s.bind_device("alice", Some([1; 32])).await.unwrap();
         assert_eq!(s.one_time_count("alice").await.unwrap(), 2, "same device keeps its keys");
-        // Lowest id first, then the last-resort key.
+        // Oldest upload first (the embedded back end takes the lowest id: the daemon
+        // uploads ids in increasing order, so the two agree), then the last-resort key.
         let mut got = Vec::new();
         for _ in 0..3 {
             let b = s.take_bundle("alice").await.unwrap().unwrap();
             assert_eq!((b.identity.as_slice(), b.device_key), (&[9u8][..], [1; 32]));
             got.push((b.one_time_prekey.unwrap().id, b.last_resort));
         }
-        assert_eq!(got, [(2, false), (3, false), (4, true)]);
+        assert_eq!(got, [(3, false), (2, false), (4, true)]);
 
         s.bind_device("alice", Some([2; 32])).await.unwrap();
         let b = s.take_bundle("alice").await.unwrap().unwrap();
