@@ -141,7 +141,7 @@ async fn people_commands_register_send_and_read_history() {
     // Groups, blocking and the privacy controls from the command line.
     let (code, out, err) = cli(alice.socket(), &["group", "create", "Friends", "bob", "--json"]);
     assert_eq!(code, 0, "{err}");
-    let group: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let group: Value = serde_json::from_str(&out).unwrap();
     let gid = group["group_id"].as_str().unwrap();
     let (code, out, _) = cli(alice.socket(), &["group", "list"]);
     assert_eq!(code, 0);

@@ -152,9 +152,12 @@ async fn cluster_nodes_carry_messages_groups_blocking_presence_and_logout_across
     assert_eq!(e["kind"], "account.logged_out");
     let (_, kind, _) = error_of(bob.call("account.info", json!({})).await);
     assert_eq!(kind.as_deref(), Some("not_logged_in"));
-    // The new device (node a) gets what carol (node b) sends.
+    // The new device (node a) and carol (node b) talk; as on one relay, the new device
+    // writes first so that carol learns its new identity.
+    phone.call("messages.send", json!({"to": "user:carol", "text": "new phone"})).await.unwrap();
+    assert_eq!(wait_texts(&carol, "user:bob", 1, LIMIT).await, ["new phone"]);
     carol.call("messages.send", json!({"to": "user:bob", "text": "to the phone"})).await.unwrap();
-    assert_eq!(wait_texts(&phone, "user:carol", 1, LIMIT).await, ["to the phone"]);
+    assert_eq!(wait_texts(&phone, "user:carol", 2, LIMIT).await, ["new phone", "to the phone"]);
 
     // Nothing sensitive in any relay node's log.
     for r in [&a, &b] {

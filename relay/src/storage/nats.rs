@@ -177,13 +177,18 @@ impl NatsStorage {
     /// be available; fails at once when no server answers.
     pub async fn connect(url: &str, options: &ClusterOptions) -> Result<Self, StorageError> {
         let shown = redact_url(url);
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| backend(&format!("--cluster {shown}"), e))?;
         let client = async_nats::ConnectOptions::new()
             .name(format!("letstalk-relay {}", options.node_id))
             .connection_timeout(Duration::from_secs(5))
             // A node outlives any one NATS server: it reconnects forever, to any of the
             // cluster's servers (the client learns them from the one it reached).
             .max_reconnects(None)
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|e| backend(&format!("cannot reach the cluster at {shown}"), e))?;
         let js = jetstream::new(client.clone());
