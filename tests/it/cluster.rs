@@ -88,7 +88,10 @@ async fn cluster_nodes_carry_messages_groups_blocking_presence_and_logout_across
     let carol = registered_on(&world, &[&b], "carol").await;
 
     // Messages both ways: enqueued on one node, pushed by the other.
-    assert_eq!(send_and_settle(&alice, "user:bob", "hello from node a").await["state"], "delivered");
+    assert_eq!(
+        send_and_settle(&alice, "user:bob", "hello from node a").await["state"],
+        "delivered"
+    );
     assert_eq!(wait_texts(&bob, "user:alice", 1, LIMIT).await, ["hello from node a"]);
     bob.call("messages.send", json!({"to": "user:alice", "text": "hello from node b"}))
         .await

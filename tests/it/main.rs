@@ -3,8 +3,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests: a panic is a failed test")]
 
 mod accounts;
-mod cluster;
 mod cli;
+mod cluster;
 mod events;
 mod groups;
 mod hostile;

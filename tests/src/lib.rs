@@ -365,8 +365,7 @@ impl Relay {
     }
 
     fn start_again(&mut self) -> Result<()> {
-        let mut again =
-            Relay::spawn(self.data_dir.clone(), &self.addr.clone(), self.args.clone())?;
+        let mut again = Relay::spawn(self.data_dir.clone(), &self.addr.clone(), self.args.clone())?;
         // A cluster node may serve another node's certificate: keep pointing at it.
         again.cert.clone_from(&self.cert);
         *self = again;
