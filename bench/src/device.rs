@@ -247,8 +247,13 @@ async fn switch_run(
     ] {
         net.ip(args)?;
     }
-    let mut relay =
-        RelayProcess::start_at(relay_bin, &work.join("sw-relay"), Some(&net.0), "10.62.9.1:0")?;
+    let mut relay = RelayProcess::start_at(
+        relay_bin,
+        &work.join("sw-relay"),
+        Some(&net.0),
+        "10.62.9.1:0",
+        &[],
+    )?;
     let relay_addr = format!("10.62.9.1:{}", relay.port);
     let start = |name: &str, ns: &Netns| {
         let mut spec = LetstalkdSpec::new(daemon_bin, work.join(name));

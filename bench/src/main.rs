@@ -7,9 +7,11 @@
 //! many clients beside mosquitto at QoS 1, `groups` the cost of one group message to
 //! N members on the sender and on the relay, `device` a connected daemon's idle cost and
 //! the interruption by a network switch, `files` a file through the relay beside a raw
-//! copy of the same bytes, `calls` call media loss and latency.
+//! copy of the same bytes, `calls` call media loss and latency, `cluster` delivery
+//! through relay nodes sharing NATS JetStream beside the single embedded relay.
 
 mod calls;
+mod cluster;
 mod device;
 mod files;
 mod groups;
@@ -63,6 +65,9 @@ enum Command {
     /// Call media through letstalk-relay: frame loss and latency p50/p99 for 50 fps
     /// audio-sized and 30 fps video-sized frames, beside a bare socket pair.
     Calls(CallsArgs),
+    /// Delivery through relay nodes sharing a NATS JetStream cluster (one node, two
+    /// nodes) beside the single embedded relay.
+    Cluster(ClusterArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,6 +87,37 @@ pub(crate) struct DeviceArgs {
     /// Network switches to measure (needs root).
     #[arg(long, default_value_t = 6, value_name = "N")]
     pub(crate) switches: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClusterArgs {
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// nats-server processes forming the JetStream cluster (3 keeps three copies).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub(crate) nats_servers: usize,
+
+    /// Publisher → subscriber pairs (at least 2: the split run puts half on each node).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub(crate) pairs: usize,
+
+    /// Messages per publisher.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub(crate) messages: usize,
+
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256, value_name = "BYTES")]
+    pub(crate) payload: usize,
+
+    /// Sends in flight per publisher.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub(crate) window: usize,
+
+    /// Each run stops after this many seconds even if not all was delivered.
+    #[arg(long, default_value_t = 60, value_name = "S")]
+    pub(crate) limit_s: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -273,5 +309,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device(args) => runtime.block_on(device::run(&args)),
         Command::Files(args) => runtime.block_on(files::run(&args)),
         Command::Calls(args) => runtime.block_on(calls::run(&args)),
+        Command::Cluster(args) => runtime.block_on(cluster::run(&args)),
     }
 }

@@ -35,7 +35,7 @@ const TARGET_RATIO: f64 = 2.0;
 
 /// What one run delivered.
 #[derive(Debug, Clone, Copy)]
-struct Delivery {
+pub(crate) struct Delivery {
     /// Messages the subscribers received.
     delivered: usize,
     /// Messages the publishers had confirmed (relay `Sent` / MQTT PUBACK).
@@ -46,7 +46,7 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 { self.delivered as f64 / secs } else { 0.0 }
     }
@@ -127,7 +127,7 @@ fn progress(what: &str) {
     eprintln!("  measuring {what} …");
 }
 
-fn print_line(label: &str, d: &Delivery, total: usize) {
+pub(crate) fn print_line(label: &str, d: &Delivery, total: usize) {
     println!(
         "  {label:<60} {:>8.0} msg/s  ({} of {total} delivered, {} confirmed to publishers, \
          {:.2} s){}",
@@ -184,6 +184,19 @@ async fn letstalk_run(
         let (link, _pushes) = connected_link(relay.port, &relay.cert, &format!("pub{i}")).await?;
         publishers.push(link);
     }
+    let result = deliver(publishers, subscribers, args, limit).await;
+    relay.stop()?;
+    result
+}
+
+/// Publisher i sends `--messages` bodies to subscriber i (`sub{i}`), `--window` in flight;
+/// subscribers acknowledge in batches. Measured from the first send to the last delivery.
+pub(crate) async fn deliver(
+    publishers: Vec<Link>,
+    subscribers: Vec<(Link, mpsc::Receiver<Push>)>,
+    args: &RelayArgs,
+    limit: Duration,
+) -> Result<Delivery> {
     let body = Arc::new(vec![0xa5u8; args.payload]);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + limit;
@@ -253,7 +266,6 @@ async fn letstalk_run(
             }
         }
     }
-    relay.stop()?;
     if let Some(e) = first_error {
         println!("letstalk-relay: an error during the run: {e:#}");
     }

@@ -355,15 +355,22 @@ impl RelayProcess {
     /// `register_per_ip` (the bench registers every account from 127.0.0.1); every other
     /// limit is the default. Waits for its `listening on` line.
     pub(crate) fn start(bin: &Path, home: &Path) -> Result<Self> {
-        Self::start_at(bin, home, None, "127.0.0.1:0")
+        Self::start_at(bin, home, None, "127.0.0.1:0", &[])
     }
 
-    /// [`RelayProcess::start`] listening on `listen`, inside network namespace `netns`.
+    /// [`RelayProcess::start`] with extra flags (e.g. `--cluster URL --node-id NAME`).
+    pub(crate) fn start_with(bin: &Path, home: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_at(bin, home, None, "127.0.0.1:0", extra)
+    }
+
+    /// [`RelayProcess::start`] listening on `listen`, inside network namespace `netns`,
+    /// with `extra` flags.
     pub(crate) fn start_at(
         bin: &Path,
         home: &Path,
         netns: Option<&str>,
         listen: &str,
+        extra: &[&str],
     ) -> Result<Self> {
         let data = home.join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
@@ -381,6 +388,7 @@ impl RelayProcess {
             .arg(&config)
             .arg("--log")
             .arg("warn")
+            .args(extra)
             .env("HOME", home)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -30,9 +30,11 @@ pub struct Args {
     /// $XDG_RUNTIME_DIR/letstalk/letstalkd.sock, else /run/letstalk/letstalkd.sock.
     #[arg(long, env = "LETSTALK_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// The relay, HOST:PORT. Without one the daemon runs offline.
-    #[arg(long, env = "LETSTALK_RELAY", value_name = "HOST:PORT")]
-    pub relay: Option<String>,
+    /// The relay, HOST:PORT. Repeat it (or separate addresses with commas) to name
+    /// several nodes of one relay: the daemon fails over between them. Without one the
+    /// daemon runs offline.
+    #[arg(long, env = "LETSTALK_RELAY", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub relay: Vec<String>,
     /// A PEM file with the relay's certificate or its CA, trusted in addition to the
     /// platform's roots.
     #[arg(long, env = "LETSTALK_RELAY_CERT", value_name = "PEM_FILE")]
@@ -69,11 +71,19 @@ pub enum Keyring {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
-    relay: Option<String>,
+    relay: Option<RelayList>,
     relay_cert: Option<PathBuf>,
     log: Option<String>,
     keyring: Option<Keyring>,
     ring_timeout_s: Option<u64>,
+}
+
+/// `relay` in the config file: one address, or a list of a relay's nodes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RelayList {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Where the IPC socket comes from.
@@ -111,7 +121,9 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub socket: SocketSource,
-    pub relay: Option<RelayAddr>,
+    /// The relay's addresses, preferred first; empty: offline. Several name nodes of one
+    /// relay (sharing its cluster storage), and the link fails over between them.
+    pub relays: Vec<RelayAddr>,
     pub relay_cert: Option<PathBuf>,
     pub log: String,
     pub keyring: Keyring,
@@ -156,7 +168,22 @@ impl Config {
             None if activated_socket_present() => SocketSource::Activated,
             None => SocketSource::Path(letstalk_ipc::socket::default_socket()),
         };
-        let relay = args.relay.or(file.relay).map(|r| parse_relay(&r)).transpose()?;
+        let relay_strings = if args.relay.is_empty() {
+            match file.relay {
+                None => Vec::new(),
+                Some(RelayList::One(r)) => vec![r],
+                Some(RelayList::Many(rs)) => rs,
+            }
+        } else {
+            args.relay
+        };
+        let mut relays = Vec::new();
+        for r in relay_strings.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
+            let addr = parse_relay(r)?;
+            if !relays.contains(&addr) {
+                relays.push(addr);
+            }
+        }
         let relay_cert = args.relay_cert.or(file.relay_cert);
         if let Some(path) = &relay_cert {
             check_pem(path)?;
@@ -171,7 +198,7 @@ impl Config {
         }
         let ring_timeout = std::time::Duration::from_secs(ring);
         let keyring = args.keyring.or(file.keyring).unwrap_or_default();
-        Ok(Self { config_file, data_dir, socket, relay, relay_cert, log, keyring, ring_timeout })
+        Ok(Self { config_file, data_dir, socket, relays, relay_cert, log, keyring, ring_timeout })
     }
 
     /// Re-reads the config file for SIGHUP; only the log filter takes effect at once.
@@ -303,5 +330,34 @@ mod tests {
         for bad in ["", "host", "host:", ":1", "host:0", "host:99999", "::1:4433", "a b:1"] {
             assert!(parse_relay(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn several_relays_from_flags_or_the_config_file_in_order_without_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let data = data.to_str().unwrap();
+        let resolve = |args: &[&str]| {
+            let mut argv = vec!["letstalkd", "--data-dir", data];
+            argv.extend_from_slice(args);
+            Config::resolve(Args::try_parse_from(argv).unwrap())
+        };
+        let shown = |c: Config| c.relays.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let c = resolve(&["--relay", "a.example:1", "--relay", "b.example:2,a.example:1"]).unwrap();
+        assert_eq!(shown(c), ["a.example:1", "b.example:2"]);
+        let file = dir.path().join("d.toml");
+        std::fs::write(&file, "relay = [\"n1.example:4433\", \"[::1]:4433\"]\n").unwrap();
+        let c = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(shown(c), ["n1.example:4433", "[::1]:4433"]);
+        // The flag wins over the file; one bad address refuses the whole configuration.
+        let c = resolve(&["--config", file.to_str().unwrap(), "--relay", "x.example:9"]).unwrap();
+        assert_eq!(shown(c), ["x.example:9"]);
+        assert!(matches!(
+            resolve(&["--relay", "good.example:1", "--relay", "bad"]),
+            Err(ConfigError::Relay(r)) if r == "bad"
+        ));
+        std::fs::write(&file, "relay = \"one.example:7\"\n").unwrap();
+        let c = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(shown(c), ["one.example:7"]);
     }
 }

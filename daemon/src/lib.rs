@@ -233,21 +233,23 @@ pub async fn run(
 
     let (listener, socket_path) = server::bind(&config.socket)?;
     let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
-    let link = match &config.relay {
-        Some(addr) => {
-            let keepalive = store
-                .with(|c| methods::Settings::load(c))
-                .map(|s| s.keepalive_for(device::network().kind))
-                .unwrap_or(Duration::from_secs(20));
-            Some(relay::link::QuicRelay::new(
-                addr.clone(),
-                config.relay_cert.as_deref(),
-                keepalive,
-                Duration::from_secs(60),
-                push_tx,
-            )?)
-        }
-        None => None,
+    let link = if config.relays.is_empty() {
+        None
+    } else {
+        let keepalive = store
+            .with(|c| methods::Settings::load(c))
+            .map(|s| s.keepalive_for(device::network().kind))
+            .unwrap_or(Duration::from_secs(20));
+        // Three missed keepalives mean the relay is gone (a crashed node never closes
+        // the connection): 60 s with the default 20 s keepalive, 15 s at the 5 s minimum.
+        let idle = (keepalive * 3).clamp(Duration::from_secs(15), Duration::from_secs(60));
+        Some(relay::link::QuicRelay::new(
+            config.relays.clone(),
+            config.relay_cert.as_deref(),
+            keepalive,
+            idle,
+            push_tx,
+        )?)
     };
     let credentials = store
         .with(|c| Ok(account::Account::load(c)?.filter(|a| a.logged_in)))

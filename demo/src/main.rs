@@ -220,7 +220,7 @@ async fn start_daemon(root: &Path, name: &'static str, relay: &str, cert: &Path)
         config_file: None,
         data_dir: data_dir.clone(),
         socket: letstalkd::config::SocketSource::Path(socket.clone()),
-        relay: Some(letstalkd::config::parse_relay(relay)?),
+        relays: vec![letstalkd::config::parse_relay(relay)?],
         relay_cert: Some(cert.to_path_buf()),
         log: "warn".into(),
         // Temporary data directories: their keys belong in them, not in the user's keyring.

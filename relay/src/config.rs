@@ -27,7 +27,8 @@ pub struct Args {
     /// TLS private key (PEM); requires --cert.
     #[arg(long, env = "LETSTALK_KEY", value_name = "PEM_FILE")]
     pub key: Option<PathBuf>,
-    /// Run as a node of a multi-node relay (not supported yet).
+    /// Run as one node of a multi-node relay whose state lives in the NATS JetStream
+    /// cluster at URL (nats://HOST:PORT, several comma-separated).
     #[arg(long, env = "LETSTALK_CLUSTER", value_name = "URL")]
     pub cluster: Option<String>,
     /// This node's name.
@@ -144,6 +145,8 @@ pub struct Config {
     pub tls: TlsSource,
     /// This node's name (logs, the Hello answer).
     pub node_id: String,
+    /// The NATS servers of the cluster this node belongs to; `None`: embedded storage.
+    pub cluster: Option<String>,
     /// Log filter.
     pub log: String,
     /// Resource limits.
@@ -156,9 +159,6 @@ pub enum ConfigError {
     /// Anything invalid.
     #[error("{0}")]
     Invalid(String),
-    /// `--cluster` is accepted but not implemented yet.
-    #[error("--cluster is not supported yet")]
-    ClusterUnsupported,
 }
 
 impl Config {
@@ -169,6 +169,7 @@ impl Config {
             data_dir,
             tls: TlsSource::SelfSigned,
             node_id: "test".into(),
+            cluster: None,
             log: "warn".into(),
             limits: Limits::default(),
         }
@@ -191,9 +192,7 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        if args.cluster.is_some() || file.cluster.is_some() {
-            return Err(ConfigError::ClusterUnsupported);
-        }
+        let cluster = args.cluster.or(file.cluster).map(|c| check_cluster(&c)).transpose()?;
         let listen_s = args.listen.or(file.listen).unwrap_or_else(|| "[::]:4433".into());
         let listen: SocketAddr = listen_s.parse().map_err(|_| {
             ConfigError::Invalid(format!("--listen {listen_s:?}: expected ADDR:PORT"))
@@ -254,8 +253,34 @@ impl Config {
                 *slot = v;
             }
         }
-        Ok(Self { listen, data_dir, tls, node_id, log, limits })
+        if node_id.is_empty() || node_id.len() > 128 || node_id.chars().any(char::is_control) {
+            return Err(ConfigError::Invalid(
+                "--node-id must be 1 to 128 printable characters".into(),
+            ));
+        }
+        Ok(Self { listen, data_dir, tls, node_id, cluster, log, limits })
     }
+}
+
+/// Checks `--cluster`: one or more `nats://HOST:PORT` (or `tls://`), comma-separated.
+fn check_cluster(raw: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "--cluster {:?}: expected nats://HOST:PORT (several separated by commas)",
+            crate::storage::nats::redact_url(raw)
+        ))
+    };
+    let urls: Vec<&str> = raw.split(',').map(str::trim).collect();
+    for url in &urls {
+        let rest =
+            url.strip_prefix("nats://").or_else(|| url.strip_prefix("tls://")).ok_or_else(bad)?;
+        let host_port = rest.rsplit('@').next().unwrap_or_default();
+        let (host, port) = host_port.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(bad());
+        }
+    }
+    Ok(urls.join(","))
 }
 
 fn one_line(s: &str) -> String {

@@ -254,6 +254,23 @@ pub(crate) async fn start_session<S: Storage>(
     {
         old.conn.close(close::REPLACED.into(), b"replaced by a newer connection");
     }
+    if let Some(bus) = st.hub.bus() {
+        // In a cluster: reachable from every node, and any older connection of the
+        // account on another node is dropped.
+        match bus.claim(user_id, ctx.id).await {
+            Ok(sub) => {
+                let follow = crate::cluster::follow(
+                    st.clone(),
+                    user_id.to_owned(),
+                    ctx.id,
+                    sub,
+                    cancel.clone(),
+                );
+                tokio::spawn(follow.instrument(tracing::Span::current()));
+            }
+            Err(e) => warn!(error = %e, "cluster bus: cannot subscribe for the device"),
+        }
+    }
     let span = tracing::Span::current();
     tokio::spawn(push_writer(send, rx, cancel.clone(), ctx.conn.clone()).instrument(span.clone()));
     tokio::spawn(deliver(st.clone(), user_id.to_owned(), tx, wake, cancel).instrument(span));
@@ -290,7 +307,7 @@ pub(crate) async fn announce<S: Storage>(st: &Arc<State<S>>, user_id: &str, onli
     // Those the user blocks (or everyone, with "block everyone") were told `hidden`
     // when the block was set and hear nothing more.
     for w in watchers.iter().filter(|w| !blocks.refuses(w)) {
-        st.hub.push(w, frame.clone());
+        st.hub.push(w, frame.clone()).await;
     }
 }
 
@@ -339,12 +356,20 @@ async fn deliver<S: Storage>(
     cancel: CancellationToken,
 ) {
     let mut after = 0u64;
+    let poll = st.storage.poll_interval();
     loop {
         match st.storage.pending(&user_id, after, DELIVERY_BATCH).await {
             Ok(batch) if batch.is_empty() => {
+                let look_again = async {
+                    match poll {
+                        Some(p) => tokio::time::sleep(p).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = wake.notified() => {}
+                    () = look_again => {}
                 }
             }
             Ok(batch) => {

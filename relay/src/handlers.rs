@@ -228,6 +228,11 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                         b"logged in on another device",
                     );
                 }
+                // ...wherever it is connected. This session subscribes after this, so it
+                // never hears its own signal.
+                if let Some(bus) = st.hub.bus() {
+                    bus.send(&user, &crate::cluster::Signal::LoggedOut).await;
+                }
                 info!(user_id = user, "account moved to a new device");
             }
             start_session(st, ctx, &user).await?;
@@ -292,7 +297,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 && let Ok(watchers) = st.storage.watchers(&user).await
             {
                 for w in watchers {
-                    st.hub.push(&w, frame.clone());
+                    st.hub.push(&w, frame.clone()).await;
                 }
             }
             Ok(Response::Profile(profile))
@@ -337,8 +342,12 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 add.iter().filter_map(|u| normalize_user_id(u)).filter(|u| *u != user).collect();
             let remove = remove.iter().filter_map(|u| normalize_user_id(u)).collect();
             let mut users = st.storage.watch(&user, add, remove).await.map_err(storage_fail)?;
-            for u in &mut users {
-                u.online = !u.hidden && st.hub.is_online(&u.user_id);
+            let online = futures::future::join_all(
+                users.iter().map(|u| async { !u.hidden && st.hub.is_online(&u.user_id).await }),
+            )
+            .await;
+            for (u, online) in users.iter_mut().zip(online) {
+                u.online = online;
             }
             Ok(Response::Presence { users })
         }
@@ -359,7 +368,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 Envelope { sender: user, recipient: to.clone(), msg_id, body, now: now_ms() };
             let done = st.storage.enqueue(envelope, quota).await.map_err(storage_fail)?;
             if !done.duplicate {
-                st.hub.wake(&to);
+                st.hub.wake(&to).await;
             }
             Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
         }
@@ -388,7 +397,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 .collect();
             let done = st.storage.enqueue_many(envelopes, quota).await.map_err(storage_fail)?;
             if done.iter().any(|d| !d.duplicate) {
-                st.hub.wake(&to);
+                st.hub.wake(&to).await;
             }
             Ok(Response::Sent { server_ts: now, duplicate: done.iter().all(|d| d.duplicate) })
         }
@@ -429,7 +438,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             let mut refused = Vec::new();
             for (to, outcome) in recipients.into_iter().zip(done) {
                 match outcome {
-                    Ok(d) if !d.duplicate => st.hub.wake(&to),
+                    Ok(d) if !d.duplicate => st.hub.wake(&to).await,
                     Ok(_) => {}
                     Err(e) => refused.push(Refusal { user_id: to, kind: storage_fail(e).kind }),
                 }
@@ -480,7 +489,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
 /// newly refused see `hidden`, the newly allowed see the real presence.
 async fn reannounce<S: Storage>(st: &Arc<State<S>>, user: &str, old: &Blocks, new: &Blocks) {
     let Ok(watchers) = st.storage.watchers(user).await else { return };
-    let online = st.hub.is_online(user);
+    let online = st.hub.is_online(user).await;
     let last_seen = if online { now_ms() } else { 0 };
     for w in watchers {
         let (was, is) = (old.refuses(&w), new.refuses(&w));
@@ -494,7 +503,7 @@ async fn reannounce<S: Storage>(st: &Arc<State<S>>, user: &str, old: &Blocks, ne
             hidden: is,
         };
         if let Ok(frame) = Push::Presence(info).encode() {
-            st.hub.push(&w, frame);
+            st.hub.push(&w, frame).await;
         }
     }
 }

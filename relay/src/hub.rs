@@ -1,5 +1,6 @@
 //! The connected devices of this relay node: where to push a message, presence or
-//! profile change, and which connection currently acts for an account.
+//! profile change, and which connection currently acts for an account. In a cluster, a
+//! device connected to another node is reached over the bus (`cluster.rs`).
 //!
 //! A std `Mutex` around a map, never held across an `.await`: operations are a lookup or
 //! an insert, far shorter than a task switch.
@@ -8,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
+
+use crate::cluster::{Bus, Signal};
 
 /// What the push writer of a connection is asked to do.
 #[derive(Debug)]
@@ -28,13 +31,24 @@ pub(crate) struct Device {
     pub(crate) conn: quinn::Connection,
 }
 
-/// The map from account to its connected device.
+/// The map from account to its connected device, and the bus to the other nodes.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
     devices: Mutex<HashMap<String, Device>>,
+    bus: Option<Bus>,
 }
 
 impl Hub {
+    /// A hub that reaches devices on other nodes through `bus`.
+    pub(crate) fn with_bus(bus: Bus) -> Self {
+        Self { devices: Mutex::default(), bus: Some(bus) }
+    }
+
+    /// The bus, in a cluster.
+    pub(crate) fn bus(&self) -> Option<&Bus> {
+        self.bus.as_ref()
+    }
+
     /// Makes `device` the account's connection; returns the one it replaces.
     pub(crate) fn register(&self, user_id: &str, device: Device) -> Option<Device> {
         self.devices.lock().ok()?.insert(user_id.to_owned(), device)
@@ -56,6 +70,16 @@ impl Hub {
         self.devices.lock().ok()?.remove(user_id)
     }
 
+    /// Removes and returns the account's entry if it still is connection `conn_id`.
+    pub(crate) fn take_if(&self, user_id: &str, conn_id: u64) -> Option<Device> {
+        let mut map = self.devices.lock().ok()?;
+        if map.get(user_id).is_some_and(|d| d.conn_id == conn_id) {
+            map.remove(user_id)
+        } else {
+            None
+        }
+    }
+
     /// Whether connection `conn_id` acts for `user_id` right now.
     pub(crate) fn is_current(&self, user_id: &str, conn_id: u64) -> bool {
         self.devices.lock().is_ok_and(|m| m.get(user_id).is_some_and(|d| d.conn_id == conn_id))
@@ -66,23 +90,55 @@ impl Hub {
         self.devices.lock().ok()?.get(user_id).map(|d| d.conn.clone())
     }
 
-    pub(crate) fn is_online(&self, user_id: &str) -> bool {
+    fn is_local(&self, user_id: &str) -> bool {
         self.devices.lock().is_ok_and(|m| m.contains_key(user_id))
     }
 
-    /// Tells the account's delivery task that its mailbox grew.
-    pub(crate) fn wake(&self, user_id: &str) {
+    /// Whether the account's device is connected, here or (in a cluster) to another node.
+    pub(crate) async fn is_online(&self, user_id: &str) -> bool {
+        if self.is_local(user_id) {
+            return true;
+        }
+        match &self.bus {
+            Some(bus) => bus.online(user_id).await,
+            None => false,
+        }
+    }
+
+    /// Tells the account's delivery task, wherever it runs, that its mailbox grew.
+    pub(crate) async fn wake(&self, user_id: &str) {
+        if self.wake_local(user_id) {
+            return;
+        }
+        if let Some(bus) = &self.bus {
+            bus.send(user_id, &Signal::Wake).await;
+        }
+    }
+
+    /// Wakes the delivery task of the account's device on this node; false if none.
+    pub(crate) fn wake_local(&self, user_id: &str) -> bool {
         if let Ok(m) = self.devices.lock()
             && let Some(d) = m.get(user_id)
         {
             d.wake.notify_one();
+            return true;
+        }
+        false
+    }
+
+    /// Queues a push frame for the account's device, here or on another node.
+    pub(crate) async fn push(&self, user_id: &str, frame: Vec<u8>) {
+        if self.is_local(user_id) {
+            self.push_local(user_id, frame);
+        } else if let Some(bus) = &self.bus {
+            bus.send(user_id, &Signal::Frame(frame)).await;
         }
     }
 
-    /// Queues a push frame for the account's device, if connected. A device whose queue is
-    /// full misses this push (presence and profile pushes are hints; the state can be
-    /// fetched again) rather than stalling the sender.
-    pub(crate) fn push(&self, user_id: &str, frame: Vec<u8>) {
+    /// Queues a push frame for the account's device on this node, if connected. A device
+    /// whose queue is full misses this push (presence and profile pushes are hints; the
+    /// state can be fetched again) rather than stalling the sender.
+    pub(crate) fn push_local(&self, user_id: &str, frame: Vec<u8>) {
         let tx = match self.devices.lock() {
             Ok(m) => m.get(user_id).map(|d| d.tx.clone()),
             Err(_) => None,

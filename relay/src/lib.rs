@@ -13,8 +13,11 @@
 //!   download streams with resume, release by recipients, expiry.
 //! - `calls.rs`: call media routes and the datagram forwarding of a connection.
 //! - `hub.rs`: connected devices (push routing, which connection acts for an account).
+//! - `cluster.rs`: the bus between the nodes of a cluster relay (core NATS): wakes,
+//!   pushes, logouts and takeovers for a device connected to another node.
 //! - `ratelimit.rs`, `password.rs`: token buckets; Argon2id on the blocking pool.
-//! - `storage.rs`, `storage/sqlite.rs`: the [`Storage`] trait and its SQLite back end.
+//! - `storage.rs`, `storage/sqlite.rs`, `storage/nats.rs`: the [`Storage`] trait, its
+//!   SQLite back end (one machine) and its NATS JetStream back end (`--cluster`).
 //! - `testing.rs`: an in-process relay on loopback for tests.
 //!
 //! The wire protocol (stream usage, frames, versioning) is documented in `letstalk-wire`.
@@ -25,6 +28,7 @@
 
 mod blobs;
 mod calls;
+mod cluster;
 mod config;
 mod conn;
 mod endpoint;
@@ -44,7 +48,7 @@ pub use config::{Args, Config, ConfigError, Limits, RateLimit, TlsSource};
 pub use conn::close;
 pub use handlers::normalize_user_id;
 pub use server::{Relay, run};
-pub use storage::{SqliteStorage, Storage, StorageError};
+pub use storage::{NatsStorage, SqliteStorage, Storage, StorageError};
 pub use tls::{CERT_FILE, KEY_FILE};
 use tokio_util::sync::CancellationToken;
 

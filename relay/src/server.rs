@@ -1,5 +1,9 @@
 //! The relay's lifecycle: bind everything (data directory, storage, certificate, UDP
 //! socket), then serve until the shutdown future completes, then drain.
+//!
+//! The storage back end is chosen at start: embedded SQLite, or with `--cluster` the
+//! NATS JetStream cluster shared with the other nodes (and its bus between nodes).
+//! Everything after that is generic over [`Storage`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::storage::{SqliteStorage, Storage};
+use crate::storage::{ClusterOptions, NatsStorage, SqliteStorage, Storage};
 use crate::{
     Config, RelayError, State, blobs, calls, conn, endpoint, hub, now_ms, password, ratelimit, tls,
 };
@@ -22,9 +26,16 @@ use crate::{
 #[derive(Debug)]
 pub struct Relay {
     endpoint: quinn::Endpoint,
-    state: Arc<State<SqliteStorage>>,
+    state: Backend,
     local_addr: SocketAddr,
     cert_path: PathBuf,
+}
+
+/// The shared state, typed by the storage chosen at start.
+#[derive(Debug)]
+enum Backend {
+    Embedded(Arc<State<SqliteStorage>>),
+    Cluster(Arc<State<NatsStorage>>),
 }
 
 /// Binds and serves until `shutdown` completes.
@@ -39,30 +50,37 @@ impl Relay {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.data_dir).map_err(
             |e| RelayError::Io(format!("data directory {}: {e}", config.data_dir.display())),
         )?;
-        let dir = config.data_dir.clone();
-        let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&dir))
-            .await
-            .map_err(|e| RelayError::Io(e.to_string()))??;
         let blobs = blobs::Blobs::open(&config.data_dir, config.limits.blob_quota)?;
+        let state = match &config.cluster {
+            None => {
+                let dir = config.data_dir.clone();
+                let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&dir))
+                    .await
+                    .map_err(|e| RelayError::Io(e.to_string()))??;
+                Backend::Embedded(new_state(storage, hub::Hub::default(), blobs, &config))
+            }
+            Some(url) => {
+                let options = ClusterOptions {
+                    node_id: config.node_id.clone(),
+                    message_ttl: config.limits.message_ttl,
+                    mailbox_max_messages: config.limits.mailbox_max_messages,
+                    report_ttl: config.limits.report_ttl,
+                };
+                let storage = NatsStorage::connect(url, &options).await?;
+                info!(
+                    cluster = %crate::storage::nats::redact_url(url),
+                    replicas = storage.replicas(),
+                    node_id = %config.node_id,
+                    "cluster storage ready"
+                );
+                let hub = hub::Hub::with_bus(crate::cluster::Bus::new(storage.client().clone()));
+                Backend::Cluster(new_state(storage, hub, blobs, &config))
+            }
+        };
         let identity = tls::load(&config)?;
         let cert_path = identity.cert_path.clone();
         let endpoint = endpoint::server(config.listen, identity, &config.limits, &config.data_dir)?;
         let local_addr = endpoint.local_addr().map_err(|e| RelayError::Io(e.to_string()))?;
-        let limits = config.limits.clone();
-        let state = Arc::new(State {
-            storage,
-            hub: hub::Hub::default(),
-            register_ip: ratelimit::Limiter::new(limits.register_per_ip),
-            login_ip: ratelimit::Limiter::new(limits.login_per_ip),
-            login_account: ratelimit::Limiter::new(limits.login_per_account),
-            limits,
-            hasher: password::Hasher::new(),
-            node_id: config.node_id,
-            next_conn: AtomicU64::new(1),
-            cancel: CancellationToken::new(),
-            blobs,
-            calls: calls::Routes::default(),
-        });
         Ok(Self { endpoint, state, local_addr, cert_path })
     }
 
@@ -76,64 +94,110 @@ impl Relay {
         &self.cert_path
     }
 
-    /// The storage (for tests and tools).
-    pub fn storage(&self) -> &SqliteStorage {
-        &self.state.storage
+    /// The embedded storage (for tests and tools); `None` for a cluster node.
+    pub fn storage(&self) -> Option<&SqliteStorage> {
+        match &self.state {
+            Backend::Embedded(st) => Some(&st.storage),
+            Backend::Cluster(_) => None,
+        }
+    }
+
+    /// The cluster storage (for tests and tools); `None` for an embedded relay.
+    pub fn cluster_storage(&self) -> Option<&NatsStorage> {
+        match &self.state {
+            Backend::Embedded(_) => None,
+            Backend::Cluster(st) => Some(&st.storage),
+        }
     }
 
     /// Serves until `shutdown` completes, then closes every connection and waits (a few
     /// seconds at most) for the connection tasks to finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
         let Self { endpoint, state, local_addr, .. } = self;
-        let tracker = TaskTracker::new();
-        // Expiry runs often enough that nothing outlives its TTL by more than a quarter.
-        let period = (state.limits.message_ttl.min(state.limits.blob_ttl) / 4)
-            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
-        let mut expiry = tokio::time::interval(period);
-        tokio::pin!(shutdown);
-        info!(%local_addr, "relay serving");
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                incoming = endpoint.accept() => match incoming {
-                    Some(incoming) => {
-                        tracker.spawn(conn::serve(state.clone(), incoming));
-                    }
-                    None => break,
-                },
-                _ = expiry.tick() => {
-                    let st = state.clone();
-                    tracker.spawn(async move {
-                        let ttl = u64::try_from(st.limits.message_ttl.as_millis()).unwrap_or(u64::MAX);
-                        match st.storage.expire(now_ms().saturating_sub(ttl)).await {
-                            Ok(0) => {}
-                            Ok(n) => info!(expired = n, "expired undelivered messages"),
-                            Err(e) => warn!(error = %e, "expiry failed"),
-                        }
-                        let keep = u64::try_from(st.limits.report_ttl.as_millis()).unwrap_or(u64::MAX);
-                        match st.storage.expire_reports(now_ms().saturating_sub(keep)).await {
-                            Ok(0) => {}
-                            Ok(n) => info!(expired = n, "deleted old reports and feedback"),
-                            Err(e) => warn!(error = %e, "report expiry failed"),
-                        }
-                        let ttl = u64::try_from(st.limits.blob_ttl.as_millis()).unwrap_or(u64::MAX);
-                        match st.blobs.expire(now_ms().saturating_sub(ttl)).await {
-                            Ok(0) => {}
-                            Ok(n) => info!(expired = n, "expired file blobs"),
-                            Err(e) => warn!(error = ?e, "blob expiry failed"),
-                        }
-                    });
+        match state {
+            Backend::Embedded(st) => serve_with(endpoint, st, local_addr, shutdown).await,
+            Backend::Cluster(st) => serve_with(endpoint, st, local_addr, shutdown).await,
+        }
+    }
+}
+
+fn new_state<S: Storage>(
+    storage: S,
+    hub: hub::Hub,
+    blobs: blobs::Blobs,
+    config: &Config,
+) -> Arc<State<S>> {
+    let limits = config.limits.clone();
+    Arc::new(State {
+        storage,
+        hub,
+        register_ip: ratelimit::Limiter::new(limits.register_per_ip),
+        login_ip: ratelimit::Limiter::new(limits.login_per_ip),
+        login_account: ratelimit::Limiter::new(limits.login_per_account),
+        limits,
+        hasher: password::Hasher::new(),
+        node_id: config.node_id.clone(),
+        next_conn: AtomicU64::new(1),
+        cancel: CancellationToken::new(),
+        blobs,
+        calls: calls::Routes::default(),
+    })
+}
+
+async fn serve_with<S: Storage>(
+    endpoint: quinn::Endpoint,
+    state: Arc<State<S>>,
+    local_addr: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let tracker = TaskTracker::new();
+    // Expiry runs often enough that nothing outlives its TTL by more than a quarter.
+    let period = (state.limits.message_ttl.min(state.limits.blob_ttl) / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut expiry = tokio::time::interval(period);
+    tokio::pin!(shutdown);
+    info!(%local_addr, "relay serving");
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    tracker.spawn(conn::serve(state.clone(), incoming));
                 }
+                None => break,
+            },
+            _ = expiry.tick() => {
+                let st = state.clone();
+                tracker.spawn(async move {
+                    let ttl = u64::try_from(st.limits.message_ttl.as_millis()).unwrap_or(u64::MAX);
+                    match st.storage.expire(now_ms().saturating_sub(ttl)).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(expired = n, "expired undelivered messages"),
+                        Err(e) => warn!(error = %e, "expiry failed"),
+                    }
+                    let keep = u64::try_from(st.limits.report_ttl.as_millis()).unwrap_or(u64::MAX);
+                    match st.storage.expire_reports(now_ms().saturating_sub(keep)).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(expired = n, "deleted old reports and feedback"),
+                        Err(e) => warn!(error = %e, "report expiry failed"),
+                    }
+                    let ttl = u64::try_from(st.limits.blob_ttl.as_millis()).unwrap_or(u64::MAX);
+                    match st.blobs.expire(now_ms().saturating_sub(ttl)).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(expired = n, "expired file blobs"),
+                        Err(e) => warn!(error = ?e, "blob expiry failed"),
+                    }
+                });
             }
         }
-        info!(connected = state.hub.len(), "shutting down");
-        state.cancel.cancel();
-        endpoint.close(conn::close::SHUTDOWN.into(), b"relay shutting down");
-        tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
-            warn!("connection tasks still running after 5 s");
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        Ok(())
     }
+    info!(connected = state.hub.len(), "shutting down");
+    state.cancel.cancel();
+    endpoint.close(conn::close::SHUTDOWN.into(), b"relay shutting down");
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        warn!("connection tasks still running after 5 s");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! The storage trait: everything the relay keeps, behind one interface so that the
-//! embedded SQLite back end ([`SqliteStorage`]) and a cluster back end (NATS JetStream:
-//! key-value buckets for accounts and prekeys, one stream subject per device for
-//! mailboxes, the object store for blobs) are interchangeable.
+//! embedded SQLite back end ([`SqliteStorage`]) and the cluster back end
+//! ([`NatsStorage`], NATS JetStream: key-value buckets for accounts and prekeys, one
+//! stream subject per device for mailboxes, the object store for avatars and blobs) are
+//! interchangeable.
 //!
 //! The trait is async: a cluster back end does network I/O, and the embedded one runs
 //! each call on tokio's blocking pool so SQLite never stalls the reactor. Operations are
@@ -11,12 +12,15 @@
 //! The value types are the plain structs from `letstalk-wire` where they match exactly
 //! (profile, prekey, bundle): they carry no serde and no I/O.
 
+pub mod nats;
 pub mod sqlite;
 
 use std::future::Future;
+use std::time::Duration;
 
 use letstalk_wire::{Avatar, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
 
+pub use nats::{ClusterOptions, NatsStorage};
 pub use sqlite::SqliteStorage;
 
 /// Why a storage operation failed.
@@ -320,4 +324,10 @@ pub trait Storage: Send + Sync + 'static {
     -> impl Future<Output = Result<u64, StorageError>> + Send;
     /// Deletes messages and idempotency records accepted before `before` (ms).
     fn expire(&self, before: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    /// How often a device's delivery task looks at its mailbox without being woken:
+    /// `None` when every enqueue wakes it reliably (one process), a period when wakes
+    /// cross a network and may be lost (a cluster).
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
 }

@@ -621,7 +621,10 @@ fn the_binary_rejects_bad_configuration_with_exit_2() {
     std::fs::write(&bad_toml, "listen = \"127.0.0.1:0\"\nbogus_key = 1\n").unwrap();
     for args in [
         vec!["--listen", "not-an-address"],
-        vec!["--cluster", "nats://127.0.0.1:4222"],
+        vec!["--cluster", "http://127.0.0.1:4222"],
+        vec!["--cluster", "nats://127.0.0.1:0"],
+        // Nothing listens there: the relay cannot start.
+        vec!["--cluster", "nats://127.0.0.1:1"],
         vec!["--cert", "/nonexistent.pem"],
         vec!["--config", bad_toml.to_str().unwrap()],
         vec!["--config", "/nonexistent.toml"],

@@ -5,6 +5,7 @@
 mod accounts;
 mod calls;
 mod cli;
+mod cluster;
 mod diagnostics;
 mod events;
 mod files;

@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 pub use letstalk_ipc::Client;
+pub use letstalk_relay::testing::NatsCluster;
 
 /// The directory holding the workspace's binaries: `$LETSTALK_TEST_BIN_DIR` when set
 /// (worktrees sharing one target directory overwrite each other's `target/debug`
@@ -407,12 +408,14 @@ impl Relay {
     }
 
     fn start_again(&mut self) -> Result<()> {
-        let again = Relay::spawn(
+        let mut again = Relay::spawn(
             self.data_dir.clone(),
             &self.addr.clone(),
             self.args.clone(),
             self.netns.clone(),
         )?;
+        // A cluster node may serve another node's certificate: keep pointing at it.
+        again.cert.clone_from(&self.cert);
         *self = again;
         Ok(())
     }
@@ -424,6 +427,40 @@ impl Drop for Relay {
     }
 }
 
+impl World {
+    /// `n` nats-server processes with JetStream on loopback (1: a single server; 3: a
+    /// JetStream cluster), their stores under `<world>/<name>`. Panics when nats-server is
+    /// not installed: the cluster tests fail loudly rather than skip.
+    pub fn nats(&self, name: &str, n: usize) -> NatsCluster {
+        NatsCluster::start(&self.path().join(name), n)
+            .unwrap_or_else(|e| panic!("starting {n} nats-server: {e}"))
+    }
+
+    /// A relay node named `name` of the cluster relay on `nats`. With `identity`, it
+    /// serves that node's certificate and key (nodes of one relay share one identity, as
+    /// behind one name); without, it generates its own.
+    pub fn cluster_relay(
+        &self,
+        name: &str,
+        nats: &NatsCluster,
+        identity: Option<&Relay>,
+    ) -> Result<Relay> {
+        let url = nats.url();
+        let mut args = vec!["--cluster", url.as_str(), "--node-id", name];
+        let (cert, key);
+        if let Some(first) = identity {
+            cert = first.cert.to_string_lossy().into_owned();
+            key = first.data_dir.join("relay-key.pem").to_string_lossy().into_owned();
+            args.extend(["--cert", cert.as_str(), "--key", key.as_str()]);
+        }
+        let mut relay = self.relay_with(name, &args)?;
+        if let Some(first) = identity {
+            relay.cert.clone_from(&first.cert);
+        }
+        Ok(relay)
+    }
+}
+
 impl DaemonSpec {
     /// Points the daemon at `relay` by the address it printed (for a relay listening on
     /// a namespace's address: its certificate names that address).
@@ -432,6 +469,17 @@ impl DaemonSpec {
             .arg(relay.addr.clone())
             .arg("--relay-cert")
             .arg(relay.cert.to_string_lossy().into_owned())
+    }
+
+    /// Points the daemon at the nodes of one relay, in order of preference.
+    pub fn with_relays(mut self, relays: &[&Relay]) -> Self {
+        for r in relays {
+            self = self.arg("--relay").arg(r.address());
+        }
+        match relays.first() {
+            Some(r) => self.arg("--relay-cert").arg(r.cert.to_string_lossy().into_owned()),
+            None => self,
+        }
     }
 
     /// Points the daemon at `relay`.

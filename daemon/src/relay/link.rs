@@ -2,11 +2,20 @@
 //! exponential backoff and jitter, authenticated on every connect by signing the relay's
 //! fresh challenge with the device key (no password or token per connection).
 //!
+//! A relay may have several nodes (`--relay` repeated, or one name resolving to several
+//! addresses). Every address of every name is a candidate; a connection that is lost
+//! makes the next attempt start with the following candidate, so a device fails over
+//! from a dead node at once instead of waiting for its handshake to time out. Nothing
+//! else changes on failover: the outbox retransmits what was not acknowledged (the relay
+//! recognises retransmits) and the new node delivers the mailbox from the start (the
+//! daemon recognises delivery ids it already applied).
+//!
 //! Protocol (see `letstalk_wire`): one bidirectional stream per request; the relay's
 //! pushes arrive on a unidirectional stream it opens after authentication. Pushes and
 //! connection-state changes go to one channel, applied in order by the inbox task.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,7 +67,10 @@ struct Live {
 
 /// The link. Cheap to share; the connection task owns the reconnection loop.
 pub struct QuicRelay {
-    addr: RelayAddr,
+    /// The relay's addresses, preferred first (never empty).
+    addrs: Vec<RelayAddr>,
+    /// Index of the candidate to try first on the next attempt.
+    next: AtomicUsize,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     idle_timeout: quinn::IdleTimeout,
@@ -83,7 +95,7 @@ const DATAGRAM_QUEUE: usize = 256;
 
 impl std::fmt::Debug for QuicRelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuicRelay").field("addr", &self.addr.to_string()).finish_non_exhaustive()
+        f.debug_struct("QuicRelay").field("addrs", &self.address()).finish_non_exhaustive()
     }
 }
 
@@ -92,9 +104,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl QuicRelay {
-    /// Sets up the endpoint and TLS; nothing is sent until [`QuicRelay::run`].
+    /// Sets up the endpoint and TLS; nothing is sent until [`QuicRelay::run`]. `addrs` are
+    /// the relay's addresses, preferred first; each one's host is its TLS name.
     pub fn new(
-        addr: RelayAddr,
+        addrs: Vec<RelayAddr>,
         cert: Option<&std::path::Path>,
         keepalive: Duration,
         idle_timeout: Duration,
@@ -126,11 +139,15 @@ impl QuicRelay {
             idle_timeout.try_into().map_err(|_| LinkError::Tls("idle timeout".into()))?;
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 0], 0)))
             .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))?;
+        if addrs.is_empty() {
+            return Err(LinkError::Tls("no relay address".into()));
+        }
         let (datagrams, datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
         Ok(Arc::new(Self {
             datagrams,
             datagrams_rx: Mutex::new(Some(datagrams_rx)),
-            addr,
+            addrs,
+            next: AtomicUsize::new(0),
             endpoint,
             client_config,
             idle_timeout,
@@ -183,7 +200,11 @@ impl QuicRelay {
                             media.abort();
                             break;
                         }
-                        reason = conn.closed() => tracing::info!(%reason, "relay connection lost"),
+                        reason = conn.closed() => {
+                            tracing::info!(%reason, "relay connection lost");
+                            // The node may be gone: start with the next one.
+                            self.next.fetch_add(1, Ordering::Relaxed);
+                        }
                         () = self.kick.notified() => conn.close(0u32.into(), b"reconnect"),
                     }
                     readers.abort();
@@ -194,7 +215,7 @@ impl QuicRelay {
                     continue;
                 }
                 Err(e) => {
-                    tracing::info!(error = %e, relay = %self.addr, "cannot connect to the relay");
+                    tracing::info!(error = %e, relay = %self.address(), "cannot connect to the relay");
                     self.set_state(RelayState::Offline);
                 }
             }
@@ -240,22 +261,44 @@ impl QuicRelay {
         }
     }
 
-    /// Connects, says hello and, with credentials, authenticates.
+    /// Every address of every relay name, in order (names that do not resolve now are
+    /// skipped).
+    async fn candidates(&self) -> Vec<(&RelayAddr, SocketAddr)> {
+        let mut out = Vec::new();
+        for relay in &self.addrs {
+            let target = format!("{}:{}", relay.host, relay.port);
+            if let Ok(found) = tokio::net::lookup_host(&target).await {
+                out.extend(found.map(|a| (relay, a)));
+            }
+        }
+        out
+    }
+
+    /// Connects (trying each candidate once, from the one after the last lost
+    /// connection's), says hello and, with credentials, authenticates.
     async fn connect(&self) -> Result<Live, RelayError> {
-        let target = format!("{}:{}", self.addr.host, self.addr.port);
-        let addrs: Vec<SocketAddr> =
-            tokio::net::lookup_host(&target).await.map_err(|_| RelayError::Unavailable)?.collect();
+        let candidates = self.candidates().await;
+        let n = candidates.len();
+        let start = self.next.load(Ordering::Relaxed);
         let mut last = RelayError::Unavailable;
-        for addr in addrs {
-            match self.connect_to(addr).await {
-                Ok(live) => return Ok(live),
+        for i in 0..n {
+            let index = (start + i) % n;
+            let Some(&(relay, addr)) = candidates.get(index) else { continue };
+            match self.connect_to(relay, addr).await {
+                Ok(live) => {
+                    self.next.store(index, Ordering::Relaxed);
+                    if n > 1 {
+                        tracing::info!(relay = %relay, %addr, "connected to a relay node");
+                    }
+                    return Ok(live);
+                }
                 Err(e) => last = e,
             }
         }
         Err(last)
     }
 
-    async fn connect_to(&self, addr: SocketAddr) -> Result<Live, RelayError> {
+    async fn connect_to(&self, relay: &RelayAddr, addr: SocketAddr) -> Result<Live, RelayError> {
         let keepalive = *lock(&self.keepalive);
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(keepalive));
@@ -264,7 +307,7 @@ impl QuicRelay {
         config.transport_config(Arc::new(transport));
         let connecting = self
             .endpoint
-            .connect_with(config, addr, &self.addr.host)
+            .connect_with(config, addr, &relay.host)
             .map_err(|_| RelayError::Unavailable)?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
@@ -516,7 +559,7 @@ impl RelayApi for QuicRelay {
     }
 
     fn address(&self) -> String {
-        self.addr.to_string()
+        self.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
     }
 
     fn open_stream(

@@ -1,0 +1,203 @@
+//! The bus between the nodes of a cluster relay: core NATS (no JetStream, nothing
+//! stored), one subject per connected device, `letstalk.dev.<user>`.
+//!
+//! The node where a device is connected subscribes to its subject for as long as the
+//! session lasts. Any node then reaches that device by publishing there:
+//!
+//! - `W`: its mailbox grew (a message was enqueued on another node): deliver.
+//! - `P` + frame: a presence or profile push to write as is.
+//! - `L`: the account logged in on another device: send `LoggedOut` and close.
+//! - `R` + instance + connection: the same account now has a newer connection on
+//!   another node (a reconnect, a failover): drop this one without announcing offline.
+//! - `Q` (a request): is the device connected? "No responders" means offline.
+//!
+//! Everything here is a hint that may be lost (core NATS is at most once); what must not
+//! be lost is in JetStream. A lost wake only delays delivery until the delivery task's
+//! next look at the mailbox ([`crate::Storage::poll_interval`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Subscriber;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::State;
+use crate::conn::close;
+use crate::hub::PushCmd;
+use crate::storage::Storage;
+use crate::storage::nats::token;
+
+/// How long "is this device connected?" waits for the node that has it.
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What one node tells the node where a device is connected.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Wake,
+    Frame(Vec<u8>),
+    LoggedOut,
+    Replaced { instance: u64, conn: u64 },
+    Ping,
+}
+
+impl Signal {
+    fn encode(&self) -> Bytes {
+        let mut out = Vec::new();
+        match self {
+            Self::Wake => out.push(b'W'),
+            Self::Frame(f) => {
+                out.push(b'P');
+                out.extend_from_slice(f);
+            }
+            Self::LoggedOut => out.push(b'L'),
+            Self::Replaced { instance, conn } => {
+                out.push(b'R');
+                out.extend_from_slice(&instance.to_be_bytes());
+                out.extend_from_slice(&conn.to_be_bytes());
+            }
+            Self::Ping => out.push(b'Q'),
+        }
+        Bytes::from(out)
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let (&tag, rest) = b.split_first()?;
+        Some(match tag {
+            b'W' if rest.is_empty() => Self::Wake,
+            b'P' => Self::Frame(rest.to_vec()),
+            b'L' if rest.is_empty() => Self::LoggedOut,
+            b'R' if rest.len() == 16 => {
+                let (i, c) = rest.split_at(8);
+                Self::Replaced {
+                    instance: u64::from_be_bytes(i.try_into().ok()?),
+                    conn: u64::from_be_bytes(c.try_into().ok()?),
+                }
+            }
+            b'Q' if rest.is_empty() => Self::Ping,
+            _ => return None,
+        })
+    }
+}
+
+/// This node's end of the bus.
+#[derive(Debug)]
+pub(crate) struct Bus {
+    client: async_nats::Client,
+    /// Random per process: connection ids restart at 1 in every process, and two nodes
+    /// may share a name.
+    instance: u64,
+}
+
+fn subject(user_id: &str) -> String {
+    format!("letstalk.dev.{}", token(user_id))
+}
+
+impl Bus {
+    pub(crate) fn new(client: async_nats::Client) -> Self {
+        Self { client, instance: rand::random() }
+    }
+
+    /// Tells the node where `user_id` is connected, if any.
+    pub(crate) async fn send(&self, user_id: &str, signal: &Signal) {
+        if let Err(e) = self.client.publish(subject(user_id), signal.encode()).await {
+            debug!(error = %e, "cluster bus: publish failed");
+        }
+    }
+
+    /// Whether `user_id` is connected to some node.
+    pub(crate) async fn online(&self, user_id: &str) -> bool {
+        let ask = self.client.request(subject(user_id), Signal::Ping.encode());
+        matches!(tokio::time::timeout(PING_TIMEOUT, ask).await, Ok(Ok(_)))
+    }
+
+    /// Takes the device's subject for connection `conn`: subscribes, then tells any
+    /// other node still holding an older connection of the account to drop it.
+    pub(crate) async fn claim(&self, user_id: &str, conn: u64) -> Result<Subscriber, String> {
+        let sub = self.client.subscribe(subject(user_id)).await.map_err(|e| e.to_string())?;
+        self.send(user_id, &Signal::Replaced { instance: self.instance, conn }).await;
+        // Once flushed, the server has the subscription: a ping from any node finds it.
+        self.client.flush().await.map_err(|e| e.to_string())?;
+        Ok(sub)
+    }
+}
+
+/// Serves the device's subject for connection `conn_id` until the session ends or
+/// another node takes the account over.
+pub(crate) async fn follow<S: Storage>(
+    st: Arc<State<S>>,
+    user_id: String,
+    conn_id: u64,
+    mut sub: Subscriber,
+    cancel: CancellationToken,
+) {
+    let Some(bus) = st.hub.bus() else { return };
+    loop {
+        let msg = tokio::select! {
+            () = cancel.cancelled() => break,
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let Some(signal) = Signal::decode(&msg.payload) else {
+            debug!("cluster bus: unknown signal ignored");
+            continue;
+        };
+        match signal {
+            Signal::Wake => {
+                st.hub.wake_local(&user_id);
+            }
+            Signal::Frame(frame) => st.hub.push_local(&user_id, frame),
+            Signal::Ping => {
+                if st.hub.is_current(&user_id, conn_id)
+                    && let Some(reply) = msg.reply
+                {
+                    let _ = bus.client.publish(reply, Bytes::from_static(b"1")).await;
+                }
+            }
+            Signal::LoggedOut => {
+                if let Some(old) = st.hub.take_if(&user_id, conn_id)
+                    && old.tx.try_send(PushCmd::LoggedOut).is_err()
+                {
+                    old.conn.close(close::LOGGED_OUT.into(), b"logged in on another device");
+                }
+                break;
+            }
+            Signal::Replaced { instance, conn } => {
+                if (instance, conn) == (bus.instance, conn_id) {
+                    continue;
+                }
+                if let Some(old) = st.hub.take_if(&user_id, conn_id) {
+                    debug!(user_id, "replaced by a connection on another node");
+                    old.conn.close(close::REPLACED.into(), b"replaced by a newer connection");
+                }
+                break;
+            }
+        }
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_round_trip_and_garbage_is_refused() {
+        for s in [
+            Signal::Wake,
+            Signal::Frame(vec![1, 2, 3]),
+            Signal::LoggedOut,
+            Signal::Replaced { instance: 7, conn: u64::MAX },
+            Signal::Ping,
+        ] {
+            assert_eq!(Signal::decode(&s.encode()), Some(s));
+        }
+        for bad in [&b""[..], b"X", b"W1", b"R123", b"Qx"] {
+            assert_eq!(Signal::decode(bad), None);
+        }
+    }
+}
