@@ -11,6 +11,14 @@
 //! Uploads and downloads resume: `BlobPut` and `BlobGet` carry an offset, and `BlobStat`
 //! tells how much is held. The relay never sees a key: a blob is ciphertext in the age
 //! STREAM format, opaque here.
+//!
+//! On a cluster node the store is shared ([`Blobs::shared_through`]): an upload streams
+//! into a local file on the node that receives it (so it resumes there); once complete
+//! it moves into the JetStream object store every node reads (size and recipients in
+//! the object's metadata, expiry by the store's `max_age`), and the local copy goes. A
+//! download on any node reads the object, from any offset. An upload interrupted by the
+//! loss of its node starts again from zero on another (what was held is lost with
+//! the node). The per-account byte quota counts the uploads of one node.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -32,7 +40,7 @@ const IO_CHUNK: usize = 1024 * 1024;
 type InFlight = Arc<Mutex<HashSet<(String, [u8; 16])>>>;
 
 /// The blob store. Cheap to share (`Arc` inside).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Blobs {
     dir: PathBuf,
     db: Arc<Mutex<Connection>>,
@@ -41,6 +49,18 @@ pub(crate) struct Blobs {
     uploading: InFlight,
     /// Most bytes one account may hold in blobs at once.
     quota: u64,
+    /// A cluster node's shared store of complete blobs.
+    shared: Option<async_nats::jetstream::object_store::ObjectStore>,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobs")
+            .field("dir", &self.dir)
+            .field("quota", &self.quota)
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What is known about one blob.
@@ -92,13 +112,64 @@ impl Blobs {
              ) STRICT;",
         )
         .map_err(db)?;
-        Ok(Self { dir, db: Arc::new(Mutex::new(conn)), uploading: Arc::default(), quota })
+        Ok(Self {
+            dir,
+            db: Arc::new(Mutex::new(conn)),
+            uploading: Arc::default(),
+            quota,
+            shared: None,
+        })
+    }
+
+    /// Complete blobs go to (and are read from) `store`, shared by every cluster node.
+    pub(crate) fn shared_through(
+        mut self,
+        store: async_nats::jetstream::object_store::ObjectStore,
+    ) -> Self {
+        self.shared = Some(store);
+        self
+    }
+
+    /// The blob's name in the shared store (and its file name here).
+    fn name(owner: &str, id: &[u8; 16]) -> String {
+        format!("{}-{owner}", hex(id))
+    }
+
+    /// The shared store's record of a complete blob.
+    async fn shared_meta(&self, owner: &str, id: &[u8; 16]) -> Result<Option<Meta>, Fail> {
+        use async_nats::jetstream::object_store::InfoErrorKind;
+        let Some(store) = &self.shared else { return Ok(None) };
+        match store.info(Self::name(owner, id)).await {
+            Ok(info) if !info.deleted => Ok(Some(Meta {
+                size: info.size as u64,
+                complete: true,
+                recipients: recipients_of(&info.metadata),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Moves a complete local blob into the shared store (a cluster node), then deletes
+    /// the local copy. Without a shared store, nothing to do.
+    async fn publish(&self, owner: &str, id: [u8; 16], meta: &Meta) -> Result<(), Fail> {
+        use async_nats::jetstream::object_store::ObjectMetadata;
+        let Some(store) = &self.shared else { return Ok(()) };
+        let path = self.path(owner, &id);
+        let mut file = tokio::fs::File::open(&path).await.map_err(backend)?;
+        let metadata =
+            std::collections::HashMap::from([(RECIPIENTS.to_owned(), meta.recipients.join(","))]);
+        let object =
+            ObjectMetadata { name: Self::name(owner, &id), metadata, ..Default::default() };
+        store.put(object, &mut file).await.map_err(backend)?;
+        self.delete_local(owner, id).await
     }
 
     /// The file holding a blob's bytes. The owner is a validated user id (`a-z 0-9 . _ -`,
     /// starting with a letter), so it is a safe file-name part.
     fn path(&self, owner: &str, id: &[u8; 16]) -> PathBuf {
-        self.dir.join(format!("{}-{owner}", hex(id)))
+        self.dir.join(Self::name(owner, id))
     }
 
     async fn db<T: Send + 'static>(
@@ -117,24 +188,29 @@ impl Blobs {
 
     /// The blob's metadata, if it exists.
     pub(crate) async fn meta(&self, owner: &str, id: [u8; 16]) -> Result<Option<Meta>, Fail> {
-        let owner = owner.to_owned();
-        self.db(move |c| {
-            let row: Option<(i64, bool)> = c
-                .prepare_cached(
-                    "SELECT size, complete FROM blobs WHERE owner = ?1 AND blob_id = ?2",
-                )?
-                .query_row(params![owner, id.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let Some((size, complete)) = row else { return Ok(None) };
-            let recipients = c
-                .prepare_cached(
-                    "SELECT recipient FROM blob_recipients WHERE owner = ?1 AND blob_id = ?2",
-                )?
-                .query_map(params![owner, id.as_slice()], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            Ok(Some(Meta { size: u64::try_from(size).unwrap_or(0), complete, recipients }))
-        })
-        .await
+        let (owner, o) = (owner.to_owned(), owner.to_owned());
+        let local = self
+            .db(move |c| {
+                let row: Option<(i64, bool)> = c
+                    .prepare_cached(
+                        "SELECT size, complete FROM blobs WHERE owner = ?1 AND blob_id = ?2",
+                    )?
+                    .query_row(params![owner, id.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let Some((size, complete)) = row else { return Ok(None) };
+                let recipients = c
+                    .prepare_cached(
+                        "SELECT recipient FROM blob_recipients WHERE owner = ?1 AND blob_id = ?2",
+                    )?
+                    .query_map(params![owner, id.as_slice()], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Ok(Some(Meta { size: u64::try_from(size).unwrap_or(0), complete, recipients }))
+            })
+            .await?;
+        match local {
+            Some(m) => Ok(Some(m)),
+            None => self.shared_meta(&o, &id).await,
+        }
     }
 
     /// Bytes held for a blob (its file's length).
@@ -142,8 +218,22 @@ impl Blobs {
         tokio::fs::metadata(self.path(owner, id)).await.map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Deletes a blob, file first (a row without a file is harmless: it reads as empty).
+    /// Deletes a blob, here and in the shared store.
     pub(crate) async fn delete(&self, owner: &str, id: [u8; 16]) -> Result<(), Fail> {
+        if let Some(store) = &self.shared {
+            use async_nats::jetstream::object_store::DeleteErrorKind;
+            match store.delete(Self::name(owner, &id)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == DeleteErrorKind::NotFound => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        self.delete_local(owner, id).await
+    }
+
+    /// Deletes this node's copy, file first (a row without a file is harmless: it reads
+    /// as empty).
+    async fn delete_local(&self, owner: &str, id: [u8; 16]) -> Result<(), Fail> {
         match tokio::fs::remove_file(self.path(owner, &id)).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -156,6 +246,88 @@ impl Blobs {
         })
         .await?;
         Ok(())
+    }
+
+    /// Takes `user` off the blob's recipients; returns how many are left.
+    async fn release_recipient(
+        &self,
+        owner: &str,
+        id: [u8; 16],
+        user: &str,
+    ) -> Result<usize, Fail> {
+        let (o, u) = (owner.to_owned(), user.to_owned());
+        let local: Option<i64> = self
+            .db(move |c| {
+                let tx = c.transaction()?;
+                let exists = tx
+                    .prepare_cached("SELECT 1 FROM blobs WHERE owner = ?1 AND blob_id = ?2")?
+                    .exists(params![o, id.as_slice()])?;
+                if !exists {
+                    return Ok(None);
+                }
+                tx.prepare_cached(
+                    "DELETE FROM blob_recipients WHERE owner = ?1 AND blob_id = ?2 AND recipient = ?3",
+                )?
+                .execute(params![o, id.as_slice(), u])?;
+                let left = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM blob_recipients WHERE owner = ?1 AND blob_id = ?2",
+                    )?
+                    .query_row(params![o, id.as_slice()], |r| r.get(0))?;
+                tx.commit()?;
+                Ok(Some(left))
+            })
+            .await?;
+        if let Some(left) = local {
+            return Ok(usize::try_from(left).unwrap_or(0));
+        }
+        let Some(store) = &self.shared else { return Ok(0) };
+        let name = Self::name(owner, &id);
+        let Some(meta) = self.shared_meta(owner, &id).await? else { return Ok(0) };
+        let left: Vec<String> = meta.recipients.into_iter().filter(|r| r != user).collect();
+        if !left.is_empty() {
+            use async_nats::jetstream::object_store::UpdateMetadata;
+            let metadata =
+                std::collections::HashMap::from([(RECIPIENTS.to_owned(), left.join(","))]);
+            store
+                .update_metadata(
+                    &name,
+                    UpdateMetadata { name: name.clone(), metadata, ..Default::default() },
+                )
+                .await
+                .map_err(backend)?;
+        }
+        Ok(left.len())
+    }
+
+    /// A reader of the complete blob's bytes from `offset`: this node's file, or the
+    /// shared store's object.
+    async fn open_at(
+        &self,
+        owner: &str,
+        id: [u8; 16],
+        offset: u64,
+    ) -> Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>, Fail> {
+        let path = self.path(owner, &id);
+        match tokio::fs::File::open(&path).await {
+            Ok(mut file) => {
+                file.seek(std::io::SeekFrom::Start(offset)).await.map_err(backend)?;
+                return Ok(Box::new(file));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.shared.is_some() => {}
+            Err(e) => return Err(backend(format!("{}: {e}", path.display()))),
+        }
+        let Some(store) = &self.shared else {
+            return Err(fail(ErrorKind::NotFound, "no such blob"));
+        };
+        let mut object = store.get(Self::name(owner, &id)).await.map_err(backend)?;
+        // Objects are read from the start: skip to the offset.
+        let skipped =
+            tokio::io::copy(&mut (&mut object).take(offset), &mut tokio::io::sink()).await;
+        if skipped.map_err(backend)? != offset {
+            return Err(fail(ErrorKind::Invalid, "offset past the end of the blob"));
+        }
+        Ok(Box::new(object))
     }
 
     /// Deletes every blob created before `before` (ms); returns how many.
@@ -180,6 +352,17 @@ impl Blobs {
 
     /// Deletes every blob of an account (the account is being deleted).
     pub(crate) async fn delete_owner(&self, owner: &str) -> Result<(), Fail> {
+        if let Some(store) = &self.shared {
+            use futures::StreamExt;
+            let suffix = format!("-{owner}");
+            let mut list = store.list().await.map_err(backend)?;
+            while let Some(info) = list.next().await {
+                let info = info.map_err(backend)?;
+                if info.name.ends_with(&suffix) {
+                    let _ = store.delete(&info.name).await;
+                }
+            }
+        }
         let o = owner.to_owned();
         let ids: Vec<Vec<u8>> = self
             .db(move |c| {
@@ -195,6 +378,16 @@ impl Blobs {
         }
         Ok(())
     }
+}
+
+/// The metadata key of a shared blob's recipients (comma-separated user ids).
+const RECIPIENTS: &str = "recipients";
+
+fn recipients_of(metadata: &std::collections::HashMap<String, String>) -> Vec<String> {
+    metadata
+        .get(RECIPIENTS)
+        .map(|r| r.split(',').filter(|u| !u.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// Whether `req` carries bytes on its stream (served by [`serve_stream`]).
@@ -245,20 +438,7 @@ pub(crate) async fn release<S: Storage>(
     if !meta.recipients.iter().any(|r| r == user) {
         return Err(fail(ErrorKind::NotFound, "no such blob"));
     }
-    let (o, u) = (owner.clone(), user.to_owned());
-    let left: i64 = st
-        .blobs
-        .db(move |c| {
-            c.prepare_cached(
-                "DELETE FROM blob_recipients WHERE owner = ?1 AND blob_id = ?2 AND recipient = ?3",
-            )?
-            .execute(params![o, id.as_slice(), u])?;
-            c.prepare_cached(
-                "SELECT count(*) FROM blob_recipients WHERE owner = ?1 AND blob_id = ?2",
-            )?
-            .query_row(params![o, id.as_slice()], |r| r.get(0))
-        })
-        .await?;
+    let left = st.blobs.release_recipient(&owner, id, user).await?;
     if left == 0 {
         st.blobs.delete(&owner, id).await?;
         info!(size = meta.size, "blob fetched by every recipient: deleted");
@@ -362,6 +542,14 @@ async fn put<S: Storage>(
     }
     let _mark = Uploading { set: &blobs.uploading, key };
 
+    // Already complete in the shared store (a retransmit after the answer was lost).
+    if let Some(shared) = blobs.shared_meta(owner, &id).await? {
+        if shared.size != size {
+            return Err(fail(ErrorKind::Conflict, "a blob with this id and another size exists"));
+        }
+        return Ok(Response::Blob { size, stored: size });
+    }
+    let meta = Meta { size, complete: true, recipients: recips.clone() };
     // Create the row (or check it matches), within the owner's quota.
     let (o, now, quota) = (owner.to_owned(), now_ms(), blobs.quota);
     let existing = blobs
@@ -399,7 +587,11 @@ async fn put<S: Storage>(
         Some((s, _)) if u64::try_from(s).ok() != Some(size) => {
             return Err(fail(ErrorKind::Conflict, "a blob with this id and another size exists"));
         }
-        Some((_, true)) => return Ok(Response::Blob { size, stored: size }),
+        Some((_, true)) => {
+            // Complete here but not yet shared (the move failed last time): move it now.
+            blobs.publish(owner, id, &meta).await?;
+            return Ok(Response::Blob { size, stored: size });
+        }
         _ => {}
     }
 
@@ -460,6 +652,7 @@ async fn put<S: Storage>(
                 .execute(params![o, id.as_slice()])
         })
         .await?;
+    blobs.publish(owner, id, &meta).await?;
     info!(size, resumed_at = offset, "blob stored");
     Ok(Response::Blob { size, stored: size })
 }
@@ -502,10 +695,7 @@ async fn get<S: Storage>(
     if offset > meta.size {
         return Err(fail(ErrorKind::Invalid, "offset past the end of the blob"));
     }
-    let path = st.blobs.path(&owner, &id);
-    let io = |e: std::io::Error| backend(format!("{}: {e}", path.display()));
-    let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
-    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
+    let mut file = st.blobs.open_at(&owner, id, offset).await?;
     let Ok(head) = (Response::Blob { size: meta.size, stored: meta.size }).encode() else {
         return Err(fail(ErrorKind::Internal, "encoding"));
     };
@@ -518,7 +708,7 @@ async fn get<S: Storage>(
     while left > 0 {
         let want = usize::try_from(left.min(IO_CHUNK as u64)).unwrap_or(IO_CHUNK);
         let Some(slice) = buf.get_mut(..want) else { break };
-        let n = file.read(slice).await.map_err(io)?;
+        let n = file.read(slice).await.map_err(backend)?;
         if n == 0 {
             warn!("blob file shorter than its size");
             let _ = send.reset(1u32.into());

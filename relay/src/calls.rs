@@ -3,7 +3,8 @@
 //!
 //! A route is `(user, call id) → peer`. A datagram from `user` for a call goes to `peer`
 //! only when `peer` asked for the same call naming `user`: nobody can aim datagrams at a
-//! device that did not accept the call. Datagrams are forwarded unchanged (they are
+//! device that did not accept the call. In a cluster, a peer connected to another node
+//! gets the datagram over the bus, and that node checks the peer's route. Datagrams are forwarded unchanged (they are
 //! sealed end to end), never queued: quinn drops the oldest when a connection's datagram
 //! buffer is full, which is what late media deserves.
 
@@ -14,6 +15,7 @@ use letstalk_wire::{ErrorKind, MediaDatagram, Response};
 use tracing::debug;
 
 use crate::State;
+use crate::cluster::Signal;
 use crate::conn::ConnCtx;
 use crate::handlers::{Fail, fail, normalize_user_id};
 use crate::storage::Storage;
@@ -32,11 +34,14 @@ impl Routes {
         self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The peer to forward `user`'s datagram for `call` to, if both sides asked.
-    pub(crate) fn peer(&self, user: &str, call: [u8; 16]) -> Option<String> {
-        let map = self.lock();
-        let peer = map.get(&(user.to_owned(), call))?;
-        (map.get(&(peer.clone(), call)).map(String::as_str) == Some(user)).then(|| peer.clone())
+    /// The peer `user` asked to reach for `call`.
+    fn target(&self, user: &str, call: [u8; 16]) -> Option<String> {
+        self.lock().get(&(user.to_owned(), call)).cloned()
+    }
+
+    /// Whether `user` (connected here) routed `call` naming `from`.
+    fn accepts(&self, user: &str, call: [u8; 16], from: &str) -> bool {
+        self.lock().get(&(user.to_owned(), call)).is_some_and(|p| p == from)
     }
 
     /// Every route of `user` goes (its connection ended).
@@ -92,20 +97,44 @@ pub(crate) async fn forward<S: Storage>(st: Arc<State<S>>, ctx: Arc<ConnCtx>) {
             dropped += 1;
             continue;
         };
-        let Some(peer) = st.calls.peer(&user, parsed.call_id) else {
+        let Some(peer) = st.calls.target(&user, parsed.call_id) else {
             dropped += 1;
             continue;
         };
-        let Some(conn) = st.hub.connection(&peer) else {
-            dropped += 1;
+        if st.hub.connection(&peer).is_none()
+            && let Some(bus) = st.hub.bus()
+        {
+            // Connected elsewhere (or nowhere): that node checks the peer's route.
+            let media = Signal::Media { from: user, datagram };
+            bus.send(&peer, &media).await;
             continue;
-        };
-        // Never waits: a full datagram buffer drops the oldest frame.
-        if conn.send_datagram(datagram).is_err() {
+        }
+        if !send_local(&st, &peer, parsed.call_id, &user, datagram) {
             dropped += 1;
         }
     }
     if dropped > 0 {
         debug!(dropped, "media datagrams dropped on this connection");
     }
+}
+
+/// Hands a datagram from `from` to `user`'s connection here, if `user` routed the call
+/// naming `from`. Never waits: a full datagram buffer drops the oldest frame.
+fn send_local<S: Storage>(
+    st: &State<S>,
+    user: &str,
+    call: [u8; 16],
+    from: &str,
+    datagram: bytes::Bytes,
+) -> bool {
+    if !st.calls.accepts(user, call, from) {
+        return false;
+    }
+    st.hub.connection(user).is_some_and(|conn| conn.send_datagram(datagram).is_ok())
+}
+
+/// A datagram from `from` on another node, for `user` connected here.
+pub(crate) fn deliver<S: Storage>(st: &State<S>, user: &str, from: &str, datagram: bytes::Bytes) {
+    let Ok(parsed) = MediaDatagram::decode(&datagram) else { return };
+    let _ = send_local(st, user, parsed.call_id, from, datagram);
 }

@@ -10,6 +10,8 @@
 //! - `R` + instance + connection: the same account now has a newer connection on
 //!   another node (a reconnect, a failover): drop this one without announcing offline.
 //! - `Q` (a request): is the device connected? "No responders" means offline.
+//! - `M` + sender length + sender + datagram: a call media datagram from a device on
+//!   another node, delivered only if this device routed the call naming that sender.
 //!
 //! Everything here is a hint that may be lost (core NATS is at most once); what must not
 //! be lost is in JetStream. A lost wake only delays delivery until the delivery task's
@@ -41,6 +43,7 @@ pub(crate) enum Signal {
     LoggedOut,
     Replaced { instance: u64, conn: u64 },
     Ping,
+    Media { from: String, datagram: Bytes },
 }
 
 impl Signal {
@@ -59,6 +62,12 @@ impl Signal {
                 out.extend_from_slice(&conn.to_be_bytes());
             }
             Self::Ping => out.push(b'Q'),
+            Self::Media { from, datagram } => {
+                out.push(b'M');
+                out.push(u8::try_from(from.len()).unwrap_or(0));
+                out.extend_from_slice(from.as_bytes());
+                out.extend_from_slice(datagram);
+            }
         }
         Bytes::from(out)
     }
@@ -77,6 +86,12 @@ impl Signal {
                 }
             }
             b'Q' if rest.is_empty() => Self::Ping,
+            b'M' => {
+                let (&len, rest) = rest.split_first()?;
+                let (from, datagram) = rest.split_at_checked(usize::from(len))?;
+                let from = std::str::from_utf8(from).ok().filter(|f| !f.is_empty())?;
+                Self::Media { from: from.to_owned(), datagram: Bytes::copy_from_slice(datagram) }
+            }
             _ => return None,
         })
     }
@@ -151,6 +166,9 @@ pub(crate) async fn follow<S: Storage>(
                 st.hub.wake_local(&user_id);
             }
             Signal::Frame(frame) => st.hub.push_local(&user_id, frame),
+            Signal::Media { from, datagram } => {
+                crate::calls::deliver(&st, &user_id, &from, datagram)
+            }
             Signal::Ping => {
                 if st.hub.is_current(&user_id, conn_id)
                     && let Some(reply) = msg.reply
@@ -193,10 +211,11 @@ mod tests {
             Signal::LoggedOut,
             Signal::Replaced { instance: 7, conn: u64::MAX },
             Signal::Ping,
+            Signal::Media { from: "alice".into(), datagram: Bytes::from_static(b"\x01frame") },
         ] {
             assert_eq!(Signal::decode(&s.encode()), Some(s));
         }
-        for bad in [&b""[..], b"X", b"W1", b"R123", b"Qx"] {
+        for bad in [&b""[..], b"X", b"W1", b"R123", b"Qx", b"M", b"M\x09abc", b"M\x00x"] {
             assert_eq!(Signal::decode(bad), None);
         }
     }

@@ -65,6 +65,7 @@ impl Relay {
                     message_ttl: config.limits.message_ttl,
                     mailbox_max_messages: config.limits.mailbox_max_messages,
                     report_ttl: config.limits.report_ttl,
+                    blob_ttl: config.limits.blob_ttl,
                 };
                 let storage = NatsStorage::connect(url, &options).await?;
                 info!(
@@ -74,6 +75,7 @@ impl Relay {
                     "cluster storage ready"
                 );
                 let hub = hub::Hub::with_bus(crate::cluster::Bus::new(storage.client().clone()));
+                let blobs = blobs.shared_through(storage.blob_store());
                 Backend::Cluster(new_state(storage, hub, blobs, &config))
             }
         };

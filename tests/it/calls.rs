@@ -38,7 +38,7 @@ async fn registered(world: &World, relay: &Relay, name: &str) -> Daemon {
 }
 
 /// The next event of `kind` for `call_id`.
-async fn call_event(
+pub(crate) async fn call_event(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
     kind: &str,
     call_id: Option<&str>,
@@ -64,7 +64,7 @@ fn frame(track: u8, seq: u32, len: usize) -> Vec<u8> {
 
 /// Sends `n` frames at `fps` and collects what the other side receives meanwhile (and
 /// for half a second after); returns the sequence numbers received, in arrival order.
-async fn stream(
+pub(crate) async fn stream(
     from: &UnixSeqpacket,
     to: &UnixSeqpacket,
     n: u32,

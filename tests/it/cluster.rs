@@ -1,9 +1,5 @@
 //! The relay beyond one machine: relay nodes sharing one NATS JetStream cluster
 //! (`letstalk-relay --cluster`), real `nats-server` processes on loopback, real daemons.
-//!
-//! Files and calls are being built on another branch; when they land, their end-to-end
-//! tests get a cross-node twin here (alice on one node, bob on the other), like the
-//! messages, groups, blocking and presence below.
 
 use std::time::Duration;
 
@@ -260,4 +256,81 @@ async fn cluster_losing_a_nats_server_loses_nothing_and_a_full_restart_keeps_mai
     let kept: Vec<String> = (0..20).map(|i| format!("kept {i:02}")).collect();
     assert_eq!(got[120..], kept[..], "the mailbox survived a restart of everything");
     assert_eq!(texts(&bob, "user:alice").await.len(), 140, "and nothing twice");
+}
+
+/// Names in a relay node's local blob directory (uploads in progress).
+fn local_blobs(relay: &Relay) -> Vec<String> {
+    std::fs::read_dir(relay.data_dir.join("blobs"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn cluster_files_and_calls_work_across_nodes() {
+    use tokio_seqpacket::UnixSeqpacket;
+
+    use crate::calls::{call_event, stream};
+
+    let world = World::new();
+    let nats = world.nats("nats", 3);
+    let a = world.cluster_relay("node-a", &nats, None).unwrap();
+    let b = world.cluster_relay("node-b", &nats, Some(&a)).unwrap();
+    let alice = registered_on(&world, &[&a], "alice").await;
+    let bob = registered_on(&world, &[&b], "bob").await;
+    bob.call("settings.set", json!({"auto_download": {"wifi": false, "cellular": false}}))
+        .await
+        .unwrap();
+
+    // A file uploaded to node a is downloaded from node b, intact.
+    let mut data = vec![0u8; 3 * 1024 * 1024 + 17];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
+    let path = world.path().join("report.pdf");
+    std::fs::write(&path, &data).unwrap();
+    let sent = alice.call("files.send", json!({"to": "user:bob", "path": path})).await.unwrap();
+    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
+    eventually(LIMIT, "the file message at bob", || async {
+        bob.call("messages.get", json!({"message_id": id})).await.ok()
+    })
+    .await
+    .unwrap();
+    // Complete blobs live in the shared store, not on the node that took the upload.
+    assert_eq!(local_blobs(&a), Vec::<String>::new());
+    let dest = world.path().join("at-bob.pdf");
+    let r = bob.call("files.download", json!({"message_id": id, "dest": dest})).await.unwrap();
+    assert_eq!(r["size"], data.len());
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+    // A call from a device on node a to one on node b: media flows both ways.
+    let ac = alice.client().await.unwrap();
+    let mut a_events = ac.take_events().unwrap();
+    ac.call_value("events.subscribe", json!({"kinds": ["call.state"]})).await.unwrap();
+    let bc = bob.client().await.unwrap();
+    let mut b_events = bc.take_events().unwrap();
+    bc.call_value("events.subscribe", json!({"kinds": ["call.incoming", "call.state"]}))
+        .await
+        .unwrap();
+    let started =
+        ac.call_value("calls.start", json!({"to": "user:bob", "media": "audio"})).await.unwrap();
+    let call_id = started["call"]["call_id"].as_str().unwrap().to_owned();
+    call_event(&mut b_events, "call.incoming", Some(&call_id)).await;
+    let accepted = bc.call_value("calls.accept", json!({"call_id": call_id})).await.unwrap();
+    let e = call_event(&mut a_events, "call.state", Some(&call_id)).await;
+    assert_eq!(e["call"]["state"], "active");
+    let a_sock = UnixSeqpacket::connect(started["media_socket"].as_str().unwrap()).await.unwrap();
+    let b_sock = UnixSeqpacket::connect(accepted["media_socket"].as_str().unwrap()).await.unwrap();
+    let got = stream(&a_sock, &b_sock, 100, 50, 160).await;
+    assert!(got.len() >= 99, "only {} of 100 frames crossed the nodes", got.len());
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+    let back = stream(&b_sock, &a_sock, 50, 50, 160).await;
+    assert!(back.len() >= 49, "only {} of 50 frames came back", back.len());
+    let ended = bc.call_value("calls.hangup", json!({"call_id": call_id})).await.unwrap();
+    assert_eq!(ended["call"]["end_reason"], "hangup");
+    let mut e = call_event(&mut a_events, "call.state", Some(&call_id)).await;
+    while e["call"]["state"] == "active" {
+        e = call_event(&mut a_events, "call.state", Some(&call_id)).await;
+    }
+    assert_eq!(
+        (e["call"]["state"].as_str(), e["call"]["end_reason"].as_str()),
+        (Some("ended"), Some("hangup"))
+    );
 }

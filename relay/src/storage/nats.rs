@@ -17,8 +17,10 @@
 //! - KV bucket `letstalk_watches`, keys `of.<user>` (who watches the user) and
 //!   `by.<user>` (whom the user watches, to clean up when the account is deleted).
 //! - Object store `letstalk_avatars`, object `<user>`: avatar bytes (up to 1 MiB, over
-//!   a NATS message's default size, hence the chunking object store). File blobs will
-//!   live in an object store of their own the same way.
+//!   a NATS message's default size, hence the chunking object store).
+//! - Object store `letstalk_blobs`, object `<blob id hex>-<owner>`: complete file blobs,
+//!   with size and recipients in the object's metadata; `max_age` is the blob TTL.
+//!   Uploads in progress stay on the node receiving them (see `crate::blobs`).
 //! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<user>` per device: the offline
 //!   queues. `max_age` is the message TTL (the server expires, [`Storage::expire`] has
 //!   nothing to do), `max_msgs_per_subject` with "discard new per subject" is the
@@ -79,6 +81,8 @@ const ACCOUNTS: &str = "letstalk_accounts";
 const DIRECTORY: &str = "letstalk_directory";
 const WATCHES: &str = "letstalk_watches";
 const AVATARS: &str = "letstalk_avatars";
+/// Complete file blobs, shared by every node (see `crate::blobs`).
+const BLOBS: &str = "letstalk_blobs";
 /// One-time prekeys: stream `LETSTALK_PREKEYS`, subject `letstalk.otk.<user>`.
 const PREKEYS_STREAM: &str = "LETSTALK_PREKEYS";
 const PREKEYS_PREFIX: &str = "letstalk.otk";
@@ -114,6 +118,8 @@ pub struct ClusterOptions {
     pub mailbox_max_messages: u64,
     /// Reports and feedback are kept this long (the reports stream's `max_age`).
     pub report_ttl: Duration,
+    /// File blobs are kept at most this long (the blob object store's `max_age`).
+    pub blob_ttl: Duration,
 }
 
 /// JetStream storage. Cheap to clone.
@@ -129,6 +135,7 @@ struct Inner {
     directory: kv::Store,
     watches: kv::Store,
     avatars: object_store::ObjectStore,
+    blobs: object_store::ObjectStore,
     mailbox: stream::Stream,
     prekeys: stream::Stream,
     reports: stream::Stream,
@@ -232,18 +239,8 @@ impl NatsStorage {
         let accounts = ensure_kv(js, ACCOUNTS, replicas).await?;
         let directory = ensure_kv(js, DIRECTORY, replicas).await?;
         let watches = ensure_kv(js, WATCHES, replicas).await?;
-        let avatars = match js.get_object_store(AVATARS).await {
-            Ok(s) => s,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: AVATARS.into(),
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(Setup::from_error)?,
-        };
+        let avatars = ensure_object_store(js, AVATARS, replicas, Duration::ZERO).await?;
+        let blobs = ensure_object_store(js, BLOBS, replicas, options.blob_ttl).await?;
         let ttl = options.message_ttl;
         let config = stream::Config {
             name: MAILBOX_STREAM.into(),
@@ -297,6 +294,7 @@ impl NatsStorage {
                 directory,
                 watches,
                 avatars,
+                blobs,
                 mailbox,
                 prekeys,
                 reports,
@@ -313,6 +311,11 @@ impl NatsStorage {
     /// How many copies of everything the cluster keeps.
     pub fn replicas(&self) -> usize {
         self.inner.replicas
+    }
+
+    /// The object store of complete file blobs (the relay's blob store shares it).
+    pub fn blob_store(&self) -> object_store::ObjectStore {
+        self.inner.blobs.clone()
     }
 
     /// Reports and feedback notes held: for tests and metrics.
@@ -723,6 +726,28 @@ impl NatsStorage {
             Some((b, _)) if b.refuses(sender) => Err(StorageError::Blocked),
             Some(_) => Ok(()),
         }
+    }
+}
+
+/// Opens object store `bucket`, creating it (`max_age` zero: kept until deleted).
+async fn ensure_object_store(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<object_store::ObjectStore, Setup> {
+    match js.get_object_store(bucket).await {
+        Ok(s) => Ok(s),
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: bucket.into(),
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_age,
+                ..Default::default()
+            })
+            .await
+            .map_err(Setup::from_error),
     }
 }
 
@@ -1212,6 +1237,7 @@ mod tests {
             message_ttl: Duration::from_secs(3600),
             mailbox_max_messages: max,
             report_ttl: Duration::from_secs(86_400),
+            blob_ttl: Duration::from_secs(3600),
         }
     }
 
