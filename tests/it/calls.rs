@@ -8,34 +8,11 @@ use serde_json::{Value, json};
 use tokio_seqpacket::UnixSeqpacket;
 
 use letstalk_tests::{
-    Daemon, DaemonSpec, Relay, World, error_of, eventually, files_containing, next_event,
+    World, error_of, eventually, files_containing, next_event, registered, registered_with,
 };
 
-const PASSWORD: &str = "correct horse battery staple";
 /// In every frame: what a byte search of the relay must never find.
 const MARKER: &[u8; 16] = b"PLAINTEXT-FRAME!";
-
-async fn registered_with(spec: DaemonSpec, relay: &Relay) -> Daemon {
-    let name = spec.name.clone();
-    let d = spec.with_relay(relay).start().unwrap();
-    eventually(Duration::from_secs(30), "relay connected", || async {
-        let st = d.call("system.status", json!({})).await.ok()?;
-        (st["relay"]["state"] == "connected").then_some(())
-    })
-    .await
-    .unwrap();
-    d.call(
-        "account.register",
-        json!({"user_id": name, "email": format!("{name}@example.org"), "nickname": name, "password": PASSWORD}),
-    )
-    .await
-    .unwrap();
-    d
-}
-
-async fn registered(world: &World, relay: &Relay, name: &str) -> Daemon {
-    registered_with(world.daemon(name), relay).await
-}
 
 /// The next event of `kind` for `call_id`.
 pub(crate) async fn call_event(

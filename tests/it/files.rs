@@ -8,30 +8,9 @@ use rand::RngCore;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use letstalk_tests::{Daemon, Relay, World, error_of, eventually, files_containing, next_event};
-
-const PASSWORD: &str = "correct horse battery staple";
-
-async fn wait_connected(d: &Daemon) {
-    eventually(Duration::from_secs(30), "relay connected", || async {
-        let st = d.call("system.status", json!({})).await.ok()?;
-        (st["relay"]["state"] == "connected").then_some(())
-    })
-    .await
-    .unwrap();
-}
-
-async fn registered(world: &World, relay: &Relay, name: &str) -> Daemon {
-    let d = world.daemon(name).with_relay(relay).start().unwrap();
-    wait_connected(&d).await;
-    d.call(
-        "account.register",
-        json!({"user_id": name, "email": format!("{name}@example.org"), "nickname": name, "password": PASSWORD}),
-    )
-    .await
-    .unwrap();
-    d
-}
+use letstalk_tests::{
+    Daemon, Relay, World, error_of, eventually, files_containing, next_event, registered,
+};
 
 /// A file of `len` random bytes in the world; returns its path and SHA-256 (hex).
 fn random_file(world: &World, name: &str, len: usize) -> (PathBuf, String, Vec<u8>) {

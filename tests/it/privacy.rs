@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use letstalk_tests::{
-    Daemon, PASSWORD, World, error_of, eventually, files_containing, registered, texts,
-    wait_connected, wait_texts,
+    Daemon, PASSWORD, World, error_of, eventually, files_containing, registered, registered_with,
+    texts, wait_connected, wait_texts,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -192,15 +192,7 @@ async fn blocking_refuses_files_and_calls_and_clearing_history_deletes_unread_fi
     let world = World::new();
     let relay = world.relay("relay").unwrap();
     let alice = registered(&world, &relay, "alice").await;
-    let quick = world.daemon("bob").with_relay(&relay).arg("--ring-timeout-s").arg("5");
-    let bob = quick.start().unwrap();
-    wait_connected(&bob).await;
-    bob.call(
-        "account.register",
-        json!({"user_id": "bob", "email": "bob@example.org", "nickname": "bob", "password": PASSWORD}),
-    )
-    .await
-    .unwrap();
+    let bob = registered_with(world.daemon("bob").arg("--ring-timeout-s").arg("5"), &relay).await;
     bob.call("settings.set", json!({"auto_download": {"wifi": false, "cellular": false}}))
         .await
         .unwrap();

@@ -596,7 +596,13 @@ pub async fn wait_connected(d: &Daemon) {
 /// A daemon named `name` on `relay`, registered as user `name` (nickname "NAME nick",
 /// email NAME@example.org).
 pub async fn registered(world: &World, relay: &Relay, name: &str) -> Daemon {
-    let d = world.daemon(name).with_relay(relay).start().unwrap();
+    registered_with(world.daemon(name), relay).await
+}
+
+/// [`registered`] for a daemon started from `spec` (extra flags, environment).
+pub async fn registered_with(spec: DaemonSpec, relay: &Relay) -> Daemon {
+    let name = spec.name.clone();
+    let d = spec.with_relay(relay).start().unwrap();
     wait_connected(&d).await;
     let account = d
         .call(
