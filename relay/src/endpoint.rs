@@ -43,6 +43,9 @@ pub(crate) fn transport_config(limits: &Limits) -> Result<TransportConfig, Relay
     t.send_window(4 * 1024 * 1024);
     t.datagram_receive_buffer_size(Some(64 * 1024));
     t.datagram_send_buffer_size(64 * 1024);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(letstalk_wire::MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     t.max_idle_timeout(Some(
         IdleTimeout::try_from(limits.idle_timeout)
             .map_err(|e| RelayError::Config(format!("idle timeout: {e}")))?,
@@ -70,7 +73,10 @@ pub(crate) fn server(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(limits)?));
     let socket = udp_socket(addr)?;
-    let endpoint_config = quinn::EndpointConfig::new(reset_key(data_dir)?);
+    let mut endpoint_config = quinn::EndpointConfig::new(reset_key(data_dir)?);
+    endpoint_config
+        .max_udp_payload_size(letstalk_wire::MAX_UDP_PAYLOAD)
+        .map_err(|e| RelayError::Config(format!("UDP payload size: {e}")))?;
     quinn::Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))
         .map_err(|e| RelayError::Io(format!("QUIC endpoint {addr}: {e}")))
 }
