@@ -941,6 +941,11 @@ async fn download(
         size: row.size,
         last: None,
     };
+    // The check (decrypt and hash) runs beside the transfer on a blocking thread: it
+    // reads what an earlier attempt kept, then every chunk as it arrives.
+    let (check_tx, check_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (p, key) = (part.clone(), row.file_key.clone());
+    let checker = tokio::task::spawn_blocking(move || check_stream(&p, offset, &key, check_rx));
     if offset < row.blob_size {
         let header = Request::BlobGet { owner: row.peer.clone(), blob_id: row.blob_id, offset };
         let mut stream = relay.open_stream(header).await.map_err(relay_err)?;
@@ -982,19 +987,19 @@ async fn download(
                 return Err(TransferError::Corrupt);
             }
             file.write_all(data).await.map_err(|e| TransferError::io("attachment", e))?;
+            // A checker that stopped has found the bytes bad: its answer says so below.
+            let _ = check_tx.send(data.to_vec()).await;
             at += n as u64;
             progress.report(at, false).await;
         }
     }
+    drop(check_tx);
     file.flush().await.map_err(|e| TransferError::io("attachment", e))?;
     file.sync_all().await.map_err(|e| TransferError::io("attachment", e))?;
     drop(file);
-    // Check it before keeping it: decrypt (discarding the plaintext) and hash.
-    let (p, key, want) = (part.clone(), row.file_key.clone(), row.sha256.clone());
-    let ok = tokio::task::spawn_blocking(move || decrypt_to(&p, &key, None).map(|h| h == want))
-        .await
-        .map_err(|e| TransferError::io("checking", e))?;
-    if !matches!(ok, Ok(true)) {
+    // Kept only if it decrypts and matches the SHA-256 from the end-to-end message.
+    let hash = checker.await.map_err(|e| TransferError::io("checking", e))?;
+    if !matches!(hash, Ok(h) if h == row.sha256) {
         let _ = std::fs::remove_file(&part);
         return Err(TransferError::Corrupt);
     }
@@ -1050,6 +1055,43 @@ pub fn decrypt_to(
     if let Some(d) = dest.as_mut() {
         d.write_all(&plain)?;
     }
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// Decrypts and hashes a download as it arrives: the first `held` bytes from `part` (an
+/// earlier attempt's), then the chunks from `chunks` until it closes. Returns the
+/// plaintext's SHA-256 (hex); an error when the bytes do not decrypt.
+fn check_stream(
+    part: &Path,
+    held: u64,
+    key: &[u8; 16],
+    mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<String, std::io::Error> {
+    use std::io::Read;
+    let mut dec = StreamDecryptor::new(key);
+    let mut hash = Sha256::new();
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(IO_CHUNK + CHUNK_SIZE));
+    let mut push = |data: &[u8], dec: &mut StreamDecryptor| -> Result<(), std::io::Error> {
+        plain.clear();
+        dec.push(data, &mut plain).map_err(std::io::Error::other)?;
+        hash.update(plain.as_slice());
+        Ok(())
+    };
+    let mut kept = std::fs::File::open(part)?.take(held);
+    let mut buf = vec![0u8; IO_CHUNK];
+    loop {
+        let n = kept.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        push(buf.get(..n).unwrap_or_default(), &mut dec)?;
+    }
+    while let Some(chunk) = chunks.blocking_recv() {
+        push(&chunk, &mut dec)?;
+    }
+    let mut last = zeroize::Zeroizing::new(Vec::new());
+    dec.finish(&mut last).map_err(std::io::Error::other)?;
+    hash.update(last.as_slice());
     Ok(hex::encode(hash.finalize()))
 }
 
