@@ -5,6 +5,7 @@
 mod accounts;
 mod calls;
 mod cli;
+mod device;
 mod diagnostics;
 mod events;
 mod files;
