@@ -4,14 +4,23 @@
 //! Without D-Bus (embedded devices, containers, CI) the network comes from
 //! `/sys/class/net` and the kernel's routing tables: the interface carrying the default
 //! route, Wi-Fi if it has `wireless` or `phy80211`, cellular if its uevent says
-//! `DEVTYPE=wwan`, Ethernet otherwise.
+//! `DEVTYPE=wwan`, Ethernet otherwise. That answer ([`network`]) is what the network
+//! watcher and the hot paths use. `device.info` and diagnostics reports go further
+//! ([`hardware_and_network`]): they also ask the system D-Bus (`device/system_bus.rs`)
+//! for NetworkManager's view of the primary connection and whether it is metered,
+//! ModemManager's access technology, operator and signal, and hostnamed's chassis, and
+//! fall back to the sysfs and file answers for whatever it does not say.
+
+mod system_bus;
 
 use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use letstalk_ipc::types::{Chassis, Hardware, Network, NetworkType, Os};
+use letstalk_ipc::types::{
+    Cellular, CellularTechnology, Chassis, Hardware, Network, NetworkType, Os,
+};
 
 /// The `device_id`: systemd's application-specific machine ID, HMAC-SHA256 keyed with the
 /// machine ID over our application ID, truncated to 128 bits and marked as a UUID v4 (as
@@ -67,13 +76,29 @@ fn read_trimmed(path: impl AsRef<Path>) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Hardware model, vendor and chassis.
+/// Hardware model, vendor and chassis, from files only.
 pub fn hardware() -> Hardware {
+    hardware_with(None)
+}
+
+/// Hardware and network as `device.info` reports them: `sysfs_network` (what [`network`]
+/// said) refined by the system bus, and the chassis from hostnamed before the files. One
+/// short D-Bus connection, dropped before this returns; without a bus, or when it does
+/// not answer within a second, the result is the sysfs and file answer.
+pub async fn hardware_and_network(sysfs_network: Network) -> (Hardware, Network) {
+    let facts = system_bus::query().await;
+    let chassis = facts.chassis.as_deref().and_then(parse_chassis);
+    (hardware_with(chassis), refine_network(sysfs_network, &facts))
+}
+
+/// [`hardware`], with `chassis` (hostnamed's) taking precedence over the files.
+fn hardware_with(chassis: Option<Chassis>) -> Hardware {
     let model = read_trimmed("/proc/device-tree/model")
         .or_else(|| read_trimmed("/sys/firmware/devicetree/base/model"))
         .or_else(|| read_trimmed("/sys/class/dmi/id/product_name"));
     let vendor = read_trimmed("/sys/class/dmi/id/sys_vendor");
-    let chassis = chassis_from_machine_info()
+    let chassis = chassis
+        .or_else(chassis_from_machine_info)
         .or_else(|| {
             let vendor = vendor.as_deref().unwrap_or("");
             let product = model.as_deref().unwrap_or("");
@@ -155,11 +180,72 @@ fn network_from(sys_net: &Path, defaults: &[String]) -> Network {
     } else {
         NetworkType::Unknown
     };
-    let metered = match kind {
-        NetworkType::Cellular => Some(true),
+    Network { kind, interface: Some(iface.clone()), cellular: None, metered: metered_guess(kind) }
+}
+
+/// Without a better source, a cellular network is taken to be metered.
+fn metered_guess(kind: NetworkType) -> Option<bool> {
+    (kind == NetworkType::Cellular).then_some(true)
+}
+
+/// The sysfs network refined by what the system bus said: NetworkManager's type and
+/// metered state where it knows them, and the first modem's details when the network is
+/// cellular. Whatever the bus left unknown keeps the sysfs answer.
+fn refine_network(mut network: Network, facts: &system_bus::Facts) -> Network {
+    if let Some(kind) = facts.primary_connection_type.as_deref().and_then(nm_connection_type) {
+        network.kind = kind;
+    }
+    network.metered = facts.metered.and_then(nm_metered).or_else(|| metered_guess(network.kind));
+    if network.kind == NetworkType::Cellular
+        && let Some(modem) = &facts.modem
+    {
+        network.cellular = Some(Cellular {
+            technology: modem.access_technologies.and_then(cellular_generation),
+            operator: modem.operator.clone().filter(|o| !o.trim().is_empty()),
+            signal_percent: modem.signal_percent.and_then(|p| u8::try_from(p.min(100)).ok()),
+        });
+    }
+    network
+}
+
+/// NetworkManager's `PrimaryConnectionType` (a connection setting's name) as a network
+/// type; `None` for what says nothing about the link (no primary connection, VPNs,
+/// bridges, tunnels…), where the sysfs answer stands.
+fn nm_connection_type(setting: &str) -> Option<NetworkType> {
+    Some(match setting {
+        "802-11-wireless" | "wifi-p2p" => NetworkType::Wifi,
+        "gsm" | "cdma" => NetworkType::Cellular,
+        "802-3-ethernet" => NetworkType::Ethernet,
+        _ => return None,
+    })
+}
+
+/// NetworkManager's `NMMetered`: 1 yes, 2 no, 3 guessed yes, 4 guessed no, 0 unknown.
+fn nm_metered(value: u32) -> Option<bool> {
+    match value {
+        1 | 3 => Some(true),
+        2 | 4 => Some(false),
         _ => None,
-    };
-    Network { kind, interface: Some(iface.clone()), cellular: None, metered }
+    }
+}
+
+/// `MMModemAccessTechnology` bits of each generation.
+const ACCESS_2G: u32 = 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4; // GSM, GSM compact, GPRS, EDGE
+const ACCESS_3G: u32 = 0x1ff << 5; // UMTS, HSDPA, HSUPA, HSPA, HSPA+, 1xRTT, EV-DO 0/A/B
+const ACCESS_4G: u32 = 1 << 14 | 1 << 16 | 1 << 17; // LTE, LTE Cat-M, LTE NB-IoT
+const ACCESS_5G: u32 = 1 << 15; // 5G NR
+
+/// The newest generation among ModemManager's access technologies (a modem on LTE with
+/// a 5G NR leg reports both: that is 5G).
+fn cellular_generation(access_technologies: u32) -> Option<CellularTechnology> {
+    [
+        (ACCESS_5G, CellularTechnology::G5),
+        (ACCESS_4G, CellularTechnology::G4),
+        (ACCESS_3G, CellularTechnology::G3),
+        (ACCESS_2G, CellularTechnology::G2),
+    ]
+    .into_iter()
+    .find_map(|(bits, generation)| (access_technologies & bits != 0).then_some(generation))
 }
 
 /// Interfaces carrying a default route (IPv4 first, then IPv6).
@@ -228,6 +314,92 @@ mod tests {
         assert_eq!(kind("wwan0"), NetworkType::Cellular);
         assert_eq!(kind("eth0"), NetworkType::Ethernet);
         assert_eq!(network_from(dir.path(), &[]).kind, NetworkType::None);
+    }
+
+    #[test]
+    fn access_technologies_map_to_the_newest_generation() {
+        assert_eq!(cellular_generation(0), None);
+        assert_eq!(cellular_generation(1), None); // POTS
+        assert_eq!(cellular_generation(1 << 30), None); // ANY, or bits not yet known
+        assert_eq!(cellular_generation(1 << 1), Some(CellularTechnology::G2));
+        assert_eq!(cellular_generation(1 << 4), Some(CellularTechnology::G2));
+        for bit in 5..=13 {
+            assert_eq!(cellular_generation(1 << bit), Some(CellularTechnology::G3), "bit {bit}");
+        }
+        for bit in [14, 16, 17] {
+            assert_eq!(cellular_generation(1 << bit), Some(CellularTechnology::G4), "bit {bit}");
+        }
+        assert_eq!(cellular_generation(1 << 15), Some(CellularTechnology::G5));
+        assert_eq!(cellular_generation(1 << 14 | 1 << 5), Some(CellularTechnology::G4));
+        assert_eq!(cellular_generation(1 << 15 | 1 << 14 | 1 << 1), Some(CellularTechnology::G5));
+        assert_eq!(cellular_generation(1 << 4 | 1 << 8), Some(CellularTechnology::G3));
+    }
+
+    #[test]
+    fn network_manager_values() {
+        assert_eq!(nm_connection_type("802-11-wireless"), Some(NetworkType::Wifi));
+        assert_eq!(nm_connection_type("gsm"), Some(NetworkType::Cellular));
+        assert_eq!(nm_connection_type("cdma"), Some(NetworkType::Cellular));
+        assert_eq!(nm_connection_type("802-3-ethernet"), Some(NetworkType::Ethernet));
+        assert_eq!(nm_connection_type(""), None);
+        assert_eq!(nm_connection_type("vpn"), None);
+        assert_eq!(
+            [0, 1, 2, 3, 4, 5].map(nm_metered),
+            [None, Some(true), Some(false), Some(true), Some(false), None]
+        );
+    }
+
+    #[test]
+    fn the_bus_refines_the_sysfs_answer() {
+        let eth = Network {
+            kind: NetworkType::Ethernet,
+            interface: Some("eth0".into()),
+            cellular: None,
+            metered: None,
+        };
+        // Nothing from the bus: sysfs stands.
+        assert_eq!(refine_network(eth.clone(), &system_bus::Facts::default()), eth);
+        // NetworkManager with no primary connection and unknown metering: sysfs stands.
+        let nothing = system_bus::Facts {
+            primary_connection_type: Some(String::new()),
+            metered: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(refine_network(eth.clone(), &nothing), eth);
+        // A modem is reported only on a cellular network.
+        let modem = system_bus::Modem {
+            access_technologies: Some(1 << 14 | 1 << 5),
+            signal_percent: Some(140),
+            operator: Some("Operator".into()),
+        };
+        let on_wifi = system_bus::Facts {
+            primary_connection_type: Some("802-11-wireless".into()),
+            metered: Some(4),
+            modem: Some(modem.clone()),
+            chassis: None,
+        };
+        let wifi = refine_network(eth.clone(), &on_wifi);
+        assert_eq!(
+            (wifi.kind, wifi.metered, wifi.cellular),
+            (NetworkType::Wifi, Some(false), None)
+        );
+        let on_gsm = system_bus::Facts {
+            primary_connection_type: Some("gsm".into()),
+            metered: Some(0),
+            modem: Some(modem),
+            chassis: None,
+        };
+        let cellular = refine_network(eth, &on_gsm);
+        assert_eq!(cellular.kind, NetworkType::Cellular);
+        assert_eq!(cellular.metered, Some(true), "cellular with unknown metering is a guess");
+        assert_eq!(
+            cellular.cellular,
+            Some(Cellular {
+                technology: Some(CellularTechnology::G4),
+                operator: Some("Operator".into()),
+                signal_percent: Some(100),
+            })
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`account`]: this device's account, device key, identity key and prekeys.
+//! - [`bus`]: where the session and system D-Bus buses are, without running D-Bus code.
 //! - [`calls`]: call signalling, the call log, media sockets and datagrams.
 //! - [`config`]: flags, environment and config file resolved into a validated `Config`.
 //! - [`content`]: what travels inside an end-to-end envelope (messages, receipts).
@@ -30,6 +31,7 @@
 //! - [`systemd`]: readiness, watchdog and socket activation, no-ops without systemd.
 
 pub mod account;
+pub mod bus;
 pub mod calls;
 pub mod config;
 pub mod contacts;

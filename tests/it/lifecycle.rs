@@ -125,7 +125,7 @@ fn start_without_socket_flag(spec: &letstalk_tests::DaemonSpec) -> KillOnDrop {
         }
     }
     cmd.env("XDG_CONFIG_HOME", spec.home.join("config")).env("HOME", &spec.home);
-    letstalk_tests::no_session_bus(&mut cmd, &spec.home);
+    letstalk_tests::no_dbus(&mut cmd, &spec.home);
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
@@ -220,7 +220,7 @@ async fn socket_activation_and_readiness() {
         }
     }
     cmd.env("XDG_CONFIG_HOME", spec.home.join("config"));
-    letstalk_tests::no_session_bus(&mut cmd, &spec.home);
+    letstalk_tests::no_dbus(&mut cmd, &spec.home);
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let _child = KillOnDrop(cmd.spawn().unwrap());
     // The socket exists as soon as the activator listens; the first connection starts

@@ -6,6 +6,7 @@ mod accounts;
 mod calls;
 mod cli;
 mod cluster;
+mod device;
 mod diagnostics;
 mod events;
 mod files;

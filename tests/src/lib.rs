@@ -5,9 +5,9 @@
 //! Readiness is never guessed with sleeps: each daemon gets a `NOTIFY_SOCKET` and the
 //! harness waits for its `READY=1`, exactly as systemd would.
 //!
-//! [`SecretService`] is a private D-Bus session bus with gnome-keyring's Secret Service
-//! on it, for the tests of the database key in the OS keyring; daemons never see the
-//! caller's own session bus.
+//! [`Bus`] is a private D-Bus bus: the system bus of the device tests, and, with
+//! gnome-keyring's Secret Service on it, the session bus of the tests of the database key
+//! in the OS keyring ([`SecretService`]); daemons never see the caller's own buses.
 //!
 //! The binaries are the workspace's own debug builds (`target/debug/`), which
 //! `cargo nextest run --workspace` / `cargo test --workspace` build before any test runs.
@@ -138,7 +138,7 @@ impl DaemonSpec {
         cmd.env("XDG_CONFIG_HOME", self.home.join("config"));
         cmd.env("HOME", &self.home);
         cmd.env("LETSTALK_LOG", "debug");
-        no_session_bus(&mut cmd, &self.home);
+        no_dbus(&mut cmd, &self.home);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -171,13 +171,19 @@ impl DaemonSpec {
     }
 }
 
-/// Keeps a daemon away from the caller's D-Bus session, so a test run on a desktop never
-/// puts keys into the developer's keyring: no `DBUS_SESSION_BUS_ADDRESS`, and an
-/// `XDG_RUNTIME_DIR` (where the session bus would otherwise be looked for) under `home`.
-/// [`DaemonSpec::in_session`] points a daemon at a test's own session instead.
-pub fn no_session_bus(cmd: &mut Command, home: &Path) {
+/// Keeps a daemon away from the caller's D-Bus buses, so a test run on a desktop never
+/// puts keys into the developer's keyring and never reports the machine's own network
+/// manager: no `DBUS_SESSION_BUS_ADDRESS`, an `XDG_RUNTIME_DIR` (where the session bus
+/// would otherwise be looked for) under `home`, and a `DBUS_SYSTEM_BUS_ADDRESS` naming a
+/// socket that does not exist. [`DaemonSpec::in_session`] and
+/// [`DaemonSpec::with_system_bus`] point a daemon at a test's own buses instead.
+pub fn no_dbus(cmd: &mut Command, home: &Path) {
     cmd.env_remove("DBUS_SESSION_BUS_ADDRESS");
     cmd.env("XDG_RUNTIME_DIR", home.join("xdg-runtime"));
+    cmd.env(
+        "DBUS_SYSTEM_BUS_ADDRESS",
+        format!("unix:path={}", home.join("no-system-bus").display()),
+    );
 }
 
 fn unique(mut path: PathBuf) -> PathBuf {
@@ -707,40 +713,51 @@ fn run_ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A private D-Bus session bus (`dbus-daemon` with its own config: no service activation,
-/// a socket in the world's directory) with `gnome-keyring-daemon` serving the Secret
+/// A private D-Bus bus: `dbus-daemon` with its own config (no service activation, anyone
+/// may own any name, a socket in the world's directory). Stands in for the session bus
+/// (the keyring tests) or the system bus (the device tests). Killed when dropped.
+#[derive(Debug)]
+pub struct Bus {
+    dir: PathBuf,
+    address: String,
+    child: Option<Child>,
+}
+
+/// A private D-Bus session bus ([`Bus`]) with `gnome-keyring-daemon` serving the Secret
 /// Service on it, its login collection created and unlocked with a password on stdin.
 /// HOME and the XDG directories point into the world, so nothing touches the user's
 /// keyring. Both processes are killed when this is dropped.
 #[derive(Debug)]
 pub struct SecretService {
-    dir: PathBuf,
-    address: String,
-    bus: Option<Child>,
+    bus: Bus,
     keyring: Option<Child>,
 }
 
-/// The programs the keyring tests need, with their Debian packages.
-const SECRET_SERVICE_TOOLS: &[(&str, &str)] = &[
-    ("dbus-daemon", "dbus"),
-    ("dbus-send", "dbus"),
-    ("gnome-keyring-daemon", "gnome-keyring"),
-    ("secret-tool", "libsecret-tools"),
-];
+/// The programs a private bus needs, with their Debian packages.
+const BUS_TOOLS: &[(&str, &str)] = &[("dbus-daemon", "dbus"), ("dbus-send", "dbus")];
+
+/// The programs the keyring tests need besides the bus, with their Debian packages.
+const SECRET_SERVICE_TOOLS: &[(&str, &str)] =
+    &[("gnome-keyring-daemon", "gnome-keyring"), ("secret-tool", "libsecret-tools")];
+
+/// Panics, rather than skipping, when one of `tools` is missing: CI installs them
+/// (`.ci/run`).
+fn require(tools: &[(&str, &str)]) {
+    for (program, package) in tools {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .any(|d| d.join(program).exists());
+        assert!(
+            found,
+            "{program} is required for the D-Bus tests (Debian package {package}; .ci/run installs it)"
+        );
+    }
+}
 
 impl World {
-    /// Starts a private session bus and an unlocked gnome-keyring on it. Panics, rather
-    /// than skipping, when the programs are missing: CI installs them (`.ci/run`).
-    pub fn secret_service(&self) -> Result<SecretService> {
-        for (program, package) in SECRET_SERVICE_TOOLS {
-            let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .any(|d| d.join(program).exists());
-            assert!(
-                found,
-                "{program} is required for the keyring tests (Debian package {package}; .ci/run installs it)"
-            );
-        }
-        let dir = self.path().join("session");
+    /// Starts a private bus in the world's directory `name`.
+    pub fn bus(&self, name: &str) -> Result<Bus> {
+        require(BUS_TOOLS);
+        let dir = self.path().join(name);
         for sub in ["home", "runtime", "data", "config", "cache"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
@@ -765,24 +782,31 @@ impl World {
 "#
             ),
         )?;
-        let mut session = SecretService { dir, address, bus: None, keyring: None };
-        let bus = session
+        let mut bus = Bus { dir, address, child: None };
+        let child = bus
             .command("dbus-daemon")
             .arg(format!("--config-file={}", config.display()))
             .arg("--nofork")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(session.dir.join("dbus-daemon.log"))?)
+            .stderr(std::fs::File::create(bus.dir.join("dbus-daemon.log"))?)
             .spawn()
             .context("spawning dbus-daemon")?;
-        session.bus = Some(bus);
-        session.wait_until("the session bus", |s| s.name_has_owner("org.freedesktop.DBus"))?;
-        let mut keyring = session
+        bus.child = Some(child);
+        bus.wait_until("the bus", |b| b.name_has_owner("org.freedesktop.DBus"))?;
+        Ok(bus)
+    }
+
+    /// Starts a private session bus and an unlocked gnome-keyring on it.
+    pub fn secret_service(&self) -> Result<SecretService> {
+        require(SECRET_SERVICE_TOOLS);
+        let bus = self.bus("session")?;
+        let mut keyring = bus
             .command("gnome-keyring-daemon")
             .args(["--foreground", "--unlock", "--components=secrets"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(session.dir.join("gnome-keyring.log"))?)
+            .stderr(std::fs::File::create(bus.dir.join("gnome-keyring.log"))?)
             .spawn()
             .context("spawning gnome-keyring-daemon")?;
         {
@@ -790,9 +814,9 @@ impl World {
             let mut stdin = keyring.stdin.take().context("gnome-keyring stdin")?;
             stdin.write_all(b"letstalk-test-keyring-password")?;
         }
-        session.keyring = Some(keyring);
-        session.wait_until("an unlocked default collection", |s| {
-            s.dbus_send(&[
+        let session = SecretService { bus, keyring: Some(keyring) };
+        session.bus.wait_until("an unlocked default collection", |b| {
+            b.dbus_send(&[
                 "--dest=org.freedesktop.secrets",
                 "/org/freedesktop/secrets",
                 "org.freedesktop.Secret.Service.ReadAlias",
@@ -804,14 +828,14 @@ impl World {
     }
 }
 
-impl SecretService {
-    /// The session bus address, for `DBUS_SESSION_BUS_ADDRESS`.
+impl Bus {
+    /// The bus address, for `DBUS_SESSION_BUS_ADDRESS` or `DBUS_SYSTEM_BUS_ADDRESS`.
     pub fn address(&self) -> &str {
         &self.address
     }
 
-    /// `program` with an empty environment but PATH, the session's HOME and XDG
-    /// directories and its bus address.
+    /// `program` with an empty environment but PATH, HOME and XDG directories in the
+    /// bus's directory, and the bus as its session bus.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.env_clear()
@@ -823,6 +847,77 @@ impl SecretService {
             .env("XDG_CACHE_HOME", self.dir.join("cache"))
             .env("DBUS_SESSION_BUS_ADDRESS", &self.address);
         cmd
+    }
+
+    /// Whether someone owns `name` on the bus.
+    pub fn name_has_owner(&self, name: &str) -> bool {
+        self.dbus_send(&[
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.NameHasOwner",
+            &format!("string:{name}"),
+        ])
+        .is_some_and(|out| out.contains("boolean true"))
+    }
+
+    /// One method call with `dbus-send`; its printed reply, or `None` on an error.
+    pub fn dbus_send(&self, args: &[&str]) -> Option<String> {
+        let out = self
+            .command("dbus-send")
+            .args(["--session", "--print-reply", "--reply-timeout=5000"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Polls `ready` (the bus and the programs on it have no readiness notification) for
+    /// up to 20 s; the error carries the logs in the bus's directory.
+    pub fn wait_until(&self, what: &str, ready: impl Fn(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if ready(self) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(&self.dir)?.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                logs.push_str(&format!("\n{}: {text}", path.display()));
+            }
+        }
+        bail!("timed out waiting for {what}{logs}")
+    }
+
+    /// Stops the bus: every connection to it ends.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl SecretService {
+    /// The session bus address, for `DBUS_SESSION_BUS_ADDRESS`.
+    pub fn address(&self) -> &str {
+        self.bus.address()
+    }
+
+    /// `program` with an empty environment but PATH, the session's HOME and XDG
+    /// directories and its bus address.
+    pub fn command(&self, program: &str) -> Command {
+        self.bus.command(program)
     }
 
     /// `secret-tool lookup ATTR VALUE…`: the secret of the matching item, if any.
@@ -865,13 +960,14 @@ impl SecretService {
 
     /// Locks the login collection (the default one), as a screen lock might.
     pub fn lock(&self) -> Result<()> {
-        self.dbus_send(&[
-            "--dest=org.freedesktop.secrets",
-            "/org/freedesktop/secrets",
-            "org.freedesktop.Secret.Service.Lock",
-            "array:objpath:/org/freedesktop/secrets/collection/login",
-        ])
-        .context("locking the login collection")?;
+        self.bus
+            .dbus_send(&[
+                "--dest=org.freedesktop.secrets",
+                "/org/freedesktop/secrets",
+                "org.freedesktop.Secret.Service.Lock",
+                "array:objpath:/org/freedesktop/secrets/collection/login",
+            ])
+            .context("locking the login collection")?;
         Ok(())
     }
 
@@ -881,55 +977,16 @@ impl SecretService {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.wait_until("the Secret Service to leave the bus", |s| {
-            !s.name_has_owner("org.freedesktop.secrets")
+        self.bus.wait_until("the Secret Service to leave the bus", |b| {
+            !b.name_has_owner("org.freedesktop.secrets")
         })
-    }
-
-    fn name_has_owner(&self, name: &str) -> bool {
-        self.dbus_send(&[
-            "--dest=org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus.NameHasOwner",
-            &format!("string:{name}"),
-        ])
-        .is_some_and(|out| out.contains("boolean true"))
-    }
-
-    /// One method call with `dbus-send`; its printed reply, or `None` on an error.
-    fn dbus_send(&self, args: &[&str]) -> Option<String> {
-        let out = self
-            .command("dbus-send")
-            .args(["--session", "--print-reply", "--reply-timeout=5000"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Polls `ready` (neither program has a readiness notification) for up to 20 s.
-    fn wait_until(&self, what: &str, ready: impl Fn(&Self) -> bool) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if ready(self) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let log = |name: &str| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
-        bail!(
-            "timed out waiting for {what}\ndbus-daemon: {}\ngnome-keyring: {}",
-            log("dbus-daemon.log"),
-            log("gnome-keyring.log")
-        )
     }
 }
 
 impl Drop for SecretService {
     fn drop(&mut self) {
-        for child in [self.keyring.take(), self.bus.take()].into_iter().flatten() {
-            let mut child = child;
+        // The keyring first, then (as the field drops) the bus.
+        if let Some(mut child) = self.keyring.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -940,5 +997,10 @@ impl DaemonSpec {
     /// Runs the daemon in `session`: its Secret Service is the daemon's OS keyring.
     pub fn in_session(self, session: &SecretService) -> Self {
         self.env("DBUS_SESSION_BUS_ADDRESS", session.address())
+    }
+
+    /// Runs the daemon with `bus` as its system bus.
+    pub fn with_system_bus(self, bus: &Bus) -> Self {
+        self.env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
     }
 }

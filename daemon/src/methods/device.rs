@@ -5,8 +5,10 @@ use letstalk_ipc::types::{DeviceInfo, Empty, NetworkType};
 
 use crate::Daemon;
 
-pub(crate) fn info(daemon: &Daemon, _: Empty) -> Result<DeviceInfo, RpcError> {
-    let network = daemon.network();
+/// The device as it is now. The network and chassis may come from the system D-Bus (at
+/// most a second's wait, see `device::hardware_and_network`); the rest is local.
+pub(crate) async fn info(daemon: &Daemon, _: Empty) -> Result<DeviceInfo, RpcError> {
+    let (hardware, network) = crate::device::hardware_and_network(daemon.network()).await;
     let frontends = daemon
         .frontends
         .lock()
@@ -15,7 +17,7 @@ pub(crate) fn info(daemon: &Daemon, _: Empty) -> Result<DeviceInfo, RpcError> {
         .cloned()
         .collect();
     Ok(DeviceInfo {
-        hardware: crate::device::hardware(),
+        hardware,
         os: crate::device::os(),
         online: network.kind != NetworkType::None,
         network,

@@ -16,7 +16,7 @@ const MAX_FEEDBACK: usize = 64 * 1024;
 
 /// The report as it would be sent now.
 async fn build(daemon: &Arc<Daemon>) -> Result<DiagnosticsReport, RpcError> {
-    let device = super::device::info(daemon, Empty {})?;
+    let device = super::device::info(daemon, Empty {}).await?;
     daemon
         .store
         .call(move |c| diagnostics::report(c, device, crate::calls::log_entries(c)?, now_ms()))

@@ -70,7 +70,7 @@ pub async fn call(
         "system.status" => reply(system::status(daemon, parse(params)?).await?),
         "settings.get" => reply(settings::get(daemon, parse(params)?).await?),
         "settings.set" => reply(settings::set(daemon, parse(params)?).await?),
-        "device.info" => reply(device::info(daemon, parse(params)?)?),
+        "device.info" => reply(device::info(daemon, parse(params)?).await?),
         "diagnostics.preview" => reply(diagnostics::preview(daemon, parse(params)?).await?),
         "diagnostics.upload" => reply(diagnostics::upload(daemon, parse(params)?).await?),
         "feedback.send" => reply(diagnostics::feedback(daemon, parse(params)?).await?),

@@ -181,7 +181,7 @@ pub async fn load_or_create(
         Plan::Conflict => Err(StoreError::KeyConflict(data_dir.to_path_buf())),
         Plan::Create { try_keyring } => {
             let key = DbKey::random();
-            if try_keyring && !keyring::session_bus_may_exist() {
+            if try_keyring && !crate::bus::session_bus_may_exist() {
                 tracing::info!("no session D-Bus; the new database key goes into {KEY_FILE}");
             } else if try_keyring {
                 match create_in_keyring(data_dir, &key).await {

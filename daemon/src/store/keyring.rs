@@ -14,7 +14,7 @@
 //! `secret-tool search application letstalk` shows people which key is which.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use secret_service::{EncryptionType, SecretService};
@@ -107,32 +107,6 @@ pub(super) async fn delete(id: &str) -> Result<(), KeyringError> {
     .await
 }
 
-/// Whether a session bus may be there, judged as zbus finds it (`DBUS_SESSION_BUS_ADDRESS`,
-/// else `$XDG_RUNTIME_DIR/bus`, else `/run/user/UID/bus`) but without running any zbus
-/// code: on a device with no session bus (embedded, a system service, CI) the daemon then
-/// never pages in the D-Bus code, which would stay resident for nothing (about 1 MiB).
-pub(super) fn session_bus_may_exist() -> bool {
-    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(format!("/run/user/{}", rustix::process::geteuid().as_raw()))
-    });
-    bus_may_exist(std::env::var("DBUS_SESSION_BUS_ADDRESS").ok().as_deref(), &runtime_dir)
-}
-
-/// [`session_bus_may_exist`] on its inputs. An address that cannot be checked on the file
-/// system (an abstract socket, TCP, an escaped path) counts as present.
-fn bus_may_exist(address: Option<&str>, runtime_dir: &Path) -> bool {
-    let Some(address) = address else { return runtime_dir.join("bus").exists() };
-    address.split(';').filter(|a| !a.trim().is_empty()).any(|a| {
-        let path = a
-            .strip_prefix("unix:")
-            .and_then(|params| params.split(',').find_map(|kv| kv.strip_prefix("path=")));
-        match path {
-            Some(p) if !p.contains('%') => Path::new(p).exists(),
-            _ => true,
-        }
-    })
-}
-
 fn attributes(id: &str) -> HashMap<&str, &str> {
     HashMap::from([("application", APPLICATION), ("letstalk-key-id", id)])
 }
@@ -157,27 +131,4 @@ fn failed(e: secret_service::Error) -> KeyringError {
 /// Errors from D-Bus may carry a service's multi-line text; start errors are one line.
 fn one_line(e: &dyn std::fmt::Display) -> String {
     e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_session_bus_is_looked_for_where_zbus_looks() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = dir.path().join("bus");
-        let at = |p: &Path| format!("unix:path={},guid=0123", p.display());
-        // No address: $XDG_RUNTIME_DIR/bus decides.
-        assert!(!bus_may_exist(None, dir.path()));
-        assert!(!bus_may_exist(Some(&at(&bus)), dir.path()));
-        assert!(!bus_may_exist(Some(""), dir.path()));
-        std::fs::write(&bus, "").unwrap();
-        assert!(bus_may_exist(None, dir.path()));
-        assert!(bus_may_exist(Some(&at(&bus)), Path::new("/nonexistent")));
-        assert!(bus_may_exist(Some(&format!("unix:path=/nonexistent;{}", at(&bus))), dir.path()));
-        // What cannot be checked is left to zbus.
-        assert!(bus_may_exist(Some("unix:abstract=/tmp/dbus-x"), Path::new("/nonexistent")));
-        assert!(bus_may_exist(Some("tcp:host=localhost,port=1"), Path::new("/nonexistent")));
-    }
 }
