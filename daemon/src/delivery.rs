@@ -493,7 +493,7 @@ fn receive_in(
         // "Block everyone" refuses files as it refuses texts (calls: `calls::receive`).
         Some(Content::File { .. }) if blocks_everyone(tx)? => Ok(Effects::default()),
         Some(c @ (Content::File { .. } | Content::FileCancel { .. })) => {
-            Ok(crate::files::receive(tx, sender, &c, now)?)
+            Ok(crate::files::receive(tx, sender, &conversation, &c, now)?)
         }
         Some(
             c @ (Content::CallOffer { .. } | Content::CallAnswer { .. } | Content::CallEnd { .. }),

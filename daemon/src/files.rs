@@ -223,12 +223,37 @@ fn set_transfer(
 ) -> Result<u64, StoreError> {
     conn.prepare_cached("UPDATE files SET transfer = ?2 WHERE message_id = ?1")?
         .execute(params![row.message_id, transfer_str(transfer)])?;
-    let conversation = format!("user:{}", row.peer);
+    let conversation = messages_conversation(conn, &row.message_id)?;
     events::append(
         conn,
         &EventBody::FileState { message_id: row.message_id.clone(), conversation, transfer },
         now,
     )
+}
+
+/// The conversation of a file row's `peer`: an outgoing file's peer is `group:<id>` for
+/// a group, a user id otherwise.
+fn conversation_of_peer(peer: &str) -> String {
+    if peer.starts_with("group:") { peer.to_owned() } else { format!("user:{peer}") }
+}
+
+/// The conversation a message belongs to (empty if it is gone).
+fn messages_conversation(conn: &Connection, message_id: &str) -> Result<String, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT conversation FROM messages WHERE message_id = ?1")?
+        .query_row(params![message_id], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// Who may fetch an outgoing file's blob: the peer, or every other member of the group.
+fn blob_recipients(conn: &Connection, me: &str, peer: &str) -> Result<Vec<String>, StoreError> {
+    match peer.strip_prefix("group:") {
+        Some(gid) => Ok(crate::groups::load(conn, gid)?
+            .map(|(g, _)| g.members.into_iter().filter(|m| m != me).collect())
+            .unwrap_or_default()),
+        None => Ok(vec![peer.to_owned()]),
+    }
 }
 
 /// The encrypted copy of a file.
@@ -397,7 +422,7 @@ pub fn insert_outgoing(
     enc: &Encrypted,
     now: i64,
 ) -> Result<Option<Message>, StoreError> {
-    let conversation = format!("user:{peer}");
+    let conversation = conversation_of_peer(peer);
     let new = NewMessage {
         message_id,
         conversation: &conversation,
@@ -439,14 +464,15 @@ pub fn insert_outgoing(
 // ---------------------------------------------------------------------------------------
 // Receiving
 
-/// Applies a file or file-cancel content from `sender` (inside the receive transaction).
+/// Applies a file or file-cancel content from `sender` in `conversation` (theirs, or a
+/// group's), inside the receive transaction.
 pub fn receive(
     tx: &Connection,
     sender: &str,
+    conversation: &str,
     content: &Content,
     now: i64,
 ) -> Result<Effects, StoreError> {
-    let conversation = format!("user:{sender}");
     let mut applied = Effects::default();
     match content {
         Content::File { id, at, name, size, mime, sha256, key, blob, blob_size, caption } => {
@@ -466,7 +492,7 @@ pub fn receive(
             }
             let new = NewMessage {
                 message_id: id,
-                conversation: &conversation,
+                conversation,
                 sender,
                 direction: Direction::In,
                 kind: MessageKind::File,
@@ -804,7 +830,7 @@ async fn fail(daemon: &Arc<Daemon>, row: &FileRow, why: &TransferError) {
                 .execute(params![r.message_id, error])?;
                 let body = EventBody::MessageState {
                     message_id: r.message_id.clone(),
-                    conversation: format!("user:{}", r.peer),
+                    conversation: messages_conversation(&tx, &r.message_id)?,
                     state: MessageState::Failed,
                 };
                 events::append(&tx, &body, now)?;
@@ -842,12 +868,14 @@ async fn upload(
         last: None,
     };
     if offset < row.blob_size {
-        let header = Request::BlobPut {
-            blob_id: row.blob_id,
-            size: row.blob_size,
-            offset,
-            recipients: vec![row.peer.clone()],
-        };
+        let (m, p) = (me.clone(), row.peer.clone());
+        let recipients = daemon.store.call(move |c| blob_recipients(c, &m, &p)).await?;
+        if recipients.is_empty() {
+            // Alone in the group: nobody to fetch it.
+            return Err(TransferError::Gone);
+        }
+        let header =
+            Request::BlobPut { blob_id: row.blob_id, size: row.blob_size, offset, recipients };
         let mut stream = relay.open_stream(header).await.map_err(relay_err)?;
         let mut file =
             tokio::fs::File::open(&path).await.map_err(|e| TransferError::io("attachment", e))?;
@@ -899,7 +927,22 @@ async fn upload(
                 blob_size: r.blob_size,
                 caption,
             };
-            delivery::enqueue(&tx, &r.peer, Some(&r.message_id), &content, now_ms())?;
+            match r.peer.strip_prefix("group:") {
+                Some(gid) => {
+                    let Some((g, true)) = crate::groups::load(&tx, gid)? else { return Ok(None) };
+                    let mut rng = rand_core::OsRng;
+                    crate::groups::enqueue_text(
+                        &tx,
+                        &me,
+                        &g,
+                        &r.message_id,
+                        &content,
+                        &mut rng,
+                        now_ms(),
+                    )?;
+                }
+                None => delivery::enqueue(&tx, &r.peer, Some(&r.message_id), &content, now_ms())?,
+            }
             let seq = set_transfer(&tx, &r, FileTransfer::Uploaded, now_ms())?;
             tx.commit()?;
             Ok(Some(seq))
@@ -1143,8 +1186,9 @@ pub async fn cancel(daemon: &Arc<Daemon>, row: &FileRow) -> Result<(), StoreErro
                         "UPDATE messages SET state = 'failed', error = 'cancelled' WHERE message_id = ?1",
                     )?
                     .execute(params![r.message_id])?;
-                } else {
-                    // The peer may have it or be fetching it: tell it.
+                } else if !r.peer.starts_with("group:") {
+                    // The peer may have it or be fetching it: tell it. (Group members
+                    // find the blob gone: their download fails.)
                     delivery::enqueue(
                         &tx,
                         &r.peer,

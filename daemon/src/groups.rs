@@ -459,7 +459,8 @@ pub fn on_sender_key(
 
 /// What decrypting a group message came to.
 enum Opened {
-    Text(Content),
+    /// A text, a file or a file cancel.
+    Content(Content),
     /// The key or the membership news is not here yet.
     Later,
     Dropped(String),
@@ -494,7 +495,9 @@ fn open(conn: &Connection, sender: &str, gid: &str, message: &[u8]) -> Result<Op
     )?
     .execute(params![gid, sender, generation, receiver.to_bytes().as_slice()])?;
     match Content::decode(&plaintext) {
-        Some(text @ Content::Text { .. }) => Ok(Opened::Text(text)),
+        Some(c @ (Content::Text { .. } | Content::File { .. } | Content::FileCancel { .. })) => {
+            Ok(Opened::Content(c))
+        }
         _ => Ok(Opened::Dropped("unknown group content".into())),
     }
 }
@@ -508,9 +511,7 @@ pub fn on_message(
     now: i64,
 ) -> Result<Result<Effects, String>, StoreError> {
     match open(conn, sender, gid, message)? {
-        Opened::Text(text) => {
-            delivery::apply_text(conn, sender, &format!("group:{gid}"), text, now).map(Ok)
-        }
+        Opened::Content(content) => apply_content(conn, sender, gid, content, now).map(Ok),
         Opened::Dropped(why) => Ok(Err(why)),
         Opened::Later => {
             conn.prepare_cached(
@@ -524,6 +525,21 @@ pub fn on_message(
             .execute(params![gid, MAX_PENDING])?;
             Ok(Ok(Effects::default()))
         }
+    }
+}
+
+/// Shows what a member sent to the group: a text, or a file (with its cancel).
+fn apply_content(
+    conn: &Connection,
+    sender: &str,
+    gid: &str,
+    content: Content,
+    now: i64,
+) -> Result<Effects, StoreError> {
+    let conversation = format!("group:{gid}");
+    match content {
+        Content::Text { .. } => delivery::apply_text(conn, sender, &conversation, content, now),
+        _ => crate::files::receive(conn, sender, &conversation, &content, now),
     }
 }
 
@@ -549,8 +565,8 @@ fn retry_pending(
             continue;
         }
         conn.prepare_cached("DELETE FROM group_pending WHERE id = ?1")?.execute(params![id])?;
-        if let Opened::Text(text) = outcome {
-            effects.merge(delivery::apply_text(conn, &from, &format!("group:{gid}"), text, now)?);
+        if let Opened::Content(content) = outcome {
+            effects.merge(apply_content(conn, &from, gid, content, now)?);
         }
     }
     Ok(effects)

@@ -340,3 +340,60 @@ async fn bad_file_requests_get_clear_errors_and_change_nothing() {
     let convs = alice.call("conversations.list", json!({})).await.unwrap();
     assert_eq!(convs["conversations"], json!([]));
 }
+
+#[tokio::test]
+async fn a_file_to_a_group_reaches_every_member_and_leaves_the_relay_after_the_last() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    let carol = registered(&world, &relay, "carol").await;
+    for d in [&bob, &carol] {
+        no_auto_download(d).await;
+    }
+    let group = alice
+        .call("groups.create", json!({"name": "Trip", "members": ["bob", "carol"]}))
+        .await
+        .unwrap();
+    let gid = group["group_id"].as_str().unwrap().to_owned();
+    let conv = format!("group:{gid}");
+    let (path, sha, _) = random_file(&world, "route.gpx", 700_000);
+    let sent = alice.call("files.send", json!({"to": conv, "path": path})).await.unwrap();
+    assert_eq!(sent["message"]["conversation"], conv.as_str());
+    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
+
+    for (i, d) in [&bob, &carol].into_iter().enumerate() {
+        let m = eventually(Duration::from_secs(60), "the file in the group", || async {
+            let page = d.call("messages.list", json!({"conversation": conv})).await.ok()?;
+            page["messages"].as_array()?.iter().find(|m| m["message_id"] == id.as_str()).cloned()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            (m["from"].as_str(), m["file"]["sha256"].as_str()),
+            (Some("alice"), Some(sha.as_str()))
+        );
+        let dest = world.path().join(format!("route-{i}.gpx"));
+        d.call("files.download", json!({"message_id": id, "dest": dest})).await.unwrap();
+        assert_eq!(sha_of(&dest), sha);
+        if i == 0 {
+            // carol has not fetched it yet: the relay keeps it for her.
+            assert_eq!(relay_blobs(&relay).len(), 1);
+        }
+    }
+    eventually(Duration::from_secs(20), "the blob deleted after the last member", || async {
+        relay_blobs(&relay).is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(20), "delivered to both", || async {
+        let m = alice.call("messages.get", json!({"message_id": id})).await.ok()?;
+        (m["message"]["state"] == "delivered").then_some(())
+    })
+    .await
+    .unwrap();
+    // Someone outside the group cannot send into it.
+    let dave = registered(&world, &relay, "dave").await;
+    let refused = dave.call("files.send", json!({"to": conv, "path": path})).await;
+    assert_eq!(error_of(refused).1.as_deref(), Some("not_found"));
+}

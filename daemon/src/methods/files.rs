@@ -34,14 +34,37 @@ pub(super) async fn send(
 ) -> Result<MessageResult, RpcError> {
     let me = logged_in(daemon).await?;
     let peer = match p.to.split_once(':') {
-        Some(("user", id)) => validate::user_id("to", id)?,
-        Some(("group", _)) => {
-            return Err(RpcError::new(
-                ErrorKind::NotFound,
-                "groups are not available in this version",
+        Some(("user", id)) => {
+            let id = validate::user_id("to", id)?;
+            let who = id.clone();
+            if daemon
+                .store
+                .call(move |c| crate::delivery::is_blocked(c, &who))
+                .await
+                .map_err(internal)?
+            {
+                return Err(RpcError::new(ErrorKind::Blocked, "you block this user"));
+            }
+            id
+        }
+        Some(("group", gid)) => {
+            let g = gid.to_owned();
+            let member = daemon
+                .store
+                .call(move |c| Ok(crate::groups::load(c, &g)?.is_some_and(|(_, member)| member)))
+                .await
+                .map_err(internal)?;
+            if !member {
+                return Err(RpcError::new(ErrorKind::NotFound, "no such group"));
+            }
+            format!("group:{gid}")
+        }
+        _ => {
+            return Err(RpcError::invalid_params(
+                "to",
+                "to must be \"user:<user_id>\" or \"group:<group_id>\"",
             ));
         }
-        _ => return Err(RpcError::invalid_params("to", "to must be \"user:<user_id>\"")),
     };
     if let Some(c) = &p.caption
         && c.len() > super::messages::MAX_TEXT
