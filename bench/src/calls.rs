@@ -122,6 +122,14 @@ pub(crate) async fn run(args: &CallsArgs) -> Result<()> {
             ms(relayed.latencies.p99().saturating_sub(bare.latencies.p99()))
         );
     }
+    if !args.concurrent.is_empty() {
+        println!();
+        progress("concurrent calls: registering the clients, then one run per level");
+        let mut relay = RelayProcess::start(&relay_bin, &work.path().join("load-relay"))?;
+        let levels = crate::call_load::run(&relay, &args.concurrent, args.load_seconds).await;
+        relay.stop()?;
+        crate::call_load::print(&levels?);
+    }
     Ok(())
 }
 

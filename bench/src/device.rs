@@ -124,17 +124,6 @@ fn switches(pid: u32) -> Result<std::collections::HashMap<String, u64>> {
     Ok(out)
 }
 
-/// The CPU time `pid` used so far (all threads, also finished ones).
-fn cpu(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Ok(Duration::from_millis(ticks * 1000 / hz))
-}
-
 async fn idle_run(daemon_bin: &Path, relay_bin: &Path, work: &Path, secs: u64) -> Result<Idle> {
     let mut relay = RelayProcess::start(relay_bin, &work.join("idle-relay"))?;
     let mut daemon = start_daemon(daemon_bin, &work.join("idle-alice"), &relay).await?;
@@ -148,7 +137,7 @@ async fn idle_run(daemon_bin: &Path, relay_bin: &Path, work: &Path, secs: u64) -
     // Threads come and go (tokio's blocking pool lets idle ones exit), so the count is
     // summed per thread from samples taken every second: a thread's increments between
     // samples, a new thread's whole count. Reading /proc does not wake the daemon.
-    let c0 = cpu(pid)?;
+    let c0 = sys::cpu_time(pid)?;
     let mut last = switches(pid)?;
     let mut wakeups = 0u64;
     let mut busy_seconds = Vec::new();
@@ -165,7 +154,7 @@ async fn idle_run(daemon_bin: &Path, relay_bin: &Path, work: &Path, secs: u64) -
         wakeups += this;
         last = now;
     }
-    let c1 = cpu(pid)?;
+    let c1 = sys::cpu_time(pid)?;
     daemon.stop()?;
     relay.stop()?;
     Ok(Idle { wakeups, cpu: c1.saturating_sub(c0), busy_seconds })

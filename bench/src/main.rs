@@ -10,6 +10,7 @@
 //! copy of the same bytes, `calls` call media loss and latency, `cluster` delivery
 //! through relay nodes sharing NATS JetStream beside the single embedded relay.
 
+mod call_load;
 mod calls;
 mod cluster;
 mod device;
@@ -153,6 +154,14 @@ pub(crate) struct CallsArgs {
     /// Seconds of media per run.
     #[arg(long, default_value_t = 10, value_name = "S")]
     pub(crate) seconds: u64,
+
+    /// Concurrent calls to put through one relay, one run each (empty: skip).
+    #[arg(long, value_delimiter = ',', default_values_t = [25usize, 50, 100, 200, 400])]
+    pub(crate) concurrent: Vec<usize>,
+
+    /// Seconds of media per concurrency level.
+    #[arg(long, default_value_t = 5, value_name = "S")]
+    pub(crate) load_seconds: u64,
 }
 
 /// Flags of `letstalk-bench files`.

@@ -416,6 +416,11 @@ impl RelayProcess {
         Ok(relay)
     }
 
+    /// The relay's process id (0 once stopped).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGTERM, then waits for the exit.
     pub(crate) fn stop(&mut self) -> Result<()> {
         match self.child.take() {

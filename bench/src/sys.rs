@@ -1,8 +1,9 @@
-//! What the operating system tells about a process or a binary: resident memory from
-//! /proc, stripped binary size, and a one-line description of the host.
+//! What the operating system tells about a process or a binary: resident memory and CPU
+//! time from /proc, stripped binary size, and a one-line description of the host.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -60,4 +61,15 @@ pub(crate) fn host() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
     format!("Linux {kernel}, {cpus} CPUs, {model}")
+}
+
+/// The CPU time `pid` used so far (all threads, also finished ones).
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_millis(ticks * 1000 / hz))
 }

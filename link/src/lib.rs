@@ -357,6 +357,24 @@ impl Link {
         self.shared.current().ok_or_else(|| LinkError::Unavailable("not connected".into()))
     }
 
+    /// Sends one QUIC datagram (call media: a `MediaDatagram`) on the current
+    /// connection. Never waits: a full send buffer drops the oldest datagram.
+    pub fn send_datagram(&self, datagram: bytes::Bytes) -> Result<(), LinkError> {
+        self.live()?
+            .conn
+            .send_datagram(datagram)
+            .map_err(|e| LinkError::Unavailable(format!("datagram: {e}")))
+    }
+
+    /// The next datagram received on the current connection.
+    pub async fn read_datagram(&self) -> Result<bytes::Bytes, LinkError> {
+        self.live()?
+            .conn
+            .read_datagram()
+            .await
+            .map_err(|e| LinkError::Unavailable(format!("datagram: {e}")))
+    }
+
     /// Sends one raw request on the current connection and returns the raw response
     /// (error responses included). For tools and tests; prefer the typed methods.
     pub async fn request(&self, req: Request) -> Result<Response, LinkError> {
