@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use letstalk_crypto::SafetyNumber;
-use letstalk_ipc::types::{Contact, Presence};
+use letstalk_ipc::types::{Contact, EventBody, Presence};
 
 use crate::account::Account;
 use crate::delivery;
@@ -70,4 +70,17 @@ pub fn presence_str(p: Presence) -> &'static str {
         Presence::Offline => "offline",
         Presence::Hidden => "hidden",
     }
+}
+
+/// Reads the contact back after a change and records its `contact.changed` event, in the
+/// caller's transaction: (the contact, the event's seq); `None` if there is no such row.
+pub fn changed(
+    tx: &Connection,
+    user_id: &str,
+    now: i64,
+) -> Result<Option<(Contact, u64)>, StoreError> {
+    let Some(contact) = get(tx, user_id)? else { return Ok(None) };
+    let seq =
+        crate::events::append(tx, &EventBody::ContactChanged { contact: contact.clone() }, now)?;
+    Ok(Some((contact, seq)))
 }

@@ -20,9 +20,10 @@
 //! loss of its node starts again from zero on another (what was held is lost with
 //! the node). The per-account byte quota counts the uploads of one node.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use letstalk_wire::{ErrorKind, LEN_PREFIX, MAX_BLOB_LEN, MAX_LIST, Request, Response};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -33,8 +34,15 @@ use crate::handlers::{Fail, fail, normalize_user_id, require_auth};
 use crate::storage::Storage;
 use crate::{State, now_ms};
 
+/// How long a cancelled blob's id is remembered, and how many at most.
+const CANCEL_MEMORY: Duration = Duration::from_secs(600);
+const MAX_CANCELLED: usize = 10_000;
+
 /// Bytes read or written per step while streaming a blob.
 const IO_CHUNK: usize = 1024 * 1024;
+
+/// Blobs their owner cancelled: (owner, blob id) → when.
+type Cancelled = HashMap<(String, [u8; 16]), Instant>;
 
 /// Blobs with an upload streaming in: (owner, blob id).
 type InFlight = Arc<Mutex<HashSet<(String, [u8; 16])>>>;
@@ -47,6 +55,9 @@ pub(crate) struct Blobs {
     /// Blobs with an upload streaming in right now: a second upload of the same blob is
     /// refused rather than interleaved.
     uploading: InFlight,
+    /// Blobs their owner cancelled, kept a while: an upload still streaming in (or whose
+    /// request was not even read yet) when the cancel came is dropped, not kept.
+    cancelled: Arc<Mutex<Cancelled>>,
     /// Most bytes one account may hold in blobs at once.
     quota: u64,
     /// A cluster node's shared store of complete blobs.
@@ -116,6 +127,7 @@ impl Blobs {
             dir,
             db: Arc::new(Mutex::new(conn)),
             uploading: Arc::default(),
+            cancelled: Arc::default(),
             quota,
             shared: None,
         })
@@ -128,6 +140,27 @@ impl Blobs {
     ) -> Self {
         self.shared = Some(store);
         self
+    }
+
+    fn cancelled(&self) -> std::sync::MutexGuard<'_, Cancelled> {
+        self.cancelled.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers that the owner cancelled this blob.
+    fn mark_cancelled(&self, owner: &str, id: [u8; 16]) {
+        let mut c = self.cancelled();
+        c.retain(|_, at| at.elapsed() < CANCEL_MEMORY);
+        if c.len() >= MAX_CANCELLED {
+            // The oldest go first; a cancel forgotten early costs a blob kept to expiry.
+            if let Some(oldest) = c.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+                c.remove(&oldest);
+            }
+        }
+        c.insert((owner.to_owned(), id), Instant::now());
+    }
+
+    fn is_cancelled(&self, owner: &str, id: [u8; 16]) -> bool {
+        self.cancelled().contains_key(&(owner.to_owned(), id))
     }
 
     /// The blob's name in the shared store (and its file name here).
@@ -158,8 +191,7 @@ impl Blobs {
         let Some(store) = &self.shared else { return Ok(()) };
         let path = self.path(owner, &id);
         let mut file = tokio::fs::File::open(&path).await.map_err(backend)?;
-        let metadata =
-            std::collections::HashMap::from([(RECIPIENTS.to_owned(), meta.recipients.join(","))]);
+        let metadata = HashMap::from([(RECIPIENTS.to_owned(), meta.recipients.join(","))]);
         let object =
             ObjectMetadata { name: Self::name(owner, &id), metadata, ..Default::default() };
         store.put(object, &mut file).await.map_err(backend)?;
@@ -287,8 +319,7 @@ impl Blobs {
         let left: Vec<String> = meta.recipients.into_iter().filter(|r| r != user).collect();
         if !left.is_empty() {
             use async_nats::jetstream::object_store::UpdateMetadata;
-            let metadata =
-                std::collections::HashMap::from([(RECIPIENTS.to_owned(), left.join(","))]);
+            let metadata = HashMap::from([(RECIPIENTS.to_owned(), left.join(","))]);
             store
                 .update_metadata(
                     &name,
@@ -383,7 +414,7 @@ impl Blobs {
 /// The metadata key of a shared blob's recipients (comma-separated user ids).
 const RECIPIENTS: &str = "recipients";
 
-fn recipients_of(metadata: &std::collections::HashMap<String, String>) -> Vec<String> {
+fn recipients_of(metadata: &HashMap<String, String>) -> Vec<String> {
     metadata
         .get(RECIPIENTS)
         .map(|r| r.split(',').filter(|u| !u.is_empty()).map(str::to_owned).collect())
@@ -429,6 +460,10 @@ pub(crate) async fn release<S: Storage>(
     id: [u8; 16],
 ) -> Result<Response, Fail> {
     let owner = owner_arg(owner)?;
+    if user == owner {
+        // Also when nothing is here yet: an upload may be on its way.
+        st.blobs.mark_cancelled(&owner, id);
+    }
     let Some(meta) = st.blobs.meta(&owner, id).await? else { return Ok(Response::Ok) };
     if user == owner {
         st.blobs.delete(&owner, id).await?;
@@ -459,7 +494,14 @@ pub(crate) async fn serve_stream<S: Storage>(
         Err(f) => Err(f),
         Ok(user) => match req {
             Request::BlobPut { blob_id, size, offset, recipients } => {
-                put(st, &user, blob_id, size, offset, recipients, &mut recv).await
+                let r = put(st, &user, blob_id, size, offset, recipients, &mut recv).await;
+                if st.blobs.is_cancelled(&user, blob_id) {
+                    // Cancelled while it streamed in: whatever arrived goes.
+                    let _ = st.blobs.delete(&user, blob_id).await;
+                    Err(fail(ErrorKind::NotFound, "the blob was cancelled"))
+                } else {
+                    r
+                }
             }
             Request::BlobGet { owner, blob_id, offset } => {
                 match get(st, &user, &owner, blob_id, offset, &mut send).await {
@@ -541,6 +583,9 @@ async fn put<S: Storage>(
         return Err(fail(ErrorKind::Conflict, "this blob is being uploaded on another stream"));
     }
     let _mark = Uploading { set: &blobs.uploading, key };
+    if blobs.is_cancelled(owner, id) {
+        return Err(fail(ErrorKind::NotFound, "the blob was cancelled"));
+    }
 
     // Already complete in the shared store (a retransmit after the answer was lost).
     if let Some(shared) = blobs.shared_meta(owner, &id).await? {

@@ -113,6 +113,16 @@ pub struct Limits {
     pub blob_quota: u64,
 }
 
+impl Limits {
+    /// The per-device mailbox quota every enqueue is checked against.
+    pub fn mailbox_quota(&self) -> crate::storage::Quota {
+        crate::storage::Quota {
+            max_messages: self.mailbox_max_messages,
+            max_bytes: self.mailbox_max_bytes,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::conn::{ConnCtx, end_session, start_session};
 use crate::hub::PushCmd;
 use crate::storage::{
-    Blocks, Envelope, KeyUpload, NewAccount, ProfileUpdate, Quota, Report, Storage, StorageError,
+    Blocks, Envelope, KeyUpload, NewAccount, ProfileUpdate, Report, Storage, StorageError,
 };
 use crate::{State, now_ms};
 
@@ -360,10 +360,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             if body.is_empty() {
                 return Err(fail(ErrorKind::Invalid, "empty message"));
             }
-            let quota = Quota {
-                max_messages: st.limits.mailbox_max_messages,
-                max_bytes: st.limits.mailbox_max_bytes,
-            };
+            let quota = st.limits.mailbox_quota();
             let envelope =
                 Envelope { sender: user, recipient: to.clone(), msg_id, body, now: now_ms() };
             let done = st.storage.enqueue(envelope, quota).await.map_err(storage_fail)?;
@@ -380,10 +377,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             {
                 return Err(fail(ErrorKind::Invalid, "empty batch, msg id or message"));
             }
-            let quota = Quota {
-                max_messages: st.limits.mailbox_max_messages,
-                max_bytes: st.limits.mailbox_max_bytes,
-            };
+            let quota = st.limits.mailbox_quota();
             let now = now_ms();
             let envelopes = messages
                 .into_iter()
@@ -419,10 +413,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 to.iter().map(|u| user_arg(u)).collect::<Result<_, _>>()?;
             recipients.sort();
             recipients.dedup();
-            let quota = Quota {
-                max_messages: st.limits.mailbox_max_messages,
-                max_bytes: st.limits.mailbox_max_bytes,
-            };
+            let quota = st.limits.mailbox_quota();
             let now = now_ms();
             let envelopes = recipients
                 .iter()

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use rusqlite::params;
 
 use letstalk_ipc::types::{
-    Contact, ContactsAddParams, ContactsList, Empty, EventBody, MarkVerifiedParams, UserIdParams,
-    VerifyResult,
+    Contact, ContactsAddParams, ContactsList, Empty, MarkVerifiedParams, UserIdParams, VerifyResult,
 };
 use letstalk_ipc::{ErrorKind, RpcError};
 use letstalk_wire::{Request, Response};
@@ -14,7 +13,7 @@ use letstalk_wire::{Request, Response};
 use super::account::relay;
 use super::{internal, logged_in};
 use crate::relay::check;
-use crate::{Daemon, contacts, events, now_ms, validate};
+use crate::{Daemon, contacts, now_ms, validate};
 
 fn not_found(user: &str) -> RpcError {
     RpcError::new(ErrorKind::NotFound, format!("{user} is not a contact"))
@@ -63,14 +62,10 @@ pub(super) async fn add(daemon: &Arc<Daemon>, p: ContactsAddParams) -> Result<Co
                     last_seen_at = coalesce(excluded.last_seen_at, contacts.last_seen_at)",
                 params![u, profile.nickname, alias, state, last_seen, now],
             )?;
-            let contact = contacts::get(&tx, &u)?.ok_or_else(|| crate::store::StoreError::Io {
-                context: "new contact".into(),
-                source: std::io::Error::other("vanished"),
-            })?;
-            let seq =
-                events::append(&tx, &EventBody::ContactChanged { contact: contact.clone() }, now)?;
+            let changed =
+                contacts::changed(&tx, &u, now)?.ok_or_else(|| vanished("new contact"))?;
             tx.commit()?;
-            Ok((contact, seq))
+            Ok(changed)
         })
         .await
         .map_err(internal)?;
@@ -159,17 +154,9 @@ pub(super) async fn mark_verified(
             {
                 return Ok(None);
             }
-            let contact = contacts::get(&tx, &u)?;
-            let mut seq = None;
-            if let Some(contact) = &contact {
-                seq = Some(events::append(
-                    &tx,
-                    &EventBody::ContactChanged { contact: contact.clone() },
-                    now_ms(),
-                )?);
-            }
+            let changed = contacts::changed(&tx, &u, now_ms())?;
             tx.commit()?;
-            Ok(contact.zip(seq))
+            Ok(changed)
         })
         .await
         .map_err(internal)?;
@@ -223,14 +210,10 @@ async fn set_blocked(daemon: &Arc<Daemon>, raw: &str, blocked: bool) -> Result<C
                  ON CONFLICT (user_id) DO UPDATE SET blocked = excluded.blocked",
                 params![u, nickname, blocked, now],
             )?;
-            let contact = contacts::get(&tx, &u)?.ok_or_else(|| crate::store::StoreError::Io {
-                context: "blocked contact".into(),
-                source: std::io::Error::other("vanished"),
-            })?;
-            let seq =
-                events::append(&tx, &EventBody::ContactChanged { contact: contact.clone() }, now)?;
+            let changed =
+                contacts::changed(&tx, &u, now)?.ok_or_else(|| vanished("blocked contact"))?;
             tx.commit()?;
-            Ok((contact, seq))
+            Ok(changed)
         })
         .await
         .map_err(internal)?;
@@ -265,5 +248,12 @@ pub(crate) async fn sync_blocks(daemon: &Arc<Daemon>) {
         crate::relay::expect_ok(relay.as_ref(), Request::SetBlocks { block_all, users }).await
     {
         tracing::debug!(error = %e, "block list not sent yet; it is re-sent on connection");
+    }
+}
+
+fn vanished(context: &str) -> crate::store::StoreError {
+    crate::store::StoreError::Io {
+        context: context.into(),
+        source: std::io::Error::other("vanished"),
     }
 }

@@ -77,7 +77,7 @@ pub struct QuicRelay {
     /// The keep-alive interval for new connections (by network type, from the settings).
     keepalive: Mutex<Duration>,
     live: watch::Sender<Option<Live>>,
-    status: Mutex<(RelayState, Option<u64>)>,
+    status: Mutex<RelayState>,
     credentials: Mutex<Option<Credentials>>,
     /// Wakes the connection task to reconnect now (credentials changed).
     kick: Notify,
@@ -163,7 +163,7 @@ impl QuicRelay {
             idle_timeout,
             keepalive: Mutex::new(keepalive),
             live: watch::Sender::new(None),
-            status: Mutex::new((RelayState::Connecting, None)),
+            status: Mutex::new(RelayState::Connecting),
             credentials: Mutex::new(None),
             kick: Notify::new(),
             hurry: Notify::new(),
@@ -174,11 +174,8 @@ impl QuicRelay {
     fn set_state(&self, state: RelayState) {
         let changed = {
             let mut s = lock(&self.status);
-            let changed = s.0 != state;
-            s.0 = state;
-            if state != RelayState::Connected {
-                s.1 = None;
-            }
+            let changed = *s != state;
+            *s = state;
             changed
         };
         if changed {
@@ -548,7 +545,7 @@ impl RelayApi for QuicRelay {
 
     fn status(&self) -> (RelayState, Option<u64>) {
         // Read on demand from QUIC's estimate: no timer wakes the daemon for it.
-        let state = lock(&self.status).0;
+        let state = *lock(&self.status);
         let rtt = self
             .live
             .borrow()
