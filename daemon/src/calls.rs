@@ -412,6 +412,19 @@ pub async fn start_media(
     Ok(path)
 }
 
+/// Ends a call as failed here and tells the peer; the event's seq.
+pub fn failed(
+    tx: &Connection,
+    call_id: &str,
+    peer: &str,
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    let seq = ended(tx, call_id, CallEndReason::Failed, now)?;
+    let end = Content::CallEnd { call_id: call_id.to_owned(), reason: "failed".into() };
+    signal(tx, peer, &end, now)?;
+    Ok(seq)
+}
+
 /// Tears down the media of every call (restore defaults).
 pub fn stop_all_media(daemon: &Daemon, relay: Option<&Arc<dyn RelayApi>>) {
     let ids: Vec<String> = daemon.calls.lock().keys().cloned().collect();
@@ -611,13 +624,7 @@ async fn fail_stale(daemon: &Arc<Daemon>) {
             let mut last = None;
             let now = now_ms();
             for (id, peer) in ids {
-                last = ended(&tx, &id, CallEndReason::Failed, now)?.or(last);
-                signal(
-                    &tx,
-                    &peer,
-                    &Content::CallEnd { call_id: id, reason: "failed".into() },
-                    now,
-                )?;
+                last = failed(&tx, &id, &peer, now)?.or(last);
             }
             tx.commit()?;
             Ok(last)

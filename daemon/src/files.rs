@@ -256,6 +256,26 @@ fn blob_recipients(conn: &Connection, me: &str, peer: &str) -> Result<Vec<String
     }
 }
 
+/// [`set_transfer`] in a transaction of its own, and the event published.
+async fn record_transfer(
+    daemon: &Daemon,
+    row: &FileRow,
+    transfer: FileTransfer,
+) -> Result<(), StoreError> {
+    let r = row.clone();
+    let seq = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let seq = set_transfer(&tx, &r, transfer, now_ms())?;
+            tx.commit()?;
+            Ok(seq)
+        })
+        .await?;
+    daemon.bus.published(seq);
+    Ok(())
+}
+
 /// The encrypted copy of a file.
 pub fn encrypted_path(data_dir: &Path, message_id: &str) -> PathBuf {
     data_dir.join(ATTACHMENTS).join(format!("{message_id}.age"))
@@ -689,17 +709,7 @@ async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<(), Sto
                     }
                 };
                 if allowed {
-                    let r = row.clone();
-                    let seq = daemon
-                        .store
-                        .call(move |c| {
-                            let tx = c.transaction()?;
-                            let seq = set_transfer(&tx, &r, FileTransfer::Downloading, now_ms())?;
-                            tx.commit()?;
-                            Ok(seq)
-                        })
-                        .await?;
-                    daemon.bus.published(seq);
+                    record_transfer(daemon, &row, FileTransfer::Downloading).await?;
                     start(
                         daemon,
                         relay,
@@ -1152,17 +1162,7 @@ pub async fn download_now(
     row: &FileRow,
 ) -> Outcome {
     if row.transfer != FileTransfer::Downloading {
-        let r = row.clone();
-        let seq = daemon
-            .store
-            .call(move |c| {
-                let tx = c.transaction()?;
-                let seq = set_transfer(&tx, &r, FileTransfer::Downloading, now_ms())?;
-                tx.commit()?;
-                Ok(seq)
-            })
-            .await?;
-        daemon.bus.published(seq);
+        record_transfer(daemon, row, FileTransfer::Downloading).await?;
     }
     let mut rx =
         start(daemon, relay, &FileRow { transfer: FileTransfer::Downloading, ..row.clone() });

@@ -45,13 +45,7 @@ async fn media_failed(daemon: &Arc<Daemon>, call: &Call, why: String) -> RpcErro
         .call(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
-            let seq = calls::ended(&tx, &id, CallEndReason::Failed, now)?;
-            calls::signal(
-                &tx,
-                &peer,
-                &Content::CallEnd { call_id: id, reason: "failed".into() },
-                now,
-            )?;
+            let seq = calls::failed(&tx, &id, &peer, now)?;
             tx.commit()?;
             Ok(seq)
         })
