@@ -9,12 +9,16 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+/// `--version`: the crate version and the commit it was built from (`build.rs`).
+pub const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("LETSTALK_GIT_COMMIT"), ")");
+
 /// Command-line flags; each has a `LETSTALK_…` environment variable (clap reads it when
 /// the flag is absent, which gives "flag > environment" for free).
 #[derive(Debug, Parser)]
 #[command(
     name = "letstalkd",
-    version,
+    version = VERSION,
     about = "The Letstalk daemon: end-to-end encrypted messaging on this device, served to UIs over a local JSON-RPC socket."
 )]
 pub struct Args {

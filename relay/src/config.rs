@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// `--version`: the crate version and the commit it was built from (`build.rs`).
+pub(crate) const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("LETSTALK_GIT_COMMIT"), ")");
+
 /// The command line, exactly as in `programs.md`. clap reads each flag's environment
 /// variable when the flag is absent, which gives flag > environment; the file comes next.
 #[derive(Debug, Clone, Default, clap::Parser)]
-#[command(name = "letstalk-relay", version, about = "The Letstalk store-and-forward relay")]
+#[command(name = "letstalk-relay", version = VERSION, about = "The Letstalk store-and-forward relay")]
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, env = "LETSTALK_CONFIG", value_name = "FILE")]
