@@ -6,7 +6,8 @@
 //!
 //! - KV bucket `letstalk_accounts`, key `<user>`: the account record (password hash,
 //!   email, nickname, bound device, timestamps, avatar metadata), changed by
-//!   compare-and-set on its revision; `blocks.<user>` (whom the user blocks; present
+//!   compare-and-set on its revision; `blocks.<user>` (whom the user blocks, its
+//!   contacts and `share_presence`; present
 //!   exactly while the account exists, so an enqueue checks both in one read) and
 //!   `seen.<user>` (last seen), each replaced whole by one writer.
 //! - KV bucket `letstalk_directory`, key `<user>`: the device's public keys (identity,
@@ -21,17 +22,20 @@
 //! - Object store `letstalk_blobs`, object `<blob id hex>-<owner>`: complete file blobs,
 //!   with size and recipients in the object's metadata; `max_age` is the blob TTL.
 //!   Uploads in progress stay on the node receiving them (see `crate::blobs`).
-//! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<user>` per device: the offline
-//!   queues. `max_age` is the message TTL (the server expires, [`Storage::expire`] has
-//!   nothing to do), `max_msgs_per_subject` with "discard new per subject" is the
-//!   per-device message quota (the server refuses the message that would exceed it,
-//!   never drops an accepted one), the duplicate window deduplicates retransmits by a
+//! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<recipient>.<c|s>.<sender>` (`c`
+//!   from a contact of the recipient, `s` from anyone else): the offline queues.
+//!   `max_age` is the message TTL (the server expires, [`Storage::expire`] has nothing
+//!   to do), `max_msgs_per_subject` with "discard new per subject" is one sender's share
+//!   of a mailbox (a quarter; the server refuses the message that would exceed it, never
+//!   drops an accepted one); the total and the strangers' share are counted per subject
+//!   before publishing (racing senders may overshoot them by what is in flight); a
+//!   deleted account's mail, sent and received, is purged by subject; the duplicate window deduplicates retransmits by a
 //!   `Nats-Msg-Id` derived from (sender, recipient, msg id), and an acknowledgement
 //!   deletes the message by its stream sequence, which is the delivery id. A device's
 //!   queue is read by asking the stream leader for the next message on its subject: no
 //!   consumer per device, so a reconnect storm costs reads, not cluster metadata.
-//! - Stream `LETSTALK_REPORTS`, subject `letstalk.report.<kind>`: diagnostics reports
-//!   and feedback for the operator, the sender in a header. `max_age` is the report
+//! - Stream `LETSTALK_REPORTS`, subject `letstalk.report.<kind>.<user>`: diagnostics
+//!   reports and feedback for the operator (purged by subject with the account). `max_age` is the report
 //!   retention (`report_ttl_days`: the server deletes, [`Storage::expire_reports`] has
 //!   nothing to do); a resend within the duplicate window is stored once.
 //!
