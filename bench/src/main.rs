@@ -8,8 +8,11 @@
 //! N members on the sender and on the relay, `device` a connected daemon's idle cost and
 //! the interruption by a network switch, `files` a file through the relay beside a raw
 //! copy of the same bytes, `calls` call media loss and latency, `cluster` delivery
-//! through relay nodes sharing NATS JetStream beside the single embedded relay.
+//! through relay nodes sharing NATS JetStream beside the single embedded relay, `abuse`
+//! what one hostile account can cost the relay (memory under a `SendGroup` attack,
+//! requests per second before it is limited).
 
+mod abuse;
 mod call_load;
 mod calls;
 mod cluster;
@@ -69,6 +72,24 @@ enum Command {
     /// Delivery through relay nodes sharing a NATS JetStream cluster (one node, two
     /// nodes) beside the single embedded relay.
     Cluster(ClusterArgs),
+    /// What one hostile account can cost the relay: its memory under 32 concurrent
+    /// maximal SendGroup requests, and requests per second before it is limited.
+    Abuse(AbuseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AbuseArgs {
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// Requests per attacking stream in the memory run.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub(crate) rounds: usize,
+
+    /// Seconds each request kind is flooded.
+    #[arg(long, default_value_t = 5, value_name = "S")]
+    pub(crate) flood_s: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -319,5 +340,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Files(args) => runtime.block_on(files::run(&args)),
         Command::Calls(args) => runtime.block_on(calls::run(&args)),
         Command::Cluster(args) => runtime.block_on(cluster::run(&args)),
+        Command::Abuse(args) => runtime.block_on(abuse::run(&args)),
     }
 }

@@ -199,7 +199,7 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
             publish(daemon, seq.map(Some));
             if state == letstalk_ipc::types::RelayState::Connected {
                 daemon.wake_sender();
-                crate::methods::sync_blocks(daemon).await;
+                crate::methods::sync_privacy(daemon).await;
                 rewatch(daemon, relay).await;
             }
         }

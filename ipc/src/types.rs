@@ -88,6 +88,9 @@ pub struct Settings {
     pub block_all: bool,
     pub read_receipts: bool,
     pub typing: bool,
+    /// Whether contacts see this user's presence; false shows it as `hidden` to
+    /// everyone, contacts included (enforced by the relay).
+    pub share_presence: bool,
     /// Consent to upload diagnostics; `diagnostics.upload` is refused without it.
     pub diagnostics_upload: bool,
     pub auto_download: AutoDownload,
@@ -119,6 +122,8 @@ pub struct SettingsPatch {
     pub read_receipts: Option<bool>,
     #[serde(default)]
     pub typing: Option<bool>,
+    #[serde(default)]
+    pub share_presence: Option<bool>,
     #[serde(default)]
     pub diagnostics_upload: Option<bool>,
     #[serde(default)]

@@ -129,9 +129,11 @@ async fn connect(shared: &Arc<Shared>) -> Result<quinn::Connection, LinkError> {
         Response::HelloOk { challenge, .. } => challenge,
         other => return Err(LinkError::Protocol(format!("hello answered with {other:?}"))),
     };
+    let exporter = crate::auth_exporter(&conn)?;
     let mut user = None;
     if let Some(identity) = shared.identity() {
-        let signature = identity.key.sign(&auth_message(&challenge, &identity.user_id)).to_bytes();
+        let signature =
+            identity.key.sign(&auth_message(&challenge, &exporter, &identity.user_id)).to_bytes();
         let auth = Request::Auth {
             user_id: identity.user_id.clone(),
             device_key: identity.key.verifying_key().to_bytes(),
@@ -152,7 +154,7 @@ async fn connect(shared: &Arc<Shared>) -> Result<quinn::Connection, LinkError> {
         }
     }
     if let Ok(mut g) = shared.current.lock() {
-        *g = Some(Current { conn: conn.clone(), challenge });
+        *g = Some(Current { conn: conn.clone(), challenge, exporter });
     }
     let rtt = u32::try_from(conn.rtt().as_millis()).unwrap_or(u32::MAX);
     shared.status.send_modify(|s| {

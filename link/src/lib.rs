@@ -28,8 +28,11 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::Signer;
 pub use ed25519_dalek::SigningKey;
 pub use error::{Kind, LinkError};
+use letstalk_wire::{
+    AUTH_EXPORTER_LABEL, AUTH_EXPORTER_LEN, ErrorKind, MAX_AVATAR_LEN, MAX_MESSAGE_LEN, Request,
+    Response, auth_message,
+};
 pub use letstalk_wire::{Avatar, AvatarMeta, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
-use letstalk_wire::{ErrorKind, MAX_AVATAR_LEN, MAX_MESSAGE_LEN, Request, Response, auth_message};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -217,6 +220,18 @@ pub struct Sent {
 pub(crate) struct Current {
     pub(crate) conn: quinn::Connection,
     pub(crate) challenge: [u8; 32],
+    /// The connection's TLS exporter value, signed with the challenge.
+    pub(crate) exporter: [u8; AUTH_EXPORTER_LEN],
+}
+
+/// The TLS exporter value of `conn` that device authentication signs
+/// ([`letstalk_wire::auth_message`]): keying material of this TLS session only, so a
+/// signature made for one connection is worthless on any other.
+pub fn auth_exporter(conn: &quinn::Connection) -> Result<[u8; AUTH_EXPORTER_LEN], LinkError> {
+    let mut out = [0u8; AUTH_EXPORTER_LEN];
+    conn.export_keying_material(&mut out, AUTH_EXPORTER_LABEL, &[])
+        .map_err(|_| LinkError::Protocol("TLS exporter unavailable".into()))?;
+    Ok(out)
 }
 
 /// State shared between the [`Link`] handles and the driver task.
@@ -431,7 +446,8 @@ impl Link {
     ) -> Result<String, LinkError> {
         let current = self.live()?;
         let user = user_id.to_ascii_lowercase();
-        let signature = key.sign(&auth_message(&current.challenge, &user)).to_bytes();
+        let signature =
+            key.sign(&auth_message(&current.challenge, &current.exporter, &user)).to_bytes();
         let req = make(key.verifying_key().to_bytes(), signature);
         match self.call_on(&current.conn, req).await? {
             Response::Authenticated { user_id } => {
@@ -592,6 +608,16 @@ impl Link {
             Response::Presence { users } => Ok(users),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Replaces this account's contact list and whether it shares its presence: the
+    /// relay shows this account's presence only to contacts it does not block.
+    pub async fn set_contacts(
+        &self,
+        share_presence: bool,
+        users: Vec<String>,
+    ) -> Result<(), LinkError> {
+        expect_ok(self.call(Request::SetContacts { share_presence, users }).await?)
     }
 
     /// Hands a message to the relay; returns once the relay has persisted it. Retrying

@@ -53,7 +53,10 @@ async fn session(
     else {
         bail!("no hello");
     };
-    let signature = key.sign(&auth_message(&challenge, user)).to_bytes();
+    let mut exporter = [0u8; letstalk_wire::AUTH_EXPORTER_LEN];
+    conn.export_keying_material(&mut exporter, letstalk_wire::AUTH_EXPORTER_LABEL, &[])
+        .map_err(|_| anyhow::anyhow!("no TLS exporter"))?;
+    let signature = key.sign(&auth_message(&challenge, &exporter, user)).to_bytes();
     let device_key = key.verifying_key().to_bytes();
     let req = if register {
         Request::Register {

@@ -103,6 +103,7 @@ impl Blobs {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
+             PRAGMA secure_delete = ON;
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS blobs (
@@ -385,11 +386,12 @@ impl Blobs {
     pub(crate) async fn delete_owner(&self, owner: &str) -> Result<(), Fail> {
         if let Some(store) = &self.shared {
             use futures::StreamExt;
-            let suffix = format!("-{owner}");
             let mut list = store.list().await.map_err(backend)?;
             while let Some(info) = list.next().await {
                 let info = info.map_err(backend)?;
-                if info.name.ends_with(&suffix) {
+                // `<blob id hex>-<owner>`: the hex has no `-`, so the rest is the owner,
+                // compared whole (`bob` must not match `alice-bob`).
+                if info.name.split_once('-').is_some_and(|(_, o)| o == owner) {
                     let _ = store.delete(&info.name).await;
                 }
             }
@@ -407,6 +409,25 @@ impl Blobs {
                 self.delete(owner, id).await?;
             }
         }
+        // Blobs of others held on this node for the deleted account: released as if it
+        // had fetched them (deleted when nobody else waits), so no row names it.
+        let u = owner.to_owned();
+        let held: Vec<(String, Vec<u8>)> = self
+            .db(move |c| {
+                c.prepare_cached("SELECT owner, blob_id FROM blob_recipients WHERE recipient = ?1")?
+                    .query_map(params![u], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .await?;
+        for (other, id) in held {
+            if let Ok(id) = <[u8; 16]>::try_from(id.as_slice())
+                && self.release_recipient(&other, id, owner).await? == 0
+            {
+                self.delete(&other, id).await?;
+            }
+        }
+        // The WAL keeps older copies of the rows' pages until checkpointed.
+        self.db(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))).await?;
         Ok(())
     }
 }

@@ -63,6 +63,10 @@ pub(crate) struct FileConfig {
     register_per_ip: Option<RateLimit>,
     login_per_ip: Option<RateLimit>,
     login_per_account: Option<RateLimit>,
+    directory_per_account: Option<RateLimit>,
+    reports_per_account_rate: Option<RateLimit>,
+    reports_per_account: Option<u64>,
+    connections_per_ip: Option<usize>,
 }
 
 /// A token bucket: `burst` attempts at once, refilled at `per_minute`.
@@ -115,6 +119,19 @@ pub struct Limits {
     pub blob_ttl: Duration,
     /// Most blob bytes one account may hold on the relay at once.
     pub blob_quota: u64,
+    /// `LookupUser`, `FetchAvatar` and `FetchBundle` per requesting account, so the
+    /// directory cannot be enumerated quickly.
+    pub directory_per_account: RateLimit,
+    /// Reports and feedback notes per account...
+    pub reports_per_account_rate: RateLimit,
+    /// ...and how many of them the relay holds per account at once.
+    pub reports_per_account: u64,
+    /// Most recipients of one `SendGroup` (a group's size).
+    pub max_group_recipients: usize,
+    /// Most bytes one `SendGroup` may store (body × recipients).
+    pub max_fanout_bytes: u64,
+    /// Concurrent connections from one IPv4 address or IPv6 /64.
+    pub connections_per_ip: usize,
 }
 
 impl Limits {
@@ -144,6 +161,14 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             blob_ttl: Duration::from_secs(48 * 3600),
             blob_quota: 8 * 1024 * 1024 * 1024,
+            // A new conversation with every member of a full group costs one bundle each.
+            directory_per_account: RateLimit { burst: 300, per_minute: 120 },
+            reports_per_account_rate: RateLimit { burst: 10, per_minute: 2 },
+            reports_per_account: 100,
+            max_group_recipients: 256,
+            // A full group (256) of the largest text (64 KiB) with room for its encryption.
+            max_fanout_bytes: 32 * 1024 * 1024,
+            connections_per_ip: 64,
         }
     }
 }
@@ -253,10 +278,21 @@ impl Config {
         if let Some(n) = file.mailbox_max_bytes {
             limits.mailbox_max_bytes = n;
         }
+        if let Some(n) = file.reports_per_account {
+            limits.reports_per_account = n;
+        }
+        if let Some(n) = file.connections_per_ip {
+            if n == 0 {
+                return Err(ConfigError::Invalid("connections_per_ip must be at least 1".into()));
+            }
+            limits.connections_per_ip = n;
+        }
         for (slot, v) in [
             (&mut limits.register_per_ip, file.register_per_ip),
             (&mut limits.login_per_ip, file.login_per_ip),
             (&mut limits.login_per_account, file.login_per_account),
+            (&mut limits.directory_per_account, file.directory_per_account),
+            (&mut limits.reports_per_account_rate, file.reports_per_account_rate),
         ] {
             if let Some(v) = v {
                 if v.burst == 0 {

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use letstalk_wire::{ErrorKind, MAX_FRAME_LEN, PresenceInfo, Push, Response, frame_len};
+use letstalk_wire::{
+    AUTH_EXPORTER_LABEL, AUTH_EXPORTER_LEN, ErrorKind, MAX_FRAME_LEN, PresenceInfo, Push, Response,
+    frame_len,
+};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +49,9 @@ pub(crate) struct ConnCtx {
     pub(crate) remote: SocketAddr,
     /// Fresh per connection: a signature over it is good for this connection only.
     pub(crate) challenge: [u8; 32],
+    /// This TLS session's exporter value (RFC 5705): signed with the challenge, so a
+    /// signature relayed from another connection (another TLS session) is refused.
+    pub(crate) exporter: [u8; AUTH_EXPORTER_LEN],
     pub(crate) hello: AtomicBool,
     pub(crate) session: Mutex<Option<Session>>,
     pub(crate) cancel: CancellationToken,
@@ -75,6 +81,12 @@ pub(crate) async fn serve<S: Storage>(st: Arc<State<S>>, incoming: quinn::Incomi
             return;
         }
     };
+    let mut exporter = [0u8; AUTH_EXPORTER_LEN];
+    if conn.export_keying_material(&mut exporter, AUTH_EXPORTER_LABEL, &[]).is_err() {
+        debug!(%remote, "no TLS exporter: closing");
+        conn.close(close::SHUTDOWN.into(), b"no TLS exporter");
+        return;
+    }
     let id = st.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", id, %remote);
     let ctx = Arc::new(ConnCtx {
@@ -82,6 +94,7 @@ pub(crate) async fn serve<S: Storage>(st: Arc<State<S>>, incoming: quinn::Incomi
         conn: conn.clone(),
         remote,
         challenge: rand::random(),
+        exporter,
         hello: AtomicBool::new(false),
         session: Mutex::new(None),
         cancel: st.cancel.child_token(),
@@ -274,7 +287,9 @@ pub(crate) async fn start_session<S: Storage>(
     let span = tracing::Span::current();
     tokio::spawn(push_writer(send, rx, cancel.clone(), ctx.conn.clone()).instrument(span.clone()));
     tokio::spawn(deliver(st.clone(), user_id.to_owned(), tx, wake, cancel).instrument(span));
-    info!(user_id, "device authenticated");
+    // No user id at info level: the connection's span carries the address.
+    info!("device authenticated");
+    debug!(user_id, "device authenticated");
     announce(st, user_id, true).await;
     Ok(())
 }
@@ -299,14 +314,15 @@ pub(crate) async fn announce<S: Storage>(st: &Arc<State<S>>, user_id: &str, onli
     }
     let Ok(watchers) = st.storage.watchers(user_id).await else { return };
     let Ok(blocks) = st.storage.blocks(user_id).await else { return };
+    let Ok(contacts) = st.storage.contacts(user_id).await else { return };
     let info =
         PresenceInfo { user_id: user_id.to_owned(), online, last_seen_at: now, hidden: false };
     let Ok(frame) = Push::Presence(info).encode() else {
         return;
     };
-    // Those the user blocks (or everyone, with "block everyone") were told `hidden`
-    // when the block was set and hear nothing more.
-    for w in watchers.iter().filter(|w| !blocks.refuses(w)) {
+    // Only the user's contacts it does not block hear it (and nobody when it does not
+    // share presence); the others were told `hidden` and hear nothing more.
+    for w in watchers.iter().filter(|w| crate::storage::shows_presence(&blocks, &contacts, w)) {
         st.hub.push(w, frame.clone()).await;
     }
 }

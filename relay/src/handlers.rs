@@ -9,12 +9,13 @@ use letstalk_wire::{
     AvatarUpdate, ErrorKind, MAX_AVATAR_LEN, PROTOCOL_VERSION, PresenceInfo, Push, Refusal,
     Request, Response, auth_message,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::conn::{ConnCtx, end_session, start_session};
 use crate::hub::PushCmd;
 use crate::storage::{
-    Blocks, Envelope, KeyUpload, NewAccount, ProfileUpdate, Report, Storage, StorageError,
+    Blocks, Contacts, Envelope, KeyUpload, NewAccount, ProfileUpdate, Report, Storage,
+    StorageError, shows_presence,
 };
 use crate::{State, now_ms};
 
@@ -102,9 +103,12 @@ fn check_nickname(n: &str) -> Result<(), Fail> {
     Ok(())
 }
 
-fn verify_device(key: &[u8; 32], challenge: &[u8; 32], user_id: &str, sig: &[u8; 64]) -> bool {
+/// Whether `sig` is `key`'s signature over this connection's challenge and TLS exporter
+/// value for `user_id`.
+fn verify_device(key: &[u8; 32], ctx: &ConnCtx, user_id: &str, sig: &[u8; 64]) -> bool {
     let Ok(vk) = VerifyingKey::from_bytes(key) else { return false };
-    vk.verify_strict(&auth_message(challenge, user_id), &Signature::from_bytes(sig)).is_ok()
+    let message = auth_message(&ctx.challenge, &ctx.exporter, user_id);
+    vk.verify_strict(&message, &Signature::from_bytes(sig)).is_ok()
 }
 
 /// The account this connection acts for; refused if it authenticated as none, or if the
@@ -158,7 +162,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                     "this device is not bound to the account",
                 ));
             }
-            if !verify_device(&device_key, &ctx.challenge, &user, &signature) {
+            if !verify_device(&device_key, ctx, &user, &signature) {
                 return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
             }
             start_session(st, ctx, &user).await?;
@@ -180,14 +184,13 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             check_password(&password)?;
             check_email(&email)?;
             check_nickname(&nickname)?;
-            if !verify_device(&device_key, &ctx.challenge, &user, &signature) {
+            if !verify_device(&device_key, ctx, &user, &signature) {
                 return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
             }
-            st.register_ip.check(&ctx.remote.ip()).map_err(rate_limited)?;
-            let password_hash = st.hasher.hash(password).await.map_err(|e| {
-                warn!(error = %e, "hashing failed");
-                fail(ErrorKind::Internal, "hashing failed")
-            })?;
+            st.register_ip
+                .check(&crate::ratelimit::ip_key(ctx.remote.ip()))
+                .map_err(rate_limited)?;
+            let password_hash = st.hasher.hash(password).await.map_err(hash_fail)?;
             let account = NewAccount {
                 user_id: user.clone(),
                 password_hash,
@@ -198,7 +201,9 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 now: now_ms(),
             };
             st.storage.create_account(account).await.map_err(storage_fail)?;
-            info!(user_id = user, "account registered");
+            // No user id at info level: the connection's span carries the address.
+            info!("account registered");
+            debug!(user_id = user, "account registered");
             start_session(st, ctx, &user).await?;
             Ok(Response::Authenticated { user_id: user })
         }
@@ -207,14 +212,19 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 return Err(fail(ErrorKind::Invalid, "connection already authenticated"));
             }
             let user = user_arg(&user_id)?;
-            st.login_ip.check(&ctx.remote.ip()).map_err(rate_limited)?;
+            st.login_ip.check(&crate::ratelimit::ip_key(ctx.remote.ip())).map_err(rate_limited)?;
             st.login_account.check(&user).map_err(rate_limited)?;
             let creds = st.storage.credentials(&user).await.map_err(storage_fail)?;
             let bound = creds.as_ref().and_then(|c| c.device_key);
-            if !st.hasher.verify(password, creds.map(|c| c.password_hash)).await {
+            if !st
+                .hasher
+                .verify(password, creds.map(|c| c.password_hash))
+                .await
+                .map_err(hash_fail)?
+            {
                 return Err(fail(ErrorKind::AuthFailed, "wrong user id or password"));
             }
-            if !verify_device(&device_key, &ctx.challenge, &user, &signature) {
+            if !verify_device(&device_key, ctx, &user, &signature) {
                 return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
             }
             if bound != Some(device_key) {
@@ -233,7 +243,8 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 if let Some(bus) = st.hub.bus() {
                     bus.send(&user, &crate::cluster::Signal::LoggedOut).await;
                 }
-                info!(user_id = user, "account moved to a new device");
+                info!("account moved to a new device");
+                debug!(user_id = user, "account moved to a new device");
             }
             start_session(st, ctx, &user).await?;
             Ok(Response::Authenticated { user_id: user })
@@ -249,7 +260,8 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             end_session(st, ctx).await;
             st.storage.delete_account(&user).await.map_err(storage_fail)?;
             st.blobs.delete_owner(&user).await?;
-            info!(user_id = user, "account deleted");
+            st.calls.drop_user(&user);
+            info!("account deleted");
             Ok(Response::Ok)
         }
         Request::ChangePassword { old_password, new_password } => {
@@ -257,14 +269,15 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             st.login_account.check(&user).map_err(rate_limited)?;
             check_password(&new_password)?;
             let creds = st.storage.credentials(&user).await.map_err(storage_fail)?;
-            if !st.hasher.verify(old_password, creds.map(|c| c.password_hash)).await {
+            if !st
+                .hasher
+                .verify(old_password, creds.map(|c| c.password_hash))
+                .await
+                .map_err(hash_fail)?
+            {
                 return Err(fail(ErrorKind::AuthFailed, "wrong password"));
             }
-            let hash = st
-                .hasher
-                .hash(new_password)
-                .await
-                .map_err(|_| fail(ErrorKind::Internal, "hashing failed"))?;
+            let hash = st.hasher.hash(new_password).await.map_err(hash_fail)?;
             st.storage.set_password_hash(&user, hash).await.map_err(storage_fail)?;
             Ok(Response::Ok)
         }
@@ -303,7 +316,8 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             Ok(Response::Profile(profile))
         }
         Request::LookupUser { user_id } => {
-            require_auth(st, ctx)?;
+            let me = require_auth(st, ctx)?;
+            st.directory.check(&me).map_err(rate_limited)?;
             let user = user_arg(&user_id)?;
             let mut p = st.storage.profile(&user).await.map_err(storage_fail)?;
             if let Some(p) = p.as_mut() {
@@ -312,7 +326,8 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             p.map(Response::Profile).ok_or_else(|| fail(ErrorKind::NotFound, "no such user"))
         }
         Request::FetchAvatar { user_id } => {
-            require_auth(st, ctx)?;
+            let me = require_auth(st, ctx)?;
+            st.directory.check(&me).map_err(rate_limited)?;
             let user = user_arg(&user_id)?;
             let a = st.storage.avatar(&user).await.map_err(storage_fail)?;
             a.map(Response::Avatar).ok_or_else(|| fail(ErrorKind::NotFound, "no avatar"))
@@ -330,7 +345,8 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             Ok(Response::KeyCount { one_time_remaining: n })
         }
         Request::FetchBundle { user_id } => {
-            require_auth(st, ctx)?;
+            let me = require_auth(st, ctx)?;
+            st.directory.check(&me).map_err(rate_limited)?;
             let user = user_arg(&user_id)?;
             let b = st.storage.take_bundle(&user).await.map_err(storage_fail)?;
             b.map(Response::Bundle)
@@ -361,8 +377,13 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                 return Err(fail(ErrorKind::Invalid, "empty message"));
             }
             let quota = st.limits.mailbox_quota();
-            let envelope =
-                Envelope { sender: user, recipient: to.clone(), msg_id, body, now: now_ms() };
+            let envelope = Envelope {
+                sender: user,
+                recipient: to.clone(),
+                msg_id,
+                body: body.into(),
+                now: now_ms(),
+            };
             let done = st.storage.enqueue(envelope, quota).await.map_err(storage_fail)?;
             if !done.duplicate {
                 st.hub.wake(&to).await;
@@ -385,7 +406,7 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
                     sender: user.clone(),
                     recipient: to.clone(),
                     msg_id: m.msg_id,
-                    body: m.body,
+                    body: m.body.into(),
                     now,
                 })
                 .collect();
@@ -399,9 +420,20 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             let user = require_auth(st, ctx)?;
             let users = users.iter().map(|u| user_arg(u)).collect::<Result<_, _>>()?;
             let new = Blocks { all: block_all, users };
+            let contacts = st.storage.contacts(&user).await.map_err(storage_fail)?;
             let old = st.storage.set_blocks(&user, new.clone()).await.map_err(storage_fail)?;
-            reannounce(st, &user, &old, &new).await;
-            info!(user_id = user, block_all, "blocks changed");
+            reannounce(st, &user, (&old, &contacts), (&new, &contacts)).await;
+            debug!(user_id = user, block_all, "blocks changed");
+            Ok(Response::Ok)
+        }
+        Request::SetContacts { share_presence, users } => {
+            let user = require_auth(st, ctx)?;
+            let users = users.iter().map(|u| user_arg(u)).collect::<Result<_, _>>()?;
+            let new = Contacts { share_presence, users };
+            let blocks = st.storage.blocks(&user).await.map_err(storage_fail)?;
+            let old = st.storage.set_contacts(&user, new.clone()).await.map_err(storage_fail)?;
+            reannounce(st, &user, (&blocks, &old), (&blocks, &new)).await;
+            debug!(user_id = user, share_presence, "contacts changed");
             Ok(Response::Ok)
         }
         Request::SendGroup { to, msg_id, body } => {
@@ -409,31 +441,56 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             if msg_id.is_empty() || body.is_empty() || to.is_empty() {
                 return Err(fail(ErrorKind::Invalid, "empty recipients, msg id or message"));
             }
+            // Everything is checked before anything is copied or stored: the count, the
+            // total the fan-out would store, duplicates, then which recipients exist.
+            let max = st.limits.max_group_recipients;
+            if to.len() > max {
+                return Err(fail(ErrorKind::Invalid, format!("at most {max} recipients")));
+            }
+            let total = (body.len() as u64).saturating_mul(to.len() as u64);
+            if total > st.limits.max_fanout_bytes {
+                return Err(fail(
+                    ErrorKind::TooLarge,
+                    format!("a group message stores at most {} bytes", st.limits.max_fanout_bytes),
+                ));
+            }
             let mut recipients: Vec<String> =
                 to.iter().map(|u| user_arg(u)).collect::<Result<_, _>>()?;
+            drop(to);
             recipients.sort();
-            recipients.dedup();
+            if recipients.windows(2).any(|w| w[0] == w[1]) {
+                return Err(fail(ErrorKind::Invalid, "a recipient is named twice"));
+            }
+            let existing = st.storage.existing(recipients.clone()).await.map_err(storage_fail)?;
+            let mut refused = Vec::new();
+            let body = bytes::Bytes::from(body);
             let quota = st.limits.mailbox_quota();
             let now = now_ms();
-            let envelopes = recipients
-                .iter()
-                .map(|to| Envelope {
-                    sender: user.clone(),
-                    recipient: to.clone(),
-                    msg_id: msg_id.clone(),
-                    body: body.clone(),
-                    now,
-                })
-                .collect();
+            let mut envelopes = Vec::with_capacity(existing.len());
+            for to in recipients {
+                if existing.contains(&to) {
+                    // The body is shared by reference, never copied per recipient.
+                    envelopes.push(Envelope {
+                        sender: user.clone(),
+                        recipient: to,
+                        msg_id: msg_id.clone(),
+                        body: body.clone(),
+                        now,
+                    });
+                } else {
+                    refused.push(Refusal { user_id: to, kind: ErrorKind::NotFound });
+                }
+            }
+            let names: Vec<String> = envelopes.iter().map(|e| e.recipient.clone()).collect();
             let done = st.storage.enqueue_fanout(envelopes, quota).await.map_err(storage_fail)?;
-            let mut refused = Vec::new();
-            for (to, outcome) in recipients.into_iter().zip(done) {
+            for (to, outcome) in names.into_iter().zip(done) {
                 match outcome {
                     Ok(d) if !d.duplicate => st.hub.wake(&to).await,
                     Ok(_) => {}
                     Err(e) => refused.push(Refusal { user_id: to, kind: storage_fail(e).kind }),
                 }
             }
+            refused.sort_by(|a, b| a.user_id.cmp(&b.user_id));
             Ok(Response::GroupSent { server_ts: now, refused })
         }
         Request::SubmitReport { id, kind, body } => {
@@ -443,6 +500,14 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
             }
             if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
                 return Err(fail(ErrorKind::Invalid, "a report is a JSON document"));
+            }
+            st.reports_account.check(&user).map_err(rate_limited)?;
+            let held = st.storage.reports_held(&user).await.map_err(storage_fail)?;
+            if held >= st.limits.reports_per_account {
+                return Err(fail(
+                    ErrorKind::QuotaExceeded,
+                    "this account has sent as many reports as the relay keeps",
+                ));
             }
             let report = Report { id, user_id: user, kind, body, now: now_ms() };
             st.storage.store_report(report).await.map_err(storage_fail)?;
@@ -476,25 +541,42 @@ async fn handle<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request
     }
 }
 
-/// After `user` changed whom it blocks, tells each watcher whose view changed: the
-/// newly refused see `hidden`, the newly allowed see the real presence.
-async fn reannounce<S: Storage>(st: &Arc<State<S>>, user: &str, old: &Blocks, new: &Blocks) {
+/// After `user` changed whom it blocks or has as contacts (or whether it shares its
+/// presence), tells each watcher whose view changed: those who may no longer see it get
+/// `hidden`, those who now may get the real presence.
+async fn reannounce<S: Storage>(
+    st: &Arc<State<S>>,
+    user: &str,
+    old: (&Blocks, &Contacts),
+    new: (&Blocks, &Contacts),
+) {
     let Ok(watchers) = st.storage.watchers(user).await else { return };
     let online = st.hub.is_online(user).await;
     let last_seen = if online { now_ms() } else { 0 };
     for w in watchers {
-        let (was, is) = (old.refuses(&w), new.refuses(&w));
+        let (was, is) = (shows_presence(old.0, old.1, &w), shows_presence(new.0, new.1, &w));
         if was == is {
             continue;
         }
         let info = PresenceInfo {
             user_id: user.to_owned(),
-            online: online && !is,
-            last_seen_at: if is { 0 } else { last_seen },
-            hidden: is,
+            online: online && is,
+            last_seen_at: if is { last_seen } else { 0 },
+            hidden: !is,
         };
         if let Ok(frame) = Push::Presence(info).encode() {
             st.hub.push(&w, frame).await;
+        }
+    }
+}
+
+/// A hashing failure: `rate_limited` when the Argon2 queue is full.
+fn hash_fail(e: crate::password::HashError) -> Fail {
+    match e {
+        crate::password::HashError::Busy => rate_limited(std::time::Duration::from_secs(1)),
+        crate::password::HashError::Failed(e) => {
+            warn!(error = %e, "hashing failed");
+            fail(ErrorKind::Internal, "hashing failed")
         }
     }
 }

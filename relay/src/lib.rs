@@ -15,7 +15,8 @@
 //! - `hub.rs`: connected devices (push routing, which connection acts for an account).
 //! - `cluster.rs`: the bus between the nodes of a cluster relay (core NATS): wakes,
 //!   pushes, logouts and takeovers for a device connected to another node.
-//! - `ratelimit.rs`, `password.rs`: token buckets; Argon2id on the blocking pool.
+//! - `ratelimit.rs`, `password.rs`: token buckets and per-address connection slots;
+//!   Argon2id on dedicated threads behind a bounded queue.
 //! - `storage.rs`, `storage/sqlite.rs`, `storage/nats.rs`: the [`Storage`] trait, its
 //!   SQLite back end (one machine) and its NATS JetStream back end (`--cluster`).
 //! - `testing.rs`: an in-process relay on loopback for tests.
@@ -79,6 +80,12 @@ pub(crate) struct State<S> {
     pub(crate) register_ip: ratelimit::Limiter<IpAddr>,
     pub(crate) login_ip: ratelimit::Limiter<IpAddr>,
     pub(crate) login_account: ratelimit::Limiter<String>,
+    /// Directory reads (lookup, avatar, bundle) per requesting account.
+    pub(crate) directory: ratelimit::Limiter<String>,
+    /// Reports and feedback per account.
+    pub(crate) reports_account: ratelimit::Limiter<String>,
+    /// Concurrent connections per address.
+    pub(crate) conn_slots: ratelimit::ConnSlots,
     pub(crate) node_id: String,
     pub(crate) next_conn: AtomicU64,
     pub(crate) cancel: CancellationToken,

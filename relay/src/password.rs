@@ -6,7 +6,8 @@
 //! blocking pool's many threads, that retained ~6 MiB per connection in the handshake
 //! benchmark (1.1 GiB for 200 registrations); on a fixed set of threads it stays bounded
 //! at about 19 MiB per thread. The fixed set also caps how much CPU a burst of logins
-//! can take from the relay.
+//! can take from the relay. Jobs wait in a bounded queue ([`QUEUE`]); when it is full
+//! a request is answered `rate_limited` at once instead of piling up memory and latency.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -17,10 +18,25 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Jobs waiting for a hashing thread, at most. With ~50 ms per hash on one core, a full
+/// queue is about a second of work: a client waits at most that, or is told to retry.
+pub(crate) const QUEUE: usize = 32;
+
+/// Why a hash or verification did not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HashError {
+    /// The queue is full: retry later.
+    #[error("hashing queue full")]
+    Busy,
+    /// The hashing thread failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Hashes and verifies passwords.
 #[derive(Debug)]
 pub(crate) struct Hasher {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: Mutex<mpsc::SyncSender<Job>>,
     /// A hash of a random password: verifying against it for unknown users makes a login
     /// take the same time whether or not the account exists.
     dummy: OnceLock<String>,
@@ -109,7 +125,7 @@ impl Hasher {
     /// Starts one hashing thread per core; they end when the `Hasher` is dropped.
     pub(crate) fn new() -> Self {
         let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..cores {
             let rx = rx.clone();
@@ -138,26 +154,34 @@ impl Hasher {
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, HashError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
-        self.jobs
-            .lock()
-            .map_err(|_| "hasher lock".to_owned())?
-            .send(job)
-            .map_err(|_| "hasher stopped".to_owned())?;
-        rx.await.map_err(|_| "hashing thread failed".to_owned())
+        let sent =
+            self.jobs.lock().map_err(|_| HashError::Failed("hasher lock".into()))?.try_send(job);
+        match sent {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => return Err(HashError::Busy),
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(HashError::Failed("hasher stopped".into()));
+            }
+        }
+        rx.await.map_err(|_| HashError::Failed("hashing thread failed".into()))
     }
 
-    pub(crate) async fn hash(&self, password: String) -> Result<String, String> {
-        self.run(move || hash_blocking(&password)).await?
+    pub(crate) async fn hash(&self, password: String) -> Result<String, HashError> {
+        self.run(move || hash_blocking(&password)).await?.map_err(HashError::Failed)
     }
 
     /// Verifies `password` against `phc`, or against a dummy hash when `phc` is `None`
-    /// (and then always fails).
-    pub(crate) async fn verify(&self, password: String, phc: Option<String>) -> bool {
+    /// (and then always fails). [`HashError::Busy`] when the queue is full.
+    pub(crate) async fn verify(
+        &self,
+        password: String,
+        phc: Option<String>,
+    ) -> Result<bool, HashError> {
         let real = phc.is_some();
         let phc = match phc {
             Some(p) => p,
@@ -166,16 +190,64 @@ impl Hasher {
                 None => {
                     let d = self
                         .run(|| hash_blocking("letstalk-dummy-password"))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or_default();
+                        .await?
+                        .map_err(HashError::Failed)?;
                     let _ = self.dummy.set(d.clone());
                     d
                 }
             },
         };
-        let ok = self.run(move || verify_blocking(&password, &phc)).await.unwrap_or(false);
-        ok && real
+        let ok = self.run(move || verify_blocking(&password, &phc)).await?;
+        Ok(ok && real)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_answers_busy_at_once_and_recovers() {
+        let h = Hasher::new();
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
+        let (release, wait) = mpsc::channel::<()>();
+        let wait = Arc::new(Mutex::new(wait));
+        // Jobs that hold their thread until released: the threads fill, then the queue.
+        let mut accepted = 0;
+        let busy = loop {
+            let wait = wait.clone();
+            let job = h.run(move || {
+                let _ = wait.lock().map(|w| w.recv());
+            });
+            // One poll submits the job; pending means it was queued.
+            match job.now_or_never() {
+                None => accepted += 1,
+                Some(Err(HashError::Busy)) => break true,
+                Some(_) => {}
+            }
+            if accepted > cores + QUEUE + 1 {
+                break false;
+            }
+        };
+        assert!(busy, "the queue never refused a job");
+        assert!(accepted <= cores + QUEUE, "{accepted} jobs accepted");
+        assert!(matches!(h.hash("password1".into()).now_or_never(), Some(Err(HashError::Busy))));
+        for _ in 0..accepted {
+            let _ = release.send(());
+        }
+        drop(release);
+        // The released jobs drain from the queue; then hashing works again.
+        let mut again = h.hash("password1".into()).await;
+        for _ in 0..1000 {
+            if !matches!(again, Err(HashError::Busy)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            again = h.hash("password1".into()).await;
+        }
+        let phc = again.expect("hashing works again");
+        assert!(h.verify("password1".into(), Some(phc)).await.unwrap());
     }
 }

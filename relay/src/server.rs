@@ -136,6 +136,9 @@ fn new_state<S: Storage>(
         register_ip: ratelimit::Limiter::new(limits.register_per_ip),
         login_ip: ratelimit::Limiter::new(limits.login_per_ip),
         login_account: ratelimit::Limiter::new(limits.login_per_account),
+        directory: ratelimit::Limiter::new(limits.directory_per_account),
+        reports_account: ratelimit::Limiter::new(limits.reports_per_account_rate),
+        conn_slots: ratelimit::ConnSlots::new(limits.connections_per_ip),
         limits,
         hasher: password::Hasher::new(),
         node_id: config.node_id.clone(),
@@ -153,8 +156,11 @@ async fn serve_with<S: Storage>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
     let tracker = TaskTracker::new();
-    // Expiry runs often enough that nothing outlives its TTL by more than a quarter.
-    let period = (state.limits.message_ttl.min(state.limits.blob_ttl) / 4)
+    // Expiry runs often enough that nothing outlives its TTL (or the dedupe window) by
+    // more than a quarter.
+    let period =
+        (state.limits.message_ttl.min(state.limits.blob_ttl).min(crate::storage::DEDUPE_WINDOW)
+            / 4)
         .clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let mut expiry = tokio::time::interval(period);
     tokio::pin!(shutdown);
@@ -164,7 +170,18 @@ async fn serve_with<S: Storage>(
             () = &mut shutdown => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    tracker.spawn(conn::serve(state.clone(), incoming));
+                    // Refused before the handshake costs anything: one address (an IPv6
+                    // /64) holds at most `connections_per_ip` connections.
+                    match state.conn_slots.take(incoming.remote_address().ip()) {
+                        Some(slot) => {
+                            let st = state.clone();
+                            tracker.spawn(async move {
+                                conn::serve(st, incoming).await;
+                                drop(slot);
+                            });
+                        }
+                        None => incoming.refuse(),
+                    }
                 }
                 None => break,
             },

@@ -112,19 +112,55 @@ pub struct Envelope {
     pub recipient: String,
     /// The sender's idempotency key.
     pub msg_id: String,
-    /// Opaque ciphertext.
-    pub body: Vec<u8>,
+    /// Opaque ciphertext. Shared, not copied, between the copies of a fan-out.
+    pub body: bytes::Bytes,
     /// Acceptance time, ms.
     pub now: u64,
 }
 
-/// Per-mailbox limits.
+/// How long a retransmit (same sender, recipient and msg id) is recognised and answered
+/// `duplicate` instead of stored again: a sender retries within seconds to minutes; an
+/// older retransmit is stored again and the recipient's daemon recognises its message id.
+/// The cluster's stream keeps its ids as long, in the server's memory.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The de-duplication key of a message: a hash of (sender, recipient, msg id), so the
+/// dedupe records name no user.
+pub fn dedupe_id(sender: &str, recipient: &str, msg_id: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [sender, recipient, msg_id] {
+        h.update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
+/// Per-mailbox limits. The quota is shared fairly: one sender may fill at most
+/// [`Quota::sender_share`] of it, and all senders the recipient has not added as
+/// contacts together at most [`Quota::stranger_share`], so a stranger (or a crowd of
+/// them) can never fill the mailbox against the recipient's contacts.
 #[derive(Debug, Clone, Copy)]
 pub struct Quota {
     /// Most queued messages per recipient device.
     pub max_messages: u64,
     /// Most queued bytes per recipient device.
     pub max_bytes: u64,
+}
+
+impl Quota {
+    /// The part (messages, bytes) any one sender may fill: a quarter.
+    pub fn sender_share(&self) -> (u64, u64) {
+        (self.max_messages.div_ceil(4), self.max_bytes.div_ceil(4))
+    }
+
+    /// The part (messages, bytes) all non-contacts together may fill: a quarter, so
+    /// three quarters always stay for the recipient's contacts.
+    pub fn stranger_share(&self) -> (u64, u64) {
+        self.sender_share()
+    }
 }
 
 /// The outcome of an enqueue.
@@ -165,6 +201,27 @@ impl Blocks {
     pub fn refuses(&self, sender: &str) -> bool {
         self.all || self.users.contains(sender)
     }
+}
+
+/// Whom an account has added as contacts, and whether it shares its presence at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contacts {
+    /// `settings.share_presence`: false hides this account from everyone.
+    pub share_presence: bool,
+    /// Contacts (blocked ones may be among them; blocks win).
+    pub users: std::collections::BTreeSet<String>,
+}
+
+impl Default for Contacts {
+    fn default() -> Self {
+        Self { share_presence: true, users: Default::default() }
+    }
+}
+
+/// Whether an account with these blocks and contacts lets `watcher` see its presence
+/// and last-seen: only a contact it does not block, and only while it shares presence.
+pub fn shows_presence(blocks: &Blocks, contacts: &Contacts, watcher: &str) -> bool {
+    contacts.share_presence && contacts.users.contains(watcher) && !blocks.refuses(watcher)
 }
 
 /// A diagnostics report or feedback note for the operator.
@@ -215,7 +272,8 @@ pub trait Storage: Send + Sync + 'static {
         user_id: &str,
         hash: String,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
-    /// Deletes the account and everything kept for it (mailbox, keys, avatar, watches).
+    /// Deletes the account and everything kept for it (mailbox, keys, avatar, watches,
+    /// blocks, contacts, last-seen, dedupe records, reports).
     fn delete_account(
         &self,
         user_id: &str,
@@ -255,8 +313,9 @@ pub trait Storage: Send + Sync + 'static {
         user_id: &str,
     ) -> impl Future<Output = Result<Option<Bundle>, StorageError>> + Send;
     /// Adds and removes watched users (unknown ones are ignored); returns the watched
-    /// users that exist among `add`, with their last-seen time (online is filled in by
-    /// the caller, which knows the connections).
+    /// users that exist among `add`, with their last-seen time, or `hidden` where the
+    /// watched user does not show its presence to `watcher` ([`shows_presence`]); online
+    /// is filled in by the caller, which knows the connections.
     fn watch(
         &self,
         watcher: &str,
@@ -276,6 +335,26 @@ pub trait Storage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Blocks, StorageError>> + Send;
     /// Whom `user_id` blocks.
     fn blocks(&self, user_id: &str) -> impl Future<Output = Result<Blocks, StorageError>> + Send;
+    /// Replaces whom `user_id` has as contacts and whether it shares presence; returns
+    /// what was stored before.
+    fn set_contacts(
+        &self,
+        user_id: &str,
+        contacts: Contacts,
+    ) -> impl Future<Output = Result<Contacts, StorageError>> + Send;
+    /// Whom `user_id` has as contacts.
+    fn contacts(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Contacts, StorageError>> + Send;
+    /// Which of `users` have an account.
+    fn existing(
+        &self,
+        users: Vec<String>,
+    ) -> impl Future<Output = Result<std::collections::BTreeSet<String>, StorageError>> + Send;
+    /// How many of `user_id`'s reports are held: the per-account report quota.
+    fn reports_held(&self, user_id: &str)
+    -> impl Future<Output = Result<u64, StorageError>> + Send;
     /// Records when the device was last connected.
     fn set_last_seen(
         &self,

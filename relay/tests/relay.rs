@@ -234,6 +234,8 @@ async fn profile_changes_and_presence_reach_watchers() {
     let w = World::new().await;
     let mut bob = w.user("bob").await;
     let alice = w.user("alice").await;
+    // Presence needs consent: alice has bob as a contact.
+    alice.link.set_contacts(true, vec!["bob".into()]).await.unwrap();
     let watched = bob.link.watch(vec!["alice".into(), "nobody".into()], vec![]).await.unwrap();
     assert_eq!(watched.len(), 1);
     assert!(watched[0].online);
@@ -331,7 +333,8 @@ async fn offline_messages_are_stored_pushed_in_order_and_deleted_on_ack() {
 
 #[tokio::test]
 async fn mailbox_quota_is_a_clear_error() {
-    let limits = Limits { mailbox_max_messages: 3, ..Limits::default() };
+    // Twelve per mailbox: three (a quarter) from any one sender.
+    let limits = Limits { mailbox_max_messages: 12, ..Limits::default() };
     let w = World::with_limits(limits).await;
     let alice = w.user("alice").await;
     let _bob = w.user("bob").await.link.shutdown().await;

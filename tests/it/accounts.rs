@@ -138,6 +138,8 @@ async fn contacts_profiles_and_presence() {
         (Some("bob nick"), Some("Bobby"))
     );
     assert_eq!(contact["blocked"], false);
+    // Presence needs consent: alice sees bob's only once she is bob's contact.
+    bob.call("contacts.add", json!({"user_id": "alice"})).await.unwrap();
 
     let c = alice.client().await.unwrap();
     let mut events = c.take_events().unwrap();

@@ -99,6 +99,7 @@ async fn cluster_nodes_carry_messages_groups_blocking_presence_and_logout_across
 
     // Presence and profile changes cross nodes.
     alice.call("contacts.add", json!({"user_id": "bob"})).await.unwrap();
+    bob.call("contacts.add", json!({"user_id": "alice"})).await.unwrap();
     wait_presence(&alice, "bob", "online").await;
     let ui = alice.client().await.unwrap();
     let mut events = ui.take_events().unwrap();

@@ -219,7 +219,8 @@ async fn settings_round_trip_and_status_without_relay() {
     let s = d.call("settings.get", json!({})).await.unwrap();
     assert_eq!(
         s,
-        json!({"block_all": false, "read_receipts": true, "typing": true, "diagnostics_upload": false,
+        json!({"block_all": false, "read_receipts": true, "typing": true, "share_presence": true,
+               "diagnostics_upload": false,
                "auto_download": {"wifi": true, "cellular": false}, "keepalive_s": {"wifi": 20, "cellular": 20}})
     );
     let s = d

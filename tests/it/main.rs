@@ -2,6 +2,7 @@
 //! driven through the IPC socket. Modules by capability.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests: a panic is a failed test")]
 
+mod abuse;
 mod accounts;
 mod calls;
 mod cli;

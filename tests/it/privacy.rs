@@ -197,6 +197,7 @@ async fn blocking_refuses_files_and_calls_and_clearing_history_deletes_unread_fi
         .await
         .unwrap();
     alice.call("contacts.add", json!({"user_id": "bob"})).await.unwrap();
+    bob.call("contacts.add", json!({"user_id": "alice"})).await.unwrap();
     wait_presence(&alice, "bob", "online").await;
 
     // bob blocks alice: her file never reaches the relay's blob store for him and fails

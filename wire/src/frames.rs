@@ -280,6 +280,11 @@ pub enum Request {
     /// Replaces who this account blocks: the relay refuses their messages (`Blocked`)
     /// and hides this account's presence from them; with `block_all`, from everyone.
     SetBlocks { block_all: bool, users: Vec<String> },
+    /// Replaces this account's contact list and whether it shares its presence: the
+    /// relay tells this account's presence and last-seen only to its contacts (those it
+    /// does not block), and to nobody when `share_presence` is false; everyone else sees
+    /// `hidden`. Contacts also get their own share of this account's mailbox quota.
+    SetContacts { share_presence: bool, users: Vec<String> },
     /// Hands one message to several recipients (a group message: the same sender-key
     /// ciphertext for all); answered with `GroupSent` once every accepted copy is
     /// persisted. Deduplicated per recipient by `msg_id` like `Send`.
@@ -401,6 +406,11 @@ impl fmt::Debug for Request {
                 .field("block_all", block_all)
                 .field("count", &users.len())
                 .finish(),
+            Self::SetContacts { share_presence, users } => f
+                .debug_struct("SetContacts")
+                .field("share_presence", share_presence)
+                .field("count", &users.len())
+                .finish(),
             Self::SubmitReport { id, kind, body } => f
                 .debug_struct("SubmitReport")
                 .field("id", id)
@@ -480,6 +490,7 @@ mod tag {
     pub(super) const SEND_BATCH: u8 = 0x13;
     pub(super) const SET_BLOCKS: u8 = 0x20;
     pub(super) const SEND_GROUP: u8 = 0x21;
+    pub(super) const SET_CONTACTS: u8 = 0x22;
     pub(super) const SUBMIT_REPORT: u8 = 0x28;
     pub(super) const BLOB_PUT: u8 = 0x14;
     pub(super) const BLOB_STAT: u8 = 0x15;
@@ -692,6 +703,11 @@ impl Request {
                 w.bool(*block_all);
                 w.list(users, |w, v| w.str(v));
             }
+            Self::SetContacts { share_presence, users } => {
+                w.u8(tag::SET_CONTACTS);
+                w.bool(*share_presence);
+                w.list(users, |w, v| w.str(v));
+            }
             Self::SendGroup { to, msg_id, body } => {
                 w.u8(tag::SEND_GROUP);
                 w.list(to, |w, v| w.str(v));
@@ -819,6 +835,9 @@ impl Request {
             tag::PING => Self::Ping { nonce: r.u64()? },
             tag::SET_BLOCKS => {
                 Self::SetBlocks { block_all: r.bool()?, users: get_user_list(&mut r)? }
+            }
+            tag::SET_CONTACTS => {
+                Self::SetContacts { share_presence: r.bool()?, users: get_user_list(&mut r)? }
             }
             tag::SUBMIT_REPORT => Self::SubmitReport {
                 id: r.str(MAX_SHORT_STR, "id")?,

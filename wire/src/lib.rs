@@ -95,14 +95,27 @@ pub const MAX_TEXT_STR: usize = 1024;
 /// Most items in a list (prekeys, watched users, acks).
 pub const MAX_LIST: usize = 1000;
 /// Domain separation for the device-auth signature.
-pub const AUTH_CONTEXT: &[u8] = b"letstalk-auth-v1";
+pub const AUTH_CONTEXT: &[u8] = b"letstalk-auth-v2";
+/// The TLS exporter label (RFC 5705 / RFC 8446 section 7.5) both ends use to derive
+/// [`AUTH_EXPORTER_LEN`] bytes of keying material for [`auth_message`].
+pub const AUTH_EXPORTER_LABEL: &[u8] = b"EXPORTER-letstalk-device-auth";
+/// Length of the exported keying material signed in [`auth_message`].
+pub const AUTH_EXPORTER_LEN: usize = 32;
 
 /// The bytes a device signs to authenticate a connection: the context, the connection's
-/// challenge and the user id, so a signature is good for one account on one connection.
-pub fn auth_message(challenge: &[u8; 32], user_id: &str) -> Vec<u8> {
-    let mut m = Vec::with_capacity(AUTH_CONTEXT.len() + 32 + user_id.len());
+/// challenge, the connection's TLS exporter value (keying material only the two ends of
+/// this TLS session know: a relay in the middle, or anyone replaying the signature on
+/// another connection, has a different one) and the user id, so a signature is good for
+/// one account on one connection.
+pub fn auth_message(
+    challenge: &[u8; 32],
+    exporter: &[u8; AUTH_EXPORTER_LEN],
+    user_id: &str,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(AUTH_CONTEXT.len() + 32 + AUTH_EXPORTER_LEN + user_id.len());
     m.extend_from_slice(AUTH_CONTEXT);
     m.extend_from_slice(challenge);
+    m.extend_from_slice(exporter);
     m.extend_from_slice(user_id.as_bytes());
     m
 }

@@ -144,6 +144,8 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
         (any::<bool>(), users())
             .prop_map(|(block_all, users)| Request::SetBlocks { block_all, users }),
+        (any::<bool>(), users())
+            .prop_map(|(share_presence, users)| Request::SetContacts { share_presence, users }),
         (users(), short(), blob(300)).prop_map(|(to, msg_id, body)| Request::SendGroup {
             to,
             msg_id,

@@ -70,6 +70,8 @@ pub(super) async fn add(daemon: &Arc<Daemon>, p: ContactsAddParams) -> Result<Co
         .await
         .map_err(internal)?;
     daemon.bus.published(seq);
+    // The new contact may now see our presence: the relay learns it from our list.
+    sync_privacy(daemon).await;
     Ok(contact)
 }
 
@@ -91,6 +93,7 @@ pub(super) async fn remove(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<Empt
     if !removed {
         return Err(not_found(&user));
     }
+    sync_privacy(daemon).await;
     if let Some(relay) = &daemon.relay
         && let Err(e) = relay.request(Request::Watch { add: vec![], remove: vec![user] }).await
     {
@@ -218,36 +221,47 @@ async fn set_blocked(daemon: &Arc<Daemon>, raw: &str, blocked: bool) -> Result<C
         .await
         .map_err(internal)?;
     daemon.bus.published(seq);
-    sync_blocks(daemon).await;
+    sync_privacy(daemon).await;
     Ok(contact)
 }
 
-/// Sends the relay the whole block state (blocked contacts and "block everyone"). Runs
-/// after every change and on every connection, so a change made offline, or one whose
-/// request was lost, reaches the relay eventually.
-pub(crate) async fn sync_blocks(daemon: &Arc<Daemon>) {
+/// Sends the relay the whole block state (blocked contacts and "block everyone") and the
+/// contact list with `settings.share_presence` (the relay shows our presence only to
+/// contacts we do not block, and to nobody without `share_presence`). Runs after every
+/// change and on every connection, so a change made offline, or one whose request was
+/// lost, reaches the relay eventually.
+pub(crate) async fn sync_privacy(daemon: &Arc<Daemon>) {
     let (Some(relay), Some(_)) = (&daemon.relay, daemon.user()) else { return };
     let state = daemon
         .store
         .call(|c| {
-            let users: Vec<String> = c
+            let blocked: Vec<String> = c
                 .prepare("SELECT user_id FROM contacts WHERE blocked = 1 ORDER BY user_id")?
                 .query_map([], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            Ok((super::Settings::load(c)?.block_all, users))
+            let contacts: Vec<String> = c
+                .prepare("SELECT user_id FROM contacts ORDER BY user_id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok((super::Settings::load(c)?, blocked, contacts))
         })
         .await;
-    let (block_all, users) = match state {
+    let (settings, blocked, contacts) = match state {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "reading the block list");
+            tracing::warn!(error = %e, "reading the block and contact lists");
             return;
         }
     };
-    if let Err(e) =
-        crate::relay::expect_ok(relay.as_ref(), Request::SetBlocks { block_all, users }).await
-    {
-        tracing::debug!(error = %e, "block list not sent yet; it is re-sent on connection");
+    // Blocks first: a contact being blocked is never shown presence in between.
+    let blocks = Request::SetBlocks { block_all: settings.block_all, users: blocked };
+    let contacts =
+        Request::SetContacts { share_presence: settings.share_presence, users: contacts };
+    for request in [blocks, contacts] {
+        if let Err(e) = crate::relay::expect_ok(relay.as_ref(), request).await {
+            tracing::debug!(error = %e, "privacy lists not sent yet; re-sent on connection");
+            return;
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use crate::server::Connection;
 use crate::store::StoreError;
 
 pub(crate) use account::mark_logged_out;
-pub(crate) use contacts::sync_blocks;
+pub(crate) use contacts::sync_privacy;
 pub use settings::Settings;
 
 /// What a method produced.

@@ -18,6 +18,7 @@ pub struct Settings {
     pub block_all: bool,
     pub read_receipts: bool,
     pub typing: bool,
+    pub share_presence: bool,
     pub diagnostics_upload: bool,
     pub auto_download_wifi: bool,
     pub auto_download_cellular: bool,
@@ -31,6 +32,7 @@ impl Default for Settings {
             block_all: false,
             read_receipts: true,
             typing: true,
+            share_presence: true,
             diagnostics_upload: false,
             auto_download_wifi: true,
             auto_download_cellular: false,
@@ -57,6 +59,7 @@ impl Settings {
                 "block_all" => s.block_all = flag,
                 "read_receipts" => s.read_receipts = flag,
                 "typing" => s.typing = flag,
+                "share_presence" => s.share_presence = flag,
                 "diagnostics_upload" => s.diagnostics_upload = flag,
                 "auto_download.wifi" => s.auto_download_wifi = flag,
                 "auto_download.cellular" => s.auto_download_cellular = flag,
@@ -69,11 +72,12 @@ impl Settings {
         Ok(s)
     }
 
-    fn rows(&self) -> [(&'static str, i64); 8] {
+    fn rows(&self) -> [(&'static str, i64); 9] {
         [
             ("block_all", self.block_all.into()),
             ("read_receipts", self.read_receipts.into()),
             ("typing", self.typing.into()),
+            ("share_presence", self.share_presence.into()),
             ("diagnostics_upload", self.diagnostics_upload.into()),
             ("auto_download.wifi", self.auto_download_wifi.into()),
             ("auto_download.cellular", self.auto_download_cellular.into()),
@@ -93,6 +97,9 @@ impl Settings {
         }
         if let Some(v) = p.typing {
             s.typing = v;
+        }
+        if let Some(v) = p.share_presence {
+            s.share_presence = v;
         }
         if let Some(v) = p.diagnostics_upload {
             s.diagnostics_upload = v;
@@ -139,6 +146,7 @@ impl Settings {
             block_all: self.block_all,
             read_receipts: self.read_receipts,
             typing: self.typing,
+            share_presence: self.share_presence,
             diagnostics_upload: self.diagnostics_upload,
             auto_download: ipc::AutoDownload {
                 wifi: self.auto_download_wifi,
@@ -183,16 +191,18 @@ pub(super) async fn set(
                 seq = Some(events::append(&tx, &body, now_ms())?);
             }
             tx.commit()?;
-            Ok(Ok((new, seq, new.block_all != old.block_all)))
+            let relay_lists_changed =
+                new.block_all != old.block_all || new.share_presence != old.share_presence;
+            Ok(Ok((new, seq, relay_lists_changed)))
         })
         .await
         .map_err(internal)??;
-    let (new, seq, block_all_changed) = outcome;
+    let (new, seq, relay_lists_changed) = outcome;
     if let Some(seq) = seq {
         daemon.bus.published(seq);
     }
-    if block_all_changed {
-        super::sync_blocks(daemon).await;
+    if relay_lists_changed {
+        super::sync_privacy(daemon).await;
     }
     daemon.apply_keepalive().await;
     Ok(new.to_ipc())

@@ -61,6 +61,8 @@ pub enum LinkError {
 struct Live {
     conn: quinn::Connection,
     challenge: [u8; 32],
+    /// The connection's TLS exporter value, signed with the challenge.
+    exporter: [u8; letstalk_wire::AUTH_EXPORTER_LEN],
     /// The keep-alive interval this connection was made with.
     keepalive: Duration,
 }
@@ -336,9 +338,12 @@ impl QuicRelay {
             Response::HelloOk { challenge, .. } => challenge,
             other => return Err(refusal(other)),
         };
+        let mut exporter = [0u8; letstalk_wire::AUTH_EXPORTER_LEN];
+        conn.export_keying_material(&mut exporter, letstalk_wire::AUTH_EXPORTER_LABEL, &[])
+            .map_err(|_| RelayError::Unavailable)?;
         let credentials = lock(&self.credentials).clone();
         if let Some(c) = credentials {
-            let (device_key, signature) = sign(&c, &challenge);
+            let (device_key, signature) = sign(&c, &challenge, &exporter);
             let auth = Request::Auth { user_id: c.user_id.clone(), device_key, signature };
             match exchange(&conn, &auth).await? {
                 Response::Authenticated { .. } => {}
@@ -350,7 +355,7 @@ impl QuicRelay {
                 other => return Err(refusal(other)),
             }
         }
-        Ok(Live { conn, challenge, keepalive })
+        Ok(Live { conn, challenge, exporter, keepalive })
     }
 
     /// The live connection; while one is being (re)established, waits for it a little
@@ -376,7 +381,7 @@ impl QuicRelay {
         make: impl FnOnce([u8; 32], [u8; 64]) -> Request,
     ) -> Result<(), RelayError> {
         let live = self.current().await?;
-        let (device_key, signature) = sign(&credentials, &live.challenge);
+        let (device_key, signature) = sign(&credentials, &live.challenge, &live.exporter);
         match exchange(&live.conn, &make(device_key, signature)).await? {
             Response::Ok | Response::Authenticated { .. } => {
                 *lock(&self.credentials) = Some(credentials);
@@ -387,9 +392,13 @@ impl QuicRelay {
     }
 }
 
-fn sign(c: &Credentials, challenge: &[u8; 32]) -> ([u8; 32], [u8; 64]) {
+fn sign(
+    c: &Credentials,
+    challenge: &[u8; 32],
+    exporter: &[u8; letstalk_wire::AUTH_EXPORTER_LEN],
+) -> ([u8; 32], [u8; 64]) {
     let key = SigningKey::from_bytes(&c.device_seed);
-    let signature = key.sign(&auth_message(challenge, &c.user_id));
+    let signature = key.sign(&auth_message(challenge, exporter, &c.user_id));
     (key.verifying_key().to_bytes(), signature.to_bytes())
 }
 

@@ -6,7 +6,8 @@
 //!
 //! - KV bucket `letstalk_accounts`, key `<user>`: the account record (password hash,
 //!   email, nickname, bound device, timestamps, avatar metadata), changed by
-//!   compare-and-set on its revision; `blocks.<user>` (whom the user blocks; present
+//!   compare-and-set on its revision; `blocks.<user>` (whom the user blocks, its
+//!   contacts and `share_presence`; present
 //!   exactly while the account exists, so an enqueue checks both in one read) and
 //!   `seen.<user>` (last seen), each replaced whole by one writer.
 //! - KV bucket `letstalk_directory`, key `<user>`: the device's public keys (identity,
@@ -21,17 +22,20 @@
 //! - Object store `letstalk_blobs`, object `<blob id hex>-<owner>`: complete file blobs,
 //!   with size and recipients in the object's metadata; `max_age` is the blob TTL.
 //!   Uploads in progress stay on the node receiving them (see `crate::blobs`).
-//! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<user>` per device: the offline
-//!   queues. `max_age` is the message TTL (the server expires, [`Storage::expire`] has
-//!   nothing to do), `max_msgs_per_subject` with "discard new per subject" is the
-//!   per-device message quota (the server refuses the message that would exceed it,
-//!   never drops an accepted one), the duplicate window deduplicates retransmits by a
+//! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<recipient>.<c|s>.<sender>` (`c`
+//!   from a contact of the recipient, `s` from anyone else): the offline queues.
+//!   `max_age` is the message TTL (the server expires, [`Storage::expire`] has nothing
+//!   to do), `max_msgs_per_subject` with "discard new per subject" is one sender's share
+//!   of a mailbox (a quarter; the server refuses the message that would exceed it, never
+//!   drops an accepted one); the total and the strangers' share are counted per subject
+//!   before publishing (racing senders may overshoot them by what is in flight); a
+//!   deleted account's mail, sent and received, is purged by subject; the duplicate window deduplicates retransmits by a
 //!   `Nats-Msg-Id` derived from (sender, recipient, msg id), and an acknowledgement
 //!   deletes the message by its stream sequence, which is the delivery id. A device's
 //!   queue is read by asking the stream leader for the next message on its subject: no
 //!   consumer per device, so a reconnect storm costs reads, not cluster metadata.
-//! - Stream `LETSTALK_REPORTS`, subject `letstalk.report.<kind>`: diagnostics reports
-//!   and feedback for the operator, the sender in a header. `max_age` is the report
+//! - Stream `LETSTALK_REPORTS`, subject `letstalk.report.<kind>.<user>`: diagnostics
+//!   reports and feedback for the operator (purged by subject with the account). `max_age` is the report
 //!   retention (`report_ttl_days`: the server deletes, [`Storage::expire_reports`] has
 //!   nothing to do); a resend within the duplicate window is stored once.
 //!
@@ -69,8 +73,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Blocks, Credentials, Enqueued, Envelope, KeyUpload, NewAccount, ProfileUpdate, Queued, Quota,
-    Report, Storage, StorageError,
+    Blocks, Contacts, Credentials, Enqueued, Envelope, KeyUpload, NewAccount, ProfileUpdate,
+    Queued, Quota, Report, Storage, StorageError, shows_presence,
 };
 
 /// The mailbox stream.
@@ -89,10 +93,8 @@ const PREKEYS_PREFIX: &str = "letstalk.otk";
 /// Headers of a one-time prekey message (the key is the payload).
 const H_KEY_ID: &str = "Letstalk-Key-Id";
 const H_DEVICE: &str = "Letstalk-Device";
-/// How long the stream remembers a message id. The server holds every id of this window
-/// in memory, so it is bounded: one hour covers a sender's retries; an older retransmit
-/// is stored again and the recipient's daemon recognises its message id.
-pub const DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
+/// How long the stream remembers a message id (the same window as the embedded back end).
+pub use super::DEDUPE_WINDOW;
 /// Compare-and-set attempts before a contended record gives up.
 const CAS_ATTEMPTS: usize = 100;
 /// How long start-up waits for JetStream (a new cluster elects its leaders first).
@@ -171,8 +173,30 @@ pub fn token(user_id: &str) -> String {
     user_id.replace('.', "=")
 }
 
-fn mailbox_subject(user_id: &str) -> String {
-    format!("{MAILBOX_PREFIX}.{}", token(user_id))
+/// The subject a message from `sender` to `recipient` is stored under:
+/// `letstalk.mbox.<recipient>.c.<sender>` from a contact of the recipient,
+/// `letstalk.mbox.<recipient>.s.<sender>` from anyone else. One subject per (recipient,
+/// sender), so the stream's per-subject cap is each sender's share of the mailbox, and
+/// everything one account sent can be purged by subject when it is deleted.
+fn mailbox_subject(recipient: &str, sender: &str, from_contact: bool) -> String {
+    let kind = if from_contact { "c" } else { "s" };
+    format!("{MAILBOX_PREFIX}.{}.{kind}.{}", token(recipient), token(sender))
+}
+
+/// Every subject of `recipient`'s mailbox.
+fn mailbox_filter(recipient: &str) -> String {
+    format!("{MAILBOX_PREFIX}.{}.>", token(recipient))
+}
+
+/// The subject of a mailbox before per-sender subjects (still read and acknowledged, so
+/// an upgrade loses nothing queued).
+fn legacy_mailbox_subject(recipient: &str) -> String {
+    format!("{MAILBOX_PREFIX}.{}", token(recipient))
+}
+
+/// Reports of one account: `letstalk.report.<kind>.<user>`.
+fn report_subject(kind: &str, user_id: &str) -> String {
+    format!("{REPORTS_PREFIX}.{kind}.{}", token(user_id))
 }
 
 fn prekeys_subject(user_id: &str) -> String {
@@ -249,7 +273,8 @@ impl NatsStorage {
             num_replicas: replicas,
             retention: stream::RetentionPolicy::Limits,
             max_age: ttl,
-            max_messages_per_subject: i64::try_from(options.mailbox_max_messages)
+            // One subject per (recipient, sender): the cap is one sender's share.
+            max_messages_per_subject: i64::try_from(options.mailbox_max_messages.div_ceil(4))
                 .unwrap_or(i64::MAX),
             discard: stream::DiscardPolicy::New,
             discard_new_per_subject: true,
@@ -426,15 +451,35 @@ struct AccountRec {
 
 /// `blocks.<user>`: whom the user blocks. Present exactly while the account exists, so
 /// an enqueue learns both from one read.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Also whom the user has as contacts and whether it shares presence (the same record,
+/// so an enqueue or a watch learns everything from one read).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct BlocksRec {
     all: bool,
     users: BTreeSet<String>,
+    #[serde(default)]
+    contacts: BTreeSet<String>,
+    #[serde(default = "yes")]
+    share_presence: bool,
+}
+
+impl Default for BlocksRec {
+    fn default() -> Self {
+        Self { all: false, users: BTreeSet::new(), contacts: BTreeSet::new(), share_presence: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl BlocksRec {
-    fn blocks(self) -> Blocks {
-        Blocks { all: self.all, users: self.users }
+    fn blocks(&self) -> Blocks {
+        Blocks { all: self.all, users: self.users.clone() }
+    }
+
+    fn contacts(&self) -> Contacts {
+        Contacts { share_presence: self.share_presence, users: self.contacts.clone() }
     }
 
     fn refuses(&self, sender: &str) -> bool {
@@ -582,8 +627,34 @@ async fn put<T: Serialize>(store: &kv::Store, key: &str, value: &T) -> Result<()
     Ok(())
 }
 
-async fn purge(store: &kv::Store, key: &str) -> Result<(), StorageError> {
-    store.purge(key).await.map_err(|e| backend("deleting a record", e))
+/// Removes every revision of `key` and its delete marker from the bucket's stream, so
+/// no message (not even a subject) names it any more.
+async fn erase(store: &kv::Store, key: &str) -> Result<(), StorageError> {
+    store
+        .stream
+        .purge()
+        .filter(format!("{}{key}", store.prefix))
+        .await
+        .map_err(|e| backend("erasing a record", e))?;
+    Ok(())
+}
+
+/// URL-safe base64 with padding: how the object store names an object's metadata subject.
+fn base64_url(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Adds or removes `member` in the set under `key`.
@@ -603,12 +674,7 @@ async fn set_member(
 
 /// The duplicate-window id of a message: one per (sender, recipient, msg id).
 fn dedupe_id(e: &Envelope) -> String {
-    let mut h = Sha256::new();
-    for part in [&e.sender, &e.recipient, &e.msg_id] {
-        h.update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    hex::encode(&h.finalize()[..16])
+    hex::encode(super::dedupe_id(&e.sender, &e.recipient, &e.msg_id))
 }
 
 fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -> Option<&'a str> {
@@ -681,11 +747,12 @@ impl NatsStorage {
     async fn publish_in_order(
         &self,
         envelopes: Vec<Envelope>,
+        from_contact: bool,
     ) -> Result<Vec<Enqueued>, StorageError> {
         let mut acks = Vec::with_capacity(envelopes.len());
         for e in &envelopes {
             let publish = jetstream::message::PublishMessage::build()
-                .payload(Bytes::from(e.body.clone()))
+                .payload(e.body.clone())
                 .message_id(dedupe_id(e))
                 .header(H_FROM, e.sender.as_str())
                 .header(H_MSG_ID, e.msg_id.as_str())
@@ -693,7 +760,7 @@ impl NatsStorage {
             let ack = self
                 .inner
                 .js
-                .send_publish(mailbox_subject(&e.recipient), publish)
+                .send_publish(mailbox_subject(&e.recipient, &e.sender, from_contact), publish)
                 .await
                 .map_err(publish_error)?;
             acks.push((ack, e.now));
@@ -717,15 +784,103 @@ impl NatsStorage {
         }
     }
 
-    /// Checks that `recipient` exists and accepts `sender`.
-    async fn check_recipient(&self, recipient: &str, sender: &str) -> Result<(), StorageError> {
+    /// Erases the metadata message a deleted object leaves behind (it carries the name).
+    async fn erase_object_meta(&self, bucket: &str, name: &str) -> Result<(), StorageError> {
+        let stream = self
+            .inner
+            .js
+            .get_stream(format!("OBJ_{bucket}"))
+            .await
+            .map_err(|e| backend("object store", e))?;
+        stream
+            .purge()
+            .filter(format!("$O.{bucket}.M.{}", base64_url(name.as_bytes())))
+            .await
+            .map_err(|e| backend("erasing an object", e))?;
+        Ok(())
+    }
+
+    /// Up to `limit` messages on `subject` (a filter) with a sequence above `after`.
+    async fn pending_on(
+        &self,
+        subject: String,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Queued>, StorageError> {
+        let mut out = Vec::new();
+        let mut next = after.saturating_add(1);
+        while out.len() < limit as usize {
+            let got = self
+                .inner
+                .mailbox
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(subject.clone())
+                .send()
+                .await;
+            let m = match got {
+                Ok(m) => m,
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(backend("reading a mailbox", e)),
+            };
+            next = m.sequence.saturating_add(1);
+            let (Some(sender), Some(msg_id)) = (header(&m, H_FROM), header(&m, H_MSG_ID)) else {
+                tracing::warn!(seq = m.sequence, "mailbox message without its headers: skipped");
+                continue;
+            };
+            let server_ts = header(&m, H_TS).and_then(|t| t.parse().ok()).unwrap_or(0);
+            out.push(Queued {
+                delivery_id: m.sequence,
+                sender: sender.to_owned(),
+                msg_id: msg_id.to_owned(),
+                server_ts,
+                body: m.payload.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks that `recipient` exists and accepts `sender`, and that `adding` more
+    /// messages fit in the mailbox and in the strangers' share (the per-sender share is
+    /// the stream's per-subject cap); returns whether `sender` is a contact. The counts
+    /// are read before publishing, so racing senders may overshoot the total and the
+    /// strangers' share by the messages in flight; the per-sender cap is exact.
+    async fn check_recipient(
+        &self,
+        recipient: &str,
+        sender: &str,
+        adding: u64,
+        quota: Quota,
+    ) -> Result<bool, StorageError> {
         let blocks: Option<(BlocksRec, u64)> =
             read(&self.inner.accounts, &blocks_key(recipient)).await?;
-        match blocks {
-            None => Err(StorageError::NotFound),
-            Some((b, _)) if b.refuses(sender) => Err(StorageError::Blocked),
-            Some(_) => Ok(()),
+        let from_contact = match blocks {
+            None => return Err(StorageError::NotFound),
+            Some((b, _)) if b.refuses(sender) => return Err(StorageError::Blocked),
+            Some((b, _)) => b.contacts.contains(sender),
+        };
+        let mut subjects = self
+            .inner
+            .mailbox
+            .clone()
+            .info_with_subjects(mailbox_filter(recipient))
+            .await
+            .map_err(|e| backend("counting a mailbox", e))?;
+        let strangers_prefix = format!("{MAILBOX_PREFIX}.{}.s.", token(recipient));
+        let (mut total, mut strangers) = (0u64, 0u64);
+        while let Some(item) = futures::StreamExt::next(&mut subjects).await {
+            let (subject, n) = item.map_err(|e| backend("counting a mailbox", e))?;
+            total += n as u64;
+            if subject.starts_with(&strangers_prefix) {
+                strangers += n as u64;
+            }
         }
+        if total + adding > quota.max_messages
+            || (!from_contact && strangers + adding > quota.stranger_share().0)
+        {
+            return Err(StorageError::QuotaExceeded);
+        }
+        Ok(from_contact)
     }
 }
 
@@ -837,10 +992,11 @@ impl Storage for NatsStorage {
     async fn delete_account(&self, user_id: &str) -> Result<(), StorageError> {
         let key = token(user_id);
         let inner = &self.inner;
-        purge(&inner.accounts, &key).await?;
-        purge(&inner.accounts, &blocks_key(user_id)).await?;
-        purge(&inner.accounts, &seen_key(user_id)).await?;
-        purge(&inner.directory, &key).await?;
+        // Erased, not just purged: a purge leaves a marker whose subject names the key.
+        erase(&inner.accounts, &key).await?;
+        erase(&inner.accounts, &blocks_key(user_id)).await?;
+        erase(&inner.accounts, &seen_key(user_id)).await?;
+        erase(&inner.directory, &key).await?;
         self.purge_one_time(user_id).await?;
         // Watches both ways, like the embedded back end's cascades.
         let watched: BTreeSet<String> =
@@ -853,15 +1009,47 @@ impl Storage for NatsStorage {
         for w in &watchers {
             set_member(&inner.watches, &format!("by.{}", token(w)), user_id, false).await?;
         }
-        purge(&inner.watches, &format!("by.{key}")).await?;
-        purge(&inner.watches, &format!("of.{key}")).await?;
+        erase(&inner.watches, &format!("by.{key}")).await?;
+        erase(&inner.watches, &format!("of.{key}")).await?;
+        // Its mailbox, and what it sent that is still queued for others (it names the
+        // account); then its reports.
+        let t = token(user_id);
+        for filter in [
+            mailbox_filter(user_id),
+            legacy_mailbox_subject(user_id),
+            format!("{MAILBOX_PREFIX}.*.c.{t}"),
+            format!("{MAILBOX_PREFIX}.*.s.{t}"),
+        ] {
+            inner
+                .mailbox
+                .purge()
+                .filter(filter)
+                .await
+                .map_err(|e| backend("purging a mailbox", e))?;
+        }
         inner
-            .mailbox
+            .reports
             .purge()
-            .filter(mailbox_subject(user_id))
+            .filter(format!("{REPORTS_PREFIX}.*.{t}"))
             .await
-            .map_err(|e| backend("purging a mailbox", e))?;
+            .map_err(|e| backend("purging reports", e))?;
         let _ = inner.avatars.delete(key.as_str()).await;
+        self.erase_object_meta(AVATARS, &key).await?;
+        // Its file blobs (`<blob id hex>-<owner>`, the owner compared whole).
+        let mut owned = Vec::new();
+        {
+            let mut list = inner.blobs.list().await.map_err(|e| backend("listing blobs", e))?;
+            while let Some(info) = futures::StreamExt::next(&mut list).await {
+                let info = info.map_err(|e| backend("listing blobs", e))?;
+                if info.name.split_once('-').is_some_and(|(_, o)| o == user_id) {
+                    owned.push(info.name);
+                }
+            }
+        }
+        for name in owned {
+            let _ = inner.blobs.delete(name.as_str()).await;
+            self.erase_object_meta(BLOBS, &name).await?;
+        }
         Ok(())
     }
 
@@ -1039,7 +1227,9 @@ impl Storage for NatsStorage {
             }
             set_member(w, &format!("of.{}", token(&u)), watcher, true).await?;
             set_member(w, &by, &u, true).await?;
-            let hidden = self.blocks(&u).await?.refuses(watcher);
+            let rec: Option<(BlocksRec, u64)> = read(&self.inner.accounts, &blocks_key(&u)).await?;
+            let rec = rec.map(|(r, _)| r).unwrap_or_default();
+            let hidden = !shows_presence(&rec.blocks(), &rec.contacts(), watcher);
             let seen: Option<(u64, u64)> = read(&self.inner.accounts, &seen_key(&u)).await?;
             out.push(PresenceInfo {
                 online: false,
@@ -1063,7 +1253,7 @@ impl Storage for NatsStorage {
         let old: Option<(BlocksRec, u64)> =
             read(&self.inner.accounts, &blocks_key(user_id)).await?;
         let Some((old, _)) = old else { return Err(StorageError::NotFound) };
-        let new = BlocksRec { all: blocks.all, users: blocks.users };
+        let new = BlocksRec { all: blocks.all, users: blocks.users, ..old.clone() };
         put(&self.inner.accounts, &blocks_key(user_id), &new).await?;
         Ok(old.blocks())
     }
@@ -1071,6 +1261,55 @@ impl Storage for NatsStorage {
     async fn blocks(&self, user_id: &str) -> Result<Blocks, StorageError> {
         let b: Option<(BlocksRec, u64)> = read(&self.inner.accounts, &blocks_key(user_id)).await?;
         Ok(b.map(|(b, _)| b.blocks()).unwrap_or_default())
+    }
+
+    async fn set_contacts(
+        &self,
+        user_id: &str,
+        contacts: Contacts,
+    ) -> Result<Contacts, StorageError> {
+        // Like the blocks (same record, same single writer: the account's device).
+        let old: Option<(BlocksRec, u64)> =
+            read(&self.inner.accounts, &blocks_key(user_id)).await?;
+        let Some((old, _)) = old else { return Err(StorageError::NotFound) };
+        let new = BlocksRec {
+            contacts: contacts.users,
+            share_presence: contacts.share_presence,
+            ..old.clone()
+        };
+        put(&self.inner.accounts, &blocks_key(user_id), &new).await?;
+        Ok(old.contacts())
+    }
+
+    async fn contacts(&self, user_id: &str) -> Result<Contacts, StorageError> {
+        let b: Option<(BlocksRec, u64)> = read(&self.inner.accounts, &blocks_key(user_id)).await?;
+        Ok(b.map(|(b, _)| b.contacts()).unwrap_or_default())
+    }
+
+    async fn existing(&self, users: Vec<String>) -> Result<BTreeSet<String>, StorageError> {
+        let mut out = BTreeSet::new();
+        for u in users {
+            let rec: Option<(BlocksRec, u64)> = read(&self.inner.accounts, &blocks_key(&u)).await?;
+            if rec.is_some() {
+                out.insert(u);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn reports_held(&self, user_id: &str) -> Result<u64, StorageError> {
+        let mut subjects = self
+            .inner
+            .reports
+            .clone()
+            .info_with_subjects(format!("{REPORTS_PREFIX}.*.{}", token(user_id)))
+            .await
+            .map_err(|e| backend("counting reports", e))?;
+        let mut n = 0u64;
+        while let Some(item) = futures::StreamExt::next(&mut subjects).await {
+            n += item.map_err(|e| backend("counting reports", e))?.1 as u64;
+        }
+        Ok(n)
     }
 
     async fn set_last_seen(&self, user_id: &str, at: u64) -> Result<(), StorageError> {
@@ -1088,21 +1327,23 @@ impl Storage for NatsStorage {
     async fn enqueue_many(
         &self,
         envelopes: Vec<Envelope>,
-        _quota: Quota,
+        quota: Quota,
     ) -> Result<Vec<Enqueued>, StorageError> {
         let Some(first) = envelopes.first() else { return Ok(Vec::new()) };
-        self.check_recipient(&first.recipient, &first.sender).await?;
-        self.publish_in_order(envelopes).await
+        let adding = envelopes.len() as u64;
+        let from_contact =
+            self.check_recipient(&first.recipient, &first.sender, adding, quota).await?;
+        self.publish_in_order(envelopes, from_contact).await
     }
 
     async fn enqueue_fanout(
         &self,
         envelopes: Vec<Envelope>,
-        _quota: Quota,
+        quota: Quota,
     ) -> Result<Vec<Result<Enqueued, StorageError>>, StorageError> {
         let one = |e: Envelope| async move {
-            self.check_recipient(&e.recipient, &e.sender).await?;
-            let mut done = self.publish_in_order(vec![e]).await?;
+            let from_contact = self.check_recipient(&e.recipient, &e.sender, 1, quota).await?;
+            let mut done = self.publish_in_order(vec![e], from_contact).await?;
             done.pop().ok_or(StorageError::NotFound)
         };
         let outcomes = futures::future::join_all(envelopes.into_iter().map(one)).await;
@@ -1122,49 +1363,26 @@ impl Storage for NatsStorage {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Queued>, StorageError> {
-        let subject = mailbox_subject(recipient);
-        let mut out = Vec::new();
-        let mut next = after.saturating_add(1);
-        while out.len() < limit as usize {
-            let got = self
-                .inner
-                .mailbox
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(subject.clone())
-                .send()
-                .await;
-            let m = match got {
-                Ok(m) => m,
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
-                Err(e) => return Err(backend("reading a mailbox", e)),
-            };
-            next = m.sequence.saturating_add(1);
-            let (Some(sender), Some(msg_id)) = (header(&m, H_FROM), header(&m, H_MSG_ID)) else {
-                tracing::warn!(seq = m.sequence, "mailbox message without its headers: skipped");
-                continue;
-            };
-            let server_ts = header(&m, H_TS).and_then(|t| t.parse().ok()).unwrap_or(0);
-            out.push(Queued {
-                delivery_id: m.sequence,
-                sender: sender.to_owned(),
-                msg_id: msg_id.to_owned(),
-                server_ts,
-                body: m.payload.to_vec(),
-            });
-        }
+        let mut out = self.pending_on(mailbox_filter(recipient), after, limit).await?;
+        // An upgrade's leftovers, merged in delivery order.
+        out.extend(self.pending_on(legacy_mailbox_subject(recipient), after, limit).await?);
+        out.sort_by_key(|m| m.delivery_id);
+        out.truncate(limit as usize);
         Ok(out)
     }
 
     async fn ack(&self, recipient: &str, delivery_ids: Vec<u64>) -> Result<u64, StorageError> {
-        let subject = mailbox_subject(recipient);
+        let own = format!("{MAILBOX_PREFIX}.{}.", token(recipient));
+        let legacy = legacy_mailbox_subject(recipient);
         let mailbox = &self.inner.mailbox;
         let one = |seq: u64| {
-            let subject = &subject;
+            let (own, legacy) = (&own, &legacy);
             async move {
                 // A device can only delete its own mail: the subject is checked first.
                 match mailbox.get_raw_message(seq).await {
-                    Ok(m) if m.subject.as_str() == subject.as_str() => {}
+                    Ok(m)
+                        if m.subject.as_str().starts_with(own.as_str())
+                            || m.subject.as_str() == legacy.as_str() => {}
                     Ok(_) => return Ok(0),
                     Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
                         return Ok(0);
@@ -1191,13 +1409,16 @@ impl Storage for NatsStorage {
         let kind = crate::storage::report_kind_name(r.kind);
         let publish = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(r.body))
-            .message_id(format!("report.{}.{}", r.user_id, r.id))
-            .header(H_FROM, r.user_id.as_str())
+            // A hash, so the duplicate window (held in the servers' memory) names no user.
+            .message_id(format!(
+                "report.{}",
+                hex::encode(super::dedupe_id(&r.user_id, "report", &r.id))
+            ))
             .header(H_TS, r.now.to_string().as_str());
         let ack = self
             .inner
             .js
-            .send_publish(format!("{REPORTS_PREFIX}.{kind}"), publish)
+            .send_publish(report_subject(kind, &r.user_id), publish)
             .await
             .map_err(publish_error)?;
         ack.await.map_err(publish_error)?;
@@ -1265,7 +1486,7 @@ mod tests {
             sender: "alice".into(),
             recipient: "bob".into(),
             msg_id: msg_id.into(),
-            body: vec![1, 2, 3],
+            body: vec![1, 2, 3].into(),
             now,
         }
     }
@@ -1394,7 +1615,8 @@ mod tests {
 
     #[tokio::test]
     async fn mailboxes_keep_order_dedupe_delete_on_ack_and_cap_per_device() {
-        let (_dir, _nats, s) = one_server(3).await;
+        // Three per sender (a quarter of twelve).
+        let (_dir, _nats, s) = one_server(12).await;
         for u in ["alice", "bob", "carol", "dot.ted"] {
             s.create_account(account(u)).await.unwrap();
         }
@@ -1404,7 +1626,7 @@ mod tests {
         // A retransmit is acknowledged again, never stored twice.
         assert!(s.enqueue(envelope("m1", 12), QUOTA).await.unwrap().duplicate);
         s.enqueue(envelope("m3", 13), QUOTA).await.unwrap();
-        // The device's cap (3 here) refuses the next message, keeps the accepted ones,
+        // The sender's share (3 here) refuses the next message, keeps the accepted ones,
         // and still recognises a retransmit.
         assert!(matches!(
             s.enqueue(envelope("m4", 14), QUOTA).await,
@@ -1451,6 +1673,11 @@ mod tests {
         assert_eq!(s.blocks("bob").await.unwrap(), blocks);
         assert!(matches!(s.enqueue(envelope("m1", 1), QUOTA).await, Err(StorageError::Blocked)));
         s.set_last_seen("carol", 42).await.unwrap();
+        // Presence needs consent: carol has alice as a contact (bob too, but blocks win).
+        for u in ["bob", "carol"] {
+            let contacts = Contacts { share_presence: true, users: ["alice".to_owned()].into() };
+            s.set_contacts(u, contacts).await.unwrap();
+        }
         let seen = s
             .watch("alice", vec!["bob".into(), "carol".into(), "nobody".into()], vec![])
             .await
@@ -1478,5 +1705,138 @@ mod tests {
         assert!(s.watchers("carol").await.unwrap().is_empty());
         s.delete_account("alice").await.unwrap();
         assert!(s.watchers("bob").await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn object_names_are_encoded_like_the_object_store_does() {
+        assert_eq!(base64_url(b"dora"), "ZG9yYQ==");
+        assert_eq!(base64_url(b"ab-c?"), "YWItYz8=");
+        assert_eq!(base64_url(b"abc"), "YWJj");
+    }
+
+    #[tokio::test]
+    async fn strangers_fill_only_their_share_and_contacts_still_get_through() {
+        let (_dir, _nats, s) = one_server(8).await;
+        for u in ["victim", "friend", "mallory", "mallory2"] {
+            s.create_account(account(u)).await.unwrap();
+        }
+        let contacts = Contacts { share_presence: true, users: ["friend".to_owned()].into() };
+        s.set_contacts("victim", contacts).await.unwrap();
+        let quota = Quota { max_messages: 8, max_bytes: 1 << 20 };
+        let to_victim = |from: &str, id: &str| Envelope {
+            sender: from.into(),
+            recipient: "victim".into(),
+            ..envelope(id, 1)
+        };
+        // Two (a quarter of eight) from all strangers together.
+        s.enqueue(to_victim("mallory", "a"), quota).await.unwrap();
+        s.enqueue(to_victim("mallory", "b"), quota).await.unwrap();
+        for (from, id) in [("mallory", "c"), ("mallory2", "d")] {
+            assert!(matches!(
+                s.enqueue(to_victim(from, id), quota).await,
+                Err(StorageError::QuotaExceeded)
+            ));
+        }
+        // The contact has its own share.
+        s.enqueue(to_victim("friend", "e"), quota).await.unwrap();
+        s.enqueue(to_victim("friend", "f"), quota).await.unwrap();
+        assert!(matches!(
+            s.enqueue(to_victim("friend", "g"), quota).await,
+            Err(StorageError::QuotaExceeded)
+        ));
+        assert_eq!(ids(&s.pending("victim", 0, 10).await.unwrap()), ["a", "b", "e", "f"]);
+    }
+
+    /// Every message of every stream (KV buckets and object stores are streams too)
+    /// whose subject, headers or payload contain `needle`, but for those whose payload
+    /// contains `except`.
+    async fn messages_naming(s: &NatsStorage, needle: &[u8], except: &[u8]) -> Vec<String> {
+        use futures::StreamExt;
+        let js = &s.inner.js;
+        let mut found = Vec::new();
+        let names: Vec<String> = js.stream_names().map(|n| n.unwrap()).collect().await;
+        for name in names {
+            let stream = js.get_stream(&name).await.unwrap();
+            let state = stream.cached_info().state.clone();
+            for seq in state.first_sequence..=state.last_sequence {
+                let Ok(m) = stream.get_raw_message(seq).await else { continue };
+                let headers = format!("{:?}", m.headers);
+                let has = |b: &[u8], n: &[u8]| b.windows(n.len()).any(|w| w == n);
+                if has(&m.payload, except) {
+                    continue;
+                }
+                let hit = |b: &[u8]| has(b, needle);
+                if hit(m.subject.as_bytes()) || hit(headers.as_bytes()) || hit(&m.payload) {
+                    found.push(format!("{name} #{seq} {}", m.subject));
+                }
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn deleting_an_account_leaves_nothing_naming_it_in_any_stream_or_bucket() {
+        let (_dir, _nats, s) = one_server(100).await;
+        for u in ["dorazq", "erinqx"] {
+            s.create_account(account(u)).await.unwrap();
+        }
+        let keys = KeyUpload {
+            identity: Some(vec![9]),
+            signed_prekey: Some(PreKey { id: 1, key: vec![1] }),
+            one_time: vec![PreKey { id: 2, key: vec![2] }],
+            last_resort: None,
+        };
+        s.upload_keys("dorazq", keys).await.unwrap();
+        let avatar = Avatar { mime: "image/png".into(), data: vec![1, 2, 3] };
+        let update = ProfileUpdate {
+            nickname: None,
+            email: None,
+            avatar: AvatarUpdate::Set(avatar),
+            now: 2,
+        };
+        s.update_profile("dorazq", update).await.unwrap();
+        let contacts = Contacts { share_presence: true, users: ["erinqx".to_owned()].into() };
+        s.set_contacts("dorazq", contacts).await.unwrap();
+        s.set_blocks("dorazq", Blocks { all: false, users: ["mallory".to_owned()].into() })
+            .await
+            .unwrap();
+        s.set_last_seen("dorazq", 5).await.unwrap();
+        s.watch("dorazq", vec!["erinqx".into()], vec![]).await.unwrap();
+        s.watch("erinqx", vec!["dorazq".into()], vec![]).await.unwrap();
+        let mail = |from: &str, to: &str| Envelope {
+            sender: from.into(),
+            recipient: to.into(),
+            ..envelope("m", 3)
+        };
+        s.enqueue(mail("dorazq", "erinqx"), QUOTA).await.unwrap();
+        s.enqueue(mail("erinqx", "dorazq"), QUOTA).await.unwrap();
+        let report = Report {
+            id: "r1".into(),
+            user_id: "dorazq".into(),
+            kind: letstalk_wire::ReportKind::Feedback,
+            body: b"{}".to_vec(),
+            now: 4,
+        };
+        s.store_report(report).await.unwrap();
+        s.inner
+            .blobs
+            .put("00112233445566778899aabbccddeeff-dorazq", &mut &b"blob"[..])
+            .await
+            .unwrap();
+        // A blob of another owner whose name ends the same way is not touched.
+        s.inner
+            .blobs
+            .put("00112233445566778899aabbccddeeff-alice-dorazq", &mut &b"other"[..])
+            .await
+            .unwrap();
+        let other = b"alice-dorazq";
+        assert!(!messages_naming(&s, b"dorazq", other).await.is_empty());
+
+        s.delete_account("dorazq").await.unwrap();
+        let left = messages_naming(&s, b"dorazq", other).await;
+        assert!(left.is_empty(), "still naming the account: {left:?}");
+        assert!(s.inner.blobs.info("00112233445566778899aabbccddeeff-alice-dorazq").await.is_ok());
+        assert!(s.inner.blobs.info("00112233445566778899aabbccddeeff-dorazq").await.is_err());
+        assert!(s.profile("erinqx").await.unwrap().is_some());
     }
 }

@@ -14,8 +14,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Blocks, Credentials, Enqueued, Envelope, KeyUpload, NewAccount, ProfileUpdate, Queued, Quota,
-    Report, Storage, StorageError, report_kind_name,
+    Blocks, Contacts, Credentials, DEDUPE_WINDOW, Enqueued, Envelope, KeyUpload, NewAccount,
+    ProfileUpdate, Queued, Quota, Report, Storage, StorageError, dedupe_id, report_kind_name,
+    shows_presence,
 };
 
 /// Numbered migrations; `PRAGMA user_version` records how many ran.
@@ -23,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0001_init.sql"),
     include_str!("0002_blocks.sql"),
     include_str!("0003_reports.sql"),
+    include_str!("0004_consent.sql"),
 ];
 
 /// SQLite storage. Cheap to clone.
@@ -198,10 +200,16 @@ impl Storage for SqliteStorage {
         let user_id = user_id.to_owned();
         self.with(move |c| {
             let tx = c.transaction()?;
-            // Cascades to avatar, prekeys, watches and the mailbox.
+            // Cascades to avatar, prekeys, watches, blocks, contacts and the mailbox.
             tx.execute("DELETE FROM accounts WHERE user_id = ?1", [&user_id])?;
-            tx.execute("DELETE FROM sent_ids WHERE sender = ?1 OR recipient = ?1", [&user_id])?;
+            // What it sent that is still queued goes with it (it names the account), and
+            // so do its reports. Dedupe records hold only hashes and expire within the hour.
+            tx.execute("DELETE FROM mailbox WHERE sender = ?1", [&user_id])?;
+            tx.execute("DELETE FROM reports WHERE user_id = ?1", [&user_id])?;
             tx.commit()?;
+            // `secure_delete` zeroed the rows in the database pages; the WAL still holds
+            // older copies of those pages until it is checkpointed and truncated.
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             Ok(())
         })
         .await
@@ -359,19 +367,20 @@ impl Storage for SqliteStorage {
                 for w in &remove {
                     del.execute(params![watcher, w])?;
                 }
-                let mut seen = tx.prepare_cached(
-                    "SELECT a.last_seen_at, a.block_all OR EXISTS
-                        (SELECT 1 FROM blocks b WHERE b.blocker = a.user_id AND b.blocked = ?2)
-                     FROM accounts a WHERE a.user_id = ?1",
-                )?;
+                let mut seen =
+                    tx.prepare_cached("SELECT last_seen_at FROM accounts WHERE user_id = ?1")?;
                 let mut ins = tx.prepare_cached(
                     "INSERT INTO watches (watcher, watched) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 )?;
                 for w in add {
-                    let row: Option<(i64, bool)> = seen
-                        .query_row(params![w, watcher], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
-                    if let Some((last, hidden)) = row {
+                    let row: Option<i64> = seen.query_row([&w], |r| r.get(0)).optional()?;
+                    if let Some(last) = row {
+                        let shown = shows_presence(
+                            &read_blocks(&tx, &w)?,
+                            &read_contacts(&tx, &w)?,
+                            &watcher,
+                        );
+                        let hidden = !shown;
                         ins.execute(params![watcher, w])?;
                         out.push(PresenceInfo {
                             user_id: w,
@@ -427,6 +436,68 @@ impl Storage for SqliteStorage {
     async fn blocks(&self, user_id: &str) -> Result<Blocks, StorageError> {
         let user_id = user_id.to_owned();
         self.with(move |c| read_blocks(c, &user_id)).await
+    }
+
+    async fn set_contacts(
+        &self,
+        user_id: &str,
+        contacts: Contacts,
+    ) -> Result<Contacts, StorageError> {
+        let user_id = user_id.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let old = read_contacts(&tx, &user_id)?;
+            let n = tx.execute(
+                "UPDATE accounts SET share_presence = ?2 WHERE user_id = ?1",
+                params![user_id, contacts.share_presence],
+            )?;
+            if n == 0 {
+                return Err(StorageError::NotFound);
+            }
+            tx.execute("DELETE FROM contacts WHERE owner = ?1", [&user_id])?;
+            {
+                let mut ins =
+                    tx.prepare_cached("INSERT INTO contacts (owner, contact) VALUES (?1, ?2)")?;
+                for u in &contacts.users {
+                    ins.execute(params![user_id, u])?;
+                }
+            }
+            tx.commit()?;
+            Ok(old)
+        })
+        .await
+    }
+
+    async fn contacts(&self, user_id: &str) -> Result<Contacts, StorageError> {
+        let user_id = user_id.to_owned();
+        self.with(move |c| read_contacts(c, &user_id)).await
+    }
+
+    async fn existing(
+        &self,
+        users: Vec<String>,
+    ) -> Result<std::collections::BTreeSet<String>, StorageError> {
+        self.with(move |c| {
+            let mut out = std::collections::BTreeSet::new();
+            for u in users {
+                if exists(c, &u)? {
+                    out.insert(u);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn reports_held(&self, user_id: &str) -> Result<u64, StorageError> {
+        let user_id = user_id.to_owned();
+        self.with(move |c| {
+            let n: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM reports WHERE user_id = ?1")?
+                .query_row([&user_id], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     async fn set_last_seen(&self, user_id: &str, at: u64) -> Result<(), StorageError> {
@@ -557,12 +628,27 @@ impl Storage for SqliteStorage {
         self.with(move |c| {
             let tx = c.transaction()?;
             let n = tx.execute("DELETE FROM mailbox WHERE server_ts < ?1", [i(before)])?;
-            tx.execute("DELETE FROM sent_ids WHERE server_ts < ?1", [i(before)])?;
+            // Dedupe records live only for the retransmit window (checked on read too).
+            let window = u64::try_from(DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
+            let dedupe_before = crate::now_ms().saturating_sub(window);
+            tx.execute("DELETE FROM sent_ids WHERE server_ts < ?1", [i(dedupe_before)])?;
             tx.commit()?;
             Ok(n as u64)
         })
         .await
     }
+}
+
+fn read_contacts(c: &Connection, user_id: &str) -> Result<Contacts, StorageError> {
+    let share: Option<bool> = c
+        .prepare_cached("SELECT share_presence FROM accounts WHERE user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))
+        .optional()?;
+    let users = c
+        .prepare_cached("SELECT contact FROM contacts WHERE owner = ?1")?
+        .query_map([user_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Contacts { share_presence: share.unwrap_or(true), users })
 }
 
 fn read_blocks(c: &Connection, user_id: &str) -> Result<Blocks, StorageError> {
@@ -579,45 +665,64 @@ fn read_blocks(c: &Connection, user_id: &str) -> Result<Blocks, StorageError> {
 
 /// One message into the mailbox, inside the caller's transaction.
 fn enqueue_in(tx: &Connection, e: Envelope, quota: Quota) -> Result<Enqueued, StorageError> {
+    let id = dedupe_id(&e.sender, &e.recipient, &e.msg_id);
+    let window = u64::try_from(DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
     let before: Option<i64> = tx
-        .query_row(
-            "SELECT server_ts FROM sent_ids WHERE sender = ?1 AND recipient = ?2 AND msg_id = ?3",
-            params![e.sender, e.recipient, e.msg_id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT server_ts FROM sent_ids WHERE id = ?1 AND server_ts >= ?2")?
+        .query_row(params![id, i(e.now.saturating_sub(window))], |r| r.get(0))
         .optional()?;
     if let Some(ts) = before {
         return Ok(Enqueued { server_ts: ts as u64, duplicate: true });
     }
-    let refuses: Option<bool> = tx
+    let refuses: Option<(bool, bool)> = tx
         .prepare_cached(
             "SELECT a.block_all OR EXISTS
-                (SELECT 1 FROM blocks b WHERE b.blocker = a.user_id AND b.blocked = ?2)
+                (SELECT 1 FROM blocks b WHERE b.blocker = a.user_id AND b.blocked = ?2),
+                EXISTS (SELECT 1 FROM contacts c WHERE c.owner = a.user_id AND c.contact = ?2)
              FROM accounts a WHERE a.user_id = ?1",
         )?
-        .query_row(params![e.recipient, e.sender], |r| r.get(0))
+        .query_row(params![e.recipient, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    match refuses {
+    let from_contact = match refuses {
         None => return Err(StorageError::NotFound),
-        Some(true) => return Err(StorageError::Blocked),
-        Some(false) => {}
-    }
-    let (count, bytes): (i64, i64) = tx.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox WHERE recipient = ?1",
-        [&e.recipient],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if count as u64 >= quota.max_messages || bytes as u64 + e.body.len() as u64 > quota.max_bytes {
+        Some((true, _)) => return Err(StorageError::Blocked),
+        Some((false, contact)) => contact,
+    };
+    let len = e.body.len() as u64;
+    let over = |(count, bytes): (i64, i64), (max_messages, max_bytes): (u64, u64)| {
+        count as u64 >= max_messages || bytes as u64 + len > max_bytes
+    };
+    let sum = "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox WHERE recipient = ?1";
+    let total =
+        tx.prepare_cached(sum)?.query_row([&e.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if over(total, (quota.max_messages, quota.max_bytes)) {
         return Err(StorageError::QuotaExceeded);
     }
-    tx.execute(
-        "INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![e.recipient, e.sender, e.msg_id, i(e.now), e.body],
-    )?;
-    tx.execute(
-        "INSERT INTO sent_ids (sender, recipient, msg_id, server_ts) VALUES (?1, ?2, ?3, ?4)",
-        params![e.sender, e.recipient, e.msg_id, i(e.now)],
-    )?;
+    // Fair shares: one sender, and non-contacts together, fill only a part of the box.
+    let by_sender = tx
+        .prepare_cached(&format!("{sum} AND sender = ?2"))?
+        .query_row(params![e.recipient, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if over(by_sender, quota.sender_share()) {
+        return Err(StorageError::QuotaExceeded);
+    }
+    if !from_contact {
+        let strangers = tx
+            .prepare_cached(&format!("{sum} AND from_contact = 0"))?
+            .query_row([&e.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if over(strangers, quota.stranger_share()) {
+            return Err(StorageError::QuotaExceeded);
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body, from_contact)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![e.recipient, e.sender, e.msg_id, i(e.now), &e.body[..], from_contact])?;
+    tx.prepare_cached(
+        "INSERT INTO sent_ids (id, server_ts) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET server_ts = excluded.server_ts",
+    )?
+    .execute(params![id, i(e.now)])?;
     Ok(Enqueued { server_ts: e.now, duplicate: false })
 }
 
@@ -642,7 +747,7 @@ mod tests {
             sender: "alice".into(),
             recipient: "bob".into(),
             msg_id: msg_id.into(),
-            body: vec![1, 2, 3],
+            body: vec![1, 2, 3].into(),
             now,
         }
     }
@@ -684,7 +789,8 @@ mod tests {
         let s = SqliteStorage::open(dir.path()).unwrap();
         s.create_account(account("alice")).await.unwrap();
         s.create_account(account("bob")).await.unwrap();
-        let quota = Quota { max_messages: 100, max_bytes: 5 };
+        // One sender may fill a quarter: 3 of 12 bytes.
+        let quota = Quota { max_messages: 100, max_bytes: 12 };
         s.enqueue(envelope("a", 1), quota).await.unwrap();
         assert!(matches!(
             s.enqueue(envelope("b", 1), quota).await,
@@ -727,6 +833,11 @@ mod tests {
         assert_eq!(s.set_blocks("bob", blocks.clone()).await.unwrap(), Blocks::default());
         assert_eq!(s.blocks("bob").await.unwrap(), blocks);
         assert!(matches!(s.enqueue(envelope("m1", 1), QUOTA).await, Err(StorageError::Blocked)));
+        // Presence needs consent: both have alice as a contact, but bob's block wins.
+        for u in ["bob", "carol"] {
+            let contacts = Contacts { share_presence: true, users: ["alice".to_owned()].into() };
+            s.set_contacts(u, contacts).await.unwrap();
+        }
         let seen = s.watch("alice", vec!["bob".into(), "carol".into()], vec![]).await.unwrap();
         assert_eq!(
             seen.iter().map(|p| (p.user_id.as_str(), p.hidden)).collect::<Vec<_>>(),
@@ -752,5 +863,39 @@ mod tests {
             s.set_blocks("nobody", Blocks::default()).await,
             Err(StorageError::NotFound)
         ));
+    }
+
+    #[tokio::test]
+    async fn strangers_fill_only_their_share_and_contacts_still_get_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        for u in ["victim", "friend", "mallory", "mallory2"] {
+            s.create_account(account(u)).await.unwrap();
+        }
+        let contacts = Contacts { share_presence: true, users: ["friend".to_owned()].into() };
+        s.set_contacts("victim", contacts).await.unwrap();
+        let quota = Quota { max_messages: 8, max_bytes: 1 << 20 };
+        let to_victim = |from: &str, id: &str| Envelope {
+            sender: from.into(),
+            recipient: "victim".into(),
+            ..envelope(id, 1)
+        };
+        s.enqueue(to_victim("mallory", "a"), quota).await.unwrap();
+        s.enqueue(to_victim("mallory", "b"), quota).await.unwrap();
+        for (from, id) in [("mallory", "c"), ("mallory2", "d")] {
+            assert!(matches!(
+                s.enqueue(to_victim(from, id), quota).await,
+                Err(StorageError::QuotaExceeded)
+            ));
+        }
+        s.enqueue(to_victim("friend", "e"), quota).await.unwrap();
+        s.enqueue(to_victim("friend", "f"), quota).await.unwrap();
+        assert!(matches!(
+            s.enqueue(to_victim("friend", "g"), quota).await,
+            Err(StorageError::QuotaExceeded)
+        ));
+        let ids: Vec<String> =
+            s.pending("victim", 0, 10).await.unwrap().into_iter().map(|m| m.msg_id).collect();
+        assert_eq!(ids, ["a", "b", "e", "f"]);
     }
 }
