@@ -43,8 +43,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::content::{Content, Secret};
-pub use crate::localid::{LocalId, safe_name};
 use crate::delivery::{self, Effects};
+pub use crate::localid::{LocalId, safe_name};
 use crate::messages::{self, NewMessage};
 use crate::relay::{RelayApi, RelayError};
 use crate::store::StoreError;
@@ -353,7 +353,6 @@ pub fn guess_mime(name: &str) -> &'static str {
         _ => "application/octet-stream",
     }
 }
-
 
 /// Whether a received file downloads on its own on `network` (the spec: Wi-Fi yes by
 /// default, cellular or metered no). Ethernet counts as Wi-Fi; an unknown link counts

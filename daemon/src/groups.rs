@@ -133,7 +133,12 @@ fn grant_message(gid: &str, admin: &str, key: &PublicIdentity) -> Vec<u8> {
 }
 
 /// `admin` (identity `key`) is an admin of `gid`: signed by an admin's `identity`.
-pub fn sign_grant(gid: &str, identity: &IdentityKeyPair, admin: &str, key: &PublicIdentity) -> Grant {
+pub fn sign_grant(
+    gid: &str,
+    identity: &IdentityKeyPair,
+    admin: &str,
+    key: &PublicIdentity,
+) -> Grant {
     Grant {
         admin: admin.to_owned(),
         key: hex::encode(key.to_bytes()),
@@ -675,7 +680,13 @@ pub fn on_sender_key(
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT DO UPDATE SET distribution = excluded.distribution, at = excluded.at",
             )?
-            .execute(params![gid, sender, distribution.generation(), bytes.as_slice(), now])?;
+            .execute(params![
+                gid,
+                sender,
+                distribution.generation(),
+                bytes.as_slice(),
+                now
+            ])?;
             return Ok(Ok(Effects::default()));
         }
     }
@@ -1066,7 +1077,12 @@ mod tests {
             .unwrap()
     }
 
-    fn snapshot(g: &GroupState, members: &[&str], admins: &[&str], origin: Option<Origin>) -> Content {
+    fn snapshot(
+        g: &GroupState,
+        members: &[&str],
+        admins: &[&str],
+        origin: Option<Origin>,
+    ) -> Content {
         Content::Group {
             gid: g.id.clone(),
             name: g.name.clone(),
@@ -1113,7 +1129,8 @@ mod tests {
             forged(Some(claims_creator)),
             forged(mine.origin_for("mallory")),
         ] {
-            let r = carol.store.with(|c| on_update(c, "carol", "mallory", &mallory_pub, &attempt, 2));
+            let r =
+                carol.store.with(|c| on_update(c, "carol", "mallory", &mallory_pub, &attempt, 2));
             assert!(r.unwrap().is_err());
         }
         assert_ne!(other_gid, gid);
@@ -1217,7 +1234,10 @@ mod tests {
             created: 1,
             origin: Some(origin),
         };
-        dave.store.with(|c| on_update(c, "dave", "bob", &bob_id.public(), &add, 3)).unwrap().unwrap();
+        dave.store
+            .with(|c| on_update(c, "dave", "bob", &bob_id.public(), &add, 3))
+            .unwrap()
+            .unwrap();
         let seen = dave.store.with(|c| load(c, &gid)).unwrap().unwrap();
         assert!(seen.1);
         assert_eq!(seen.0.admins, ["bob"].map(String::from).into());

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use letstalk_tests::peer::{Peer, UploadedFile};
 use letstalk_tests::{
     Daemon, PASSWORD, World, error_of, eventually, files_containing, registered, texts,
-    wait_texts,
+    wait_connected, wait_texts,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -284,9 +284,11 @@ async fn a_receipt_from_someone_who_did_not_receive_the_message_changes_nothing(
     let sent = alice.call("messages.send", json!({"to": format!("group:{gid}"), "text": "crew"}));
     let grouped = sent.await.unwrap()["message"]["message_id"].as_str().unwrap().to_owned();
     for id in [&direct, &grouped] {
-        eventually(LIMIT, "sent", || async { (state(id.clone()).await["state"] == "sent").then_some(()) })
-            .await
-            .unwrap();
+        eventually(LIMIT, "sent", || async {
+            (state(id.clone()).await["state"] == "sent").then_some(())
+        })
+        .await
+        .unwrap();
     }
 
     // mallory (a stranger, and a member of nothing) claims both were read.
@@ -305,7 +307,10 @@ async fn a_receipt_from_someone_who_did_not_receive_the_message_changes_nothing(
     let d = state(direct.clone()).await;
     assert_eq!(d["state"], "sent", "{d}");
     let g = state(grouped.clone()).await;
-    assert_eq!((&g["state"], &g["states"]), (&json!("sent"), &json!({"bob": "sent", "carol": "sent"})));
+    assert_eq!(
+        (&g["state"], &g["states"]),
+        (&json!("sent"), &json!({"bob": "sent", "carol": "sent"}))
+    );
 
     // The real recipients' receipts do move them.
     bob.send_content("alice", json!({"t": "receipt", "state": "read", "ids": [direct, grouped]}))
@@ -360,11 +365,13 @@ async fn another_account_logging_in_finds_nothing_of_the_previous_one() {
     std::fs::remove_file(&source).unwrap();
 
     // Plaintext waiting in the outbox: written while the relay is away.
-    relay.kill9();
+    // Stopped cleanly (its connections closed), so bob reconnects at once after.
+    relay.stop();
     const QUEUED: &str = "MARKER-queued-never-sent";
     alice.call("messages.send", json!({"to": "user:bob", "text": QUEUED})).await.unwrap();
     alice.call("account.logout", json!({})).await.unwrap();
     relay.restart().unwrap();
+    wait_connected(&bob).await;
 
     // The device logs into dave's account.
     eventually(LIMIT, "login as dave", || async {
@@ -390,8 +397,16 @@ async fn another_account_logging_in_finds_nothing_of_the_previous_one() {
     assert!(!opened.exists(), "the opened file is gone");
 
     // dave writes to bob: anything of alice's still queued for bob would go first.
-    alice.call("messages.send", json!({"to": "user:bob", "text": "hello from dave"})).await.unwrap();
-    let got = wait_texts(&bob, "user:dave", 1, LIMIT).await;
+    alice
+        .call("messages.send", json!({"to": "user:bob", "text": "hello from dave"}))
+        .await
+        .unwrap();
+    let got = eventually(LIMIT, "dave's text at bob", || async {
+        let t = texts(&bob, "user:dave").await;
+        (!t.is_empty()).then_some(t)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- device:\n{}\n--- bob:\n{}", alice.logs(), bob.logs()));
     assert_eq!(got, vec!["hello from dave"]);
     assert!(!texts(&bob, "user:alice").await.iter().any(|t| t == QUEUED));
 

@@ -130,7 +130,9 @@ fn forget_previous_account(daemon: &Daemon) {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "removing the previous account's files"),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "removing the previous account's files")
+            }
         }
     }
 }
