@@ -16,6 +16,52 @@ pub const SIGNED_PREKEY_ID: u32 = 1;
 pub const LAST_RESORT_ID: u32 = 2;
 pub const FIRST_ONE_TIME_ID: u32 = 16;
 
+/// The tables whose rows belong to the account on the device: everything it said,
+/// received, knows and queued. Another account logging in on the device empties them
+/// all ([`forget_previous`]). Every table is in this list or in [`DEVICE_TABLES`]; a
+/// test fails for a table in neither, so a new table is classified when it is made.
+pub const ACCOUNT_TABLES: &[&str] = &[
+    "files",
+    "message_members",
+    "messages",
+    "outbox",
+    "received",
+    "sessions",
+    "contacts",
+    "prekeys",
+    "group_members",
+    "groups",
+    "group_receivers",
+    "group_pending",
+    "group_keys_held",
+    "calls",
+    "reports_out",
+    "events",
+];
+
+/// The tables that describe the device, not the account: kept across accounts. The
+/// `account` row itself is replaced by the new account's.
+pub const DEVICE_TABLES: &[&str] =
+    &["meta", "settings", "account", "network_history", "connection_log", "frontends_seen"];
+
+/// Deletes everything of the account that was on the device (inside the caller's
+/// transaction, before the new account is saved). With `secure_delete` the freed pages
+/// are zeroed; the caller truncates the WAL after the commit.
+pub fn forget_previous(conn: &Connection) -> Result<(), StoreError> {
+    let (last, _) = crate::events::bounds(conn)?;
+    for table in ACCOUNT_TABLES {
+        conn.execute(&format!("DELETE FROM {table}"), [])?;
+    }
+    // Every earlier event is gone: a UI replaying from before now must reload its state
+    // (`resync_required`), and seqs keep counting up (AUTOINCREMENT).
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('events_pruned_through', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![last.to_string()],
+    )?;
+    Ok(())
+}
+
 /// The account row.
 pub struct Account {
     pub user_id: String,
@@ -216,4 +262,33 @@ pub fn generate_prekeys(
         keys.push(PreKeySecret::generate_one_time(FIRST_ONE_TIME_ID + i, rng));
     }
     keys
+}
+
+#[cfg(test)]
+mod tables {
+    use super::*;
+
+    #[test]
+    fn every_table_is_the_accounts_or_the_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let tables: Vec<String> = store
+            .with(|c| {
+                Ok(c.prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        for t in &tables {
+            let account = ACCOUNT_TABLES.contains(&t.as_str());
+            let device = DEVICE_TABLES.contains(&t.as_str());
+            assert!(account ^ device, "table {t}: in exactly one of ACCOUNT_TABLES, DEVICE_TABLES");
+        }
+        for t in ACCOUNT_TABLES.iter().chain(DEVICE_TABLES) {
+            assert!(tables.iter().any(|x| x == t), "no table {t}");
+        }
+        store.with(|c| forget_previous(c)).unwrap();
+    }
 }

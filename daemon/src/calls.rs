@@ -88,7 +88,8 @@ impl Calls {
 
 /// The relay's 16-byte route id for a call id (a UUID).
 pub fn route_id(call_id: &str) -> Option<[u8; 16]> {
-    uuid::Uuid::parse_str(call_id).ok().map(|u| *u.as_bytes())
+    // Only the canonical form: two spellings of one UUID would share a route and socket.
+    crate::localid::LocalId::parse(call_id).map(|id| *id.as_bytes())
 }
 
 fn media_str(m: CallMedia) -> &'static str {

@@ -31,10 +31,20 @@ pub enum Content {
         admins: Vec<String>,
         ver: u64,
         created: i64,
+        /// Proof that the sender is an admin, for a device that has not seen the group
+        /// (see `groups.rs`): the group id is bound to its creator, and each admin
+        /// after the creator holds a grant signed by the one before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<Origin>,
     },
-    /// The sender left the group.
+    /// The sender left the group; the last admin leaving signs `grant` for the member
+    /// who becomes admin after it.
     #[serde(rename = "group_leave")]
-    GroupLeave { gid: String },
+    GroupLeave {
+        gid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<Grant>,
+    },
     /// The sender's sender key for a group, hex (secret: it only ever travels inside a
     /// pairwise session).
     #[serde(rename = "sender_key")]
@@ -72,6 +82,27 @@ pub enum Content {
     /// The call ended on the sender's side: `hangup`, `rejected`, `busy` or `missed`.
     #[serde(rename = "call_end")]
     CallEnd { call_id: String, reason: String },
+}
+
+/// Where a group comes from: its creator, the creator's identity key (hex of the 128-byte
+/// public identity) and a 16-byte nonce (hex) that, hashed together, are the group id;
+/// and the chain of admin grants from the creator to the sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub creator: String,
+    pub key: String,
+    pub nonce: String,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// `admin` (whose identity key is `key`, hex) is an admin of the group: signed (`sig`,
+/// hex) by the identity key of the admin before it in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub admin: String,
+    pub key: String,
+    pub sig: String,
 }
 
 /// A secret string (hex key material): serialised as is, never shown by `Debug`.
@@ -133,8 +164,14 @@ mod tests {
                 admins: vec!["a".into()],
                 ver: 2,
                 created: 1,
+                origin: Some(Origin {
+                    creator: "a".into(),
+                    key: "00".into(),
+                    nonce: "11".into(),
+                    grants: vec![Grant { admin: "b".into(), key: "22".into(), sig: "33".into() }],
+                }),
             },
-            Content::GroupLeave { gid: "g".into() },
+            Content::GroupLeave { gid: "g".into(), grant: None },
             Content::SenderKey { gid: "g".into(), key: "00".into() },
             Content::File {
                 id: "f".into(),

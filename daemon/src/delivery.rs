@@ -488,18 +488,18 @@ fn receive_in(
             Ok(e)
         }
         Some(update @ Content::Group { .. }) => {
-            crate::groups::on_update(tx, me_id, sender, &update, now)?
+            crate::groups::on_update(tx, me_id, sender, session.remote_identity(), &update, now)?
         }
         // "Block everyone" refuses files as it refuses texts (calls: `calls::receive`).
         Some(Content::File { .. }) if blocks_everyone(tx)? => Ok(Effects::default()),
         Some(c @ (Content::File { .. } | Content::FileCancel { .. })) => {
-            Ok(crate::files::receive(tx, sender, &conversation, &c, now)?)
+            crate::files::receive(tx, sender, &conversation, &c, now)?
         }
         Some(
             c @ (Content::CallOffer { .. } | Content::CallAnswer { .. } | Content::CallEnd { .. }),
         ) => Ok(crate::calls::receive(tx, sender, &c, now)?),
-        Some(Content::GroupLeave { gid }) => {
-            Ok(crate::groups::on_leave(tx, me_id, sender, &gid, now)?)
+        Some(Content::GroupLeave { gid, grant }) => {
+            Ok(crate::groups::on_leave(tx, me_id, sender, &gid, grant.as_ref(), now)?)
         }
         Some(Content::SenderKey { gid, key }) => {
             crate::groups::on_sender_key(tx, me_id, sender, &gid, &key, now)?

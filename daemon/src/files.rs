@@ -19,6 +19,10 @@
 //! **Invariant:** plaintext is written only to the sender's own file and to the paths a
 //! client names (or the directory of opened files beside the socket); what the daemon
 //! keeps in its data directory is ciphertext.
+//!
+//! **Invariant:** every local path of a transfer is made from a [`LocalId`] (the path
+//! helpers take nothing else) and a [`safe_name`]: a file message or cancel whose id is
+//! not a canonical UUID is dropped on arrival, so no peer-chosen string names a file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::content::{Content, Secret};
 use crate::delivery::{self, Effects};
+pub use crate::localid::{LocalId, safe_name};
 use crate::messages::{self, NewMessage};
 use crate::relay::{RelayApi, RelayError};
 use crate::store::StoreError;
@@ -70,6 +75,9 @@ pub enum TransferError {
     /// The relay refused the upload for good: the recipient blocks us.
     #[error("the recipient blocks you")]
     Blocked,
+    /// The row's id is not one a local path may be made from (see `localid.rs`).
+    #[error("the file's id is not valid")]
+    InvalidId,
     #[error("{0}")]
     Io(String),
 }
@@ -156,6 +164,14 @@ pub struct FileRow {
     pub path: Option<String>,
     pub transfer: FileTransfer,
     pub release: bool,
+}
+
+impl FileRow {
+    /// The id its local files are named by; `None` for a row whose id is not a canonical
+    /// UUID (none is stored since ids are checked on arrival), which then has no files.
+    pub fn local_id(&self) -> Option<LocalId> {
+        LocalId::parse(&self.message_id)
+    }
 }
 
 pub fn transfer_str(t: FileTransfer) -> &'static str {
@@ -276,14 +292,24 @@ async fn record_transfer(
     Ok(())
 }
 
-/// The encrypted copy of a file.
-pub fn encrypted_path(data_dir: &Path, message_id: &str) -> PathBuf {
-    data_dir.join(ATTACHMENTS).join(format!("{message_id}.age"))
+/// The encrypted copy of a file. Paths are made only from a [`LocalId`] (see
+/// `localid.rs`): a message id from a peer is checked before it can name a file.
+pub fn encrypted_path(data_dir: &Path, id: &LocalId) -> PathBuf {
+    id.child(&data_dir.join(ATTACHMENTS), ".age")
 }
 
-fn partial_path(data_dir: &Path, message_id: &str) -> PathBuf {
-    data_dir.join(ATTACHMENTS).join(format!("{message_id}.age.part"))
+fn partial_path(data_dir: &Path, id: &LocalId) -> PathBuf {
+    id.child(&data_dir.join(ATTACHMENTS), ".age.part")
 }
+
+/// Where `files.download` without `dest` writes a file's plaintext:
+/// `<runtime dir>/files/<id>/<safe name>`.
+pub fn opened_path(runtime_dir: &Path, id: &LocalId, name: &str) -> PathBuf {
+    id.child(&runtime_dir.join(OPENED), "").join(safe_name(name))
+}
+
+/// The directory of opened files in the runtime directory.
+pub const OPENED: &str = "files";
 
 /// Bytes of the age payload of a `size`-byte file.
 pub fn payload_len(size: u64) -> u64 {
@@ -326,19 +352,6 @@ pub fn guess_mime(name: &str) -> &'static str {
         "mov" => "video/quicktime",
         _ => "application/octet-stream",
     }
-}
-
-/// A file name from a peer, made safe to use as the last component of a path: no
-/// separators, no control characters, not `.` or `..`, at most 255 bytes.
-pub fn safe_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
-        .collect();
-    while out.len() > 255 {
-        out.pop();
-    }
-    if out.is_empty() || out == "." || out == ".." { "file".to_owned() } else { out }
 }
 
 /// Whether a received file downloads on its own on `network` (the spec: Wi-Fi yes by
@@ -485,30 +498,35 @@ pub fn insert_outgoing(
 // Receiving
 
 /// Applies a file or file-cancel content from `sender` in `conversation` (theirs, or a
-/// group's), inside the receive transaction.
+/// group's), inside the receive transaction. `Ok(Err(why))`: dropped, nothing changed.
 pub fn receive(
     tx: &Connection,
     sender: &str,
     conversation: &str,
     content: &Content,
     now: i64,
-) -> Result<Effects, StoreError> {
+) -> Result<Result<Effects, String>, StoreError> {
     let mut applied = Effects::default();
     match content {
         Content::File { id, at, name, size, mime, sha256, key, blob, blob_size, caption } => {
+            // The id names this file's local copies: only a canonical UUID may.
+            if LocalId::parse(id).is_none() {
+                return Ok(Err("file message with an invalid id".into()));
+            }
             let (Ok(key), Ok(blob)) = (hex::decode(&key.0), hex::decode(blob)) else {
-                tracing::warn!("file message with a malformed key or blob id: dropped");
-                return Ok(applied);
+                return Ok(Err("file message with a malformed key or blob id".into()));
             };
             let (Ok(key), Ok(blob)) = (<[u8; 16]>::try_from(key), <[u8; 16]>::try_from(blob))
             else {
-                tracing::warn!("file message with a malformed key or blob id: dropped");
-                return Ok(applied);
+                return Ok(Err("file message with a malformed key or blob id".into()));
             };
             let key = zeroize::Zeroizing::new(key);
-            if *size > MAX_FILE || *blob_size != payload_len(*size) || sha256.len() != 64 {
-                tracing::warn!("file message with impossible sizes: dropped");
-                return Ok(applied);
+            if *size > MAX_FILE
+                || *blob_size != payload_len(*size)
+                || sha256.len() != 64
+                || !sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Ok(Err("file message with impossible sizes or hash".into()));
             }
             let new = NewMessage {
                 message_id: id,
@@ -561,6 +579,9 @@ pub fn receive(
             applied.queued = true;
         }
         Content::FileCancel { id } => {
+            if LocalId::parse(id).is_none() {
+                return Ok(Err("file cancel with an invalid id".into()));
+            }
             if let Some(row) = get(tx, id)?
                 && row.direction == Direction::In
                 && row.peer == sender
@@ -574,7 +595,7 @@ pub fn receive(
         }
         _ => {}
     }
-    Ok(applied)
+    Ok(Ok(applied))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -722,7 +743,9 @@ async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<(), Sto
                 if daemon.transfers.is_active(&row.message_id) {
                     daemon.transfers.stop(&row.message_id).await;
                 }
-                remove_local(&daemon.config.data_dir, &row.message_id);
+                if let Some(id) = row.local_id() {
+                    remove_local(&daemon.config.data_dir, &id);
+                }
             }
             _ => {}
         }
@@ -735,8 +758,8 @@ async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<(), Sto
 
 /// Deletes the local ciphertext of a cancelled transfer (an outgoing one keeps nothing;
 /// an incoming one keeps nothing either).
-pub fn remove_local(data_dir: &Path, message_id: &str) {
-    for p in [partial_path(data_dir, message_id), encrypted_path(data_dir, message_id)] {
+pub fn remove_local(data_dir: &Path, id: &LocalId) {
+    for p in [partial_path(data_dir, id), encrypted_path(data_dir, id)] {
         match std::fs::remove_file(&p) {
             Ok(()) => tracing::debug!(path = %p.display(), "removed a cancelled transfer's bytes"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -801,7 +824,10 @@ fn start(
                 tracing::warn!(error = %e, "file transfer failed");
                 if matches!(
                     e,
-                    TransferError::Gone | TransferError::Corrupt | TransferError::Blocked
+                    TransferError::Gone
+                        | TransferError::Corrupt
+                        | TransferError::Blocked
+                        | TransferError::InvalidId
                 ) {
                     fail(&d, &row, e).await;
                 }
@@ -861,7 +887,8 @@ async fn upload(
     row: &FileRow,
 ) -> Result<(), TransferError> {
     let me = daemon.user().ok_or(TransferError::Unavailable)?;
-    let path = encrypted_path(&daemon.config.data_dir, &row.message_id);
+    let id = row.local_id().ok_or(TransferError::InvalidId)?;
+    let path = encrypted_path(&daemon.config.data_dir, &id);
     let stat = relay.request(Request::BlobStat { owner: me.clone(), blob_id: row.blob_id }).await;
     let offset = match stat.map_err(relay_err)? {
         Response::Blob { size, stored } if size == row.blob_size => stored,
@@ -972,8 +999,9 @@ async fn download(
     row: &FileRow,
 ) -> Result<(), TransferError> {
     let data_dir = &daemon.config.data_dir;
-    let part = partial_path(data_dir, &row.message_id);
-    let done = encrypted_path(data_dir, &row.message_id);
+    let id = row.local_id().ok_or(TransferError::InvalidId)?;
+    let part = partial_path(data_dir, &id);
+    let done = encrypted_path(data_dir, &id);
     create_private_dir(&data_dir.join(ATTACHMENTS))
         .map_err(|e| TransferError::io("attachments", e))?;
     let mut file = tokio::fs::OpenOptions::new()
@@ -1206,7 +1234,9 @@ pub async fn cancel(daemon: &Arc<Daemon>, row: &FileRow) -> Result<(), StoreErro
         })
         .await?;
     daemon.bus.published(seq);
-    remove_local(&daemon.config.data_dir, &row.message_id);
+    if let Some(id) = row.local_id() {
+        remove_local(&daemon.config.data_dir, &id);
+    }
     daemon.wake_sender();
     daemon.transfers.wake();
     Ok(())
@@ -1227,15 +1257,6 @@ mod tests {
             assert_eq!(plain_progress(payload.len() as u64, size as u64), size as u64);
         }
         assert!(payload_len(MAX_FILE) <= letstalk_wire::MAX_BLOB_LEN);
-    }
-
-    #[test]
-    fn names_from_peers_are_made_safe() {
-        assert_eq!(safe_name("../../etc/passwd"), ".._.._etc_passwd");
-        assert_eq!(safe_name(".."), "file");
-        assert_eq!(safe_name(""), "file");
-        assert_eq!(safe_name("a\nb"), "a_b");
-        assert_eq!(safe_name(&"é".repeat(200)).len(), 254);
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //!
 //! Membership: an admin's change is a full snapshot of the group ([`Content::Group`]:
 //! name, members, admins, a version) sent over the pairwise sessions to every member old
-//! and new. A device applies a snapshot only from someone it knows as an admin (or, for
-//! a group it does not know yet, from an admin named in the snapshot that lists this
-//! device's user) and only if its version is newer. A member leaving tells everyone
-//! ([`Content::GroupLeave`]).
+//! and new. A device applies a snapshot only from someone it knows as an admin, and only
+//! if its version is newer. A group it has not seen is accepted only from a sender who
+//! proves to be its admin ([`proves_admin`]): the group id is a hash of the creator's
+//! user id, identity key and a nonce ([`derive_id`]), and every admin after the creator
+//! holds a grant signed by the identity key of the admin before it (the last admin
+//! leaving signs one for the member who takes over), so the chain ends at the identity
+//! key of the pairwise session the snapshot came through. A member leaving tells
+//! everyone ([`Content::GroupLeave`]).
 //!
 //! Sender keys: each member encrypts its group messages once with its own sender key
 //! (chain key plus Ed25519 signing key, `letstalk_crypto::SenderKey`) and hands the key
@@ -17,17 +21,23 @@
 //! A group message is one relay request (`SendGroup`) carrying one ciphertext for every
 //! recipient: `'G' | gid_len u8 | gid | sender-key message`. A message that arrives
 //! before its sender's key or before the update naming its sender waits, still
-//! encrypted, in `group_pending` and is retried when either arrives.
+//! encrypted, in `group_pending` and is retried when either arrives; a sender key from
+//! someone who is not (yet) a member waits in `group_keys_held` and becomes a key only
+//! once a snapshot names its sender. Both are bounded: per group, per stranger, in all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::{CryptoRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use letstalk_crypto::{SenderKey, SenderKeyDistribution, SenderKeyReceiver};
+use letstalk_crypto::{
+    IdentityKeyPair, PublicIdentity, SenderKey, SenderKeyDistribution, SenderKeyReceiver,
+};
 use letstalk_ipc::types::{EventBody, Group};
 
-use crate::content::Content;
+use crate::content::{Content, Grant, Origin};
 use crate::delivery::{self, Effects};
 use crate::store::StoreError;
 use crate::{events, messages};
@@ -38,6 +48,138 @@ pub const FRAME_TAG: u8 = b'G';
 pub const MAX_MEMBERS: usize = 256;
 /// Most undecryptable-yet messages kept per group.
 const MAX_PENDING: i64 = 1000;
+/// Most waiting messages from one sender who is not a member of the group as we know it
+/// (or of a group we do not know), over all groups.
+const MAX_PENDING_STRANGER: i64 = 100;
+/// Most waiting messages, and their bytes, in all.
+const MAX_PENDING_TOTAL: i64 = 5000;
+const MAX_PENDING_BYTES: i64 = 32 * 1024 * 1024;
+/// The largest group message kept waiting (a 64 KiB text, escaped, fits).
+const MAX_PENDING_BODY: usize = 512 * 1024;
+/// Most sender keys held for a sender who is not a member yet, and in all.
+const MAX_HELD_KEYS_PER_SENDER: i64 = 8;
+const MAX_HELD_KEYS: i64 = 256;
+/// Domain labels of the group id hash and of admin grants.
+const GID_LABEL: &[u8] = b"letstalk group id v1";
+const GRANT_LABEL: &[u8] = b"letstalk group admin v1";
+
+/// How a group's admins prove themselves to a device that has not seen the group: the
+/// group id's preimage (creator, its identity key, nonce; hex) and, per admin, the
+/// grants from the creator to it (the creator's chain is empty). Kept verified: a chain
+/// is stored only after it was checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    pub creator: String,
+    pub key: String,
+    pub nonce: String,
+    pub chains: BTreeMap<String, Vec<Grant>>,
+}
+
+impl Proof {
+    /// The origin `admin` sends, if it holds a chain.
+    fn origin_for(&self, admin: &str) -> Option<Origin> {
+        Some(Origin {
+            creator: self.creator.clone(),
+            key: self.key.clone(),
+            nonce: self.nonce.clone(),
+            grants: self.chains.get(admin)?.clone(),
+        })
+    }
+
+    fn same_root(&self, o: &Origin) -> bool {
+        self.creator == o.creator && self.key == o.key && self.nonce == o.nonce
+    }
+}
+
+/// The group id of a group `creator` (with identity `key`) makes with `nonce`: 32 hex
+/// digits of SHA-256 over all three, so nobody else can claim to have created it.
+pub fn derive_id(creator: &str, key: &PublicIdentity, nonce: &[u8; 16]) -> String {
+    let mut h = Sha256::new();
+    h.update(GID_LABEL);
+    h.update([u8::try_from(creator.len()).unwrap_or(u8::MAX)]);
+    h.update(creator.as_bytes());
+    h.update(key.to_bytes());
+    h.update(nonce);
+    hex::encode(h.finalize().get(..16).unwrap_or_default())
+}
+
+/// A new group's id and proof, made by `creator`.
+pub fn new_origin(
+    creator: &str,
+    identity: &IdentityKeyPair,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> (String, Proof) {
+    let mut nonce = [0u8; 16];
+    rng.fill_bytes(&mut nonce);
+    let key = identity.public();
+    let gid = derive_id(creator, &key, &nonce);
+    let proof = Proof {
+        creator: creator.to_owned(),
+        key: hex::encode(key.to_bytes()),
+        nonce: hex::encode(nonce),
+        chains: BTreeMap::from([(creator.to_owned(), Vec::new())]),
+    };
+    (gid, proof)
+}
+
+fn grant_message(gid: &str, admin: &str, key: &PublicIdentity) -> Vec<u8> {
+    let mut m = GRANT_LABEL.to_vec();
+    m.push(u8::try_from(gid.len()).unwrap_or(u8::MAX));
+    m.extend_from_slice(gid.as_bytes());
+    m.push(u8::try_from(admin.len()).unwrap_or(u8::MAX));
+    m.extend_from_slice(admin.as_bytes());
+    m.extend_from_slice(&key.to_bytes());
+    m
+}
+
+/// `admin` (identity `key`) is an admin of `gid`: signed by an admin's `identity`.
+pub fn sign_grant(
+    gid: &str,
+    identity: &IdentityKeyPair,
+    admin: &str,
+    key: &PublicIdentity,
+) -> Grant {
+    Grant {
+        admin: admin.to_owned(),
+        key: hex::encode(key.to_bytes()),
+        sig: hex::encode(identity.sign(&grant_message(gid, admin, key))),
+    }
+}
+
+fn public_identity(hex_key: &str) -> Option<PublicIdentity> {
+    PublicIdentity::from_bytes(&hex::decode(hex_key).ok()?).ok()
+}
+
+/// The admin (and its identity key) that `origin`'s chain ends at, if `origin` is sound
+/// for `gid`: the id hashes from the creator, its key and the nonce, and each grant is
+/// signed by the key before it.
+fn chain_end(gid: &str, origin: &Origin) -> Option<(String, PublicIdentity)> {
+    if crate::validate::user_id("creator", &origin.creator).ok()? != origin.creator
+        || origin.grants.len() > MAX_MEMBERS
+    {
+        return None;
+    }
+    let key = public_identity(&origin.key)?;
+    let nonce: [u8; 16] = hex::decode(&origin.nonce).ok()?.try_into().ok()?;
+    if derive_id(&origin.creator, &key, &nonce) != gid {
+        return None;
+    }
+    let mut end = (origin.creator.clone(), key);
+    for g in &origin.grants {
+        let next = public_identity(&g.key)?;
+        let sig = hex::decode(&g.sig).ok()?;
+        end.1.verify_signature(&grant_message(gid, &g.admin, &next), &sig).ok()?;
+        end = (g.admin.clone(), next);
+    }
+    Some(end)
+}
+
+/// Whether `origin` proves that `sender`, whose pairwise session has identity
+/// `sender_key`, is an admin of group `gid`.
+pub fn proves_admin(gid: &str, origin: &Origin, sender: &str, sender_key: &PublicIdentity) -> bool {
+    chain_end(gid, origin)
+        .is_some_and(|(admin, key)| admin == sender && key.to_bytes() == sender_key.to_bytes())
+}
 
 /// A group's membership as this device knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +190,8 @@ pub struct GroupState {
     pub version: u64,
     pub members: BTreeSet<String>,
     pub admins: BTreeSet<String>,
+    /// `None` for a group made before groups carried one.
+    pub proof: Option<Proof>,
 }
 
 impl GroupState {
@@ -61,8 +205,8 @@ impl GroupState {
         }
     }
 
-    /// The snapshot an admin sends.
-    pub fn content(&self) -> Content {
+    /// The snapshot admin `sender` sends (with its chain, when it holds one).
+    pub fn content(&self, sender: &str) -> Content {
         Content::Group {
             gid: self.id.clone(),
             name: self.name.clone(),
@@ -70,6 +214,7 @@ impl GroupState {
             admins: self.admins.iter().cloned().collect(),
             ver: self.version,
             created: self.created_at,
+            origin: self.proof.as_ref().and_then(|p| p.origin_for(sender)),
         }
     }
 
@@ -108,11 +253,14 @@ pub fn parse_frame(body: &[u8]) -> Option<(&str, &[u8])> {
 
 /// One group and whether this device's user is still in it.
 pub fn load(conn: &Connection, gid: &str) -> Result<Option<(GroupState, bool)>, StoreError> {
-    let row: Option<(String, i64, i64, bool)> = conn
-        .prepare_cached("SELECT name, created_at, version, member FROM groups WHERE group_id = ?1")?
-        .query_row(params![gid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+    type Row = (String, i64, i64, bool, Option<String>);
+    let row: Option<Row> = conn
+        .prepare_cached(
+            "SELECT name, created_at, version, member, origin FROM groups WHERE group_id = ?1",
+        )?
+        .query_row(params![gid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .optional()?;
-    let Some((name, created_at, version, member)) = row else { return Ok(None) };
+    let Some((name, created_at, version, member, origin)) = row else { return Ok(None) };
     let mut members = BTreeSet::new();
     let mut admins = BTreeSet::new();
     let mut stmt =
@@ -133,6 +281,7 @@ pub fn load(conn: &Connection, gid: &str) -> Result<Option<(GroupState, bool)>, 
         version: u64::try_from(version).unwrap_or(0),
         members,
         admins,
+        proof: origin.and_then(|o| serde_json::from_str(&o).ok()),
     };
     Ok(Some((state, member)))
 }
@@ -163,12 +312,21 @@ pub fn name(conn: &Connection, gid: &str) -> Result<Option<String>, StoreError> 
 }
 
 fn save(conn: &Connection, g: &GroupState, member: bool) -> Result<(), StoreError> {
+    let origin = g.proof.as_ref().and_then(|p| serde_json::to_string(p).ok());
     conn.prepare_cached(
-        "INSERT INTO groups (group_id, name, created_at, version, member) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO groups (group_id, name, created_at, version, member, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (group_id) DO UPDATE SET name = excluded.name, version = excluded.version,
-            member = excluded.member",
+            member = excluded.member, origin = excluded.origin",
     )?
-    .execute(params![g.id, g.name, g.created_at, i64::try_from(g.version).unwrap_or(i64::MAX), member])?;
+    .execute(params![
+        g.id,
+        g.name,
+        g.created_at,
+        i64::try_from(g.version).unwrap_or(i64::MAX),
+        member,
+        origin
+    ])?;
     conn.prepare_cached("DELETE FROM group_members WHERE group_id = ?1")?.execute(params![g.id])?;
     let mut ins = conn.prepare_cached(
         "INSERT INTO group_members (group_id, user_id, admin) VALUES (?1, ?2, ?3)",
@@ -240,14 +398,16 @@ pub fn apply(
     events::append(conn, &EventBody::GroupChanged { group: new.to_ipc() }, now)
 }
 
-/// Queues the group's snapshot to each of `to` over the pairwise sessions.
+/// Queues the group's snapshot, as admin `me` sends it, to each of `to` over the
+/// pairwise sessions.
 pub fn announce<'a>(
     conn: &Connection,
     g: &GroupState,
+    me: &str,
     to: impl IntoIterator<Item = &'a String>,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let content = g.content();
+    let content = g.content(me);
     let mut queued = false;
     for user in to {
         delivery::enqueue(conn, user, None, &content, now)?;
@@ -348,32 +508,59 @@ fn checked_update(
         && !name.trim().is_empty()
         && name.chars().count() <= 64
         && members.len() <= MAX_MEMBERS
-        && members.iter().all(|m| crate::validate::user_id("member", m).is_ok())
+        && members.iter().all(|m| crate::validate::user_id("member", m).is_ok_and(|v| v == *m))
         && admins.is_subset(&members);
     ok.then_some((members, admins))
 }
 
-/// Applies a group snapshot `sender` sent, if `sender` may set it.
+/// Applies a group snapshot `sender` sent, if `sender` may set it: a known admin of a
+/// group we know (and a newer version), or for a group we have not seen, a sender whose
+/// snapshot proves it is an admin (see the module doc) and names us as a member.
+/// `sender_key` is the identity key of the pairwise session the snapshot came through.
 pub fn on_update(
     conn: &Connection,
     me: &str,
     sender: &str,
+    sender_key: &PublicIdentity,
     update: &Content,
     now: i64,
 ) -> Result<Result<Effects, String>, StoreError> {
-    let Content::Group { gid, name, members, admins, ver, created } = update else {
+    let Content::Group { gid, name, members, admins, ver, created, origin } = update else {
         return Ok(Err("not a group update".into()));
     };
     let Some((members, admins)) = checked_update(gid, name, members, admins) else {
         return Ok(Err("malformed group update".into()));
     };
     let old = load(conn, gid)?.map(|(g, _)| g);
+    let proven = origin.as_ref().is_some_and(|o| proves_admin(gid, o, sender, sender_key));
     let allowed = match &old {
         Some(o) => o.admins.contains(sender) && *ver > o.version,
-        None => admins.contains(sender) && members.contains(me),
+        None => proven && admins.contains(sender) && members.contains(me),
     };
     if !allowed {
-        return Ok(Err("group update from a non-admin or out of date".into()));
+        return Ok(Err("group update from a non-admin, unproven or out of date".into()));
+    }
+    // Keep the proof, with the sender's chain when it brought a sound one, and only the
+    // chains of those still admins.
+    let mut proof = old.as_ref().and_then(|o| o.proof.clone());
+    if let (true, Some(o)) = (proven, origin) {
+        match &mut proof {
+            Some(p) if p.same_root(o) => {
+                p.chains.insert(sender.to_owned(), o.grants.clone());
+            }
+            Some(_) => {}
+            None => {
+                proof = Some(Proof {
+                    creator: o.creator.clone(),
+                    key: o.key.clone(),
+                    nonce: o.nonce.clone(),
+                    chains: BTreeMap::from([(sender.to_owned(), o.grants.clone())]),
+                });
+            }
+        }
+    }
+    if let Some(p) = &mut proof {
+        p.chains.retain(|admin, _| admins.contains(admin));
     }
     let new = GroupState {
         id: gid.clone(),
@@ -382,29 +569,64 @@ pub fn on_update(
         version: *ver,
         members,
         admins,
+        proof,
     };
     let seq = apply(conn, me, old.as_ref(), &new, sender, now)?;
+    release_held_keys(conn, &new, new.members.contains(me))?;
     let mut effects = retry_pending(conn, me, gid, None, now)?;
     effects.last_event = effects.last_event.max(Some(seq));
     Ok(Ok(effects))
 }
 
 /// `sender` left the group: drop them (promoting the first remaining member when no
-/// admin is left, the same choice on every device).
+/// admin is left, the same choice on every device). A `grant` the last admin signed for
+/// that member extends the leaver's chain to it, once checked.
 pub fn on_leave(
     conn: &Connection,
     me: &str,
     sender: &str,
     gid: &str,
+    grant: Option<&Grant>,
     now: i64,
 ) -> Result<Effects, StoreError> {
     let Some((old, _)) = load(conn, gid)? else { return Ok(Effects::default()) };
     if !old.members.contains(sender) {
         return Ok(Effects::default());
     }
-    let new = without(&old, sender);
+    let mut new = without(&old, sender);
+    if let (Some(grant), Some(p)) = (grant, &mut new.proof)
+        && new.admins.contains(&grant.admin)
+        && !old.admins.contains(&grant.admin)
+        && let Some(mut origin) = p.origin_for(sender)
+    {
+        origin.grants.push(grant.clone());
+        if chain_end(gid, &origin).is_some_and(|(admin, _)| admin == grant.admin) {
+            p.chains.insert(grant.admin.clone(), origin.grants);
+        }
+    }
+    if let Some(p) = &mut new.proof {
+        p.chains.retain(|admin, _| new.admins.contains(admin));
+    }
     let seq = apply(conn, me, Some(&old), &new, sender, now)?;
     Ok(Effects { last_event: Some(seq), queued: false })
+}
+
+/// The grant the last admin `me` (identity `identity`) signs, leaving, for the member who
+/// becomes admin in `new`: `None` when an admin remains, when we hold no chain to extend,
+/// or when we have no session with that member (so do not know its identity key).
+pub fn successor_grant(
+    conn: &Connection,
+    old: &GroupState,
+    new: &GroupState,
+    me: &str,
+    identity: &IdentityKeyPair,
+) -> Result<Option<Grant>, StoreError> {
+    let Some(successor) = new.admins.difference(&old.admins).next() else { return Ok(None) };
+    if !old.proof.as_ref().is_some_and(|p| p.chains.contains_key(me)) {
+        return Ok(None);
+    }
+    let Some(session) = delivery::load_session(conn, successor)? else { return Ok(None) };
+    Ok(Some(sign_grant(&old.id, identity, successor, session.remote_identity())))
 }
 
 /// `g` without `user`; when no admin is left, the first remaining member becomes one.
@@ -420,7 +642,10 @@ pub fn without(g: &GroupState, user: &str) -> GroupState {
     new
 }
 
-/// Stores a member's sender key, then reads what waited for it.
+/// Stores a member's sender key, then reads what waited for it. A key is stored only
+/// for a group we are in, from one of its members as we know them; from anyone else (a
+/// group we have not seen yet, a member not yet named by a snapshot) it is held, within
+/// bounds, until a snapshot names its sender ([`release_held_keys`]).
 pub fn on_sender_key(
     conn: &Connection,
     me: &str,
@@ -438,6 +663,43 @@ pub fn on_sender_key(
     if distribution.group_id() != gid.as_bytes() || !valid_id(gid) {
         return Ok(Err("sender key for another group".into()));
     }
+    match load(conn, gid)? {
+        Some((_, false)) => return Ok(Err("sender key for a group we left".into())),
+        Some((g, true)) if g.members.contains(sender) => {}
+        _ => {
+            let (mine, all): (i64, i64) = conn
+                .prepare_cached(
+                    "SELECT count(*) FILTER (WHERE sender = ?1), count(*) FROM group_keys_held",
+                )?
+                .query_row(params![sender], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if mine >= MAX_HELD_KEYS_PER_SENDER || all >= MAX_HELD_KEYS {
+                return Ok(Err("sender key from a non-member: too many held".into()));
+            }
+            conn.prepare_cached(
+                "INSERT INTO group_keys_held (group_id, sender, generation, distribution, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO UPDATE SET distribution = excluded.distribution, at = excluded.at",
+            )?
+            .execute(params![
+                gid,
+                sender,
+                distribution.generation(),
+                bytes.as_slice(),
+                now
+            ])?;
+            return Ok(Ok(Effects::default()));
+        }
+    }
+    store_key(conn, gid, sender, &distribution)?;
+    retry_pending(conn, me, gid, Some(sender), now).map(Ok)
+}
+
+fn store_key(
+    conn: &Connection,
+    gid: &str,
+    sender: &str,
+    distribution: &SenderKeyDistribution,
+) -> Result<(), StoreError> {
     let generation = distribution.generation();
     conn.prepare_cached(
         "INSERT INTO group_receivers (group_id, sender, generation, state) VALUES (?1, ?2, ?3, ?4)
@@ -454,7 +716,33 @@ pub fn on_sender_key(
         "DELETE FROM group_receivers WHERE group_id = ?1 AND sender = ?2 AND generation < ?3",
     )?
     .execute(params![gid, sender, i64::from(generation) - 1])?;
-    retry_pending(conn, me, gid, Some(sender), now).map(Ok)
+    Ok(())
+}
+
+/// After a snapshot: the held keys of senders it names become keys (when we are a
+/// member); the held keys of a group we are not in are forgotten.
+fn release_held_keys(conn: &Connection, g: &GroupState, member: bool) -> Result<(), StoreError> {
+    let held: Vec<(String, i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT sender, generation, distribution FROM group_keys_held
+             WHERE group_id = ?1 ORDER BY generation",
+        )?
+        .query_map(params![g.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (sender, generation, bytes) in held {
+        let bytes = zeroize::Zeroizing::new(bytes);
+        if member && !g.members.contains(&sender) {
+            continue;
+        }
+        if member && let Ok(distribution) = SenderKeyDistribution::decode(&bytes) {
+            store_key(conn, &g.id, &sender, &distribution)?;
+        }
+        conn.prepare_cached(
+            "DELETE FROM group_keys_held WHERE group_id = ?1 AND sender = ?2 AND generation = ?3",
+        )?
+        .execute(params![g.id, sender, generation])?;
+    }
+    Ok(())
 }
 
 /// What decrypting a group message came to.
@@ -511,9 +799,28 @@ pub fn on_message(
     now: i64,
 ) -> Result<Result<Effects, String>, StoreError> {
     match open(conn, sender, gid, message)? {
-        Opened::Content(content) => apply_content(conn, sender, gid, content, now).map(Ok),
+        Opened::Content(content) => apply_content(conn, sender, gid, content, now),
         Opened::Dropped(why) => Ok(Err(why)),
         Opened::Later => {
+            // Kept within bounds: an oversized body, a stranger (not a member of the group
+            // as we know it, or of a group we do not know) with too many waiting, or a
+            // full table: dropped.
+            if message.len() > MAX_PENDING_BODY {
+                return Ok(Err("group message too large to keep waiting".into()));
+            }
+            let vouched = load(conn, gid)?.is_some_and(|(g, m)| m && g.members.contains(sender));
+            let (mine, all, bytes): (i64, i64, i64) = conn
+                .prepare_cached(
+                    "SELECT count(*) FILTER (WHERE sender = ?1), count(*), coalesce(sum(length(body)), 0)
+                     FROM group_pending",
+                )?
+                .query_row(params![sender], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            if (!vouched && mine >= MAX_PENDING_STRANGER)
+                || all >= MAX_PENDING_TOTAL
+                || bytes >= MAX_PENDING_BYTES
+            {
+                return Ok(Err("too many group messages waiting: dropped".into()));
+            }
             conn.prepare_cached(
                 "INSERT INTO group_pending (group_id, sender, body, at) VALUES (?1, ?2, ?3, ?4)",
             )?
@@ -529,16 +836,19 @@ pub fn on_message(
 }
 
 /// Shows what a member sent to the group: a text, or a file (with its cancel).
+/// `Ok(Err(why))`: dropped, nothing changed.
 fn apply_content(
     conn: &Connection,
     sender: &str,
     gid: &str,
     content: Content,
     now: i64,
-) -> Result<Effects, StoreError> {
+) -> Result<Result<Effects, String>, StoreError> {
     let conversation = format!("group:{gid}");
     match content {
-        Content::Text { .. } => delivery::apply_text(conn, sender, &conversation, content, now),
+        Content::Text { .. } => {
+            delivery::apply_text(conn, sender, &conversation, content, now).map(Ok)
+        }
         _ => crate::files::receive(conn, sender, &conversation, &content, now),
     }
 }
@@ -566,7 +876,10 @@ fn retry_pending(
         }
         conn.prepare_cached("DELETE FROM group_pending WHERE id = ?1")?.execute(params![id])?;
         if let Opened::Content(content) = outcome {
-            effects.merge(apply_content(conn, &from, gid, content, now)?);
+            match apply_content(conn, &from, gid, content, now)? {
+                Ok(e) => effects.merge(e),
+                Err(why) => tracing::warn!(reason = %why, "dropped a waiting group message"),
+            }
         }
     }
     Ok(effects)
@@ -668,6 +981,7 @@ mod tests {
             version: 1,
             members: ["alice", "bob", "carol"].map(String::from).into(),
             admins: ["alice"].map(String::from).into(),
+            proof: None,
         };
         for d in [&alice, &bob, &carol] {
             d.store.with(|c| apply(c, d.me, None, &g, "alice", 1)).unwrap();
@@ -720,13 +1034,16 @@ mod tests {
     #[test]
     fn a_message_before_its_key_waits_and_is_shown_when_the_key_comes() {
         let (alice, bob) = (device("alice"), device("bob"));
+        let alice_id = IdentityKeyPair::generate(&mut OsRng);
+        let (gid, proof) = new_origin("alice", &alice_id, &mut OsRng);
         let g = GroupState {
-            id: "g2".into(),
+            id: gid,
             name: "Two".into(),
             created_at: 1,
             version: 1,
             members: ["alice", "bob"].map(String::from).into(),
             admins: ["alice"].map(String::from).into(),
+            proof: Some(proof),
         };
         alice.store.with(|c| apply(c, "alice", None, &g, "alice", 1)).unwrap();
         send(&alice, &g, "m1", "early");
@@ -736,15 +1053,194 @@ mod tests {
         // Neither the group nor the key is known yet: kept, not shown, not lost.
         bob.store.with(|c| on_message(c, "alice", gid, message, 2)).unwrap().unwrap();
         assert_eq!(shown(&bob, "m1"), None);
-        let update = g.content();
-        bob.store.with(|c| on_update(c, "bob", "alice", &update, 3)).unwrap().unwrap();
-        assert_eq!(shown(&bob, "m1"), None);
+        // The key comes before the snapshot: held, not yet a key.
         deliver_keys(&rows, "alice", &bob);
+        assert_eq!(shown(&bob, "m1"), None);
+        assert_eq!(count(&bob, "group_receivers"), 0);
+        assert_eq!(count(&bob, "group_keys_held"), 1);
+        let update = g.content("alice");
+        let alice_pub = alice_id.public();
+        bob.store.with(|c| on_update(c, "bob", "alice", &alice_pub, &update, 3)).unwrap().unwrap();
         assert_eq!(shown(&bob, "m1").as_deref(), Some("early"));
+        assert_eq!(count(&bob, "group_keys_held"), 0);
         // A stranger cannot rewrite the group.
-        let forged = GroupState { version: 9, name: "Mine".into(), ..g.clone() }.content();
-        let refused = bob.store.with(|c| on_update(c, "bob", "mallory", &forged, 4)).unwrap();
+        let forged = GroupState { version: 9, name: "Mine".into(), ..g.clone() }.content("alice");
+        let mallory = IdentityKeyPair::generate(&mut OsRng).public();
+        let refused =
+            bob.store.with(|c| on_update(c, "bob", "mallory", &mallory, &forged, 4)).unwrap();
         assert!(refused.is_err());
+    }
+
+    fn count(d: &Device, table: &str) -> i64 {
+        d.store
+            .with(|c| Ok(c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?))
+            .unwrap()
+    }
+
+    fn snapshot(
+        g: &GroupState,
+        members: &[&str],
+        admins: &[&str],
+        origin: Option<Origin>,
+    ) -> Content {
+        Content::Group {
+            gid: g.id.clone(),
+            name: g.name.clone(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+            admins: admins.iter().map(|m| (*m).to_owned()).collect(),
+            ver: g.version + 1,
+            created: 1,
+            origin,
+        }
+    }
+
+    #[test]
+    fn only_a_proven_admin_can_introduce_a_group_and_a_member_cannot_forge_one() {
+        let alice_id = IdentityKeyPair::generate(&mut OsRng);
+        let mallory_id = IdentityKeyPair::generate(&mut OsRng);
+        let (alice_pub, mallory_pub) = (alice_id.public(), mallory_id.public());
+        let (gid, proof) = new_origin("alice", &alice_id, &mut OsRng);
+        let g = GroupState {
+            id: gid.clone(),
+            name: "Crew".into(),
+            created_at: 1,
+            version: 1,
+            members: ["alice", "bob", "mallory"].map(String::from).into(),
+            admins: ["alice"].map(String::from).into(),
+            proof: Some(proof.clone()),
+        };
+        let real = proof.origin_for("alice").unwrap();
+        assert!(proves_admin(&gid, &real, "alice", &alice_pub));
+        assert!(!proves_admin(&gid, &real, "alice", &mallory_pub), "a new key is not alice's");
+        assert!(!proves_admin(&gid, &real, "mallory", &mallory_pub));
+
+        // carol has not seen the group; mallory (a member, not an admin) tries to add
+        // carol and eve, every way she can.
+        let carol = device("carol");
+        let mut self_granted = real.clone();
+        self_granted.grants.push(sign_grant(&gid, &mallory_id, "mallory", &mallory_pub));
+        let (other_gid, mine) = new_origin("mallory", &mallory_id, &mut OsRng);
+        let claims_creator = Origin { creator: "mallory".into(), ..real.clone() };
+        let forged = |origin| snapshot(&g, &["mallory", "carol", "eve"], &["mallory"], origin);
+        for attempt in [
+            forged(None),
+            forged(Some(real.clone())),
+            forged(Some(self_granted)),
+            forged(Some(claims_creator)),
+            forged(mine.origin_for("mallory")),
+        ] {
+            let r =
+                carol.store.with(|c| on_update(c, "carol", "mallory", &mallory_pub, &attempt, 2));
+            assert!(r.unwrap().is_err());
+        }
+        assert_ne!(other_gid, gid);
+        assert!(carol.store.with(|c| load(c, &gid)).unwrap().is_none());
+        assert_eq!(count(&carol, "group_members"), 0);
+
+        // bob knows the group: a non-admin's newer snapshot changes nothing.
+        let bob = device("bob");
+        bob.store.with(|c| apply(c, "bob", None, &g, "alice", 1)).unwrap();
+        let attempt = snapshot(&g, &["alice", "bob", "mallory", "eve"], &["alice"], None);
+        let r = bob.store.with(|c| on_update(c, "bob", "mallory", &mallory_pub, &attempt, 2));
+        assert!(r.unwrap().is_err());
+        assert_eq!(bob.store.with(|c| load(c, &gid)).unwrap().unwrap().0, g);
+
+        // eve's sender keys are held, never stored, and bounded.
+        for generation in 0..(MAX_HELD_KEYS_PER_SENDER + 2) {
+            let mut key = SenderKey::generate(gid.as_bytes(), &mut OsRng).unwrap();
+            for _ in 0..generation {
+                key = key.rotate(&mut OsRng).unwrap();
+            }
+            let hex_key = hex::encode(key.distribution().encode().as_slice());
+            let _ = bob.store.with(|c| on_sender_key(c, "bob", "eve", &gid, &hex_key, 3)).unwrap();
+        }
+        assert_eq!(count(&bob, "group_receivers"), 0);
+        assert_eq!(count(&bob, "group_keys_held"), MAX_HELD_KEYS_PER_SENDER);
+        // A snapshot from the admin that does not name eve leaves them held, not keys.
+        let renamed = Content::Group {
+            gid: gid.clone(),
+            name: "Crew 2".into(),
+            members: g.members.iter().cloned().collect(),
+            admins: vec!["alice".into()],
+            ver: 2,
+            created: 1,
+            origin: Some(real.clone()),
+        };
+        bob.store.with(|c| on_update(c, "bob", "alice", &alice_pub, &renamed, 4)).unwrap().unwrap();
+        assert_eq!(count(&bob, "group_receivers"), 0);
+
+        // Messages from strangers wait only within bounds.
+        for i in 0..(MAX_PENDING_STRANGER + 5) {
+            let body = format!("junk {i}");
+            let _ = carol.store.with(|c| on_message(c, "eve", "unknown-group", body.as_bytes(), 5));
+        }
+        assert_eq!(count(&carol, "group_pending"), MAX_PENDING_STRANGER);
+        let big = vec![0u8; MAX_PENDING_BODY + 1];
+        let r = carol.store.with(|c| on_message(c, "dave", "unknown-group", &big, 5)).unwrap();
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn the_last_admin_leaving_hands_a_checked_grant_to_its_successor() {
+        let alice_id = IdentityKeyPair::generate(&mut OsRng);
+        let bob_id = IdentityKeyPair::generate(&mut OsRng);
+        let mallory_id = IdentityKeyPair::generate(&mut OsRng);
+        let (gid, proof) = new_origin("alice", &alice_id, &mut OsRng);
+        let g = GroupState {
+            id: gid.clone(),
+            name: "Crew".into(),
+            created_at: 1,
+            version: 1,
+            members: ["alice", "bob", "mallory"].map(String::from).into(),
+            admins: ["alice"].map(String::from).into(),
+            proof: Some(proof),
+        };
+        let mallory = device("mallory");
+        mallory.store.with(|c| apply(c, "mallory", None, &g, "alice", 1)).unwrap();
+        // A grant not signed by alice is ignored; alice's grant for bob is kept.
+        let fake = sign_grant(&gid, &mallory_id, "bob", &mallory_id.public());
+        let after = mallory
+            .store
+            .with(|c| {
+                on_leave(c, "mallory", "alice", &gid, Some(&fake), 2)?;
+                Ok(load(c, &gid)?.unwrap().0)
+            })
+            .unwrap();
+        assert_eq!(after.admins, ["bob"].map(String::from).into());
+        assert!(after.proof.as_ref().unwrap().chains.is_empty());
+
+        let bob = device("bob");
+        bob.store.with(|c| apply(c, "bob", None, &g, "alice", 1)).unwrap();
+        let grant = sign_grant(&gid, &alice_id, "bob", &bob_id.public());
+        let after = bob
+            .store
+            .with(|c| {
+                on_leave(c, "bob", "alice", &gid, Some(&grant), 2)?;
+                Ok(load(c, &gid)?.unwrap().0)
+            })
+            .unwrap();
+        let origin = after.proof.as_ref().unwrap().origin_for("bob").unwrap();
+        assert!(proves_admin(&gid, &origin, "bob", &bob_id.public()));
+        assert!(!proves_admin(&gid, &origin, "bob", &mallory_id.public()));
+
+        // dave, new, accepts bob's snapshot adding him: the chain leads back to alice.
+        let dave = device("dave");
+        let add = Content::Group {
+            gid: gid.clone(),
+            name: "Crew".into(),
+            members: ["bob", "dave", "mallory"].map(String::from).into(),
+            admins: vec!["bob".into()],
+            ver: 3,
+            created: 1,
+            origin: Some(origin),
+        };
+        dave.store
+            .with(|c| on_update(c, "dave", "bob", &bob_id.public(), &add, 3))
+            .unwrap()
+            .unwrap();
+        let seen = dave.store.with(|c| load(c, &gid)).unwrap().unwrap();
+        assert!(seen.1);
+        assert_eq!(seen.0.admins, ["bob"].map(String::from).into());
     }
 
     #[test]
@@ -768,6 +1264,7 @@ mod tests {
             version: 1,
             members: ["alice", "bob", "carol"].map(String::from).into(),
             admins: ["alice"].map(String::from).into(),
+            proof: None,
         };
         let after = without(&g, "alice");
         assert_eq!(after.admins, ["bob"].map(String::from).into());

@@ -19,6 +19,7 @@
 //! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
 //! - [`inbox`]: applies what the relay pushes (messages, presence, profiles, logout).
 //! - [`keys`]: our public keys in the relay directory's shape and back.
+//! - [`localid`]: `LocalId`, the only id a local path is built from, and safe file names.
 //! - [`messages`]: message rows, their IPC shape and the conversation queries.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
 //! - [`netwatch`]: network changes from routing netlink: history, events, link migration.
@@ -44,6 +45,7 @@ pub mod files;
 pub mod groups;
 pub mod inbox;
 pub mod keys;
+pub mod localid;
 pub mod messages;
 pub mod methods;
 pub mod netwatch;

@@ -200,21 +200,37 @@ pub fn advance_state(
     Ok(Some(conversation))
 }
 
-/// A receipt from `member` moves our message `message_id` forward. For a group message
-/// that is the member's own state, and the message's state becomes the least advanced
-/// of all members; otherwise as [`advance_state`]. Returns the conversation and the
-/// message's (overall) state when something changed.
+/// A receipt from `member` moves our message `message_id` forward, if `member` is one of
+/// its recipients; a receipt from anyone else changes nothing. For a group message the
+/// recipients are its `message_members` and the receipt moves the member's own state
+/// (the message's state becomes the least advanced of all members); otherwise the one
+/// recipient is the conversation's peer, and it moves as [`advance_state`]. Returns the
+/// conversation and the message's (overall) state when something changed.
 pub fn advance_from(
     conn: &Connection,
     message_id: &str,
     member: &str,
     state: MessageState,
 ) -> Result<Option<(String, MessageState)>, StoreError> {
+    let grouped: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM message_members WHERE message_id = ?1)")?
+        .query_row(params![message_id], |r| r.get(0))?;
     let current: Option<String> = conn
         .prepare_cached("SELECT state FROM message_members WHERE message_id = ?1 AND member = ?2")?
         .query_row(params![message_id, member], |r| r.get(0))
         .optional()?;
     let Some(current) = current else {
+        if grouped {
+            return Ok(None);
+        }
+        let direct: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE message_id = ?1 AND conversation = ?2)",
+            )?
+            .query_row(params![message_id, format!("user:{member}")], |r| r.get(0))?;
+        if !direct {
+            return Ok(None);
+        }
         return Ok(advance_state(conn, message_id, state)?.map(|c| (c, state)));
     };
     let current = parse_state(&current);
@@ -347,4 +363,77 @@ pub fn queued_count(conn: &Connection) -> Result<u64, StoreError> {
             r.get(0)
         })?;
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outgoing(c: &Connection, id: &str, conversation: &str) {
+        let new = NewMessage {
+            message_id: id,
+            conversation,
+            sender: "alice",
+            direction: Direction::Out,
+            kind: MessageKind::Text,
+            text: Some("hi"),
+            reply_to: None,
+            client_msg_id: None,
+            created_at: 1,
+            received_at: None,
+            state: MessageState::Sent,
+            read: true,
+        };
+        assert!(insert(c, &new).unwrap());
+    }
+
+    fn state(c: &Connection, id: &str) -> MessageState {
+        get(c, id).unwrap().unwrap().state
+    }
+
+    #[test]
+    fn only_a_recipient_of_a_message_moves_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        store
+            .with(|c| {
+                outgoing(c, "d1", "user:bob");
+                // Mallory is not the conversation's peer: nothing changes.
+                assert_eq!(advance_from(c, "d1", "mallory", MessageState::Read)?, None);
+                assert_eq!(state(c, "d1"), MessageState::Sent);
+                assert_eq!(
+                    advance_from(c, "d1", "bob", MessageState::Delivered)?,
+                    Some(("user:bob".into(), MessageState::Delivered))
+                );
+
+                outgoing(c, "g1", "group:g");
+                for m in ["bob", "carol"] {
+                    c.execute(
+                        "INSERT INTO message_members (message_id, member, state) VALUES ('g1', ?1, 'sent')",
+                        [m],
+                    )?;
+                }
+                // Not a member of the message: neither its state nor any member's moves.
+                assert_eq!(advance_from(c, "g1", "mallory", MessageState::Read)?, None);
+                assert_eq!(advance_from(c, "g1", "g", MessageState::Read)?, None);
+                assert_eq!(state(c, "g1"), MessageState::Sent);
+                let read: i64 = c.query_row(
+                    "SELECT count(*) FROM message_members WHERE state = 'read'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(read, 0);
+                // A member moves its own state; the message waits for the other.
+                assert_eq!(
+                    advance_from(c, "g1", "bob", MessageState::Read)?,
+                    Some(("group:g".into(), MessageState::Sent))
+                );
+                assert_eq!(
+                    advance_from(c, "g1", "carol", MessageState::Read)?,
+                    Some(("group:g".into(), MessageState::Read))
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
 }

@@ -20,6 +20,7 @@ mod messaging;
 mod network;
 mod privacy;
 mod systemd_units;
+mod trust;
 
 use std::path::Path;
 use std::time::Duration;

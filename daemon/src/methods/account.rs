@@ -56,7 +56,9 @@ async fn upload_keys(
     }
 }
 
-/// Saves a freshly bound account with its prekeys and emits `account.changed`.
+/// Saves a freshly bound account with its prekeys and emits `account.changed`. When the
+/// device held another account (another user, or the same user id registered anew with
+/// new keys), nothing of it stays: see [`forget_previous_account`].
 async fn store_account(
     daemon: &Arc<Daemon>,
     a: Account,
@@ -65,11 +67,27 @@ async fn store_account(
     let ipc = a.to_ipc();
     let body = EventBody::AccountChanged { account: ipc.clone() };
     let user = a.user_id.clone();
+    let previous = daemon.store.call(|c| Account::load(c)).await.map_err(internal)?;
+    let switching = previous.is_some_and(|p| {
+        p.user_id != a.user_id || p.identity.public().to_bytes() != a.identity.public().to_bytes()
+    });
+    // Nothing may send, download or ring for the old account while it is deleted.
+    let gate = if switching {
+        let gate = daemon.outbox_gate.lock().await;
+        daemon.transfers.stop_all().await;
+        crate::calls::stop_all_media(daemon, daemon.relay.as_ref());
+        Some(gate)
+    } else {
+        None
+    };
     let seq = daemon
         .store
         .call(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
+            if switching {
+                account::forget_previous(&tx)?;
+            }
             // A different account than before on this device: its keys are not ours.
             tx.execute("DELETE FROM prekeys", [])?;
             a.save(&tx)?;
@@ -78,15 +96,49 @@ async fn store_account(
             }
             let seq = events::append(&tx, &body, now)?;
             tx.commit()?;
+            if switching {
+                // The deleted rows' pages are zeroed (`secure_delete`); the WAL that
+                // still holds them goes too.
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            }
             Ok(seq)
         })
         .await
         .map_err(internal)?;
+    if switching {
+        forget_previous_account(daemon);
+        daemon.forget_caches();
+        tracing::info!("another account logged in: the previous one's data is deleted");
+    }
+    drop(gate);
     daemon.bus.published(seq);
     daemon.set_user(Some(user));
     daemon.wake_sender();
     Ok(ipc)
 }
+
+/// The previous account's files: its attachments (ciphertext), the files it opened
+/// (plaintext, in the runtime directory) and the avatars it fetched. The rows are gone
+/// already; what cannot be deleted is logged, never kept silently.
+fn forget_previous_account(daemon: &Daemon) {
+    let dirs = [
+        daemon.config.data_dir.join(crate::files::ATTACHMENTS),
+        daemon.config.data_dir.join(AVATARS),
+        crate::files::runtime_dir(daemon).join(crate::files::OPENED),
+    ];
+    for dir in dirs {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "removing the previous account's files")
+            }
+        }
+    }
+}
+
+/// Fetched avatars, in the data directory, named by validated user id.
+const AVATARS: &str = "avatars";
 
 pub(super) async fn register(
     daemon: &Arc<Daemon>,
@@ -349,7 +401,9 @@ pub(super) async fn avatar(
         Some(d) if std::path::Path::new(d).is_absolute() => std::path::PathBuf::from(d),
         Some(_) => return Err(RpcError::invalid_params("dest", "dest must be an absolute path")),
         None => {
-            let dir = daemon.config.data_dir.join("avatars");
+            // `user` passed `validate::user_id` (a-z 0-9 . _ -, starting with a letter):
+            // one safe path component.
+            let dir = daemon.config.data_dir.join(AVATARS);
             std::fs::create_dir_all(&dir).map_err(|e| RpcError::internal(e.to_string()))?;
             dir.join(format!("{user}.{ext}"))
         }

@@ -85,9 +85,10 @@ pub(super) async fn send(
         .file_name()
         .map(|n| files::safe_name(&n.to_string_lossy()))
         .unwrap_or_else(|| "file".to_owned());
-    let message_id = uuid::Uuid::now_v7().to_string();
+    let local = files::LocalId::new();
+    let message_id = local.to_string();
     let dir = daemon.config.data_dir.join(files::ATTACHMENTS);
-    let dest = files::encrypted_path(&daemon.config.data_dir, &message_id);
+    let dest = files::encrypted_path(&daemon.config.data_dir, &local);
     let src = source.clone();
     let enc = tokio::task::spawn_blocking(move || {
         {
@@ -151,7 +152,11 @@ pub(super) async fn download(
         FileTransfer::Uploading if row.direction == Direction::Out => {}
         _ => {}
     }
-    let have = files::encrypted_path(&daemon.config.data_dir, &row.message_id);
+    // Only a row whose id is a canonical UUID has local files (see `localid.rs`).
+    let local = row.local_id().ok_or_else(|| {
+        RpcError::new(ErrorKind::InvalidState, "this file message has an invalid id")
+    })?;
+    let have = files::encrypted_path(&daemon.config.data_dir, &local);
     let ready = row.direction == Direction::Out || row.transfer == FileTransfer::Done;
     if !ready || !have.exists() {
         if row.direction == Direction::Out {
@@ -174,10 +179,7 @@ pub(super) async fn download(
     // Write it out: to `dest`, or to the directory of opened files.
     let target = match dest {
         Some(d) => d,
-        None => files::runtime_dir(daemon)
-            .join("files")
-            .join(&row.message_id)
-            .join(files::safe_name(&row.name)),
+        None => files::opened_path(&files::runtime_dir(daemon), &local, &row.name),
     };
     let (src, key, want, t) = (have, row.file_key.clone(), row.sha256.clone(), target.clone());
     let written = tokio::task::spawn_blocking(move || export(&src, &key, &want, &t))

@@ -15,6 +15,9 @@ use letstalk_ipc::{ErrorKind, RpcError};
 use letstalk_wire::Request;
 
 use super::{internal, logged_in};
+use rand_core::OsRng;
+
+use crate::account::Account;
 use crate::content::Content;
 use crate::groups::{self, GroupState, MAX_MEMBERS};
 use crate::store::StoreError;
@@ -101,7 +104,7 @@ async fn admin_change(
             let seq = groups::apply(&tx, &me, Some(&old), &new, &me, now)?;
             let to: BTreeSet<&String> =
                 old.members.union(&new.members).filter(|m| **m != me).collect();
-            let queued = groups::announce(&tx, &new, to, now)?;
+            let queued = groups::announce(&tx, &new, &me, to, now)?;
             tx.commit()?;
             Ok(Ok((new.to_ipc(), seq, queued)))
         })
@@ -122,22 +125,30 @@ pub(super) async fn create(daemon: &Arc<Daemon>, p: GroupsCreateParams) -> Resul
     members.remove(&me);
     check_exist(daemon, &members).await?;
     members.insert(me.clone());
-    let state = GroupState {
-        id: hex::encode(rand::random::<[u8; 16]>()),
-        name,
-        created_at: now_ms(),
-        version: 1,
-        members,
-        admins: BTreeSet::from([me.clone()]),
-    };
     let (group, seq, queued) = daemon
         .store
         .call(move |c| {
             let tx = c.transaction()?;
-            let now = state.created_at;
+            let account = Account::load(&tx)?.ok_or_else(|| StoreError::Io {
+                context: "groups.create".into(),
+                source: std::io::Error::other("no account"),
+            })?;
+            // The id is bound to us, so a device that has not seen the group can check
+            // that its snapshot comes from its admin (`groups::proves_admin`).
+            let (id, proof) = groups::new_origin(&me, &account.identity, &mut OsRng);
+            let now = now_ms();
+            let state = GroupState {
+                id,
+                name,
+                created_at: now,
+                version: 1,
+                members,
+                admins: BTreeSet::from([me.clone()]),
+                proof: Some(proof),
+            };
             let seq = groups::apply(&tx, &me, None, &state, &me, now)?;
             let others: Vec<&String> = state.members.iter().filter(|m| **m != me).collect();
-            let queued = groups::announce(&tx, &state, others, now)?;
+            let queued = groups::announce(&tx, &state, &me, others, now)?;
             tx.commit()?;
             Ok((state.to_ipc(), seq, queued))
         })
@@ -235,8 +246,14 @@ pub(super) async fn leave(daemon: &Arc<Daemon>, p: GroupIdParams) -> Result<Empt
             let Some((old, true)) = groups::load(&tx, &gid)? else { return Ok(None) };
             let now = now_ms();
             let new = groups::without(&old, &me);
+            // The last admin leaving vouches for the member who takes over, so that
+            // member can still introduce the group to devices that have not seen it.
+            let grant = match Account::load(&tx)? {
+                Some(a) => groups::successor_grant(&tx, &old, &new, &me, &a.identity)?,
+                None => None,
+            };
             let seq = groups::apply(&tx, &me, Some(&old), &new, &me, now)?;
-            let content = Content::GroupLeave { gid: gid.clone() };
+            let content = Content::GroupLeave { gid: gid.clone(), grant };
             let mut queued = false;
             for member in &new.members {
                 delivery::enqueue(&tx, member, None, &content, now)?;

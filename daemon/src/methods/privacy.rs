@@ -87,7 +87,9 @@ pub(super) async fn clear_history(
     for id in &files {
         // Again: the worker may have picked a row up between the stop and the commit.
         daemon.transfers.stop(id).await;
-        crate::files::remove_local(&daemon.config.data_dir, id);
+        if let Some(id) = crate::files::LocalId::parse(id) {
+            crate::files::remove_local(&daemon.config.data_dir, &id);
+        }
     }
     daemon.bus.published(seq);
     Ok(ClearHistoryResult { deleted })
