@@ -72,6 +72,26 @@ pub enum Content {
     /// The call ended on the sender's side: `hangup`, `rejected`, `busy` or `missed`.
     #[serde(rename = "call_end")]
     CallEnd { call_id: String, reason: String },
+    /// A retry receipt: the sender of this could not open our messages with these relay
+    /// ids; we encrypt their kept plaintext afresh under a new session and send it again.
+    #[serde(rename = "retry")]
+    Retry { ids: Vec<String> },
+}
+
+impl Content {
+    /// Whether a peer that could not open this may ask for it again: everything but
+    /// receipts (their loss costs a tick, and a receipt for a receipt would never end)
+    /// and call signalling (only useful while the call rings).
+    pub fn resendable(&self) -> bool {
+        !matches!(
+            self,
+            Self::Receipt { .. }
+                | Self::Retry { .. }
+                | Self::CallOffer { .. }
+                | Self::CallAnswer { .. }
+                | Self::CallEnd { .. }
+        )
+    }
 }
 
 /// A secret string (hex key material): serialised as is, never shown by `Debug`.
@@ -135,6 +155,7 @@ mod tests {
                 created: 1,
             },
             Content::GroupLeave { gid: "g".into() },
+            Content::Retry { ids: vec!["r1".into()] },
             Content::SenderKey { gid: "g".into(), key: "00".into() },
             Content::File {
                 id: "f".into(),

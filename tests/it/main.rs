@@ -18,6 +18,7 @@ mod lifecycle;
 mod messaging;
 mod network;
 mod privacy;
+mod sessions;
 mod systemd_units;
 
 use std::path::Path;
