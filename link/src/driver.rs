@@ -184,7 +184,7 @@ pub(crate) async fn request(
         .map_err(|_| LinkError::Unavailable("request timed out".into()))?
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, LinkError> {
+pub(crate) async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, LinkError> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix).await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
     let len = frame_len(prefix, MAX_FRAME_LEN).map_err(|e| LinkError::Protocol(e.to_string()))?;

@@ -382,6 +382,28 @@ impl Link {
         driver::request(&current.conn, &req, self.shared.config.request_timeout).await
     }
 
+    /// Opens a stream of its own on the current connection (a blob transfer) and writes
+    /// the request frame `header` (a `BlobPut` or `BlobGet`) on it; the bytes follow on
+    /// the returned send half, the answer comes on the receive half
+    /// ([`Link::read_response`]).
+    pub async fn open_stream(
+        &self,
+        header: Request,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), LinkError> {
+        let current = self.live()?;
+        let frame = header.encode().map_err(|e| LinkError::Protocol(e.to_string()))?;
+        let (mut send, recv) =
+            current.conn.open_bi().await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
+        send.write_all(&frame).await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
+        Ok((send, recv))
+    }
+
+    /// Reads one response frame from a stream opened with [`Link::open_stream`].
+    pub async fn read_response(recv: &mut quinn::RecvStream) -> Result<Response, LinkError> {
+        let body = driver::read_frame(recv).await?;
+        Response::decode(&body).map_err(|e| LinkError::Protocol(format!("bad response: {e}")))
+    }
+
     /// Sends a request and turns an error response into [`LinkError::Relay`].
     async fn call_on(&self, conn: &quinn::Connection, req: Request) -> Result<Response, LinkError> {
         match driver::request(conn, &req, self.shared.config.request_timeout).await? {

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use letstalk_tests::{
     Daemon, Relay, World, error_of, eventually, files_containing, next_event, registered,
+    wait_texts,
 };
 
 /// A file of `len` random bytes in the world; returns its path and SHA-256 (hex).
@@ -202,7 +203,7 @@ async fn a_200_mib_download_resumes_after_the_receiver_is_killed() {
 #[tokio::test]
 async fn cancel_works_on_both_sides() {
     let world = World::new();
-    let relay = world.relay("relay").unwrap();
+    let mut relay = world.relay("relay").unwrap();
     let alice = registered(&world, &relay, "alice").await;
     let bob = registered(&world, &relay, "bob").await;
     no_auto_download(&bob).await;
@@ -254,23 +255,32 @@ async fn cancel_works_on_both_sides() {
     let (_, kind, _) = error_of(bob.call("files.download", json!({"message_id": id})).await);
     assert_eq!(kind.as_deref(), Some("invalid_state"));
 
-    // A cancel before the upload finished: the message fails and never reaches bob.
-    let (path, _, _) = random_file(&world, "three.bin", 64 * 1024 * 1024);
+    // A cancel before the upload finished (the relay is down, so it cannot have): the
+    // message fails, its blob never reaches the relay and bob never hears of it.
+    relay.stop();
+    let (path, _, _) = random_file(&world, "three.bin", 1024 * 1024);
     let sent = alice
         .call("files.send", json!({"to": "user:bob", "path": path.to_str().unwrap()}))
         .await
         .unwrap();
     let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
     alice.call("files.cancel", json!({"message_id": id})).await.unwrap();
-    let m = alice.call("messages.get", json!({"message_id": id})).await.unwrap();
-    // Either the upload was still running (the message fails) or it had just finished
-    // (the message stays and bob is told): the transfer is cancelled in both cases.
-    assert_eq!(m["message"]["file"]["transfer"], "cancelled");
-    eventually(Duration::from_secs(20), "no blob left", || async {
-        relay_blobs(&relay).is_empty().then_some(())
-    })
-    .await
-    .unwrap();
+    let m = &alice.call("messages.get", json!({"message_id": id})).await.unwrap()["message"];
+    assert_eq!(
+        (m["state"].as_str(), m["file"]["transfer"].as_str()),
+        (Some("failed"), Some("cancelled"))
+    );
+    relay.restart().unwrap();
+    // A barrier: alice's text after the cancel reaches bob, so anything of the cancelled
+    // file would have come before it.
+    alice
+        .call("messages.send", json!({"to": "user:bob", "text": "after the cancel"}))
+        .await
+        .unwrap();
+    wait_texts(&bob, "user:alice", 1, Duration::from_secs(30)).await;
+    let (code, _, _) = error_of(bob.call("messages.get", json!({"message_id": id})).await);
+    assert_eq!(code, -32002, "the cancelled file reached bob");
+    assert!(relay_blobs(&relay).is_empty());
 }
 
 #[tokio::test]

@@ -131,8 +131,14 @@ async fn a_group_message_reaches_every_member_and_a_removed_member_reads_nothing
     wait_texts(&alice, &conv, 4, LIMIT).await;
     let send_to_left = carol.call("messages.send", json!({"to": conv, "text": "hello?"})).await;
     assert_eq!(error_of(send_to_left).1.as_deref(), Some("not_found"));
-    // Give anything misrouted time to arrive, then look.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A barrier instead of a sleep: bob (and alice) have both texts, so the relay took
+    // them and fanned each out in one transaction; anything misrouted to carol is in her
+    // mailbox ahead of the direct messages sent now, and her daemon applies its mailbox in
+    // order. Once she shows the direct ones, she has seen whatever came before.
+    alice.call("messages.send", json!({"to": "user:carol", "text": "barrier a"})).await.unwrap();
+    bob.call("messages.send", json!({"to": "user:carol", "text": "barrier b"})).await.unwrap();
+    wait_texts(&carol, "user:alice", 1, LIMIT).await;
+    wait_texts(&carol, "user:bob", 1, LIMIT).await;
     let seen = texts(&carol, &conv).await;
     assert_eq!(seen, vec!["meet at the wall at 6", "I'll bring the rope"]);
 

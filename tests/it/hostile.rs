@@ -78,3 +78,49 @@ async fn two_hundred_hostile_connections_then_it_still_answers() {
     // Hostile settings changed nothing.
     assert_eq!(c.call_value("settings.get", json!({})).await.unwrap()["keepalive_s"]["wifi"], 20);
 }
+
+/// The hostile peer the attacker tests use speaks the protocol well enough to reach a
+/// daemon both ways: what it sends is shown, and what the daemon sends back (the
+/// delivery receipt, a reply) it can read. Without this, an attack test that "changes
+/// nothing" could pass only because its crafted content never arrived.
+#[tokio::test]
+async fn the_hostile_peer_reaches_a_daemon_both_ways() {
+    use letstalk_tests::peer::Peer;
+    use letstalk_tests::{registered, wait_texts};
+
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let alice = registered(&world, &relay, "alice").await;
+    let mut mallory = Peer::register(&relay, "mallory").await.unwrap();
+
+    let id = uuid_like(1);
+    mallory
+        .send_content("alice", json!({"t": "text", "id": id, "at": 1, "text": "from the peer"}))
+        .await
+        .unwrap();
+    let shown = wait_texts(&alice, "user:mallory", 1, std::time::Duration::from_secs(20)).await;
+    assert_eq!(shown, vec!["from the peer".to_owned()]);
+    let receipt = mallory
+        .recv_matching(std::time::Duration::from_secs(20), |from, c| {
+            from == "alice" && c["t"] == "receipt"
+        })
+        .await
+        .unwrap()
+        .expect("alice's daemon sent no receipt");
+    assert_eq!(
+        (receipt["state"].as_str(), receipt["ids"][0].as_str()),
+        (Some("delivered"), Some(id.as_str()))
+    );
+
+    alice.call("messages.send", json!({"to": "user:mallory", "text": "a reply"})).await.unwrap();
+    let reply = mallory
+        .recv_matching(std::time::Duration::from_secs(20), |_, c| c["t"] == "text")
+        .await
+        .unwrap()
+        .expect("the reply never reached the peer");
+    assert_eq!(reply["text"], "a reply");
+}
+
+fn uuid_like(n: u8) -> String {
+    format!("0190a000-0000-7000-8000-0000000000{n:02x}")
+}

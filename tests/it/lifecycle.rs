@@ -61,8 +61,24 @@ async fn a_stale_socket_is_replaced_and_sigterm_stops_cleanly() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert_eq!(std::fs::read_to_string(&other.socket).unwrap(), "precious");
 
-    // SIGHUP reloads, it does not stop.
+    // SIGHUP re-reads the config file: a new log filter takes effect, a bad one is
+    // refused with a warning, and the daemon serves on either way.
+    let config = spec.home.join("config").join("letstalk").join("letstalkd.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "log = \"letstalkd=trace\"\n").unwrap();
     d.signal("HUP");
+    letstalk_tests::eventually(Duration::from_secs(10), "the new log level", || async {
+        d.logs().contains("reloaded the log level").then_some(())
+    })
+    .await
+    .unwrap();
+    std::fs::write(&config, "log = \"[not a filter\"\n").unwrap();
+    d.signal("HUP");
+    letstalk_tests::eventually(Duration::from_secs(10), "the bad filter refused", || async {
+        d.logs().contains("config reload failed").then_some(())
+    })
+    .await
+    .unwrap();
     assert!(d.call("system.status", json!({})).await.is_ok());
     assert!(d.is_running());
 

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub mod peer;
+
 pub use letstalk_ipc::Client;
 pub use letstalk_relay::testing::NatsCluster;
 
@@ -251,7 +253,7 @@ impl Daemon {
 
     /// Sends `signal` (e.g. "TERM", "HUP", "KILL") to the process.
     pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
+        send_signal(signal, self.pid());
     }
 
     /// SIGTERM, then waits for the exit (at most `limit`); returns the status and how long
@@ -270,12 +272,12 @@ impl Daemon {
         bail!("letstalkd did not stop within {limit:?}")
     }
 
-    /// kill -9: no chance to clean up.
+    /// kill -9: no chance to clean up. Panics if there was no process to kill, so a
+    /// crash test cannot pass without its crash.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let mut child = self.child.take().expect("kill9: the daemon is not running");
+        child.kill().expect("kill9: the daemon could not be killed");
+        child.wait().expect("kill9: waiting for the killed daemon");
     }
 
     /// Whether the process is still running.
@@ -286,8 +288,21 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill9();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// `kill -SIGNAL PID`, checked: a signal that was not delivered fails the test.
+fn send_signal(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
 }
 
 /// A running `letstalk-relay`; killed when dropped.
@@ -377,18 +392,28 @@ impl Relay {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// kill -9.
+    /// Messages waiting in the embedded relay's mailboxes, read from its database file
+    /// as any other process could (the relay keeps running).
+    pub fn mailbox_len(&self) -> Result<usize> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.data_dir.join("relay.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let n: i64 = db.query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))?;
+        Ok(usize::try_from(n)?)
+    }
+
+    /// kill -9. Panics if there was no relay process to kill.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let mut c = self.child.take().expect("kill9: the relay is not running");
+        c.kill().expect("kill9: the relay could not be killed");
+        c.wait().expect("kill9: waiting for the killed relay");
     }
 
     /// Stops the relay with SIGTERM (it closes its connections) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            send_signal("TERM", c.id());
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -429,7 +454,10 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        self.kill9();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
