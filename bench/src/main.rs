@@ -24,6 +24,7 @@ mod load;
 mod messaging;
 mod relay;
 mod servers;
+mod sessions;
 mod stats;
 mod sys;
 
@@ -75,6 +76,9 @@ enum Command {
     /// What one hostile account can cost the relay: its memory under 32 concurrent
     /// maximal SendGroup requests, and requests per second before it is limited.
     Abuse(AbuseArgs),
+    /// Decrypt cost with 40 previous sessions against one; prekey top-up traffic per day
+    /// at given bundle-fetch rates.
+    Sessions(SessionsArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -90,6 +94,29 @@ pub(crate) struct AbuseArgs {
     /// Seconds each request kind is flooded.
     #[arg(long, default_value_t = 5, value_name = "S")]
     pub(crate) flood_s: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SessionsArgs {
+    /// Decryptions per figure.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub(crate) rounds: usize,
+
+    /// Bundle fetches per day by others to compute top-up traffic for.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![10u64, 100, 1_000, 10_000], value_name = "N,..")]
+    pub(crate) fetch_rates: Vec<u64>,
+
+    /// The daemon's low-water mark (daemon/src/prekeys.rs LOW_WATER).
+    #[arg(long, default_value_t = 25, value_name = "N")]
+    pub(crate) low_water: u32,
+
+    /// The daemon's refill target (daemon/src/prekeys.rs TARGET).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub(crate) target: u32,
+
+    /// The daemon's check interval while connected (daemon/src/prekeys.rs CHECK_EVERY).
+    #[arg(long, default_value_t = 900, value_name = "S")]
+    pub(crate) check_every_s: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -341,5 +368,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Calls(args) => runtime.block_on(calls::run(&args)),
         Command::Cluster(args) => runtime.block_on(cluster::run(&args)),
         Command::Abuse(args) => runtime.block_on(abuse::run(&args)),
+        Command::Sessions(args) => sessions::run(&args),
     }
 }

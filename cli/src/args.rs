@@ -98,6 +98,10 @@ pub enum Command {
     Block { user_id: String },
     /// Unblocks a user.
     Unblock { user_id: String },
+    /// Accepts a contact's new identity key: as verified when SAFETY_NUMBER (the current
+    /// one; its groups of five may be separate arguments) is given, otherwise as
+    /// unverified.
+    Trust { user_id: String, safety_number: Vec<String> },
     /// Groups: create, list, info, add, remove, rename, leave.
     #[command(subcommand)]
     Group(GroupCommand),

@@ -198,7 +198,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 for c in list["contacts"].as_array().into_iter().flatten() {
                     let name = c["alias"].as_str().or(c["nickname"].as_str()).unwrap_or("");
-                    let blocked = if c["blocked"] == true { "  [blocked]" } else { "" };
+                    let mut blocked = if c["blocked"] == true { "  [blocked]" } else { "" };
+                    if c["verified"] == true {
+                        blocked = if blocked.is_empty() {
+                            "  [verified]"
+                        } else {
+                            "  [blocked, verified]"
+                        };
+                    } else if c["identity_changed_at"].is_number() {
+                        blocked = if blocked.is_empty() {
+                            "  [identity key changed]"
+                        } else {
+                            "  [blocked, identity key changed]"
+                        };
+                    }
                     println!(
                         "{:<24} {:<24} {}{blocked}",
                         text(&c["user_id"]),
@@ -254,6 +267,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Block { user_id } => block(&client, "contacts.block", &user_id).await?,
         Command::Unblock { user_id } => block(&client, "contacts.unblock", &user_id).await?,
+        Command::Trust { user_id, safety_number } => {
+            let mut p = json!({"user_id": user_id});
+            if !safety_number.is_empty() {
+                p["safety_number"] = json!(safety_number.concat());
+            }
+            let c = client.call_value("contacts.trust", p).await?;
+            let state = if c["verified"] == true { "verified" } else { "accepted (unverified)" };
+            println!("{}'s identity key {state}", text(&c["user_id"]));
+        }
         Command::Group(g) => group(&client, g).await?,
         Command::ClearHistory { yes } => {
             let r = client.call_value("privacy.clear_history", json!({"confirm": yes})).await?;

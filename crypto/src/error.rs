@@ -39,6 +39,9 @@ pub enum Error {
     /// The prekey handed in does not match the one the message names.
     #[error("prekey mismatch")]
     PreKeyMismatch,
+    /// No session (current or previous) with the peer could open the message.
+    #[error("no session")]
+    NoSession,
     /// A counter (message number, chunk, frame) would overflow.
     #[error("counter exhausted")]
     CounterExhausted,

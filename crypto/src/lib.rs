@@ -21,6 +21,7 @@
 //! - `ratchet`: the Double Ratchet state machine.
 //! - `envelope`: the pairwise wire format, [`Envelope`].
 //! - `session`: [`Session`], what the daemon calls.
+//! - `record`: [`SessionRecord`], a peer's current session and up to 40 previous ones.
 //! - `safety`: [`SafetyNumber`].
 //! - `sender_keys`: group messaging with Signal-style sender keys.
 //! - `stream`: age STREAM file encryption, [`StreamEncryptor`] / [`StreamDecryptor`].
@@ -41,6 +42,7 @@ mod prekeys;
 #[doc(hidden)]
 pub mod primitives;
 mod ratchet;
+mod record;
 mod safety;
 pub mod sender_keys;
 mod session;
@@ -56,6 +58,7 @@ pub use prekeys::{
     SignedPreKeyPublic,
 };
 pub use ratchet::{Header, MAX_SKIP};
+pub use record::{ARCHIVED_SESSIONS_MAX, SessionRecord};
 pub use safety::SafetyNumber;
 pub use sender_keys::{SenderKey, SenderKeyDistribution, SenderKeyReceiver};
 pub use session::Session;

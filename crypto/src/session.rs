@@ -129,6 +129,21 @@ impl Session {
         &self.remote
     }
 
+    /// Whether this session was created (as responder) from exactly this prekey
+    /// message's X3DH data, i.e. `message` repeats the initiator's first message.
+    pub fn was_created_by(&self, message: &PreKeyMessage) -> bool {
+        self.accepted == Some(prekey_data(message))
+    }
+
+    /// Decrypts an already decoded envelope (see [`Session::decrypt`]).
+    pub(crate) fn decrypt_envelope(&mut self, envelope: &Envelope) -> Result<Vec<u8>> {
+        match envelope {
+            Envelope::PreKey(p) if !self.was_created_by(p) => Err(Error::PreKeyMismatch),
+            Envelope::PreKey(p) => self.decrypt_message(&p.message),
+            Envelope::Message(m) => self.decrypt_message(m),
+        }
+    }
+
     /// Encrypts `plaintext` into envelope bytes and advances the sending chain.
     pub fn encrypt(
         &mut self,
@@ -161,13 +176,7 @@ impl Session {
     /// message gives [`Error::PreKeyMismatch`]: the peer started a new session, which the
     /// daemon sets up with [`Session::accept_prekey_message`].
     pub fn decrypt(&mut self, bytes: &[u8]) -> Result<Vec<u8>> {
-        match Envelope::decode(bytes)? {
-            Envelope::PreKey(p) if self.accepted != Some(prekey_data(&p)) => {
-                Err(Error::PreKeyMismatch)
-            }
-            Envelope::PreKey(p) => self.decrypt_message(&p.message),
-            Envelope::Message(m) => self.decrypt_message(&m),
-        }
+        self.decrypt_envelope(&Envelope::decode(bytes)?)
     }
 
     fn decrypt_message(&mut self, message: &RatchetMessage) -> Result<Vec<u8>> {

@@ -37,6 +37,9 @@ pub const ACCOUNT_TABLES: &[&str] = &[
     "calls",
     "reports_out",
     "events",
+    "identities",
+    "resend",
+    "held",
 ];
 
 /// The tables that describe the device, not the account: kept across accounts. The

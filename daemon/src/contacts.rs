@@ -7,7 +7,6 @@ use letstalk_crypto::SafetyNumber;
 use letstalk_ipc::types::{Contact, EventBody, Presence};
 
 use crate::account::Account;
-use crate::delivery;
 use crate::store::StoreError;
 
 /// One contact, or `None`.
@@ -30,11 +29,15 @@ pub fn get(conn: &Connection, user_id: &str) -> Result<Option<Contact>, StoreErr
                 },
                 last_seen_at: r.get(5)?,
                 safety_number: None,
+                verified: false,
+                identity_changed_at: None,
             })
         })
         .optional()?;
     let Some(mut contact) = row else { return Ok(None) };
     contact.safety_number = safety_number(conn, user_id)?;
+    contact.verified = crate::trust::is_verified(conn, user_id)?;
+    contact.identity_changed_at = crate::trust::changed_at(conn, user_id)?;
     Ok(Some(contact))
 }
 
@@ -54,11 +57,11 @@ pub fn list(conn: &Connection) -> Result<Vec<Contact>, StoreError> {
 /// The safety number with `user_id`, once a session tells us their identity key.
 pub fn safety_number(conn: &Connection, user_id: &str) -> Result<Option<String>, StoreError> {
     let Some(me) = Account::load(conn)? else { return Ok(None) };
-    let Some(session) = delivery::load_session(conn, user_id)? else { return Ok(None) };
+    let Some(identity) = crate::trust::known(conn, user_id)? else { return Ok(None) };
     let n = SafetyNumber::new(
         &me.identity.public(),
         me.user_id.as_bytes(),
-        session.remote_identity(),
+        &identity,
         user_id.as_bytes(),
     );
     Ok(Some(n.to_string()))

@@ -82,6 +82,26 @@ pub enum Content {
     /// The call ended on the sender's side: `hangup`, `rejected`, `busy` or `missed`.
     #[serde(rename = "call_end")]
     CallEnd { call_id: String, reason: String },
+    /// A retry receipt: the sender of this could not open our messages with these relay
+    /// ids; we encrypt their kept plaintext afresh under a new session and send it again.
+    #[serde(rename = "retry")]
+    Retry { ids: Vec<String> },
+}
+
+impl Content {
+    /// Whether a peer that could not open this may ask for it again: everything but
+    /// receipts (their loss costs a tick, and a receipt for a receipt would never end)
+    /// and call signalling (only useful while the call rings).
+    pub fn resendable(&self) -> bool {
+        !matches!(
+            self,
+            Self::Receipt { .. }
+                | Self::Retry { .. }
+                | Self::CallOffer { .. }
+                | Self::CallAnswer { .. }
+                | Self::CallEnd { .. }
+        )
+    }
 }
 
 /// Where a group comes from: its creator, the creator's identity key (hex of the 128-byte
@@ -172,6 +192,7 @@ mod tests {
                 }),
             },
             Content::GroupLeave { gid: "g".into(), grant: None },
+            Content::Retry { ids: vec!["r1".into()] },
             Content::SenderKey { gid: "g".into(), key: "00".into() },
             Content::File {
                 id: "f".into(),

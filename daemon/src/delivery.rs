@@ -14,7 +14,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use letstalk_crypto::{Envelope, PreKeyBundle, Session};
+use letstalk_crypto::{Envelope, PreKeyBundle, Session, SessionRecord};
 use letstalk_ipc::types::{Direction, EventBody, MessageKind, MessageState};
 use rand_core::{CryptoRng, RngCore};
 
@@ -43,34 +43,56 @@ pub enum Prepared {
     Empty,
     /// There is no session yet: fetch the recipient's prekey bundle and call again.
     NeedBundle,
-    /// In outbox order.
-    Ready(Vec<Outgoing>),
+    /// In outbox order, and the event written on the way (a new identity key seen in the
+    /// bundle), if any.
+    Ready(Vec<Outgoing>, Option<u64>),
+    /// The recipient's new identity key waits for the user's acceptance: nothing goes
+    /// out to it; `event` is what recording the change wrote.
+    Held { event: Option<u64> },
 }
 
 fn crypto_err(context: &str, e: letstalk_crypto::Error) -> StoreError {
     StoreError::Io { context: context.to_owned(), source: std::io::Error::other(e.to_string()) }
 }
 
-pub fn load_session(conn: &Connection, peer: &str) -> Result<Option<Session>, StoreError> {
+/// The peer's sessions (current and previous ones), if any.
+pub fn load_record(conn: &Connection, peer: &str) -> Result<Option<SessionRecord>, StoreError> {
     let bytes: Option<Vec<u8>> = conn
         .prepare_cached("SELECT state FROM sessions WHERE peer = ?1")?
         .query_row(params![peer], |r| r.get(0))
         .optional()?;
     let Some(bytes) = bytes.map(zeroize::Zeroizing::new) else { return Ok(None) };
-    Session::from_bytes(&bytes).map(Some).map_err(|e| crypto_err("session state", e))
+    SessionRecord::from_bytes(&bytes).map(Some).map_err(|e| crypto_err("session state", e))
 }
 
-pub fn save_session(
+/// The current session with `peer`, if any.
+pub fn load_session(conn: &Connection, peer: &str) -> Result<Option<Session>, StoreError> {
+    Ok(load_record(conn, peer)?.and_then(|r| r.current().cloned()))
+}
+
+pub fn save_record(
     conn: &Connection,
     peer: &str,
-    session: &Session,
+    record: &SessionRecord,
     now: i64,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO sessions (peer, state, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (peer) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
     )?
-    .execute(params![peer, session.to_bytes().as_slice(), now])?;
+    .execute(params![peer, record.to_bytes().as_slice(), now])?;
+    Ok(())
+}
+
+/// Archives the current session with `peer`: the next message to it starts a fresh
+/// session from a new bundle, and late messages under the old one still open.
+pub fn archive_session(conn: &Connection, peer: &str, now: i64) -> Result<(), StoreError> {
+    if let Some(mut record) = load_record(conn, peer)?
+        && record.current().is_some()
+    {
+        record.archive_current();
+        save_record(conn, peer, &record, now)?;
+    }
     Ok(())
 }
 
@@ -97,9 +119,18 @@ pub fn pending_recipients(conn: &Connection) -> Result<Vec<String>, StoreError> 
     Ok(rows)
 }
 
+/// How long the plaintext of a sent message is kept for a retry receipt (unless its
+/// delivery receipt comes first).
+pub const RESEND_WINDOW_MS: i64 = 14 * 24 * 3600 * 1000;
+/// Re-sends of one message after retry receipts before it is marked failed.
+pub const MAX_RESENDS: i64 = 3;
+
 /// The oldest outbox rows for `recipient` (at most `max`), each encrypted once and ready
 /// to transmit. Encrypting a batch in one transaction costs one disk sync for all of
 /// them, and the ciphertexts are committed before any of them leaves the device.
+///
+/// A recipient whose new identity key the user has not accepted gets nothing
+/// ([`Prepared::Held`]); a bundle with a new key is recorded (and shown) first.
 pub fn prepare_next(
     conn: &mut Connection,
     me: &Account,
@@ -109,22 +140,28 @@ pub fn prepare_next(
     rng: &mut (impl RngCore + CryptoRng),
     now: i64,
 ) -> Result<Prepared, StoreError> {
-    type Row = (i64, String, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
+    type Row = (i64, String, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>, Option<String>, i64);
     let tx = conn.transaction()?;
     let rows: Vec<Row> = tx
         .prepare_cached(
-            "SELECT seq, relay_id, plaintext, envelope, fanout FROM outbox WHERE recipient = ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, relay_id, plaintext, envelope, fanout, message_id, attempt FROM outbox
+             WHERE recipient = ?1 ORDER BY seq LIMIT ?2",
         )?
         .query_map(params![recipient, max as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
         })?
         .collect::<Result<_, _>>()?;
     if rows.is_empty() {
         return Ok(Prepared::Empty);
     }
-    let mut session: Option<Session> = None;
+    let pairwise = !recipient.starts_with("group:");
+    if pairwise && crate::trust::is_untrusted(&tx, recipient)? {
+        return Ok(Prepared::Held { event: None });
+    }
+    let mut record: Option<SessionRecord> = None;
+    let mut event = None;
     let mut ready = Vec::with_capacity(rows.len());
-    for (seq, relay_id, plaintext, envelope, fanout) in rows {
+    for (seq, relay_id, plaintext, envelope, fanout, message_id, attempt) in rows {
         if let Some(envelope) = envelope {
             let fanout = fanout.and_then(|f| serde_json::from_str(&f).ok());
             ready.push(Outgoing {
@@ -136,22 +173,41 @@ pub fn prepare_next(
             });
             continue;
         }
-        if session.is_none() {
-            session = match (load_session(&tx, recipient)?, bundle) {
-                (Some(s), _) => Some(s),
-                (None, Some(bundle)) => Some(
-                    Session::initiate(&me.identity, bundle, rng)
-                        .map_err(|e| crypto_err("starting a session", e))?,
-                ),
-                (None, None) if ready.is_empty() => return Ok(Prepared::NeedBundle),
-                (None, None) => break,
-            };
+        if record.is_none() {
+            let mut r = load_record(&tx, recipient)?.unwrap_or_default();
+            if r.current().is_none() {
+                match bundle {
+                    Some(bundle) => {
+                        let seen = crate::trust::observe(&tx, recipient, &bundle.identity, now)?;
+                        if seen.untrusted {
+                            tx.commit()?;
+                            return Ok(Prepared::Held { event: seen.event });
+                        }
+                        event = seen.event;
+                        r.promote_new(
+                            Session::initiate(&me.identity, bundle, rng)
+                                .map_err(|e| crypto_err("starting a session", e))?,
+                        );
+                    }
+                    None if ready.is_empty() => return Ok(Prepared::NeedBundle),
+                    None => break,
+                }
+            }
+            record = Some(r);
         }
-        let Some(s) = session.as_mut() else { break };
+        let Some(s) = record.as_mut().and_then(SessionRecord::current_mut) else { break };
         let plaintext = zeroize::Zeroizing::new(plaintext.unwrap_or_default());
         let envelope = s.encrypt(&plaintext, rng).map_err(|e| crypto_err("encrypting", e))?;
         tx.prepare_cached("UPDATE outbox SET envelope = ?2, plaintext = NULL WHERE seq = ?1")?
             .execute(params![seq, envelope])?;
+        // Kept for a retry receipt: the peer may fail to open it (a session it lost).
+        if pairwise && Content::decode(&plaintext).is_some_and(|c| c.resendable()) {
+            tx.prepare_cached(
+                "INSERT INTO resend (relay_id, recipient, message_id, plaintext, attempt, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (relay_id) DO NOTHING",
+            )?
+            .execute(params![relay_id, recipient, message_id, plaintext.as_slice(), attempt, now])?;
+        }
         ready.push(Outgoing {
             seq,
             recipient: recipient.to_owned(),
@@ -160,11 +216,76 @@ pub fn prepare_next(
             fanout: None,
         });
     }
-    if let Some(s) = &session {
-        save_session(&tx, recipient, s, now)?;
+    if let Some(r) = &record {
+        save_record(&tx, recipient, r, now)?;
     }
     tx.commit()?;
-    Ok(Prepared::Ready(ready))
+    Ok(Prepared::Ready(ready, event))
+}
+
+/// A retry receipt from `peer` for our relay ids: each message still kept is queued
+/// again (same message id, new relay id) after the current session is archived, so it
+/// goes out under a fresh session; one re-sent [`MAX_RESENDS`] times fails instead.
+pub fn resend(
+    tx: &Connection,
+    peer: &str,
+    relay_ids: &[String],
+    now: i64,
+) -> Result<Effects, StoreError> {
+    let mut effects = Effects::default();
+    let mut archived = false;
+    for id in relay_ids.iter().take(letstalk_wire::MAX_LIST) {
+        let row: Option<(Option<String>, Vec<u8>, i64)> = tx
+            .prepare_cached(
+                "DELETE FROM resend WHERE relay_id = ?1 AND recipient = ?2
+                 RETURNING message_id, plaintext, attempt",
+            )?
+            .query_row(params![id, peer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((message_id, plaintext, attempt)) = row else { continue };
+        let plaintext = zeroize::Zeroizing::new(plaintext);
+        if attempt >= MAX_RESENDS {
+            if let Some(mid) = message_id {
+                let error = "the recipient's device could not decrypt it";
+                tx.prepare_cached(
+                    "UPDATE messages SET state = 'failed', error = ?2 WHERE message_id = ?1",
+                )?
+                .execute(params![mid, error])?;
+                let body = EventBody::MessageState {
+                    message_id: mid,
+                    conversation: format!("user:{peer}"),
+                    state: MessageState::Failed,
+                };
+                effects.last_event = Some(events::append(tx, &body, now)?);
+            }
+            continue;
+        }
+        if !archived {
+            archive_session(tx, peer, now)?;
+            archived = true;
+        }
+        tx.prepare_cached(
+            "INSERT INTO outbox (recipient, message_id, plaintext, relay_id, created_at, attempt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            peer,
+            message_id,
+            plaintext.as_slice(),
+            uuid::Uuid::now_v7().to_string(),
+            now,
+            attempt + 1
+        ])?;
+        effects.queued = true;
+    }
+    Ok(effects)
+}
+
+/// Forgets kept plaintext older than the retry window.
+pub fn prune_resend(conn: &Connection, now: i64) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached("DELETE FROM resend WHERE created_at < ?1")?
+        .execute(params![now - RESEND_WINDOW_MS])?)
 }
 
 /// The relay accepted these outbox rows: drop them and mark their messages `sent`, in
@@ -345,6 +466,9 @@ pub enum Received {
     /// Could not be decrypted or understood: acknowledged and dropped (keeping it would
     /// block the mailbox forever), logged without content.
     Dropped(String),
+    /// Could not be decrypted: acknowledged, and a retry receipt asking the sender to
+    /// send it again under a fresh session is queued.
+    Retry(String),
 }
 
 /// Applies one envelope from `sender` that the relay delivered as `relay_id`.
@@ -408,58 +532,84 @@ fn receive_in(
         });
     }
 
-    let existing = load_session(tx, sender)?;
-    let previous_identity = existing.as_ref().map(|s| *s.remote_identity());
-    // Decrypt on a copy; the stored session changes only if this succeeds.
-    let attempt = existing.clone().map(|mut s| s.decrypt(bytes).map(|p| (s, p)));
-    let (session, plaintext) = match attempt {
-        Some(Ok(ok)) => ok,
-        other => match Envelope::decode(bytes) {
-            Ok(Envelope::PreKey(pm)) => {
-                let Some(signed) = account::load_prekey(tx, pm.signed_prekey_id)? else {
-                    return Ok(Received::Dropped("unknown signed prekey".into()));
-                };
-                let one_time = match pm.one_time_prekey_id {
-                    Some(id) => account::load_prekey(tx, id)?,
-                    None => None,
-                };
-                match Session::accept_prekey_message(&me.identity, &pm, &signed, one_time.as_ref())
-                {
-                    Ok(ok) => {
-                        if let Some(k) = &one_time {
-                            account::delete_one_time_prekey(tx, k.id())?;
-                        }
-                        ok
-                    }
-                    Err(e) => {
-                        return Ok(Received::Dropped(format!("prekey message: {e}")));
-                    }
-                }
-            }
-            _ => {
-                let why = match other {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "no session".into(),
-                };
-                return Ok(Received::Dropped(why));
-            }
-        },
-    };
-    let plaintext = zeroize::Zeroizing::new(plaintext);
-    save_session(tx, sender, &session, now)?;
-    let conversation = format!("user:{sender}");
-    let mut last_event = None;
-    let queued = false;
-
-    if let Some(old) = previous_identity
-        && old != *session.remote_identity()
-    {
-        let id = uuid::Uuid::now_v7().to_string();
-        let text = format!(
-            "The safety number with {sender} changed: their device or identity key is new."
-        );
-        last_event = Some(system_message(tx, &id, &conversation, &text, now)?);
+    // Decrypt on a copy of the sessions; the stored ones change only if this succeeds.
+    let mut record = load_record(tx, sender)?.unwrap_or_default();
+    let mut attempt = record.clone();
+    match attempt.decrypt(bytes) {
+        Ok(plaintext) => {
+            record = attempt;
+            return apply_plaintext(tx, me, sender, record, plaintext, now);
+        }
+        // A peer's new session: run X3DH with the prekeys it names. Failing, it never
+        // replaces the sessions we have.
+        Err(letstalk_crypto::Error::PreKeyMismatch) => {}
+        // Already opened once (a replay): nothing to ask again.
+        Err(letstalk_crypto::Error::Duplicate) => {
+            return Ok(Received::Dropped("duplicate message".into()));
+        }
+        Err(e) => return undecryptable(tx, sender, relay_id, e.to_string(), now),
     }
+    let Ok(Envelope::PreKey(pm)) = Envelope::decode(bytes) else {
+        return undecryptable(tx, sender, relay_id, "prekey message".into(), now);
+    };
+    let Some(signed) = account::load_prekey(tx, pm.signed_prekey_id)? else {
+        return undecryptable(tx, sender, relay_id, "unknown signed prekey".into(), now);
+    };
+    let one_time = match pm.one_time_prekey_id {
+        Some(id) => account::load_prekey(tx, id)?,
+        None => None,
+    };
+    match Session::accept_prekey_message(&me.identity, &pm, &signed, one_time.as_ref()) {
+        Ok((session, plaintext)) => {
+            if let Some(k) = &one_time {
+                account::delete_one_time_prekey(tx, k.id())?;
+            }
+            record.promote_new(session);
+            apply_plaintext(tx, me, sender, record, plaintext, now)
+        }
+        Err(e) => undecryptable(tx, sender, relay_id, format!("prekey message: {e}"), now),
+    }
+}
+
+/// A pairwise envelope from `sender` that no session opens: unless the sender is
+/// blocked, a retry receipt naming it goes back (under our current session with the
+/// sender, or a new one), and the sender re-sends it under a fresh session.
+fn undecryptable(
+    tx: &Connection,
+    sender: &str,
+    relay_id: &str,
+    why: String,
+    now: i64,
+) -> Result<Received, StoreError> {
+    if is_blocked(tx, sender)? || blocks_everyone(tx)? {
+        return Ok(Received::Dropped(why));
+    }
+    // The receipt goes out under a fresh session (a prekey message the sender can
+    // always open), so two devices whose sessions both broke never trade retry
+    // receipts neither can read; late messages under the old one still open.
+    archive_session(tx, sender, now)?;
+    enqueue(tx, sender, None, &Content::Retry { ids: vec![relay_id.to_owned()] }, now)?;
+    Ok(Received::Retry(why))
+}
+
+/// Stores the sessions that opened a delivery and applies its plaintext.
+fn apply_plaintext(
+    tx: &Connection,
+    me: &Account,
+    sender: &str,
+    record: SessionRecord,
+    plaintext: Vec<u8>,
+    now: i64,
+) -> Result<Received, StoreError> {
+    let plaintext = zeroize::Zeroizing::new(plaintext);
+    save_record(tx, sender, &record, now)?;
+    let conversation = format!("user:{sender}");
+    let queued = false;
+    let seen = match record.remote_identity() {
+        Some(identity) => crate::trust::observe(tx, sender, identity, now)?,
+        None => crate::trust::Observed::default(),
+    };
+    let last_event = seen.event;
 
     if is_blocked(tx, sender)? {
         // Read (the session stays in step) and discarded.
@@ -478,6 +628,9 @@ fn receive_in(
             };
             let mut e = Effects::default();
             for id in ids.iter().take(1000) {
+                // Delivered: the peer opened it, no retry will ask for it again.
+                tx.prepare_cached("DELETE FROM resend WHERE message_id = ?1 AND recipient = ?2")?
+                    .execute(params![id, sender])?;
                 if let Some((conversation, state)) = messages::advance_from(tx, id, sender, state)?
                 {
                     let body =
@@ -501,9 +654,16 @@ fn receive_in(
         Some(Content::GroupLeave { gid, grant }) => {
             Ok(crate::groups::on_leave(tx, me_id, sender, &gid, grant.as_ref(), now)?)
         }
+        // A new key never becomes a group's sender-key source before the user accepts
+        // it: the sender key waits and is applied by `contacts.trust`.
+        Some(Content::SenderKey { .. }) if seen.untrusted => {
+            crate::trust::hold(tx, sender, &plaintext, now)?;
+            Ok(Effects::default())
+        }
         Some(Content::SenderKey { gid, key }) => {
             crate::groups::on_sender_key(tx, me_id, sender, &gid, &key, now)?
         }
+        Some(Content::Retry { ids }) => Ok(resend(tx, sender, &ids, now)?),
         None => Err("unknown content".to_owned()),
     };
     match outcome {
@@ -630,12 +790,12 @@ mod tests {
         let bob = device("bob");
         send_text(&alice, "bob", "m1", "hello bob");
         assert!(matches!(next(&alice, "bob", None), Prepared::NeedBundle));
-        let Prepared::Ready(mut first) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+        let Prepared::Ready(mut first, _) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
             panic!()
         };
         let first = first.remove(0);
         // Retransmission after a crash sends the very same ciphertext.
-        let Prepared::Ready(mut again) = next(&alice, "bob", None) else { panic!() };
+        let Prepared::Ready(mut again, _) = next(&alice, "bob", None) else { panic!() };
         let again = again.remove(0);
         assert_eq!(
             (first.seq, &first.envelope, &first.relay_id),
@@ -663,7 +823,7 @@ mod tests {
             alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state,
             MessageState::Sent
         );
-        let Prepared::Ready(mut receipt) = next(&bob, "alice", None) else { panic!() };
+        let Prepared::Ready(mut receipt, _) = next(&bob, "alice", None) else { panic!() };
         let receipt = receipt.remove(0);
         assert!(matches!(deliver(&alice, "bob", &receipt), Received::Applied { .. }));
         assert_eq!(
@@ -685,7 +845,9 @@ mod tests {
         let alice = device("alice");
         let bob = device("bob");
         send_text(&alice, "bob", "m1", "one");
-        let Prepared::Ready(mut m1) = next(&alice, "bob", Some(&bundle(&bob, 0))) else { panic!() };
+        let Prepared::Ready(mut m1, _) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+            panic!()
+        };
         let m1 = m1.remove(0);
         assert!(matches!(deliver(&bob, "alice", &m1), Received::Applied { .. }));
         let mut forged = m1.clone();
@@ -693,15 +855,143 @@ mod tests {
         if let Some(b) = forged.envelope.last_mut() {
             *b ^= 1;
         }
+        // A used message number (here tampered with): a replay, dropped without a retry.
         assert!(matches!(deliver(&bob, "alice", &forged), Received::Dropped(_)));
         alice.store.with(|c| sent(c, &[m1.seq], 8)).unwrap();
         send_text(&alice, "bob", "m2", "two");
-        let Prepared::Ready(mut m2) = next(&alice, "bob", None) else { panic!() };
+        let Prepared::Ready(mut m2, _) = next(&alice, "bob", None) else { panic!() };
         let m2 = m2.remove(0);
         assert!(matches!(deliver(&bob, "alice", &m2), Received::Applied { .. }));
         assert_eq!(
             bob.store.with(|c| messages::get(c, "m2")).unwrap().unwrap().text.as_deref(),
             Some("two")
         );
+    }
+
+    /// Everything queued from `from` to `to`, prepared (with `bundle` if a session must
+    /// start) and delivered in order.
+    fn flush(from: &Device, to: &Device, bundle: Option<&PreKeyBundle>) -> Vec<Received> {
+        let (to_id, from_id) = (to.account.user_id.clone(), from.account.user_id.clone());
+        let prepared = from
+            .store
+            .with(|c| prepare_next(c, &from.account, &to_id, bundle, 64, &mut OsRng, 6))
+            .unwrap();
+        let Prepared::Ready(rows, _) = prepared else { panic!("{prepared:?}") };
+        let seqs: Vec<i64> = rows.iter().map(|o| o.seq).collect();
+        from.store.with(|c| sent(c, &seqs, 8)).unwrap();
+        rows.iter().map(|o| deliver(to, &from_id, o)).collect()
+    }
+
+    fn text_of(d: &Device, id: &str) -> Option<String> {
+        d.store.with(|c| messages::get(c, id)).unwrap().and_then(|m| m.text)
+    }
+
+    #[test]
+    fn a_message_the_peer_cannot_open_is_resent_under_a_fresh_session() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "one");
+        assert!(matches!(flush(&alice, &bob, Some(&bundle(&bob, 0)))[0], Received::Applied { .. }));
+        // bob loses his sessions; alice's next message cannot be opened.
+        bob.store.with(|c| Ok(c.execute("DELETE FROM sessions", [])?)).unwrap();
+        send_text(&alice, "bob", "m2", "two");
+        let got = flush(&alice, &bob, None);
+        assert!(matches!(got[0], Received::Retry(_)), "{got:?}");
+        assert_eq!(text_of(&bob, "m2"), None);
+        // bob's retry receipt (with m1's delivery receipt) reaches alice under a new
+        // session; alice queues m2 again, to go out under a fresh session of her own.
+        let got = flush(&bob, &alice, Some(&bundle(&alice, 0)));
+        assert!(got.iter().all(|r| matches!(r, Received::Applied { .. })), "{got:?}");
+        assert!(matches!(
+            alice.store.with(|c| prepare_next(c, &alice.account, "bob", None, 64, &mut OsRng, 9)),
+            Ok(Prepared::NeedBundle)
+        ));
+        let got = flush(&alice, &bob, Some(&bundle(&bob, 1)));
+        assert!(matches!(got[0], Received::Applied { .. }), "{got:?}");
+        assert_eq!(text_of(&bob, "m2").as_deref(), Some("two"));
+        // bob's delivery receipt for m2 ends the retry window for it.
+        flush(&bob, &alice, None);
+        let kept: i64 = alice
+            .store
+            .with(|c| {
+                Ok(c.query_row("SELECT count(*) FROM resend WHERE message_id = 'm2'", [], |r| {
+                    r.get(0)
+                })?)
+            })
+            .unwrap();
+        assert_eq!(kept, 0);
+    }
+
+    #[test]
+    fn a_verified_contacts_new_key_holds_messages_until_accepted() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "one");
+        flush(&alice, &bob, Some(&bundle(&bob, 0)));
+        alice
+            .store
+            .with(|c| {
+                c.execute(
+                    "INSERT INTO contacts (user_id, verified, added_at) VALUES ('bob', 1, 0)",
+                    [],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(alice.store.with(|c| crate::trust::is_verified(c, "bob")).unwrap());
+
+        // bob on a new device (a new identity key) writes first.
+        let bob2 = device("bob");
+        send_text(&bob2, "alice", "n1", "new phone");
+        let got = flush(&bob2, &alice, Some(&bundle(&alice, 0)));
+        assert!(matches!(got[0], Received::Applied { .. }), "{got:?}");
+        assert_eq!(text_of(&alice, "n1").as_deref(), Some("new phone"));
+        let (verified, untrusted, changed) = alice
+            .store
+            .with(|c| {
+                Ok((
+                    crate::trust::is_verified(c, "bob")?,
+                    crate::trust::is_untrusted(c, "bob")?,
+                    crate::trust::changed_at(c, "bob")?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((verified, untrusted, changed), (false, true, Some(7)));
+        // The delivery receipt for n1 (and anything else) waits.
+        let held =
+            alice.store.with(|c| prepare_next(c, &alice.account, "bob", None, 64, &mut OsRng, 9));
+        assert!(matches!(held, Ok(Prepared::Held { .. })), "{held:?}");
+
+        // Accepted (as unverified): it goes out, to the new key.
+        alice
+            .store
+            .with(|c| crate::trust::accept(c, "alice", "bob", false, 10).map(|r| r.is_ok()))
+            .unwrap();
+        let got = flush(&alice, &bob2, None);
+        assert!(matches!(got[0], Received::Applied { .. }), "{got:?}");
+        assert_eq!(
+            bob2.store.with(|c| messages::get(c, "n1")).unwrap().unwrap().state,
+            MessageState::Delivered
+        );
+    }
+
+    #[test]
+    fn a_repeated_prekey_message_never_replaces_the_session() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "one");
+        let Prepared::Ready(mut m1, _) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+            panic!()
+        };
+        let m1 = m1.remove(0);
+        assert!(matches!(deliver(&bob, "alice", &m1), Received::Applied { .. }));
+        let before = bob.store.with(|c| load_record(c, "alice")).unwrap().unwrap().to_bytes();
+        // The same prekey message under another relay id (a replay): refused, no retry,
+        // the session unchanged.
+        let mut replay = m1.clone();
+        replay.relay_id = "replayed".into();
+        assert!(matches!(deliver(&bob, "alice", &replay), Received::Dropped(_)));
+        let after = bob.store.with(|c| load_record(c, "alice")).unwrap().unwrap().to_bytes();
+        assert_eq!(before.as_slice(), after.as_slice());
     }
 }

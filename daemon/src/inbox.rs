@@ -88,6 +88,10 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
                     Received::Dropped(why) => {
                         tracing::warn!(reason = %why, "dropped an undecryptable message");
                     }
+                    Received::Retry(why) => {
+                        tracing::info!(reason = %why, "could not decrypt a message; asking its sender to send it again");
+                        daemon.wake_sender();
+                    }
                 }
             }
             // A file may have arrived: its download may start on its own.
@@ -199,6 +203,7 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
             publish(daemon, seq.map(Some));
             if state == letstalk_ipc::types::RelayState::Connected {
                 daemon.wake_sender();
+                daemon.prekey_wake.notify_one();
                 crate::methods::sync_privacy(daemon).await;
                 rewatch(daemon, relay).await;
             }

@@ -23,7 +23,10 @@
 //! - [`messages`]: message rows, their IPC shape and the conversation queries.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
 //! - [`netwatch`]: network changes from routing netlink: history, events, link migration.
-//! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once.
+//! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once;
+//!   retry receipts and re-sends under a fresh session.
+//! - [`trust`]: peers' identity keys: changes shown, a verified contact's new key held.
+//! - [`prekeys`]: one-time prekeys topped up, the signed prekey rotated.
 //! - [`device`]: hardware, OS, network and the application-specific device ID.
 //! - [`diagnostics`]: the history diagnostics reports are made of, and queued feedback.
 //! - [`files`]: file encryption, blob uploads and downloads (resuming), automatic
@@ -49,11 +52,13 @@ pub mod localid;
 pub mod messages;
 pub mod methods;
 pub mod netwatch;
+pub mod prekeys;
 pub mod relay;
 pub mod sender;
 pub mod server;
 pub mod store;
 pub mod systemd;
+pub mod trust;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -114,6 +119,8 @@ pub struct Daemon {
     pub writes: store::GroupCommit,
     /// Wakes the sender task when the outbox got something.
     pub(crate) sender_wake: tokio::sync::Notify,
+    /// Wakes the prekey upkeep (every relay connection).
+    pub(crate) prekey_wake: tokio::sync::Notify,
     /// Held by the sender from reading outbox rows until the relay's answer is recorded,
     /// and by "clear chat history" while it withdraws rows: a withdrawn message can never
     /// be half-way out.
@@ -277,6 +284,7 @@ pub async fn run(
         queued: Mutex::default(),
         relay: link.clone().map(|l| l as Arc<dyn relay::RelayApi>),
         sender_wake: tokio::sync::Notify::new(),
+        prekey_wake: tokio::sync::Notify::new(),
         outbox_gate: tokio::sync::Mutex::new(()),
         transfers: files::Transfers::new(cancel.child_token()),
         calls: calls::Calls::new(cancel.child_token()),
@@ -330,6 +338,7 @@ pub async fn run(
         });
         tasks.spawn(files::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(calls::run(daemon.clone(), api.clone(), cancel.clone()));
+        tasks.spawn(prekeys::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(sender::run(
             daemon.clone(),
             Arc::new(relay::RelayTransport(api)),
@@ -378,7 +387,7 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<File, StartError> {
     }
 }
 
-/// Periodic housekeeping: event log pruning.
+/// Periodic housekeeping: event log pruning, kept plaintext past its retry window.
 async fn maintenance(daemon: Arc<Daemon>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -391,6 +400,9 @@ async fn maintenance(daemon: Arc<Daemon>, cancel: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "pruned old events"),
             Err(e) => tracing::warn!(error = %e, "pruning events"),
+        }
+        if let Err(e) = daemon.store.call(move |c| delivery::prune_resend(c, now)).await {
+            tracing::warn!(error = %e, "pruning kept plaintext");
         }
     }
 }

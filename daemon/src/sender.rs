@@ -153,7 +153,19 @@ async fn drain_one<T: Transport>(
                 }
                 continue;
             }
-            Ok(Prepared::Ready(batch)) => batch,
+            Ok(Prepared::Ready(batch, event)) => {
+                if let Some(seq) = event {
+                    daemon.bus.published(seq);
+                }
+                batch
+            }
+            // Waits for `contacts.trust`, which wakes the sender.
+            Ok(Prepared::Held { event }) => {
+                if let Some(seq) = event {
+                    daemon.bus.published(seq);
+                }
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "preparing an outgoing message");
                 return Err(());

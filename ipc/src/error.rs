@@ -19,11 +19,12 @@ pub enum ErrorKind {
     TooLarge,
     InvalidState,
     ResyncRequired,
+    UntrustedIdentity,
 }
 
 impl ErrorKind {
     /// Every kind, in code order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::NotLoggedIn,
         Self::RelayUnavailable,
         Self::NotFound,
@@ -35,6 +36,7 @@ impl ErrorKind {
         Self::TooLarge,
         Self::InvalidState,
         Self::ResyncRequired,
+        Self::UntrustedIdentity,
     ];
 
     /// The JSON-RPC error code of this kind.
@@ -51,6 +53,7 @@ impl ErrorKind {
             Self::TooLarge => -32008,
             Self::InvalidState => -32009,
             Self::ResyncRequired => -32010,
+            Self::UntrustedIdentity => -32011,
         }
     }
 
@@ -68,6 +71,7 @@ impl ErrorKind {
             Self::TooLarge => "too_large",
             Self::InvalidState => "invalid_state",
             Self::ResyncRequired => "resync_required",
+            Self::UntrustedIdentity => "untrusted_identity",
         }
     }
 

@@ -53,6 +53,7 @@ methods! {
     "contacts.remove" (UserIdParams) -> Empty: "Removes a contact.";
     "contacts.verify" (UserIdParams) -> VerifyResult: "The safety number and the contact's identity fingerprint.";
     "contacts.mark_verified" (MarkVerifiedParams) -> Contact: "Records that the safety number was compared.";
+    "contacts.trust" (TrustParams) -> Contact: "Accepts the contact's current identity key (as verified with the current safety number).";
     "contacts.block" (UserIdParams) -> Contact: "Blocks a user: the relay refuses their messages and calls and hides your presence from them.";
     "contacts.unblock" (UserIdParams) -> Contact: "Unblocks a user.";
     "groups.create" (GroupsCreateParams) -> Group: "Creates a group; the creator is its admin.";

@@ -508,6 +508,10 @@ pub struct Contact {
     pub last_seen_at: Option<i64>,
     /// 60 digits in groups of five; null until the contact's identity key is known.
     pub safety_number: Option<String>,
+    /// The user compared the safety number of the contact's current identity key.
+    pub verified: bool,
+    /// When the contact's identity key last changed (ms since the epoch), if it did.
+    pub identity_changed_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -606,6 +610,15 @@ pub struct VerifyResult {
 pub struct MarkVerifiedParams {
     pub user_id: String,
     pub verified: bool,
+}
+
+/// `contacts.trust`: accepts the contact's current identity key, as verified when
+/// `safety_number` is given (and equals the current one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TrustParams {
+    pub user_id: String,
+    #[serde(default)]
+    pub safety_number: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------

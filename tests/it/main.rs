@@ -19,6 +19,7 @@ mod lifecycle;
 mod messaging;
 mod network;
 mod privacy;
+mod sessions;
 mod systemd_units;
 mod trust;
 

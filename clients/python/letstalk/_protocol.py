@@ -34,6 +34,7 @@ METHODS: tuple[str, ...] = (
     "contacts.remove",
     "contacts.verify",
     "contacts.mark_verified",
+    "contacts.trust",
     "contacts.block",
     "contacts.unblock",
     "groups.create",

@@ -232,8 +232,10 @@ pub(super) async fn login(daemon: &Arc<Daemon>, p: LoginParams) -> Result<IpcAcc
         let stored = daemon
             .store
             .call(|c| {
+                // By id: a rotated signed prekey's id is above the first one's, so the
+                // newest signed prekey is the one published.
                 let ids: Vec<u32> = c
-                    .prepare("SELECT id FROM prekeys")?
+                    .prepare("SELECT id FROM prekeys ORDER BY id")?
                     .query_map([], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 let mut keys = Vec::new();

@@ -87,6 +87,9 @@ pub(super) async fn start(
             if blocked {
                 return Ok(Err(RpcError::new(ErrorKind::Blocked, "you block this contact")));
             }
+            if let Err(e) = crate::trust::check_sendable(&tx, [pr.as_str()])? {
+                return Ok(Err(e));
+            }
             if calls::busy(&tx, None)? {
                 return Ok(Err(RpcError::new(ErrorKind::Conflict, "already in a call")));
             }

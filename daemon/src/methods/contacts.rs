@@ -1,11 +1,12 @@
-//! `contacts.*`: add, list, remove, verify, mark_verified.
+//! `contacts.*`: add, list, remove, verify, mark_verified, trust, block, unblock.
 
 use std::sync::Arc;
 
 use rusqlite::params;
 
 use letstalk_ipc::types::{
-    Contact, ContactsAddParams, ContactsList, Empty, MarkVerifiedParams, UserIdParams, VerifyResult,
+    Contact, ContactsAddParams, ContactsList, Empty, MarkVerifiedParams, TrustParams, UserIdParams,
+    VerifyResult,
 };
 use letstalk_ipc::{ErrorKind, RpcError};
 use letstalk_wire::{Request, Response};
@@ -13,7 +14,7 @@ use letstalk_wire::{Request, Response};
 use super::account::relay;
 use super::{internal, logged_in};
 use crate::relay::check;
-use crate::{Daemon, contacts, now_ms, validate};
+use crate::{Daemon, contacts, now_ms, trust, validate};
 
 fn not_found(user: &str) -> RpcError {
     RpcError::new(ErrorKind::NotFound, format!("{user} is not a contact"))
@@ -113,16 +114,12 @@ pub(super) async fn verify(
     let found = daemon
         .store
         .call(move |c| {
-            let verified: Option<bool> = {
-                use rusqlite::OptionalExtension;
-                c.query_row("SELECT verified FROM contacts WHERE user_id = ?1", params![u], |r| {
-                    r.get(0)
-                })
-                .optional()?
+            let verified = match contacts::get(c, &u)? {
+                Some(_) => Some(trust::is_verified(c, &u)?),
+                None => None,
             };
             let number = contacts::safety_number(c, &u)?;
-            let fingerprint =
-                crate::delivery::load_session(c, &u)?.map(|s| s.remote_identity().fingerprint());
+            let fingerprint = trust::known(c, &u)?.map(|k| k.fingerprint());
             Ok((verified, number, fingerprint))
         })
         .await
@@ -143,28 +140,78 @@ pub(super) async fn mark_verified(
     daemon: &Arc<Daemon>,
     p: MarkVerifiedParams,
 ) -> Result<Contact, RpcError> {
-    logged_in(daemon).await?;
-    let user = validate::user_id("user_id", &p.user_id)?;
+    accept_key(daemon, &p.user_id, p.verified, None).await
+}
+
+/// `contacts.trust`: accepts the contact's current identity key, as verified only with
+/// the current safety number.
+pub(super) async fn trust(daemon: &Arc<Daemon>, p: TrustParams) -> Result<Contact, RpcError> {
+    let number = match &p.safety_number {
+        Some(n) => Some(trust::normalize_safety_number(n).ok_or_else(|| {
+            RpcError::invalid_params("safety_number", "a safety number is 60 digits")
+        })?),
+        None => None,
+    };
+    accept_key(daemon, &p.user_id, number.is_some(), number).await
+}
+
+/// Records the user's decision about a contact's current key (verified or only
+/// accepted): either way, messages held for a changed key go out and held sender keys
+/// apply. `expected` is the safety number the user compared, which must be current.
+async fn accept_key(
+    daemon: &Arc<Daemon>,
+    raw: &str,
+    verified: bool,
+    expected: Option<String>,
+) -> Result<Contact, RpcError> {
+    let me = logged_in(daemon).await?;
+    let user = validate::user_id("user_id", raw)?;
     let u = user.clone();
     let outcome = daemon
         .store
         .call(move |c| {
             let tx = c.transaction()?;
-            if tx.execute(
-                "UPDATE contacts SET verified = ?2 WHERE user_id = ?1",
-                params![u, p.verified],
-            )? == 0
-            {
-                return Ok(None);
+            if contacts::get(&tx, &u)?.is_none() {
+                return Ok(Err(not_found(&u)));
             }
-            let changed = contacts::changed(&tx, &u, now_ms())?;
+            let current = contacts::safety_number(&tx, &u)?;
+            if let (Some(expected), Some(current)) = (&expected, &current)
+                && trust::normalize_safety_number(current).as_ref() != Some(expected)
+            {
+                return Ok(Err(RpcError::new(
+                    ErrorKind::Conflict,
+                    format!("that is not the current safety number with {u}"),
+                )));
+            }
+            let now = now_ms();
+            let effects = match trust::accept(&tx, &me, &u, verified, now)? {
+                Ok(effects) => effects,
+                Err(_) if !verified => {
+                    // Nothing to accept yet; unverifying still clears the flag.
+                    tx.execute(
+                        "UPDATE contacts SET verified = 0, verified_identity = NULL WHERE user_id = ?1",
+                        params![u],
+                    )?;
+                    crate::delivery::Effects::default()
+                }
+                Err(_) => {
+                    return Ok(Err(RpcError::new(
+                        ErrorKind::InvalidState,
+                        format!("no session with {u} yet: exchange a message first"),
+                    )));
+                }
+            };
+            let (contact, seq) =
+                contacts::changed(&tx, &u, now)?.ok_or_else(|| vanished("contact"))?;
             tx.commit()?;
-            Ok(changed)
+            Ok(Ok((contact, seq, effects)))
         })
         .await
-        .map_err(internal)?;
-    let (contact, seq) = outcome.ok_or_else(|| not_found(&user))?;
-    daemon.bus.published(seq);
+        .map_err(internal)??;
+    let (contact, seq, effects) = outcome;
+    daemon.bus.published(seq.max(effects.last_event.unwrap_or(0)));
+    // Messages held for the changed key may go now.
+    daemon.wake_sender();
     Ok(contact)
 }
 

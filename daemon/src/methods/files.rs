@@ -37,25 +37,40 @@ pub(super) async fn send(
         Some(("user", id)) => {
             let id = validate::user_id("to", id)?;
             let who = id.clone();
-            if daemon
+            let (blocked, trusted) = daemon
                 .store
-                .call(move |c| crate::delivery::is_blocked(c, &who))
+                .call(move |c| {
+                    Ok((
+                        crate::delivery::is_blocked(c, &who)?,
+                        crate::trust::check_sendable(c, [who.as_str()])?,
+                    ))
+                })
                 .await
-                .map_err(internal)?
-            {
+                .map_err(internal)?;
+            if blocked {
                 return Err(RpcError::new(ErrorKind::Blocked, "you block this user"));
             }
+            trusted?;
             id
         }
         Some(("group", gid)) => {
             let g = gid.to_owned();
+            let me2 = me.clone();
             let member = daemon
                 .store
-                .call(move |c| Ok(crate::groups::load(c, &g)?.is_some_and(|(_, member)| member)))
+                .call(move |c| match crate::groups::load(c, &g)? {
+                    Some((g, true)) => {
+                        let others =
+                            g.members.iter().map(String::as_str).filter(|m| *m != me2.as_str());
+                        Ok(Some(crate::trust::check_sendable(c, others)?))
+                    }
+                    _ => Ok(None),
+                })
                 .await
                 .map_err(internal)?;
-            if !member {
-                return Err(RpcError::new(ErrorKind::NotFound, "no such group"));
+            match member {
+                None => return Err(RpcError::new(ErrorKind::NotFound, "no such group")),
+                Some(trusted) => trusted?,
             }
             format!("group:{gid}")
         }

@@ -85,10 +85,19 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
                             format!("you block {user}: unblock them to write"),
                         )));
                     }
+                    if let Err(e) = crate::trust::check_sendable(tx, [user.as_str()])? {
+                        return Ok(Err(e));
+                    }
                     None
                 }
                 Peer::Group(gid) => match crate::groups::load(tx, gid)? {
-                    Some((g, true)) => Some(g),
+                    Some((g, true)) => {
+                        let others = g.members.iter().map(String::as_str).filter(|m| *m != me);
+                        if let Err(e) = crate::trust::check_sendable(tx, others)? {
+                            return Ok(Err(e));
+                        }
+                        Some(g)
+                    }
                     _ => return Ok(Err(RpcError::new(ErrorKind::NotFound, "no such group"))),
                 },
             };

@@ -88,6 +88,7 @@ pub async fn call(
         "contacts.remove" => reply(contacts::remove(daemon, parse(params)?).await?),
         "contacts.verify" => reply(contacts::verify(daemon, parse(params)?).await?),
         "contacts.mark_verified" => reply(contacts::mark_verified(daemon, parse(params)?).await?),
+        "contacts.trust" => reply(contacts::trust(daemon, parse(params)?).await?),
         "contacts.block" => reply(contacts::block(daemon, parse(params)?).await?),
         "contacts.unblock" => reply(contacts::unblock(daemon, parse(params)?).await?),
         "groups.create" => reply(groups::create(daemon, parse(params)?).await?),
