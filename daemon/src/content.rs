@@ -72,6 +72,14 @@ pub enum Content {
     /// The call ended on the sender's side: `hangup`, `rejected`, `busy` or `missed`.
     #[serde(rename = "call_end")]
     CallEnd { call_id: String, reason: String },
+    /// The sender is typing: in the one-to-one conversation, or in group `gid` (sent
+    /// pairwise to each member). `at` lets the receiver drop one that arrives stale.
+    #[serde(rename = "typing")]
+    Typing {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gid: Option<String>,
+        at: i64,
+    },
 }
 
 /// A secret string (hex key material): serialised as is, never shown by `Debug`.
@@ -126,6 +134,8 @@ mod tests {
         for c in [
             Content::Text { id: "m1".into(), at: 5, text: "hi".into(), reply_to: None },
             Content::Receipt { state: ReceiptKind::Read, ids: vec!["a".into(), "b".into()] },
+            Content::Typing { gid: None, at: 7 },
+            Content::Typing { gid: Some("g".into()), at: 7 },
             Content::Group {
                 gid: "g".into(),
                 name: "n".into(),

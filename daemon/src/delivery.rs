@@ -320,8 +320,7 @@ pub fn apply_text(
     if messages::insert(tx, &new)?
         && let Some(message) = messages::get(tx, &id)?
     {
-        effects.last_event =
-            Some(events::append(tx, &EventBody::MessageReceived { message }, now)?);
+        effects.last_event = Some(crate::notify::received(tx, message, now)?);
     }
     // Acknowledge to the sender even for a duplicate: its first receipt may be lost.
     enqueue(
@@ -498,6 +497,9 @@ fn receive_in(
         Some(
             c @ (Content::CallOffer { .. } | Content::CallAnswer { .. } | Content::CallEnd { .. }),
         ) => Ok(crate::calls::receive(tx, sender, &c, now)?),
+        Some(Content::Typing { gid, at }) => {
+            Ok(crate::typing::receive(tx, sender, gid.as_deref(), at, now)?)
+        }
         Some(Content::GroupLeave { gid }) => {
             Ok(crate::groups::on_leave(tx, me_id, sender, &gid, now)?)
         }

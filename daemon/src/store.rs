@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0004_diagnostics.sql"),
     include_str!("store/0005_files.sql"),
     include_str!("store/0006_calls.sql"),
+    include_str!("store/0007_privacy.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";

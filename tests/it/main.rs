@@ -17,6 +17,7 @@ mod keyring;
 mod lifecycle;
 mod messaging;
 mod network;
+mod policy;
 mod privacy;
 mod systemd_units;
 

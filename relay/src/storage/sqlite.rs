@@ -201,6 +201,8 @@ impl Storage for SqliteStorage {
             // Cascades to avatar, prekeys, watches and the mailbox.
             tx.execute("DELETE FROM accounts WHERE user_id = ?1", [&user_id])?;
             tx.execute("DELETE FROM sent_ids WHERE sender = ?1 OR recipient = ?1", [&user_id])?;
+            // Reports name their sender without a foreign key: they go with the account.
+            tx.execute("DELETE FROM reports WHERE user_id = ?1", [&user_id])?;
             tx.commit()?;
             Ok(())
         })
