@@ -65,7 +65,7 @@ fn relay_db(relay: &Relay) -> rusqlite::Connection {
     rusqlite::Connection::open(relay.data_dir.join("relay.db")).unwrap()
 }
 
-async fn message_id_of(sent: Value) -> String {
+fn message_id_of(sent: Value) -> String {
     sent["message"]["message_id"].as_str().unwrap().to_owned()
 }
 
@@ -83,8 +83,7 @@ async fn a_message_deleted_before_the_relay_took_it_never_arrives_and_leaves_no_
     let secret = "deleted-before-sending canary 5b1c";
     let id = message_id_of(
         alice.call("messages.send", json!({"to": "user:bob", "text": secret})).await.unwrap(),
-    )
-    .await;
+    );
     alice.call("messages.send", json!({"to": "user:bob", "text": "kept"})).await.unwrap();
     alice.call("messages.delete", json!({"message_id": id})).await.unwrap();
     let gone = alice.call("messages.get", json!({"message_id": id})).await;
@@ -132,7 +131,7 @@ async fn deleting_a_received_file_releases_the_relay_copy_and_shreds_the_opened_
     let mut ids = Vec::new();
     for _ in 0..2 {
         let sent = bob.call("files.send", json!({"to": "user:alice", "path": path})).await;
-        let id = message_id_of(sent.unwrap()).await;
+        let id = message_id_of(sent.unwrap());
         eventually(LIMIT, "the file at alice", || async {
             let m = alice.call("messages.get", json!({"message_id": id})).await.ok()?;
             (m["message"]["file"]["transfer"] == "available").then_some(())
@@ -180,7 +179,7 @@ async fn clear_history_releases_unread_files_at_the_relay_and_shreds_opened_copi
     let mut ids = Vec::new();
     for _ in 0..2 {
         let sent = bob.call("files.send", json!({"to": "user:alice", "path": path})).await;
-        let id = message_id_of(sent.unwrap()).await;
+        let id = message_id_of(sent.unwrap());
         eventually(LIMIT, "the file at alice", || async {
             alice.call("messages.get", json!({"message_id": id})).await.ok()
         })
@@ -217,7 +216,7 @@ async fn restore_defaults_leaves_nothing_and_deletes_the_relay_account_once_it_i
     assert_eq!(std::fs::read(fetched["path"].as_str().unwrap()).unwrap(), photo);
     let (file_path, file) = random_file(&world, "scan.bin", b"", 100_000);
     let sent = bob.call("files.send", json!({"to": "user:alice", "path": file_path})).await;
-    let id = message_id_of(sent.unwrap()).await;
+    let id = message_id_of(sent.unwrap());
     eventually(LIMIT, "the file at alice", || async {
         alice.call("files.download", json!({"message_id": id})).await.ok()
     })
@@ -361,8 +360,7 @@ async fn read_receipts_off_sends_none_in_a_group() {
             .call("messages.send", json!({"to": conversation, "text": "chapter 3?"}))
             .await
             .unwrap(),
-    )
-    .await;
+    );
     for reader in [&bob, &carol] {
         wait_texts(reader, &conversation, 1, LIMIT).await;
         reader.call("messages.mark_read", json!({"conversation": conversation})).await.unwrap();
@@ -433,8 +431,7 @@ async fn typing_is_sent_and_shown_and_a_muted_conversation_raises_no_notificatio
     assert_eq!(bob_chat["muted"], true);
     let quiet = message_id_of(
         bob.call("messages.send", json!({"to": "user:alice", "text": "quiet"})).await.unwrap(),
-    )
-    .await;
+    );
     wait_texts(&alice, "user:bob", 2, LIMIT).await;
     alice
         .call("conversations.mute", json!({"conversation": "user:bob", "muted": false}))
@@ -442,8 +439,7 @@ async fn typing_is_sent_and_shown_and_a_muted_conversation_raises_no_notificatio
         .unwrap();
     let loud = message_id_of(
         bob.call("messages.send", json!({"to": "user:alice", "text": "loud"})).await.unwrap(),
-    )
-    .await;
+    );
     wait_texts(&alice, "user:bob", 3, LIMIT).await;
     let events = replay(&alice).await;
     let notified: Vec<&str> = events
