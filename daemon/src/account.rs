@@ -40,12 +40,22 @@ pub const ACCOUNT_TABLES: &[&str] = &[
     "identities",
     "resend",
     "held",
+    "blob_releases",
+    "muted",
 ];
 
 /// The tables that describe the device, not the account: kept across accounts. The
 /// `account` row itself is replaced by the new account's.
-pub const DEVICE_TABLES: &[&str] =
-    &["meta", "settings", "account", "network_history", "connection_log", "frontends_seen"];
+pub const DEVICE_TABLES: &[&str] = &[
+    "meta",
+    "settings",
+    "account",
+    "network_history",
+    "connection_log",
+    "frontends_seen",
+    // An earlier account's relay deletion still owed survives a later login.
+    "relay_deletions",
+];
 
 /// Deletes everything of the account that was on the device (inside the caller's
 /// transaction, before the new account is saved). With `secure_delete` the freed pages

@@ -190,7 +190,9 @@ pub fn key(conn: &Connection, call_id: &str) -> Result<Option<CallKey>, StoreErr
 
 /// The call log as diagnostics reports carry it (time, duration, receiver), oldest
 /// first: ended calls only, the most recent 200.
-pub fn log_entries(conn: &Connection) -> Result<Vec<CallEntry>, StoreError> {
+/// The call log as diagnostics reports carry it: who called whom (`me` is this
+/// account), when, and how long.
+pub fn log_entries(conn: &Connection, me: &str) -> Result<Vec<CallEntry>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM calls WHERE state = 'ended' ORDER BY started_at DESC LIMIT 200"
     );
@@ -199,10 +201,18 @@ pub fn log_entries(conn: &Connection) -> Result<Vec<CallEntry>, StoreError> {
     calls.reverse();
     Ok(calls
         .into_iter()
-        .map(|c| CallEntry {
-            started_at: c.started_at,
-            duration_s: c.duration_s.unwrap_or(0),
-            receiver: c.peer,
+        .map(|c| {
+            let (caller, receiver) = match c.direction {
+                Direction::Out => (me.to_owned(), c.peer),
+                Direction::In => (c.peer, me.to_owned()),
+            };
+            CallEntry {
+                started_at: c.started_at,
+                duration_s: c.duration_s.unwrap_or(0),
+                direction: c.direction,
+                caller,
+                receiver,
+            }
         })
         .collect())
 }

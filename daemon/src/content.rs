@@ -86,17 +86,26 @@ pub enum Content {
     /// ids; we encrypt their kept plaintext afresh under a new session and send it again.
     #[serde(rename = "retry")]
     Retry { ids: Vec<String> },
+    /// The sender is typing: in the one-to-one conversation, or in group `gid` (sent
+    /// pairwise to each member). `at` lets the receiver drop one that arrives stale.
+    #[serde(rename = "typing")]
+    Typing {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gid: Option<String>,
+        at: i64,
+    },
 }
 
 impl Content {
     /// Whether a peer that could not open this may ask for it again: everything but
-    /// receipts (their loss costs a tick, and a receipt for a receipt would never end)
-    /// and call signalling (only useful while the call rings).
+    /// receipts (their loss costs a tick, and a receipt for a receipt would never end),
+    /// typing notifications and call signalling (only useful for a moment).
     pub fn resendable(&self) -> bool {
         !matches!(
             self,
             Self::Receipt { .. }
                 | Self::Retry { .. }
+                | Self::Typing { .. }
                 | Self::CallOffer { .. }
                 | Self::CallAnswer { .. }
                 | Self::CallEnd { .. }
@@ -177,6 +186,8 @@ mod tests {
         for c in [
             Content::Text { id: "m1".into(), at: 5, text: "hi".into(), reply_to: None },
             Content::Receipt { state: ReceiptKind::Read, ids: vec!["a".into(), "b".into()] },
+            Content::Typing { gid: None, at: 7 },
+            Content::Typing { gid: Some("g".into()), at: 7 },
             Content::Group {
                 gid: "g".into(),
                 name: "n".into(),

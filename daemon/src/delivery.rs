@@ -441,8 +441,7 @@ pub fn apply_text(
     if messages::insert(tx, &new)?
         && let Some(message) = messages::get(tx, &id)?
     {
-        effects.last_event =
-            Some(events::append(tx, &EventBody::MessageReceived { message }, now)?);
+        effects.last_event = Some(crate::notify::received(tx, message, now)?);
     }
     // Acknowledge to the sender even for a duplicate: its first receipt may be lost.
     enqueue(
@@ -640,9 +639,11 @@ fn apply_plaintext(
             }
             Ok(e)
         }
-        Some(update @ Content::Group { .. }) => {
-            crate::groups::on_update(tx, me_id, sender, session.remote_identity(), &update, now)?
-        }
+        // The record's current session is the one that opened this message.
+        Some(update @ Content::Group { .. }) => match record.remote_identity() {
+            Some(key) => crate::groups::on_update(tx, me_id, sender, key, &update, now)?,
+            None => Err("group update without a session".into()),
+        },
         // "Block everyone" refuses files as it refuses texts (calls: `calls::receive`).
         Some(Content::File { .. }) if blocks_everyone(tx)? => Ok(Effects::default()),
         Some(c @ (Content::File { .. } | Content::FileCancel { .. })) => {
@@ -651,6 +652,9 @@ fn apply_plaintext(
         Some(
             c @ (Content::CallOffer { .. } | Content::CallAnswer { .. } | Content::CallEnd { .. }),
         ) => Ok(crate::calls::receive(tx, sender, &c, now)?),
+        Some(Content::Typing { gid, at }) => {
+            Ok(crate::typing::receive(tx, sender, gid.as_deref(), at, now)?)
+        }
         Some(Content::GroupLeave { gid, grant }) => {
             Ok(crate::groups::on_leave(tx, me_id, sender, &gid, grant.as_ref(), now)?)
         }

@@ -44,25 +44,51 @@ pub fn app_specific_id(machine_id: &[u8; 16], app_id: &[u8; 16]) -> String {
     hex::encode(id)
 }
 
-/// The device ID of this machine, from `/etc/machine-id` (or D-Bus's copy); a random ID
-/// kept in the data directory when the machine has none.
-pub fn device_id(data_dir: &Path) -> String {
+/// The device ID of this installation: [`app_specific_id`] of the machine ID
+/// (`/etc/machine-id` or D-Bus's copy; the seed itself on a machine without one) over
+/// our application ID mixed with `install_seed`, a random value kept in the encrypted
+/// database. "Restore defaults" replaces the database, so a reset device gets a new
+/// device ID, and nothing about the old one survives.
+pub fn device_id(install_seed: &[u8; 16]) -> String {
     let machine = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| parse_id(s.trim()));
-    let machine = machine.unwrap_or_else(|| {
-        let path = data_dir.join("device-seed");
-        if let Some(id) = std::fs::read_to_string(&path).ok().and_then(|s| parse_id(s.trim())) {
-            return id;
-        }
-        let id: [u8; 16] = rand::random();
-        if let Err(e) = std::fs::write(&path, hex::encode(id)) {
-            tracing::warn!(error = %e, "cannot keep the device seed");
-        }
-        id
-    });
-    app_specific_id(&machine, &APP_ID)
+        .and_then(|s| parse_id(s.trim()))
+        .unwrap_or(*install_seed);
+    app_specific_id(&machine, &install_app_id(install_seed))
+}
+
+/// Our application ID for one installation: HMAC-SHA256 keyed with [`APP_ID`] over the
+/// installation's seed, truncated to 128 bits.
+fn install_app_id(install_seed: &[u8; 16]) -> [u8; 16] {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&APP_ID) else {
+        // HMAC accepts keys of any length; this branch cannot run.
+        return APP_ID;
+    };
+    mac.update(install_seed);
+    let digest = mac.finalize().into_bytes();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
+/// The installation's seed for the device ID, made on first use (in the `meta` table of
+/// the encrypted database).
+pub fn install_seed(conn: &rusqlite::Connection) -> Result<[u8; 16], crate::store::StoreError> {
+    use rusqlite::OptionalExtension;
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'device_seed'", [], |r| r.get(0))
+        .optional()?;
+    if let Some(seed) = stored.as_deref().and_then(parse_id) {
+        return Ok(seed);
+    }
+    let seed: [u8; 16] = rand::random();
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('device_seed', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [hex::encode(seed)],
+    )?;
+    Ok(seed)
 }
 
 fn parse_id(s: &str) -> Option<[u8; 16]> {
@@ -290,6 +316,8 @@ mod tests {
             hex::decode("0123456789abcdef0123456789abcdef").unwrap().try_into().unwrap();
         assert_eq!(app_specific_id(&machine, &APP_ID), "e4afc064c0c24eac9381390217f8c683");
         assert_eq!(hex::encode(APP_ID), "f6934a78ea794d5d90ffb5f1b3cb3ccc");
+        // Another installation on the same machine has another ID.
+        assert_ne!(install_app_id(&[1; 16]), install_app_id(&[2; 16]));
     }
 
     #[test]

@@ -9,8 +9,8 @@
 use rusqlite::{Connection, params};
 
 use letstalk_ipc::types::{
-    CallEntry, ConnectionEntry, DeviceInfo, DiagnosticsReport, FrontendSeen, Network, NetworkEntry,
-    NetworkType,
+    CallEntry, CellularTechnology, ConnectionEntry, DeviceInfo, DiagnosticsReport, FrontendSeen,
+    Network, NetworkEntry, NetworkType,
 };
 use letstalk_wire::ReportKind;
 
@@ -39,18 +39,46 @@ fn parse_network_type(s: &str) -> NetworkType {
     }
 }
 
-/// Records the network the device is on now, if it differs from the last one recorded.
+fn technology_str(t: CellularTechnology) -> &'static str {
+    match t {
+        CellularTechnology::G2 => "2g",
+        CellularTechnology::G3 => "3g",
+        CellularTechnology::G4 => "4g",
+        CellularTechnology::G5 => "5g",
+    }
+}
+
+fn parse_technology(s: &str) -> Option<CellularTechnology> {
+    Some(match s {
+        "2g" => CellularTechnology::G2,
+        "3g" => CellularTechnology::G3,
+        "4g" => CellularTechnology::G4,
+        "5g" => CellularTechnology::G5,
+        _ => return None,
+    })
+}
+
+/// Records the network the device is on now (with its cellular generation, the
+/// policy's "wireless type", when known), if it differs from the last one recorded.
 pub fn record_network(conn: &Connection, network: &Network, now: i64) -> Result<bool, StoreError> {
     let kind = network_type_str(network.kind);
-    let last: Option<(String, Option<String>)> = conn
-        .prepare_cached("SELECT type, interface FROM network_history ORDER BY id DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+    let technology = network.cellular.as_ref().and_then(|c| c.technology).map(technology_str);
+    let last: Option<(String, Option<String>, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT type, interface, technology FROM network_history ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .ok();
-    if last.as_ref().is_some_and(|(t, i)| t == kind && *i == network.interface) {
+    if last
+        .as_ref()
+        .is_some_and(|(t, i, g)| t == kind && *i == network.interface && g.as_deref() == technology)
+    {
         return Ok(false);
     }
-    conn.prepare_cached("INSERT INTO network_history (at, type, interface) VALUES (?1, ?2, ?3)")?
-        .execute(params![now, kind, network.interface])?;
+    conn.prepare_cached(
+        "INSERT INTO network_history (at, type, interface, technology) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![now, kind, network.interface, technology])?;
     prune(conn, "network_history")?;
     Ok(true)
 }
@@ -101,12 +129,13 @@ pub fn report(
         })?
         .collect::<Result<_, _>>()?;
     let network_history = conn
-        .prepare_cached("SELECT at, type, interface FROM network_history ORDER BY id")?
+        .prepare_cached("SELECT at, type, interface, technology FROM network_history ORDER BY id")?
         .query_map([], |r| {
             Ok(NetworkEntry {
                 at: r.get(0)?,
                 kind: parse_network_type(&r.get::<_, String>(1)?),
                 interface: r.get(2)?,
+                technology: r.get::<_, Option<String>>(3)?.as_deref().and_then(parse_technology),
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -196,6 +225,33 @@ mod tests {
                     ..wifi.clone()
                 };
                 assert!(record_network(c, &cell, 3)?);
+                // The generation changing is a change too, and it is kept.
+                let lte = letstalk_ipc::types::Cellular {
+                    technology: Some(CellularTechnology::G4),
+                    operator: None,
+                    signal_percent: None,
+                };
+                let on_4g = Network { cellular: Some(lte.clone()), ..cell.clone() };
+                assert!(record_network(c, &on_4g, 4)?);
+                assert!(!record_network(c, &on_4g, 5)?);
+                let on_5g = Network {
+                    cellular: Some(letstalk_ipc::types::Cellular {
+                        technology: Some(CellularTechnology::G5),
+                        ..lte
+                    }),
+                    ..cell.clone()
+                };
+                assert!(record_network(c, &on_5g, 6)?);
+                let generations: Vec<Option<String>> = c
+                    .prepare("SELECT technology FROM network_history ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let parsed: Vec<_> =
+                    generations.iter().map(|g| g.as_deref().and_then(parse_technology)).collect();
+                assert_eq!(
+                    parsed,
+                    [None, None, Some(CellularTechnology::G4), Some(CellularTechnology::G5)]
+                );
                 for i in 0..600 {
                     record_connection(c, "connecting", Some("x"), i)?;
                 }

@@ -562,8 +562,7 @@ pub fn receive(
                     now
                 ])?;
                 if let Some(message) = messages::get(tx, id)? {
-                    applied.last_event =
-                        Some(events::append(tx, &EventBody::MessageReceived { message }, now)?);
+                    applied.last_event = Some(crate::notify::received(tx, message, now)?);
                 }
             }
             delivery::enqueue(

@@ -22,6 +22,7 @@
 //! - [`localid`]: `LocalId`, the only id a local path is built from, and safe file names.
 //! - [`messages`]: message rows, their IPC shape and the conversation queries.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
+//! - [`notify`]: which incoming messages raise a `notification` (not muted ones).
 //! - [`netwatch`]: network changes from routing netlink: history, events, link migration.
 //! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once;
 //!   retry receipts and re-sends under a fresh session.
@@ -29,8 +30,11 @@
 //! - [`prekeys`]: one-time prekeys topped up, the signed prekey rotated.
 //! - [`device`]: hardware, OS, network and the application-specific device ID.
 //! - [`diagnostics`]: the history diagnostics reports are made of, and queued feedback.
+//! - [`erase`]: deleting for good: withdrawn messages, their events and files, shredded
+//!   plaintext, what is owed to the relay (blob releases, a restored device's account).
 //! - [`files`]: file encryption, blob uploads and downloads (resuming), automatic
 //!   download, cancel.
+//! - [`typing`]: typing notifications sent and shown (`settings.typing`).
 //! - [`validate`]: the input rules of the spec (user IDs, emails, passwords, avatars).
 //! - [`systemd`]: readiness, watchdog and socket activation, no-ops without systemd.
 
@@ -43,6 +47,7 @@ pub mod content;
 pub mod delivery;
 pub mod device;
 pub mod diagnostics;
+pub mod erase;
 pub mod events;
 pub mod files;
 pub mod groups;
@@ -52,6 +57,7 @@ pub mod localid;
 pub mod messages;
 pub mod methods;
 pub mod netwatch;
+pub mod notify;
 pub mod prekeys;
 pub mod relay;
 pub mod sender;
@@ -59,6 +65,7 @@ pub mod server;
 pub mod store;
 pub mod systemd;
 pub mod trust;
+pub mod typing;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -106,7 +113,8 @@ pub struct Daemon {
     pub store: Arc<Store>,
     pub bus: EventBus,
     pub started: Instant,
-    pub device_id: String,
+    /// The application-specific device ID (new after "restore defaults").
+    device_id: Mutex<String>,
     /// Frontends that introduced themselves with `system.hello`, by connection.
     pub frontends: Mutex<BTreeMap<u64, letstalk_ipc::types::Frontend>>,
     network: Mutex<Option<(Instant, letstalk_ipc::types::Network)>>,
@@ -129,12 +137,31 @@ pub struct Daemon {
     pub transfers: files::Transfers,
     /// Calls carrying media now, and the wake-up of their manager.
     pub calls: calls::Calls,
+    /// Wakes the task that pays what deletions owe the relay (`erase::run`).
+    pub erasure: tokio::sync::Notify,
+    /// When this device last told each conversation it is typing (`messages.typing`).
+    pub typing: Mutex<BTreeMap<String, Instant>>,
+    /// The last `diagnostics.preview`, as the bytes `diagnostics.upload` sends.
+    pub last_preview: Mutex<Option<(Instant, Vec<u8>)>>,
 }
 
 impl Daemon {
     /// The logged-in user, if any.
     pub fn user(&self) -> Option<String> {
         self.user.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The application-specific device ID.
+    pub fn device_id(&self) -> String {
+        self.device_id.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Derives the device ID again from the database's seed (after the store was reset).
+    pub async fn refresh_device_id(&self) -> Result<(), store::StoreError> {
+        let seed = self.store.call(|c| device::install_seed(c)).await?;
+        *self.device_id.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            device::device_id(&seed);
+        Ok(())
     }
 
     pub fn set_user(&self, user: Option<String>) {
@@ -154,6 +181,8 @@ impl Daemon {
     /// Drops cached figures (after the store was reset).
     pub fn forget_caches(&self) {
         *self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self.last_preview.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.typing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
     /// Outgoing messages not yet accepted by the relay, for `system.status`. A UI polls
@@ -269,11 +298,14 @@ pub async fn run(
             user_id: a.user_id.clone(),
             device_seed: a.device_key.clone(),
         });
+    let seed = store
+        .with(|c| device::install_seed(c))
+        .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
     let (writes, group_task) = store::GroupCommit::start(store.clone());
     let cancel = CancellationToken::new();
     let daemon = Arc::new(Daemon {
         writes,
-        device_id: device::device_id(&data_dir),
+        device_id: Mutex::new(device::device_id(&seed)),
         config,
         store: store.clone(),
         bus: EventBus::new(last_seq),
@@ -288,6 +320,9 @@ pub async fn run(
         outbox_gate: tokio::sync::Mutex::new(()),
         transfers: files::Transfers::new(cancel.child_token()),
         calls: calls::Calls::new(cancel.child_token()),
+        erasure: tokio::sync::Notify::new(),
+        typing: Mutex::default(),
+        last_preview: Mutex::default(),
     });
 
     let tasks = TaskTracker::new();
@@ -339,6 +374,7 @@ pub async fn run(
         tasks.spawn(files::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(calls::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(prekeys::run(daemon.clone(), api.clone(), cancel.clone()));
+        tasks.spawn(erase::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(sender::run(
             daemon.clone(),
             Arc::new(relay::RelayTransport(api)),

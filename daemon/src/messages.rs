@@ -330,14 +330,6 @@ pub fn mark_read(
     Ok(Some(marked))
 }
 
-/// Deletes one message on this device; `false` if there was none.
-pub fn delete(conn: &Connection, message_id: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached("DELETE FROM messages WHERE message_id = ?1")?
-        .execute(params![message_id])?
-        == 1)
-}
-
 /// Every conversation with its unread count and last message, most recent first.
 pub fn conversations(conn: &Connection) -> Result<Vec<(String, u64, Option<Message>)>, StoreError> {
     let mut stmt = conn.prepare_cached(

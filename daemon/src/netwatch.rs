@@ -79,8 +79,15 @@ fn spawn_reader(fd: OwnedFd) -> std::io::Result<mpsc::UnboundedReceiver<()>> {
 }
 
 /// Records the network in use now and when it differs from the last recorded, emits
-/// `network.changed`. Returns whether it changed.
+/// `network.changed`. Returns whether it changed. On a cellular network the system bus
+/// is asked once (at most a second, never without a bus) for the generation (2G to 5G)
+/// the history records.
 async fn observe(daemon: &Arc<Daemon>, network: Network, emit: bool) -> bool {
+    let network = if network.kind == letstalk_ipc::types::NetworkType::Cellular {
+        device::hardware_and_network(network).await.1
+    } else {
+        network
+    };
     let outcome = daemon
         .store
         .call(move |c| {

@@ -116,6 +116,10 @@ pub trait RelayApi: Send + Sync + std::fmt::Debug {
         credentials: Credentials,
         password: String,
     ) -> BoxFuture<'_, Result<(), RelayError>>;
+    /// Deletes the account `credentials` name, authenticating as it on a connection of
+    /// its own (the link's own connection and credentials are left alone): what
+    /// "restore defaults" owes a relay that was unreachable at the time.
+    fn delete_account_as(&self, credentials: Credentials) -> BoxFuture<'_, Result<(), RelayError>>;
     /// Sets (or clears) the credentials used to authenticate connections.
     fn set_credentials(&self, credentials: Option<Credentials>);
     /// One request on the authenticated connection.

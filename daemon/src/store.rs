@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0006_calls.sql"),
     include_str!("store/0007_group_trust.sql"),
     include_str!("store/0008_sessions.sql"),
+    include_str!("store/0009_privacy.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";

@@ -68,7 +68,9 @@ methods! {
     "messages.get" (MessageIdParams) -> MessageResult: "One message.";
     "messages.mark_read" (MarkReadParams) -> MarkedResult: "Marks incoming messages read (and sends read receipts).";
     "messages.delete" (MessageIdParams) -> Empty: "Deletes a message on this device.";
+    "messages.typing" (TypingParams) -> TypingResult: "Tells the conversation's other members that this user is typing (with settings.typing on).";
     "conversations.list" (Empty) -> ConversationsList: "Conversations, most recent first, with unread counts.";
+    "conversations.mute" (MuteParams) -> Empty: "Mutes or unmutes a conversation: a muted one raises no notification events.";
     "files.send" (FilesSendParams) -> MessageResult: "Encrypts a file on the device and streams it to the relay; file.progress events follow.";
     "files.download" (FilesDownloadParams) -> FilesDownloadResult: "Downloads (resuming) and checks a received file, and writes it out.";
     "files.cancel" (MessageIdParams) -> Empty: "Cancels a file transfer, on both sides.";

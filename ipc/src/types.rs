@@ -198,6 +198,15 @@ pub enum EventBody {
     CallIncoming { call: Call },
     #[serde(rename = "call.state")]
     CallState { call: Call },
+    /// An addition to the spec: a contact is typing in a conversation (`typing: true` on
+    /// both sides; at most one every few seconds per conversation and contact).
+    #[serde(rename = "conversation.typing")]
+    Typing { conversation: String, user_id: String },
+    /// An addition to the spec: an incoming message that should alert the user (a
+    /// frontend shows a notification for it). Not raised for muted conversations, for
+    /// system messages or for what this account sent.
+    #[serde(rename = "notification")]
+    Notification { conversation: String, message_id: String, from: String },
     /// The subscription was dropped because the client read too slowly; `seq` is the
     /// last event it was sent. Re-subscribe with `since` to catch up.
     #[serde(rename = "events.overflow")]
@@ -223,6 +232,8 @@ impl EventBody {
             Self::FileState { .. } => "file.state",
             Self::CallIncoming { .. } => "call.incoming",
             Self::CallState { .. } => "call.state",
+            Self::Typing { .. } => "conversation.typing",
+            Self::Notification { .. } => "notification",
             Self::Overflow {} => "events.overflow",
         }
     }
@@ -351,13 +362,20 @@ pub struct NetworkEntry {
     #[serde(rename = "type")]
     pub kind: NetworkType,
     pub interface: Option<String>,
+    /// The cellular generation (`2g` to `5g`) on a cellular network, when known.
+    #[serde(default)]
+    pub technology: Option<CellularTechnology>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CallEntry {
     pub started_at: i64,
     pub duration_s: u64,
-    /// The other party of the call.
+    /// `out`: this account called `receiver`; `in`: `caller` called this account.
+    pub direction: Direction,
+    /// Who placed the call.
+    pub caller: String,
+    /// Who was called.
     pub receiver: String,
 }
 
@@ -804,6 +822,26 @@ pub struct ConversationSummary {
     pub title: String,
     pub unread: u64,
     pub last_message: Option<Message>,
+    pub muted: bool,
+}
+
+/// `messages.typing`: tell the conversation's other members that this user is typing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TypingParams {
+    pub conversation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TypingResult {
+    /// Whether a typing notification went out (false with `settings.typing` off, or
+    /// within a few seconds of the last one for this conversation).
+    pub sent: bool,
+}
+
+/// `conversations.mute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MuteParams {
+    pub conversation: String,
     pub muted: bool,
 }
 

@@ -18,6 +18,7 @@ mod keyring;
 mod lifecycle;
 mod messaging;
 mod network;
+mod policy;
 mod privacy;
 mod sessions;
 mod systemd_units;

@@ -403,10 +403,18 @@ pub(super) async fn avatar(
         Some(d) if std::path::Path::new(d).is_absolute() => std::path::PathBuf::from(d),
         Some(_) => return Err(RpcError::invalid_params("dest", "dest must be an absolute path")),
         None => {
-            // `user` passed `validate::user_id` (a-z 0-9 . _ -, starting with a letter):
-            // one safe path component.
-            let dir = daemon.config.data_dir.join(AVATARS);
-            std::fs::create_dir_all(&dir).map_err(|e| RpcError::internal(e.to_string()))?;
+            // Beside the opened files in the runtime directory (0700, normally a tmpfs),
+            // never in the data directory: a photo is plaintext, and "restore defaults"
+            // shreds this directory.
+            let dir = crate::files::runtime_dir(daemon).join("avatars");
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| RpcError::internal(e.to_string()))?;
+            }
             dir.join(format!("{user}.{ext}"))
         }
     };

@@ -21,7 +21,7 @@ pub(crate) async fn info(daemon: &Daemon, _: Empty) -> Result<DeviceInfo, RpcErr
         os: crate::device::os(),
         online: network.kind != NetworkType::None,
         network,
-        device_id: daemon.device_id.clone(),
+        device_id: daemon.device_id(),
         frontends,
     })
 }

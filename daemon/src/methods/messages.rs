@@ -5,7 +5,7 @@ use std::sync::Arc;
 use letstalk_ipc::types::{
     ConversationSummary, ConversationsList, Direction, Empty, ListParams, ListResult,
     MarkReadParams, MarkedResult, MessageIdParams, MessageKind, MessageResult, MessageState,
-    SendParams,
+    MuteParams, SendParams, TypingParams, TypingResult,
 };
 use letstalk_ipc::{ErrorKind, RpcError};
 
@@ -230,11 +230,95 @@ pub(super) async fn mark_read(
     Ok(MarkedResult { marked })
 }
 
+/// Deletes a message on this device, for good: one not yet handed to the relay is
+/// withdrawn (the outbox gate is held, as "clear chat history" does, so it is never
+/// half-way out) and never sent; its text, its events, its file's encrypted and opened
+/// copies go, and the relay's copy of the file is released when it still holds one for
+/// us. A message already sent is deleted here only.
 pub(super) async fn delete(daemon: &Arc<Daemon>, p: MessageIdParams) -> Result<Empty, RpcError> {
+    let me = logged_in(daemon).await?;
+    let _gate = daemon.outbox_gate.lock().await;
+    // A transfer of its file stops first, so nothing writes its bytes again.
+    daemon.transfers.stop(&p.message_id).await;
+    let id = p.message_id.clone();
+    let erased = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let erased = crate::erase::erase(&tx, &me, &[id])?;
+            tx.commit()?;
+            crate::erase::checkpoint(c)?;
+            Ok(erased)
+        })
+        .await
+        .map_err(internal)?;
+    if erased.deleted == 0 {
+        return Err(RpcError::new(ErrorKind::NotFound, "no such message"));
+    }
+    // Again: the worker may have picked the row up between the stop and the commit.
+    daemon.transfers.stop(&p.message_id).await;
+    crate::erase::remove_files(daemon, &erased);
+    if erased.owes_relay {
+        crate::erase::wake(daemon);
+    }
+    Ok(Empty {})
+}
+
+/// `messages.typing`: with `settings.typing` on, tells the other members of the
+/// conversation (at most once every few seconds) that this user is typing.
+pub(super) async fn typing(
+    daemon: &Arc<Daemon>,
+    p: TypingParams,
+) -> Result<TypingResult, RpcError> {
+    let me = logged_in(daemon).await?;
+    let peer = conversation_peer("conversation", &p.conversation)?;
+    let enabled = daemon.store.call(|c| super::Settings::load(c)).await.map_err(internal)?.typing;
+    if !enabled || !crate::typing::due(daemon, &peer.conversation()) {
+        return Ok(TypingResult { sent: false });
+    }
+    let outcome = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let (recipients, gid) = match &peer {
+                Peer::User(user) => {
+                    if delivery::is_blocked(&tx, user)? {
+                        return Ok(Err(RpcError::new(
+                            ErrorKind::Blocked,
+                            format!("you block {user}: unblock them to write"),
+                        )));
+                    }
+                    (vec![user.clone()], None)
+                }
+                Peer::Group(gid) => match crate::groups::load(&tx, gid)? {
+                    Some((g, true)) => {
+                        (g.members.into_iter().filter(|m| *m != me).collect(), Some(gid.clone()))
+                    }
+                    _ => return Ok(Err(RpcError::new(ErrorKind::NotFound, "no such group"))),
+                },
+            };
+            crate::typing::enqueue(&tx, &recipients, gid.as_deref(), now_ms())?;
+            tx.commit()?;
+            Ok(Ok(!recipients.is_empty()))
+        })
+        .await
+        .map_err(internal)??;
+    if outcome {
+        daemon.wake_sender();
+    }
+    Ok(TypingResult { sent: outcome })
+}
+
+/// `conversations.mute`: a muted conversation raises no `notification` events.
+pub(super) async fn mute(daemon: &Arc<Daemon>, p: MuteParams) -> Result<Empty, RpcError> {
     logged_in(daemon).await?;
-    let deleted =
-        daemon.store.call(move |c| messages::delete(c, &p.message_id)).await.map_err(internal)?;
-    if deleted { Ok(Empty {}) } else { Err(RpcError::new(ErrorKind::NotFound, "no such message")) }
+    let conversation = conversation_peer("conversation", &p.conversation)?.conversation();
+    daemon
+        .store
+        .call(move |c| crate::notify::set_muted(c, &conversation, p.muted))
+        .await
+        .map_err(internal)?;
+    Ok(Empty {})
 }
 
 pub(super) async fn conversations(
@@ -250,12 +334,13 @@ pub(super) async fn conversations(
             for (conversation, unread, last) in rows {
                 if let Some(gid) = conversation.strip_prefix("group:") {
                     let title = crate::groups::name(c, gid)?.unwrap_or_else(|| gid.to_owned());
+                    let muted = crate::notify::is_muted(c, &conversation)?;
                     out.push(ConversationSummary {
                         conversation,
                         title,
                         unread,
                         last_message: last,
-                        muted: false,
+                        muted,
                     });
                     continue;
                 }
@@ -274,12 +359,13 @@ pub(super) async fn conversations(
                     Some((nick, None)) if !nick.is_empty() => nick,
                     _ => peer,
                 };
+                let muted = crate::notify::is_muted(c, &conversation)?;
                 out.push(ConversationSummary {
                     conversation,
                     title,
                     unread,
                     last_message: last,
-                    muted: false,
+                    muted,
                 });
             }
             Ok(out)

@@ -107,6 +107,8 @@ pub async fn call(
         "messages.get" => reply(messages::get(daemon, parse(params)?).await?),
         "messages.mark_read" => reply(messages::mark_read(daemon, parse(params)?).await?),
         "messages.delete" => reply(messages::delete(daemon, parse(params)?).await?),
+        "messages.typing" => reply(messages::typing(daemon, parse(params)?).await?),
+        "conversations.mute" => reply(messages::mute(daemon, parse(params)?).await?),
         "conversations.list" => reply(messages::conversations(daemon, parse(params)?).await?),
         "files.send" => reply(files::send(daemon, parse(params)?).await?),
         "files.download" => reply(files::download(daemon, parse(params)?).await?),

@@ -56,6 +56,10 @@ pub enum LinkError {
     Socket(#[from] std::io::Error),
 }
 
+/// What [`QuicRelay::handshake`] returns: the connection, challenge, exporter value and
+/// keep-alive.
+type Handshake = (quinn::Connection, [u8; 32], [u8; letstalk_wire::AUTH_EXPORTER_LEN], Duration);
+
 /// The current connection and its challenge.
 #[derive(Clone)]
 struct Live {
@@ -308,6 +312,33 @@ impl QuicRelay {
     }
 
     async fn connect_to(&self, relay: &RelayAddr, addr: SocketAddr) -> Result<Live, RelayError> {
+        let (conn, challenge, exporter, keepalive) = self.handshake(relay, addr).await?;
+        let credentials = lock(&self.credentials).clone();
+        if let Some(c) = credentials {
+            let (device_key, signature) = sign(&c, &challenge, &exporter);
+            let auth = Request::Auth { user_id: c.user_id.clone(), device_key, signature };
+            match exchange(&conn, &auth).await? {
+                Response::Authenticated { .. } => {}
+                Response::Error { kind: letstalk_wire::ErrorKind::UnknownDevice, .. } => {
+                    // The account moved to another device while we were away.
+                    *lock(&self.credentials) = None;
+                    let _ = self.pushes.send(Pushed::LoggedOut);
+                }
+                other => return Err(refusal(other)),
+            }
+        }
+        Ok(Live { conn, challenge, exporter, keepalive })
+    }
+
+    /// A QUIC connection to one candidate with the hello exchanged: the connection, the
+    /// relay's challenge, the connection's TLS exporter value (signed with the challenge,
+    /// so a signature is worth nothing on another connection) and the keep-alive it was
+    /// made with.
+    async fn handshake(
+        &self,
+        relay: &RelayAddr,
+        addr: SocketAddr,
+    ) -> Result<Handshake, RelayError> {
         let keepalive = *lock(&self.keepalive);
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(keepalive));
@@ -341,21 +372,38 @@ impl QuicRelay {
         let mut exporter = [0u8; letstalk_wire::AUTH_EXPORTER_LEN];
         conn.export_keying_material(&mut exporter, letstalk_wire::AUTH_EXPORTER_LABEL, &[])
             .map_err(|_| RelayError::Unavailable)?;
-        let credentials = lock(&self.credentials).clone();
-        if let Some(c) = credentials {
-            let (device_key, signature) = sign(&c, &challenge, &exporter);
-            let auth = Request::Auth { user_id: c.user_id.clone(), device_key, signature };
-            match exchange(&conn, &auth).await? {
-                Response::Authenticated { .. } => {}
-                Response::Error { kind: letstalk_wire::ErrorKind::UnknownDevice, .. } => {
-                    // The account moved to another device while we were away.
-                    *lock(&self.credentials) = None;
-                    let _ = self.pushes.send(Pushed::LoggedOut);
+        Ok((conn, challenge, exporter, keepalive))
+    }
+
+    /// See [`RelayApi::delete_account_as`]: one connection of its own (the first
+    /// candidate that answers), authenticated as `c`, one `DeleteAccount`, closed.
+    async fn delete_as(&self, c: &Credentials) -> Result<(), RelayError> {
+        let candidates = self.candidates().await;
+        let mut last = RelayError::Unavailable;
+        for (relay, addr) in candidates {
+            let (conn, challenge, exporter, _) = match self.handshake(relay, addr).await {
+                Ok(h) => h,
+                Err(e) => {
+                    last = e;
+                    continue;
                 }
-                other => return Err(refusal(other)),
-            }
+            };
+            let (device_key, signature) = sign(c, &challenge, &exporter);
+            let auth = Request::Auth { user_id: c.user_id.clone(), device_key, signature };
+            let outcome = match exchange(&conn, &auth).await {
+                Ok(Response::Authenticated { .. }) => {
+                    exchange(&conn, &Request::DeleteAccount).await.and_then(|r| match r {
+                        Response::Ok => Ok(()),
+                        other => Err(refusal(other)),
+                    })
+                }
+                Ok(other) => Err(refusal(other)),
+                Err(e) => Err(e),
+            };
+            conn.close(0u32.into(), b"bye");
+            return outcome;
         }
-        Ok(Live { conn, challenge, exporter, keepalive })
+        Err(last)
     }
 
     /// The live connection; while one is being (re)established, waits for it a little
@@ -533,6 +581,10 @@ impl RelayApi for QuicRelay {
             })
             .await
         })
+    }
+
+    fn delete_account_as(&self, credentials: Credentials) -> BoxFuture<'_, Result<(), RelayError>> {
+        Box::pin(async move { self.delete_as(&credentials).await })
     }
 
     fn set_credentials(&self, credentials: Option<Credentials>) {
