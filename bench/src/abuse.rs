@@ -23,6 +23,9 @@ use crate::servers::{RelayProcess, release_bin};
 use crate::stats::{Latencies, ms};
 use crate::sys;
 
+/// Builds the i-th request of a flood.
+type MakeRequest = fn(u64) -> Request;
+
 /// The relay's defaults (letstalk-relay `Limits`): a group's size and the bytes one
 /// group message may store.
 const MAX_RECIPIENTS: usize = 256;
@@ -60,7 +63,7 @@ pub(crate) async fn run(args: &AbuseArgs) -> Result<()> {
     drop(victim);
     let mallory = Arc::new(mallory);
     let flood = Duration::from_secs(args.flood_s);
-    let kinds: [(&str, fn(u64) -> Request); 5] = [
+    let kinds: [(&str, MakeRequest); 5] = [
         ("LookupUser (random names)", |i| Request::LookupUser { user_id: format!("guess{i}") }),
         ("FetchBundle", |_| Request::FetchBundle { user_id: "victim".into() }),
         ("SubmitReport", |i| Request::SubmitReport {

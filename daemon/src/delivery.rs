@@ -807,9 +807,10 @@ mod tests {
         );
         assert!(!first.envelope.windows(9).any(|w| w == b"hello bob"));
 
+        // Two events: `message.received` and its `notification`.
         assert_eq!(
             deliver(&bob, "alice", &first),
-            Received::Applied { last_event: Some(1), queued: true }
+            Received::Applied { last_event: Some(2), queued: true }
         );
         // The relay redelivers (our ack was lost): shown once.
         assert_eq!(deliver(&bob, "alice", &first), Received::Duplicate);
