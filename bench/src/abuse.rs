@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use letstalk_link::{Kind, Link};
-use letstalk_wire::{ReportKind, Request};
+use letstalk_wire::{ErrorKind as WireKind, ReportKind, Request, Response};
 
 use crate::AbuseArgs;
 use crate::ipc::exe_dir;
@@ -221,12 +221,16 @@ async fn rate_run(
         let link = link.clone();
         let req = make(sent);
         sent += 1;
-        tasks.spawn(async move { link.request(req).await.map(|_| ()) });
+        tasks.spawn(async move { link.request(req).await });
     }
     let (mut accepted, mut refused) = (0u64, 0u64);
     while let Some(r) = tasks.join_next().await {
         // Any answer but a refusal (a `not_found` too) is work the relay did.
+        // `request` is raw: a refusal comes back as an error *response*.
         match r? {
+            Ok(Response::Error {
+                kind: WireKind::RateLimited | WireKind::QuotaExceeded, ..
+            }) => refused += 1,
             Err(e) if matches!(e.kind(), Kind::RateLimited | Kind::QuotaExceeded) => refused += 1,
             Err(e) if e.kind() == Kind::RelayUnavailable => {}
             _ => accepted += 1,
