@@ -2,27 +2,9 @@
 //! (a stranger watching a user sees `hidden`, a contact sees `online`), and
 //! `settings.share_presence: false` hides a user from its contacts too.
 
-use std::time::Duration;
-
 use serde_json::json;
 
-use letstalk_tests::{Daemon, World, eventually, registered};
-
-const LIMIT: Duration = Duration::from_secs(30);
-
-async fn presence_of(d: &Daemon, user: &str) -> String {
-    let list = d.call("contacts.list", json!({})).await.unwrap();
-    let c = list["contacts"].as_array().unwrap().iter().find(|c| c["user_id"] == user).cloned();
-    c.map(|c| c["presence"].as_str().unwrap().to_owned()).unwrap_or_default()
-}
-
-async fn wait_presence(d: &Daemon, user: &str, want: &str) {
-    eventually(LIMIT, &format!("{user} {want}"), || async {
-        (presence_of(d, user).await == want).then_some(())
-    })
-    .await
-    .unwrap();
-}
+use letstalk_tests::{World, presence_of, registered, wait_presence};
 
 #[tokio::test]
 async fn a_stranger_sees_hidden_a_contact_online_and_share_presence_off_hides_from_both() {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use letstalk_tests::{
     Daemon, DaemonSpec, PASSWORD, Relay, World, error_of, eventually, next_event, texts,
-    wait_connected, wait_texts,
+    wait_connected, wait_presence, wait_texts,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -35,20 +35,6 @@ async fn with_quick_keepalive(mut d: Daemon) -> Daemon {
     let d = spec.start().unwrap();
     wait_connected(&d).await;
     d
-}
-
-async fn presence_of(d: &Daemon, user: &str) -> String {
-    let list = d.call("contacts.list", json!({})).await.unwrap();
-    let c = list["contacts"].as_array().unwrap().iter().find(|c| c["user_id"] == user).cloned();
-    c.map(|c| c["presence"].as_str().unwrap().to_owned()).unwrap_or_default()
-}
-
-async fn wait_presence(d: &Daemon, user: &str, want: &str) {
-    eventually(LIMIT, &format!("{user} {want}"), || async {
-        (presence_of(d, user).await == want).then_some(())
-    })
-    .await
-    .unwrap();
 }
 
 /// Sends and waits for the message's final state at the sender.

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use letstalk_tests::{
     Daemon, PASSWORD, World, error_of, eventually, files_containing, registered, registered_with,
-    texts, wait_connected, wait_texts,
+    texts, wait_connected, wait_presence, wait_texts,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -23,20 +23,6 @@ async fn send_and_settle(from: &Daemon, to: &str, text: &str) -> Value {
     })
     .await
     .unwrap()
-}
-
-async fn presence_of(d: &Daemon, user: &str) -> String {
-    let list = d.call("contacts.list", json!({})).await.unwrap();
-    let c = list["contacts"].as_array().unwrap().iter().find(|c| c["user_id"] == user).cloned();
-    c.map(|c| c["presence"].as_str().unwrap().to_owned()).unwrap_or_default()
-}
-
-async fn wait_presence(d: &Daemon, user: &str, want: &str) {
-    eventually(LIMIT, &format!("{user} {want}"), || async {
-        (presence_of(d, user).await == want).then_some(())
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test]

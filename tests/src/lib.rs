@@ -650,6 +650,22 @@ pub async fn registered_with(spec: DaemonSpec, relay: &Relay) -> Daemon {
     d
 }
 
+/// `user`'s presence as `d` shows it in `contacts.list` ("" when not a contact).
+pub async fn presence_of(d: &Daemon, user: &str) -> String {
+    let list = d.call("contacts.list", serde_json::json!({})).await.unwrap();
+    let c = list["contacts"].as_array().unwrap().iter().find(|c| c["user_id"] == user).cloned();
+    c.map(|c| c["presence"].as_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+/// Waits (30 s at most) until `d` shows `user` as `want`.
+pub async fn wait_presence(d: &Daemon, user: &str, want: &str) {
+    eventually(Duration::from_secs(30), &format!("{user} {want}"), || async {
+        (presence_of(d, user).await == want).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 /// Every text message of a conversation, oldest first (all pages).
 pub async fn texts(d: &Daemon, conversation: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
