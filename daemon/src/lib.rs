@@ -24,6 +24,7 @@
 //! - [`methods`]: one module per method namespace, turning typed params into results.
 //! - [`notify`]: which incoming messages raise a `notification` (not muted ones).
 //! - [`netwatch`]: network changes from routing netlink: history, events, link migration.
+//! - [`suspend`]: logind's resume signal: the relay path probed at once.
 //! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once;
 //!   retry receipts and re-sends under a fresh session.
 //! - [`trust`]: peers' identity keys: changes shown, a verified contact's new key held.
@@ -63,6 +64,7 @@ pub mod relay;
 pub mod sender;
 pub mod server;
 pub mod store;
+pub mod suspend;
 pub mod systemd;
 pub mod trust;
 pub mod typing;
@@ -329,6 +331,9 @@ pub async fn run(
     tasks.spawn(server::accept_loop(daemon.clone(), listener, cancel.clone(), tasks.clone()));
     tasks.spawn(maintenance(daemon.clone(), cancel.clone()));
     let on_change = link.clone().map(|l| l as Arc<dyn netwatch::OnChange>);
+    if let Some(link) = on_change.clone() {
+        tasks.spawn(suspend::run(link, cancel.clone()));
+    }
     tasks.spawn(netwatch::run(daemon.clone(), on_change, cancel.clone()));
     // Ends when the last handle (the daemon's) is dropped, after every caller is answered.
     tokio::spawn(group_task);
