@@ -6,7 +6,7 @@
 //! daemons through a relay (and the ratchet step), `relay` the relay's delivery between
 //! many clients beside mosquitto at QoS 1, `groups` the cost of one group message to
 //! N members on the sender and on the relay, `device` a connected daemon's idle cost and
-//! the interruption by a network switch, `files` a file through the relay beside a raw
+//! the interruption by a network switch (`idle` the first part alone), `files` a file through the relay beside a raw
 //! copy of the same bytes, `calls` call media loss and latency, `cluster` delivery
 //! through relay nodes sharing NATS JetStream beside the single embedded relay, `abuse`
 //! what one hostile account can cost the relay (memory under a `SendGroup` attack,
@@ -64,6 +64,9 @@ enum Command {
     Groups(GroupsArgs),
     /// Idle wake-ups and CPU of a connected daemon; interruption by a network switch.
     Device(DeviceArgs),
+    /// An idle connected daemon alone (the first part of `device`): wake-ups per
+    /// minute, threads and RSS, beside the phone's target.
+    Idle(DeviceArgs),
     /// A file from one letstalkd to another through letstalk-relay (encrypt, upload,
     /// download) in MiB/s, beside a raw copy of the same bytes.
     Files(FilesArgs),
@@ -364,6 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => runtime.block_on(relay::run(&args)),
         Command::Groups(args) => runtime.block_on(groups::run(&args)),
         Command::Device(args) => runtime.block_on(device::run(&args)),
+        Command::Idle(args) => runtime.block_on(device::run_idle(&args)),
         Command::Files(args) => runtime.block_on(files::run(&args)),
         Command::Calls(args) => runtime.block_on(calls::run(&args)),
         Command::Cluster(args) => runtime.block_on(cluster::run(&args)),

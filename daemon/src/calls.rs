@@ -51,6 +51,8 @@ const PACE_GAP: Duration = Duration::from_micros(500);
 const PACE_BURST: u32 = 8;
 /// Received datagrams queued per call before the newest are dropped.
 const INBOUND_QUEUE: usize = 64;
+/// How often the manager looks at the calls while one is not over.
+const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 /// An offer older than this is logged as missed at once (the longest ring timeout).
 const MAX_OFFER_AGE_MS: i64 = 600_000;
 
@@ -593,12 +595,22 @@ async fn pacer(
 /// down media of calls that ended (on either side), until `cancel`.
 pub async fn run(daemon: Arc<Daemon>, relay: Arc<dyn RelayApi>, cancel: CancellationToken) {
     let Some(mut datagrams) = relay.take_datagrams() else { return };
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Media of calls live before a restart cannot resume (the frontend's socket is gone):
     // such calls end as failed on start.
     fail_stale(&daemon).await;
+    // The manager looks again every RECONCILE_EVERY only while a call is not over (a
+    // ring timeout to enforce, media to tear down when the peer hangs up); with no call
+    // it waits for a wake (signalling received, a call started or answered here), so an
+    // idle daemon has no timer here.
+    let mut busy = reconcile(&daemon, &relay).await;
     loop {
+        let recheck = async {
+            if busy {
+                tokio::time::sleep(RECONCILE_EVERY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             () = cancel.cancelled() => break,
             Some(d) = datagrams.recv() => {
@@ -613,8 +625,8 @@ pub async fn run(daemon: Arc<Daemon>, relay: Arc<dyn RelayApi>, cancel: Cancella
                     let _ = tx.try_send(d);
                 }
             }
-            () = daemon.calls.wake.notified() => reconcile(&daemon, &relay).await,
-            _ = tick.tick() => reconcile(&daemon, &relay).await,
+            () = daemon.calls.wake.notified() => busy = reconcile(&daemon, &relay).await,
+            () = recheck => busy = reconcile(&daemon, &relay).await,
         }
     }
     let ids: Vec<String> = daemon.calls.lock().keys().cloned().collect();
@@ -647,8 +659,9 @@ async fn fail_stale(daemon: &Arc<Daemon>) {
     }
 }
 
-/// Ring timeouts, and media of ended calls.
-async fn reconcile(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) {
+/// Ends calls that rang too long and stops the media of calls that ended; `true` while
+/// some call is not over (or the store could not be read: look again soon).
+async fn reconcile(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> bool {
     let timeout = i64::try_from(daemon.config.ring_timeout.as_millis()).unwrap_or(i64::MAX);
     let outcome = daemon
         .store
@@ -684,7 +697,7 @@ async fn reconcile(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) {
             Ok((last, queued, live))
         })
         .await;
-    let Ok((last, queued, live)) = outcome else { return };
+    let Ok((last, queued, live)) = outcome else { return true };
     if let Some(seq) = last {
         daemon.bus.published(seq);
     }
@@ -696,6 +709,7 @@ async fn reconcile(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) {
     for id in gone {
         stop_media(daemon, Some(relay), &id);
     }
+    !live.is_empty()
 }
 
 /// The signalling content that starts a call.

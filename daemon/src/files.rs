@@ -680,15 +680,28 @@ pub async fn run(daemon: Arc<Daemon>, relay: Arc<dyn RelayApi>, cancel: Cancella
         tracing::warn!(error = %e, "attachments directory");
     }
     loop {
-        if daemon.user().is_some()
-            && let Err(e) = tick(&daemon, &relay).await
-        {
-            tracing::warn!(error = %e, "file transfers");
-        }
+        // Looks again after RETRY_EVERY only while something is owed (a transfer that may
+        // need restarting, a release the relay has not taken); otherwise it waits for a
+        // wake (a file sent or received, a download asked for, the network changed), so
+        // an idle daemon has no timer here.
+        let owed = match daemon.user() {
+            None => false,
+            Some(_) => tick(&daemon, &relay).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "file transfers");
+                true
+            }),
+        };
+        let retry = async {
+            if owed {
+                tokio::time::sleep(RETRY_EVERY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             () = cancel.cancelled() => return,
             () = daemon.transfers.wake.notified() => {}
-            () = tokio::time::sleep(RETRY_EVERY) => {}
+            () = retry => {}
         }
     }
 }
@@ -698,7 +711,9 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
-async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<(), StoreError> {
+/// One look at the transfers; `true` while something is owed that a later look may
+/// finish (a transfer under way or to restart, a release not yet taken by the relay).
+async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<bool, StoreError> {
     let rows: Vec<FileRow> = daemon
         .store
         .call(|c| {
@@ -712,10 +727,12 @@ async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<(), Sto
         })
         .await?;
     let mut auto: Option<bool> = None;
+    let mut owed = false;
     for row in rows {
         match row.transfer {
             FileTransfer::Uploading | FileTransfer::Downloading => {
                 start(daemon, relay, &row);
+                owed = true;
             }
             FileTransfer::Available => {
                 let allowed = match auto {
@@ -729,6 +746,7 @@ async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<(), Sto
                     }
                 };
                 if allowed {
+                    owed = true;
                     record_transfer(daemon, &row, FileTransfer::Downloading).await?;
                     start(
                         daemon,
@@ -749,10 +767,10 @@ async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<(), Sto
             _ => {}
         }
         if row.release {
-            release(daemon, relay, &row).await;
+            owed |= !release(daemon, relay, &row).await;
         }
     }
-    Ok(())
+    Ok(owed)
 }
 
 /// Deletes the local ciphertext of a cancelled transfer (an outgoing one keeps nothing;
@@ -767,8 +785,9 @@ pub fn remove_local(data_dir: &Path, id: &LocalId) {
     }
 }
 
-/// Tells the relay we are done with a blob (the owner: delete it).
-async fn release(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, row: &FileRow) {
+/// Tells the relay we are done with a blob (the owner: delete it); `false` when it is
+/// postponed (the relay did not answer).
+async fn release(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, row: &FileRow) -> bool {
     let owner = match row.direction {
         Direction::In => row.peer.clone(),
         Direction::Out => daemon.user().unwrap_or_default(),
@@ -785,8 +804,12 @@ async fn release(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, row: &FileRow)
                     Ok(())
                 })
                 .await;
+            true
         }
-        Err(e) => tracing::debug!(error = %e, "blob release postponed"),
+        Err(e) => {
+            tracing::debug!(error = %e, "blob release postponed");
+            false
+        }
     }
 }
 

@@ -11,6 +11,9 @@ use tracing_subscriber::prelude::*;
 
 use letstalkd::config::{Args, Config};
 
+/// Runtime worker threads at most (see `main`).
+const MAX_WORKERS: usize = 2;
+
 fn main() -> ExitCode {
     // Everything the daemon creates (data directory, database, key file, socket) is
     // private to its user from the moment it exists.
@@ -33,7 +36,15 @@ fn main() -> ExitCode {
         )
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Two workers at most (the store's work runs on the blocking pool): on a phone with
+    // eight cores, each further worker is one more thread to wake and park around every
+    // packet, for a single user's traffic. `TOKIO_WORKER_THREADS` still overrides it.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        builder.worker_threads(cores.min(MAX_WORKERS));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("letstalkd: cannot start the runtime: {e}");

@@ -152,5 +152,7 @@ pub async fn run(daemon: Arc<Daemon>, link: Option<Arc<dyn OnChange>>, cancel: C
             link.network_changed().await;
         }
         daemon.apply_keepalive().await;
+        // Automatic downloads follow the network type.
+        daemon.transfers.wake();
     }
 }

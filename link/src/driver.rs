@@ -42,7 +42,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 let since = Instant::now();
                 let conn = current.conn.clone();
                 shared.status.send_modify(|s| {
-                    s.remote = Some(conn.remote_address());
+                    // The socket is dual-stack: an IPv4 node shows as itself, not as
+                    // its IPv4-mapped IPv6 form.
+                    let remote = conn.remote_address();
+                    s.remote = Some(SocketAddr::new(remote.ip().to_canonical(), remote.port()));
                     s.refused = None;
                 });
                 shared.current.send_replace(Some(current));

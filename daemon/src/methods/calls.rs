@@ -103,6 +103,8 @@ pub(super) async fn start(
         .await
         .map_err(internal)??;
     daemon.wake_sender();
+    // The manager enforces the ring timeout: it looks at the calls while one rings.
+    daemon.calls.wake();
     match calls::start_media(daemon, &relay, &created, key).await {
         Ok(path) => Ok(CallSocketResult {
             call: created,

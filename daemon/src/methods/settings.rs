@@ -205,5 +205,7 @@ pub(super) async fn set(
         super::sync_privacy(daemon).await;
     }
     daemon.apply_keepalive().await;
+    // Automatic downloads may be allowed now.
+    daemon.transfers.wake();
     Ok(new.to_ipc())
 }
