@@ -38,7 +38,7 @@ use letstalk_crypto::{
 use letstalk_ipc::types::{EventBody, Group};
 
 use crate::content::{Content, Grant, Origin};
-use crate::delivery::{self, Effects};
+use crate::events::Effects;
 use crate::store::StoreError;
 use crate::{events, messages};
 
@@ -393,7 +393,7 @@ pub fn apply(
     let conversation = new.conversation();
     for text in notes {
         let id = uuid::Uuid::now_v7().to_string();
-        delivery::system_message(conn, &id, &conversation, &text, now)?;
+        messages::system_message(conn, &id, &conversation, &text, now)?;
     }
     events::append(conn, &EventBody::GroupChanged { group: new.to_ipc() }, now)
 }
@@ -410,7 +410,7 @@ pub fn announce<'a>(
     let content = g.content(me);
     let mut queued = false;
     for user in to {
-        delivery::enqueue(conn, user, None, &content, now)?;
+        crate::outbox::enqueue(conn, user, None, &content, now)?;
         queued = true;
     }
     Ok(queued)
@@ -446,7 +446,7 @@ fn sender_key(
     let distribution = hex::encode(key.distribution().encode().as_slice());
     let content = Content::SenderKey { gid: g.id.clone(), key: distribution };
     for member in g.members.iter().filter(|m| *m != me) {
-        delivery::enqueue(conn, member, None, &content, now)?;
+        crate::outbox::enqueue(conn, member, None, &content, now)?;
     }
     Ok(key)
 }
@@ -625,7 +625,7 @@ pub fn successor_grant(
     if !old.proof.as_ref().is_some_and(|p| p.chains.contains_key(me)) {
         return Ok(None);
     }
-    let Some(session) = delivery::load_session(conn, successor)? else { return Ok(None) };
+    let Some(session) = crate::e2e::load_session(conn, successor)? else { return Ok(None) };
     Ok(Some(sign_grant(&old.id, identity, successor, session.remote_identity())))
 }
 
@@ -847,9 +847,9 @@ fn apply_content(
     let conversation = format!("group:{gid}");
     match content {
         Content::Text { .. } => {
-            delivery::apply_text(conn, sender, &conversation, content, now).map(Ok)
+            crate::texts::apply_text(conn, sender, &conversation, content, now).map(Ok)
         }
-        _ => crate::files::receive(conn, sender, &conversation, &content, now),
+        _ => crate::files::rows::receive(conn, sender, &conversation, &content, now),
     }
 }
 
