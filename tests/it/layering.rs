@@ -19,6 +19,7 @@ const DAEMON: layering::Layers<'static> = &[
     ("IPC socket", &["server"]),
     ("IPC methods", &["methods"]),
     ("receive (route by content kind) and send (drain the outbox)", &["inbox::receive", "sender"]),
+    ("resume from suspend: the relay path probed", &["suspend"]),
     ("background tasks", &["erase", "prekeys", "netwatch"]),
     ("domain: calls", &["calls"]),
     ("domain: files, typing", &["files", "typing"]),

@@ -22,6 +22,7 @@ mod network;
 mod policy;
 mod privacy;
 mod sessions;
+mod suspend;
 mod systemd_units;
 mod trust;
 
