@@ -36,8 +36,8 @@ pub fn get(conn: &Connection, user_id: &str) -> Result<Option<Contact>, StoreErr
         .optional()?;
     let Some(mut contact) = row else { return Ok(None) };
     contact.safety_number = safety_number(conn, user_id)?;
-    contact.verified = crate::trust::is_verified(conn, user_id)?;
-    contact.identity_changed_at = crate::trust::changed_at(conn, user_id)?;
+    contact.verified = crate::identities::is_verified(conn, user_id)?;
+    contact.identity_changed_at = crate::identities::changed_at(conn, user_id)?;
     Ok(Some(contact))
 }
 
@@ -57,7 +57,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Contact>, StoreError> {
 /// The safety number with `user_id`, once a session tells us their identity key.
 pub fn safety_number(conn: &Connection, user_id: &str) -> Result<Option<String>, StoreError> {
     let Some(me) = Account::load(conn)? else { return Ok(None) };
-    let Some(identity) = crate::trust::known(conn, user_id)? else { return Ok(None) };
+    let Some(identity) = crate::identities::known(conn, user_id)? else { return Ok(None) };
     let n = SafetyNumber::new(
         &me.identity.public(),
         me.user_id.as_bytes(),
@@ -86,4 +86,14 @@ pub fn changed(
     let seq =
         crate::events::append(tx, &EventBody::ContactChanged { contact: contact.clone() }, now)?;
     Ok(Some((contact, seq)))
+}
+
+/// Whether this device blocks `user`: their deliveries are read (keeping the session in
+/// step) and then discarded.
+pub fn is_blocked(conn: &Connection, user: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT blocked FROM contacts WHERE user_id = ?1")?
+        .query_row(params![user], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false))
 }

@@ -138,3 +138,19 @@ pub fn prune(conn: &mut Connection, now: i64) -> Result<u64, StoreError> {
     tx.commit()?;
     Ok(deleted as u64)
 }
+
+/// What applying a delivery changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Effects {
+    /// The last event seq written.
+    pub last_event: Option<u64>,
+    /// Whether the outbox got a new row.
+    pub queued: bool,
+}
+
+impl Effects {
+    pub fn merge(&mut self, other: Effects) {
+        self.last_event = self.last_event.max(other.last_event);
+        self.queued |= other.queued;
+    }
+}

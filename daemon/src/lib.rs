@@ -5,6 +5,9 @@
 //! with a shutdown future, so tests and embedders can run it the same way.
 //!
 //! # Layout
+//!
+//! The modules form layers without a cycle (see `tests/it/layering.rs`): `methods` call
+//! the domain, the domain sends through `outbox`, and nothing imports `inbox` or `sender`.
 //! - [`account`]: this device's account, device key, identity key and prekeys.
 //! - [`bus`]: where the session and system D-Bus buses are, without running D-Bus code.
 //! - [`calls`]: call signalling, the call log, media sockets and datagrams.
@@ -17,16 +20,22 @@
 //! - [`relay`]: the relay operations the methods use (`RelayApi`) and the QUIC link.
 //! - [`sender`]: drains the outbox to the relay in order, against a `Transport`.
 //! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
-//! - [`inbox`]: applies what the relay pushes (messages, presence, profiles, logout).
+//! - [`inbox`]: applies what the relay pushes (messages, presence, profiles, logout);
+//!   `inbox::receive` opens an envelope and routes its content to the handler of its kind.
 //! - [`keys`]: our public keys in the relay directory's shape and back.
 //! - [`localid`]: `LocalId`, the only id a local path is built from, and safe file names.
 //! - [`messages`]: message rows, their IPC shape and the conversation queries.
 //! - [`methods`]: one module per method namespace, turning typed params into results.
 //! - [`notify`]: which incoming messages raise a `notification` (not muted ones).
 //! - [`netwatch`]: network changes from routing netlink: history, events, link migration.
+//! - [`e2e`]: the only code on pairwise sessions: open an envelope, archive, re-send.
+//! - [`outbox`]: every statement on the outbox (and the plaintext kept for retries).
+//! - [`texts`]: texts and receipts received.
+//! - [`identities`]: the identity key known for each peer.
+//! - [`state`]: [`Daemon`], the state every connection and task shares.
+//! - [`settings`], [`client`], [`clock`], [`version`]: the settings rows, one IPC
+//!   connection, `now_ms`, `VERSION`.
 //! - [`suspend`]: logind's resume signal: the relay path probed at once.
-//! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once;
-//!   retry receipts and re-sends under a fresh session.
 //! - [`trust`]: peers' identity keys: changes shown, a verified contact's new key held.
 //! - [`prekeys`]: one-time prekeys topped up, the signed prekey rotated.
 //! - [`device`]: hardware, OS, network and the application-specific device ID.
@@ -42,16 +51,19 @@
 pub mod account;
 pub mod bus;
 pub mod calls;
+pub mod client;
+pub mod clock;
 pub mod config;
 pub mod contacts;
 pub mod content;
-pub mod delivery;
 pub mod device;
 pub mod diagnostics;
+pub mod e2e;
 pub mod erase;
 pub mod events;
 pub mod files;
 pub mod groups;
+pub mod identities;
 pub mod inbox;
 pub mod keys;
 pub mod localid;
@@ -59,18 +71,26 @@ pub mod messages;
 pub mod methods;
 pub mod netwatch;
 pub mod notify;
+pub mod outbox;
 pub mod prekeys;
 pub mod relay;
 pub mod sender;
 pub mod server;
+pub mod settings;
+pub mod state;
 pub mod store;
 pub mod suspend;
 pub mod systemd;
+pub mod texts;
 pub mod trust;
 pub mod typing;
 pub mod validate;
+pub mod version;
 
-use std::collections::BTreeMap;
+pub use clock::now_ms;
+pub use state::Daemon;
+pub use version::VERSION;
+
 use std::fs::File;
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
@@ -84,9 +104,6 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::store::Store;
-
-/// The daemon's version string as `system.hello` reports it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long a stop may take before the rest is abandoned (the contract says 5 s).
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -106,132 +123,6 @@ pub enum StartError {
     Socket(#[from] server::BindError),
     #[error("relay link: {0}")]
     Relay(#[from] relay::link::LinkError),
-}
-
-/// State shared by every connection and task.
-#[derive(Debug)]
-pub struct Daemon {
-    pub config: Config,
-    pub store: Arc<Store>,
-    pub bus: EventBus,
-    pub started: Instant,
-    /// The application-specific device ID (new after "restore defaults").
-    device_id: Mutex<String>,
-    /// Frontends that introduced themselves with `system.hello`, by connection.
-    pub frontends: Mutex<BTreeMap<u64, letstalk_ipc::types::Frontend>>,
-    network: Mutex<Option<(Instant, letstalk_ipc::types::Network)>>,
-    queued: Mutex<Option<(Instant, u64)>>,
-    /// The relay, when one is configured.
-    pub relay: Option<Arc<dyn relay::RelayApi>>,
-    /// The logged-in user, cached from the `account` table.
-    user: Mutex<Option<String>>,
-    /// Group-committed writes (`messages.send`).
-    pub writes: store::GroupCommit,
-    /// Wakes the sender task when the outbox got something.
-    pub(crate) sender_wake: tokio::sync::Notify,
-    /// Wakes the prekey upkeep (every relay connection).
-    pub(crate) prekey_wake: tokio::sync::Notify,
-    /// Held by the sender from reading outbox rows until the relay's answer is recorded,
-    /// and by "clear chat history" while it withdraws rows: a withdrawn message can never
-    /// be half-way out.
-    pub(crate) outbox_gate: tokio::sync::Mutex<()>,
-    /// File transfers running now, and the wake-up of their worker.
-    pub transfers: files::Transfers,
-    /// Calls carrying media now, and the wake-up of their manager.
-    pub calls: calls::Calls,
-    /// Wakes the task that pays what deletions owe the relay (`erase::run`).
-    pub erasure: tokio::sync::Notify,
-    /// When this device last told each conversation it is typing (`messages.typing`).
-    pub typing: Mutex<BTreeMap<String, Instant>>,
-    /// The last `diagnostics.preview`, as the bytes `diagnostics.upload` sends.
-    pub last_preview: Mutex<Option<(Instant, Vec<u8>)>>,
-}
-
-impl Daemon {
-    /// The logged-in user, if any.
-    pub fn user(&self) -> Option<String> {
-        self.user.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
-
-    /// The application-specific device ID.
-    pub fn device_id(&self) -> String {
-        self.device_id.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
-
-    /// Derives the device ID again from the database's seed (after the store was reset).
-    pub async fn refresh_device_id(&self) -> Result<(), store::StoreError> {
-        let seed = self.store.call(|c| device::install_seed(c)).await?;
-        *self.device_id.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            device::device_id(&seed);
-        Ok(())
-    }
-
-    pub fn set_user(&self, user: Option<String>) {
-        *self.user.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = user;
-    }
-
-    /// Gives the relay link the keep-alive interval for the current network type.
-    pub async fn apply_keepalive(&self) {
-        let Some(relay) = &self.relay else { return };
-        let kind = self.network().kind;
-        match self.store.call(|c| methods::Settings::load(c)).await {
-            Ok(s) => relay.set_keepalive(s.keepalive_for(kind)),
-            Err(e) => tracing::warn!(error = %e, "reading the keep-alive settings"),
-        }
-    }
-
-    /// Drops cached figures (after the store was reset).
-    pub fn forget_caches(&self) {
-        *self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        *self.last_preview.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        self.typing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
-    }
-
-    /// Outgoing messages not yet accepted by the relay, for `system.status`. A UI polls
-    /// this; a count up to 100 ms old is good enough and keeps concurrent status calls
-    /// off the database.
-    pub async fn queued_out(&self) -> Result<u64, store::StoreError> {
-        {
-            let cached = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((at, n)) = *cached
-                && at.elapsed() < Duration::from_millis(100)
-            {
-                return Ok(n);
-            }
-        }
-        let n = match self.store.try_with(|c| messages::queued_count(c)) {
-            Some(r) => r?,
-            None => self.store.call(|c| messages::queued_count(c)).await?,
-        };
-        *self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((Instant::now(), n));
-        Ok(n)
-    }
-
-    /// Tells the sender task to look at the outbox.
-    pub fn wake_sender(&self) {
-        self.sender_wake.notify_one();
-    }
-
-    /// The current network, re-read at most once a second (reading sysfs on every
-    /// `system.status` would put file I/O on the hottest IPC path).
-    /// Replaces the cached network (the watcher read it just now).
-    pub fn set_network(&self, network: letstalk_ipc::types::Network) {
-        *self.network.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((Instant::now(), network));
-    }
-
-    pub fn network(&self) -> letstalk_ipc::types::Network {
-        let mut cached = self.network.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &*cached {
-            Some((at, net)) if at.elapsed() < Duration::from_secs(1) => net.clone(),
-            _ => {
-                let net = device::network();
-                *cached = Some((Instant::now(), net.clone()));
-                net
-            }
-        }
-    }
 }
 
 /// Things the running daemon tells its caller.
@@ -286,7 +177,7 @@ pub async fn run(
         None
     } else {
         let keepalive = store
-            .with(|c| methods::Settings::load(c))
+            .with(|c| settings::Settings::load(c))
             .map(|s| s.keepalive_for(device::network().kind))
             .unwrap_or(Duration::from_secs(20));
         Some(relay::link::LinkRelay::start(
@@ -376,7 +267,7 @@ pub async fn run(
         tasks.spawn(erase::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(sender::run(
             daemon.clone(),
-            Arc::new(relay::RelayTransport(api)),
+            Arc::new(sender::RelayTransport(api)),
             cancel.clone(),
         ));
     }
@@ -436,7 +327,7 @@ async fn maintenance(daemon: Arc<Daemon>, cancel: CancellationToken) {
             Ok(n) => tracing::debug!(deleted = n, "pruned old events"),
             Err(e) => tracing::warn!(error = %e, "pruning events"),
         }
-        if let Err(e) = daemon.store.call(move |c| delivery::prune_resend(c, now)).await {
+        if let Err(e) = daemon.store.call(move |c| outbox::prune_resend(c, now)).await {
             tracing::warn!(error = %e, "pruning kept plaintext");
         }
     }
@@ -450,12 +341,4 @@ async fn watchdog(interval: Duration, cancel: CancellationToken) {
             _ = tick.tick() => systemd::watchdog(),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -8,9 +8,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use std::collections::BTreeMap;
 
-use letstalk_ipc::types::{Direction, Message, MessageKind, MessageState};
+use letstalk_ipc::types::{Direction, EventBody, Message, MessageKind, MessageState};
 use letstalk_ipc::{ErrorKind, RpcError};
 
+use crate::events;
 use crate::store::StoreError;
 
 /// The columns every query selects, in [`from_row`]'s order.
@@ -348,13 +349,34 @@ pub fn conversations(conn: &Connection) -> Result<Vec<(String, u64, Option<Messa
     Ok(out)
 }
 
-/// Outgoing messages not yet accepted by the relay.
-pub fn queued_count(conn: &Connection) -> Result<u64, StoreError> {
-    let n: i64 =
-        conn.query_row("SELECT count(*) FROM outbox WHERE message_id IS NOT NULL", [], |r| {
-            r.get(0)
-        })?;
-    Ok(u64::try_from(n).unwrap_or(0))
+/// Inserts a system message into a conversation, with its event.
+pub fn system_message(
+    conn: &Connection,
+    message_id: &str,
+    conversation: &str,
+    text: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let new = NewMessage {
+        message_id,
+        conversation,
+        sender: "",
+        direction: Direction::In,
+        kind: MessageKind::System,
+        text: Some(text),
+        reply_to: None,
+        client_msg_id: None,
+        created_at: now,
+        received_at: Some(now),
+        state: MessageState::Delivered,
+        read: true,
+    };
+    insert(conn, &new)?;
+    let message = get(conn, message_id)?.ok_or_else(|| StoreError::Io {
+        context: "system message".into(),
+        source: std::io::Error::other("vanished"),
+    })?;
+    events::append(conn, &EventBody::MessageReceived { message }, now)
 }
 
 #[cfg(test)]

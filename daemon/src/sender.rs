@@ -14,8 +14,18 @@ use rand_core::OsRng;
 use tokio_util::sync::CancellationToken;
 
 use crate::account::Account;
-use crate::delivery::{self, Prepared};
+use crate::content::Content;
+use crate::e2e;
+use crate::outbox::{self, Outgoing, Prepared};
+use crate::relay::{RelayApi, RelayError, check};
+use crate::store::StoreError;
+use crate::trust;
 use crate::{Daemon, now_ms};
+use letstalk_crypto::{Session, SessionRecord};
+use letstalk_ipc::ErrorKind;
+use letstalk_wire::{Request, Response};
+use rand_core::{CryptoRng, RngCore};
+use rusqlite::Connection;
 
 /// Outbox rows encrypted per transaction.
 const BATCH: usize = 64;
@@ -102,7 +112,7 @@ async fn sleep_opt(d: Option<Duration>) {
 
 /// Sends everything queued. `Err` when something must be retried later.
 async fn drain<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), ()> {
-    let recipients = match daemon.store.call(|c| delivery::pending_recipients(c)).await {
+    let recipients = match daemon.store.call(|c| outbox::pending_recipients(c)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "reading the outbox");
@@ -135,7 +145,7 @@ async fn drain_one<T: Transport>(
             .store
             .call(move |c| {
                 let Some(me) = Account::load(c)? else { return Ok(Prepared::Empty) };
-                delivery::prepare_next(c, &me, &r, b.as_ref(), BATCH, &mut OsRng, now_ms())
+                prepare_next(c, &me, &r, b.as_ref(), BATCH, &mut OsRng, now_ms())
             })
             .await;
         let batch = match prepared {
@@ -191,7 +201,7 @@ async fn drain_one<T: Transport>(
                         let (seq, reason) = (o.seq, reason.clone());
                         if let Ok(Some(event)) = daemon
                             .store
-                            .call(move |c| delivery::failed(c, seq, &reason, now_ms()))
+                            .call(move |c| outbox::failed(c, seq, &reason, now_ms()))
                             .await
                         {
                             daemon.bus.published(event);
@@ -206,7 +216,7 @@ async fn drain_one<T: Transport>(
             }
         }
         if !done.is_empty() {
-            match daemon.store.call(move |c| delivery::sent(c, &done, now_ms())).await {
+            match daemon.store.call(move |c| outbox::sent(c, &done, now_ms())).await {
                 Ok(Some(event)) => daemon.bus.published(event),
                 Ok(None) => {}
                 Err(e) => {
@@ -248,17 +258,17 @@ async fn drain_reports<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Res
 async fn send_group_rows<T: Transport>(
     daemon: &Arc<Daemon>,
     transport: &T,
-    batch: &[delivery::Outgoing],
+    batch: &[Outgoing],
 ) -> Result<(), ()> {
     for o in batch {
         let to = o.fanout.clone().unwrap_or_default();
         let seq = o.seq;
         let outcome = match transport.send_group(&to, &o.relay_id, &o.envelope).await {
             Ok(refused) => {
-                daemon.store.call(move |c| delivery::group_sent(c, seq, &refused, now_ms())).await
+                daemon.store.call(move |c| outbox::group_sent(c, seq, &refused, now_ms())).await
             }
             Err(TransportError::Refused(reason)) => {
-                daemon.store.call(move |c| delivery::failed(c, seq, &reason, now_ms())).await
+                daemon.store.call(move |c| outbox::failed(c, seq, &reason, now_ms())).await
             }
             Err(e) => {
                 tracing::debug!(error = %e, "group send deferred");
@@ -278,7 +288,7 @@ async fn send_group_rows<T: Transport>(
 }
 
 /// Splits a batch into requests that fit a wire frame.
-fn chunks(batch: &[delivery::Outgoing]) -> Vec<&[delivery::Outgoing]> {
+fn chunks(batch: &[Outgoing]) -> Vec<&[Outgoing]> {
     // Leave room for the framing around the bodies.
     const BUDGET: usize = letstalk_wire::MAX_FRAME_LEN - 64 * 1024;
     let mut out = Vec::new();
@@ -313,12 +323,214 @@ async fn fail_head(daemon: &Arc<Daemon>, recipient: &str, reason: &str) {
                 .flatten()
             };
             match seq {
-                Some(seq) => delivery::failed(c, seq, &reason, now_ms()),
+                Some(seq) => outbox::failed(c, seq, &reason, now_ms()),
                 None => Ok(None),
             }
         })
         .await;
     if let Ok(Some(event)) = result {
         daemon.bus.published(event);
+    }
+}
+
+/// The oldest outbox rows for `recipient` (at most `max`), each encrypted once and ready
+/// to transmit. Encrypting a batch in one transaction costs one disk sync for all of
+/// them, and the ciphertexts are committed before any of them leaves the device.
+///
+/// A recipient whose new identity key the user has not accepted gets nothing
+/// ([`Prepared::Held`]); a bundle with a new key is recorded (and shown) first.
+pub fn prepare_next(
+    conn: &mut Connection,
+    me: &Account,
+    recipient: &str,
+    bundle: Option<&PreKeyBundle>,
+    max: usize,
+    rng: &mut (impl RngCore + CryptoRng),
+    now: i64,
+) -> Result<Prepared, StoreError> {
+    let tx = conn.transaction()?;
+    let rows = outbox::oldest(&tx, recipient, max)?;
+    if rows.is_empty() {
+        return Ok(Prepared::Empty);
+    }
+    let pairwise = !recipient.starts_with("group:");
+    if pairwise && trust::is_untrusted(&tx, recipient)? {
+        return Ok(Prepared::Held { event: None });
+    }
+    let mut record: Option<SessionRecord> = None;
+    let mut event = None;
+    let mut ready = Vec::with_capacity(rows.len());
+    for (seq, relay_id, plaintext, envelope, fanout, message_id, attempt) in rows {
+        if let Some(envelope) = envelope {
+            let fanout = fanout.and_then(|f| serde_json::from_str(&f).ok());
+            ready.push(Outgoing {
+                seq,
+                recipient: recipient.to_owned(),
+                relay_id,
+                envelope,
+                fanout,
+            });
+            continue;
+        }
+        if record.is_none() {
+            let mut r = e2e::load_record(&tx, recipient)?.unwrap_or_default();
+            if r.current().is_none() {
+                match bundle {
+                    Some(bundle) => {
+                        let seen = trust::observe(&tx, recipient, &bundle.identity, now)?;
+                        if seen.untrusted {
+                            tx.commit()?;
+                            return Ok(Prepared::Held { event: seen.event });
+                        }
+                        event = seen.event;
+                        r.promote_new(
+                            Session::initiate(&me.identity, bundle, rng)
+                                .map_err(|e| e2e::crypto_err("starting a session", e))?,
+                        );
+                    }
+                    None if ready.is_empty() => return Ok(Prepared::NeedBundle),
+                    None => break,
+                }
+            }
+            record = Some(r);
+        }
+        let Some(s) = record.as_mut().and_then(SessionRecord::current_mut) else { break };
+        let plaintext = zeroize::Zeroizing::new(plaintext.unwrap_or_default());
+        let envelope = s.encrypt(&plaintext, rng).map_err(|e| e2e::crypto_err("encrypting", e))?;
+        outbox::sealed(&tx, seq, &envelope)?;
+        // Kept for a retry receipt: the peer may fail to open it (a session it lost).
+        if pairwise && Content::decode(&plaintext).is_some_and(|c| c.resendable()) {
+            outbox::keep_for_resend(
+                &tx,
+                &relay_id,
+                recipient,
+                message_id.as_deref(),
+                &plaintext,
+                attempt,
+                now,
+            )?;
+        }
+        ready.push(Outgoing {
+            seq,
+            recipient: recipient.to_owned(),
+            relay_id,
+            envelope,
+            fanout: None,
+        });
+    }
+    if let Some(r) = &record {
+        e2e::save_record(&tx, recipient, r, now)?;
+    }
+    tx.commit()?;
+    Ok(Prepared::Ready(ready, event))
+}
+
+/// The sender's [`Transport`] over the relay (built by the composition root).
+#[derive(Debug)]
+pub struct RelayTransport(pub Arc<dyn RelayApi>);
+
+impl RelayTransport {
+    fn classify(e: RelayError) -> TransportError {
+        use TransportError as T;
+        use letstalk_wire::ErrorKind as W;
+        match e {
+            RelayError::Unavailable => T::Unavailable,
+            RelayError::Unexpected => T::Busy("unexpected answer".into()),
+            RelayError::Refused { kind, message, .. } => match refusal(kind, &message) {
+                Some(stored) => T::Refused(stored),
+                None if matches!(kind, W::UnknownDevice | W::Unauthenticated) => T::Unavailable,
+                None => T::Busy(message),
+            },
+        }
+    }
+}
+
+/// A refusal for good, as stored with the failed message (IPC error kind and message);
+/// `None` for a refusal that a retry may overcome.
+fn refusal(kind: letstalk_wire::ErrorKind, message: &str) -> Option<String> {
+    use letstalk_wire::ErrorKind as W;
+    let kind = match kind {
+        W::NotFound => Some(ErrorKind::NotFound),
+        W::Blocked => Some(ErrorKind::Blocked),
+        W::TooLarge => Some(ErrorKind::TooLarge),
+        W::Invalid => None,
+        _ => return None,
+    };
+    Some(crate::messages::error_text(kind, message))
+}
+
+impl Transport for RelayTransport {
+    async fn fetch_bundle(&self, user: &str) -> Result<PreKeyBundle, TransportError> {
+        match self
+            .0
+            .request(Request::FetchBundle { user_id: user.to_owned() })
+            .await
+            .and_then(check)
+        {
+            Ok(Response::Bundle(b)) => {
+                crate::keys::bundle_from_wire(&b).map_err(TransportError::Refused)
+            }
+            Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
+            Err(e) => Err(Self::classify(e)),
+        }
+    }
+
+    async fn send(&self, to: &str, batch: &[(&str, &[u8])]) -> Result<(), TransportError> {
+        let messages = batch
+            .iter()
+            .map(|(id, body)| letstalk_wire::Outbound {
+                msg_id: (*id).to_owned(),
+                body: body.to_vec(),
+            })
+            .collect();
+        let request = Request::SendBatch { to: to.to_owned(), messages };
+        match self.0.request(request).await.and_then(check) {
+            Ok(Response::Sent { .. }) => Ok(()),
+            Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
+            Err(e) => Err(Self::classify(e)),
+        }
+    }
+
+    async fn submit_report(
+        &self,
+        id: &str,
+        kind: letstalk_wire::ReportKind,
+        body: &[u8],
+    ) -> Result<(), TransportError> {
+        let request = Request::SubmitReport { id: id.to_owned(), kind, body: body.to_vec() };
+        match self.0.request(request).await.and_then(check) {
+            Ok(Response::Ok) => Ok(()),
+            Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
+            Err(e) => Err(Self::classify(e)),
+        }
+    }
+
+    async fn send_group(
+        &self,
+        to: &[String],
+        msg_id: &str,
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, TransportError> {
+        let request =
+            Request::SendGroup { to: to.to_vec(), msg_id: msg_id.to_owned(), body: body.to_vec() };
+        match self.0.request(request).await.and_then(check) {
+            Ok(Response::GroupSent { refused, .. }) => Ok(refused
+                .into_iter()
+                .map(|r| {
+                    let reason = match r.kind {
+                        letstalk_wire::ErrorKind::Blocked => {
+                            "the recipient does not accept your messages"
+                        }
+                        letstalk_wire::ErrorKind::NotFound => "no such user",
+                        _ => "the relay refused the message",
+                    };
+                    let stored = refusal(r.kind, reason)
+                        .unwrap_or_else(|| crate::messages::error_text(None, reason));
+                    (r.user_id, stored)
+                })
+                .collect()),
+            Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
+            Err(e) => Err(Self::classify(e)),
+        }
     }
 }

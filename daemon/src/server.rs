@@ -27,6 +27,7 @@ use letstalk_ipc::framing::{Frame, LineFramer};
 use letstalk_ipc::jsonrpc::{self, Line, Message, Request};
 use letstalk_ipc::{MAX_LINE, RpcError};
 
+use crate::client::{Connection, lock};
 use crate::config::SocketSource;
 use crate::methods::{self, Reply};
 use crate::{Daemon, events, systemd};
@@ -141,34 +142,6 @@ pub async fn accept_loop(
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(serve(daemon.clone(), stream, id, cancel.child_token()));
     }
-}
-
-/// One client connection's state, shared by its request tasks.
-#[derive(Debug)]
-pub struct Connection {
-    pub id: u64,
-    out: mpsc::Sender<Bytes>,
-    subscription: Mutex<Option<CancellationToken>>,
-    cancel: CancellationToken,
-}
-
-impl Connection {
-    async fn send(&self, value: &Value) {
-        let mut line = value.to_string().into_bytes();
-        line.push(b'\n');
-        // An error means the writer is gone (client disconnected): nothing to do.
-        let _ = self.out.send(Bytes::from(line)).await;
-    }
-
-    fn stop_subscription(&self) {
-        if let Some(old) = lock(&self.subscription).take() {
-            old.cancel();
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[tracing::instrument(name = "conn", skip_all, fields(id))]
@@ -312,11 +285,6 @@ fn start_subscription(
         }
     }
     tokio::spawn(subscription(daemon.clone(), conn.out.clone(), start, token));
-}
-
-/// Stops the connection's subscription (`events.unsubscribe`).
-pub fn unsubscribe(conn: &Connection) {
-    conn.stop_subscription();
 }
 
 /// Feeds persisted events to one subscriber until cancelled, the client goes away, or

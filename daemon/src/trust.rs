@@ -2,7 +2,7 @@
 //! verified contact's new key held back until the user accepts it (`contacts.trust`).
 //!
 //! The key known for a peer lives in `identities` (before migration 7, only in the
-//! session, which [`known`] still reads). [`observe`] is called with every key a
+//! session, which [`known`](crate::identities::known) still reads). [`observe`] is called with every key a
 //! session reveals: a bundle we start a session from, a prekey message, any message a
 //! session opened. A different key clears `verified` (which belongs to the key that was
 //! verified, kept in `contacts.verified_identity`), sets `identity_changed_at`, writes a
@@ -16,24 +16,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use letstalk_crypto::PublicIdentity;
 use letstalk_ipc::{ErrorKind, RpcError};
 
-use crate::content::Content;
-use crate::delivery::{self, Effects};
-use crate::store::StoreError;
+pub use crate::identities::{changed_at, is_untrusted, is_verified, known};
 
-/// The identity key this device knows for `peer`, if any.
-pub fn known(conn: &Connection, peer: &str) -> Result<Option<PublicIdentity>, StoreError> {
-    let stored: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT identity FROM identities WHERE peer = ?1")?
-        .query_row(params![peer], |r| r.get(0))
-        .optional()?;
-    if let Some(bytes) = stored {
-        return PublicIdentity::from_bytes(&bytes).map(Some).map_err(|_| StoreError::Io {
-            context: "identity key".into(),
-            source: std::io::Error::other("malformed"),
-        });
-    }
-    Ok(delivery::load_record(conn, peer)?.and_then(|r| r.remote_identity().copied()))
-}
+use crate::content::Content;
+use crate::events::Effects;
+use crate::messages;
+use crate::store::StoreError;
 
 /// What [`observe`] found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -91,47 +79,13 @@ pub fn observe(
             };
             let id = uuid::Uuid::now_v7().to_string();
             let mut event =
-                Some(delivery::system_message(tx, &id, &format!("user:{peer}"), &text, now)?);
+                Some(messages::system_message(tx, &id, &format!("user:{peer}"), &text, now)?);
             if let Some((_, seq)) = crate::contacts::changed(tx, peer, now)? {
                 event = Some(seq);
             }
             Ok(Observed { event, untrusted })
         }
     }
-}
-
-/// Whether messages to `peer` wait for the user to accept its new identity key.
-pub fn is_untrusted(conn: &Connection, peer: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT untrusted FROM identities WHERE peer = ?1")?
-        .query_row(params![peer], |r| r.get(0))
-        .optional()?
-        .unwrap_or(false))
-}
-
-/// When `peer`'s identity key last changed, if it ever did.
-pub fn changed_at(conn: &Connection, peer: &str) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT changed_at FROM identities WHERE peer = ?1")?
-        .query_row(params![peer], |r| r.get(0))
-        .optional()?
-        .flatten())
-}
-
-/// `verified` for the IPC contact: the flag holds only for the key it was set for.
-pub fn is_verified(conn: &Connection, peer: &str) -> Result<bool, StoreError> {
-    let row: Option<(bool, Option<Vec<u8>>)> = conn
-        .prepare_cached("SELECT verified, verified_identity FROM contacts WHERE user_id = ?1")?
-        .query_row(params![peer], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((true, key)) = row else { return Ok(false) };
-    Ok(match (key, known(conn, peer)?) {
-        // Verified before keys were kept with the flag: it was this key (a change
-        // clears the flag).
-        (None, _) => true,
-        (Some(k), Some(current)) => k == current.to_bytes(),
-        (Some(_), None) => false,
-    })
 }
 
 /// `untrusted_identity` if any of `peers` waits for the user to accept its new key.

@@ -12,7 +12,7 @@ use letstalk_ipc::types::EventBody;
 use rusqlite::Connection;
 
 use crate::content::Content;
-use crate::delivery::{self, Effects};
+use crate::events::Effects;
 use crate::store::StoreError;
 use crate::{Daemon, events};
 
@@ -43,7 +43,7 @@ pub fn enqueue(
 ) -> Result<(), StoreError> {
     let content = Content::Typing { gid: gid.map(str::to_owned), at: now };
     for r in recipients {
-        delivery::enqueue(tx, r, None, &content, now)?;
+        crate::outbox::enqueue(tx, r, None, &content, now)?;
     }
     Ok(())
 }
@@ -58,8 +58,8 @@ pub fn receive(
     at: i64,
     now: i64,
 ) -> Result<Effects, StoreError> {
-    if !crate::methods::Settings::load(tx)?.typing
-        || delivery::blocks_everyone(tx)?
+    if !crate::settings::Settings::load(tx)?.typing
+        || crate::settings::blocks_everyone(tx)?
         || (now - at).abs() > STALE_MS
     {
         return Ok(Effects::default());

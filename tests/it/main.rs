@@ -15,6 +15,7 @@ mod groups;
 mod hostile;
 mod ipc_contract;
 mod keyring;
+mod layering;
 mod lifecycle;
 mod messaging;
 mod network;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub mod layering;
 pub mod peer;
 
 pub use letstalk_ipc::Client;

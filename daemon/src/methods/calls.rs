@@ -83,7 +83,7 @@ pub(super) async fn start(
         .call(move |c| {
             let tx = c.transaction()?;
             // Hook for blocking: a blocked contact cannot be called.
-            let blocked = crate::delivery::is_blocked(&tx, &pr)?;
+            let blocked = crate::contacts::is_blocked(&tx, &pr)?;
             if blocked {
                 return Ok(Err(RpcError::new(ErrorKind::Blocked, "you block this contact")));
             }

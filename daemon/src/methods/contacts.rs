@@ -192,7 +192,7 @@ async fn accept_key(
                         "UPDATE contacts SET verified = 0, verified_identity = NULL WHERE user_id = ?1",
                         params![u],
                     )?;
-                    crate::delivery::Effects::default()
+                    crate::events::Effects::default()
                 }
                 Err(_) => {
                     return Ok(Err(RpcError::new(

@@ -6,7 +6,7 @@ use letstalk_ipc::types::{Empty, SubscribeParams, SubscribeResult};
 use letstalk_ipc::{ErrorKind, RpcError};
 
 use super::{Reply, SubscriptionStart, internal};
-use crate::server::Connection;
+use crate::client::Connection;
 use crate::{Daemon, events};
 
 pub(super) async fn subscribe(daemon: &Arc<Daemon>, p: SubscribeParams) -> Result<Reply, RpcError> {
@@ -41,6 +41,6 @@ pub(super) async fn subscribe(daemon: &Arc<Daemon>, p: SubscribeParams) -> Resul
 }
 
 pub(super) fn unsubscribe(conn: &Connection, _: Empty) -> Result<Empty, RpcError> {
-    crate::server::unsubscribe(conn);
+    crate::client::unsubscribe(conn);
     Ok(Empty {})
 }

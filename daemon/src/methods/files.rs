@@ -41,7 +41,7 @@ pub(super) async fn send(
                 .store
                 .call(move |c| {
                     Ok((
-                        crate::delivery::is_blocked(c, &who)?,
+                        crate::contacts::is_blocked(c, &who)?,
                         crate::trust::check_sendable(c, [who.as_str()])?,
                     ))
                 })

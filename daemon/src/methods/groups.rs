@@ -21,7 +21,7 @@ use crate::account::Account;
 use crate::content::Content;
 use crate::groups::{self, GroupState, MAX_MEMBERS};
 use crate::store::StoreError;
-use crate::{Daemon, delivery, now_ms, validate};
+use crate::{Daemon, now_ms, validate};
 
 fn no_group() -> RpcError {
     RpcError::new(ErrorKind::NotFound, "no such group")
@@ -256,7 +256,7 @@ pub(super) async fn leave(daemon: &Arc<Daemon>, p: GroupIdParams) -> Result<Empt
             let content = Content::GroupLeave { gid: gid.clone(), grant };
             let mut queued = false;
             for member in &new.members {
-                delivery::enqueue(&tx, member, None, &content, now)?;
+                crate::outbox::enqueue(&tx, member, None, &content, now)?;
                 queued = true;
             }
             tx.commit()?;

@@ -12,7 +12,7 @@ use letstalk_ipc::{ErrorKind, RpcError};
 use super::{internal, logged_in};
 use crate::content::{Content, ReceiptKind};
 use crate::messages::{self, NewMessage};
-use crate::{Daemon, delivery, now_ms, validate};
+use crate::{Daemon, now_ms, validate};
 
 /// The largest text accepted, in bytes of UTF-8.
 pub(super) const MAX_TEXT: usize = 64 * 1024;
@@ -79,7 +79,7 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
             }
             let group = match &peer {
                 Peer::User(user) => {
-                    if delivery::is_blocked(tx, user)? {
+                    if crate::contacts::is_blocked(tx, user)? {
                         return Ok(Err(RpcError::new(
                             ErrorKind::Blocked,
                             format!("you block {user}: unblock them to write"),
@@ -135,7 +135,7 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
                     now,
                 )?,
                 (Peer::User(user), None) => {
-                    delivery::enqueue(tx, user, Some(&id), &content, now)?;
+                    crate::outbox::enqueue(tx, user, Some(&id), &content, now)?;
                     true
                 }
                 (Peer::Group(_), None) => false,
@@ -207,7 +207,7 @@ pub(super) async fn mark_read(
                     by_sender.entry(sender.clone()).or_default().push(id.clone());
                 }
                 for (sender, ids) in by_sender {
-                    delivery::enqueue(
+                    crate::outbox::enqueue(
                         &tx,
                         &sender,
                         None,
@@ -282,7 +282,7 @@ pub(super) async fn typing(
             let tx = c.transaction()?;
             let (recipients, gid) = match &peer {
                 Peer::User(user) => {
-                    if delivery::is_blocked(&tx, user)? {
+                    if crate::contacts::is_blocked(&tx, user)? {
                         return Ok(Err(RpcError::new(
                             ErrorKind::Blocked,
                             format!("you block {user}: unblock them to write"),

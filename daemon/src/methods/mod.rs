@@ -27,7 +27,7 @@ use letstalk_ipc::RpcError;
 use letstalk_ipc::jsonrpc::parse_params;
 
 use crate::Daemon;
-use crate::server::Connection;
+use crate::client::Connection;
 use crate::store::StoreError;
 
 pub(crate) use account::mark_logged_out;

@@ -8,7 +8,7 @@ use letstalk_ipc::types::{
 use letstalk_ipc::{PROTOCOL_VERSION, RpcError};
 use serde_json::Value;
 
-use crate::server::Connection;
+use crate::client::Connection;
 use crate::{Daemon, VERSION, now_ms};
 
 pub(super) fn hello(

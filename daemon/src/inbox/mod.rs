@@ -11,7 +11,9 @@ use letstalk_ipc::types::{EventBody, Presence};
 use letstalk_wire::Request;
 
 use crate::account::Account;
-use crate::delivery::{self, Received};
+use receive::Received;
+
+pub mod receive;
 use crate::relay::{Pushed, RelayApi};
 use crate::{Daemon, contacts, events, now_ms};
 
@@ -69,7 +71,7 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
                 .iter()
                 .map(|m| (m.from.as_str(), m.msg_id.as_str(), m.body.as_slice()))
                 .collect();
-            delivery::receive_many(c, &me, &items, now_ms()).map(Some)
+            receive::receive_many(c, &me, &items, now_ms()).map(Some)
         })
         .await;
     match outcome {

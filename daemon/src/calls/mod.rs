@@ -1,0 +1,345 @@
+//! Calls: signalling as end-to-end messages, the call log, and the media path.
+//!
+//! Signalling: `calls.start` stores a ringing call and queues an offer carrying a fresh
+//! 32-byte media key; the callee's `calls.accept` queues an answer, `calls.reject` and
+//! `calls.hangup` an end with its reason. These travel through the outbox like any
+//! message (encrypted, in order, exactly once). A call rings at most the configured
+//! timeout, then it is `missed` on both sides (each side applies the timeout itself,
+//! and the caller tells the callee). A second call while one rings or runs is `busy`.
+//!
+//! Media: each side of a live call has a `SOCK_SEQPACKET` socket (mode 0600) beside
+//! the IPC socket. Frames the frontend writes are sealed (ChaCha20-Poly1305, SFrame
+//! style: the caller is sender 1, the callee sender 2, the nonce is the sender and the
+//! frame counter) and sent as QUIC datagrams through the relay, paced, along a route both
+//! devices asked the relay for. Received frames are opened, frames older than the
+//! newest one delivered are dropped as late, and the rest are written to the socket
+//! without waiting: a frontend that does not read loses frames, it never queues them.
+//!
+//! **Hook for blocking:** [`refuses_calls_from`] decides whether an offer is refused
+//! (the contact is blocked, or "block everyone" is on).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use letstalk_crypto::media::{CallKey, FrameOpener, FrameSealer};
+use letstalk_ipc::types::{
+    Call, CallEndReason, CallEntry, CallMedia, CallState, Direction, EventBody,
+};
+use letstalk_wire::{MAX_MEDIA_FRAME, MediaDatagram, Request};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::content::{Content, Secret};
+use crate::events::Effects;
+use crate::relay::RelayApi;
+use crate::store::StoreError;
+use crate::{Daemon, events, now_ms};
+
+pub mod live;
+mod media;
+
+pub use live::Calls;
+use live::Live;
+pub use media::*;
+
+/// The caller's and the callee's sender ids in the frame sealing.
+const CALLER: u32 = 1;
+const CALLEE: u32 = 2;
+/// Frames waiting to be paced out; a full queue drops the new frame.
+const PACE_QUEUE: usize = 64;
+/// A frame that waited this long to go out is late: dropped.
+const MAX_FRAME_AGE: Duration = Duration::from_millis(150);
+/// Pacing: at most one datagram per this gap on average, with a small burst.
+const PACE_GAP: Duration = Duration::from_micros(500);
+const PACE_BURST: u32 = 8;
+/// Received datagrams queued per call before the newest are dropped.
+const INBOUND_QUEUE: usize = 64;
+/// How often the manager looks at the calls while one is not over.
+const RECONCILE_EVERY: Duration = Duration::from_millis(250);
+/// An offer older than this is logged as missed at once (the longest ring timeout).
+const MAX_OFFER_AGE_MS: i64 = 600_000;
+
+/// The relay's 16-byte route id for a call id (a UUID).
+pub fn route_id(call_id: &str) -> Option<[u8; 16]> {
+    // Only the canonical form: two spellings of one UUID would share a route and socket.
+    crate::localid::LocalId::parse(call_id).map(|id| *id.as_bytes())
+}
+
+fn media_str(m: CallMedia) -> &'static str {
+    match m {
+        CallMedia::Audio => "audio",
+        CallMedia::Video => "video",
+    }
+}
+
+fn reason_str(r: CallEndReason) -> &'static str {
+    match r {
+        CallEndReason::Hangup => "hangup",
+        CallEndReason::Rejected => "rejected",
+        CallEndReason::Missed => "missed",
+        CallEndReason::Failed => "failed",
+        CallEndReason::Busy => "busy",
+    }
+}
+
+fn parse_reason(s: &str) -> Option<CallEndReason> {
+    Some(match s {
+        "hangup" => CallEndReason::Hangup,
+        "rejected" => CallEndReason::Rejected,
+        "missed" => CallEndReason::Missed,
+        "failed" => CallEndReason::Failed,
+        "busy" => CallEndReason::Busy,
+        _ => return None,
+    })
+}
+
+const COLUMNS: &str =
+    "call_id, peer, direction, media, state, started_at, answered_at, ended_at, end_reason";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Call> {
+    let direction: String = r.get(2)?;
+    let media: String = r.get(3)?;
+    let state: String = r.get(4)?;
+    let reason: Option<String> = r.get(8)?;
+    let answered_at: Option<i64> = r.get(6)?;
+    let ended_at: Option<i64> = r.get(7)?;
+    let duration_s = ended_at.map(|end| {
+        answered_at.map(|a| u64::try_from((end - a).max(0) / 1000).unwrap_or(0)).unwrap_or(0)
+    });
+    Ok(Call {
+        call_id: r.get(0)?,
+        peer: r.get(1)?,
+        direction: if direction == "in" { Direction::In } else { Direction::Out },
+        media: if media == "video" { CallMedia::Video } else { CallMedia::Audio },
+        state: match state.as_str() {
+            "ringing" => CallState::Ringing,
+            "active" => CallState::Active,
+            _ => CallState::Ended,
+        },
+        started_at: r.get(5)?,
+        answered_at,
+        ended_at,
+        duration_s,
+        end_reason: reason.as_deref().and_then(parse_reason),
+    })
+}
+
+/// One call.
+pub fn get(conn: &Connection, call_id: &str) -> Result<Option<Call>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM calls WHERE call_id = ?1");
+    Ok(conn.prepare_cached(&sql)?.query_row(params![call_id], from_row).optional()?)
+}
+
+/// The call log, most recent first.
+pub fn list(conn: &Connection, limit: u32) -> Result<Vec<Call>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM calls ORDER BY started_at DESC, rowid DESC LIMIT ?1");
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(params![limit], from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// A call that rings or runs now, other than `except`.
+pub fn busy(conn: &Connection, except: Option<&str>) -> Result<bool, StoreError> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM calls WHERE state != 'ended' AND call_id != coalesce(?1, '')",
+        )?
+        .query_row(params![except], |r| r.get(0))?;
+    Ok(n > 0)
+}
+
+/// The media key of a call that may carry media.
+pub fn key(conn: &Connection, call_id: &str) -> Result<Option<CallKey>, StoreError> {
+    let k: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT call_key FROM calls WHERE call_id = ?1")?
+        .query_row(params![call_id], |r| r.get(0))
+        .optional()?;
+    let Some(Some(k)) = k else { return Ok(None) };
+    let k = zeroize::Zeroizing::new(k);
+    Ok(<[u8; 32]>::try_from(k.as_slice()).ok().map(CallKey::from_bytes))
+}
+
+/// The call log as diagnostics reports carry it (time, duration, receiver), oldest
+/// first: ended calls only, the most recent 200.
+/// The call log as diagnostics reports carry it: who called whom (`me` is this
+/// account), when, and how long.
+pub fn log_entries(conn: &Connection, me: &str) -> Result<Vec<CallEntry>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls WHERE state = 'ended' ORDER BY started_at DESC LIMIT 200"
+    );
+    let mut calls =
+        conn.prepare_cached(&sql)?.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
+    calls.reverse();
+    Ok(calls
+        .into_iter()
+        .map(|c| {
+            let (caller, receiver) = match c.direction {
+                Direction::Out => (me.to_owned(), c.peer),
+                Direction::In => (c.peer, me.to_owned()),
+            };
+            CallEntry {
+                started_at: c.started_at,
+                duration_s: c.duration_s.unwrap_or(0),
+                direction: c.direction,
+                caller,
+                receiver,
+            }
+        })
+        .collect())
+}
+
+/// Whether an offer from `sender` is refused: the contact is blocked, or "block
+/// everyone" is on. A refused offer is dropped without an answer (the relay has already
+/// told the caller `blocked` when it refused the message itself).
+pub fn refuses_calls_from(conn: &Connection, sender: &str) -> Result<bool, StoreError> {
+    Ok(crate::contacts::is_blocked(conn, sender)? || crate::settings::blocks_everyone(conn)?)
+}
+
+fn event(conn: &Connection, call_id: &str, incoming: bool, now: i64) -> Result<u64, StoreError> {
+    let call = get(conn, call_id)?.ok_or_else(|| StoreError::Io {
+        context: "call".into(),
+        source: std::io::Error::other("vanished"),
+    })?;
+    let body =
+        if incoming { EventBody::CallIncoming { call } } else { EventBody::CallState { call } };
+    events::append(conn, &body, now)
+}
+
+/// Inserts a new call (inside the caller's transaction).
+pub fn insert(
+    tx: &Connection,
+    call_id: &str,
+    peer: &str,
+    direction: Direction,
+    media: CallMedia,
+    key: Option<&CallKey>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let key = key.map(CallKey::to_bytes);
+    tx.prepare_cached(
+        "INSERT INTO calls (call_id, peer, direction, media, state, started_at, call_key)
+         VALUES (?1, ?2, ?3, ?4, 'ringing', ?5, ?6)",
+    )?
+    .execute(params![
+        call_id,
+        peer,
+        if direction == Direction::In { "in" } else { "out" },
+        media_str(media),
+        now,
+        key.as_ref().map(|k| k.as_slice())
+    ])?;
+    Ok(())
+}
+
+/// Moves a ringing call to active (inside the caller's transaction); returns its event.
+pub fn answered(tx: &Connection, call_id: &str, now: i64) -> Result<Option<u64>, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE calls SET state = 'active', answered_at = ?2 WHERE call_id = ?1 AND state = 'ringing'",
+        )?
+        .execute(params![call_id, now])?;
+    if n == 0 {
+        return Ok(None);
+    }
+    event(tx, call_id, false, now).map(Some)
+}
+
+/// Ends a call that has not ended (inside the caller's transaction), forgetting its
+/// key; returns its event.
+pub fn ended(
+    tx: &Connection,
+    call_id: &str,
+    reason: CallEndReason,
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE calls SET state = 'ended', ended_at = ?2, end_reason = ?3, call_key = NULL
+             WHERE call_id = ?1 AND state != 'ended'",
+        )?
+        .execute(params![call_id, now, reason_str(reason)])?;
+    if n == 0 {
+        return Ok(None);
+    }
+    event(tx, call_id, false, now).map(Some)
+}
+
+/// Queues signalling for `peer` (inside the caller's transaction).
+pub fn signal(tx: &Connection, peer: &str, content: &Content, now: i64) -> Result<(), StoreError> {
+    crate::outbox::enqueue(tx, peer, None, content, now)
+}
+
+/// Applies call signalling from `sender` (inside the receive transaction).
+pub fn receive(
+    tx: &Connection,
+    sender: &str,
+    content: &Content,
+    now: i64,
+) -> Result<Effects, StoreError> {
+    let mut out = Effects::default();
+    match content {
+        Content::CallOffer { call_id, at, media, key } => {
+            if route_id(call_id).is_none() || get(tx, call_id)?.is_some() {
+                return Ok(out);
+            }
+            let media = if media == "video" { CallMedia::Video } else { CallMedia::Audio };
+            let end =
+                |reason: &str| Content::CallEnd { call_id: call_id.clone(), reason: reason.into() };
+            if refuses_calls_from(tx, sender)? {
+                return Ok(out);
+            }
+            let key = hex::decode(&key.0).ok().and_then(|k| <[u8; 32]>::try_from(k).ok());
+            let Some(key) = key.map(CallKey::from_bytes) else { return Ok(out) };
+            insert(tx, call_id, sender, Direction::In, media, Some(&key), now)?;
+            if busy(tx, Some(call_id))? {
+                out.last_event = ended(tx, call_id, CallEndReason::Busy, now)?;
+                signal(tx, sender, &end("busy"), now)?;
+                out.queued = true;
+            } else if now - at > MAX_OFFER_AGE_MS {
+                out.last_event = ended(tx, call_id, CallEndReason::Missed, now)?;
+            } else {
+                out.last_event = Some(event(tx, call_id, true, now)?);
+            }
+        }
+        Content::CallAnswer { call_id } => {
+            if let Some(call) = get(tx, call_id)?
+                && call.peer == sender
+                && call.direction == Direction::Out
+            {
+                out.last_event = answered(tx, call_id, now)?;
+            }
+        }
+        Content::CallEnd { call_id, reason } => {
+            if let Some(call) = get(tx, call_id)?
+                && call.peer == sender
+            {
+                let reason = match (parse_reason(reason), call.state, call.direction) {
+                    // The caller gave up before we answered: missed, for us.
+                    (Some(CallEndReason::Hangup), CallState::Ringing, Direction::In) => {
+                        CallEndReason::Missed
+                    }
+                    (Some(r), _, _) => r,
+                    (None, _, _) => CallEndReason::Failed,
+                };
+                out.last_event = ended(tx, call_id, reason, now)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// The signalling content that starts a call.
+pub fn offer(call_id: &str, media: CallMedia, key: &CallKey, now: i64) -> Content {
+    Content::CallOffer {
+        call_id: call_id.to_owned(),
+        at: now,
+        media: media_str(media).to_owned(),
+        key: Secret(hex::encode(key.to_bytes().as_slice())),
+    }
+}

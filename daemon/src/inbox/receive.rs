@@ -1,0 +1,495 @@
+//! Envelopes coming in, each applied exactly once: [`receive`] records the relay delivery
+//! ID (a redelivery after a crash is recognised and only acknowledged), opens the
+//! envelope (`e2e`), stores the sessions that opened it, and routes its content to the
+//! handler of its kind (texts, receipts, groups, files, calls, typing, retries), all in
+//! one transaction.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use letstalk_crypto::SessionRecord;
+
+use crate::account::Account;
+use crate::content::Content;
+use crate::events::Effects;
+use crate::store::StoreError;
+use crate::{calls, contacts, e2e, files, groups, outbox, settings, texts, trust, typing};
+
+/// What [`receive`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Already applied earlier: acknowledge it and do nothing else.
+    Duplicate,
+    /// Applied; the last event seq written and whether the outbox got a new row.
+    Applied { last_event: Option<u64>, queued: bool },
+    /// Could not be decrypted or understood: acknowledged and dropped (keeping it would
+    /// block the mailbox forever), logged without content.
+    Dropped(String),
+    /// Could not be decrypted: acknowledged, and a retry receipt asking the sender to
+    /// send it again under a fresh session is queued.
+    Retry(String),
+}
+
+/// Applies one envelope from `sender` that the relay delivered as `relay_id`.
+pub fn receive(
+    conn: &mut Connection,
+    me: &Account,
+    sender: &str,
+    relay_id: &str,
+    bytes: &[u8],
+    now: i64,
+) -> Result<Received, StoreError> {
+    Ok(receive_many(conn, me, &[(sender, relay_id, bytes)], now)?.remove(0))
+}
+
+/// [`receive`] for several deliveries in one transaction (one disk sync for all), each
+/// applied in its own savepoint, in order.
+pub fn receive_many(
+    conn: &mut Connection,
+    me: &Account,
+    items: &[(&str, &str, &[u8])],
+    now: i64,
+) -> Result<Vec<Received>, StoreError> {
+    let mut tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(items.len());
+    for (sender, relay_id, bytes) in items {
+        let sp = tx.savepoint()?;
+        out.push(receive_in(&sp, me, sender, relay_id, bytes, now)?);
+        sp.commit()?;
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Applies one delivery inside the caller's transaction; everything it writes is meant
+/// to be committed, also when the delivery is dropped (so it is not applied twice).
+fn receive_in(
+    tx: &Connection,
+    me: &Account,
+    sender: &str,
+    relay_id: &str,
+    bytes: &[u8],
+    now: i64,
+) -> Result<Received, StoreError> {
+    let seen: Option<i64> = tx
+        .prepare_cached("SELECT 1 FROM received WHERE sender = ?1 AND relay_id = ?2")?
+        .query_row(params![sender, relay_id], |r| r.get(0))
+        .optional()?;
+    if seen.is_some() {
+        return Ok(Received::Duplicate);
+    }
+    tx.prepare_cached("INSERT INTO received (sender, relay_id, at) VALUES (?1, ?2, ?3)")?
+        .execute(params![sender, relay_id, now])?;
+
+    if let Some((gid, message)) = groups::parse_frame(bytes) {
+        if contacts::is_blocked(tx, sender)? || settings::blocks_everyone(tx)? {
+            return Ok(Received::Dropped("refused: blocked".into()));
+        }
+        return Ok(match groups::on_message(tx, sender, gid, message, now)? {
+            Ok(e) => Received::Applied { last_event: e.last_event, queued: e.queued },
+            Err(why) => Received::Dropped(why),
+        });
+    }
+
+    // Decrypt on a copy of the sessions; the stored ones change only if this succeeds.
+    match e2e::open(tx, me, sender, bytes)? {
+        e2e::Opened::Plain(record, plaintext) => {
+            apply_plaintext(tx, me, sender, *record, plaintext, now)
+        }
+        e2e::Opened::Duplicate => Ok(Received::Dropped("duplicate message".into())),
+        e2e::Opened::Undecryptable(why) => undecryptable(tx, sender, relay_id, why, now),
+    }
+}
+
+/// A pairwise envelope from `sender` that no session opens: unless the sender is
+/// blocked, a retry receipt naming it goes back (under our current session with the
+/// sender, or a new one), and the sender re-sends it under a fresh session.
+fn undecryptable(
+    tx: &Connection,
+    sender: &str,
+    relay_id: &str,
+    why: String,
+    now: i64,
+) -> Result<Received, StoreError> {
+    if contacts::is_blocked(tx, sender)? || settings::blocks_everyone(tx)? {
+        return Ok(Received::Dropped(why));
+    }
+    // The receipt goes out under a fresh session (a prekey message the sender can
+    // always open), so two devices whose sessions both broke never trade retry
+    // receipts neither can read; late messages under the old one still open.
+    e2e::archive_session(tx, sender, now)?;
+    outbox::enqueue(tx, sender, None, &Content::Retry { ids: vec![relay_id.to_owned()] }, now)?;
+    Ok(Received::Retry(why))
+}
+
+/// Stores the sessions that opened a delivery and applies its plaintext.
+fn apply_plaintext(
+    tx: &Connection,
+    me: &Account,
+    sender: &str,
+    record: SessionRecord,
+    plaintext: Vec<u8>,
+    now: i64,
+) -> Result<Received, StoreError> {
+    let plaintext = zeroize::Zeroizing::new(plaintext);
+    e2e::save_record(tx, sender, &record, now)?;
+    let conversation = format!("user:{sender}");
+    let queued = false;
+    let seen = match record.remote_identity() {
+        Some(identity) => trust::observe(tx, sender, identity, now)?,
+        None => trust::Observed::default(),
+    };
+    let last_event = seen.event;
+
+    if contacts::is_blocked(tx, sender)? {
+        // Read (the session stays in step) and discarded.
+        return Ok(Received::Applied { last_event, queued });
+    }
+    let me_id = me.user_id.as_str();
+    let mut effects = Effects { last_event, queued };
+    let outcome = match Content::decode(&plaintext) {
+        // "Block everyone" refuses messages; receipts, keys and group news still apply.
+        Some(Content::Text { .. }) if settings::blocks_everyone(tx)? => Ok(Effects::default()),
+        Some(text @ Content::Text { .. }) => {
+            Ok(texts::apply_text(tx, sender, &conversation, text, now)?)
+        }
+        Some(Content::Receipt { state, ids }) => {
+            Ok(texts::apply_receipt(tx, sender, state, &ids, now)?)
+        }
+        // The record's current session is the one that opened this message.
+        Some(update @ Content::Group { .. }) => match record.remote_identity() {
+            Some(key) => groups::on_update(tx, me_id, sender, key, &update, now)?,
+            None => Err("group update without a session".into()),
+        },
+        // "Block everyone" refuses files as it refuses texts (calls: `calls::receive`).
+        Some(Content::File { .. }) if settings::blocks_everyone(tx)? => Ok(Effects::default()),
+        Some(c @ (Content::File { .. } | Content::FileCancel { .. })) => {
+            files::receive(tx, sender, &conversation, &c, now)?
+        }
+        Some(
+            c @ (Content::CallOffer { .. } | Content::CallAnswer { .. } | Content::CallEnd { .. }),
+        ) => Ok(calls::receive(tx, sender, &c, now)?),
+        Some(Content::Typing { gid, at }) => {
+            Ok(typing::receive(tx, sender, gid.as_deref(), at, now)?)
+        }
+        Some(Content::GroupLeave { gid, grant }) => {
+            Ok(groups::on_leave(tx, me_id, sender, &gid, grant.as_ref(), now)?)
+        }
+        // A new key never becomes a group's sender-key source before the user accepts
+        // it: the sender key waits and is applied by `contacts.trust`.
+        Some(Content::SenderKey { .. }) if seen.untrusted => {
+            trust::hold(tx, sender, &plaintext, now)?;
+            Ok(Effects::default())
+        }
+        Some(Content::SenderKey { gid, key }) => {
+            groups::on_sender_key(tx, me_id, sender, &gid, &key, now)?
+        }
+        Some(Content::Retry { ids }) => Ok(e2e::resend(tx, sender, &ids, now)?),
+        None => Err("unknown content".to_owned()),
+    };
+    match outcome {
+        Ok(e) => {
+            effects.merge(e);
+            Ok(Received::Applied { last_event: effects.last_event, queued: effects.queued })
+        }
+        Err(why) => Ok(Received::Dropped(why)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account;
+    use crate::account::generate_prekeys;
+    use crate::e2e::load_record;
+    use crate::messages::{self, NewMessage};
+    use crate::outbox::{Outgoing, Prepared};
+    use crate::outbox::{enqueue, sent};
+    use crate::sender::prepare_next;
+    use letstalk_crypto::PreKeyBundle;
+    use letstalk_ipc::types::{Direction, MessageKind, MessageState};
+    use rand_core::OsRng;
+
+    struct Device {
+        _dir: tempfile::TempDir,
+        store: crate::store::Store,
+        account: Account,
+        prekeys: Vec<letstalk_crypto::PreKeySecret>,
+    }
+
+    fn device(name: &str) -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let account = Account::generate(
+            name.into(),
+            format!("{name}@x.org"),
+            name.into(),
+            None,
+            1,
+            &mut OsRng,
+        );
+        let prekeys = generate_prekeys(&account.identity, &mut OsRng);
+        store
+            .with(|c| {
+                account.save(c)?;
+                for k in &prekeys {
+                    account::save_prekey(c, k, 1)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        Device { _dir: dir, store, account, prekeys }
+    }
+
+    fn bundle(d: &Device, one_time: usize) -> PreKeyBundle {
+        PreKeyBundle {
+            identity: d.account.identity.public(),
+            signed_prekey: d.prekeys[0].signed_public().unwrap(),
+            one_time_prekey: d.prekeys[2 + one_time].one_time_public(),
+        }
+    }
+
+    fn send_text(from: &Device, to: &str, id: &str, text: &str) {
+        from.store
+            .with(|c| {
+                let content =
+                    Content::Text { id: id.into(), at: 5, text: text.into(), reply_to: None };
+                let new = NewMessage {
+                    message_id: id,
+                    conversation: &format!("user:{to}"),
+                    sender: &from.account.user_id,
+                    direction: Direction::Out,
+                    kind: MessageKind::Text,
+                    text: Some(text),
+                    reply_to: None,
+                    client_msg_id: None,
+                    created_at: 5,
+                    received_at: None,
+                    state: MessageState::Queued,
+                    read: true,
+                };
+                messages::insert(c, &new)?;
+                enqueue(c, to, Some(id), &content, 5)
+            })
+            .unwrap();
+    }
+
+    fn next(from: &Device, to: &str, bundle: Option<&PreKeyBundle>) -> Prepared {
+        from.store.with(|c| prepare_next(c, &from.account, to, bundle, 1, &mut OsRng, 6)).unwrap()
+    }
+
+    fn deliver(to: &Device, from: &str, o: &Outgoing) -> Received {
+        to.store.with(|c| receive(c, &to.account, from, &o.relay_id, &o.envelope, 7)).unwrap()
+    }
+
+    #[test]
+    fn a_round_trip_with_receipts_exactly_once() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "hello bob");
+        assert!(matches!(next(&alice, "bob", None), Prepared::NeedBundle));
+        let Prepared::Ready(mut first, _) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+            panic!()
+        };
+        let first = first.remove(0);
+        // Retransmission after a crash sends the very same ciphertext.
+        let Prepared::Ready(mut again, _) = next(&alice, "bob", None) else { panic!() };
+        let again = again.remove(0);
+        assert_eq!(
+            (first.seq, &first.envelope, &first.relay_id),
+            (again.seq, &again.envelope, &again.relay_id)
+        );
+        assert!(!first.envelope.windows(9).any(|w| w == b"hello bob"));
+
+        // Two events: `message.received` and its `notification`.
+        assert_eq!(
+            deliver(&bob, "alice", &first),
+            Received::Applied { last_event: Some(2), queued: true }
+        );
+        // The relay redelivers (our ack was lost): shown once.
+        assert_eq!(deliver(&bob, "alice", &first), Received::Duplicate);
+        let got = bob.store.with(|c| messages::get(c, "m1")).unwrap().unwrap();
+        assert_eq!(
+            (got.text.as_deref(), got.direction, got.from.as_str()),
+            (Some("hello bob"), Direction::In, "alice")
+        );
+        // The one-time prekey is gone once used.
+        assert!(bob.store.with(|c| account::load_prekey(c, FIRST)).unwrap().is_none());
+
+        // The relay accepted alice's message: sent. Then bob's delivery receipt: delivered.
+        alice.store.with(|c| sent(c, &[first.seq], 8)).unwrap();
+        assert_eq!(
+            alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state,
+            MessageState::Sent
+        );
+        let Prepared::Ready(mut receipt, _) = next(&bob, "alice", None) else { panic!() };
+        let receipt = receipt.remove(0);
+        assert!(matches!(deliver(&alice, "bob", &receipt), Received::Applied { .. }));
+        assert_eq!(
+            alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state,
+            MessageState::Delivered
+        );
+        // A late `sent` never moves it back.
+        alice.store.with(|c| messages::advance_state(c, "m1", MessageState::Sent)).unwrap();
+        assert_eq!(
+            alice.store.with(|c| messages::get(c, "m1")).unwrap().unwrap().state,
+            MessageState::Delivered
+        );
+    }
+
+    const FIRST: u32 = account::FIRST_ONE_TIME_ID;
+
+    #[test]
+    fn garbage_is_dropped_and_leaves_the_session_working() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "one");
+        let Prepared::Ready(mut m1, _) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+            panic!()
+        };
+        let m1 = m1.remove(0);
+        assert!(matches!(deliver(&bob, "alice", &m1), Received::Applied { .. }));
+        let mut forged = m1.clone();
+        forged.relay_id = "other".into();
+        if let Some(b) = forged.envelope.last_mut() {
+            *b ^= 1;
+        }
+        // A used message number (here tampered with): a replay, dropped without a retry.
+        assert!(matches!(deliver(&bob, "alice", &forged), Received::Dropped(_)));
+        alice.store.with(|c| sent(c, &[m1.seq], 8)).unwrap();
+        send_text(&alice, "bob", "m2", "two");
+        let Prepared::Ready(mut m2, _) = next(&alice, "bob", None) else { panic!() };
+        let m2 = m2.remove(0);
+        assert!(matches!(deliver(&bob, "alice", &m2), Received::Applied { .. }));
+        assert_eq!(
+            bob.store.with(|c| messages::get(c, "m2")).unwrap().unwrap().text.as_deref(),
+            Some("two")
+        );
+    }
+
+    /// Everything queued from `from` to `to`, prepared (with `bundle` if a session must
+    /// start) and delivered in order.
+    fn flush(from: &Device, to: &Device, bundle: Option<&PreKeyBundle>) -> Vec<Received> {
+        let (to_id, from_id) = (to.account.user_id.clone(), from.account.user_id.clone());
+        let prepared = from
+            .store
+            .with(|c| prepare_next(c, &from.account, &to_id, bundle, 64, &mut OsRng, 6))
+            .unwrap();
+        let Prepared::Ready(rows, _) = prepared else { panic!("{prepared:?}") };
+        let seqs: Vec<i64> = rows.iter().map(|o| o.seq).collect();
+        from.store.with(|c| sent(c, &seqs, 8)).unwrap();
+        rows.iter().map(|o| deliver(to, &from_id, o)).collect()
+    }
+
+    fn text_of(d: &Device, id: &str) -> Option<String> {
+        d.store.with(|c| messages::get(c, id)).unwrap().and_then(|m| m.text)
+    }
+
+    #[test]
+    fn a_message_the_peer_cannot_open_is_resent_under_a_fresh_session() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "one");
+        assert!(matches!(flush(&alice, &bob, Some(&bundle(&bob, 0)))[0], Received::Applied { .. }));
+        // bob loses his sessions; alice's next message cannot be opened.
+        bob.store.with(|c| Ok(c.execute("DELETE FROM sessions", [])?)).unwrap();
+        send_text(&alice, "bob", "m2", "two");
+        let got = flush(&alice, &bob, None);
+        assert!(matches!(got[0], Received::Retry(_)), "{got:?}");
+        assert_eq!(text_of(&bob, "m2"), None);
+        // bob's retry receipt (with m1's delivery receipt) reaches alice under a new
+        // session; alice queues m2 again, to go out under a fresh session of her own.
+        let got = flush(&bob, &alice, Some(&bundle(&alice, 0)));
+        assert!(got.iter().all(|r| matches!(r, Received::Applied { .. })), "{got:?}");
+        assert!(matches!(
+            alice.store.with(|c| prepare_next(c, &alice.account, "bob", None, 64, &mut OsRng, 9)),
+            Ok(Prepared::NeedBundle)
+        ));
+        let got = flush(&alice, &bob, Some(&bundle(&bob, 1)));
+        assert!(matches!(got[0], Received::Applied { .. }), "{got:?}");
+        assert_eq!(text_of(&bob, "m2").as_deref(), Some("two"));
+        // bob's delivery receipt for m2 ends the retry window for it.
+        flush(&bob, &alice, None);
+        let kept: i64 = alice
+            .store
+            .with(|c| {
+                Ok(c.query_row("SELECT count(*) FROM resend WHERE message_id = 'm2'", [], |r| {
+                    r.get(0)
+                })?)
+            })
+            .unwrap();
+        assert_eq!(kept, 0);
+    }
+
+    #[test]
+    fn a_verified_contacts_new_key_holds_messages_until_accepted() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "one");
+        flush(&alice, &bob, Some(&bundle(&bob, 0)));
+        alice
+            .store
+            .with(|c| {
+                c.execute(
+                    "INSERT INTO contacts (user_id, verified, added_at) VALUES ('bob', 1, 0)",
+                    [],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(alice.store.with(|c| trust::is_verified(c, "bob")).unwrap());
+
+        // bob on a new device (a new identity key) writes first.
+        let bob2 = device("bob");
+        send_text(&bob2, "alice", "n1", "new phone");
+        let got = flush(&bob2, &alice, Some(&bundle(&alice, 0)));
+        assert!(matches!(got[0], Received::Applied { .. }), "{got:?}");
+        assert_eq!(text_of(&alice, "n1").as_deref(), Some("new phone"));
+        let (verified, untrusted, changed) = alice
+            .store
+            .with(|c| {
+                Ok((
+                    trust::is_verified(c, "bob")?,
+                    trust::is_untrusted(c, "bob")?,
+                    trust::changed_at(c, "bob")?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((verified, untrusted, changed), (false, true, Some(7)));
+        // The delivery receipt for n1 (and anything else) waits.
+        let held =
+            alice.store.with(|c| prepare_next(c, &alice.account, "bob", None, 64, &mut OsRng, 9));
+        assert!(matches!(held, Ok(Prepared::Held { .. })), "{held:?}");
+
+        // Accepted (as unverified): it goes out, to the new key.
+        alice
+            .store
+            .with(|c| trust::accept(c, "alice", "bob", false, 10).map(|r| r.is_ok()))
+            .unwrap();
+        let got = flush(&alice, &bob2, None);
+        assert!(matches!(got[0], Received::Applied { .. }), "{got:?}");
+        assert_eq!(
+            bob2.store.with(|c| messages::get(c, "n1")).unwrap().unwrap().state,
+            MessageState::Delivered
+        );
+    }
+
+    #[test]
+    fn a_repeated_prekey_message_never_replaces_the_session() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "one");
+        let Prepared::Ready(mut m1, _) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+            panic!()
+        };
+        let m1 = m1.remove(0);
+        assert!(matches!(deliver(&bob, "alice", &m1), Received::Applied { .. }));
+        let before = bob.store.with(|c| load_record(c, "alice")).unwrap().unwrap().to_bytes();
+        // The same prekey message under another relay id (a replay): refused, no retry,
+        // the session unchanged.
+        let mut replay = m1.clone();
+        replay.relay_id = "replayed".into();
+        assert!(matches!(deliver(&bob, "alice", &replay), Received::Dropped(_)));
+        let after = bob.store.with(|c| load_record(c, "alice")).unwrap().unwrap().to_bytes();
+        assert_eq!(before.as_slice(), after.as_slice());
+    }
+}

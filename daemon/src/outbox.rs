@@ -1,0 +1,304 @@
+//! The outbox: every statement on the `outbox` table (and on `resend`, the plaintext kept
+//! for a retry receipt). Messages, receipts and signalling are queued here inside the
+//! caller's transaction; the sender drains it in order (`sender`).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use letstalk_ipc::types::{EventBody, MessageState};
+
+use crate::content::Content;
+use crate::events;
+use crate::messages;
+use crate::store::StoreError;
+
+/// A transmission ready to go to the relay.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub seq: i64,
+    pub recipient: String,
+    /// The relay's idempotency key: the same on every retransmission.
+    pub relay_id: String,
+    pub envelope: Vec<u8>,
+    /// A group message: every recipient of the one ciphertext.
+    pub fanout: Option<Vec<String>>,
+}
+
+/// What [`prepare_next`] found.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Nothing queued for this recipient.
+    Empty,
+    /// There is no session yet: fetch the recipient's prekey bundle and call again.
+    NeedBundle,
+    /// In outbox order, and the event written on the way (a new identity key seen in the
+    /// bundle), if any.
+    Ready(Vec<Outgoing>, Option<u64>),
+    /// The recipient's new identity key waits for the user's acceptance: nothing goes
+    /// out to it; `event` is what recording the change wrote.
+    Held { event: Option<u64> },
+}
+
+/// Queues `content` for `recipient` (inside the caller's transaction).
+pub fn enqueue(
+    conn: &Connection,
+    recipient: &str,
+    message_id: Option<&str>,
+    content: &Content,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (recipient, message_id, plaintext, relay_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![recipient, message_id, content.encode(), uuid::Uuid::now_v7().to_string(), now])?;
+    Ok(())
+}
+
+/// Recipients with something in the outbox, oldest first.
+pub fn pending_recipients(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT recipient FROM outbox GROUP BY recipient ORDER BY min(seq)")?;
+    let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// How long the plaintext of a sent message is kept for a retry receipt (unless its
+/// delivery receipt comes first).
+pub const RESEND_WINDOW_MS: i64 = 14 * 24 * 3600 * 1000;
+/// Re-sends of one message after retry receipts before it is marked failed.
+pub const MAX_RESENDS: i64 = 3;
+
+/// Forgets kept plaintext older than the retry window.
+pub fn prune_resend(conn: &Connection, now: i64) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached("DELETE FROM resend WHERE created_at < ?1")?
+        .execute(params![now - RESEND_WINDOW_MS])?)
+}
+
+/// The relay accepted these outbox rows: drop them and mark their messages `sent`, in
+/// one transaction. Returns the last event seq written, if any.
+pub fn sent(conn: &mut Connection, seqs: &[i64], now: i64) -> Result<Option<u64>, StoreError> {
+    let tx = conn.transaction()?;
+    let mut event = None;
+    for seq in seqs {
+        let message_id: Option<Option<String>> = tx
+            .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id")?
+            .query_row(params![seq], |r| r.get(0))
+            .optional()?;
+        if let Some(Some(id)) = message_id
+            && let Some(conversation) = messages::advance_state(&tx, &id, MessageState::Sent)?
+        {
+            let body =
+                EventBody::MessageState { message_id: id, conversation, state: MessageState::Sent };
+            event = Some(events::append(&tx, &body, now)?);
+        }
+    }
+    tx.commit()?;
+    Ok(event)
+}
+
+/// The relay refused outbox row `seq` for good (e.g. no such user): the message fails.
+pub fn failed(
+    conn: &mut Connection,
+    seq: i64,
+    error: &str,
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    let tx = conn.transaction()?;
+    let row: Option<(Option<String>, String)> = tx
+        .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id, recipient")?
+        .query_row(params![seq], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let mut event = None;
+    if let Some((Some(id), recipient)) = row {
+        tx.prepare_cached(
+            "UPDATE messages SET state = 'failed', error = ?2 WHERE message_id = ?1",
+        )?
+        .execute(params![id, error])?;
+        tx.prepare_cached(
+            "UPDATE message_members SET state = 'failed', error = ?2 WHERE message_id = ?1",
+        )?
+        .execute(params![id, error])?;
+        let conversation =
+            if recipient.starts_with("group:") { recipient } else { format!("user:{recipient}") };
+        let body =
+            EventBody::MessageState { message_id: id, conversation, state: MessageState::Failed };
+        event = Some(events::append(&tx, &body, now)?);
+    }
+    tx.commit()?;
+    Ok(event)
+}
+
+/// The relay took group message row `seq` for every recipient but `refused` (each with
+/// its stored error): each member's state moves to `sent` or `failed`, the message's to
+/// the least advanced. Returns the event seq written, if any.
+pub fn group_sent(
+    conn: &mut Connection,
+    seq: i64,
+    refused: &[(String, String)],
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    let tx = conn.transaction()?;
+    let message_id: Option<Option<String>> = tx
+        .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id")?
+        .query_row(params![seq], |r| r.get(0))
+        .optional()?;
+    let mut event = None;
+    if let Some(Some(id)) = message_id {
+        tx.prepare_cached(
+            "UPDATE message_members SET state = 'sent' WHERE message_id = ?1 AND state = 'queued'",
+        )?
+        .execute(params![id])?;
+        for (member, error) in refused {
+            tx.prepare_cached(
+                "UPDATE message_members SET state = 'failed', error = ?3
+                 WHERE message_id = ?1 AND member = ?2",
+            )?
+            .execute(params![id, member, error])?;
+        }
+        if let Some((conversation, state)) = messages::settle_group_state(&tx, &id)? {
+            let body = EventBody::MessageState { message_id: id, conversation, state };
+            event = Some(events::append(&tx, &body, now)?);
+        }
+    }
+    tx.commit()?;
+    Ok(event)
+}
+
+/// Outgoing messages not yet accepted by the relay.
+pub fn queued_count(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 =
+        conn.query_row("SELECT count(*) FROM outbox WHERE message_id IS NOT NULL", [], |r| {
+            r.get(0)
+        })?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// An outbox row as the sender reads it: (seq, relay id, plaintext, envelope, fan-out,
+/// message id, attempt).
+pub type Row = (i64, String, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>, Option<String>, i64);
+
+/// The oldest rows for `recipient`, at most `max`.
+pub fn oldest(conn: &Connection, recipient: &str, max: usize) -> Result<Vec<Row>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq, relay_id, plaintext, envelope, fanout, message_id, attempt FROM outbox
+             WHERE recipient = ?1 ORDER BY seq LIMIT ?2",
+        )?
+        .query_map(params![recipient, max as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Row `seq` is encrypted: its ciphertext replaces the plaintext, for every transmission.
+pub fn sealed(conn: &Connection, seq: i64, envelope: &[u8]) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE outbox SET envelope = ?2, plaintext = NULL WHERE seq = ?1")?
+        .execute(params![seq, envelope])?;
+    Ok(())
+}
+
+/// Keeps the plaintext of a sent row for a retry receipt: the peer may fail to open it
+/// (a session it lost).
+pub fn keep_for_resend(
+    conn: &Connection,
+    relay_id: &str,
+    recipient: &str,
+    message_id: Option<&str>,
+    plaintext: &[u8],
+    attempt: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO resend (relay_id, recipient, message_id, plaintext, attempt, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (relay_id) DO NOTHING",
+    )?
+    .execute(params![relay_id, recipient, message_id, plaintext, attempt, now])?;
+    Ok(())
+}
+
+/// A plaintext kept for a retry receipt.
+#[derive(Debug)]
+pub struct Kept {
+    /// The message it carried, if it was one (not signalling).
+    pub message_id: Option<String>,
+    pub plaintext: zeroize::Zeroizing<Vec<u8>>,
+    /// How many times it was sent again already.
+    pub attempt: i64,
+}
+
+/// Takes the kept plaintext of our relay id `relay_id` to `peer`.
+pub fn take_kept(
+    conn: &Connection,
+    relay_id: &str,
+    peer: &str,
+) -> Result<Option<Kept>, StoreError> {
+    let row: Option<(Option<String>, Vec<u8>, i64)> = conn
+        .prepare_cached(
+            "DELETE FROM resend WHERE relay_id = ?1 AND recipient = ?2
+             RETURNING message_id, plaintext, attempt",
+        )?
+        .query_row(params![relay_id, peer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    Ok(row.map(|(message_id, p, attempt)| Kept {
+        message_id,
+        plaintext: zeroize::Zeroizing::new(p),
+        attempt,
+    }))
+}
+
+/// The peer opened message `message_id`: no retry will ask for it again.
+pub fn forget_kept(conn: &Connection, message_id: &str, peer: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM resend WHERE message_id = ?1 AND recipient = ?2")?
+        .execute(params![message_id, peer])?;
+    Ok(())
+}
+
+/// Queues a kept plaintext again (same message id, a new relay id), as attempt `attempt`.
+pub fn requeue(
+    conn: &Connection,
+    peer: &str,
+    message_id: Option<&str>,
+    plaintext: &[u8],
+    attempt: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (recipient, message_id, plaintext, relay_id, created_at, attempt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        peer,
+        message_id,
+        plaintext,
+        uuid::Uuid::now_v7().to_string(),
+        now,
+        attempt
+    ])?;
+    Ok(())
+}
+
+/// Queues a group message: one ciphertext (already framed) that the relay fans out to
+/// every member in `fanout`.
+pub fn enqueue_fanout(
+    conn: &Connection,
+    conversation: &str,
+    message_id: &str,
+    envelope: &[u8],
+    fanout: &[&String],
+    now: i64,
+) -> Result<(), StoreError> {
+    let fanout = serde_json::to_string(fanout).unwrap_or_default();
+    conn.prepare_cached(
+        "INSERT INTO outbox (recipient, message_id, envelope, relay_id, created_at, fanout)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        conversation,
+        message_id,
+        envelope,
+        uuid::Uuid::now_v7().to_string(),
+        now,
+        fanout
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Texts and receipts received: a text shown once (by its message ID) and acknowledged,
+//! a receipt advancing the state of the messages it names.
+
+use rusqlite::Connection;
+
+use letstalk_ipc::types::{Direction, EventBody, MessageKind, MessageState};
+
+use crate::content::{Content, ReceiptKind};
+use crate::events::{self, Effects};
+use crate::messages::{self, NewMessage};
+use crate::outbox;
+use crate::store::StoreError;
+
+/// delivery receipt to its sender.
+pub fn apply_text(
+    tx: &Connection,
+    sender: &str,
+    conversation: &str,
+    text: Content,
+    now: i64,
+) -> Result<Effects, StoreError> {
+    let Content::Text { id, at, text, reply_to } = text else { return Ok(Effects::default()) };
+    let new = NewMessage {
+        message_id: &id,
+        conversation,
+        sender,
+        direction: Direction::In,
+        kind: MessageKind::Text,
+        text: Some(&text),
+        reply_to: reply_to.as_deref(),
+        client_msg_id: None,
+        created_at: at,
+        received_at: Some(now),
+        state: MessageState::Delivered,
+        read: false,
+    };
+    let mut effects = Effects::default();
+    if messages::insert(tx, &new)?
+        && let Some(message) = messages::get(tx, &id)?
+    {
+        effects.last_event = Some(crate::notify::received(tx, message, now)?);
+    }
+    // Acknowledge to the sender even for a duplicate: its first receipt may be lost.
+    outbox::enqueue(
+        tx,
+        sender,
+        None,
+        &Content::Receipt { state: ReceiptKind::Delivered, ids: vec![id] },
+        now,
+    )?;
+    effects.queued = true;
+    Ok(effects)
+}
+
+/// A delivery or read receipt from `sender` for our messages `ids`.
+pub fn apply_receipt(
+    tx: &Connection,
+    sender: &str,
+    state: ReceiptKind,
+    ids: &[String],
+    now: i64,
+) -> Result<Effects, StoreError> {
+    let state = match state {
+        ReceiptKind::Delivered => MessageState::Delivered,
+        ReceiptKind::Read => MessageState::Read,
+    };
+    let mut e = Effects::default();
+    for id in ids.iter().take(1000) {
+        // Delivered: the peer opened it, no retry will ask for it again.
+        outbox::forget_kept(tx, id, sender)?;
+        if let Some((conversation, state)) = messages::advance_from(tx, id, sender, state)? {
+            let body = EventBody::MessageState { message_id: id.clone(), conversation, state };
+            e.last_event = Some(events::append(tx, &body, now)?);
+        }
+    }
+    Ok(e)
+}
