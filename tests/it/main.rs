@@ -18,11 +18,13 @@ mod keyring;
 mod lifecycle;
 mod messaging;
 mod network;
+mod notify;
 mod policy;
 mod privacy;
 mod sessions;
 mod systemd_units;
 mod trust;
+mod tui;
 
 use std::path::Path;
 use std::time::Duration;
