@@ -48,8 +48,12 @@ pub(crate) async fn run(
 ) -> Result<Vec<Level>> {
     let most = levels.iter().copied().max().unwrap_or(0);
     let mut links = Vec::with_capacity(2 * most);
+    // Each link's received datagrams; a link receives in one call per level.
+    let mut inboxes = Vec::with_capacity(2 * most);
     for i in 0..2 * most {
         let (link, _pushes) = connected_link(relay.port, &relay.cert, &format!("load{i}")).await?;
+        let inbox = link.take_datagrams().context("datagrams already taken")?;
+        inboxes.push(Arc::new(tokio::sync::Mutex::new(inbox)));
         links.push(link);
     }
     let base = Instant::now();
@@ -67,8 +71,9 @@ pub(crate) async fn run(
         let mut tasks = Vec::new();
         for (i, (a, b)) in pairs.iter().enumerate() {
             let call_id = call_id(calls, i);
-            for (from, to) in [(a, b), (b, a)] {
-                tasks.push(tokio::spawn(stream(from.clone(), to.clone(), call_id, base, seconds)));
+            for (from, to) in [(a, 2 * i + 1), (b, 2 * i)] {
+                let inbox = inboxes[to].clone();
+                tasks.push(tokio::spawn(stream(from.clone(), inbox, call_id, base, seconds)));
             }
         }
         let mut sent = 0;
@@ -114,23 +119,22 @@ async fn route(link: &Link, call_id: [u8; 16], peer: &str) -> Result<()> {
     }
 }
 
-/// Sends `seconds` of audio from `from` to `to` and collects what arrives (and for half
+/// Sends `seconds` of audio from `from` to the link whose `inbox` it is and collects what arrives (and for half
 /// a second after): (datagrams sent, latencies of those received).
 async fn stream(
     from: Link,
-    to: Link,
+    inbox: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Bytes>>>,
     call_id: [u8; 16],
     base: Instant,
     seconds: u64,
 ) -> (u64, Vec<Duration>) {
     let frames = FPS as u64 * seconds;
     let period = Duration::from_secs(1) / FPS;
-    let receiver = Arc::new(to);
-    let rx = receiver.clone();
     let end = Instant::now() + Duration::from_secs(seconds) + Duration::from_millis(500);
     let recv = tokio::spawn(async move {
         let mut got = Vec::new();
-        while let Ok(Ok(d)) = tokio::time::timeout_at(end.into(), rx.read_datagram()).await {
+        let mut rx = inbox.lock().await;
+        while let Ok(Some(d)) = tokio::time::timeout_at(end.into(), rx.recv()).await {
             let Ok(m) = MediaDatagram::decode(&d) else { continue };
             if m.call_id != call_id {
                 continue;

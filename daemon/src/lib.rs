@@ -24,6 +24,7 @@
 //! - [`methods`]: one module per method namespace, turning typed params into results.
 //! - [`notify`]: which incoming messages raise a `notification` (not muted ones).
 //! - [`netwatch`]: network changes from routing netlink: history, events, link migration.
+//! - [`suspend`]: logind's resume signal: the relay path probed at once.
 //! - [`delivery`]: the outbox and the inbox: encrypt once, send, receive exactly once;
 //!   retry receipts and re-sends under a fresh session.
 //! - [`trust`]: peers' identity keys: changes shown, a verified contact's new key held.
@@ -63,6 +64,7 @@ pub mod relay;
 pub mod sender;
 pub mod server;
 pub mod store;
+pub mod suspend;
 pub mod systemd;
 pub mod trust;
 pub mod typing;
@@ -272,6 +274,13 @@ pub async fn run(
         .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
 
     let (listener, socket_path) = server::bind(&config.socket)?;
+    let credentials = store
+        .with(|c| Ok(account::Account::load(c)?.filter(|a| a.logged_in)))
+        .map_err(|source| StartError::Store { path: data_dir.clone(), source })?
+        .map(|a| relay::Credentials {
+            user_id: a.user_id.clone(),
+            device_seed: a.device_key.clone(),
+        });
     let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
     let link = if config.relays.is_empty() {
         None
@@ -280,24 +289,13 @@ pub async fn run(
             .with(|c| methods::Settings::load(c))
             .map(|s| s.keepalive_for(device::network().kind))
             .unwrap_or(Duration::from_secs(20));
-        // Three missed keepalives mean the relay is gone (a crashed node never closes
-        // the connection): 60 s with the default 20 s keepalive, 15 s at the 5 s minimum.
-        let idle = (keepalive * 3).clamp(Duration::from_secs(15), Duration::from_secs(60));
-        Some(relay::link::QuicRelay::new(
-            config.relays.clone(),
+        Some(relay::link::LinkRelay::start(
+            &config.relays,
             config.relay_cert.as_deref(),
             keepalive,
-            idle,
-            push_tx,
+            credentials,
         )?)
     };
-    let credentials = store
-        .with(|c| Ok(account::Account::load(c)?.filter(|a| a.logged_in)))
-        .map_err(|source| StartError::Store { path: data_dir.clone(), source })?
-        .map(|a| relay::Credentials {
-            user_id: a.user_id.clone(),
-            device_seed: a.device_key.clone(),
-        });
     let seed = store
         .with(|c| device::install_seed(c))
         .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
@@ -329,13 +327,14 @@ pub async fn run(
     tasks.spawn(server::accept_loop(daemon.clone(), listener, cancel.clone(), tasks.clone()));
     tasks.spawn(maintenance(daemon.clone(), cancel.clone()));
     let on_change = link.clone().map(|l| l as Arc<dyn netwatch::OnChange>);
+    if let Some(link) = on_change.clone() {
+        tasks.spawn(suspend::run(link, cancel.clone()));
+    }
     tasks.spawn(netwatch::run(daemon.clone(), on_change, cancel.clone()));
     // Ends when the last handle (the daemon's) is dropped, after every caller is answered.
     tokio::spawn(group_task);
     if let (Some(link), Some(api)) = (link, daemon.relay.clone()) {
-        use relay::RelayApi;
-        link.set_credentials(credentials);
-        tasks.spawn(link.run(cancel.clone()));
+        tasks.spawn(link.run(push_tx, cancel.clone()));
         let (d, c) = (daemon.clone(), cancel.clone());
         let inbox_api = api.clone();
         let (acks, ack_task) = inbox::Acks::start(api.clone(), cancel.clone());

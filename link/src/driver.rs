@@ -1,205 +1,221 @@
-//! The link's background task: connect, `Hello`, authenticate, read the push stream,
-//! keep the status current, and reconnect with exponential backoff and jitter.
+//! The link's background task: connect (the candidates in turn), authenticate, keep the
+//! connection while it lives, read its pushes and datagrams, and reconnect: at once
+//! after a deliberate or a long-lived connection ends, otherwise with exponential backoff
+//! and jitter.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::Signer;
-use letstalk_wire::{
-    ErrorKind, MAX_FRAME_LEN, PROTOCOL_VERSION, Push as WirePush, Request, Response, auth_message,
-    frame_len,
-};
+use letstalk_wire::{ErrorKind, Push as WirePush, Response};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::{ConnState, Current, IncomingMessage, LinkError, Push, Shared};
+use crate::conn::{self, CLOSE_DEAD};
+use crate::{ConnState, Current, IncomingMessage, LinkError, Push, Shared, Target, authed_as};
 
-/// A connection that lived this long resets the backoff: the relay was fine.
+/// A connection that lived this long was fine: when it ends, reconnect at once.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
-/// How often the RTT in the status is refreshed.
-const RTT_EVERY: Duration = Duration::from_secs(5);
+
+/// How a connection ended.
+enum Ended {
+    /// The link is shutting down.
+    Shutdown,
+    /// Closed on purpose (new identity or keep-alive, reconnect asked): reconnect now.
+    Deliberate,
+    /// Lost (closed by the relay, timed out, given up as dead).
+    Lost,
+}
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut backoff = shared.config.backoff_min;
     loop {
-        if shared.cancel.is_cancelled() {
-            break;
-        }
-        shared.status.send_modify(|s| {
-            s.state = ConnState::Connecting;
-            s.rtt_ms = None;
-        });
-        match connect(&shared).await {
-            Ok(conn) => {
+        set_state(&shared, ConnState::Connecting).await;
+        let attempt = tokio::select! {
+            () = shared.cancel.cancelled() => break,
+            r = connect(&shared) => r,
+        };
+        match attempt {
+            Ok(current) => {
+                backoff = shared.config.backoff_min;
                 let since = Instant::now();
-                let stay = hold(&shared, &conn).await;
-                if let Ok(mut g) = shared.current.lock() {
-                    *g = None;
-                }
+                let conn = current.conn.clone();
                 shared.status.send_modify(|s| {
-                    s.state = ConnState::Offline;
-                    s.rtt_ms = None;
+                    s.remote = Some(conn.remote_address());
+                    s.refused = None;
                 });
-                if !stay {
-                    conn.close(0u32.into(), b"client shutdown");
-                    break;
-                }
-                if since.elapsed() >= STABLE_AFTER {
-                    backoff = shared.config.backoff_min;
+                shared.current.send_replace(Some(current));
+                set_state(&shared, ConnState::Connected).await;
+                // Read only now: the state change goes out before this connection's pushes.
+                let pushes = tokio::spawn(read_pushes(shared.clone(), conn.clone()));
+                let media = tokio::spawn(read_datagrams(conn.clone(), shared.datagrams.clone()));
+                let ended = hold(&shared, &conn).await;
+                pushes.abort();
+                media.abort();
+                shared.current.send_replace(None);
+                shared.status.send_modify(|s| {
+                    s.remote = None;
+                    s.user_id = None;
+                });
+                match ended {
+                    Ended::Shutdown => {
+                        conn.close(0u32.into(), b"bye");
+                        break;
+                    }
+                    Ended::Deliberate => {
+                        set_state(&shared, ConnState::Offline).await;
+                        continue;
+                    }
+                    Ended::Lost => {
+                        // The node may be gone: start with the next one.
+                        shared.next.fetch_add(1, Ordering::Relaxed);
+                        set_state(&shared, ConnState::Offline).await;
+                        if since.elapsed() >= STABLE_AFTER {
+                            continue;
+                        }
+                    }
                 }
             }
             Err(e) => {
-                info!(relay = %shared.config.relay, error = %e, "relay connection failed");
-                shared.status.send_modify(|s| {
-                    s.state = ConnState::Offline;
-                    s.rtt_ms = None;
-                });
+                info!(relay = %shared.status.borrow().address, error = %e, "cannot connect to the relay");
+                set_state(&shared, ConnState::Offline).await;
             }
         }
-        // Full jitter over the upper half: many devices reconnecting after a relay
-        // restart spread out instead of arriving together.
-        let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        // Jitter over the upper half: many devices reconnecting after a relay restart
+        // spread out instead of arriving together.
+        let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+        backoff = (backoff * 2).min(shared.config.backoff_max);
         tokio::select! {
             () = shared.cancel.cancelled() => break,
-            () = shared.reconnect.notified() => backoff = shared.config.backoff_min,
-            () = tokio::time::sleep(jittered) => backoff = (backoff * 2).min(shared.config.backoff_max),
+            () = tokio::time::sleep(wait) => {}
+            () = shared.recheck.notified() => {}
+            () = shared.hurry.notified() => {}
         }
     }
+    shared.current.send_replace(None);
     shared.status.send_modify(|s| s.state = ConnState::Offline);
+    shared.endpoint.close(0u32.into(), b"bye");
 }
 
-/// Waits while the connection lives; `false` when the link is shutting down.
-async fn hold(shared: &Arc<Shared>, conn: &quinn::Connection) -> bool {
-    let mut rtt = tokio::time::interval(RTT_EVERY);
+/// Sets the state; a change is also sent on the push channel, in order with the pushes.
+async fn set_state(shared: &Shared, state: ConnState) {
+    let changed = shared.status.send_if_modified(|s| {
+        let changed = s.state != state;
+        s.state = state;
+        changed
+    });
+    if changed {
+        tokio::select! {
+            () = shared.cancel.cancelled() => {}
+            _ = shared.pushes.send(Push::State(state)) => {}
+        }
+    }
+}
+
+/// Waits while the connection lives and still fits the identity and keep-alive.
+async fn hold(shared: &Shared, conn: &quinn::Connection) -> Ended {
     loop {
         tokio::select! {
-            () = shared.cancel.cancelled() => return false,
+            () = shared.cancel.cancelled() => return Ended::Shutdown,
             reason = conn.closed() => {
                 info!(%reason, "relay connection lost");
-                return true;
+                return Ended::Lost;
             }
-            () = shared.reconnect.notified() => {
-                conn.close(0u32.into(), b"reconnecting");
-                return true;
-            }
-            _ = rtt.tick() => {
-                let ms = u32::try_from(conn.rtt().as_millis()).unwrap_or(u32::MAX);
-                shared.status.send_modify(|s| s.rtt_ms = Some(ms));
+            () = shared.recheck.notified() => {
+                let outdated = shared.current().is_some_and(|c| shared.outdated(&c));
+                if shared.force.swap(false, Ordering::Relaxed) || outdated {
+                    debug!("re-establishing the relay connection");
+                    conn.close(0u32.into(), b"reconnecting");
+                    return Ended::Deliberate;
+                }
             }
         }
     }
 }
 
-fn split_host(relay: &str) -> Result<String, LinkError> {
-    let (host, _) = relay
-        .rsplit_once(':')
-        .ok_or_else(|| LinkError::Config(format!("{relay:?}: expected HOST:PORT")))?;
-    Ok(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+/// Every address of every relay name, in order (names that do not resolve now are
+/// skipped).
+pub(crate) async fn candidates(shared: &Shared) -> Vec<(&Target, SocketAddr)> {
+    let mut out = Vec::new();
+    for target in &shared.targets {
+        match tokio::net::lookup_host(&target.address).await {
+            Ok(found) => out.extend(found.map(|a| (target, a))),
+            Err(e) => debug!(relay = %target.address, error = %e, "relay name does not resolve"),
+        }
+    }
+    out
 }
 
-async fn resolve(relay: &str) -> Result<SocketAddr, LinkError> {
-    let mut addrs = tokio::net::lookup_host(relay)
-        .await
-        .map_err(|e| LinkError::Unavailable(format!("resolving {relay}: {e}")))?;
-    addrs.next().ok_or_else(|| LinkError::Unavailable(format!("{relay}: no address")))
+/// One attempt: each candidate once, from the one after the last lost connection's,
+/// until one answers and (with an identity) accepts the device.
+async fn connect(shared: &Shared) -> Result<Current, LinkError> {
+    shared.force.store(false, Ordering::Relaxed);
+    let candidates = candidates(shared).await;
+    let n = candidates.len();
+    let start = shared.next.load(Ordering::Relaxed);
+    let mut last = LinkError::Unavailable("no relay address resolves".into());
+    for i in 0..n {
+        let index = (start + i) % n;
+        let Some(&(target, addr)) = candidates.get(index) else { continue };
+        match connect_to(shared, target, addr).await {
+            Ok(current) => {
+                shared.next.store(index, Ordering::Relaxed);
+                if n > 1 {
+                    info!(relay = %target.address, %addr, "connected to a relay node");
+                }
+                return Ok(current);
+            }
+            Err(e) => {
+                debug!(relay = %target.address, %addr, error = %e, "relay candidate failed");
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
-/// One connection attempt: handshake, `Hello`, and `Auth` when an identity is set.
-async fn connect(shared: &Arc<Shared>) -> Result<quinn::Connection, LinkError> {
-    let relay = &shared.config.relay;
-    let host = split_host(relay)?;
-    let addr = resolve(relay).await?;
-    let connecting = shared
-        .endpoint
-        .connect_with(shared.client_config.clone(), addr, &host)
-        .map_err(|e| LinkError::Unavailable(format!("connect: {e}")))?;
-    let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
-        .await
-        .map_err(|_| LinkError::Unavailable("handshake timed out".into()))?
-        .map_err(|e| LinkError::Unavailable(format!("handshake: {e}")))?;
-    // Read pushes from the start: the relay opens the push stream as soon as it accepts
-    // the device.
-    tokio::spawn(read_pushes(shared.clone(), conn.clone()));
-    let timeout = shared.config.request_timeout;
-    let hello = Request::Hello {
-        versions: vec![PROTOCOL_VERSION],
-        client: shared.config.client_name.clone(),
-    };
-    let challenge = match request(&conn, &hello, timeout).await? {
-        Response::HelloOk { challenge, .. } => challenge,
-        other => return Err(LinkError::Protocol(format!("hello answered with {other:?}"))),
-    };
-    let exporter = crate::auth_exporter(&conn)?;
+/// Handshake with one candidate, then `Auth` when an identity is set.
+async fn connect_to(
+    shared: &Shared,
+    target: &Target,
+    addr: SocketAddr,
+) -> Result<Current, LinkError> {
+    let keepalive = shared.keepalive();
+    let hs = conn::handshake(shared, target, addr, keepalive).await?;
+    let mut authed = None;
     let mut user = None;
     if let Some(identity) = shared.identity() {
-        let signature =
-            identity.key.sign(&auth_message(&challenge, &exporter, &identity.user_id)).to_bytes();
-        let auth = Request::Auth {
-            user_id: identity.user_id.clone(),
-            device_key: identity.key.verifying_key().to_bytes(),
-            signature,
-        };
-        match request(&conn, &auth, timeout).await? {
-            Response::Authenticated { user_id } => user = Some(user_id),
+        let auth = hs.auth_request(&identity);
+        match conn::exchange(&hs.conn, &auth, shared.config.request_timeout).await? {
+            Response::Authenticated { user_id } => {
+                authed = Some(authed_as(&identity));
+                user = Some(user_id);
+            }
             Response::Error { kind: ErrorKind::UnknownDevice, .. } => {
                 // Logged in elsewhere (or the account is gone) while this device was away.
                 warn!("device no longer bound to the account: logged out");
                 shared.set_identity(None);
                 let _ = shared.pushes.send(Push::LoggedOut).await;
             }
-            Response::Error { kind, message, .. } => {
-                warn!(?kind, message, "device authentication refused");
+            Response::Error { kind, retry_after_ms, message } => {
+                warn!(?kind, "device authentication refused");
+                hs.conn.close(0u32.into(), b"refused");
+                shared.status.send_modify(|s| s.refused = Some(kind));
+                return Err(LinkError::Relay { kind, message, retry_after_ms });
             }
-            other => return Err(LinkError::Protocol(format!("auth answered with {other:?}"))),
+            other => return Err(crate::requests::refusal(other)),
         }
     }
-    if let Ok(mut g) = shared.current.lock() {
-        *g = Some(Current { conn: conn.clone(), challenge, exporter });
-    }
-    let rtt = u32::try_from(conn.rtt().as_millis()).unwrap_or(u32::MAX);
-    shared.status.send_modify(|s| {
-        s.state = ConnState::Connected;
-        s.rtt_ms = Some(rtt);
-        s.user_id = user;
-    });
-    debug!(%addr, "connected to the relay");
-    Ok(conn)
+    shared.set_user(user);
+    Ok(Current { conn: hs.conn, challenge: hs.challenge, exporter: hs.exporter, keepalive, authed })
 }
 
-/// One request on its own stream.
-pub(crate) async fn request(
-    conn: &quinn::Connection,
-    req: &Request,
-    timeout: Duration,
-) -> Result<Response, LinkError> {
-    let frame = req.encode().map_err(|e| LinkError::Protocol(e.to_string()))?;
-    let exchange = async {
-        let (mut send, mut recv) =
-            conn.open_bi().await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
-        send.write_all(&frame).await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
-        let _ = send.finish();
-        let body = read_frame(&mut recv).await?;
-        Response::decode(&body).map_err(|e| LinkError::Protocol(format!("bad response: {e}")))
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| LinkError::Unavailable("request timed out".into()))?
-}
-
-pub(crate) async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, LinkError> {
-    let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
-    let len = frame_len(prefix, MAX_FRAME_LEN).map_err(|e| LinkError::Protocol(e.to_string()))?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
-    Ok(body)
-}
-
-/// Reads every push stream the relay opens on this connection.
+/// Reads every push stream the relay opens on this connection, frame by frame, in order.
 async fn read_pushes(shared: Arc<Shared>, conn: quinn::Connection) {
     while let Ok(mut recv) = conn.accept_uni().await {
         loop {
-            let body = match read_frame(&mut recv).await {
+            let body = match conn::read_frame(&mut recv).await {
                 Ok(b) => b,
                 Err(e) => {
                     debug!(error = %e, "push stream ended");
@@ -210,7 +226,7 @@ async fn read_pushes(shared: Arc<Shared>, conn: quinn::Connection) {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(error = %e, "malformed push: closing the connection");
-                    conn.close(1u32.into(), b"malformed push");
+                    conn.close(CLOSE_DEAD, b"malformed push");
                     return;
                 }
             };
@@ -229,6 +245,15 @@ async fn read_pushes(shared: Arc<Shared>, conn: quinn::Connection) {
             if shared.pushes.send(push).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// Hands received datagrams on; drops them when the reader does not keep up.
+async fn read_datagrams(conn: quinn::Connection, out: mpsc::Sender<bytes::Bytes>) {
+    while let Ok(d) = conn.read_datagram().await {
+        if let Err(mpsc::error::TrySendError::Closed(_)) = out.try_send(d) {
+            return;
         }
     }
 }

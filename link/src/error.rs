@@ -123,3 +123,17 @@ impl LinkError {
         }
     }
 }
+
+/// A connection or stream that failed under a request: the relay is unavailable (the
+/// connection is gone, or the stream was refused or reset).
+macro_rules! unavailable_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for LinkError {
+            fn from(e: $t) -> Self {
+                Self::Unavailable(e.to_string())
+            }
+        }
+    )*};
+}
+
+unavailable_from!(quinn::ConnectionError, quinn::WriteError, quinn::ReadExactError);

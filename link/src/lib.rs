@@ -1,73 +1,115 @@
-//! The daemon's side of the relay connection: one long-lived QUIC connection with device
-//! authentication on every (re)connect, automatic reconnection with backoff, typed
-//! requests, and pushes (messages, presence, profile changes, logged out) on a channel.
+//! The Rust client of the relay protocol, and the daemon's link to its relay: one
+//! long-lived QUIC connection, authenticated on every (re)connect by signing the relay's
+//! challenge with the device key, re-established with backoff, failing over between the
+//! relay's nodes, with typed requests, pushes on a channel, blob streams and call-media
+//! datagrams.
 //!
 //! # Layout
 //!
-//! - `lib.rs`: [`Link`], its configuration, status and the request methods.
-//! - `driver.rs`: the background task: connect, hello, authenticate, read pushes,
-//!   reconnect with exponential backoff and jitter (1 s to 60 s by default).
+//! - `lib.rs`: [`Link`] (start, status, identity, keep-alive, network changes, raw
+//!   requests, streams, datagrams, shutdown), its configuration and the public types.
+//! - `requests.rs`: the typed requests (register, login, send, ack, keys, profile, ...).
+//! - `driver.rs`: the background task: candidates in turn, keep the connection, read
+//!   pushes and datagrams, reconnect with exponential backoff and jitter.
+//! - `conn.rs`: one connection's protocol: the handshake (`Hello`, challenge, TLS
+//!   exporter), device authentication, one request on its own stream, frames.
 //! - `tls.rs`: TLS 1.3 client config trusting the relay's PEM certificate, ALPN
-//!   `letstalk/1`, keepalive and idle timeout.
+//!   `letstalk/1`; the QUIC transport settings of one connection.
 //! - `error.rs`: [`LinkError`] and its IPC [`Kind`].
 //!
-//! The wire protocol is documented in `letstalk-wire`. The daemon owns key storage: it
+//! # Behaviour
+//!
+//! - **Candidates and failover.** [`LinkConfig::relays`] lists the relay's addresses,
+//!   preferred first; every address each name resolves to is a candidate. An attempt
+//!   tries the candidates in turn. A connection that is lost makes the next attempt start
+//!   with the candidate after it, so a device fails over from a dead node at once instead
+//!   of waiting for its handshake to time out first.
+//! - **Keep-alive.** QUIC fixes keep-alive per connection: [`Link::set_keepalive`] applies
+//!   to new connections and re-establishes a live one made with another interval. The idle
+//!   timeout is three keep-alives, so a node killed without closing its connections is
+//!   noticed (the relay's own idle timeout caps it).
+//! - **Timeouts.** A handshake may take [`LinkConfig::connect_timeout`]; a request waits up
+//!   to [`LinkConfig::wait_for_connection`] for a connection being (re)established, ending
+//!   any backoff; a request unanswered after [`LinkConfig::request_timeout`] fails and
+//!   drops the connection (a crashed relay never closes it).
+//! - **Network changes.** [`Link::network_changed`] moves the connection to a new UDP
+//!   socket (QUIC migration) and probes it; without an answer the connection is dropped
+//!   and re-established at once.
+//! - **No timers while idle** beyond QUIC's keep-alive: the round-trip time is read from
+//!   QUIC's estimate on demand ([`Link::rtt`]).
+//!
+//! The wire protocol is documented in `letstalk-wire`. The caller owns key storage: it
 //! hands the link an Ed25519 [`SigningKey`]; the link signs each connection's challenge
-//! with it and never stores or logs it.
+//! and TLS exporter value with it and never stores it elsewhere or logs it.
 
+mod conn;
 mod driver;
 mod error;
+mod requests;
 mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use ed25519_dalek::Signer;
 pub use ed25519_dalek::SigningKey;
 pub use error::{Kind, LinkError};
-use letstalk_wire::{
-    AUTH_EXPORTER_LABEL, AUTH_EXPORTER_LEN, ErrorKind, MAX_AVATAR_LEN, MAX_MESSAGE_LEN, Request,
-    Response, auth_message,
-};
+use letstalk_wire::{AUTH_EXPORTER_LABEL, AUTH_EXPORTER_LEN, ErrorKind, Request, Response};
 pub use letstalk_wire::{Avatar, AvatarMeta, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-/// How to reach the relay.
+/// How to reach the relay, and the link's timings.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// `HOST:PORT`; HOST is also the TLS name.
-    pub relay: String,
+    /// The relay's addresses (`HOST:PORT`, HOST also the TLS name), preferred first.
+    /// Several name nodes of one relay; each name may resolve to several addresses.
+    pub relays: Vec<String>,
     /// A PEM file with the relay's certificate or its CA.
     pub trusted_cert: Option<PathBuf>,
-    /// QUIC keepalive (cellular NATs forget UDP bindings in ~30 s).
+    /// QUIC keep-alive of new connections (cellular NATs forget UDP bindings in ~30 s);
+    /// changeable later with [`Link::set_keepalive`]. The idle timeout is three of them.
     pub keepalive: Duration,
-    /// The connection is considered dead after this long without packets.
-    pub idle_timeout: Duration,
+    /// How long one handshake (QUIC, TLS and `Hello`) may take.
+    pub connect_timeout: Duration,
+    /// A request unanswered this long fails as `relay_unavailable` and drops the
+    /// connection.
+    pub request_timeout: Duration,
+    /// How long a request waits for a connection being (re)established.
+    pub wait_for_connection: Duration,
+    /// How long the probe after a network change may take.
+    pub probe_timeout: Duration,
     /// First reconnect delay...
     pub backoff_min: Duration,
     /// ...doubling up to this.
     pub backoff_max: Duration,
-    /// A request without an answer after this fails as `relay_unavailable`.
-    pub request_timeout: Duration,
     /// Sent in `Hello`, for the relay's logs.
     pub client_name: String,
 }
 
 impl LinkConfig {
-    /// Defaults: keepalive 20 s, idle timeout 60 s, backoff 1 s to 60 s.
+    /// One relay address; see [`LinkConfig::with_relays`] for the defaults.
     pub fn new(relay: impl Into<String>, trusted_cert: Option<PathBuf>) -> Self {
+        Self::with_relays(vec![relay.into()], trusted_cert)
+    }
+
+    /// Several relay addresses, preferred first. Defaults: keep-alive 20 s (idle timeout
+    /// 60 s), handshake 10 s, request 15 s, wait for a connection 3 s, probe 2 s, backoff
+    /// 1 s to 60 s.
+    pub fn with_relays(relays: Vec<String>, trusted_cert: Option<PathBuf>) -> Self {
         Self {
-            relay: relay.into(),
+            relays,
             trusted_cert,
             keepalive: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
+            wait_for_connection: Duration::from_secs(3),
+            probe_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(15),
             client_name: format!("letstalk-link {}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -117,17 +159,20 @@ impl ConnState {
     }
 }
 
-/// Observable link status.
+/// Observable link status (the round-trip time is read on demand: [`Link::rtt`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkStatus {
     /// Connection state.
     pub state: ConnState,
-    /// The relay address as configured (`HOST:PORT`).
+    /// The relay addresses as configured, comma-separated.
     pub address: String,
-    /// Smoothed round-trip time while connected.
-    pub rtt_ms: Option<u32>,
+    /// The node connected to, while connected.
+    pub remote: Option<SocketAddr>,
     /// The account the connection acts for, once authenticated.
     pub user_id: Option<String>,
+    /// Why the relay refused the device's authentication on the last attempt, if it did
+    /// (cleared by the next connection).
+    pub refused: Option<ErrorKind>,
 }
 
 /// A message pushed by the relay. Acknowledge it with [`Link::ack`] once it is stored on
@@ -158,7 +203,10 @@ impl fmt::Debug for IncomingMessage {
     }
 }
 
-/// What the relay tells the device on its own.
+/// What the link tells its owner on its own: the relay's pushes, and the connection's
+/// state changes in order with them (a connection's `State(Connected)` comes before its
+/// first push, so whoever applies the channel in order sees each push after the state
+/// it came in).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push {
     /// A message.
@@ -167,9 +215,11 @@ pub enum Push {
     Presence(PresenceInfo),
     /// A watched user's profile changed.
     ProfileChanged(Profile),
-    /// The account was logged in on another device: this device is unbound, and the link
-    /// has dropped its identity.
+    /// The account was logged in on another device (or this device's key is no longer
+    /// bound to it): this device is unbound, and the link has dropped its identity.
     LoggedOut,
+    /// The connection state changed.
+    State(ConnState),
 }
 
 /// Registration details.
@@ -215,15 +265,6 @@ pub struct Sent {
     pub duplicate: bool,
 }
 
-/// The live connection, if any.
-#[derive(Debug, Clone)]
-pub(crate) struct Current {
-    pub(crate) conn: quinn::Connection,
-    pub(crate) challenge: [u8; 32],
-    /// The connection's TLS exporter value, signed with the challenge.
-    pub(crate) exporter: [u8; AUTH_EXPORTER_LEN],
-}
-
 /// The TLS exporter value of `conn` that device authentication signs
 /// ([`letstalk_wire::auth_message`]): keying material of this TLS session only, so a
 /// signature made for one connection is worthless on any other.
@@ -234,35 +275,104 @@ pub fn auth_exporter(conn: &quinn::Connection) -> Result<[u8; AUTH_EXPORTER_LEN]
     Ok(out)
 }
 
+/// Who a connection authenticated as: the user id as given and the device's public key.
+type AuthedAs = (String, [u8; 32]);
+
+/// The live connection, if any.
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) challenge: [u8; 32],
+    /// The connection's TLS exporter value, signed with the challenge.
+    pub(crate) exporter: [u8; AUTH_EXPORTER_LEN],
+    /// The keep-alive interval it was made with.
+    pub(crate) keepalive: Duration,
+    /// The identity it is authenticated with.
+    pub(crate) authed: Option<AuthedAs>,
+}
+
+/// One configured relay address: its TLS name and what to resolve.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) host: String,
+    pub(crate) address: String,
+}
+
+impl Target {
+    fn parse(relay: &str) -> Result<Self, LinkError> {
+        let (host, port) = relay
+            .rsplit_once(':')
+            .ok_or_else(|| LinkError::Config(format!("{relay:?}: expected HOST:PORT")))?;
+        port.parse::<u16>().map_err(|_| LinkError::Config(format!("{relay:?}: bad port")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(LinkError::Config(format!("{relay:?}: no host")));
+        }
+        Ok(Self { host: host.to_owned(), address: relay.to_owned() })
+    }
+}
+
 /// State shared between the [`Link`] handles and the driver task.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: LinkConfig,
+    pub(crate) targets: Vec<Target>,
+    /// Index of the candidate to try first on the next attempt.
+    pub(crate) next: AtomicUsize,
     pub(crate) endpoint: quinn::Endpoint,
+    /// TLS only; each connection gets its transport settings (keep-alive) when made.
     pub(crate) client_config: quinn::ClientConfig,
+    pub(crate) keepalive: Mutex<Duration>,
     pub(crate) identity: Mutex<Option<Identity>>,
-    pub(crate) current: Mutex<Option<Current>>,
+    pub(crate) current: watch::Sender<Option<Current>>,
     pub(crate) status: watch::Sender<LinkStatus>,
     pub(crate) pushes: mpsc::Sender<Push>,
-    pub(crate) reconnect: Notify,
+    pub(crate) datagrams: mpsc::Sender<bytes::Bytes>,
+    pub(crate) datagrams_rx: Mutex<Option<mpsc::Receiver<bytes::Bytes>>>,
+    /// Wakes the driver to check whether the live connection still fits the identity
+    /// and keep-alive (and to reconnect when `force` is set).
+    pub(crate) recheck: Notify,
+    pub(crate) force: AtomicBool,
+    /// Ends a backoff wait early: a request is waiting for a connection.
+    pub(crate) hurry: Notify,
     pub(crate) cancel: CancellationToken,
+}
+
+/// Locks, carrying on after a panic elsewhere: every value behind these locks is valid
+/// at all times (plain assignments).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
     pub(crate) fn identity(&self) -> Option<Identity> {
-        self.identity.lock().ok().and_then(|g| g.clone())
+        lock(&self.identity).clone()
     }
     pub(crate) fn set_identity(&self, identity: Option<Identity>) {
-        if let Ok(mut g) = self.identity.lock() {
-            *g = identity;
-        }
+        *lock(&self.identity) = identity;
+    }
+    pub(crate) fn keepalive(&self) -> Duration {
+        *lock(&self.keepalive)
     }
     pub(crate) fn current(&self) -> Option<Current> {
-        self.current.lock().ok().and_then(|g| g.clone())
+        self.current.borrow().clone()
     }
     pub(crate) fn set_user(&self, user: Option<String>) {
-        self.status.send_modify(|s| s.user_id = user);
+        self.status.send_if_modified(|s| {
+            let changed = s.user_id != user;
+            s.user_id = user;
+            changed
+        });
     }
+    /// Whether `current` was made for another identity or keep-alive than the ones set.
+    pub(crate) fn outdated(&self, current: &Current) -> bool {
+        let wanted = self.identity().map(|i| authed_as(&i));
+        current.authed != wanted || current.keepalive != self.keepalive()
+    }
+}
+
+pub(crate) fn authed_as(identity: &Identity) -> AuthedAs {
+    (identity.user_id.clone(), identity.key.verifying_key().to_bytes())
 }
 
 /// A handle on the relay link. Cheap to clone; the background task stops when the last
@@ -273,64 +383,93 @@ pub struct Link {
     _guard: Arc<DropGuard>,
 }
 
-/// Pushes waiting for the daemon before the link stops reading (QUIC flow control then
+/// Pushes waiting for the owner before the link stops reading (QUIC flow control then
 /// slows the relay down for this device only).
 const PUSH_CHANNEL: usize = 256;
+/// Received datagrams waiting for their reader; a full queue drops the newest (late call
+/// media is worthless: it never waits).
+const DATAGRAM_QUEUE: usize = 256;
 
 impl Link {
     /// Starts the link: a background task connects, authenticates with `identity` when
     /// given, and reconnects whenever the connection drops. Must be called within a tokio
-    /// runtime. Returns the handle and the receiver of pushes.
+    /// runtime. Returns the handle and the receiver of pushes and state changes.
     pub fn start(
         config: LinkConfig,
         identity: Option<Identity>,
     ) -> Result<(Self, mpsc::Receiver<Push>), LinkError> {
-        let client_config = tls::client_config(&config)?;
-        let endpoint =
-            quinn::Endpoint::client(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))
-                .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
-                .map_err(|e| LinkError::Config(format!("UDP socket: {e}")))?;
+        if config.relays.is_empty() {
+            return Err(LinkError::Config("no relay address".into()));
+        }
+        let targets = config.relays.iter().map(|r| Target::parse(r)).collect::<Result<_, _>>()?;
+        let client_config = tls::client_config(config.trusted_cert.as_deref())?;
+        let endpoint = tls::endpoint(new_socket()?)?;
         let (pushes, rx) = mpsc::channel(PUSH_CHANNEL);
-        let (status, _) = watch::channel(LinkStatus {
-            state: ConnState::Offline,
-            address: config.relay.clone(),
-            rtt_ms: None,
+        let (datagrams, datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
+        let status = watch::Sender::new(LinkStatus {
+            // The driver starts connecting at once.
+            state: ConnState::Connecting,
+            address: config.relays.join(","),
+            remote: None,
             user_id: None,
+            refused: None,
         });
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
+            keepalive: Mutex::new(config.keepalive),
             config,
+            targets,
+            next: AtomicUsize::new(0),
             endpoint,
             client_config,
             identity: Mutex::new(identity),
-            current: Mutex::new(None),
+            current: watch::Sender::new(None),
             status,
             pushes,
-            reconnect: Notify::new(),
+            datagrams,
+            datagrams_rx: Mutex::new(Some(datagrams_rx)),
+            recheck: Notify::new(),
+            force: AtomicBool::new(false),
+            hurry: Notify::new(),
             cancel: cancel.clone(),
         });
         tokio::spawn(driver::run(shared.clone()));
         Ok((Self { shared, _guard: Arc::new(cancel.drop_guard()) }, rx))
     }
 
-    /// Watches the connection state, address and RTT.
+    /// Watches the connection state, the node connected to and the account.
     pub fn status(&self) -> watch::Receiver<LinkStatus> {
         self.shared.status.subscribe()
     }
 
+    /// The smoothed round-trip time of the live connection, from QUIC's estimate.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.shared.current().map(|c| c.conn.rtt())
+    }
+
     /// Waits until connected (and, with an identity, authenticated), at most `timeout`.
+    /// Fails at once with the relay's refusal when it refuses the device's key.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), LinkError> {
         let mut rx = self.status();
-        let want_user = self.shared.identity().map(|i| i.user_id);
+        let want_user = self.shared.identity().map(|i| i.user_id.to_ascii_lowercase());
         let ok = tokio::time::timeout(
             timeout,
             rx.wait_for(|s| {
-                s.state == ConnState::Connected && (want_user.is_none() || s.user_id == want_user)
+                s.refused.is_some()
+                    || (s.state == ConnState::Connected
+                        && (want_user.is_none() || s.user_id == want_user))
             }),
         )
         .await;
         match ok {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(s)) => match s.refused {
+                Some(kind) => Err(LinkError::Relay {
+                    kind,
+                    message: "device authentication refused".into(),
+                    retry_after_ms: 0,
+                }),
+                None => Ok(()),
+            },
             _ => Err(LinkError::Unavailable("not connected".into())),
         }
     }
@@ -340,22 +479,55 @@ impl Link {
         self.shared.identity()
     }
 
-    /// Sets or clears the identity and reconnects so the new one takes effect.
+    /// Sets or clears the identity. A live connection authenticated otherwise is
+    /// re-established at once (without an identity: unauthenticated, so nothing more is
+    /// pushed to this device).
     pub fn set_identity(&self, identity: Option<Identity>) {
         self.shared.set_identity(identity);
-        self.reconnect_now();
+        self.shared.recheck.notify_one();
     }
 
-    /// Drops the current connection (if any) and connects again at once, e.g. after a
-    /// network change.
+    /// The keep-alive interval for new connections (by network type); a live connection
+    /// made with another one is re-established.
+    pub fn set_keepalive(&self, keepalive: Duration) {
+        *lock(&self.shared.keepalive) = keepalive;
+        self.shared.recheck.notify_one();
+    }
+
+    /// Drops the current connection (if any) and connects again at once.
     pub fn reconnect_now(&self) {
-        self.shared.reconnect.notify_one();
+        self.shared.force.store(true, Ordering::Relaxed);
+        self.shared.recheck.notify_one();
     }
 
-    /// Moves the endpoint to a new UDP socket (network change): QUIC migrates the live
-    /// connection to it.
+    /// Moves the endpoint to `socket`: QUIC migrates the live connection to it.
     pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
         self.shared.endpoint.rebind(socket)
+    }
+
+    /// The device moved to another network: moves the connection onto a fresh UDP socket
+    /// (QUIC connection migration: the relay validates the new path and carries on with
+    /// the same connection, streams and session) and probes it at once. Without an answer
+    /// the connection is dropped and re-established right away (from the next candidate).
+    pub async fn network_changed(&self) {
+        match new_socket()
+            .and_then(|s| self.rebind(s).map_err(|e| LinkError::Config(format!("rebind: {e}"))))
+        {
+            Ok(()) => tracing::debug!("relay link moved to a new UDP socket"),
+            Err(e) => tracing::warn!(error = %e, "cannot rebind the relay link"),
+        }
+        let Some(current) = self.shared.current() else {
+            self.shared.hurry.notify_one();
+            return;
+        };
+        let ping = Request::Ping { nonce: rand::random() };
+        match conn::exchange(&current.conn, &ping, self.shared.config.probe_timeout).await {
+            Ok(Response::Pong { .. }) => tracing::info!("relay connection migrated"),
+            _ => {
+                tracing::info!("relay connection did not survive the network change");
+                current.conn.close(conn::CLOSE_DEAD, b"network changed");
+            }
+        }
     }
 
     /// Stops the background task and closes the connection.
@@ -368,33 +540,52 @@ impl Link {
             tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
     }
 
-    fn live(&self) -> Result<Current, LinkError> {
-        self.shared.current().ok_or_else(|| LinkError::Unavailable("not connected".into()))
+    /// The live connection; while one is being (re)established, waits for it up to
+    /// [`LinkConfig::wait_for_connection`], ending any backoff, rather than failing at once.
+    async fn live(&self) -> Result<Current, LinkError> {
+        if let Some(c) = self.shared.current() {
+            return Ok(c);
+        }
+        self.shared.hurry.notify_one();
+        let mut rx = self.shared.current.subscribe();
+        match tokio::time::timeout(
+            self.shared.config.wait_for_connection,
+            rx.wait_for(Option::is_some),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c.clone().ok_or_else(|| LinkError::Unavailable("not connected".into())),
+            _ => Err(LinkError::Unavailable("not connected".into())),
+        }
     }
 
     /// Sends one QUIC datagram (call media: a `MediaDatagram`) on the current
     /// connection. Never waits: a full send buffer drops the oldest datagram.
     pub fn send_datagram(&self, datagram: bytes::Bytes) -> Result<(), LinkError> {
-        self.live()?
+        let current =
+            self.shared.current().ok_or_else(|| LinkError::Unavailable("not connected".into()))?;
+        current
             .conn
             .send_datagram(datagram)
             .map_err(|e| LinkError::Unavailable(format!("datagram: {e}")))
     }
 
-    /// The next datagram received on the current connection.
-    pub async fn read_datagram(&self) -> Result<bytes::Bytes, LinkError> {
-        self.live()?
-            .conn
-            .read_datagram()
-            .await
-            .map_err(|e| LinkError::Unavailable(format!("datagram: {e}")))
+    /// The datagrams received on every connection, in one channel; `None` after the first
+    /// call (one reader). A reader that falls behind loses the newest.
+    pub fn take_datagrams(&self) -> Option<mpsc::Receiver<bytes::Bytes>> {
+        lock(&self.shared.datagrams_rx).take()
+    }
+
+    /// The largest datagram the current path carries, if datagrams are available.
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.shared.current().and_then(|c| c.conn.max_datagram_size())
     }
 
     /// Sends one raw request on the current connection and returns the raw response
-    /// (error responses included). For tools and tests; prefer the typed methods.
+    /// (error responses included). Prefer the typed methods where there is one.
     pub async fn request(&self, req: Request) -> Result<Response, LinkError> {
-        let current = self.live()?;
-        driver::request(&current.conn, &req, self.shared.config.request_timeout).await
+        let current = self.live().await?;
+        conn::exchange(&current.conn, &req, self.shared.config.request_timeout).await
     }
 
     /// Opens a stream of its own on the current connection (a blob transfer) and writes
@@ -405,262 +596,61 @@ impl Link {
         &self,
         header: Request,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), LinkError> {
-        let current = self.live()?;
+        let current = self.live().await?;
         let frame = header.encode().map_err(|e| LinkError::Protocol(e.to_string()))?;
-        let (mut send, recv) =
-            current.conn.open_bi().await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
-        send.write_all(&frame).await.map_err(|e| LinkError::Unavailable(e.to_string()))?;
-        Ok((send, recv))
+        let opened = async {
+            let (mut send, recv) = current.conn.open_bi().await?;
+            send.write_all(&frame).await?;
+            Ok::<_, LinkError>((send, recv))
+        };
+        tokio::time::timeout(self.shared.config.request_timeout, opened)
+            .await
+            .map_err(|_| LinkError::Unavailable("opening a stream timed out".into()))?
     }
 
     /// Reads one response frame from a stream opened with [`Link::open_stream`].
     pub async fn read_response(recv: &mut quinn::RecvStream) -> Result<Response, LinkError> {
-        let body = driver::read_frame(recv).await?;
+        let body = conn::read_frame(recv).await?;
         Response::decode(&body).map_err(|e| LinkError::Protocol(format!("bad response: {e}")))
     }
 
-    /// Sends a request and turns an error response into [`LinkError::Relay`].
-    async fn call_on(&self, conn: &quinn::Connection, req: Request) -> Result<Response, LinkError> {
-        match driver::request(conn, &req, self.shared.config.request_timeout).await? {
-            Response::Error { kind, retry_after_ms, message } => {
-                if matches!(kind, ErrorKind::UnknownDevice) {
-                    self.shared.set_identity(None);
-                    self.shared.set_user(None);
+    /// Deletes the account `identity` names, authenticating as it on a connection of its
+    /// own (the first candidate that answers; the link's connection and identity are left
+    /// alone), then closes that connection. For a device that must erase an account it
+    /// no longer acts for (e.g. after its data was reset while the relay was away).
+    pub async fn delete_account_as(&self, identity: &Identity) -> Result<(), LinkError> {
+        let shared = &self.shared;
+        let mut last = LinkError::Unavailable("no relay address resolves".into());
+        for (target, addr) in driver::candidates(shared).await {
+            let hs = match conn::handshake(shared, target, addr, shared.keepalive()).await {
+                Ok(hs) => hs,
+                Err(e) => {
+                    last = e;
+                    continue;
                 }
-                Err(LinkError::Relay { kind, message, retry_after_ms })
+            };
+            let timeout = shared.config.request_timeout;
+            let outcome = async {
+                match conn::exchange(&hs.conn, &hs.auth_request(identity), timeout).await? {
+                    Response::Authenticated { .. } => {}
+                    other => return Err(requests::refusal(other)),
+                }
+                match conn::exchange(&hs.conn, &Request::DeleteAccount, timeout).await? {
+                    Response::Ok => Ok(()),
+                    other => Err(requests::refusal(other)),
+                }
             }
-            r => Ok(r),
+            .await;
+            hs.conn.close(0u32.into(), b"bye");
+            return outcome;
         }
-    }
-
-    async fn call(&self, req: Request) -> Result<Response, LinkError> {
-        let current = self.live()?;
-        self.call_on(&current.conn, req).await
-    }
-
-    async fn bind_with(
-        &self,
-        key: SigningKey,
-        user_id: &str,
-        make: impl FnOnce([u8; 32], [u8; 64]) -> Request,
-    ) -> Result<String, LinkError> {
-        let current = self.live()?;
-        let user = user_id.to_ascii_lowercase();
-        let signature =
-            key.sign(&auth_message(&current.challenge, &current.exporter, &user)).to_bytes();
-        let req = make(key.verifying_key().to_bytes(), signature);
-        match self.call_on(&current.conn, req).await? {
-            Response::Authenticated { user_id } => {
-                self.shared.set_identity(Some(Identity { user_id: user_id.clone(), key }));
-                self.shared.set_user(Some(user_id.clone()));
-                Ok(user_id)
-            }
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Creates an account and binds this device's `key` to it; the link then
-    /// authenticates with it on every reconnect. Returns the lowercased user id.
-    pub async fn register(&self, reg: Registration, key: SigningKey) -> Result<String, LinkError> {
-        let user = reg.user_id.to_ascii_lowercase();
-        self.bind_with(key, &user.clone(), |device_key, signature| Request::Register {
-            user_id: user,
-            password: reg.password,
-            email: reg.email,
-            nickname: reg.nickname,
-            device_key,
-            signature,
-            identity: reg.identity,
-        })
-        .await
-    }
-
-    /// Binds this device's `key` to an existing account (the account moves here; its old
-    /// device gets `LoggedOut`).
-    pub async fn login(
-        &self,
-        user_id: &str,
-        password: &str,
-        key: SigningKey,
-    ) -> Result<String, LinkError> {
-        let user = user_id.to_ascii_lowercase();
-        let password = password.to_owned();
-        self.bind_with(key, &user.clone(), |device_key, signature| Request::Login {
-            user_id: user,
-            password,
-            device_key,
-            signature,
-        })
-        .await
-    }
-
-    /// Unbinds this device from the account and forgets the identity.
-    pub async fn logout(&self) -> Result<(), LinkError> {
-        expect_ok(self.call(Request::Logout).await?)?;
-        self.shared.set_identity(None);
-        self.shared.set_user(None);
-        Ok(())
-    }
-
-    /// Deletes the account on the relay and forgets the identity.
-    pub async fn delete_account(&self) -> Result<(), LinkError> {
-        expect_ok(self.call(Request::DeleteAccount).await?)?;
-        self.shared.set_identity(None);
-        self.shared.set_user(None);
-        Ok(())
-    }
-
-    /// Changes the password.
-    pub async fn change_password(
-        &self,
-        old_password: &str,
-        new_password: &str,
-    ) -> Result<(), LinkError> {
-        expect_ok(
-            self.call(Request::ChangePassword {
-                old_password: old_password.to_owned(),
-                new_password: new_password.to_owned(),
-            })
-            .await?,
-        )
-    }
-
-    /// One's own profile (with email).
-    pub async fn profile(&self) -> Result<Profile, LinkError> {
-        match self.call(Request::GetProfile).await? {
-            Response::Profile(p) => Ok(p),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Changes one's own profile; watchers get a `ProfileChanged` push.
-    pub async fn update_profile(
-        &self,
-        nickname: Option<String>,
-        email: Option<String>,
-        avatar: AvatarUpdate,
-    ) -> Result<Profile, LinkError> {
-        if let AvatarUpdate::Set(a) = &avatar
-            && a.data.len() > MAX_AVATAR_LEN
-        {
-            return Err(LinkError::TooLarge("avatar"));
-        }
-        match self.call(Request::UpdateProfile { nickname, email, avatar }).await? {
-            Response::Profile(p) => Ok(p),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Another user's public profile; `not_found` if no such account.
-    pub async fn lookup_user(&self, user_id: &str) -> Result<Profile, LinkError> {
-        match self.call(Request::LookupUser { user_id: user_id.to_owned() }).await? {
-            Response::Profile(p) => Ok(p),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// A user's avatar.
-    pub async fn fetch_avatar(&self, user_id: &str) -> Result<Avatar, LinkError> {
-        match self.call(Request::FetchAvatar { user_id: user_id.to_owned() }).await? {
-            Response::Avatar(a) => Ok(a),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Uploads identity bytes and prekeys; returns how many one-time prekeys the relay
-    /// now holds.
-    pub async fn upload_keys(&self, keys: KeyUpload) -> Result<u32, LinkError> {
-        let req = Request::UploadKeys {
-            identity: keys.identity,
-            signed_prekey: keys.signed_prekey,
-            one_time_prekeys: keys.one_time_prekeys,
-            last_resort: keys.last_resort,
-        };
-        match self.call(req).await? {
-            Response::KeyCount { one_time_remaining } => Ok(one_time_remaining),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// How many one-time prekeys the relay still holds for this account.
-    pub async fn key_count(&self) -> Result<u32, LinkError> {
-        match self.call(Request::KeyCount).await? {
-            Response::KeyCount { one_time_remaining } => Ok(one_time_remaining),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// A user's prekey bundle (takes one of their one-time prekeys).
-    pub async fn fetch_bundle(&self, user_id: &str) -> Result<Bundle, LinkError> {
-        match self.call(Request::FetchBundle { user_id: user_id.to_owned() }).await? {
-            Response::Bundle(b) => Ok(b),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Adds and removes watched users; returns the presence of the added ones that exist.
-    pub async fn watch(
-        &self,
-        add: Vec<String>,
-        remove: Vec<String>,
-    ) -> Result<Vec<PresenceInfo>, LinkError> {
-        match self.call(Request::Watch { add, remove }).await? {
-            Response::Presence { users } => Ok(users),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Replaces this account's contact list and whether it shares its presence: the
-    /// relay shows this account's presence only to contacts it does not block.
-    pub async fn set_contacts(
-        &self,
-        share_presence: bool,
-        users: Vec<String>,
-    ) -> Result<(), LinkError> {
-        expect_ok(self.call(Request::SetContacts { share_presence, users }).await?)
-    }
-
-    /// Hands a message to the relay; returns once the relay has persisted it. Retrying
-    /// with the same `msg_id` never stores it twice.
-    pub async fn send(&self, to: &str, msg_id: &str, body: Vec<u8>) -> Result<Sent, LinkError> {
-        if body.len() > MAX_MESSAGE_LEN {
-            return Err(LinkError::TooLarge("message"));
-        }
-        match self
-            .call(Request::Send { to: to.to_owned(), msg_id: msg_id.to_owned(), body })
-            .await?
-        {
-            Response::Sent { server_ts, duplicate } => Ok(Sent { server_ts, duplicate }),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Tells the relay these pushed messages are stored on the device (it deletes them).
-    pub async fn ack(&self, delivery_ids: &[u64]) -> Result<(), LinkError> {
-        for chunk in delivery_ids.chunks(letstalk_wire::MAX_LIST) {
-            expect_ok(self.call(Request::Ack { delivery_ids: chunk.to_vec() }).await?)?;
-        }
-        Ok(())
-    }
-
-    /// Measures one request round trip.
-    pub async fn ping(&self) -> Result<Duration, LinkError> {
-        let nonce: u64 = rand::random();
-        let started = Instant::now();
-        match self.call(Request::Ping { nonce }).await? {
-            Response::Pong { nonce: n } if n == nonce => Ok(started.elapsed()),
-            other => Err(unexpected(&other)),
-        }
+        Err(last)
     }
 }
 
-fn expect_ok(r: Response) -> Result<(), LinkError> {
-    match r {
-        Response::Ok => Ok(()),
-        other => Err(unexpected(&other)),
-    }
-}
-
-fn unexpected(r: &Response) -> LinkError {
-    LinkError::Protocol(format!("unexpected response {r:?}"))
+/// A UDP socket for the endpoint: dual-stack where the host has IPv6.
+fn new_socket() -> Result<std::net::UdpSocket, LinkError> {
+    std::net::UdpSocket::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))
+        .or_else(|_| std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))))
+        .map_err(|e| LinkError::Config(format!("UDP socket: {e}")))
 }

@@ -1,5 +1,6 @@
 //! The client's TLS and QUIC configuration: TLS 1.3 with ring, ALPN `letstalk/1`, the
-//! relay's certificate (or its CA) from a PEM file as the trust root.
+//! relay's certificate (or its CA) from a PEM file as the trust root; the transport
+//! settings of each connection (keep-alive, idle timeout, windows) and the endpoint.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,11 +8,13 @@ use std::time::Duration;
 
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
-use crate::{LinkConfig, LinkError};
+use crate::LinkError;
 
-pub(crate) fn client_config(config: &LinkConfig) -> Result<quinn::ClientConfig, LinkError> {
+/// The TLS side of every connection: TLS 1.3 only, ALPN `letstalk/1`, the relay's
+/// certificate (or its CA) as the only trust root.
+pub(crate) fn client_config(trusted_cert: Option<&Path>) -> Result<quinn::ClientConfig, LinkError> {
     let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = &config.trusted_cert {
+    if let Some(path) = trusted_cert {
         add_pem(&mut roots, path)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -23,21 +26,48 @@ pub(crate) fn client_config(config: &LinkConfig) -> Result<quinn::ClientConfig, 
     tls.alpn_protocols = vec![letstalk_wire::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| LinkError::Config(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// `client` with the transport settings of one new connection: `keepalive`, and an idle
+/// timeout of three keep-alives (the relay's own idle timeout caps it), so a node that
+/// died without closing the connection is noticed.
+pub(crate) fn with_transport(
+    client: &quinn::ClientConfig,
+    keepalive: Duration,
+) -> Result<quinn::ClientConfig, LinkError> {
     let mut t = TransportConfig::default();
-    t.keep_alive_interval(Some(config.keepalive));
+    t.keep_alive_interval(Some(keepalive));
     t.max_idle_timeout(Some(
-        IdleTimeout::try_from(config.idle_timeout)
+        IdleTimeout::try_from(keepalive.saturating_mul(3))
             .map_err(|e| LinkError::Config(format!("idle timeout: {e}")))?,
     ));
-    // The relay opens one push stream; the link opens no more than a handful at once.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(letstalk_wire::MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
+    // The relay opens one push stream; it opens no request streams towards the device.
     t.max_concurrent_uni_streams(VarInt::from_u32(4));
     t.max_concurrent_bidi_streams(VarInt::from_u32(0));
-    t.stream_receive_window(VarInt::from_u32(1536 * 1024));
-    t.receive_window(VarInt::from_u32(4 * 1024 * 1024));
+    // A file download keeps the relay sending while a chunk is written to disk (quinn's
+    // default is sized for 12.5 MB/s at 100 ms); memory is taken only while one runs.
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.initial_rtt(Duration::from_millis(100));
+    let mut client = client.clone();
     client.transport_config(Arc::new(t));
     Ok(client)
+}
+
+/// Bytes of one stream the relay may send ahead of what was read.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// The client endpoint on `socket`, carrying datagrams up to the protocol's UDP payload.
+pub(crate) fn endpoint(socket: std::net::UdpSocket) -> Result<quinn::Endpoint, LinkError> {
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(letstalk_wire::MAX_UDP_PAYLOAD)
+        .map_err(|e| LinkError::Config(format!("UDP payload size: {e}")))?;
+    quinn::Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|e| LinkError::Config(format!("UDP socket: {e}")))
 }
 
 fn add_pem(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), LinkError> {

@@ -580,7 +580,7 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         0o600
     );
     let mut config = LinkConfig::new(format!("localhost:{port}"), Some(cert.clone()));
-    config.relay = format!("127.0.0.1:{port}");
+    config.relays = vec![format!("127.0.0.1:{port}")];
     let (link, _rx) = Link::start(config, None).unwrap();
     link.wait_connected(T).await.unwrap();
     link.register(registration("alice", "canary-pass-71f3"), new_key()).await.unwrap();

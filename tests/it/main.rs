@@ -22,6 +22,7 @@ mod notify;
 mod policy;
 mod privacy;
 mod sessions;
+mod suspend;
 mod systemd_units;
 mod trust;
 mod tui;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use letstalk_tests::{
-    Daemon, PASSWORD, World, error_of, eventually, files_containing, registered, registered_with,
-    texts, wait_connected, wait_presence, wait_texts,
+    Daemon, PASSWORD, World, error_of, eventually, files_containing, next_event, registered,
+    registered_with, texts, wait_connected, wait_presence, wait_texts,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -201,16 +201,29 @@ async fn blocking_refuses_files_and_calls_and_clearing_history_deletes_unread_fi
     .unwrap();
     assert_eq!(m["error"]["data"]["kind"], "blocked");
     assert_eq!(m["file"]["transfer"], "failed");
+    let bc = bob.client().await.unwrap();
+    let mut b_events = bc.take_events().unwrap();
+    bc.call_value("events.subscribe", json!({"kinds": ["call.incoming"]})).await.unwrap();
     let call = alice.call("calls.start", json!({"to": "user:bob", "media": "audio"})).await;
-    let call_id = call.unwrap()["call"]["call_id"].as_str().unwrap().to_owned();
-    let calls = bob.call("calls.list", json!({})).await.unwrap();
-    assert_eq!(calls["calls"], json!([]), "bob's daemon never sees the call");
-    alice.call("calls.hangup", json!({"call_id": call_id})).await.unwrap();
+    let blocked_call = call.unwrap()["call"]["call_id"].as_str().unwrap().to_owned();
+    alice.call("calls.hangup", json!({"call_id": blocked_call})).await.unwrap();
 
-    // Unblocked: a file arrives; bob downloads it without reading it. Clearing the
-    // history deletes the unread message and its encrypted copy.
+    // Unblocked: a second call rings at bob, and it is the first call bob's daemon
+    // hears of (alice's signalling reaches bob in order, so an offer let through while
+    // blocked would have come first).
     bob.call("contacts.unblock", json!({"user_id": "alice"})).await.unwrap();
     wait_presence(&alice, "bob", "online").await;
+    let call = alice.call("calls.start", json!({"to": "user:bob", "media": "audio"})).await;
+    let second_call = call.unwrap()["call"]["call_id"].as_str().unwrap().to_owned();
+    let incoming = next_event(&mut b_events, LIMIT).await.unwrap();
+    assert_eq!(incoming["call"]["call_id"], second_call.as_str(), "bob heard of the blocked call");
+    let calls = bob.call("calls.list", json!({})).await.unwrap();
+    let ids: Vec<_> = calls["calls"].as_array().unwrap().iter().map(|c| &c["call_id"]).collect();
+    assert_eq!(ids, vec![second_call.as_str()]);
+    alice.call("calls.hangup", json!({"call_id": second_call})).await.unwrap();
+
+    // A file arrives; bob downloads it without reading it. Clearing the history deletes
+    // the unread message and its encrypted copy.
     let sent = alice.call("files.send", json!({"to": "user:bob", "path": path})).await.unwrap();
     let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
     eventually(LIMIT, "the file at bob", || async {
@@ -228,12 +241,14 @@ async fn blocking_refuses_files_and_calls_and_clearing_history_deletes_unread_fi
     let gone = bob.call("messages.get", json!({"message_id": id})).await;
     assert_eq!(error_of(gone).1.as_deref(), Some("not_found"));
 
-    // The diagnostics call log has alice's unanswered call (receiver, no duration).
+    // The diagnostics call log has alice's two unanswered calls (receiver, no duration).
     let report = alice.call("diagnostics.preview", json!({})).await.unwrap();
     let log = report["report"]["calls"].as_array().unwrap().clone();
-    assert_eq!(log.len(), 1, "{log:?}");
-    assert_eq!(
-        (log[0]["receiver"].as_str(), log[0]["duration_s"].as_u64()),
-        (Some("bob"), Some(0))
-    );
+    assert_eq!(log.len(), 2, "{log:?}");
+    for call in &log {
+        assert_eq!(
+            (call["receiver"].as_str(), call["duration_s"].as_u64()),
+            (Some("bob"), Some(0))
+        );
+    }
 }
