@@ -23,11 +23,11 @@ if [ "$profile" = release ]; then
 fi
 if [ "$profile" = dev ]; then
     dir=target/debug
-    for bin in letstalkd letstalk letstalk-relay letstalk-dist; do
+    for bin in letstalkd letstalk letstalk-relay letstalk-tui letstalk-notify letstalk-dist; do
         [ -x "$dir/$bin" ] || { echo "package: $dir/$bin is missing: run the tests first" >&2; exit 1; }
     done
 else
-    cargo build --profile "$profile" --locked -p letstalkd -p letstalk-cli -p letstalk-relay -p letstalk-dist
+    cargo build --profile "$profile" --locked -p letstalkd -p letstalk-cli -p letstalk-relay -p letstalk-tui -p letstalk-notify -p letstalk-dist
     dir=target/$profile
 fi
 rm -rf target/dist

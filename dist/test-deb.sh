@@ -15,7 +15,10 @@ echo "== contents"
 dpkg-deb -c "$deb"
 files=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|' | grep -v '/$')
 for want in /usr/bin/letstalkd /usr/bin/letstalk /usr/bin/letstalk-relay \
+    /usr/bin/letstalk-tui /usr/bin/letstalk-notify \
     /usr/lib/systemd/user/letstalkd.service /usr/lib/systemd/user/letstalkd.socket \
+    /usr/lib/systemd/user/letstalk-notify.service /usr/share/man/man1/letstalk-tui.1.gz \
+    /usr/share/man/man1/letstalk-notify.1.gz \
     /usr/lib/systemd/system/letstalkd-system.service /usr/lib/systemd/system/letstalk-relay.service \
     /usr/lib/sysusers.d/letstalk.conf /usr/lib/tmpfiles.d/letstalk.conf \
     /usr/share/man/man1/letstalk.1.gz /usr/share/man/man1/letstalkd.1.gz \
@@ -39,7 +42,7 @@ rm "$deb.first"
 echo "== install"
 dpkg -i "$deb"
 commit=$(git rev-parse --short=12 HEAD)
-for p in letstalkd letstalk letstalk-relay; do
+for p in letstalkd letstalk letstalk-relay letstalk-tui letstalk-notify; do
     v=$("$p" --version)
     echo "$v"
     echo "$v" | grep -qx "$p [0-9.]* ($commit)" || fail "$p --version does not name $commit: $v"
@@ -55,14 +58,15 @@ check_verify() {
 }
 check_verify verify /usr/lib/systemd/system/letstalkd-system.service \
     /usr/lib/systemd/system/letstalkd-system.socket /usr/lib/systemd/system/letstalk-relay.service
-check_verify --user verify /usr/lib/systemd/user/letstalkd.service /usr/lib/systemd/user/letstalkd.socket
+check_verify --user verify /usr/lib/systemd/user/letstalkd.service /usr/lib/systemd/user/letstalkd.socket \
+    /usr/lib/systemd/user/letstalk-notify.service
 rm -rf "$runtime"
 for f in /usr/share/bash-completion/completions/letstalk*; do
     bash -n "$f" || fail "$f is not valid bash"
 done
 bash -c 'source /usr/share/bash-completion/completions/letstalk && complete -p letstalk' >/dev/null \
     || fail "the bash completion does not register for letstalk"
-for page in letstalk letstalkd letstalk-relay; do
+for page in letstalk letstalkd letstalk-relay letstalk-tui letstalk-notify; do
     out=$(MANWIDTH=80 man -l "/usr/share/man/man1/$page.1.gz" 2>&1 | col -b)
     echo "$out" | grep -q "$page" || fail "man $page did not render: $out"
 done

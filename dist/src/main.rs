@@ -10,12 +10,14 @@ use anyhow::{Context, Result, bail};
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-/// The three programs as clap sees them.
+/// The programs as clap sees them.
 fn programs() -> Vec<clap::Command> {
     vec![
         letstalk_cli::command(),
         letstalkd::config::Args::command(),
         letstalk_relay::Args::command(),
+        letstalk_tui::command(),
+        letstalk_notify::command(),
     ]
 }
 
@@ -71,12 +73,16 @@ mod tests {
     fn every_program_gets_a_man_page_and_three_completions() {
         let dir = std::env::temp_dir().join(format!("letstalk-dist-{}", std::process::id()));
         let written = assets(&dir).unwrap();
-        assert_eq!(written.len(), 3 * 4);
+        assert_eq!(written.len(), 5 * 4);
         let page = std::fs::read_to_string(dir.join("man/letstalkd.1")).unwrap();
         // The flags come from the definition itself.
         assert!(page.contains("relay") && page.contains(".TH"), "{page}");
         let bash = std::fs::read_to_string(dir.join("completions/bash/letstalk")).unwrap();
         assert!(bash.contains("restore-defaults") && bash.contains("completions"));
+        let page = std::fs::read_to_string(dir.join("man/letstalk-notify.1")).unwrap();
+        assert!(page.contains("no\\-text"), "{page}");
+        let page = std::fs::read_to_string(dir.join("man/letstalk-tui.1")).unwrap();
+        assert!(page.contains("open"), "{page}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

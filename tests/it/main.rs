@@ -19,12 +19,14 @@ mod layering;
 mod lifecycle;
 mod messaging;
 mod network;
+mod notify;
 mod policy;
 mod privacy;
 mod sessions;
 mod suspend;
 mod systemd_units;
 mod trust;
+mod tui;
 
 use std::path::Path;
 use std::time::Duration;

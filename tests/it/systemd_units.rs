@@ -12,11 +12,11 @@ use anyhow::{Context, Result, bail};
 const SYSTEM_UNITS: &[&str] =
     &["letstalk-relay.service", "letstalkd-system.service", "letstalkd-system.socket"];
 /// Units loaded by a user manager (`systemd --user`), verified together with `--user`.
-const USER_UNITS: &[&str] = &["letstalkd.service", "letstalkd.socket"];
+const USER_UNITS: &[&str] = &["letstalkd.service", "letstalkd.socket", "letstalk-notify.service"];
 /// Services and their `--threshold` (ten times the highest allowed exposure).
 const SYSTEM_SERVICES: &[(&str, u32)] =
     &[("letstalk-relay.service", 15), ("letstalkd-system.service", 15)];
-const USER_SERVICES: &[(&str, u32)] = &[("letstalkd.service", 20)];
+const USER_SERVICES: &[(&str, u32)] = &[("letstalkd.service", 20), ("letstalk-notify.service", 20)];
 
 /// The directives every service sets; `systemd-analyze security` scores most of them, the
 /// rest (UMask, SystemCallErrorNumber, ...) are checked here so that they stay.
@@ -76,13 +76,15 @@ fn program(name: &str) -> PathBuf {
 fn stage(units: &[&str], dir: &Path) -> Result<()> {
     let relay = program("letstalk-relay");
     let daemon = program("letstalkd");
+    let notify = program("letstalk-notify");
     for unit in units {
         let source = units_dir().join(unit);
         let text = std::fs::read_to_string(&source)
             .with_context(|| format!("reading {}", source.display()))?;
         let text = text
             .replace("/usr/bin/letstalk-relay", &relay.to_string_lossy())
-            .replace("/usr/bin/letstalkd", &daemon.to_string_lossy());
+            .replace("/usr/bin/letstalkd", &daemon.to_string_lossy())
+            .replace("/usr/bin/letstalk-notify", &notify.to_string_lossy());
         std::fs::write(dir.join(unit), text)?;
     }
     Ok(())
