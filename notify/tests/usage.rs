@@ -4,21 +4,24 @@
 
 use std::process::Command;
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_letstalk-notify"))
-        .args(args)
-        .env("LETSTALK_SOCKET", "/nonexistent/letstalkd.sock")
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn usage_errors_exit_2_and_help_and_version_exit_0() {
-    assert_eq!(run(&["--frobnicate"]).status.code(), Some(2));
-    assert_eq!(run(&["--socket"]).status.code(), Some(2));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_letstalk-notify"))
+            .args(args)
+            .env("LETSTALK_SOCKET", "/nonexistent/letstalkd.sock")
+            .output()
+            .unwrap()
+    };
+    for bad in [&["--frobnicate"][..], &["--socket"]] {
+        assert_eq!(run(bad).status.code(), Some(2), "{bad:?}");
+    }
     assert_eq!(run(&["--help"]).status.code(), Some(0));
     let out = run(&["--version"]);
     assert_eq!(out.status.code(), Some(0));
     let version = String::from_utf8(out.stdout).unwrap();
-    assert!(version.starts_with(&format!("letstalk-notify {} (", env!("CARGO_PKG_VERSION"))));
+    assert!(
+        version.starts_with(&format!("letstalk-notify {} (", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
 }
