@@ -148,7 +148,15 @@ pub(crate) async fn connected_link(
     cert: &Path,
     user: &str,
 ) -> Result<(Link, mpsc::Receiver<Push>)> {
-    let config = LinkConfig::new(format!("localhost:{port}"), Some(cert.to_owned()));
+    registered(LinkConfig::new(format!("localhost:{port}"), Some(cert.to_owned())), user).await
+}
+
+/// A registered, authenticated link for the account `user` on the relay `config` names.
+pub(crate) async fn registered_link(config: LinkConfig, user: &str) -> Result<Link> {
+    Ok(registered(config, user).await?.0)
+}
+
+async fn registered(config: LinkConfig, user: &str) -> Result<(Link, mpsc::Receiver<Push>)> {
     let (link, pushes) = Link::start(config, None)?;
     link.wait_connected(Duration::from_secs(20)).await.context("connecting")?;
     let mut seed = [0u8; 32];

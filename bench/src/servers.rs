@@ -428,6 +428,15 @@ impl RelayProcess {
             None => Ok(()),
         }
     }
+
+    /// SIGKILL (a crash: nothing is closed, its peers hear nothing), then waits for it.
+    pub(crate) fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("killing letstalk-relay")?;
+            child.wait().context("waiting for the killed letstalk-relay")?;
+        }
+        Ok(())
+    }
 }
 
 /// `bin`, run inside network namespace `ns` when given.

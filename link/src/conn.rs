@@ -57,7 +57,7 @@ pub(crate) async fn handshake(
             versions: vec![PROTOCOL_VERSION],
             client: shared.config.client_name.clone(),
         };
-        let challenge = match exchange(&conn, &hello, timeout).await? {
+        let challenge = match exchange(&conn, &hello, shared.timing(timeout)).await? {
             Response::HelloOk { challenge, .. } => challenge,
             other => return Err(crate::requests::refusal(other)),
         };
@@ -69,14 +69,19 @@ pub(crate) async fn handshake(
         .map_err(|_| LinkError::Unavailable(format!("{addr}: handshake timed out")))?
 }
 
-/// One request on its own stream, answered within `timeout`. A request left unanswered
-/// drops the connection: the path or the relay is dead (a crashed relay never closes it).
+/// One request on its own stream, answered within `timing.timeout`. A request left
+/// unanswered drops the connection: the path or the relay is dead (a crashed relay never
+/// closes it). So does one that has heard nothing at all from the relay after
+/// `timing.silence`: a live relay acknowledges the request's packets within a round trip
+/// (and QUIC retransmits them on its probe timeout), even while the answer itself takes
+/// longer, so silence that long means the node or the path is gone.
 pub(crate) async fn exchange(
     conn: &quinn::Connection,
     req: &Request,
-    timeout: Duration,
+    timing: Timing,
 ) -> Result<Response, LinkError> {
     let frame = req.encode().map_err(|e| LinkError::Protocol(e.to_string()))?;
+    let before = heard(conn);
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&frame).await?;
@@ -84,13 +89,40 @@ pub(crate) async fn exchange(
         let body = read_frame(&mut recv).await?;
         Response::decode(&body).map_err(|e| LinkError::Protocol(format!("bad response: {e}")))
     };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => {
-            conn.close(CLOSE_DEAD, b"request timed out");
-            Err(LinkError::Unavailable("request timed out".into()))
+    tokio::pin!(exchange);
+    let deadline = tokio::time::sleep(timing.timeout);
+    tokio::pin!(deadline);
+    let silence = tokio::time::sleep(timing.silence.min(timing.timeout));
+    tokio::pin!(silence);
+    let mut checked = false;
+    loop {
+        tokio::select! {
+            r = &mut exchange => return r,
+            () = &mut deadline => {
+                conn.close(CLOSE_DEAD, b"request timed out");
+                return Err(LinkError::Unavailable("request timed out".into()));
+            }
+            () = &mut silence, if !checked => {
+                checked = true;
+                if heard(conn) == before {
+                    conn.close(CLOSE_DEAD, b"relay silent");
+                    return Err(LinkError::Unavailable("the relay went silent".into()));
+                }
+            }
         }
     }
+}
+
+/// How long a request may take: its answer, and silence from the relay while it waits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) timeout: Duration,
+    pub(crate) silence: Duration,
+}
+
+/// UDP datagrams received on `conn` so far.
+fn heard(conn: &quinn::Connection) -> u64 {
+    conn.stats().udp_rx.datagrams
 }
 
 /// Reads one length-prefixed frame.

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use letstalk_wire::{ErrorKind, Push as WirePush, Response};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::conn::{self, CLOSE_DEAD};
+use crate::conn::{self, CLOSE_DEAD, Handshake};
 use crate::{ConnState, Current, IncomingMessage, LinkError, Push, Shared, Target, authed_as};
 
 /// A connection that lived this long was fine: when it ends, reconnect at once.
@@ -24,12 +25,15 @@ enum Ended {
     Shutdown,
     /// Closed on purpose (new identity or keep-alive, reconnect asked): reconnect now.
     Deliberate,
-    /// Lost (closed by the relay, timed out, given up as dead).
-    Lost,
+    /// Lost: closed by the relay or timed out (`given_up` false), or given up as dead
+    /// by the link (a request or probe unanswered, a malformed push).
+    Lost { given_up: bool },
 }
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut backoff = shared.config.backoff_min;
+    // Whether the link gave up a node since its last long-lived connection.
+    let mut failed_over = false;
     loop {
         set_state(&shared, ConnState::Connecting).await;
         let attempt = tokio::select! {
@@ -70,11 +74,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                         set_state(&shared, ConnState::Offline).await;
                         continue;
                     }
-                    Ended::Lost => {
-                        // The node may be gone: start with the next one.
+                    Ended::Lost { given_up } => {
+                        // The node may be gone: start with the next one. At once after a
+                        // connection that lived, and after the first node given up as
+                        // dead (a second in a row waits for the backoff: something other
+                        // than one dead node is wrong).
                         shared.next.fetch_add(1, Ordering::Relaxed);
                         set_state(&shared, ConnState::Offline).await;
-                        if since.elapsed() >= STABLE_AFTER {
+                        let stable = since.elapsed() >= STABLE_AFTER;
+                        let first_failover = given_up && (stable || !failed_over);
+                        failed_over = given_up || (failed_over && !stable);
+                        if stable || first_failover {
                             continue;
                         }
                     }
@@ -123,7 +133,8 @@ async fn hold(shared: &Shared, conn: &quinn::Connection) -> Ended {
             () = shared.cancel.cancelled() => return Ended::Shutdown,
             reason = conn.closed() => {
                 info!(%reason, "relay connection lost");
-                return Ended::Lost;
+                let given_up = matches!(reason, quinn::ConnectionError::LocallyClosed);
+                return Ended::Lost { given_up };
             }
             () = shared.recheck.notified() => {
                 let outdated = shared.current().is_some_and(|c| shared.outdated(&c));
@@ -150,47 +161,89 @@ pub(crate) async fn candidates(shared: &Shared) -> Vec<(&Target, SocketAddr)> {
     out
 }
 
-/// One attempt: each candidate once, from the one after the last lost connection's,
-/// until one answers and (with an identity) accepts the device.
+/// One attempt: a handshake with the candidates, from the one after the last lost
+/// connection's, then (with an identity) the device's authentication on the first that
+/// answered.
 async fn connect(shared: &Shared) -> Result<Current, LinkError> {
     shared.force.store(false, Ordering::Relaxed);
     let candidates = candidates(shared).await;
+    let keepalive = shared.keepalive();
+    let (index, hs) = race(shared, &candidates, keepalive).await?;
+    let (target, addr) = candidates[index];
+    shared.next.store(index, Ordering::Relaxed);
+    if candidates.len() > 1 {
+        info!(relay = %target.address, %addr, "connected to a relay node");
+    }
+    authenticate(shared, hs, keepalive).await.inspect_err(|e| {
+        if !matches!(e, LinkError::Relay { .. }) {
+            // The node answered the handshake but not the device: try another next.
+            shared.next.store(index + 1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Handshakes with the candidates in turn, from `shared.next`, in the manner of happy
+/// eyeballs (RFC 8305): the next one starts when the one before it failed or has not
+/// answered within [`STAGGER`], so a dead node costs a fraction of a second, not the
+/// handshake timeout. The first to answer wins; the others are dropped (quinn closes
+/// them). Returns the winner's index in `candidates`.
+async fn race(
+    shared: &Shared,
+    candidates: &[(&Target, SocketAddr)],
+    keepalive: Duration,
+) -> Result<(usize, Handshake), LinkError> {
     let n = candidates.len();
     let start = shared.next.load(Ordering::Relaxed);
+    let mut order = (0..n).map(|i| (start + i) % n);
+    let attempt = |index: usize| {
+        let (target, addr) = candidates[index];
+        async move { (index, conn::handshake(shared, target, addr, keepalive).await) }
+    };
+    let mut running = FuturesUnordered::new();
     let mut last = LinkError::Unavailable("no relay address resolves".into());
-    for i in 0..n {
-        let index = (start + i) % n;
-        let Some(&(target, addr)) = candidates.get(index) else { continue };
-        match connect_to(shared, target, addr).await {
-            Ok(current) => {
-                shared.next.store(index, Ordering::Relaxed);
-                if n > 1 {
-                    info!(relay = %target.address, %addr, "connected to a relay node");
-                }
-                return Ok(current);
+    loop {
+        if running.is_empty() {
+            match order.next() {
+                Some(index) => running.push(attempt(index)),
+                None => return Err(last),
             }
-            Err(e) => {
-                debug!(relay = %target.address, %addr, error = %e, "relay candidate failed");
-                last = e;
+        }
+        tokio::select! {
+            Some((index, outcome)) = running.next() => match outcome {
+                Ok(hs) => return Ok((index, hs)),
+                Err(e) => {
+                    let (target, addr) = candidates[index];
+                    debug!(relay = %target.address, %addr, error = %e, "relay candidate failed");
+                    last = e;
+                    if let Some(next) = order.next() {
+                        running.push(attempt(next));
+                    }
+                }
+            },
+            () = tokio::time::sleep(STAGGER) => {
+                if let Some(next) = order.next() {
+                    running.push(attempt(next));
+                }
             }
         }
     }
-    Err(last)
 }
 
-/// Handshake with one candidate, then `Auth` when an identity is set.
-async fn connect_to(
+/// How long a handshake has before the next candidate starts beside it (RFC 8305 advises
+/// 250 ms).
+const STAGGER: Duration = Duration::from_millis(250);
+
+/// `Auth` on a fresh connection when an identity is set.
+async fn authenticate(
     shared: &Shared,
-    target: &Target,
-    addr: SocketAddr,
+    hs: Handshake,
+    keepalive: Duration,
 ) -> Result<Current, LinkError> {
-    let keepalive = shared.keepalive();
-    let hs = conn::handshake(shared, target, addr, keepalive).await?;
     let mut authed = None;
     let mut user = None;
     if let Some(identity) = shared.identity() {
         let auth = hs.auth_request(&identity);
-        match conn::exchange(&hs.conn, &auth, shared.config.request_timeout).await? {
+        match conn::exchange(&hs.conn, &auth, shared.request_timing()).await? {
             Response::Authenticated { user_id } => {
                 authed = Some(authed_as(&identity));
                 user = Some(user_id);

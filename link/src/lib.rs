@@ -21,13 +21,19 @@
 //!
 //! - **Candidates and failover.** [`LinkConfig::relays`] lists the relay's addresses,
 //!   preferred first; every address each name resolves to is a candidate. An attempt
-//!   tries the candidates in turn. A connection that is lost makes the next attempt start
-//!   with the candidate after it, so a device fails over from a dead node at once instead
-//!   of waiting for its handshake to time out first.
+//!   races the handshakes in the manner of happy eyeballs (RFC 8305): the next candidate
+//!   starts when the one before it failed or has not answered within 250 ms, and the
+//!   first to answer wins, so a dead node costs a fraction of a second. A connection that
+//!   is lost makes the next attempt start with the candidate after it.
+//! - **A dead node is left in seconds.** A request that has heard nothing at all from the
+//!   relay for [`LinkConfig::silence_timeout`] (3 s: not even QUIC's acknowledgement of
+//!   its packets) drops the connection, and the link reconnects at once; a message sent
+//!   right after its node died goes out through another within about 4 s.
 //! - **Keep-alive.** QUIC fixes keep-alive per connection: [`Link::set_keepalive`] applies
 //!   to new connections and re-establishes a live one made with another interval. The idle
-//!   timeout is three keep-alives, so a node killed without closing its connections is
-//!   noticed (the relay's own idle timeout caps it).
+//!   timeout is one keep-alive and a quarter (at least 2 s more), so an idle device notices
+//!   a node killed without closing its connections within about two keep-alives (QUIC
+//!   restarts the idle timer when it sends the keep-alive).
 //! - **Timeouts.** A handshake may take [`LinkConfig::connect_timeout`]; a request waits up
 //!   to [`LinkConfig::wait_for_connection`] for a connection being (re)established, ending
 //!   any backoff; a request unanswered after [`LinkConfig::request_timeout`] fails and
@@ -71,13 +77,17 @@ pub struct LinkConfig {
     /// A PEM file with the relay's certificate or its CA.
     pub trusted_cert: Option<PathBuf>,
     /// QUIC keep-alive of new connections (cellular NATs forget UDP bindings in ~30 s);
-    /// changeable later with [`Link::set_keepalive`]. The idle timeout is three of them.
+    /// changeable later with [`Link::set_keepalive`]. The idle timeout is 1¼ of it.
     pub keepalive: Duration,
     /// How long one handshake (QUIC, TLS and `Hello`) may take.
     pub connect_timeout: Duration,
     /// A request unanswered this long fails as `relay_unavailable` and drops the
     /// connection.
     pub request_timeout: Duration,
+    /// A request that has heard nothing at all from the relay this long (not even QUIC's
+    /// acknowledgement of its packets) gives the connection up as dead at once: how fast
+    /// a device with something to send leaves a node that died.
+    pub silence_timeout: Duration,
     /// How long a request waits for a connection being (re)established.
     pub wait_for_connection: Duration,
     /// How long the probe after a network change may take.
@@ -97,8 +107,8 @@ impl LinkConfig {
     }
 
     /// Several relay addresses, preferred first. Defaults: keep-alive 20 s (idle timeout
-    /// 60 s), handshake 10 s, request 15 s, wait for a connection 3 s, probe 2 s, backoff
-    /// 1 s to 60 s.
+    /// 25 s), handshake 10 s, request 15 s, silence 3 s, wait for a connection 3 s, probe
+    /// 2 s, backoff 1 s to 60 s.
     pub fn with_relays(relays: Vec<String>, trusted_cert: Option<PathBuf>) -> Self {
         Self {
             relays,
@@ -106,6 +116,7 @@ impl LinkConfig {
             keepalive: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
+            silence_timeout: Duration::from_secs(3),
             wait_for_connection: Duration::from_secs(3),
             probe_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_secs(1),
@@ -354,6 +365,14 @@ impl Shared {
     pub(crate) fn keepalive(&self) -> Duration {
         *lock(&self.keepalive)
     }
+    /// The timing of an ordinary request.
+    pub(crate) fn request_timing(&self) -> conn::Timing {
+        self.timing(self.config.request_timeout)
+    }
+    /// The timing of a request that may take `timeout`.
+    pub(crate) fn timing(&self, timeout: Duration) -> conn::Timing {
+        conn::Timing { timeout, silence: self.config.silence_timeout }
+    }
     pub(crate) fn current(&self) -> Option<Current> {
         self.current.borrow().clone()
     }
@@ -521,7 +540,13 @@ impl Link {
             return;
         };
         let ping = Request::Ping { nonce: rand::random() };
-        match conn::exchange(&current.conn, &ping, self.shared.config.probe_timeout).await {
+        match conn::exchange(
+            &current.conn,
+            &ping,
+            self.shared.timing(self.shared.config.probe_timeout),
+        )
+        .await
+        {
             Ok(Response::Pong { .. }) => tracing::info!("relay connection migrated"),
             _ => {
                 tracing::info!("relay connection did not survive the network change");
@@ -585,7 +610,7 @@ impl Link {
     /// (error responses included). Prefer the typed methods where there is one.
     pub async fn request(&self, req: Request) -> Result<Response, LinkError> {
         let current = self.live().await?;
-        conn::exchange(&current.conn, &req, self.shared.config.request_timeout).await
+        conn::exchange(&current.conn, &req, self.shared.request_timing()).await
     }
 
     /// Opens a stream of its own on the current connection (a blob transfer) and writes
@@ -629,13 +654,13 @@ impl Link {
                     continue;
                 }
             };
-            let timeout = shared.config.request_timeout;
+            let timing = shared.request_timing();
             let outcome = async {
-                match conn::exchange(&hs.conn, &hs.auth_request(identity), timeout).await? {
+                match conn::exchange(&hs.conn, &hs.auth_request(identity), timing).await? {
                     Response::Authenticated { .. } => {}
                     other => return Err(requests::refusal(other)),
                 }
-                match conn::exchange(&hs.conn, &Request::DeleteAccount, timeout).await? {
+                match conn::exchange(&hs.conn, &Request::DeleteAccount, timing).await? {
                     Response::Ok => Ok(()),
                     other => Err(requests::refusal(other)),
                 }

@@ -13,7 +13,7 @@ use crate::{
 impl Link {
     /// Sends a request and turns an error response into [`LinkError::Relay`].
     async fn call_on(&self, conn: &quinn::Connection, req: Request) -> Result<Response, LinkError> {
-        match conn::exchange(conn, &req, self.shared.config.request_timeout).await? {
+        match conn::exchange(conn, &req, self.shared.request_timing()).await? {
             Response::Error { kind, retry_after_ms, message } => {
                 if matches!(kind, ErrorKind::UnknownDevice) {
                     self.shared.set_identity(None);

@@ -30,8 +30,10 @@ pub(crate) fn client_config(trusted_cert: Option<&Path>) -> Result<quinn::Client
 }
 
 /// `client` with the transport settings of one new connection: `keepalive`, and an idle
-/// timeout of three keep-alives (the relay's own idle timeout caps it), so a node that
-/// died without closing the connection is noticed.
+/// timeout of one keep-alive and a margin (the relay's own idle timeout caps it). QUIC
+/// sends the keep-alive a full interval after it last heard from the relay, so a node
+/// that died without closing the connection is noticed within [`idle_timeout`] of its
+/// death, while a keep-alive lost on the way is still retransmitted in time.
 pub(crate) fn with_transport(
     client: &quinn::ClientConfig,
     keepalive: Duration,
@@ -39,7 +41,7 @@ pub(crate) fn with_transport(
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(keepalive));
     t.max_idle_timeout(Some(
-        IdleTimeout::try_from(keepalive.saturating_mul(3))
+        IdleTimeout::try_from(idle_timeout(keepalive))
             .map_err(|e| LinkError::Config(format!("idle timeout: {e}")))?,
     ));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
@@ -55,6 +57,12 @@ pub(crate) fn with_transport(
     let mut client = client.clone();
     client.transport_config(Arc::new(t));
     Ok(client)
+}
+
+/// The idle timeout for `keepalive`: the interval and a quarter of it, at least 2 s more
+/// (several of QUIC's probe timeouts on any usable path).
+pub(crate) fn idle_timeout(keepalive: Duration) -> Duration {
+    keepalive.saturating_add((keepalive / 4).max(Duration::from_secs(2)))
 }
 
 /// Bytes of one stream the relay may send ahead of what was read.

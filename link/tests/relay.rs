@@ -1,7 +1,7 @@
 //! The link against a real relay (in-process, on loopback): reconnection after a relay
 //! restart, failover between candidates, device authentication, pushes, requests that
-//! wait for a reconnect, keep-alive changes, network changes, and deleting an account
-//! on a connection of its own.
+//! wait for a reconnect, keep-alive changes, network changes, a node gone silent (left in
+//! seconds), and deleting an account on a connection of its own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -277,4 +277,94 @@ async fn an_account_is_deleted_on_a_connection_of_its_own() {
     assert_eq!(other.lookup_user("alice").await.unwrap_err().kind(), Kind::NotFound);
     // The link's own connection and account are untouched.
     assert_eq!(other.profile().await.unwrap().user_id, "bob");
+}
+
+/// A UDP path to `to` (one client at a time) that can be cut: afterwards it swallows
+/// every packet both ways, as a node killed with -9 or a path gone dead does; nothing is
+/// closed, nothing answers.
+struct Path {
+    addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Path {
+    async fn to(to: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.connect(to).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = cut.clone();
+        let task = tokio::spawn(async move {
+            let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut up) => {
+                        client = Some(from);
+                        if !open.load(Ordering::Relaxed) {
+                            let _ = back.send(&up[..n]).await;
+                        }
+                    }
+                    Ok(n) = back.recv(&mut down) => {
+                        if let (Some(c), false) = (client, open.load(Ordering::Relaxed)) {
+                            let _ = front.send_to(&down[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Self { addr, cut, task }
+    }
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.addr.port())
+    }
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Path {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_dead_first_candidate_costs_no_handshake_timeout() {
+    let node = Node::start().await;
+    let mut config =
+        LinkConfig::with_relays(vec![dead_address(), node.address()], Some(node.cert()));
+    // Were the candidates tried one after the other, the dead one would cost all of this.
+    config.connect_timeout = Duration::from_secs(60);
+    let (link, _rx) = Link::start(config, None).unwrap();
+    link.wait_connected(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(link.status().borrow().remote, Some(node.addr));
+}
+
+#[tokio::test]
+async fn a_request_to_a_node_gone_silent_fails_in_seconds_and_the_link_moves_on() {
+    let node = Node::start().await;
+    let path = Path::to(node.addr).await;
+    let mut config =
+        quick(LinkConfig::with_relays(vec![path.address(), node.address()], Some(node.cert())));
+    // Only the silence may end the request below, not its own timeout nor the idle one.
+    config.request_timeout = Duration::from_secs(120);
+    config.keepalive = Duration::from_secs(60);
+    let (alice, _rx, _) = user(config, "alice").await;
+    assert_eq!(alice.status().borrow().remote, Some(path.addr));
+
+    path.cut();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), alice.ping()).await;
+    let err = outcome.expect("the request waited for its own timeout").unwrap_err();
+    assert_eq!(err.kind(), Kind::RelayUnavailable, "{err}");
+    // The link left the silent path for the next candidate, authenticated again.
+    let status = wait_status(&alice, |s| {
+        s.state == ConnState::Connected && s.remote == Some(node.addr) && s.user_id.is_some()
+    })
+    .await;
+    assert_eq!(status.user_id.as_deref(), Some("alice"));
+    alice.ping().await.unwrap();
 }

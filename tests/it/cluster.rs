@@ -192,6 +192,31 @@ async fn cluster_a_relay_node_killed_during_traffic_loses_and_duplicates_nothing
 }
 
 #[tokio::test]
+async fn cluster_a_message_sent_right_after_its_node_dies_goes_out_through_another_in_seconds() {
+    let world = World::new();
+    let nats = world.nats("nats", 1);
+    let mut a = world.cluster_relay("node-a", &nats, None).unwrap();
+    let b = world.cluster_relay("node-b", &nats, Some(&a)).unwrap();
+    // The default keep-alive (20 s): only the unanswered request can reveal the death.
+    let alice = registered_on(&world, &[&a, &b], "alice").await;
+    let bob = registered_on(&world, &[&b, &a], "bob").await;
+    assert_eq!(send_and_settle(&alice, "user:bob", "before").await["state"], "delivered");
+    wait_texts(&bob, "user:alice", 1, LIMIT).await;
+
+    a.kill9();
+    let started = std::time::Instant::now();
+    alice.call("messages.send", json!({"to": "user:bob", "text": "right after"})).await.unwrap();
+    // A request silent for 3 s gives the node up; the next candidate answers at once. Were
+    // the death noticed only by the request's own timeout (15 s) or the idle timeout, this
+    // would fail.
+    let got = wait_texts(&bob, "user:alice", 2, Duration::from_secs(10)).await;
+    assert_eq!(got, ["before", "right after"]);
+    eprintln!("delivered {:?} after the node's death", started.elapsed());
+    let status = alice.call("system.status", json!({})).await.unwrap();
+    assert_eq!(status["relay"]["state"], "connected");
+}
+
+#[tokio::test]
 async fn cluster_losing_a_nats_server_loses_nothing_and_a_full_restart_keeps_mailboxes() {
     let world = World::new();
     let mut nats = world.nats("nats", 3);
