@@ -1,6 +1,7 @@
 //! Account requests: authentication (`Auth`, `Register`, `Login`), `Logout`,
 //! `DeleteAccount`, `ChangePassword`, and the account's own profile (`GetProfile`,
 //! `UpdateProfile`, whose change is pushed to the account's watchers).
+
 use std::sync::Arc;
 
 use ed25519_dalek::{Signature, VerifyingKey};

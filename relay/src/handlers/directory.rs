@@ -1,6 +1,7 @@
 //! Directory requests: other accounts' public profiles and avatars (`LookupUser`,
 //! `FetchAvatar`, rate-limited per requesting account), the device's keys
 //! (`UploadKeys`, `KeyCount`) and a peer's prekey bundle (`FetchBundle`).
+
 use std::sync::Arc;
 
 use letstalk_wire::{ErrorKind, Request, Response};

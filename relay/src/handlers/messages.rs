@@ -2,6 +2,7 @@
 //! fanned out to each recipient's mailbox, everything checked before anything is
 //! stored) and `Ack` (the recipient device's acknowledgement, which deletes). Each
 //! stored message wakes the recipient's delivery task, wherever it runs.
+
 use std::sync::Arc;
 
 use letstalk_wire::{ErrorKind, Refusal, Request, Response};

@@ -1,6 +1,7 @@
 //! Presence requests: `Watch` (whom this account follows, answered with what each may
 //! show), `SetBlocks` and `SetContacts` (after which each watcher whose view changed is
 //! told: `hidden`, or the real presence).
+
 use std::sync::Arc;
 
 use letstalk_wire::{PresenceInfo, Push, Request, Response};

@@ -1,5 +1,6 @@
 //! `SubmitReport`: diagnostics reports and feedback a user chose to send, kept for the
 //! operator (a JSON document, rate-limited and capped per account).
+
 use std::sync::Arc;
 
 use letstalk_wire::{ErrorKind, Request, Response};

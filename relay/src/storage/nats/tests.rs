@@ -1,5 +1,6 @@
 //! Against real `nats-server` processes on loopback (installed by `.ci/run`; a
 //! missing server fails these tests with the command that installs it).
+
 use super::*;
 use crate::testing::NatsCluster;
 
