@@ -1,5 +1,6 @@
-//! File blobs: end-to-end encrypted file payloads that a device uploads once for its
-//! recipients, on their own QUIC streams (never through the mailbox).
+//! The blob store: end-to-end encrypted file payloads that a device uploads once for its
+//! recipients, on their own QUIC streams (never through the mailbox). The requests and
+//! streams that use it are in `handlers/blobs.rs`.
 //!
 //! Bytes live in files under `<data dir>/blobs/`, one per blob; what is known about
 //! them (owner, size, completeness, who may fetch) lives in `blobs.db`, a small SQLite
@@ -25,21 +26,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use letstalk_wire::{ErrorKind, LEN_PREFIX, MAX_BLOB_LEN, MAX_LIST, Request, Response};
+use letstalk_wire::ErrorKind;
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::warn;
 
-use crate::handlers::{Fail, fail, normalize_user_id, require_auth};
-use crate::storage::Storage;
-use crate::{State, now_ms};
+use crate::error::RelayError;
+use crate::fail::{Fail, fail};
 
 /// How long a cancelled blob's id is remembered, and how many at most.
 const CANCEL_MEMORY: Duration = Duration::from_secs(600);
 const MAX_CANCELLED: usize = 10_000;
-
-/// Bytes read or written per step while streaming a blob.
-const IO_CHUNK: usize = 1024 * 1024;
 
 /// Blobs their owner cancelled: (owner, blob id) → when.
 type Cancelled = HashMap<(String, [u8; 16]), Instant>;
@@ -86,19 +83,21 @@ fn hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn backend(e: impl std::fmt::Display) -> Fail {
+/// A failure of the blob store (its database, files or shared store), logged here and
+/// answered `internal`.
+pub(crate) fn backend(e: impl std::fmt::Display) -> Fail {
     warn!(error = %e, "blob store failure");
     fail(ErrorKind::Internal, "blob store failure")
 }
 
 impl Blobs {
     /// Opens (creating) the blob store in `data_dir`.
-    pub(crate) fn open(data_dir: &Path, quota: u64) -> Result<Self, crate::RelayError> {
+    pub(crate) fn open(data_dir: &Path, quota: u64) -> Result<Self, RelayError> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = data_dir.join("blobs");
-        let io = |e: std::io::Error| crate::RelayError::Io(format!("{}: {e}", dir.display()));
+        let io = |e: std::io::Error| RelayError::Io(format!("{}: {e}", dir.display()));
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io)?;
-        let db = |e: rusqlite::Error| crate::RelayError::Io(format!("blobs.db: {e}"));
+        let db = |e: rusqlite::Error| RelayError::Io(format!("blobs.db: {e}"));
         let conn = Connection::open(data_dir.join("blobs.db")).map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -148,7 +147,7 @@ impl Blobs {
     }
 
     /// Remembers that the owner cancelled this blob.
-    fn mark_cancelled(&self, owner: &str, id: [u8; 16]) {
+    pub(crate) fn mark_cancelled(&self, owner: &str, id: [u8; 16]) {
         let mut c = self.cancelled();
         c.retain(|_, at| at.elapsed() < CANCEL_MEMORY);
         if c.len() >= MAX_CANCELLED {
@@ -160,7 +159,7 @@ impl Blobs {
         c.insert((owner.to_owned(), id), Instant::now());
     }
 
-    fn is_cancelled(&self, owner: &str, id: [u8; 16]) -> bool {
+    pub(crate) fn is_cancelled(&self, owner: &str, id: [u8; 16]) -> bool {
         self.cancelled().contains_key(&(owner.to_owned(), id))
     }
 
@@ -170,7 +169,11 @@ impl Blobs {
     }
 
     /// The shared store's record of a complete blob.
-    async fn shared_meta(&self, owner: &str, id: &[u8; 16]) -> Result<Option<Meta>, Fail> {
+    pub(crate) async fn shared_meta(
+        &self,
+        owner: &str,
+        id: &[u8; 16],
+    ) -> Result<Option<Meta>, Fail> {
         use async_nats::jetstream::object_store::InfoErrorKind;
         let Some(store) = &self.shared else { return Ok(None) };
         match store.info(Self::name(owner, id)).await {
@@ -187,7 +190,7 @@ impl Blobs {
 
     /// Moves a complete local blob into the shared store (a cluster node), then deletes
     /// the local copy. Without a shared store, nothing to do.
-    async fn publish(&self, owner: &str, id: [u8; 16], meta: &Meta) -> Result<(), Fail> {
+    pub(crate) async fn publish(&self, owner: &str, id: [u8; 16], meta: &Meta) -> Result<(), Fail> {
         use async_nats::jetstream::object_store::ObjectMetadata;
         let Some(store) = &self.shared else { return Ok(()) };
         let path = self.path(owner, &id);
@@ -201,7 +204,7 @@ impl Blobs {
 
     /// The file holding a blob's bytes. The owner is a validated user id (`a-z 0-9 . _ -`,
     /// starting with a letter), so it is a safe file-name part.
-    fn path(&self, owner: &str, id: &[u8; 16]) -> PathBuf {
+    pub(crate) fn path(&self, owner: &str, id: &[u8; 16]) -> PathBuf {
         self.dir.join(Self::name(owner, id))
     }
 
@@ -217,6 +220,74 @@ impl Blobs {
         .await
         .map_err(backend)?
         .map_err(backend)
+    }
+
+    /// Marks an upload of (owner, id) as streaming in, until the mark is dropped; `None`
+    /// when one already is (a second upload of the same blob is refused, not
+    /// interleaved).
+    pub(crate) fn begin_upload(&self, owner: &str, id: [u8; 16]) -> Option<Uploading> {
+        let key = (owner.to_owned(), id);
+        let fresh = self
+            .uploading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone());
+        fresh.then(|| Uploading { set: self.uploading.clone(), key })
+    }
+
+    /// Creates the blob's row with its recipients, within the owner's quota, unless it
+    /// exists: `Ok(None)` when created, `Ok(Some((size, complete)))` for the row that
+    /// was there, `quota_exceeded` when the owner holds too many bytes.
+    pub(crate) async fn reserve(
+        &self,
+        owner: &str,
+        id: [u8; 16],
+        size: u64,
+        recipients: Vec<String>,
+        now: u64,
+    ) -> Result<Option<(i64, bool)>, Fail> {
+        let (o, quota) = (owner.to_owned(), self.quota);
+        self.db(move |c| {
+            let tx = c.transaction()?;
+            let row: Option<(i64, bool)> = tx
+                .prepare_cached("SELECT size, complete FROM blobs WHERE owner = ?1 AND blob_id = ?2")?
+                .query_row(params![o, id.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if row.is_some() {
+                return Ok(Ok(row));
+            }
+            let held: i64 = tx
+                .prepare_cached("SELECT coalesce(sum(size), 0) FROM blobs WHERE owner = ?1")?
+                .query_row(params![o], |r| r.get(0))?;
+            if u64::try_from(held).unwrap_or(0).saturating_add(size) > quota {
+                return Ok(Err(()));
+            }
+            tx.prepare_cached(
+                "INSERT INTO blobs (owner, blob_id, size, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![o, id.as_slice(), size as i64, now as i64])?;
+            for r in &recipients {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO blob_recipients (owner, blob_id, recipient) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![o, id.as_slice(), r])?;
+            }
+            tx.commit()?;
+            Ok(Ok(None))
+        })
+        .await?
+        .map_err(|()| fail(ErrorKind::QuotaExceeded, "too many file bytes held on the relay"))
+    }
+
+    /// Records that every byte of the blob is here (and synced).
+    pub(crate) async fn mark_complete(&self, owner: &str, id: [u8; 16]) -> Result<(), Fail> {
+        let o = owner.to_owned();
+        self.db(move |c| {
+            c.prepare_cached("UPDATE blobs SET complete = 1 WHERE owner = ?1 AND blob_id = ?2")?
+                .execute(params![o, id.as_slice()])
+        })
+        .await?;
+        Ok(())
     }
 
     /// The blob's metadata, if it exists.
@@ -247,7 +318,7 @@ impl Blobs {
     }
 
     /// Bytes held for a blob (its file's length).
-    async fn stored(&self, owner: &str, id: &[u8; 16]) -> u64 {
+    pub(crate) async fn stored(&self, owner: &str, id: &[u8; 16]) -> u64 {
         tokio::fs::metadata(self.path(owner, id)).await.map(|m| m.len()).unwrap_or(0)
     }
 
@@ -282,7 +353,7 @@ impl Blobs {
     }
 
     /// Takes `user` off the blob's recipients; returns how many are left.
-    async fn release_recipient(
+    pub(crate) async fn release_recipient(
         &self,
         owner: &str,
         id: [u8; 16],
@@ -334,7 +405,7 @@ impl Blobs {
 
     /// A reader of the complete blob's bytes from `offset`: this node's file, or the
     /// shared store's object.
-    async fn open_at(
+    pub(crate) async fn open_at(
         &self,
         owner: &str,
         id: [u8; 16],
@@ -442,349 +513,16 @@ fn recipients_of(metadata: &HashMap<String, String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Whether `req` carries bytes on its stream (served by [`serve_stream`]).
-pub(crate) fn is_stream_request(req: &Request) -> bool {
-    matches!(req, Request::BlobPut { .. } | Request::BlobGet { .. })
-}
-
-/// May `user` read `owner`'s blob?
-fn may_read(user: &str, owner: &str, meta: &Meta) -> bool {
-    user == owner || meta.recipients.iter().any(|r| r == user)
-}
-
-fn owner_arg(raw: &str) -> Result<String, Fail> {
-    normalize_user_id(raw).ok_or_else(|| fail(ErrorKind::Invalid, "invalid owner"))
-}
-
-/// `BlobStat`.
-pub(crate) async fn stat<S: Storage>(
-    st: &Arc<State<S>>,
-    user: &str,
-    owner: &str,
-    id: [u8; 16],
-) -> Result<Response, Fail> {
-    let owner = owner_arg(owner)?;
-    let meta = st.blobs.meta(&owner, id).await?;
-    let Some(meta) = meta.filter(|m| may_read(user, &owner, m)) else {
-        return Err(fail(ErrorKind::NotFound, "no such blob"));
-    };
-    let stored = if meta.complete { meta.size } else { st.blobs.stored(&owner, &id).await };
-    Ok(Response::Blob { size: meta.size, stored: stored.min(meta.size) })
-}
-
-/// `BlobRelease`: a recipient is done with the blob (deleted when nobody is left to fetch
-/// it), or the owner cancels it (deleted at once). Releasing what is gone is fine.
-pub(crate) async fn release<S: Storage>(
-    st: &Arc<State<S>>,
-    user: &str,
-    owner: &str,
-    id: [u8; 16],
-) -> Result<Response, Fail> {
-    let owner = owner_arg(owner)?;
-    if user == owner {
-        // Also when nothing is here yet: an upload may be on its way.
-        st.blobs.mark_cancelled(&owner, id);
-    }
-    let Some(meta) = st.blobs.meta(&owner, id).await? else { return Ok(Response::Ok) };
-    if user == owner {
-        st.blobs.delete(&owner, id).await?;
-        info!(size = meta.size, "blob cancelled by its owner");
-        return Ok(Response::Ok);
-    }
-    if !meta.recipients.iter().any(|r| r == user) {
-        return Err(fail(ErrorKind::NotFound, "no such blob"));
-    }
-    let left = st.blobs.release_recipient(&owner, id, user).await?;
-    if left == 0 {
-        st.blobs.delete(&owner, id).await?;
-        info!(size = meta.size, "blob fetched by every recipient: deleted");
-    }
-    Ok(Response::Ok)
-}
-
-/// Serves a `BlobPut` or `BlobGet` stream to its end: the answer frame and, for a get,
-/// the bytes.
-pub(crate) async fn serve_stream<S: Storage>(
-    st: &Arc<State<S>>,
-    ctx: &Arc<crate::conn::ConnCtx>,
-    req: Request,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let result = match require_auth(st, ctx) {
-        Err(f) => Err(f),
-        Ok(user) => match req {
-            Request::BlobPut { blob_id, size, offset, recipients } => {
-                let r = put(st, &user, blob_id, size, offset, recipients, &mut recv).await;
-                if st.blobs.is_cancelled(&user, blob_id) {
-                    // Cancelled while it streamed in: whatever arrived goes.
-                    let _ = st.blobs.delete(&user, blob_id).await;
-                    Err(fail(ErrorKind::NotFound, "the blob was cancelled"))
-                } else {
-                    r
-                }
-            }
-            Request::BlobGet { owner, blob_id, offset } => {
-                match get(st, &user, &owner, blob_id, offset, &mut send).await {
-                    // The answer and the bytes are written: done.
-                    Ok(None) => {
-                        let _ = send.finish();
-                        return;
-                    }
-                    Ok(Some(r)) => Ok(r),
-                    Err(f) => Err(f),
-                }
-            }
-            _ => Err(fail(ErrorKind::Invalid, "not a blob stream request")),
-        },
-    };
-    let response = result.unwrap_or_else(Response::from);
-    // Whatever the client still sends is not read: stop it.
-    let _ = recv.stop(0u32.into());
-    if let Ok(frame) = response.encode()
-        && send.write_all(&frame).await.is_ok()
-    {
-        let _ = send.finish();
-    }
-}
-
-/// Removes the upload mark when the upload ends, however it ends.
-struct Uploading<'a> {
-    set: &'a Mutex<HashSet<(String, [u8; 16])>>,
+/// An upload streaming in ([`Blobs::begin_upload`]); the mark goes when the upload ends,
+/// however it ends.
+#[derive(Debug)]
+pub(crate) struct Uploading {
+    set: InFlight,
     key: (String, [u8; 16]),
 }
 
-impl Drop for Uploading<'_> {
+impl Drop for Uploading {
     fn drop(&mut self) {
         self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
     }
-}
-
-async fn put<S: Storage>(
-    st: &Arc<State<S>>,
-    owner: &str,
-    id: [u8; 16],
-    size: u64,
-    offset: u64,
-    recipients: Vec<String>,
-    recv: &mut quinn::RecvStream,
-) -> Result<Response, Fail> {
-    if size > MAX_BLOB_LEN {
-        return Err(fail(ErrorKind::TooLarge, "blob over the size limit"));
-    }
-    if recipients.is_empty() || recipients.len() > MAX_LIST {
-        return Err(fail(ErrorKind::Invalid, "a blob needs 1 to 1000 recipients"));
-    }
-    let mut recips = Vec::with_capacity(recipients.len());
-    for r in &recipients {
-        recips.push(
-            normalize_user_id(r).ok_or_else(|| fail(ErrorKind::Invalid, "invalid recipient"))?,
-        );
-    }
-    // Recipients who block the owner never get to fetch it; when that is everyone, the
-    // upload is refused as their messages would be.
-    let mut allowed = Vec::with_capacity(recips.len());
-    for r in recips {
-        if !st.storage.blocks(&r).await.map_err(crate::handlers::storage_fail)?.refuses(owner) {
-            allowed.push(r);
-        }
-    }
-    if allowed.is_empty() {
-        return Err(fail(ErrorKind::Blocked, "the recipient blocks you"));
-    }
-    let recips = allowed;
-    let blobs = &st.blobs;
-    let key = (owner.to_owned(), id);
-    if !blobs
-        .uploading
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(key.clone())
-    {
-        return Err(fail(ErrorKind::Conflict, "this blob is being uploaded on another stream"));
-    }
-    let _mark = Uploading { set: &blobs.uploading, key };
-    if blobs.is_cancelled(owner, id) {
-        return Err(fail(ErrorKind::NotFound, "the blob was cancelled"));
-    }
-
-    // Already complete in the shared store (a retransmit after the answer was lost).
-    if let Some(shared) = blobs.shared_meta(owner, &id).await? {
-        if shared.size != size {
-            return Err(fail(ErrorKind::Conflict, "a blob with this id and another size exists"));
-        }
-        return Ok(Response::Blob { size, stored: size });
-    }
-    let meta = Meta { size, complete: true, recipients: recips.clone() };
-    // Create the row (or check it matches), within the owner's quota.
-    let (o, now, quota) = (owner.to_owned(), now_ms(), blobs.quota);
-    let existing = blobs
-        .db(move |c| {
-            let tx = c.transaction()?;
-            let row: Option<(i64, bool)> = tx
-                .prepare_cached("SELECT size, complete FROM blobs WHERE owner = ?1 AND blob_id = ?2")?
-                .query_row(params![o, id.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if row.is_some() {
-                return Ok(Ok(row));
-            }
-            let held: i64 = tx
-                .prepare_cached("SELECT coalesce(sum(size), 0) FROM blobs WHERE owner = ?1")?
-                .query_row(params![o], |r| r.get(0))?;
-            if u64::try_from(held).unwrap_or(0).saturating_add(size) > quota {
-                return Ok(Err(()));
-            }
-            tx.prepare_cached(
-                "INSERT INTO blobs (owner, blob_id, size, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![o, id.as_slice(), size as i64, now as i64])?;
-            for r in &recips {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO blob_recipients (owner, blob_id, recipient) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![o, id.as_slice(), r])?;
-            }
-            tx.commit()?;
-            Ok(Ok(None))
-        })
-        .await?
-        .map_err(|()| fail(ErrorKind::QuotaExceeded, "too many file bytes held on the relay"))?;
-    match existing {
-        Some((s, _)) if u64::try_from(s).ok() != Some(size) => {
-            return Err(fail(ErrorKind::Conflict, "a blob with this id and another size exists"));
-        }
-        Some((_, true)) => {
-            // Complete here but not yet shared (the move failed last time): move it now.
-            blobs.publish(owner, id, &meta).await?;
-            return Ok(Response::Blob { size, stored: size });
-        }
-        _ => {}
-    }
-
-    let path = blobs.path(owner, &id);
-    let io = |e: std::io::Error| backend(format!("{}: {e}", path.display()));
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(&path)
-        .await
-        .map_err(io)?;
-    let held = file.metadata().await.map_err(io)?.len();
-    if offset > held {
-        return Err(fail(
-            ErrorKind::Invalid,
-            format!("offset {offset} is past the {held} bytes held: resume from there"),
-        ));
-    }
-    file.set_len(offset).await.map_err(io)?;
-    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
-    let mut at = offset;
-    // QUIC hands data over about a packet at a time: gather a large buffer before each
-    // file write, or the blocking-pool round trip per write caps the rate.
-    let mut buf = vec![0u8; IO_CHUNK];
-    loop {
-        let (filled, ended) = match read_full(recv, &mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                // The uploader went away: keep what arrived, it resumes from there.
-                let _ = file.flush().await;
-                debug!(error = %e, at, "blob upload interrupted");
-                return Err(fail(ErrorKind::Internal, "upload interrupted"));
-            }
-        };
-        let end = at.saturating_add(filled as u64);
-        if end > size {
-            let _ = file.flush().await;
-            let _ = file.set_len(at).await;
-            return Err(fail(ErrorKind::Invalid, "more bytes than the blob's size"));
-        }
-        file.write_all(buf.get(..filled).unwrap_or_default()).await.map_err(io)?;
-        at = end;
-        if ended {
-            break;
-        }
-    }
-    file.flush().await.map_err(io)?;
-    if at < size {
-        return Err(fail(ErrorKind::Invalid, format!("stream ended at {at} of {size} bytes")));
-    }
-    // Durable before it is acknowledged, like a message.
-    file.sync_all().await.map_err(io)?;
-    let o = owner.to_owned();
-    blobs
-        .db(move |c| {
-            c.prepare_cached("UPDATE blobs SET complete = 1 WHERE owner = ?1 AND blob_id = ?2")?
-                .execute(params![o, id.as_slice()])
-        })
-        .await?;
-    blobs.publish(owner, id, &meta).await?;
-    info!(size, resumed_at = offset, "blob stored");
-    Ok(Response::Blob { size, stored: size })
-}
-
-/// Reads until `buf` is full or the stream ends: (bytes read, ended). On an error, what
-/// this call read is not written; the uploader resumes from what was.
-async fn read_full(
-    recv: &mut quinn::RecvStream,
-    buf: &mut [u8],
-) -> Result<(usize, bool), quinn::ReadError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let Some(slice) = buf.get_mut(filled..) else { break };
-        match recv.read(slice).await? {
-            Some(n) => filled += n,
-            None => return Ok((filled, true)),
-        }
-    }
-    Ok((filled, false))
-}
-
-/// Writes the `Blob` answer and the bytes from `offset`; `Ok(None)` when done, or an
-/// answer to send instead (an error).
-async fn get<S: Storage>(
-    st: &Arc<State<S>>,
-    user: &str,
-    owner: &str,
-    id: [u8; 16],
-    offset: u64,
-    send: &mut quinn::SendStream,
-) -> Result<Option<Response>, Fail> {
-    let owner = owner_arg(owner)?;
-    let meta = st.blobs.meta(&owner, id).await?;
-    let Some(meta) = meta.filter(|m| may_read(user, &owner, m)) else {
-        return Err(fail(ErrorKind::NotFound, "no such blob"));
-    };
-    if !meta.complete {
-        return Err(fail(ErrorKind::NotFound, "the blob is not complete yet"));
-    }
-    if offset > meta.size {
-        return Err(fail(ErrorKind::Invalid, "offset past the end of the blob"));
-    }
-    let mut file = st.blobs.open_at(&owner, id, offset).await?;
-    let Ok(head) = (Response::Blob { size: meta.size, stored: meta.size }).encode() else {
-        return Err(fail(ErrorKind::Internal, "encoding"));
-    };
-    debug_assert!(head.len() > LEN_PREFIX);
-    if send.write_all(&head).await.is_err() {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; IO_CHUNK];
-    let mut left = meta.size - offset;
-    while left > 0 {
-        let want = usize::try_from(left.min(IO_CHUNK as u64)).unwrap_or(IO_CHUNK);
-        let Some(slice) = buf.get_mut(..want) else { break };
-        let n = file.read(slice).await.map_err(backend)?;
-        if n == 0 {
-            warn!("blob file shorter than its size");
-            let _ = send.reset(1u32.into());
-            return Ok(None);
-        }
-        if send.write_all(buf.get(..n).unwrap_or_default()).await.is_err() {
-            debug!("blob download interrupted");
-            return Ok(None);
-        }
-        left -= n as u64;
-    }
-    Ok(None)
 }

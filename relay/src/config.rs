@@ -248,7 +248,7 @@ impl Config {
                 return Err(ConfigError::Invalid("--cert and --key must be given together".into()));
             }
         };
-        let node_id = args.node_id.or(file.node_id).unwrap_or_else(crate::tls::host_name);
+        let node_id = args.node_id.or(file.node_id).unwrap_or_else(host_name);
         let log = args.log.or(file.log).unwrap_or_else(|| "info".into());
         let mut limits = Limits::default();
         if let Some(d) = file.message_ttl_days {
@@ -331,6 +331,16 @@ fn check_cluster(raw: &str) -> Result<String, ConfigError> {
         }
     }
     Ok(urls.join(","))
+}
+
+/// The machine's host name, or `localhost` when it cannot be read: the default node id
+/// and a name of the generated certificate.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn one_line(s: &str) -> String {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::RelayError;
 use crate::config::Limits;
+use crate::error::RelayError;
 use crate::tls::Identity;
 
 /// UDP socket buffers: measured on this kind of machine, handshakes go from ~100/s with

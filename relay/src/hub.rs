@@ -1,6 +1,6 @@
 //! The connected devices of this relay node: where to push a message, presence or
 //! profile change, and which connection currently acts for an account. In a cluster, a
-//! device connected to another node is reached over the bus (`cluster.rs`).
+//! device connected to another node is reached over the bus (`cluster/bus.rs`).
 //!
 //! A std `Mutex` around a map, never held across an `.await`: operations are a lookup or
 //! an insert, far shorter than a task switch.
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::cluster::{Bus, Signal};
+use crate::cluster::bus::{Bus, Signal};
 
 /// What the push writer of a connection is asked to do.
 #[derive(Debug)]

@@ -10,17 +10,22 @@ use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::storage::{ClusterOptions, NatsStorage, SqliteStorage, Storage};
-use crate::{
-    Config, RelayError, State, blobs, calls, conn, endpoint, hub, now_ms, password, ratelimit, tls,
-};
+use crate::blobs::Blobs;
+use crate::clock::now_ms;
+use crate::cluster::bus::Bus;
+use crate::config::Config;
+use crate::error::RelayError;
+use crate::hub::Hub;
+use crate::state::State;
+use crate::storage::nats::{ClusterOptions, NatsStorage, redact_url};
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::{DEDUPE_WINDOW, Storage};
+use crate::{close, conn, endpoint, tls};
 
 /// A bound relay, ready to serve.
 #[derive(Debug)]
@@ -50,14 +55,14 @@ impl Relay {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.data_dir).map_err(
             |e| RelayError::Io(format!("data directory {}: {e}", config.data_dir.display())),
         )?;
-        let blobs = blobs::Blobs::open(&config.data_dir, config.limits.blob_quota)?;
+        let blobs = Blobs::open(&config.data_dir, config.limits.blob_quota)?;
         let state = match &config.cluster {
             None => {
                 let dir = config.data_dir.clone();
                 let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&dir))
                     .await
                     .map_err(|e| RelayError::Io(e.to_string()))??;
-                Backend::Embedded(new_state(storage, hub::Hub::default(), blobs, &config))
+                Backend::Embedded(State::new(storage, Hub::default(), blobs, &config))
             }
             Some(url) => {
                 let options = ClusterOptions {
@@ -69,14 +74,14 @@ impl Relay {
                 };
                 let storage = NatsStorage::connect(url, &options).await?;
                 info!(
-                    cluster = %crate::storage::nats::redact_url(url),
+                    cluster = %redact_url(url),
                     replicas = storage.replicas(),
                     node_id = %config.node_id,
                     "cluster storage ready"
                 );
-                let hub = hub::Hub::with_bus(crate::cluster::Bus::new(storage.client().clone()));
+                let hub = Hub::with_bus(Bus::new(storage.client().clone()));
                 let blobs = blobs.shared_through(storage.blob_store());
-                Backend::Cluster(new_state(storage, hub, blobs, &config))
+                Backend::Cluster(State::new(storage, hub, blobs, &config))
             }
         };
         let identity = tls::load(&config)?;
@@ -123,32 +128,6 @@ impl Relay {
     }
 }
 
-fn new_state<S: Storage>(
-    storage: S,
-    hub: hub::Hub,
-    blobs: blobs::Blobs,
-    config: &Config,
-) -> Arc<State<S>> {
-    let limits = config.limits.clone();
-    Arc::new(State {
-        storage,
-        hub,
-        register_ip: ratelimit::Limiter::new(limits.register_per_ip),
-        login_ip: ratelimit::Limiter::new(limits.login_per_ip),
-        login_account: ratelimit::Limiter::new(limits.login_per_account),
-        directory: ratelimit::Limiter::new(limits.directory_per_account),
-        reports_account: ratelimit::Limiter::new(limits.reports_per_account_rate),
-        conn_slots: ratelimit::ConnSlots::new(limits.connections_per_ip),
-        limits,
-        hasher: password::Hasher::new(),
-        node_id: config.node_id.clone(),
-        next_conn: AtomicU64::new(1),
-        cancel: CancellationToken::new(),
-        blobs,
-        calls: calls::Routes::default(),
-    })
-}
-
 async fn serve_with<S: Storage>(
     endpoint: quinn::Endpoint,
     state: Arc<State<S>>,
@@ -158,9 +137,7 @@ async fn serve_with<S: Storage>(
     let tracker = TaskTracker::new();
     // Expiry runs often enough that nothing outlives its TTL (or the dedupe window) by
     // more than a quarter.
-    let period =
-        (state.limits.message_ttl.min(state.limits.blob_ttl).min(crate::storage::DEDUPE_WINDOW)
-            / 4)
+    let period = (state.limits.message_ttl.min(state.limits.blob_ttl).min(DEDUPE_WINDOW) / 4)
         .clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let mut expiry = tokio::time::interval(period);
     tokio::pin!(shutdown);
@@ -212,7 +189,7 @@ async fn serve_with<S: Storage>(
     }
     info!(connected = state.hub.len(), "shutting down");
     state.cancel.cancel();
-    endpoint.close(conn::close::SHUTDOWN.into(), b"relay shutting down");
+    endpoint.close(close::SHUTDOWN.into(), b"relay shutting down");
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
         warn!("connection tasks still running after 5 s");

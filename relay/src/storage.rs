@@ -1,6 +1,6 @@
 //! The storage trait: everything the relay keeps, behind one interface so that the
-//! embedded SQLite back end ([`SqliteStorage`]) and the cluster back end
-//! ([`NatsStorage`], NATS JetStream: key-value buckets for accounts and prekeys, one
+//! embedded SQLite back end ([`SqliteStorage`](sqlite::SqliteStorage)) and the cluster back end
+//! ([`NatsStorage`](nats::NatsStorage), NATS JetStream: key-value buckets for accounts and prekeys, one
 //! stream subject per device for mailboxes, the object store for avatars and blobs) are
 //! interchangeable.
 //!
@@ -19,9 +19,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use letstalk_wire::{Avatar, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
-
-pub use nats::{ClusterOptions, NatsStorage};
-pub use sqlite::SqliteStorage;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::RelayError;
-use crate::config::{Config, TlsSource};
+use crate::config::{Config, TlsSource, host_name};
+use crate::error::RelayError;
 
 /// File name of the generated certificate.
 pub const CERT_FILE: &str = "relay-cert.pem";
@@ -25,15 +25,6 @@ pub(crate) struct Identity {
     pub(crate) key: PrivateKeyDer<'static>,
     /// Path of the certificate file (the one daemons trust).
     pub(crate) cert_path: PathBuf,
-}
-
-/// The machine's host name, or `localhost` when it cannot be read.
-pub(crate) fn host_name() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Loads or generates the identity for `config`.

@@ -43,9 +43,56 @@ const DAEMON: layering::Layers<'static> = &[
     ),
 ];
 
+/// The relay, top first, along the path of a request: a connection (`conn`) reads a
+/// frame and hands the request to the router (`handlers`), which sends it to the handler
+/// of its area; the handlers act through the session (which connection acts for which
+/// account), the shared `State` and the storage below it. The handlers of one area never
+/// use another's. What crosses nodes (`cluster::follow` applying signals from the bus)
+/// sits below the session that starts it and above what it changes.
+const RELAY: layering::Layers<'static> = &[
+    ("composition root: modules and the public API", &[""]),
+    ("an in-process relay and nats-server processes for tests", &["testing"]),
+    ("lifecycle: bind, accept, expiry timer, shutdown", &["server"]),
+    ("the QUIC endpoint", &["endpoint"]),
+    ("the TLS identity", &["tls"]),
+    ("one connection: streams, frames", &["conn"]),
+    ("request router", &["handlers"]),
+    (
+        "handlers per area",
+        &[
+            "handlers::account",
+            "handlers::blobs",
+            "handlers::calls",
+            "handlers::directory",
+            "handlers::messages",
+            "handlers::presence",
+            "handlers::reports",
+        ],
+    ),
+    ("session: authentication made current, pushes, delivery, presence", &["session"]),
+    ("cluster follower: bus signals applied to a device connected here", &["cluster::follow"]),
+    ("call media forwarding", &["media"]),
+    ("what every connection shares", &["state"]),
+    (
+        "per-node registries: devices, blobs, call routes; rate limits, password hashing",
+        &["hub", "blobs", "calls", "ratelimit", "password"],
+    ),
+    ("the bus between nodes", &["cluster"]),
+    ("refusals and errors", &["fail", "error"]),
+    ("configuration", &["config"]),
+    ("storage back ends", &["storage::nats", "storage::sqlite"]),
+    ("the storage trait and its values", &["storage"]),
+    ("leaves", &["clock", "close", "ctx", "userid"]),
+];
+
 #[test]
 fn daemon_modules_are_layered() {
     check("daemon", DAEMON);
+}
+
+#[test]
+fn relay_modules_are_layered() {
+    check("relay", RELAY);
 }
 
 /// Reads `<crate>/src` of the workspace and fails on every problem against `layers`,

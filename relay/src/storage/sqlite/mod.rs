@@ -6,17 +6,21 @@
 //! serialises writers anyway, each call is a short statement or transaction, and the
 //! lock is never held across an `.await`.
 
+mod rows;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use letstalk_wire::{Avatar, AvatarMeta, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
+use letstalk_wire::{Avatar, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
+use self::rows::{
+    count_one_time, enqueue_in, exists, i, key32, read_blocks, read_contacts, read_profile,
+};
 use super::{
     Blocks, Contacts, Credentials, DEDUPE_WINDOW, Enqueued, Envelope, KeyUpload, NewAccount,
-    ProfileUpdate, Queued, Quota, Report, Storage, StorageError, dedupe_id, report_kind_name,
-    shows_presence,
+    ProfileUpdate, Queued, Quota, Report, Storage, StorageError, report_kind_name, shows_presence,
 };
 
 /// Numbered migrations; `PRAGMA user_version` records how many ran.
@@ -81,54 +85,6 @@ impl SqliteStorage {
         })
         .await
     }
-}
-
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn key32(v: Option<Vec<u8>>) -> Option<[u8; 32]> {
-    v.and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
-}
-
-fn read_profile(c: &Connection, user_id: &str) -> Result<Option<Profile>, StorageError> {
-    let row = c
-        .prepare_cached(
-            "SELECT a.nickname, a.email, a.created_at, a.updated_at, v.mime, v.sha256, length(v.data)
-             FROM accounts a LEFT JOIN avatars v ON v.user_id = a.user_id WHERE a.user_id = ?1",
-        )?
-        .query_row([user_id], |r| {
-            let mime: Option<String> = r.get(4)?;
-            let sha: Option<Vec<u8>> = r.get(5)?;
-            let size: Option<i64> = r.get(6)?;
-            let avatar = match (mime, key32(sha), size) {
-                (Some(mime), Some(sha256), Some(size)) => {
-                    Some(AvatarMeta { mime, sha256, size: u32::try_from(size).unwrap_or(u32::MAX) })
-                }
-                _ => None,
-            };
-            Ok(Profile {
-                user_id: user_id.to_owned(),
-                nickname: r.get(0)?,
-                email: Some(r.get(1)?),
-                avatar,
-                created_at: r.get::<_, i64>(2)? as u64,
-                updated_at: r.get::<_, i64>(3)? as u64,
-            })
-        })
-        .optional()?;
-    Ok(row)
-}
-
-fn exists(c: &Connection, user_id: &str) -> Result<bool, StorageError> {
-    Ok(c.prepare_cached("SELECT 1 FROM accounts WHERE user_id = ?1")?.exists([user_id])?)
-}
-
-fn count_one_time(c: &Connection, user_id: &str) -> Result<u32, StorageError> {
-    let n: i64 = c
-        .prepare_cached("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))?;
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 impl Storage for SqliteStorage {
@@ -630,7 +586,7 @@ impl Storage for SqliteStorage {
             let n = tx.execute("DELETE FROM mailbox WHERE server_ts < ?1", [i(before)])?;
             // Dedupe records live only for the retransmit window (checked on read too).
             let window = u64::try_from(DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
-            let dedupe_before = crate::now_ms().saturating_sub(window);
+            let dedupe_before = crate::clock::now_ms().saturating_sub(window);
             tx.execute("DELETE FROM sent_ids WHERE server_ts < ?1", [i(dedupe_before)])?;
             tx.commit()?;
             Ok(n as u64)
@@ -639,263 +595,5 @@ impl Storage for SqliteStorage {
     }
 }
 
-fn read_contacts(c: &Connection, user_id: &str) -> Result<Contacts, StorageError> {
-    let share: Option<bool> = c
-        .prepare_cached("SELECT share_presence FROM accounts WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))
-        .optional()?;
-    let users = c
-        .prepare_cached("SELECT contact FROM contacts WHERE owner = ?1")?
-        .query_map([user_id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(Contacts { share_presence: share.unwrap_or(true), users })
-}
-
-fn read_blocks(c: &Connection, user_id: &str) -> Result<Blocks, StorageError> {
-    let all: Option<bool> = c
-        .prepare_cached("SELECT block_all FROM accounts WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))
-        .optional()?;
-    let users = c
-        .prepare_cached("SELECT blocked FROM blocks WHERE blocker = ?1")?
-        .query_map([user_id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(Blocks { all: all.unwrap_or(false), users })
-}
-
-/// One message into the mailbox, inside the caller's transaction.
-fn enqueue_in(tx: &Connection, e: Envelope, quota: Quota) -> Result<Enqueued, StorageError> {
-    let id = dedupe_id(&e.sender, &e.recipient, &e.msg_id);
-    let window = u64::try_from(DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
-    let before: Option<i64> = tx
-        .prepare_cached("SELECT server_ts FROM sent_ids WHERE id = ?1 AND server_ts >= ?2")?
-        .query_row(params![id, i(e.now.saturating_sub(window))], |r| r.get(0))
-        .optional()?;
-    if let Some(ts) = before {
-        return Ok(Enqueued { server_ts: ts as u64, duplicate: true });
-    }
-    let refuses: Option<(bool, bool)> = tx
-        .prepare_cached(
-            "SELECT a.block_all OR EXISTS
-                (SELECT 1 FROM blocks b WHERE b.blocker = a.user_id AND b.blocked = ?2),
-                EXISTS (SELECT 1 FROM contacts c WHERE c.owner = a.user_id AND c.contact = ?2)
-             FROM accounts a WHERE a.user_id = ?1",
-        )?
-        .query_row(params![e.recipient, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let from_contact = match refuses {
-        None => return Err(StorageError::NotFound),
-        Some((true, _)) => return Err(StorageError::Blocked),
-        Some((false, contact)) => contact,
-    };
-    let len = e.body.len() as u64;
-    let over = |(count, bytes): (i64, i64), (max_messages, max_bytes): (u64, u64)| {
-        count as u64 >= max_messages || bytes as u64 + len > max_bytes
-    };
-    let sum = "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox WHERE recipient = ?1";
-    let total =
-        tx.prepare_cached(sum)?.query_row([&e.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if over(total, (quota.max_messages, quota.max_bytes)) {
-        return Err(StorageError::QuotaExceeded);
-    }
-    // Fair shares: one sender, and non-contacts together, fill only a part of the box.
-    let by_sender = tx
-        .prepare_cached(&format!("{sum} AND sender = ?2"))?
-        .query_row(params![e.recipient, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if over(by_sender, quota.sender_share()) {
-        return Err(StorageError::QuotaExceeded);
-    }
-    if !from_contact {
-        let strangers = tx
-            .prepare_cached(&format!("{sum} AND from_contact = 0"))?
-            .query_row([&e.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        if over(strangers, quota.stranger_share()) {
-            return Err(StorageError::QuotaExceeded);
-        }
-    }
-    tx.prepare_cached(
-        "INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body, from_contact)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![e.recipient, e.sender, e.msg_id, i(e.now), &e.body[..], from_contact])?;
-    tx.prepare_cached(
-        "INSERT INTO sent_ids (id, server_ts) VALUES (?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET server_ts = excluded.server_ts",
-    )?
-    .execute(params![id, i(e.now)])?;
-    Ok(Enqueued { server_ts: e.now, duplicate: false })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn account(user_id: &str) -> NewAccount {
-        NewAccount {
-            user_id: user_id.into(),
-            password_hash: "$argon2id$x".into(),
-            email: "a@b.c".into(),
-            nickname: "A".into(),
-            device_key: [1; 32],
-            identity: vec![],
-            now: 1,
-        }
-    }
-
-    fn envelope(msg_id: &str, now: u64) -> Envelope {
-        Envelope {
-            sender: "alice".into(),
-            recipient: "bob".into(),
-            msg_id: msg_id.into(),
-            body: vec![1, 2, 3].into(),
-            now,
-        }
-    }
-
-    const QUOTA: Quota = Quota { max_messages: 100, max_bytes: 1 << 20 };
-
-    #[tokio::test]
-    async fn migrations_run_once_and_data_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStorage::open(dir.path()).unwrap();
-        s.create_account(account("alice")).await.unwrap();
-        drop(s);
-        let s = SqliteStorage::open(dir.path()).unwrap();
-        assert!(matches!(s.create_account(account("alice")).await, Err(StorageError::Conflict)));
-        let v: i64 = s
-            .with(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
-            .await
-            .unwrap();
-        assert_eq!(v, MIGRATIONS.len() as i64);
-    }
-
-    #[tokio::test]
-    async fn expiry_drops_old_messages_and_their_dedupe_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStorage::open(dir.path()).unwrap();
-        s.create_account(account("alice")).await.unwrap();
-        s.create_account(account("bob")).await.unwrap();
-        s.enqueue(envelope("old", 1_000), QUOTA).await.unwrap();
-        s.enqueue(envelope("new", 5_000), QUOTA).await.unwrap();
-        assert_eq!(s.expire(2_000).await.unwrap(), 1);
-        let left = s.pending("bob", 0, 10).await.unwrap();
-        assert_eq!(left.iter().map(|m| m.msg_id.as_str()).collect::<Vec<_>>(), ["new"]);
-        assert_eq!(s.mailbox_len().await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn byte_quota_counts_queued_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStorage::open(dir.path()).unwrap();
-        s.create_account(account("alice")).await.unwrap();
-        s.create_account(account("bob")).await.unwrap();
-        // One sender may fill a quarter: 3 of 12 bytes.
-        let quota = Quota { max_messages: 100, max_bytes: 12 };
-        s.enqueue(envelope("a", 1), quota).await.unwrap();
-        assert!(matches!(
-            s.enqueue(envelope("b", 1), quota).await,
-            Err(StorageError::QuotaExceeded)
-        ));
-        // A retransmit of an accepted message is still acknowledged when the box is full.
-        assert!(s.enqueue(envelope("a", 2), quota).await.unwrap().duplicate);
-    }
-
-    #[tokio::test]
-    async fn binding_a_new_device_drops_the_old_devices_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStorage::open(dir.path()).unwrap();
-        s.create_account(account("alice")).await.unwrap();
-        let keys = KeyUpload {
-            identity: Some(vec![9]),
-            signed_prekey: Some(PreKey { id: 1, key: vec![1] }),
-            one_time: vec![PreKey { id: 2, key: vec![2] }],
-            last_resort: None,
-        };
-        assert_eq!(s.upload_keys("alice", keys).await.unwrap(), 1);
-        s.bind_device("alice", Some([1; 32])).await.unwrap();
-        assert_eq!(s.one_time_count("alice").await.unwrap(), 1, "same device keeps its keys");
-        s.bind_device("alice", Some([2; 32])).await.unwrap();
-        assert_eq!(s.one_time_count("alice").await.unwrap(), 0);
-        let b = s.take_bundle("alice").await.unwrap().unwrap();
-        assert_eq!((b.identity.len(), b.signed_prekey, b.one_time_prekey), (0, None, None));
-        s.bind_device("alice", None).await.unwrap();
-        assert!(s.take_bundle("alice").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn blocks_refuse_messages_hide_presence_and_fan_out_per_recipient() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStorage::open(dir.path()).unwrap();
-        for u in ["alice", "bob", "carol"] {
-            s.create_account(account(u)).await.unwrap();
-        }
-        let blocks = Blocks { all: false, users: ["alice".to_owned()].into() };
-        assert_eq!(s.set_blocks("bob", blocks.clone()).await.unwrap(), Blocks::default());
-        assert_eq!(s.blocks("bob").await.unwrap(), blocks);
-        assert!(matches!(s.enqueue(envelope("m1", 1), QUOTA).await, Err(StorageError::Blocked)));
-        // Presence needs consent: both have alice as a contact, but bob's block wins.
-        for u in ["bob", "carol"] {
-            let contacts = Contacts { share_presence: true, users: ["alice".to_owned()].into() };
-            s.set_contacts(u, contacts).await.unwrap();
-        }
-        let seen = s.watch("alice", vec!["bob".into(), "carol".into()], vec![]).await.unwrap();
-        assert_eq!(
-            seen.iter().map(|p| (p.user_id.as_str(), p.hidden)).collect::<Vec<_>>(),
-            [("bob", true), ("carol", false)]
-        );
-        // One group message: carol gets it, bob refuses it, nothing else changes.
-        let fan = ["bob", "carol"]
-            .map(|to| Envelope { recipient: to.into(), ..envelope("g1", 2) })
-            .to_vec();
-        let out = s.enqueue_fanout(fan, QUOTA).await.unwrap();
-        assert!(matches!(out[0], Err(StorageError::Blocked)));
-        assert!(out[1].as_ref().is_ok_and(|d| !d.duplicate));
-        assert_eq!(s.mailbox_len().await.unwrap(), 1);
-        // "Block everyone" refuses carol too; turning it off lets alice through again.
-        s.set_blocks("carol", Blocks { all: true, users: Default::default() }).await.unwrap();
-        let to_carol = Envelope { recipient: "carol".into(), ..envelope("m2", 3) };
-        assert!(matches!(s.enqueue(to_carol.clone(), QUOTA).await, Err(StorageError::Blocked)));
-        s.set_blocks("carol", Blocks::default()).await.unwrap();
-        assert!(s.enqueue(to_carol, QUOTA).await.is_ok());
-        s.set_blocks("bob", Blocks::default()).await.unwrap();
-        assert!(s.enqueue(envelope("m1", 4), QUOTA).await.is_ok());
-        assert!(matches!(
-            s.set_blocks("nobody", Blocks::default()).await,
-            Err(StorageError::NotFound)
-        ));
-    }
-
-    #[tokio::test]
-    async fn strangers_fill_only_their_share_and_contacts_still_get_through() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStorage::open(dir.path()).unwrap();
-        for u in ["victim", "friend", "mallory", "mallory2"] {
-            s.create_account(account(u)).await.unwrap();
-        }
-        let contacts = Contacts { share_presence: true, users: ["friend".to_owned()].into() };
-        s.set_contacts("victim", contacts).await.unwrap();
-        let quota = Quota { max_messages: 8, max_bytes: 1 << 20 };
-        let to_victim = |from: &str, id: &str| Envelope {
-            sender: from.into(),
-            recipient: "victim".into(),
-            ..envelope(id, 1)
-        };
-        s.enqueue(to_victim("mallory", "a"), quota).await.unwrap();
-        s.enqueue(to_victim("mallory", "b"), quota).await.unwrap();
-        for (from, id) in [("mallory", "c"), ("mallory2", "d")] {
-            assert!(matches!(
-                s.enqueue(to_victim(from, id), quota).await,
-                Err(StorageError::QuotaExceeded)
-            ));
-        }
-        s.enqueue(to_victim("friend", "e"), quota).await.unwrap();
-        s.enqueue(to_victim("friend", "f"), quota).await.unwrap();
-        assert!(matches!(
-            s.enqueue(to_victim("friend", "g"), quota).await,
-            Err(StorageError::QuotaExceeded)
-        ));
-        let ids: Vec<String> =
-            s.pending("victim", 0, 10).await.unwrap().into_iter().map(|m| m.msg_id).collect();
-        assert_eq!(ids, ["a", "b", "e", "f"]);
-    }
-}
+mod tests;

@@ -1,8 +1,7 @@
-//! The bus between the nodes of a cluster relay: core NATS (no JetStream, nothing
-//! stored), one subject per connected device, `letstalk.dev.<user>`.
+//! The bus itself: [`Signal`], what one node tells another about a device, and [`Bus`],
+//! this node's end (publish, ask whether a device is online, claim a device's subject).
 //!
-//! The node where a device is connected subscribes to its subject for as long as the
-//! session lasts. Any node then reaches that device by publishing there:
+//! A signal on `letstalk.dev.<user>`, one byte of tag first:
 //!
 //! - `W`: its mailbox grew (a message was enqueued on another node): deliver.
 //! - `P` + frame: a presence or profile push to write as is.
@@ -12,24 +11,13 @@
 //! - `Q` (a request): is the device connected? "No responders" means offline.
 //! - `M` + sender length + sender + datagram: a call media datagram from a device on
 //!   another node, delivered only if this device routed the call naming that sender.
-//!
-//! Everything here is a hint that may be lost (core NATS is at most once); what must not
-//! be lost is in JetStream. A lost wake only delays delivery until the delivery task's
-//! next look at the mailbox ([`crate::Storage::poll_interval`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Subscriber;
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::State;
-use crate::conn::close;
-use crate::hub::PushCmd;
-use crate::storage::Storage;
 use crate::storage::nats::token;
 
 /// How long "is this device connected?" waits for the node that has it.
@@ -72,7 +60,7 @@ impl Signal {
         Bytes::from(out)
     }
 
-    fn decode(b: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
         let (&tag, rest) = b.split_first()?;
         Some(match tag {
             b'W' if rest.is_empty() => Self::Wake,
@@ -137,66 +125,16 @@ impl Bus {
         self.client.flush().await.map_err(|e| e.to_string())?;
         Ok(sub)
     }
-}
 
-/// Serves the device's subject for connection `conn_id` until the session ends or
-/// another node takes the account over.
-pub(crate) async fn follow<S: Storage>(
-    st: Arc<State<S>>,
-    user_id: String,
-    conn_id: u64,
-    mut sub: Subscriber,
-    cancel: CancellationToken,
-) {
-    let Some(bus) = st.hub.bus() else { return };
-    loop {
-        let msg = tokio::select! {
-            () = cancel.cancelled() => break,
-            m = sub.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
-        };
-        let Some(signal) = Signal::decode(&msg.payload) else {
-            debug!("cluster bus: unknown signal ignored");
-            continue;
-        };
-        match signal {
-            Signal::Wake => {
-                st.hub.wake_local(&user_id);
-            }
-            Signal::Frame(frame) => st.hub.push_local(&user_id, frame),
-            Signal::Media { from, datagram } => {
-                crate::calls::deliver(&st, &user_id, &from, datagram)
-            }
-            Signal::Ping => {
-                if st.hub.is_current(&user_id, conn_id)
-                    && let Some(reply) = msg.reply
-                {
-                    let _ = bus.client.publish(reply, Bytes::from_static(b"1")).await;
-                }
-            }
-            Signal::LoggedOut => {
-                if let Some(old) = st.hub.take_if(&user_id, conn_id)
-                    && old.tx.try_send(PushCmd::LoggedOut).is_err()
-                {
-                    old.conn.close(close::LOGGED_OUT.into(), b"logged in on another device");
-                }
-                break;
-            }
-            Signal::Replaced { instance, conn } => {
-                if (instance, conn) == (bus.instance, conn_id) {
-                    continue;
-                }
-                if let Some(old) = st.hub.take_if(&user_id, conn_id) {
-                    debug!(user_id, "replaced by a connection on another node");
-                    old.conn.close(close::REPLACED.into(), b"replaced by a newer connection");
-                }
-                break;
-            }
-        }
+    /// This process's random instance number, sent with `Replaced`.
+    pub(crate) fn instance(&self) -> u64 {
+        self.instance
     }
-    let _ = sub.unsubscribe().await;
+
+    /// Answers a `Ping` whose reply subject is `reply`: the device is connected here.
+    pub(crate) async fn answer_ping(&self, reply: async_nats::Subject) {
+        let _ = self.client.publish(reply, Bytes::from_static(b"1")).await;
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,74 @@
+//! The follower: serves the bus subject of a device connected to this node, applying
+//! each signal from the other nodes to the local device (wake its delivery, write a
+//! push, hand over call media, answer pings, log out, give way to a newer connection).
+
+use std::sync::Arc;
+
+use async_nats::Subscriber;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::close;
+use crate::cluster::bus::Signal;
+use crate::hub::PushCmd;
+use crate::media;
+use crate::state::State;
+
+/// Serves the device's subject for connection `conn_id` until the session ends or
+/// another node takes the account over.
+pub(crate) async fn follow<S>(
+    st: Arc<State<S>>,
+    user_id: String,
+    conn_id: u64,
+    mut sub: Subscriber,
+    cancel: CancellationToken,
+) {
+    let Some(bus) = st.hub.bus() else { return };
+    loop {
+        let msg = tokio::select! {
+            () = cancel.cancelled() => break,
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let Some(signal) = Signal::decode(&msg.payload) else {
+            debug!("cluster bus: unknown signal ignored");
+            continue;
+        };
+        match signal {
+            Signal::Wake => {
+                st.hub.wake_local(&user_id);
+            }
+            Signal::Frame(frame) => st.hub.push_local(&user_id, frame),
+            Signal::Media { from, datagram } => media::deliver(&st, &user_id, &from, datagram),
+            Signal::Ping => {
+                if st.hub.is_current(&user_id, conn_id)
+                    && let Some(reply) = msg.reply
+                {
+                    bus.answer_ping(reply).await;
+                }
+            }
+            Signal::LoggedOut => {
+                if let Some(old) = st.hub.take_if(&user_id, conn_id)
+                    && old.tx.try_send(PushCmd::LoggedOut).is_err()
+                {
+                    old.conn.close(close::LOGGED_OUT.into(), b"logged in on another device");
+                }
+                break;
+            }
+            Signal::Replaced { instance, conn } => {
+                if (instance, conn) == (bus.instance(), conn_id) {
+                    continue;
+                }
+                if let Some(old) = st.hub.take_if(&user_id, conn_id) {
+                    debug!(user_id, "replaced by a connection on another node");
+                    old.conn.close(close::REPLACED.into(), b"replaced by a newer connection");
+                }
+                break;
+            }
+        }
+    }
+    let _ = sub.unsubscribe().await;
+}

@@ -1,0 +1,137 @@
+//! Message requests: `Send`, `SendBatch` (one relay transaction), `SendGroup` (one body
+//! fanned out to each recipient's mailbox, everything checked before anything is
+//! stored) and `Ack` (the recipient device's acknowledgement, which deletes). Each
+//! stored message wakes the recipient's delivery task, wherever it runs.
+
+use std::sync::Arc;
+
+use letstalk_wire::{ErrorKind, Refusal, Request, Response};
+
+use crate::clock::now_ms;
+use crate::ctx::ConnCtx;
+use crate::fail::{Reply, fail, misrouted, storage_fail, user_arg};
+use crate::session::require_auth;
+use crate::state::State;
+use crate::storage::{Envelope, Storage};
+
+/// A message request.
+pub(super) async fn handle<S: Storage>(
+    st: &Arc<State<S>>,
+    ctx: &Arc<ConnCtx>,
+    req: Request,
+) -> Reply {
+    match req {
+        Request::Send { to, msg_id, body } => {
+            let user = require_auth(st, ctx)?;
+            let to = user_arg(&to)?;
+            if msg_id.is_empty() {
+                return Err(fail(ErrorKind::Invalid, "empty msg id"));
+            }
+            if body.is_empty() {
+                return Err(fail(ErrorKind::Invalid, "empty message"));
+            }
+            let quota = st.limits.mailbox_quota();
+            let envelope = Envelope {
+                sender: user,
+                recipient: to.clone(),
+                msg_id,
+                body: body.into(),
+                now: now_ms(),
+            };
+            let done = st.storage.enqueue(envelope, quota).await.map_err(storage_fail)?;
+            if !done.duplicate {
+                st.hub.wake(&to).await;
+            }
+            Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
+        }
+        Request::SendBatch { to, messages } => {
+            let user = require_auth(st, ctx)?;
+            let to = user_arg(&to)?;
+            if messages.is_empty()
+                || messages.iter().any(|m| m.msg_id.is_empty() || m.body.is_empty())
+            {
+                return Err(fail(ErrorKind::Invalid, "empty batch, msg id or message"));
+            }
+            let quota = st.limits.mailbox_quota();
+            let now = now_ms();
+            let envelopes = messages
+                .into_iter()
+                .map(|m| Envelope {
+                    sender: user.clone(),
+                    recipient: to.clone(),
+                    msg_id: m.msg_id,
+                    body: m.body.into(),
+                    now,
+                })
+                .collect();
+            let done = st.storage.enqueue_many(envelopes, quota).await.map_err(storage_fail)?;
+            if done.iter().any(|d| !d.duplicate) {
+                st.hub.wake(&to).await;
+            }
+            Ok(Response::Sent { server_ts: now, duplicate: done.iter().all(|d| d.duplicate) })
+        }
+        Request::SendGroup { to, msg_id, body } => {
+            let user = require_auth(st, ctx)?;
+            if msg_id.is_empty() || body.is_empty() || to.is_empty() {
+                return Err(fail(ErrorKind::Invalid, "empty recipients, msg id or message"));
+            }
+            // Everything is checked before anything is copied or stored: the count, the
+            // total the fan-out would store, duplicates, then which recipients exist.
+            let max = st.limits.max_group_recipients;
+            if to.len() > max {
+                return Err(fail(ErrorKind::Invalid, format!("at most {max} recipients")));
+            }
+            let total = (body.len() as u64).saturating_mul(to.len() as u64);
+            if total > st.limits.max_fanout_bytes {
+                return Err(fail(
+                    ErrorKind::TooLarge,
+                    format!("a group message stores at most {} bytes", st.limits.max_fanout_bytes),
+                ));
+            }
+            let mut recipients: Vec<String> =
+                to.iter().map(|u| user_arg(u)).collect::<Result<_, _>>()?;
+            drop(to);
+            recipients.sort();
+            if recipients.windows(2).any(|w| w[0] == w[1]) {
+                return Err(fail(ErrorKind::Invalid, "a recipient is named twice"));
+            }
+            let existing = st.storage.existing(recipients.clone()).await.map_err(storage_fail)?;
+            let mut refused = Vec::new();
+            let body = bytes::Bytes::from(body);
+            let quota = st.limits.mailbox_quota();
+            let now = now_ms();
+            let mut envelopes = Vec::with_capacity(existing.len());
+            for to in recipients {
+                if existing.contains(&to) {
+                    // The body is shared by reference, never copied per recipient.
+                    envelopes.push(Envelope {
+                        sender: user.clone(),
+                        recipient: to,
+                        msg_id: msg_id.clone(),
+                        body: body.clone(),
+                        now,
+                    });
+                } else {
+                    refused.push(Refusal { user_id: to, kind: ErrorKind::NotFound });
+                }
+            }
+            let names: Vec<String> = envelopes.iter().map(|e| e.recipient.clone()).collect();
+            let done = st.storage.enqueue_fanout(envelopes, quota).await.map_err(storage_fail)?;
+            for (to, outcome) in names.into_iter().zip(done) {
+                match outcome {
+                    Ok(d) if !d.duplicate => st.hub.wake(&to).await,
+                    Ok(_) => {}
+                    Err(e) => refused.push(Refusal { user_id: to, kind: storage_fail(e).kind() }),
+                }
+            }
+            refused.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+            Ok(Response::GroupSent { server_ts: now, refused })
+        }
+        Request::Ack { delivery_ids } => {
+            let user = require_auth(st, ctx)?;
+            st.storage.ack(&user, delivery_ids).await.map_err(storage_fail)?;
+            Ok(Response::Ok)
+        }
+        other => Err(misrouted(&other)),
+    }
+}

@@ -1,0 +1,80 @@
+//! Call media forwarding: the datagram loop of a connection, which forwards its call
+//! media along the routes in `calls.rs`, and the hand-over of a datagram that came over
+//! the cluster bus.
+//!
+//! In a cluster, a peer connected to another node gets the datagram over the bus, and
+//! that node checks the peer's route. Datagrams are forwarded unchanged (they are sealed
+//! end to end), never queued: quinn drops the oldest when a connection's datagram buffer
+//! is full, which is what late media deserves.
+
+use std::sync::Arc;
+
+use letstalk_wire::MediaDatagram;
+use tracing::debug;
+
+use crate::cluster::bus::Signal;
+use crate::ctx::ConnCtx;
+use crate::state::State;
+
+/// Reads this connection's datagrams and forwards each along its route, until the
+/// connection ends. Anything malformed, unrouted or from an unauthenticated connection is
+/// dropped without a word (datagrams have no answer).
+pub(crate) async fn forward<S>(st: Arc<State<S>>, ctx: Arc<ConnCtx>) {
+    let mut dropped = 0u64;
+    loop {
+        let datagram = tokio::select! {
+            () = ctx.cancel.cancelled() => break,
+            d = ctx.conn.read_datagram() => match d {
+                Ok(d) => d,
+                Err(_) => break,
+            },
+        };
+        let Some(user) = ctx.user() else {
+            dropped += 1;
+            continue;
+        };
+        let Ok(parsed) = MediaDatagram::decode(&datagram) else {
+            dropped += 1;
+            continue;
+        };
+        let Some(peer) = st.calls.target(&user, parsed.call_id) else {
+            dropped += 1;
+            continue;
+        };
+        if st.hub.connection(&peer).is_none()
+            && let Some(bus) = st.hub.bus()
+        {
+            // Connected elsewhere (or nowhere): that node checks the peer's route.
+            let media = Signal::Media { from: user, datagram };
+            bus.send(&peer, &media).await;
+            continue;
+        }
+        if !send_local(&st, &peer, parsed.call_id, &user, datagram) {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        debug!(dropped, "media datagrams dropped on this connection");
+    }
+}
+
+/// Hands a datagram from `from` to `user`'s connection here, if `user` routed the call
+/// naming `from`. Never waits: a full datagram buffer drops the oldest frame.
+fn send_local<S>(
+    st: &State<S>,
+    user: &str,
+    call: [u8; 16],
+    from: &str,
+    datagram: bytes::Bytes,
+) -> bool {
+    if !st.calls.accepts(user, call, from) {
+        return false;
+    }
+    st.hub.connection(user).is_some_and(|conn| conn.send_datagram(datagram).is_ok())
+}
+
+/// A datagram from `from` on another node, for `user` connected here.
+pub(crate) fn deliver<S>(st: &State<S>, user: &str, from: &str, datagram: bytes::Bytes) {
+    let Ok(parsed) = MediaDatagram::decode(&datagram) else { return };
+    let _ = send_local(st, user, parsed.call_id, from, datagram);
+}

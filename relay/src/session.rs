@@ -1,0 +1,222 @@
+//! The session: a connection made to act for an account after authentication (it
+//! becomes the account's current connection here and, in a cluster, on the bus), the
+//! push stream and the delivery task that feeds it queued messages, presence
+//! announcements, and the check every request of an account goes through
+//! ([`require_auth`]).
+
+use std::sync::Arc;
+
+use letstalk_wire::{ErrorKind, PresenceInfo, Push};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::clock::now_ms;
+use crate::close;
+use crate::cluster::follow::follow;
+use crate::ctx::{ConnCtx, Session};
+use crate::fail::{Fail, fail};
+use crate::hub::{Device, PushCmd};
+use crate::state::State;
+use crate::storage::{Storage, shows_presence};
+
+/// Pushes queued per connection before presence pushes are dropped and message delivery
+/// waits: a device that does not read its push stream only slows itself.
+const PUSH_QUEUE: usize = 64;
+/// Queued messages read from storage per round.
+const DELIVERY_BATCH: u32 = 32;
+
+/// The account this connection acts for; refused if it authenticated as none, or if the
+/// account has since moved to another device or connection.
+pub(crate) fn require_auth<S>(st: &State<S>, ctx: &ConnCtx) -> Result<String, Fail> {
+    let user = ctx.user().ok_or_else(|| fail(ErrorKind::Unauthenticated, "authenticate first"))?;
+    if !st.hub.is_current(&user, ctx.id) {
+        return Err(fail(
+            ErrorKind::UnknownDevice,
+            "this connection no longer acts for the account",
+        ));
+    }
+    Ok(user)
+}
+
+/// Makes this connection act for `user_id`: registers it, opens the push stream, starts
+/// delivery of queued messages and announces presence.
+pub(crate) async fn start_session<S: Storage>(
+    st: &Arc<State<S>>,
+    ctx: &Arc<ConnCtx>,
+    user_id: &str,
+) -> Result<(), Fail> {
+    let cancel = ctx.cancel.child_token();
+    {
+        let Ok(mut guard) = ctx.session.lock() else {
+            return Err(fail(ErrorKind::Internal, "session lock"));
+        };
+        if let Some(s) = guard.as_ref() {
+            return if s.user_id == user_id {
+                Ok(())
+            } else {
+                Err(fail(ErrorKind::Invalid, "connection already acts for another account"))
+            };
+        }
+        *guard = Some(Session { user_id: user_id.to_owned(), cancel: cancel.clone() });
+    }
+    let send = match ctx.conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Ok(mut g) = ctx.session.lock() {
+                *g = None;
+            }
+            return Err(fail(ErrorKind::Internal, format!("push stream: {e}")));
+        }
+    };
+    let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+    let wake = Arc::new(Notify::new());
+    let device =
+        Device { conn_id: ctx.id, tx: tx.clone(), wake: wake.clone(), conn: ctx.conn.clone() };
+    if let Some(old) = st.hub.register(user_id, device)
+        && old.conn_id != ctx.id
+    {
+        old.conn.close(close::REPLACED.into(), b"replaced by a newer connection");
+    }
+    if let Some(bus) = st.hub.bus() {
+        // In a cluster: reachable from every node, and any older connection of the
+        // account on another node is dropped.
+        match bus.claim(user_id, ctx.id).await {
+            Ok(sub) => {
+                let follow = follow(st.clone(), user_id.to_owned(), ctx.id, sub, cancel.clone());
+                tokio::spawn(follow.instrument(tracing::Span::current()));
+            }
+            Err(e) => warn!(error = %e, "cluster bus: cannot subscribe for the device"),
+        }
+    }
+    let span = tracing::Span::current();
+    tokio::spawn(push_writer(send, rx, cancel.clone(), ctx.conn.clone()).instrument(span.clone()));
+    tokio::spawn(deliver(st.clone(), user_id.to_owned(), tx, wake, cancel).instrument(span));
+    // No user id at info level: the connection's span carries the address.
+    info!("device authenticated");
+    debug!(user_id, "device authenticated");
+    announce(st, user_id, true).await;
+    Ok(())
+}
+
+/// Ends this connection's session, if any: stops its tasks and, if it was the account's
+/// current connection, announces it offline.
+pub(crate) async fn end_session<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>) {
+    let session = ctx.session.lock().ok().and_then(|mut g| g.take());
+    let Some(session) = session else { return };
+    session.cancel.cancel();
+    if st.hub.unregister(&session.user_id, ctx.id) {
+        st.calls.drop_user(&session.user_id);
+        announce(st, &session.user_id, false).await;
+    }
+}
+
+/// Tells everyone watching `user_id` that it went online or offline.
+pub(crate) async fn announce<S: Storage>(st: &Arc<State<S>>, user_id: &str, online: bool) {
+    let now = now_ms();
+    if let Err(e) = st.storage.set_last_seen(user_id, now).await {
+        warn!(error = %e, "last seen not stored");
+    }
+    let Ok(watchers) = st.storage.watchers(user_id).await else { return };
+    let Ok(blocks) = st.storage.blocks(user_id).await else { return };
+    let Ok(contacts) = st.storage.contacts(user_id).await else { return };
+    let info =
+        PresenceInfo { user_id: user_id.to_owned(), online, last_seen_at: now, hidden: false };
+    let Ok(frame) = Push::Presence(info).encode() else {
+        return;
+    };
+    // Only the user's contacts it does not block hear it (and nobody when it does not
+    // share presence); the others were told `hidden` and hear nothing more.
+    for w in watchers.iter().filter(|w| shows_presence(&blocks, &contacts, w)) {
+        st.hub.push(w, frame.clone()).await;
+    }
+}
+
+/// Writes pushes, in order, on the connection's one push stream.
+async fn push_writer(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<PushCmd>,
+    cancel: CancellationToken,
+    conn: quinn::Connection,
+) {
+    loop {
+        let cmd = tokio::select! {
+            () = cancel.cancelled() => break,
+            cmd = rx.recv() => cmd,
+        };
+        match cmd {
+            None => break,
+            Some(PushCmd::Frame(f)) => {
+                if send.write_all(&f).await.is_err() {
+                    break;
+                }
+            }
+            Some(PushCmd::LoggedOut) => {
+                if let Ok(f) = Push::LoggedOut.encode()
+                    && send.write_all(&f).await.is_ok()
+                    && send.finish().is_ok()
+                {
+                    // Give the device a moment to read it before the connection goes.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped())
+                        .await;
+                }
+                conn.close(close::LOGGED_OUT.into(), b"logged in on another device");
+                break;
+            }
+        }
+    }
+}
+
+/// Pushes the account's queued messages, oldest first, and waits for more. Each message
+/// is pushed once per connection; what is not acknowledged is pushed again on the next.
+async fn deliver<S: Storage>(
+    st: Arc<State<S>>,
+    user_id: String,
+    tx: mpsc::Sender<PushCmd>,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut after = 0u64;
+    let poll = st.storage.poll_interval();
+    loop {
+        match st.storage.pending(&user_id, after, DELIVERY_BATCH).await {
+            Ok(batch) if batch.is_empty() => {
+                let look_again = async {
+                    match poll {
+                        Some(p) => tokio::time::sleep(p).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = wake.notified() => {}
+                    () = look_again => {}
+                }
+            }
+            Ok(batch) => {
+                for m in batch {
+                    after = m.delivery_id;
+                    let push = Push::Message {
+                        delivery_id: m.delivery_id,
+                        from: m.sender,
+                        msg_id: m.msg_id,
+                        server_ts: m.server_ts,
+                        body: m.body,
+                    };
+                    let Ok(frame) = push.encode() else { continue };
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        r = tx.send(PushCmd::Frame(frame)) => if r.is_err() { return },
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "reading the mailbox failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}

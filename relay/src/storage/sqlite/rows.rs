@@ -1,0 +1,149 @@
+//! The row helpers the trait's methods share: conversions, reads inside a connection
+//! or transaction (a profile, blocks, contacts), and the enqueue of one message inside
+//! the caller's transaction (dedupe, blocks, the mailbox's fair shares).
+
+use letstalk_wire::{AvatarMeta, Profile};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::storage::{
+    Blocks, Contacts, DEDUPE_WINDOW, Enqueued, Envelope, Quota, StorageError, dedupe_id,
+};
+
+pub(super) fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(super) fn key32(v: Option<Vec<u8>>) -> Option<[u8; 32]> {
+    v.and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+}
+
+pub(super) fn read_profile(c: &Connection, user_id: &str) -> Result<Option<Profile>, StorageError> {
+    let row = c
+        .prepare_cached(
+            "SELECT a.nickname, a.email, a.created_at, a.updated_at, v.mime, v.sha256, length(v.data)
+             FROM accounts a LEFT JOIN avatars v ON v.user_id = a.user_id WHERE a.user_id = ?1",
+        )?
+        .query_row([user_id], |r| {
+            let mime: Option<String> = r.get(4)?;
+            let sha: Option<Vec<u8>> = r.get(5)?;
+            let size: Option<i64> = r.get(6)?;
+            let avatar = match (mime, key32(sha), size) {
+                (Some(mime), Some(sha256), Some(size)) => {
+                    Some(AvatarMeta { mime, sha256, size: u32::try_from(size).unwrap_or(u32::MAX) })
+                }
+                _ => None,
+            };
+            Ok(Profile {
+                user_id: user_id.to_owned(),
+                nickname: r.get(0)?,
+                email: Some(r.get(1)?),
+                avatar,
+                created_at: r.get::<_, i64>(2)? as u64,
+                updated_at: r.get::<_, i64>(3)? as u64,
+            })
+        })
+        .optional()?;
+    Ok(row)
+}
+
+pub(super) fn exists(c: &Connection, user_id: &str) -> Result<bool, StorageError> {
+    Ok(c.prepare_cached("SELECT 1 FROM accounts WHERE user_id = ?1")?.exists([user_id])?)
+}
+
+pub(super) fn count_one_time(c: &Connection, user_id: &str) -> Result<u32, StorageError> {
+    let n: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+pub(super) fn read_contacts(c: &Connection, user_id: &str) -> Result<Contacts, StorageError> {
+    let share: Option<bool> = c
+        .prepare_cached("SELECT share_presence FROM accounts WHERE user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))
+        .optional()?;
+    let users = c
+        .prepare_cached("SELECT contact FROM contacts WHERE owner = ?1")?
+        .query_map([user_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Contacts { share_presence: share.unwrap_or(true), users })
+}
+
+pub(super) fn read_blocks(c: &Connection, user_id: &str) -> Result<Blocks, StorageError> {
+    let all: Option<bool> = c
+        .prepare_cached("SELECT block_all FROM accounts WHERE user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))
+        .optional()?;
+    let users = c
+        .prepare_cached("SELECT blocked FROM blocks WHERE blocker = ?1")?
+        .query_map([user_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Blocks { all: all.unwrap_or(false), users })
+}
+
+/// One message into the mailbox, inside the caller's transaction.
+pub(super) fn enqueue_in(
+    tx: &Connection,
+    e: Envelope,
+    quota: Quota,
+) -> Result<Enqueued, StorageError> {
+    let id = dedupe_id(&e.sender, &e.recipient, &e.msg_id);
+    let window = u64::try_from(DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
+    let before: Option<i64> = tx
+        .prepare_cached("SELECT server_ts FROM sent_ids WHERE id = ?1 AND server_ts >= ?2")?
+        .query_row(params![id, i(e.now.saturating_sub(window))], |r| r.get(0))
+        .optional()?;
+    if let Some(ts) = before {
+        return Ok(Enqueued { server_ts: ts as u64, duplicate: true });
+    }
+    let refuses: Option<(bool, bool)> = tx
+        .prepare_cached(
+            "SELECT a.block_all OR EXISTS
+                (SELECT 1 FROM blocks b WHERE b.blocker = a.user_id AND b.blocked = ?2),
+                EXISTS (SELECT 1 FROM contacts c WHERE c.owner = a.user_id AND c.contact = ?2)
+             FROM accounts a WHERE a.user_id = ?1",
+        )?
+        .query_row(params![e.recipient, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let from_contact = match refuses {
+        None => return Err(StorageError::NotFound),
+        Some((true, _)) => return Err(StorageError::Blocked),
+        Some((false, contact)) => contact,
+    };
+    let len = e.body.len() as u64;
+    let over = |(count, bytes): (i64, i64), (max_messages, max_bytes): (u64, u64)| {
+        count as u64 >= max_messages || bytes as u64 + len > max_bytes
+    };
+    let sum = "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox WHERE recipient = ?1";
+    let total =
+        tx.prepare_cached(sum)?.query_row([&e.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if over(total, (quota.max_messages, quota.max_bytes)) {
+        return Err(StorageError::QuotaExceeded);
+    }
+    // Fair shares: one sender, and non-contacts together, fill only a part of the box.
+    let by_sender = tx
+        .prepare_cached(&format!("{sum} AND sender = ?2"))?
+        .query_row(params![e.recipient, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if over(by_sender, quota.sender_share()) {
+        return Err(StorageError::QuotaExceeded);
+    }
+    if !from_contact {
+        let strangers = tx
+            .prepare_cached(&format!("{sum} AND from_contact = 0"))?
+            .query_row([&e.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if over(strangers, quota.stranger_share()) {
+            return Err(StorageError::QuotaExceeded);
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body, from_contact)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![e.recipient, e.sender, e.msg_id, i(e.now), &e.body[..], from_contact])?;
+    tx.prepare_cached(
+        "INSERT INTO sent_ids (id, server_ts) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET server_ts = excluded.server_ts",
+    )?
+    .execute(params![id, i(e.now)])?;
+    Ok(Enqueued { server_ts: e.now, duplicate: false })
+}
