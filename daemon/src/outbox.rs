@@ -38,19 +38,21 @@ pub enum Prepared {
     Held { event: Option<u64> },
 }
 
-/// Queues `content` for `recipient` (inside the caller's transaction).
+/// Queues `content` for `recipient` (inside the caller's transaction); returns the row's
+/// relay id (the idempotency key it will carry to the relay).
 pub fn enqueue(
     conn: &Connection,
     recipient: &str,
     message_id: Option<&str>,
     content: &Content,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<String, StoreError> {
+    let relay_id = uuid::Uuid::now_v7().to_string();
     conn.prepare_cached(
         "INSERT INTO outbox (recipient, message_id, plaintext, relay_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![recipient, message_id, content.encode(), uuid::Uuid::now_v7().to_string(), now])?;
-    Ok(())
+    .execute(params![recipient, message_id, content.encode(), relay_id, now])?;
+    Ok(relay_id)
 }
 
 /// Recipients with something in the outbox, oldest first.

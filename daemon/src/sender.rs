@@ -14,6 +14,7 @@ use rand_core::OsRng;
 use tokio_util::sync::CancellationToken;
 
 use crate::account::Account;
+use crate::clock::PATH;
 use crate::content::Content;
 use crate::e2e;
 use crate::outbox::{self, Outgoing, Prepared};
@@ -194,8 +195,16 @@ async fn drain_one<T: Transport>(
         for chunk in chunks(&batch) {
             let items: Vec<(&str, &[u8])> =
                 chunk.iter().map(|o| (o.relay_id.as_str(), o.envelope.as_slice())).collect();
+            for o in chunk {
+                tracing::debug!(target: PATH, relay = %o.relay_id, "handed");
+            }
             match transport.send(recipient, &items).await {
-                Ok(()) => done.extend(chunk.iter().map(|o| o.seq)),
+                Ok(()) => {
+                    for o in chunk {
+                        tracing::debug!(target: PATH, relay = %o.relay_id, "relay_stored");
+                    }
+                    done.extend(chunk.iter().map(|o| o.seq));
+                }
                 Err(TransportError::Refused(reason)) => {
                     for o in chunk {
                         let (seq, reason) = (o.seq, reason.clone());
@@ -216,9 +225,14 @@ async fn drain_one<T: Transport>(
             }
         }
         if !done.is_empty() {
+            let n = done.len();
             match daemon.store.call(move |c| outbox::sent(c, &done, now_ms())).await {
-                Ok(Some(event)) => daemon.bus.published(event),
-                Ok(None) => {}
+                Ok(event) => {
+                    tracing::debug!(target: PATH, n, "sent");
+                    if let Some(event) = event {
+                        daemon.bus.published(event);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "recording sent messages");
                     return Err(());
@@ -398,6 +412,7 @@ pub fn prepare_next(
         let plaintext = zeroize::Zeroizing::new(plaintext.unwrap_or_default());
         let envelope = s.encrypt(&plaintext, rng).map_err(|e| e2e::crypto_err("encrypting", e))?;
         outbox::sealed(&tx, seq, &envelope)?;
+        tracing::debug!(target: PATH, relay = %relay_id, "encrypted");
         // Kept for a retry receipt: the peer may fail to open it (a session it lost).
         if pairwise && Content::decode(&plaintext).is_some_and(|c| c.resendable()) {
             outbox::keep_for_resend(

@@ -93,6 +93,7 @@ fn receive_in(
     // Decrypt on a copy of the sessions; the stored ones change only if this succeeds.
     match e2e::open(tx, me, sender, bytes)? {
         e2e::Opened::Plain(record, plaintext) => {
+            tracing::debug!(target: crate::clock::PATH, relay = %relay_id, "decrypted");
             apply_plaintext(tx, me, sender, *record, plaintext, now)
         }
         e2e::Opened::Duplicate => Ok(Received::Dropped("duplicate message".into())),

@@ -10,6 +10,7 @@ use letstalk_ipc::types::{
 use letstalk_ipc::{ErrorKind, RpcError};
 
 use super::{internal, logged_in};
+use crate::clock::PATH;
 use crate::content::{Content, ReceiptKind};
 use crate::messages::{self, NewMessage};
 use crate::{Daemon, now_ms, validate};
@@ -135,7 +136,8 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
                     now,
                 )?,
                 (Peer::User(user), None) => {
-                    crate::outbox::enqueue(tx, user, Some(&id), &content, now)?;
+                    let relay = crate::outbox::enqueue(tx, user, Some(&id), &content, now)?;
+                    tracing::debug!(target: PATH, msg = %id, %relay, "accepted");
                     true
                 }
                 (Peer::Group(_), None) => false,
@@ -149,6 +151,7 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
         .await
         .map_err(internal)??;
     let (message, queued) = outcome;
+    tracing::debug!(target: PATH, msg = %message.message_id, "committed");
     if queued {
         daemon.wake_sender();
     }
