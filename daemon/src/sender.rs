@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::account::Account;
 use crate::clock::PATH;
-use crate::content::Content;
 use crate::e2e;
 use crate::outbox::{self, Outgoing, Prepared};
 use crate::relay::{RelayApi, RelayError, check};
@@ -113,7 +112,7 @@ async fn sleep_opt(d: Option<Duration>) {
 
 /// Sends everything queued. `Err` when something must be retried later.
 async fn drain<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), ()> {
-    let recipients = match daemon.store.call(|c| outbox::pending_recipients(c)).await {
+    let recipients = match daemon.store.read(|c| outbox::pending_recipients(c)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "reading the outbox");
@@ -140,15 +139,37 @@ async fn drain_one<T: Transport>(
     let mut bundle: Option<PreKeyBundle> = None;
     loop {
         let _gate = daemon.outbox_gate.lock().await;
-        let r = recipient.to_owned();
-        let b = bundle.take();
-        let prepared = daemon
-            .store
-            .call(move |c| {
-                let Some(me) = Account::load(c)? else { return Ok(Prepared::Empty) };
-                prepare_next(c, &me, &r, b.as_ref(), BATCH, &mut OsRng, now_ms())
-            })
-            .await;
+        // Rows sealed in the transaction that queued them go out as they are, read here
+        // without a transaction; the rest are sealed (and committed) by `prepare_next`.
+        let ready = match &bundle {
+            None => {
+                let r = recipient.to_owned();
+                daemon
+                    .store
+                    .read(move |c| {
+                        if !r.starts_with("group:") && trust::is_untrusted(c, &r)? {
+                            return Ok(None);
+                        }
+                        outbox::ready(c, &r, BATCH)
+                    })
+                    .await
+            }
+            Some(_) => Ok(None),
+        };
+        let prepared = match ready {
+            Ok(Some(rows)) if rows.is_empty() => Ok(Prepared::Empty),
+            Ok(Some(rows)) => Ok(Prepared::Ready(rows, None)),
+            Ok(None) | Err(_) => {
+                let (r, b) = (recipient.to_owned(), bundle.take());
+                daemon
+                    .store
+                    .call(move |c| {
+                        let Some(me) = Account::load(c)? else { return Ok(Prepared::Empty) };
+                        prepare_next(c, &me, &r, b.as_ref(), BATCH, &mut OsRng, now_ms())
+                    })
+                    .await
+            }
+        };
         let batch = match prepared {
             Ok(Prepared::Empty) => return Ok(()),
             Ok(Prepared::NeedBundle) => {
@@ -226,7 +247,9 @@ async fn drain_one<T: Transport>(
         }
         if !done.is_empty() {
             let n = done.len();
-            match daemon.store.call(move |c| outbox::sent(c, &done, now_ms())).await {
+            // In the next group commit: under load it shares the disk sync of the sends
+            // accepted meanwhile instead of taking one of its own.
+            match daemon.writes.run(move |c| outbox::sent(c, &done, now_ms())).await {
                 Ok(event) => {
                     tracing::debug!(target: PATH, n, "sent");
                     if let Some(event) = event {
@@ -245,7 +268,7 @@ async fn drain_one<T: Transport>(
 
 /// Hands queued feedback notes to the relay; a refused one (malformed) is dropped.
 async fn drain_reports<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), ()> {
-    let pending = daemon.store.call(|c| crate::diagnostics::pending(c)).await.map_err(|e| {
+    let pending = daemon.store.read(|c| crate::diagnostics::pending(c)).await.map_err(|e| {
         tracing::warn!(error = %e, "reading queued feedback");
     })?;
     for (id, kind, body) in pending {
@@ -409,26 +432,20 @@ pub fn prepare_next(
             record = Some(r);
         }
         let Some(s) = record.as_mut().and_then(SessionRecord::current_mut) else { break };
-        let plaintext = zeroize::Zeroizing::new(plaintext.unwrap_or_default());
-        let envelope = s.encrypt(&plaintext, rng).map_err(|e| e2e::crypto_err("encrypting", e))?;
-        outbox::sealed(&tx, seq, &envelope)?;
-        tracing::debug!(target: PATH, relay = %relay_id, "encrypted");
-        // Kept for a retry receipt: the peer may fail to open it (a session it lost).
-        if pairwise && Content::decode(&plaintext).is_some_and(|c| c.resendable()) {
-            outbox::keep_for_resend(
-                &tx,
-                &relay_id,
-                recipient,
-                message_id.as_deref(),
-                &plaintext,
-                attempt,
-                now,
-            )?;
-        }
+        let row = outbox::Unsealed {
+            seq,
+            relay_id,
+            plaintext: zeroize::Zeroizing::new(plaintext.unwrap_or_default()),
+            message_id,
+            attempt,
+        };
+        let envelope =
+            s.encrypt(&row.plaintext, rng).map_err(|e| e2e::crypto_err("encrypting", e))?;
+        outbox::sealed(&tx, recipient, &row, &envelope, now)?;
         ready.push(Outgoing {
             seq,
             recipient: recipient.to_owned(),
-            relay_id,
+            relay_id: row.relay_id,
             envelope,
             fanout: None,
         });

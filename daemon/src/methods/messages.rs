@@ -65,9 +65,17 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
         ));
     }
     let conversation = peer.conversation();
+    // A message to a user is encrypted in the transaction that accepts it (after the
+    // checks below, by the group commit's `Finish`, once per recipient and group): one
+    // disk sync makes the message, its ciphertext and the ratchet durable, and the sender
+    // has nothing left to commit before handing it to the relay.
+    let seal = match &peer {
+        Peer::User(user) => Some(user.clone()),
+        Peer::Group(_) => None,
+    };
     let outcome = daemon
         .writes
-        .run(move |tx| {
+        .run_then(seal, move |tx| {
             if let Some(client_id) = &p.client_msg_id
                 && let Some(existing) = messages::by_client_id(tx, client_id)?
             {
