@@ -262,14 +262,19 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
 /// A write that may share its transaction (and its disk sync) with others, and the key
 /// it names for [`Finish`]; see [`GroupCommit`].
 struct Job {
-    write: Box<dyn FnOnce(&Connection) -> Option<Box<dyn FnOnce() + Send>> + Send>,
+    write: Write,
     then: Option<String>,
 }
 
+/// A job's write: on success, what hands its result to the caller after the commit.
+type Write = Box<dyn FnOnce(&Connection) -> Option<Deliver> + Send>;
+type Deliver = Box<dyn FnOnce() + Send>;
+
 /// What a group transaction does after its writes and before its commit, once for each
-/// distinct key its successful writes named ([`GroupCommit::run_then`]): the daemon
-/// encrypts what the sends queued for each recipient there, one ratchet load and save
-/// per recipient and group, not per message.
+/// distinct key its successful writes named ([`GroupCommit::run_then`]), each in a
+/// savepoint of its own (a failure is logged and rolled back alone): the daemon encrypts
+/// what the sends queued for each recipient there, one ratchet load and save per
+/// recipient and group, not per message.
 pub type Finish = Box<dyn Fn(&Connection, &str) -> Result<(), StoreError> + Send + Sync>;
 
 /// Group commit: writes submitted while a transaction is being synced are applied
@@ -328,10 +333,10 @@ impl GroupCommit {
         R: Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, StoreError>>();
-        let write = Box::new(move |conn: &Connection| match f(conn) {
+        let write: Write = Box::new(move |conn: &Connection| match f(conn) {
             Ok(r) => Some(Box::new(move || {
                 let _ = tx.send(Ok(r));
-            }) as Box<dyn FnOnce() + Send>),
+            }) as Deliver),
             Err(e) => {
                 let _ = tx.send(Err(e));
                 None
@@ -348,7 +353,7 @@ fn run_group(
     conn: &mut Connection,
     batch: Vec<Job>,
     finish: &Finish,
-) -> Result<Vec<Box<dyn FnOnce() + Send>>, StoreError> {
+) -> Result<Vec<Deliver>, StoreError> {
     let mut tx = conn.transaction()?;
     let mut deliveries = Vec::with_capacity(batch.len());
     let mut keys = std::collections::BTreeSet::new();
@@ -364,8 +369,14 @@ fn run_group(
             None => drop(sp),
         }
     }
+    // The writes stand whatever the finishing step does: it only does earlier what
+    // would be done later (the sender seals what is left in plaintext).
     for key in keys {
-        finish(&tx, &key)?;
+        let sp = tx.savepoint()?;
+        match finish(&sp, &key) {
+            Ok(()) => sp.commit()?,
+            Err(e) => tracing::warn!(error = %e, "a group commit's finishing step failed"),
+        }
     }
     tx.commit()?;
     Ok(deliveries)
