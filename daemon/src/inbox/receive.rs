@@ -505,7 +505,10 @@ mod tests {
         assert_eq!(before.as_slice(), after.as_slice());
     }
 
-    fn outbox_of(d: &Device, to: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    /// An outbox row's (plaintext, envelope).
+    type Queued = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+    fn outbox_of(d: &Device, to: &str) -> Vec<Queued> {
         d.store
             .with(|c| {
                 let rows = c
