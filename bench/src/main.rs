@@ -27,6 +27,7 @@ mod servers;
 mod sessions;
 mod stats;
 mod sys;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -269,6 +270,12 @@ pub(crate) struct MessagingArgs {
     /// Messages per ratchet figure.
     #[arg(long, default_value_t = 2000, value_name = "N")]
     pub(crate) ratchet_steps: usize,
+
+    /// Where the time goes: the daemons log each message's path (debug events of target
+    /// `letstalkd::path`) and the latency run prints the median of every stage; the
+    /// throughput run is skipped (the logging would slow it).
+    #[arg(long)]
+    pub(crate) trace: bool,
 }
 
 /// Flags of `letstalk-bench relay`.

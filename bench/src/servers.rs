@@ -77,6 +77,13 @@ pub(crate) struct Letstalkd {
     log: PathBuf,
 }
 
+impl Letstalkd {
+    /// Its stderr log.
+    pub(crate) fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
 impl LetstalkdSpec {
     pub(crate) fn new(bin: &Path, home: PathBuf) -> Self {
         Self { bin: bin.to_owned(), home, args: Vec::new(), netns: None }

@@ -45,6 +45,51 @@ pub fn save_record(
     Ok(())
 }
 
+/// Queued rows to one recipient that one transaction seals at most (the sender seals
+/// the rest).
+pub const SEAL_MAX: usize = 64;
+
+/// Encrypts `recipient`'s queued plaintext rows (at most `max`, oldest first) under the
+/// current session, inside the caller's transaction, and saves the advanced session
+/// there. The transaction that queues a message can seal it too: its commit makes the
+/// ciphertext and the ratchet durable together, and the sender finds it ready to go, with
+/// no second transaction between the queue and the relay.
+///
+/// Nothing is sealed without a current session (the sender starts one from a prekey
+/// bundle) or when encryption fails (the sender tries again and reports it); the caller
+/// checks that the recipient's identity is trusted. Returns how many rows it sealed.
+pub fn seal_queued(
+    tx: &Connection,
+    recipient: &str,
+    max: usize,
+    rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+    now: i64,
+) -> Result<usize, StoreError> {
+    let rows = outbox::unsealed(tx, recipient, max)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let Some(mut record) = load_record(tx, recipient)? else { return Ok(0) };
+    let Some(session) = record.current_mut() else { return Ok(0) };
+    // Every ciphertext first, in memory: a failure leaves the rows and the stored session
+    // as they were.
+    let mut envelopes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match session.encrypt(&row.plaintext, rng) {
+            Ok(e) => envelopes.push(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "sealing queued rows deferred to the sender");
+                return Ok(0);
+            }
+        }
+    }
+    for (row, envelope) in rows.iter().zip(&envelopes) {
+        outbox::sealed(tx, recipient, row, envelope, now)?;
+    }
+    save_record(tx, recipient, &record, now)?;
+    Ok(rows.len())
+}
+
 /// Archives the current session with `peer`: the next message to it starts a fresh
 /// session from a new bundle, and late messages under the old one still open.
 pub fn archive_session(conn: &Connection, peer: &str, now: i64) -> Result<(), StoreError> {

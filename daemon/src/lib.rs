@@ -190,7 +190,16 @@ pub async fn run(
     let seed = store
         .with(|c| device::install_seed(c))
         .map_err(|source| StartError::Store { path: data_dir.clone(), source })?;
-    let (writes, group_task) = store::GroupCommit::start(store.clone());
+    // What a group of sends queued is encrypted in the transaction that accepts it; a
+    // recipient whose new identity key waits for the user's acceptance gets nothing (the
+    // sender holds its rows, and seals them under the session the user accepts).
+    let seal: store::Finish = Box::new(|tx, recipient| {
+        if trust::is_untrusted(tx, recipient)? {
+            return Ok(());
+        }
+        e2e::seal_queued(tx, recipient, e2e::SEAL_MAX, &mut rand_core::OsRng, now_ms()).map(drop)
+    });
+    let (writes, group_task) = store::GroupCommit::start(store.clone(), seal);
     let cancel = CancellationToken::new();
     let daemon = Arc::new(Daemon {
         writes,

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use letstalk_ipc::types::{EventBody, MessageState};
 
-use crate::content::Content;
+use crate::content::{Content, ReceiptKind};
 use crate::events;
 use crate::messages;
 use crate::store::StoreError;
@@ -38,19 +38,21 @@ pub enum Prepared {
     Held { event: Option<u64> },
 }
 
-/// Queues `content` for `recipient` (inside the caller's transaction).
+/// Queues `content` for `recipient` (inside the caller's transaction); returns the row's
+/// relay id (the idempotency key it will carry to the relay).
 pub fn enqueue(
     conn: &Connection,
     recipient: &str,
     message_id: Option<&str>,
     content: &Content,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<String, StoreError> {
+    let relay_id = uuid::Uuid::now_v7().to_string();
     conn.prepare_cached(
         "INSERT INTO outbox (recipient, message_id, plaintext, relay_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![recipient, message_id, content.encode(), uuid::Uuid::now_v7().to_string(), now])?;
-    Ok(())
+    .execute(params![recipient, message_id, content.encode(), relay_id, now])?;
+    Ok(relay_id)
 }
 
 /// Recipients with something in the outbox, oldest first.
@@ -74,10 +76,10 @@ pub fn prune_resend(conn: &Connection, now: i64) -> Result<usize, StoreError> {
         .execute(params![now - RESEND_WINDOW_MS])?)
 }
 
-/// The relay accepted these outbox rows: drop them and mark their messages `sent`, in
-/// one transaction. Returns the last event seq written, if any.
-pub fn sent(conn: &mut Connection, seqs: &[i64], now: i64) -> Result<Option<u64>, StoreError> {
-    let tx = conn.transaction()?;
+/// The relay accepted these outbox rows: drop them and mark their messages `sent`,
+/// inside the caller's transaction (the sender's shares the group commit of
+/// `messages.send`). Returns the last event seq written, if any.
+pub fn sent(tx: &Connection, seqs: &[i64], now: i64) -> Result<Option<u64>, StoreError> {
     let mut event = None;
     for seq in seqs {
         let message_id: Option<Option<String>> = tx
@@ -85,14 +87,13 @@ pub fn sent(conn: &mut Connection, seqs: &[i64], now: i64) -> Result<Option<u64>
             .query_row(params![seq], |r| r.get(0))
             .optional()?;
         if let Some(Some(id)) = message_id
-            && let Some(conversation) = messages::advance_state(&tx, &id, MessageState::Sent)?
+            && let Some(conversation) = messages::advance_state(tx, &id, MessageState::Sent)?
         {
             let body =
                 EventBody::MessageState { message_id: id, conversation, state: MessageState::Sent };
-            event = Some(events::append(&tx, &body, now)?);
+            event = Some(events::append(tx, &body, now)?);
         }
     }
-    tx.commit()?;
     Ok(event)
 }
 
@@ -190,12 +191,123 @@ pub fn oldest(conn: &Connection, recipient: &str, max: usize) -> Result<Vec<Row>
         .collect::<Result<_, _>>()?)
 }
 
-/// Row `seq` is encrypted: its ciphertext replaces the plaintext, for every transmission.
-pub fn sealed(conn: &Connection, seq: i64, envelope: &[u8]) -> Result<(), StoreError> {
+/// The oldest rows for `recipient` (at most `max`) when every one of them is sealed:
+/// what the sender hands to the relay without a transaction of its own. `None` when one
+/// of them is still plaintext.
+pub fn ready(
+    conn: &Connection,
+    recipient: &str,
+    max: usize,
+) -> Result<Option<Vec<Outgoing>>, StoreError> {
+    let rows = oldest(conn, recipient, max)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, relay_id, _, envelope, fanout, _, _) in rows {
+        let Some(envelope) = envelope else { return Ok(None) };
+        let fanout = fanout.and_then(|f| serde_json::from_str(&f).ok());
+        out.push(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope, fanout });
+    }
+    Ok(Some(out))
+}
+
+/// A queued pairwise row still in plaintext, as [`unsealed`] reads it.
+#[derive(Debug)]
+pub struct Unsealed {
+    pub seq: i64,
+    pub relay_id: String,
+    pub plaintext: zeroize::Zeroizing<Vec<u8>>,
+    pub message_id: Option<String>,
+    /// How many times it was sent again after retry receipts.
+    pub attempt: i64,
+}
+
+/// The oldest rows for `recipient` still in plaintext, at most `max`. Rows are sealed in
+/// `seq` order, so these follow every sealed row of the recipient.
+pub fn unsealed(
+    conn: &Connection,
+    recipient: &str,
+    max: usize,
+) -> Result<Vec<Unsealed>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq, relay_id, plaintext, message_id, attempt FROM outbox
+             WHERE recipient = ?1 AND envelope IS NULL ORDER BY seq LIMIT ?2",
+        )?
+        .query_map(params![recipient, max as i64], |r| {
+            Ok(Unsealed {
+                seq: r.get(0)?,
+                relay_id: r.get(1)?,
+                plaintext: zeroize::Zeroizing::new(
+                    r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+                ),
+                message_id: r.get(3)?,
+                attempt: r.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Row `row` to `recipient` is encrypted: its ciphertext replaces the plaintext, for every
+/// transmission (a retransmission never encrypts again). Content a retry receipt may ask
+/// for again keeps its plaintext in `resend`: the peer may fail to open it (a session it
+/// lost). Call it in the transaction that saves the advanced session.
+pub fn sealed(
+    conn: &Connection,
+    recipient: &str,
+    row: &Unsealed,
+    envelope: &[u8],
+    now: i64,
+) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE outbox SET envelope = ?2, plaintext = NULL WHERE seq = ?1")?
-        .execute(params![seq, envelope])?;
+        .execute(params![row.seq, envelope])?;
+    if !recipient.starts_with("group:")
+        && Content::decode(&row.plaintext).is_some_and(|c| c.resendable())
+    {
+        keep_for_resend(
+            conn,
+            &row.relay_id,
+            recipient,
+            row.message_id.as_deref(),
+            &row.plaintext,
+            row.attempt,
+            now,
+        )?;
+    }
+    tracing::debug!(target: crate::clock::PATH, relay = %row.relay_id, "encrypted");
     Ok(())
 }
+
+/// Queues a receipt for `ids` to `recipient`, merged into the recipient's newest outbox
+/// row when that is a receipt of the same kind still in plaintext: texts received in one
+/// batch are acknowledged with one message, not one each.
+pub fn enqueue_receipt(
+    conn: &Connection,
+    recipient: &str,
+    state: ReceiptKind,
+    ids: Vec<String>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let newest: Option<(i64, Option<Vec<u8>>)> = conn
+        .prepare_cached(
+            "SELECT seq, plaintext FROM outbox WHERE recipient = ?1 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![recipient], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((seq, Some(plaintext))) = newest
+        && let Some(Content::Receipt { state: kind, ids: mut queued }) = Content::decode(&plaintext)
+        && kind == state
+        && queued.len() + ids.len() <= MAX_RECEIPT_IDS
+    {
+        queued.extend(ids);
+        let merged = Content::Receipt { state, ids: queued };
+        conn.prepare_cached("UPDATE outbox SET plaintext = ?2 WHERE seq = ?1")?
+            .execute(params![seq, merged.encode()])?;
+        return Ok(());
+    }
+    enqueue(conn, recipient, None, &Content::Receipt { state, ids }, now).map(drop)
+}
+
+/// Message ids one receipt carries at most (what a receiver applies of one).
+pub const MAX_RECEIPT_IDS: usize = 1000;
 
 /// Keeps the plaintext of a sent row for a retry receipt: the peer may fail to open it
 /// (a session it lost).

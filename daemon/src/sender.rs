@@ -14,7 +14,7 @@ use rand_core::OsRng;
 use tokio_util::sync::CancellationToken;
 
 use crate::account::Account;
-use crate::content::Content;
+use crate::clock::PATH;
 use crate::e2e;
 use crate::outbox::{self, Outgoing, Prepared};
 use crate::relay::{RelayApi, RelayError, check};
@@ -112,7 +112,7 @@ async fn sleep_opt(d: Option<Duration>) {
 
 /// Sends everything queued. `Err` when something must be retried later.
 async fn drain<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), ()> {
-    let recipients = match daemon.store.call(|c| outbox::pending_recipients(c)).await {
+    let recipients = match daemon.store.read(|c| outbox::pending_recipients(c)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "reading the outbox");
@@ -139,15 +139,37 @@ async fn drain_one<T: Transport>(
     let mut bundle: Option<PreKeyBundle> = None;
     loop {
         let _gate = daemon.outbox_gate.lock().await;
-        let r = recipient.to_owned();
-        let b = bundle.take();
-        let prepared = daemon
-            .store
-            .call(move |c| {
-                let Some(me) = Account::load(c)? else { return Ok(Prepared::Empty) };
-                prepare_next(c, &me, &r, b.as_ref(), BATCH, &mut OsRng, now_ms())
-            })
-            .await;
+        // Rows sealed in the transaction that queued them go out as they are, read here
+        // without a transaction; the rest are sealed (and committed) by `prepare_next`.
+        let ready = match &bundle {
+            None => {
+                let r = recipient.to_owned();
+                daemon
+                    .store
+                    .read(move |c| {
+                        if !r.starts_with("group:") && trust::is_untrusted(c, &r)? {
+                            return Ok(None);
+                        }
+                        outbox::ready(c, &r, BATCH)
+                    })
+                    .await
+            }
+            Some(_) => Ok(None),
+        };
+        let prepared = match ready {
+            Ok(Some(rows)) if rows.is_empty() => Ok(Prepared::Empty),
+            Ok(Some(rows)) => Ok(Prepared::Ready(rows, None)),
+            Ok(None) | Err(_) => {
+                let (r, b) = (recipient.to_owned(), bundle.take());
+                daemon
+                    .store
+                    .call(move |c| {
+                        let Some(me) = Account::load(c)? else { return Ok(Prepared::Empty) };
+                        prepare_next(c, &me, &r, b.as_ref(), BATCH, &mut OsRng, now_ms())
+                    })
+                    .await
+            }
+        };
         let batch = match prepared {
             Ok(Prepared::Empty) => return Ok(()),
             Ok(Prepared::NeedBundle) => {
@@ -194,8 +216,16 @@ async fn drain_one<T: Transport>(
         for chunk in chunks(&batch) {
             let items: Vec<(&str, &[u8])> =
                 chunk.iter().map(|o| (o.relay_id.as_str(), o.envelope.as_slice())).collect();
+            for o in chunk {
+                tracing::debug!(target: PATH, relay = %o.relay_id, "handed");
+            }
             match transport.send(recipient, &items).await {
-                Ok(()) => done.extend(chunk.iter().map(|o| o.seq)),
+                Ok(()) => {
+                    for o in chunk {
+                        tracing::debug!(target: PATH, relay = %o.relay_id, "relay_stored");
+                    }
+                    done.extend(chunk.iter().map(|o| o.seq));
+                }
                 Err(TransportError::Refused(reason)) => {
                     for o in chunk {
                         let (seq, reason) = (o.seq, reason.clone());
@@ -216,9 +246,16 @@ async fn drain_one<T: Transport>(
             }
         }
         if !done.is_empty() {
-            match daemon.store.call(move |c| outbox::sent(c, &done, now_ms())).await {
-                Ok(Some(event)) => daemon.bus.published(event),
-                Ok(None) => {}
+            let n = done.len();
+            // In the next group commit: under load it shares the disk sync of the sends
+            // accepted meanwhile instead of taking one of its own.
+            match daemon.writes.run(move |c| outbox::sent(c, &done, now_ms())).await {
+                Ok(event) => {
+                    tracing::debug!(target: PATH, n, "sent");
+                    if let Some(event) = event {
+                        daemon.bus.published(event);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "recording sent messages");
                     return Err(());
@@ -231,7 +268,7 @@ async fn drain_one<T: Transport>(
 
 /// Hands queued feedback notes to the relay; a refused one (malformed) is dropped.
 async fn drain_reports<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), ()> {
-    let pending = daemon.store.call(|c| crate::diagnostics::pending(c)).await.map_err(|e| {
+    let pending = daemon.store.read(|c| crate::diagnostics::pending(c)).await.map_err(|e| {
         tracing::warn!(error = %e, "reading queued feedback");
     })?;
     for (id, kind, body) in pending {
@@ -395,25 +432,20 @@ pub fn prepare_next(
             record = Some(r);
         }
         let Some(s) = record.as_mut().and_then(SessionRecord::current_mut) else { break };
-        let plaintext = zeroize::Zeroizing::new(plaintext.unwrap_or_default());
-        let envelope = s.encrypt(&plaintext, rng).map_err(|e| e2e::crypto_err("encrypting", e))?;
-        outbox::sealed(&tx, seq, &envelope)?;
-        // Kept for a retry receipt: the peer may fail to open it (a session it lost).
-        if pairwise && Content::decode(&plaintext).is_some_and(|c| c.resendable()) {
-            outbox::keep_for_resend(
-                &tx,
-                &relay_id,
-                recipient,
-                message_id.as_deref(),
-                &plaintext,
-                attempt,
-                now,
-            )?;
-        }
+        let row = outbox::Unsealed {
+            seq,
+            relay_id,
+            plaintext: zeroize::Zeroizing::new(plaintext.unwrap_or_default()),
+            message_id,
+            attempt,
+        };
+        let envelope =
+            s.encrypt(&row.plaintext, rng).map_err(|e| e2e::crypto_err("encrypting", e))?;
+        outbox::sealed(&tx, recipient, &row, &envelope, now)?;
         ready.push(Outgoing {
             seq,
             recipient: recipient.to_owned(),
-            relay_id,
+            relay_id: row.relay_id,
             envelope,
             fanout: None,
         });

@@ -302,7 +302,7 @@ async fn subscription(
         wake.borrow_and_update();
         let after = cursor;
         let batch =
-            match daemon.store.call(move |c| events::read_after(c, after, EVENT_BATCH)).await {
+            match daemon.store.read(move |c| events::read_after(c, after, EVENT_BATCH)).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading events");

@@ -136,6 +136,34 @@ impl Store {
         tokio::task::spawn_blocking(move || store.with(f)).await.map_err(|_| StoreError::Join)?
     }
 
+    /// Runs a quick read here when the connection is free, else on the blocking pool like
+    /// [`Store::call`]. For the hot paths of a message (the sender finding ciphertext
+    /// ready, a subscriber reading new events): a hand-off to the blocking pool and back
+    /// costs two thread wake-ups, more than the read itself. Never for a write that syncs.
+    pub async fn read<F, R>(self: &Arc<Self>, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        match self.run_if_free(f) {
+            Ok(r) => r,
+            Err(f) => self.call(f).await,
+        }
+    }
+
+    /// Runs `f` here if the connection is free; gives it back otherwise. (The guard must
+    /// not live across an await in [`Store::read`].)
+    fn run_if_free<F, R>(&self, f: F) -> Result<Result<R, StoreError>, F>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, StoreError>,
+    {
+        match self.conn.try_lock() {
+            Ok(mut conn) => Ok(f(&mut conn)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(f(&mut p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => Err(f),
+        }
+    }
+
     /// Runs `f` with the connection on this thread (start-up and shutdown only).
     pub fn with<F, R>(&self, f: F) -> Result<R, StoreError>
     where
@@ -154,11 +182,7 @@ impl Store {
     where
         F: FnOnce(&mut Connection) -> Result<R, StoreError>,
     {
-        match self.conn.try_lock() {
-            Ok(mut conn) => Some(f(&mut conn)),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(f(&mut p.into_inner())),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        self.run_if_free(f).ok()
     }
 
     /// Checkpoints the WAL into the main file, for a clean stop.
@@ -235,9 +259,23 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
 
-/// A write that may share its transaction (and its disk sync) with others; see
-/// [`GroupCommit`].
-type Job = Box<dyn FnOnce(&Connection) -> Option<Box<dyn FnOnce() + Send>> + Send>;
+/// A write that may share its transaction (and its disk sync) with others, and the key
+/// it names for [`Finish`]; see [`GroupCommit`].
+struct Job {
+    write: Write,
+    then: Option<String>,
+}
+
+/// A job's write: on success, what hands its result to the caller after the commit.
+type Write = Box<dyn FnOnce(&Connection) -> Option<Deliver> + Send>;
+type Deliver = Box<dyn FnOnce() + Send>;
+
+/// What a group transaction does after its writes and before its commit, once for each
+/// distinct key its successful writes named ([`GroupCommit::run_then`]), each in a
+/// savepoint of its own (a failure is logged and rolled back alone): the daemon encrypts
+/// what the sends queued for each recipient there, one ratchet load and save per
+/// recipient and group, not per message.
+pub type Finish = Box<dyn Fn(&Connection, &str) -> Result<(), StoreError> + Send + Sync>;
 
 /// Group commit: writes submitted while a transaction is being synced are applied
 /// together in the next one, each in its own savepoint, with one disk sync for all of
@@ -254,7 +292,8 @@ const GROUP_MAX: usize = 256;
 
 impl GroupCommit {
     /// Starts the committer for `store`; it runs until every handle is dropped.
-    pub fn start(store: Arc<Store>) -> (Self, impl Future<Output = ()>) {
+    pub fn start(store: Arc<Store>, finish: Finish) -> (Self, impl Future<Output = ()>) {
+        let finish = Arc::new(finish);
         let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let task = async move {
             while let Some(first) = rx.recv().await {
@@ -265,7 +304,8 @@ impl GroupCommit {
                         Err(_) => break,
                     }
                 }
-                let done = store.call(move |c| run_group(c, batch)).await;
+                let finish = finish.clone();
+                let done = store.call(move |c| run_group(c, batch, &finish)).await;
                 match done {
                     Ok(deliveries) => deliveries.into_iter().for_each(|d| d()),
                     // The callers' senders are dropped with the batch: they see an error.
@@ -282,17 +322,27 @@ impl GroupCommit {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
+        self.run_then(None, f).await
+    }
+
+    /// [`GroupCommit::run`], and if `f` succeeds, the group's [`Finish`] runs for `key`
+    /// in the same transaction before the commit.
+    pub async fn run_then<F, R>(&self, key: Option<String>, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, StoreError>>();
-        let job: Job = Box::new(move |conn| match f(conn) {
+        let write: Write = Box::new(move |conn: &Connection| match f(conn) {
             Ok(r) => Some(Box::new(move || {
                 let _ = tx.send(Ok(r));
-            })),
+            }) as Deliver),
             Err(e) => {
                 let _ = tx.send(Err(e));
                 None
             }
         });
-        self.jobs.send(job).map_err(|_| StoreError::Join)?;
+        self.jobs.send(Job { write, then: key }).map_err(|_| StoreError::Join)?;
         rx.await.map_err(|_| StoreError::Join)?
     }
 }
@@ -302,18 +352,30 @@ impl GroupCommit {
 fn run_group(
     conn: &mut Connection,
     batch: Vec<Job>,
-) -> Result<Vec<Box<dyn FnOnce() + Send>>, StoreError> {
+    finish: &Finish,
+) -> Result<Vec<Deliver>, StoreError> {
     let mut tx = conn.transaction()?;
     let mut deliveries = Vec::with_capacity(batch.len());
+    let mut keys = std::collections::BTreeSet::new();
     for job in batch {
         let sp = tx.savepoint()?;
-        match job(&sp) {
+        match (job.write)(&sp) {
             Some(deliver) => {
                 sp.commit()?;
                 deliveries.push(deliver);
+                keys.extend(job.then);
             }
             // Dropping the savepoint rolls this job back.
             None => drop(sp),
+        }
+    }
+    // The writes stand whatever the finishing step does: it only does earlier what
+    // would be done later (the sender seals what is left in plaintext).
+    for key in keys {
+        let sp = tx.savepoint()?;
+        match finish(&sp, &key) {
+            Ok(()) => sp.commit()?,
+            Err(e) => tracing::warn!(error = %e, "a group commit's finishing step failed"),
         }
     }
     tx.commit()?;

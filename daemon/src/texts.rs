@@ -41,13 +41,7 @@ pub fn apply_text(
         effects.last_event = Some(crate::notify::received(tx, message, now)?);
     }
     // Acknowledge to the sender even for a duplicate: its first receipt may be lost.
-    outbox::enqueue(
-        tx,
-        sender,
-        None,
-        &Content::Receipt { state: ReceiptKind::Delivered, ids: vec![id] },
-        now,
-    )?;
+    outbox::enqueue_receipt(tx, sender, ReceiptKind::Delivered, vec![id], now)?;
     effects.queued = true;
     Ok(effects)
 }
@@ -65,7 +59,7 @@ pub fn apply_receipt(
         ReceiptKind::Read => MessageState::Read,
     };
     let mut e = Effects::default();
-    for id in ids.iter().take(1000) {
+    for id in ids.iter().take(outbox::MAX_RECEIPT_IDS) {
         // Delivered: the peer opened it, no retry will ask for it again.
         outbox::forget_kept(tx, id, sender)?;
         if let Some((conversation, state)) = messages::advance_from(tx, id, sender, state)? {

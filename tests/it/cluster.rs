@@ -52,12 +52,7 @@ async fn send_and_settle(from: &Daemon, to: &str, text: &str) -> Value {
 }
 
 async fn wait_drained(d: &Daemon) {
-    eventually(LIMIT, "outbox drained", || async {
-        let st = d.call("system.status", json!({})).await.ok()?;
-        (st["queued_out"] == 0).then_some(())
-    })
-    .await
-    .unwrap();
+    letstalk_tests::wait_drained(d, LIMIT).await;
 }
 
 #[tokio::test]

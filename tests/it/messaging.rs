@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use letstalk_tests::{
-    PASSWORD, World, error_of, eventually, files_containing, next_event, registered,
-    wait_connected, wait_texts,
+    Daemon, PASSWORD, World, error_of, eventually, files_containing, next_event, registered,
+    wait_connected, wait_drained, wait_texts,
 };
 
 #[tokio::test]
@@ -124,12 +124,7 @@ async fn fifty_messages_to_an_offline_recipient_arrive_once_in_order() {
             .unwrap();
     }
     // All accepted by the relay while bob is away.
-    eventually(Duration::from_secs(30), "queue drained", || async {
-        let st = alice.call("system.status", json!({})).await.ok()?;
-        (st["queued_out"] == 0).then_some(())
-    })
-    .await
-    .unwrap();
+    wait_drained(&alice, Duration::from_secs(30)).await;
     let bob = world.daemon("bob").with_relay(&relay).start().unwrap();
     let got = wait_texts(&bob, "user:alice", 50, Duration::from_secs(60)).await;
     assert_eq!(got, (0..50).map(|i| format!("offline {i}")).collect::<Vec<_>>());
@@ -142,11 +137,7 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_when_it_returns() {
     let alice = registered(&world, &relay, "alice").await;
     let bob = registered(&world, &relay, "bob").await;
     relay.kill9();
-    let r = alice
-        .call("messages.send", json!({"to": "user:bob", "text": "through the outage"}))
-        .await
-        .unwrap();
-    assert_eq!(r["message"]["state"], "queued");
+    send_queued(&alice, "through the outage").await;
     relay.restart().unwrap();
     let got = wait_texts(&bob, "user:alice", 1, Duration::from_secs(90)).await;
     assert_eq!(got, vec!["through the outage".to_owned()]);
@@ -181,6 +172,40 @@ async fn crashes_and_restarts_during_300_sends_lose_and_duplicate_nothing() {
     assert_eq!(accepted.len(), 300, "messages.send never refuses while the daemon runs");
     let got = wait_texts(&bob, "user:alice", 300, Duration::from_secs(120)).await;
     assert_eq!(got, accepted);
+}
+
+/// Sends `text` from `d` to bob while the relay is away: answered, and queued.
+async fn send_queued(d: &Daemon, text: &str) {
+    let r = d.call("messages.send", json!({"to": "user:bob", "text": text})).await.unwrap();
+    assert_eq!(r["message"]["state"], "queued");
+}
+
+/// Issue 17: a message is encrypted in the transaction that accepts it. Killed (-9) just
+/// after `messages.send` answered, while the relay is away so nothing has left, the
+/// daemon sends that stored ciphertext after a restart, once; the message after it opens
+/// too (the ratchet was committed with the ciphertext, so no message key is used twice).
+#[tokio::test]
+async fn a_send_answered_then_kill_9_is_delivered_once_after_the_restart() {
+    let world = World::new();
+    let mut relay = world.relay("relay").unwrap();
+    let mut alice = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    // A session first: the next message is sealed where it is accepted.
+    alice.call("messages.send", json!({"to": "user:bob", "text": "first"})).await.unwrap();
+    wait_texts(&bob, "user:alice", 1, Duration::from_secs(30)).await;
+    relay.kill9();
+    send_queued(&alice, "sealed, then killed").await;
+    alice.kill9();
+    relay.restart().unwrap();
+    let alice = world.daemon("alice").with_relay(&relay).start().unwrap();
+    alice
+        .call("messages.send", json!({"to": "user:bob", "text": "after the restart"}))
+        .await
+        .unwrap();
+    wait_drained(&alice, Duration::from_secs(60)).await;
+    // bob's link comes back after its own reconnection backoff (as in the outage test).
+    let got = wait_texts(&bob, "user:alice", 3, Duration::from_secs(120)).await;
+    assert_eq!(got, ["first", "sealed, then killed", "after the restart"]);
 }
 
 #[tokio::test]

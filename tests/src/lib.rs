@@ -618,6 +618,17 @@ pub fn error_of(result: Result<Value>) -> (i64, Option<String>, Option<String>) 
 /// The password every test account uses.
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// Waits until `d` reports nothing left in its outbox (`queued_out` 0: every message
+/// accepted by the relay).
+pub async fn wait_drained(d: &Daemon, limit: Duration) {
+    eventually(limit, "outbox drained", || async {
+        let st = d.call("system.status", serde_json::json!({})).await.ok()?;
+        (st["queued_out"] == 0).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 /// Waits until `d` reports its relay link connected.
 pub async fn wait_connected(d: &Daemon) {
     eventually(Duration::from_secs(30), "relay connected", || async {

@@ -271,7 +271,7 @@ pub fn ended(
 
 /// Queues signalling for `peer` (inside the caller's transaction).
 pub fn signal(tx: &Connection, peer: &str, content: &Content, now: i64) -> Result<(), StoreError> {
-    crate::outbox::enqueue(tx, peer, None, content, now)
+    crate::outbox::enqueue(tx, peer, None, content, now).map(drop)
 }
 
 /// Applies call signalling from `sender` (inside the receive transaction).

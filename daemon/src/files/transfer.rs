@@ -176,7 +176,7 @@ pub(super) async fn upload(
                     )?;
                 }
                 None => {
-                    crate::outbox::enqueue(&tx, &r.peer, Some(&r.message_id), &content, now_ms())?
+                    crate::outbox::enqueue(&tx, &r.peer, Some(&r.message_id), &content, now_ms())?;
                 }
             }
             let seq = set_transfer(&tx, &r, FileTransfer::Uploaded, now_ms())?;

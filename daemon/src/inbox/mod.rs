@@ -11,6 +11,7 @@ use letstalk_ipc::types::{EventBody, Presence};
 use letstalk_wire::Request;
 
 use crate::account::Account;
+use crate::clock::PATH;
 use receive::Received;
 
 pub mod receive;
@@ -63,6 +64,11 @@ pub struct Incoming {
 /// Applies pushed messages in one transaction (one disk sync), then acknowledges them.
 pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incoming>) {
     let ids: Vec<u64> = batch.iter().map(|m| m.delivery_id).collect();
+    let relay_ids: Vec<String> = if tracing::enabled!(target: PATH, tracing::Level::DEBUG) {
+        batch.iter().map(|m| m.msg_id.clone()).collect()
+    } else {
+        Vec::new()
+    };
     let outcome = daemon
         .store
         .call(move |c| {
@@ -76,6 +82,9 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
         .await;
     match outcome {
         Ok(Some(results)) => {
+            for relay in &relay_ids {
+                tracing::debug!(target: PATH, %relay, "received");
+            }
             for received in &results {
                 match received {
                     Received::Applied { last_event, queued } => {

@@ -56,6 +56,17 @@ pub fn receive_many(
         out.push(receive_in(&sp, me, sender, relay_id, bytes, now)?);
         sp.commit()?;
     }
+    // What the batch queued for its senders (delivery receipts, merged into one per
+    // sender) is encrypted before the one commit, so the sender has no transaction of
+    // its own to sync before it hands them to the relay.
+    let mut senders: Vec<&str> = items.iter().map(|(s, _, _)| *s).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    for sender in senders {
+        if !trust::is_untrusted(&tx, sender)? {
+            e2e::seal_queued(&tx, sender, e2e::SEAL_MAX, &mut rand_core::OsRng, now)?;
+        }
+    }
     tx.commit()?;
     Ok(out)
 }
@@ -93,6 +104,7 @@ fn receive_in(
     // Decrypt on a copy of the sessions; the stored ones change only if this succeeds.
     match e2e::open(tx, me, sender, bytes)? {
         e2e::Opened::Plain(record, plaintext) => {
+            tracing::debug!(target: crate::clock::PATH, relay = %relay_id, "decrypted");
             apply_plaintext(tx, me, sender, *record, plaintext, now)
         }
         e2e::Opened::Duplicate => Ok(Received::Dropped("duplicate message".into())),
@@ -491,5 +503,71 @@ mod tests {
         assert!(matches!(deliver(&bob, "alice", &replay), Received::Dropped(_)));
         let after = bob.store.with(|c| load_record(c, "alice")).unwrap().unwrap().to_bytes();
         assert_eq!(before.as_slice(), after.as_slice());
+    }
+
+    /// An outbox row's (plaintext, envelope).
+    type Queued = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+    fn outbox_of(d: &Device, to: &str) -> Vec<Queued> {
+        d.store
+            .with(|c| {
+                let rows = c
+                    .prepare(
+                        "SELECT plaintext, envelope FROM outbox WHERE recipient = ?1 ORDER BY seq",
+                    )?
+                    .query_map([to], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .unwrap()
+    }
+
+    /// Issue 17: a message sealed in the transaction that queues it goes out as that
+    /// ciphertext (never encrypted again), and texts received together owe one receipt,
+    /// sealed before their commit.
+    #[test]
+    fn sealed_where_queued_and_one_receipt_per_batch() {
+        let alice = device("alice");
+        let bob = device("bob");
+        send_text(&alice, "bob", "m1", "one");
+        // No session yet: nothing sealed, the sender starts one from a bundle.
+        let seal = |d: &Device, to: &str| {
+            d.store.with(|c| e2e::seal_queued(c, to, 64, &mut OsRng, 6)).unwrap()
+        };
+        assert_eq!(seal(&alice, "bob"), 0);
+        assert!(matches!(flush(&alice, &bob, Some(&bundle(&bob, 0)))[0], Received::Applied { .. }));
+        send_text(&alice, "bob", "m2", "two");
+        send_text(&alice, "bob", "m3", "three");
+        assert_eq!(seal(&alice, "bob"), 2);
+        let queued = outbox_of(&alice, "bob");
+        assert!(queued.iter().all(|(p, e)| p.is_none() && e.is_some()), "{queued:?}");
+        let Prepared::Ready(rows, _) = alice
+            .store
+            .with(|c| prepare_next(c, &alice.account, "bob", None, 64, &mut OsRng, 7))
+            .unwrap()
+        else {
+            panic!()
+        };
+        let sent_as: Vec<Option<Vec<u8>>> = rows.iter().map(|o| Some(o.envelope.clone())).collect();
+        assert_eq!(sent_as, queued.into_iter().map(|(_, e)| e).collect::<Vec<_>>());
+
+        let items: Vec<(&str, &str, &[u8])> =
+            rows.iter().map(|o| ("alice", o.relay_id.as_str(), o.envelope.as_slice())).collect();
+        let got = bob.store.with(|c| receive_many(c, &bob.account, &items, 8)).unwrap();
+        assert!(got.iter().all(|r| matches!(r, Received::Applied { .. })), "{got:?}");
+        assert_eq!(
+            (text_of(&bob, "m2"), text_of(&bob, "m3")),
+            (Some("two".into()), Some("three".into()))
+        );
+        // m1's receipt, then one for m2 and m3: both sealed already.
+        let receipts = outbox_of(&bob, "alice");
+        assert_eq!(receipts.len(), 2, "{receipts:?}");
+        assert!(receipts.iter().all(|(p, e)| p.is_none() && e.is_some()));
+        let got = flush(&bob, &alice, None);
+        assert!(got.iter().all(|r| matches!(r, Received::Applied { .. })), "{got:?}");
+        for id in ["m1", "m2", "m3"] {
+            let state = alice.store.with(|c| messages::get(c, id)).unwrap().unwrap().state;
+            assert_eq!(state, MessageState::Delivered, "{id}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use letstalk_ipc::types::{
 use letstalk_ipc::{ErrorKind, RpcError};
 
 use super::{internal, logged_in};
+use crate::clock::PATH;
 use crate::content::{Content, ReceiptKind};
 use crate::messages::{self, NewMessage};
 use crate::{Daemon, now_ms, validate};
@@ -64,9 +65,17 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
         ));
     }
     let conversation = peer.conversation();
+    // A message to a user is encrypted in the transaction that accepts it (after the
+    // checks below, by the group commit's `Finish`, once per recipient and group): one
+    // disk sync makes the message, its ciphertext and the ratchet durable, and the sender
+    // has nothing left to commit before handing it to the relay.
+    let seal = match &peer {
+        Peer::User(user) => Some(user.clone()),
+        Peer::Group(_) => None,
+    };
     let outcome = daemon
         .writes
-        .run(move |tx| {
+        .run_then(seal, move |tx| {
             if let Some(client_id) = &p.client_msg_id
                 && let Some(existing) = messages::by_client_id(tx, client_id)?
             {
@@ -135,7 +144,8 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
                     now,
                 )?,
                 (Peer::User(user), None) => {
-                    crate::outbox::enqueue(tx, user, Some(&id), &content, now)?;
+                    let relay = crate::outbox::enqueue(tx, user, Some(&id), &content, now)?;
+                    tracing::debug!(target: PATH, msg = %id, %relay, "accepted");
                     true
                 }
                 (Peer::Group(_), None) => false,
@@ -149,6 +159,7 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
         .await
         .map_err(internal)??;
     let (message, queued) = outcome;
+    tracing::debug!(target: PATH, msg = %message.message_id, "committed");
     if queued {
         daemon.wake_sender();
     }

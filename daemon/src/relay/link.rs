@@ -66,6 +66,9 @@ impl LinkRelay {
                     () = cancel.cancelled() => break,
                     p = pushes.recv() => match p { Some(p) => p, None => break },
                 };
+                if let Push::Message(m) = &push {
+                    tracing::debug!(target: crate::clock::PATH, relay = %m.msg_id, "pushed");
+                }
                 if out.send(pushed(push)).is_err() {
                     break;
                 }
