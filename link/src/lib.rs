@@ -567,17 +567,17 @@ impl Link {
 
     /// The live connection; while one is being (re)established, waits for it up to
     /// [`LinkConfig::wait_for_connection`], ending any backoff, rather than failing at once.
+    /// A connection that has just been closed (given up as dead) counts as none.
     async fn live(&self) -> Result<Current, LinkError> {
-        if let Some(c) = self.shared.current() {
+        let usable =
+            |c: &Option<Current>| c.as_ref().is_some_and(|c| c.conn.close_reason().is_none());
+        if let Some(c) = Some(self.shared.current()).filter(usable).flatten() {
             return Ok(c);
         }
         self.shared.hurry.notify_one();
         let mut rx = self.shared.current.subscribe();
-        match tokio::time::timeout(
-            self.shared.config.wait_for_connection,
-            rx.wait_for(Option::is_some),
-        )
-        .await
+        match tokio::time::timeout(self.shared.config.wait_for_connection, rx.wait_for(usable))
+            .await
         {
             Ok(Ok(c)) => c.clone().ok_or_else(|| LinkError::Unavailable("not connected".into())),
             _ => Err(LinkError::Unavailable("not connected".into())),
