@@ -146,7 +146,7 @@ async fn failover(bin: &Path, home: &Path, args: &ClusterArgs) -> Result<Vec<Dur
     // Each node made its own certificate: the sender trusts both.
     let trust = home.join("both.pem");
     std::fs::write(&trust, [std::fs::read(&a.cert)?, std::fs::read(&b.cert)?].concat())?;
-    let (_bob, mut inbox) = connected_link(b.port, &b.cert, "bob").await?;
+    let (bob, mut inbox) = connected_link(b.port, &b.cert, "bob").await?;
     let mut times = Vec::new();
     for round in 0..FAILOVER_ROUNDS {
         if round > 0 {
@@ -156,13 +156,13 @@ async fn failover(bin: &Path, home: &Path, args: &ClusterArgs) -> Result<Vec<Dur
         let config = LinkConfig::with_relays(relays, Some(trust.clone()));
         let alice = registered_link(config, &format!("alice{round}")).await?;
         send_until_stored(&alice, &format!("warm{round}")).await?;
-        received(&mut inbox, &format!("warm{round}")).await?;
+        received(&bob, &mut inbox, &format!("warm{round}")).await?;
 
         a.kill()?;
         let started = Instant::now();
         let id = format!("after{round}");
         send_until_stored(&alice, &id).await?;
-        received(&mut inbox, &id).await?;
+        received(&bob, &mut inbox, &id).await?;
         times.push(started.elapsed());
         alice.shutdown().await;
     }
@@ -184,8 +184,9 @@ async fn send_until_stored(link: &Link, msg_id: &str) -> Result<()> {
     }
 }
 
-/// Waits for the push of `msg_id` and acknowledges it.
-async fn received(inbox: &mut mpsc::Receiver<Push>, msg_id: &str) -> Result<()> {
+/// Waits for the push of `msg_id` and acknowledges it, so that the recipient's mailbox is
+/// empty again for the next round.
+async fn received(link: &Link, inbox: &mut mpsc::Receiver<Push>, msg_id: &str) -> Result<()> {
     let wait = async {
         while let Some(push) = inbox.recv().await {
             if let Push::Message(m) = push
@@ -196,10 +197,10 @@ async fn received(inbox: &mut mpsc::Receiver<Push>, msg_id: &str) -> Result<()> 
         }
         bail!("the recipient's link stopped")
     };
-    tokio::time::timeout(Duration::from_secs(60), wait)
+    let delivery_id = tokio::time::timeout(Duration::from_secs(60), wait)
         .await
         .context("the message did not arrive within a minute")??;
-    Ok(())
+    link.ack(&[delivery_id]).await.context("acknowledging")
 }
 
 #[derive(Debug, Clone, Copy)]

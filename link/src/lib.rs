@@ -569,15 +569,17 @@ impl Link {
     /// [`LinkConfig::wait_for_connection`], ending any backoff, rather than failing at once.
     /// A connection that has just been closed (given up as dead) counts as none.
     async fn live(&self) -> Result<Current, LinkError> {
-        let usable =
-            |c: &Option<Current>| c.as_ref().is_some_and(|c| c.conn.close_reason().is_none());
-        if let Some(c) = Some(self.shared.current()).filter(usable).flatten() {
+        let open = |c: &Current| c.conn.close_reason().is_none();
+        if let Some(c) = self.shared.current().filter(open) {
             return Ok(c);
         }
         self.shared.hurry.notify_one();
         let mut rx = self.shared.current.subscribe();
-        match tokio::time::timeout(self.shared.config.wait_for_connection, rx.wait_for(usable))
-            .await
+        match tokio::time::timeout(
+            self.shared.config.wait_for_connection,
+            rx.wait_for(|c| c.as_ref().is_some_and(open)),
+        )
+        .await
         {
             Ok(Ok(c)) => c.clone().ok_or_else(|| LinkError::Unavailable("not connected".into())),
             _ => Err(LinkError::Unavailable("not connected".into())),

@@ -4,7 +4,7 @@ use super::*;
 use crate::content::Origin;
 use crate::messages::NewMessage;
 use crate::store::Store;
-use letstalk_crypto::SenderKeyReceiver;
+use letstalk_crypto::{SenderKey, SenderKeyReceiver};
 use letstalk_ipc::types::{Direction, MessageKind, MessageState};
 use rand_core::OsRng;
 
