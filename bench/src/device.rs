@@ -21,13 +21,17 @@ use serde_json::{Value, json};
 
 use crate::DeviceArgs;
 use crate::ipc::exe_dir;
-use crate::messaging::{register, start_daemon};
+use crate::messaging::{register, start_connected};
 use crate::servers::{LetstalkdSpec, RelayProcess, release_bin};
 use crate::stats::{Latencies, ms};
 use crate::sys;
 
-/// The daemon's default keep-alive (settings.keepalive_s).
-const KEEPALIVE_S: f64 = 20.0;
+/// The daemon's default keep-alive on Wi-Fi and wired networks (settings.keepalive_s.wifi).
+const KEEPALIVE_S: f64 = 25.0;
+
+/// The watchdog of systemd/letstalkd.service (`WatchdogSec=3min`), which the daemon pets
+/// every half of it: the idle run is given the same, so its pets are counted.
+const WATCHDOG_USEC: &str = "180000000";
 
 /// The binaries and a scratch directory; prints the header of `name`'s run.
 fn setup(args: &DeviceArgs, name: &str) -> Result<(PathBuf, PathBuf, tempfile::TempDir)> {
@@ -93,6 +97,9 @@ async fn idle_section(daemon_bin: &Path, relay_bin: &Path, work: &Path, secs: u6
         idle.threads,
         idle.rss_kib as f64 / 1024.0
     );
+    let by_thread: Vec<String> =
+        idle.by_thread.iter().map(|(name, n)| format!("{name} {n}")).collect();
+    println!("  wake-ups by thread: {}", by_thread.join(", "));
     println!(
         "  CPU: {:.1} ms = {:.2} ms per minute",
         idle.cpu.as_secs_f64() * 1000.0,
@@ -133,6 +140,14 @@ struct Idle {
     cpu: Duration,
     /// The seconds (from the start of the window) in which the daemon woke at all.
     busy_seconds: Vec<u64>,
+    /// Wake-ups per thread name (tokio's workers share one), most first.
+    by_thread: Vec<(String, u64)>,
+}
+
+/// A thread's name (`comm`), or its id if it is gone.
+fn thread_name(pid: u32, tid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .map_or_else(|_| format!("thread {tid}"), |n| n.trim().to_owned())
 }
 
 /// Context switches so far of each live thread of `pid`.
@@ -156,7 +171,10 @@ fn switches(pid: u32) -> Result<std::collections::HashMap<String, u64>> {
 
 async fn idle_run(daemon_bin: &Path, relay_bin: &Path, work: &Path, secs: u64) -> Result<Idle> {
     let mut relay = RelayProcess::start(relay_bin, &work.join("idle-relay"))?;
-    let mut daemon = start_daemon(daemon_bin, &work.join("idle-alice"), &relay).await?;
+    let mut spec =
+        LetstalkdSpec::new(daemon_bin, work.join("idle-alice")).with_relay(relay.port, &relay.cert);
+    spec.env.push(("WATCHDOG_USEC".into(), WATCHDOG_USEC.into()));
+    let mut daemon = start_connected(&spec).await?;
     {
         let client = Client::connect(&daemon.socket).await?;
         register(&client, "alice").await?;
@@ -171,12 +189,17 @@ async fn idle_run(daemon_bin: &Path, relay_bin: &Path, work: &Path, secs: u64) -
     let mut last = switches(pid)?;
     let mut wakeups = 0u64;
     let mut busy_seconds = Vec::new();
+    let mut by_thread = std::collections::BTreeMap::<String, u64>::new();
     for second in 0..secs {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = switches(pid)?;
         let mut this = 0;
         for (tid, n) in &now {
-            this += n.saturating_sub(last.get(tid).copied().unwrap_or(0));
+            let woke = n.saturating_sub(last.get(tid).copied().unwrap_or(0));
+            if woke > 0 {
+                *by_thread.entry(thread_name(pid, tid)).or_default() += woke;
+            }
+            this += woke;
         }
         if this > 0 {
             busy_seconds.push(second + 1);
@@ -189,7 +212,9 @@ async fn idle_run(daemon_bin: &Path, relay_bin: &Path, work: &Path, secs: u64) -
     let rss_kib = sys::proc_status_kib(pid, "VmRSS")?;
     daemon.stop()?;
     relay.stop()?;
-    Ok(Idle { wakeups, threads, rss_kib, cpu: c1.saturating_sub(c0), busy_seconds })
+    let mut by_thread: Vec<(String, u64)> = by_thread.into_iter().collect();
+    by_thread.sort_by_key(|t| std::cmp::Reverse(t.1));
+    Ok(Idle { wakeups, threads, rss_kib, cpu: c1.saturating_sub(c0), busy_seconds, by_thread })
 }
 
 /// A network namespace, deleted when dropped.

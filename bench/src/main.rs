@@ -134,7 +134,8 @@ pub(crate) struct DeviceArgs {
     pub(crate) relay: Option<PathBuf>,
 
     /// How long to watch the idle daemon, in seconds.
-    #[arg(long, default_value_t = 60, value_name = "S")]
+    /// (90 s: the window holds one watchdog pet, every 90 s as under systemd.)
+    #[arg(long, default_value_t = 90, value_name = "S")]
     pub(crate) idle_s: u64,
 
     /// Network switches to measure (needs root).

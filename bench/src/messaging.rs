@@ -189,6 +189,11 @@ async fn start_daemon_with(
 ) -> Result<Letstalkd> {
     let mut spec = LetstalkdSpec::new(bin, PathBuf::from(home)).with_relay(relay.port, &relay.cert);
     spec.args.extend(extra.iter().map(Into::into));
+    start_connected(&spec).await
+}
+
+/// Starts `spec` and waits until it is connected to its relay.
+pub(crate) async fn start_connected(spec: &LetstalkdSpec) -> Result<Letstalkd> {
     let (daemon, _, _) = spec.start()?;
     let client = Client::connect(&daemon.socket).await?;
     let started = Instant::now();
@@ -198,7 +203,7 @@ async fn start_daemon_with(
             return Ok(daemon);
         }
         if started.elapsed() > Duration::from_secs(30) {
-            bail!("{} did not connect to the relay within 30 s: {st}", home.display());
+            bail!("{} did not connect to the relay within 30 s: {st}", spec.home.display());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -67,6 +67,8 @@ pub(crate) struct LetstalkdSpec {
     pub(crate) args: Vec<std::ffi::OsString>,
     /// Run inside this network namespace (`ip netns exec`).
     pub(crate) netns: Option<String>,
+    /// Extra environment (e.g. `WATCHDOG_USEC`, as systemd sets it).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// A running `letstalkd`; killed when dropped.
@@ -86,7 +88,7 @@ impl Letstalkd {
 
 impl LetstalkdSpec {
     pub(crate) fn new(bin: &Path, home: PathBuf) -> Self {
-        Self { bin: bin.to_owned(), home, args: Vec::new(), netns: None }
+        Self { bin: bin.to_owned(), home, args: Vec::new(), netns: None, env: Vec::new() }
     }
 
     /// The same daemon, linked to the relay listening on `port` (its certificate `cert`).
@@ -120,6 +122,7 @@ impl LetstalkdSpec {
         // without a desktop session.
         cmd.env_remove("DBUS_SESSION_BUS_ADDRESS");
         cmd.env("XDG_RUNTIME_DIR", self.home.join("xdg-runtime"));
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

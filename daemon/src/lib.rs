@@ -342,12 +342,14 @@ async fn maintenance(daemon: Arc<Daemon>, cancel: CancellationToken) {
     }
 }
 
+/// Pets the watchdog now and every `interval`, each time with one wake-up of one worker
+/// (a `timerfd`, not tokio's timer wheel: a phone's idle daemon wakes for little else).
 async fn watchdog(interval: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
     loop {
+        systemd::watchdog();
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = tick.tick() => systemd::watchdog(),
+            () = letstalk_link::sleep_until(Instant::now() + interval) => {}
         }
     }
 }

@@ -32,8 +32,10 @@ impl Default for Settings {
             diagnostics_upload: false,
             auto_download_wifi: true,
             auto_download_cellular: false,
-            // Cellular NAT bindings for UDP can expire in about 30 s; 20 s keeps them.
-            keepalive_wifi_s: 20,
+            // Cellular NAT bindings for UDP can expire in about 30 s; 20 s keeps them. Wi-Fi
+            // routers keep them longer (RFC 9000 §10.1.2: a packet every 30 s keeps most
+            // middleboxes' state); 25 s keeps a margin and wakes the phone less (issue 22).
+            keepalive_wifi_s: 25,
             keepalive_cellular_s: 20,
         }
     }

@@ -51,8 +51,11 @@
 mod conn;
 mod driver;
 mod error;
+mod net;
 mod requests;
 mod tls;
+
+pub use net::sleep_until;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -98,6 +101,11 @@ pub struct LinkConfig {
     pub backoff_max: Duration,
     /// Sent in `Hello`, for the relay's logs.
     pub client_name: String,
+    /// Runs QUIC on one thread of its own that sleeps until a packet or a deadline is
+    /// due, instead of on the caller's runtime: an idle link then wakes its process about
+    /// twice per keep-alive (a phone's daemon). Off by default (the tests and benches run
+    /// many links in one process). See `net.rs`.
+    pub own_thread: bool,
 }
 
 impl LinkConfig {
@@ -122,6 +130,7 @@ impl LinkConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             client_name: format!("letstalk-link {}", env!("CARGO_PKG_VERSION")),
+            own_thread: false,
         }
     }
 }
@@ -422,7 +431,7 @@ impl Link {
         }
         let targets = config.relays.iter().map(|r| Target::parse(r)).collect::<Result<_, _>>()?;
         let client_config = tls::client_config(config.trusted_cert.as_deref())?;
-        let endpoint = tls::endpoint(new_socket()?)?;
+        let endpoint = tls::endpoint(new_socket()?, config.own_thread)?;
         let (pushes, rx) = mpsc::channel(PUSH_CHANNEL);
         let (datagrams, datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
         let status = watch::Sender::new(LinkStatus {

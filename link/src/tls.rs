@@ -68,13 +68,17 @@ pub(crate) fn idle_timeout(keepalive: Duration) -> Duration {
 /// Bytes of one stream the relay may send ahead of what was read.
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 
-/// The client endpoint on `socket`, carrying datagrams up to the protocol's UDP payload.
-pub(crate) fn endpoint(socket: std::net::UdpSocket) -> Result<quinn::Endpoint, LinkError> {
+/// The client endpoint on `socket`, carrying datagrams up to the protocol's UDP payload,
+/// on a thread of its own if `own_thread` (see `net.rs`).
+pub(crate) fn endpoint(
+    socket: std::net::UdpSocket,
+    own_thread: bool,
+) -> Result<quinn::Endpoint, LinkError> {
     let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(letstalk_wire::MAX_UDP_PAYLOAD)
         .map_err(|e| LinkError::Config(format!("UDP payload size: {e}")))?;
-    quinn::Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))
+    quinn::Endpoint::new(config, None, socket, crate::net::runtime(own_thread))
         .map_err(|e| LinkError::Config(format!("UDP socket: {e}")))
 }
 

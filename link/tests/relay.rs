@@ -346,10 +346,22 @@ async fn a_dead_first_candidate_costs_no_handshake_timeout() {
 
 #[tokio::test]
 async fn a_request_to_a_node_gone_silent_fails_in_seconds_and_the_link_moves_on() {
+    gone_silent(false).await;
+}
+
+/// The same with QUIC on the link's own thread and its `timerfd` timers (the daemon's
+/// configuration): the silence, the handshakes and the failover keep their timings.
+#[tokio::test]
+async fn on_its_own_thread_a_node_gone_silent_is_left_in_seconds() {
+    gone_silent(true).await;
+}
+
+async fn gone_silent(own_thread: bool) {
     let node = Node::start().await;
     let path = Path::to(node.addr).await;
     let mut config =
         quick(LinkConfig::with_relays(vec![path.address(), node.address()], Some(node.cert())));
+    config.own_thread = own_thread;
     // Only the silence may end the request below, not its own timeout nor the idle one.
     config.request_timeout = Duration::from_secs(120);
     config.keepalive = Duration::from_secs(60);
@@ -367,4 +379,38 @@ async fn a_request_to_a_node_gone_silent_fails_in_seconds_and_the_link_moves_on(
     .await;
     assert_eq!(status.user_id.as_deref(), Some("alice"));
     alice.ping().await.unwrap();
+}
+
+/// Whether this process has a thread named `name`.
+fn has_thread(name: &str) -> bool {
+    std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
+        let comm = std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap_or_default();
+        comm.trim() == name
+    })
+}
+
+#[tokio::test]
+async fn a_link_on_its_own_thread_carries_requests_pushes_a_migration_and_a_reconnect() {
+    let mut node = Node::start().await;
+    let own = |mut c: LinkConfig| {
+        c.own_thread = true;
+        quick(c)
+    };
+    let (alice, _arx, _) = user(own(node.config()), "alice").await;
+    let (bob, mut rx, _) = user(own(node.config()), "bob").await;
+    assert!(has_thread("letstalk-net"), "QUIC is not on its own thread");
+    let received =
+        |id: &'static str| move |p: &Push| matches!(p, Push::Message(m) if m.msg_id == id);
+
+    alice.send("bob", "m1", b"sealed".to_vec()).await.unwrap();
+    next(&mut rx, received("m1")).await;
+    // A rebind registers the new socket with the network thread's reactor.
+    bob.network_changed().await;
+    bob.ping().await.unwrap();
+    assert_eq!(bob.status().borrow().state, ConnState::Connected);
+    // A new connection after the relay restarts, authenticated again.
+    node.restart().await;
+    next(&mut rx, |p| *p == Push::State(ConnState::Connected)).await;
+    alice.send("bob", "m2", b"sealed".to_vec()).await.unwrap();
+    next(&mut rx, received("m2")).await;
 }

@@ -76,7 +76,7 @@ async fn two_hundred_hostile_connections_then_it_still_answers() {
     let st = c.call_value("system.status", json!({})).await.unwrap();
     assert!(st["version"].is_string());
     // Hostile settings changed nothing.
-    assert_eq!(c.call_value("settings.get", json!({})).await.unwrap()["keepalive_s"]["wifi"], 20);
+    assert_eq!(c.call_value("settings.get", json!({})).await.unwrap()["keepalive_s"]["wifi"], 25);
 }
 
 /// The hostile peer the attacker tests use speaks the protocol well enough to reach a

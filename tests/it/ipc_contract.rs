@@ -221,7 +221,7 @@ async fn settings_round_trip_and_status_without_relay() {
         s,
         json!({"block_all": false, "read_receipts": true, "typing": true, "share_presence": true,
                "diagnostics_upload": false,
-               "auto_download": {"wifi": true, "cellular": false}, "keepalive_s": {"wifi": 20, "cellular": 20}})
+               "auto_download": {"wifi": true, "cellular": false}, "keepalive_s": {"wifi": 25, "cellular": 20}})
     );
     let s = d
         .call(

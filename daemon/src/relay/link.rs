@@ -48,6 +48,8 @@ impl LinkRelay {
         let mut config = LinkConfig::with_relays(relays, cert.map(std::path::Path::to_path_buf));
         config.keepalive = keepalive;
         config.client_name = format!("letstalkd/{}", crate::VERSION);
+        // The phone's daemon: an idle link wakes the CPU only for its keep-alive.
+        config.own_thread = true;
         let (link, pushes) = Link::start(config, credentials.as_ref().map(identity))?;
         Ok(Arc::new(Self { link, address, pushes: Mutex::new(Some(pushes)) }))
     }
