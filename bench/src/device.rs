@@ -47,6 +47,7 @@ fn setup(args: &DeviceArgs, name: &str) -> Result<(PathBuf, PathBuf, tempfile::T
 pub(crate) async fn run(args: &DeviceArgs) -> Result<()> {
     let (daemon_bin, relay_bin, work) = setup(args, "device")?;
     idle_section(&daemon_bin, &relay_bin, work.path(), args.idle_s).await?;
+    sizes_section(&daemon_bin)?;
 
     if !rustix::process::geteuid().is_root() {
         println!("== Network switch: not measured (it needs root to make network namespaces) ==");
@@ -69,10 +70,60 @@ pub(crate) async fn run(args: &DeviceArgs) -> Result<()> {
     Ok(())
 }
 
-/// `letstalk-bench idle`: only the idle measurement, beside the phone's target.
+/// `letstalk-bench idle`: only the idle measurement, beside the phone's target, and the
+/// binaries' sizes per architecture.
 pub(crate) async fn run_idle(args: &DeviceArgs) -> Result<()> {
     let (daemon_bin, relay_bin, work) = setup(args, "idle")?;
-    idle_section(&daemon_bin, &relay_bin, work.path(), args.idle_s).await
+    idle_section(&daemon_bin, &relay_bin, work.path(), args.idle_s).await?;
+    sizes_section(&daemon_bin)
+}
+
+/// The phone's architectures, as `target/cross/<triple>/release` holds their builds.
+const CROSS: [(&str, &str); 2] =
+    [("aarch64", "aarch64-unknown-linux-gnu"), ("armv7", "armv7-unknown-linux-gnueabihf")];
+
+/// Prints the size of `letstalkd` and `letstalk` as built for this machine (beside
+/// `daemon_bin`) and for each phone architecture (`target/cross`, README "Building for a
+/// phone"); the release profile strips symbols, so the sizes are as shipped.
+fn sizes_section(daemon_bin: &Path) -> Result<()> {
+    let dir = daemon_bin.parent().context("the daemon binary's directory")?;
+    let sizes = |dir: &Path| -> Vec<Option<u64>> {
+        ["letstalkd", "letstalk"]
+            .iter()
+            .map(|name| std::fs::metadata(dir.join(name)).ok().map(|m| m.len()))
+            .collect()
+    };
+    let show = |size: Option<u64>| {
+        size.map_or("not built".to_owned(), |s| format!("{:.2} MB", s as f64 / 1e6))
+    };
+    println!("== Binary sizes (release profile, symbols stripped) ==");
+    let native = sizes(dir);
+    println!(
+        "  {:<8} letstalkd {:>10}   letstalk {:>10}",
+        "x86-64",
+        show(native[0]),
+        show(native[1])
+    );
+    // target/release/letstalkd → target/cross/<triple>/release/.
+    let cross = dir.parent().map(|target| target.join("cross"));
+    for (arch, triple) in CROSS {
+        let built = cross.as_ref().map(|c| sizes(&c.join(triple).join("release")));
+        let built = built.unwrap_or_else(|| vec![None, None]);
+        let ratio = match (built[0], native[0]) {
+            (Some(b), Some(n)) if n > 0 => format!("  ({:.2}× x86-64)", b as f64 / n as f64),
+            _ => String::new(),
+        };
+        println!(
+            "  {arch:<8} letstalkd {:>10}   letstalk {:>10}{ratio}",
+            show(built[0]),
+            show(built[1])
+        );
+    }
+    println!(
+        "  (cross builds: RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross cargo build \
+         --release --target TRIPLE -p letstalkd -p letstalk-cli; see the README)"
+    );
+    Ok(())
 }
 
 /// Wake-ups a phone's CPU may spend on an idle daemon (issue 22: keep-alive and

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod device;
 mod diagnostics;
+mod emulated;
 mod events;
 mod files;
 mod groups;

@@ -94,6 +94,7 @@ impl World {
             args: Vec::new(),
             env: Vec::new(),
             netns: None,
+            foreign: None,
         }
     }
 }
@@ -109,9 +110,55 @@ pub struct DaemonSpec {
     pub env: Vec<(String, String)>,
     /// Run inside this network namespace (see [`Netns`]).
     pub netns: Option<String>,
+    /// Run another architecture's build under an emulator (see [`Foreign`]).
+    pub foreign: Option<Foreign>,
+}
+
+/// The programs built for another architecture (aarch64 for phones), run under an
+/// emulator: `LETSTALK_FOREIGN_BIN_DIR` holds their `letstalkd` and `letstalk`,
+/// `LETSTALK_FOREIGN_RUNNER` is the emulator's command line (e.g. `qemu-aarch64 -L
+/// /usr/aarch64-linux-gnu`; qemu-user runs the program in its own process, so the
+/// daemon's pid and signals are as native). `.ci/run` cross-builds them and sets both.
+#[derive(Debug, Clone)]
+pub struct Foreign {
+    pub runner: Vec<String>,
+    pub bin_dir: PathBuf,
+}
+
+impl Foreign {
+    /// From the environment; an error names what is missing.
+    pub fn from_env() -> Result<Foreign> {
+        let bin_dir = std::env::var_os("LETSTALK_FOREIGN_BIN_DIR")
+            .context("LETSTALK_FOREIGN_BIN_DIR is not set (see .ci/run)")?;
+        let runner = std::env::var("LETSTALK_FOREIGN_RUNNER")
+            .context("LETSTALK_FOREIGN_RUNNER is not set (see .ci/run)")?;
+        let runner: Vec<String> = runner.split_whitespace().map(str::to_owned).collect();
+        if runner.is_empty() {
+            bail!("LETSTALK_FOREIGN_RUNNER is empty");
+        }
+        Ok(Foreign { runner, bin_dir: bin_dir.into() })
+    }
+
+    /// `name` of the foreign build, run through the emulator.
+    pub fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(&self.runner[0]);
+        cmd.args(&self.runner[1..]).arg(self.bin_dir.join(name));
+        cmd
+    }
+
+    /// The foreign `letstalk` CLI against `socket`, as [`cli_env`].
+    pub fn cli(&self, socket: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        run_cli(self.command("letstalk"), socket, args, env)
+    }
 }
 
 impl DaemonSpec {
+    /// Runs the foreign build of the daemon under its emulator.
+    pub fn foreign(mut self, foreign: &Foreign) -> Self {
+        self.foreign = Some(foreign.clone());
+        self
+    }
+
     /// Runs the daemon inside `ns`.
     pub fn in_netns(mut self, ns: &Netns) -> Self {
         self.netns = Some(ns.name.clone());
@@ -130,7 +177,10 @@ impl DaemonSpec {
 
     /// The command, with no ambient LETSTALK_* or XDG variables leaking in.
     pub fn command(&self) -> Command {
-        let mut cmd = netns_command(self.netns.as_deref(), "letstalkd");
+        let mut cmd = match &self.foreign {
+            Some(foreign) => foreign.command("letstalkd"),
+            None => netns_command(self.netns.as_deref(), "letstalkd"),
+        };
         cmd.arg("--data-dir").arg(&self.data_dir).arg("--socket").arg(&self.socket);
         cmd.args(&self.args);
         for (k, _) in std::env::vars() {
@@ -209,7 +259,9 @@ pub struct Daemon {
 
 impl Daemon {
     fn wait_ready(&mut self, notify: &UnixDatagram) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // An emulated build runs several times slower (its crypto most of all).
+        let limit = Duration::from_secs(if self.spec.foreign.is_some() { 120 } else { 30 });
+        let deadline = Instant::now() + limit;
         notify.set_read_timeout(Some(Duration::from_millis(100)))?;
         let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
@@ -222,7 +274,7 @@ impl Daemon {
                 bail!("letstalkd exited with {status} before it was ready:\n{}", self.logs());
             }
         }
-        bail!("letstalkd did not become ready within 30 s:\n{}", self.logs())
+        bail!("letstalkd did not become ready within {limit:?}:\n{}", self.logs())
     }
 
     pub fn socket(&self) -> &Path {
@@ -571,7 +623,16 @@ pub fn cli(socket: &Path, args: &[&str]) -> (i32, String, String) {
 
 /// [`cli`] with extra environment variables.
 pub fn cli_env(socket: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(bin("letstalk"))
+    run_cli(Command::new(bin("letstalk")), socket, args, env)
+}
+
+fn run_cli(
+    mut cli: Command,
+    socket: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let out = cli
         .arg("--socket")
         .arg(socket)
         .args(args)
