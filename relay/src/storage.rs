@@ -5,7 +5,8 @@
 //! interchangeable.
 //!
 //! The trait is async: a cluster back end does network I/O, and the embedded one runs
-//! each call on tokio's blocking pool so SQLite never stalls the reactor. Operations are
+//! each call on tokio's blocking pool so SQLite never stalls the reactor (message
+//! writes on its writer thread, which group-commits concurrent ones). Operations are
 //! shaped for that future: each is one atomic step (take a prekey, enqueue with dedupe
 //! and quota, delete acknowledged), never a transaction spanning calls.
 //!
