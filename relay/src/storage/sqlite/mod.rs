@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use letstalk_wire::{Avatar, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 
 use self::rows::{count_one_time, exists, i, key32, read_blocks, read_contacts, read_profile};
 use self::writer::{Job, Writer};
@@ -43,6 +44,12 @@ pub struct SqliteStorage {
 impl SqliteStorage {
     /// Opens (creating and migrating) `relay.db` in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with(dir, std::time::Duration::ZERO)
+    }
+
+    /// [`SqliteStorage::open`], each message-write batch held `commit_delay` before its
+    /// commit (tests: a slow disk).
+    pub fn open_with(dir: &Path, commit_delay: std::time::Duration) -> Result<Self, StorageError> {
         let mut conn = Connection::open(dir.join("relay.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -51,7 +58,7 @@ impl SqliteStorage {
         conn.pragma_update(None, "secure_delete", "ON")?;
         migrate(&mut conn)?;
         let conn = Arc::new(Mutex::new(conn));
-        let writer = Writer::start(conn.clone())?;
+        let writer = Writer::start(conn.clone(), commit_delay)?;
         Ok(Self { conn, writer })
     }
 
@@ -482,12 +489,23 @@ impl Storage for SqliteStorage {
         done.pop().ok_or(StorageError::NotFound)
     }
 
+    async fn enqueue_staged(
+        &self,
+        e: Envelope,
+        quota: Quota,
+        staged: oneshot::Sender<u64>,
+    ) -> Result<Enqueued, StorageError> {
+        let job = |reply| Job::Many { envelopes: vec![e], quota, staged: Some(staged), reply };
+        let mut done = self.writer.submit(job).await?;
+        done.pop().ok_or(StorageError::NotFound)
+    }
+
     async fn enqueue_many(
         &self,
         envelopes: Vec<Envelope>,
         quota: Quota,
     ) -> Result<Vec<Enqueued>, StorageError> {
-        self.writer.submit(|reply| Job::Many { envelopes, quota, reply }).await
+        self.writer.submit(|reply| Job::Many { envelopes, quota, staged: None, reply }).await
     }
 
     async fn enqueue_fanout(

@@ -9,6 +9,12 @@
 //! [`MAX_BATCH`] jobs or [`MAX_BATCH_BYTES`] of bodies), so under light load a batch is
 //! one job.
 //!
+//! A send may ask to be told its delivery id as soon as it is written into the open
+//! transaction ([`Job::Many`]'s `staged`): the writer tells it right before the commit,
+//! so the relay can push the message to a connected recipient while the sync runs. Such
+//! an id reached a device before it was durable, so it must never name another message:
+//! the id sequence jumps by [`ID_GAP`] on every start and after a failed commit.
+//!
 //! Each job runs inside its own savepoint: a refusal (quota, block, unknown recipient)
 //! or any error of one job rolls back that job alone and fails only its waiter; the
 //! others commit. Only a failed commit fails the whole batch, and then nobody was told
@@ -16,6 +22,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, Savepoint, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +34,9 @@ use crate::storage::{Enqueued, Envelope, Quota, StorageError};
 pub(super) const MAX_BATCH: usize = 256;
 /// Most body bytes in one transaction (a batch stops growing once past it).
 pub(super) const MAX_BATCH_BYTES: usize = 1 << 20;
+/// How far the delivery ids jump on start and after a failed commit: more than the ids
+/// one batch can have handed out before its commit.
+const ID_GAP: i64 = 16 * MAX_BATCH as i64;
 /// Jobs waiting for the writer before a sender waits to queue its own.
 const QUEUE: usize = 4096;
 
@@ -37,7 +47,14 @@ pub(super) enum Job {
     /// Several messages for one recipient, all or none ([`Storage::enqueue_many`]).
     ///
     /// [`Storage::enqueue_many`]: crate::storage::Storage::enqueue_many
-    Many { envelopes: Vec<Envelope>, quota: Quota, reply: Reply<Vec<Enqueued>> },
+    /// With `staged`, the delivery id of a stored (not duplicate) single message is sent
+    /// there before the commit.
+    Many {
+        envelopes: Vec<Envelope>,
+        quota: Quota,
+        staged: Option<oneshot::Sender<u64>>,
+        reply: Reply<Vec<Enqueued>>,
+    },
     /// One message for several recipients, each on its own.
     Fanout {
         envelopes: Vec<Envelope>,
@@ -97,13 +114,20 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`; it ends when the last handle is dropped.
-    pub(super) fn start(conn: Arc<Mutex<Connection>>) -> Result<Self, StorageError> {
+    pub(super) fn start(
+        conn: Arc<Mutex<Connection>>,
+        commit_delay: Duration,
+    ) -> Result<Self, StorageError> {
+        {
+            let c = conn.lock().map_err(|_| StorageError::Backend("lock poisoned".into()))?;
+            skip_ids(&c)?;
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         std::thread::Builder::new()
             .name("relay-db-writer".into())
-            .spawn(move || run(&conn, rx, &counter))
+            .spawn(move || run(&conn, rx, &counter, commit_delay))
             .map_err(|e| StorageError::Backend(format!("writer thread: {e}")))?;
         Ok(Self { tx, commits })
     }
@@ -128,7 +152,13 @@ impl Writer {
 }
 
 /// The writer thread: a batch per turn until every handle is gone.
-fn run(conn: &Mutex<Connection>, mut rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
+fn run(
+    conn: &Mutex<Connection>,
+    mut rx: mpsc::Receiver<Job>,
+    commits: &AtomicU64,
+    delay: Duration,
+) {
+    let mut failed = false;
     while let Some(first) = rx.blocking_recv() {
         // The lock first, then the rest of the queue: whatever queued while the previous
         // batch (or a reader) held the connection joins this batch.
@@ -143,7 +173,8 @@ fn run(conn: &Mutex<Connection>, mut rx: mpsc::Receiver<Job>, commits: &AtomicU6
             bytes += job.bytes();
             batch.push(job);
         }
-        let (applied, committed) = write_batch(&mut c, batch);
+        let (applied, committed) = write_batch(&mut c, batch, failed, delay);
+        failed = committed.is_err();
         commits.fetch_add(1, Ordering::Relaxed);
         drop(c);
         answer_all(applied, &committed);
@@ -169,12 +200,23 @@ fn refuse(job: Job) -> Applied {
 }
 
 /// One transaction for the whole batch, one savepoint per job.
-fn write_batch(c: &mut Connection, batch: Vec<Job>) -> (Vec<Applied>, Result<(), String>) {
+/// After a failed commit (`skip`), the ids it may have handed out are skipped first;
+/// `delay` is held before the commit (zero but in tests).
+fn write_batch(
+    c: &mut Connection,
+    batch: Vec<Job>,
+    skip: bool,
+    delay: Duration,
+) -> (Vec<Applied>, Result<(), String>) {
     let mut tx = match c.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return (batch.into_iter().map(refuse).collect(), Err(e.to_string())),
     };
+    if skip && let Err(e) = skip_ids(&tx) {
+        return (batch.into_iter().map(refuse).collect(), Err(e.to_string()));
+    }
     let mut applied = Vec::with_capacity(batch.len());
+    let mut staged = Vec::new();
     for job in batch {
         let sp = match tx.savepoint() {
             Ok(sp) => sp,
@@ -184,14 +226,25 @@ fn write_batch(c: &mut Connection, batch: Vec<Job>) -> (Vec<Applied>, Result<(),
                 return (applied, committed);
             }
         };
-        applied.push(apply(sp, job));
+        applied.push(apply(sp, job, &mut staged));
+    }
+    // Written, not yet durable: whoever waits for the id may push the message now.
+    for (to, id) in staged {
+        let _ = to.send(id);
+    }
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
     }
     let committed = tx.commit().map_err(|e| e.to_string());
     (applied, committed)
 }
 
 /// Applies one job inside its savepoint: kept on success, rolled back on any error.
-fn apply(mut sp: Savepoint<'_>, job: Job) -> Applied {
+fn apply(
+    mut sp: Savepoint<'_>,
+    job: Job,
+    staged: &mut Vec<(oneshot::Sender<u64>, u64)>,
+) -> Applied {
     fn keep<T>(sp: Savepoint<'_>, out: Result<T, StorageError>) -> Result<T, StorageError> {
         // Dropping a savepoint rolls it back: only a success is released into the batch.
         let out = out?;
@@ -199,9 +252,15 @@ fn apply(mut sp: Savepoint<'_>, job: Job) -> Applied {
         Ok(out)
     }
     match job {
-        Job::Many { envelopes, quota, reply } => {
-            let out = envelopes.into_iter().map(|e| enqueue_in(&sp, e, quota)).collect();
-            Applied::Many(reply, keep(sp, out))
+        Job::Many { envelopes, quota, staged: to, reply } => {
+            let out: Result<Vec<_>, _> =
+                envelopes.into_iter().map(|e| enqueue_in(&sp, e, quota)).collect();
+            let id = u64::try_from(sp.last_insert_rowid()).unwrap_or(0);
+            let out = keep(sp, out);
+            if let (Some(to), Ok([Enqueued { duplicate: false, .. }])) = (to, out.as_deref()) {
+                staged.push((to, id));
+            }
+            Applied::Many(reply, out)
         }
         Job::Fanout { envelopes, quota, reply } => {
             let out = fanout(&mut sp, envelopes, quota);
@@ -234,6 +293,18 @@ fn fanout(
         }
     }
     Ok(out)
+}
+
+/// Moves the mailbox's id sequence past any id handed out before a crash or a failed
+/// commit (AUTOINCREMENT would otherwise give such an id again).
+fn skip_ids(c: &Connection) -> Result<(), StorageError> {
+    c.execute(
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'mailbox', 0
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'mailbox')",
+        [],
+    )?;
+    c.execute("UPDATE sqlite_sequence SET seq = seq + ?1 WHERE name = 'mailbox'", [ID_GAP])?;
+    Ok(())
 }
 
 fn delete(c: &Connection, recipient: &str, ids: Vec<u64>) -> Result<u64, StorageError> {
