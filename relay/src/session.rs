@@ -203,15 +203,20 @@ async fn deliver<S: Storage>(st: Arc<State<S>>, user_id: String, mut d: Delivery
                         None => std::future::pending().await,
                     }
                 };
-                tokio::select! {
-                    () = d.cancel.cancelled() => return,
-                    () = d.wake.notified() => {}
-                    () = look_again => {}
-                    Some(m) = d.ahead.recv() => {
-                        if m.delivery_id > after && pushed_ahead.insert(m.delivery_id)
-                            && !push(&d, m).await
-                        {
-                            return;
+                tokio::pin!(look_again);
+                // Caught up: push what is written ahead of its commit as it comes, and read
+                // the mailbox again only when woken (each commit wakes it).
+                loop {
+                    tokio::select! {
+                        () = d.cancel.cancelled() => return,
+                        () = d.wake.notified() => break,
+                        () = &mut look_again => break,
+                        Some(m) = d.ahead.recv() => {
+                            if m.delivery_id > after && pushed_ahead.insert(m.delivery_id)
+                                && !push(&d, m).await
+                            {
+                                return;
+                            }
                         }
                     }
                 }
