@@ -9,7 +9,7 @@
 //!
 //! Letstalk side: the relay protocol spoken directly with `letstalk-link` (the daemon's
 //! relay client; QUIC + TLS 1.3, one `Send` stream per message, answered once the relay
-//! has stored it; subscribers get pushes and acknowledge them in batches). No daemon,
+//! has committed it or the subscriber has acknowledged it; subscribers get pushes and acknowledge them in batches). No daemon,
 //! so no end-to-end encryption of the bodies: the relay sees them as opaque bytes either
 //! way. MQTT side: `rumqttc`, PUBLISH at QoS 1 (answered by PUBACK), subscriptions at
 //! QoS 1 (the client acknowledges every delivery).
@@ -117,8 +117,9 @@ pub(crate) async fn run(args: &RelayArgs) -> Result<()> {
         _ => println!("  ratio: not available (one of the runs did not complete)"),
     }
     println!(
-        "  (mosquitto keeps QoS 1 messages in memory; letstalk-relay commits each one to \
-         SQLite with synchronous=FULL before answering)"
+        "  (mosquitto keeps QoS 1 messages in memory; letstalk-relay answers once a message \
+         is committed to SQLite with synchronous=FULL, in shared transactions, or \
+         acknowledged by its online recipient)"
     );
     Ok(())
 }

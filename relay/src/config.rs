@@ -67,6 +67,7 @@ pub(crate) struct FileConfig {
     reports_per_account_rate: Option<RateLimit>,
     reports_per_account: Option<u64>,
     connections_per_ip: Option<usize>,
+    test_commit_delay_ms: Option<u64>,
 }
 
 /// A token bucket: `burst` attempts at once, refilled at `per_minute`.
@@ -132,6 +133,10 @@ pub struct Limits {
     pub max_fanout_bytes: u64,
     /// Concurrent connections from one IPv4 address or IPv6 /64.
     pub connections_per_ip: usize,
+    /// How long the embedded back end waits between writing a batch of messages and
+    /// committing it: zero, except in tests that simulate a slow disk to widen the
+    /// window of the online fast path (the file's `test_commit_delay_ms`).
+    pub commit_delay: Duration,
 }
 
 impl Limits {
@@ -169,6 +174,7 @@ impl Default for Limits {
             // A full group (256) of the largest text (64 KiB) with room for its encryption.
             max_fanout_bytes: 32 * 1024 * 1024,
             connections_per_ip: 64,
+            commit_delay: Duration::ZERO,
         }
     }
 }
@@ -286,6 +292,9 @@ impl Config {
                 return Err(ConfigError::Invalid("connections_per_ip must be at least 1".into()));
             }
             limits.connections_per_ip = n;
+        }
+        if let Some(ms) = file.test_commit_delay_ms {
+            limits.commit_delay = Duration::from_millis(ms);
         }
         for (slot, v) in [
             (&mut limits.register_per_ip, file.register_per_ip),

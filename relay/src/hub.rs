@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::cluster::bus::{Bus, Signal};
+use crate::storage::Queued;
 
 /// What the push writer of a connection is asked to do.
 #[derive(Debug)]
@@ -28,20 +29,42 @@ pub(crate) struct Device {
     pub(crate) tx: mpsc::Sender<PushCmd>,
     /// Wakes the connection's delivery task when a message was queued for it.
     pub(crate) wake: Arc<Notify>,
+    /// Messages written but not yet committed, for the delivery task to push at once
+    /// (the online fast path).
+    pub(crate) ahead: mpsc::Sender<Queued>,
     pub(crate) conn: quinn::Connection,
 }
+
+/// Senders waiting for a recipient's acknowledgement of a message pushed before its
+/// commit: delivery id → (recipient, the waiter).
+type AwaitingAck = HashMap<u64, (String, oneshot::Sender<()>)>;
 
 /// The map from account to its connected device, and the bus to the other nodes.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
     devices: Mutex<HashMap<String, Device>>,
+    awaiting_ack: Mutex<AwaitingAck>,
     bus: Option<Bus>,
+}
+
+/// Stops waiting for an acknowledgement when dropped.
+pub(crate) struct AckWait<'a> {
+    hub: &'a Hub,
+    delivery_id: u64,
+}
+
+impl Drop for AckWait<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.hub.awaiting_ack.lock() {
+            m.remove(&self.delivery_id);
+        }
+    }
 }
 
 impl Hub {
     /// A hub that reaches devices on other nodes through `bus`.
     pub(crate) fn with_bus(bus: Bus) -> Self {
-        Self { devices: Mutex::default(), bus: Some(bus) }
+        Self { devices: Mutex::default(), awaiting_ack: Mutex::default(), bus: Some(bus) }
     }
 
     /// The bus, in a cluster.
@@ -90,7 +113,8 @@ impl Hub {
         self.devices.lock().ok()?.get(user_id).map(|d| d.conn.clone())
     }
 
-    fn is_local(&self, user_id: &str) -> bool {
+    /// Whether the account's device is connected to this node.
+    pub(crate) fn is_local(&self, user_id: &str) -> bool {
         self.devices.lock().is_ok_and(|m| m.contains_key(user_id))
     }
 
@@ -124,6 +148,47 @@ impl Hub {
             return true;
         }
         false
+    }
+
+    /// Hands a message written but not yet committed to the delivery task of the
+    /// account's device here, to push at once; false if there is none or it is busy
+    /// (then the message goes out once committed, as any other).
+    pub(crate) fn push_ahead(&self, user_id: &str, message: Queued) -> bool {
+        let tx = match self.devices.lock() {
+            Ok(m) => m.get(user_id).map(|d| d.ahead.clone()),
+            Err(_) => None,
+        };
+        tx.is_some_and(|tx| tx.try_send(message).is_ok())
+    }
+
+    /// Waits for `recipient`'s acknowledgement of `delivery_id`: the receiver fires when
+    /// [`Hub::acknowledged`] names it, until the guard is dropped.
+    pub(crate) fn await_ack(
+        &self,
+        recipient: &str,
+        delivery_id: u64,
+    ) -> (AckWait<'_>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.awaiting_ack.lock() {
+            m.insert(delivery_id, (recipient.to_owned(), tx));
+        }
+        (AckWait { hub: self, delivery_id }, rx)
+    }
+
+    /// `recipient`'s device acknowledged these deliveries: it holds them now.
+    pub(crate) fn acknowledged(&self, recipient: &str, delivery_ids: &[u64]) {
+        let Ok(mut m) = self.awaiting_ack.lock() else { return };
+        if m.is_empty() {
+            return;
+        }
+        for id in delivery_ids {
+            // Only the recipient's own acknowledgement counts.
+            if m.get(id).is_some_and(|(to, _)| to == recipient)
+                && let Some((_, waiter)) = m.remove(id)
+            {
+                let _ = waiter.send(());
+            }
+        }
     }
 
     /// Queues a push frame for the account's device, here or on another node.

@@ -58,10 +58,11 @@ impl Relay {
         let blobs = Blobs::open(&config.data_dir, config.limits.blob_quota)?;
         let state = match &config.cluster {
             None => {
-                let dir = config.data_dir.clone();
-                let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&dir))
-                    .await
-                    .map_err(|e| RelayError::Io(e.to_string()))??;
+                let (dir, delay) = (config.data_dir.clone(), config.limits.commit_delay);
+                let storage =
+                    tokio::task::spawn_blocking(move || SqliteStorage::open_with(&dir, delay))
+                        .await
+                        .map_err(|e| RelayError::Io(e.to_string()))??;
                 Backend::Embedded(State::new(storage, Hub::default(), blobs, &config))
             }
             Some(url) => {

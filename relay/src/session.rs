@@ -4,6 +4,7 @@
 //! announcements, and the check every request of an account goes through
 //! ([`require_auth`]).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use letstalk_wire::{ErrorKind, PresenceInfo, Push};
@@ -18,7 +19,7 @@ use crate::ctx::{ConnCtx, Session};
 use crate::fail::{Fail, fail};
 use crate::hub::{Device, PushCmd};
 use crate::state::State;
-use crate::storage::{Storage, shows_presence};
+use crate::storage::{Queued, Storage, shows_presence};
 
 /// Pushes queued per connection before presence pushes are dropped and message delivery
 /// waits: a device that does not read its push stream only slows itself.
@@ -71,8 +72,14 @@ pub(crate) async fn start_session<S: Storage>(
     };
     let (tx, rx) = mpsc::channel(PUSH_QUEUE);
     let wake = Arc::new(Notify::new());
-    let device =
-        Device { conn_id: ctx.id, tx: tx.clone(), wake: wake.clone(), conn: ctx.conn.clone() };
+    let (ahead_tx, ahead) = mpsc::channel(PUSH_QUEUE);
+    let device = Device {
+        conn_id: ctx.id,
+        tx: tx.clone(),
+        wake: wake.clone(),
+        ahead: ahead_tx,
+        conn: ctx.conn.clone(),
+    };
     if let Some(old) = st.hub.register(user_id, device)
         && old.conn_id != ctx.id
     {
@@ -91,7 +98,8 @@ pub(crate) async fn start_session<S: Storage>(
     }
     let span = tracing::Span::current();
     tokio::spawn(push_writer(send, rx, cancel.clone(), ctx.conn.clone()).instrument(span.clone()));
-    tokio::spawn(deliver(st.clone(), user_id.to_owned(), tx, wake, cancel).instrument(span));
+    let delivery = Delivery { tx, wake, ahead, cancel };
+    tokio::spawn(deliver(st.clone(), user_id.to_owned(), delivery).instrument(span));
     // No user id at info level: the connection's span carries the address.
     info!("device authenticated");
     debug!(user_id, "device authenticated");
@@ -167,16 +175,24 @@ async fn push_writer(
     }
 }
 
-/// Pushes the account's queued messages, oldest first, and waits for more. Each message
-/// is pushed once per connection; what is not acknowledged is pushed again on the next.
-async fn deliver<S: Storage>(
-    st: Arc<State<S>>,
-    user_id: String,
+/// What a delivery task listens to and writes to.
+struct Delivery {
     tx: mpsc::Sender<PushCmd>,
     wake: Arc<Notify>,
+    /// Messages written but not yet committed (the online fast path).
+    ahead: mpsc::Receiver<Queued>,
     cancel: CancellationToken,
-) {
+}
+
+/// Pushes the account's queued messages, oldest first, and waits for more. Each message
+/// is pushed once per connection; what is not acknowledged is pushed again on the next.
+///
+/// The cursor `after` moves only over committed messages read from the mailbox, so a
+/// message committed out of the fast path is never skipped. A message pushed ahead (once
+/// caught up, while its commit runs) is remembered and not pushed again when it is read.
+async fn deliver<S: Storage>(st: Arc<State<S>>, user_id: String, mut d: Delivery) {
     let mut after = 0u64;
+    let mut pushed_ahead = BTreeSet::new();
     let poll = st.storage.poll_interval();
     loop {
         match st.storage.pending(&user_id, after, DELIVERY_BATCH).await {
@@ -187,36 +203,60 @@ async fn deliver<S: Storage>(
                         None => std::future::pending().await,
                     }
                 };
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = wake.notified() => {}
-                    () = look_again => {}
+                tokio::pin!(look_again);
+                // Caught up: push what is written ahead of its commit as it comes, and read
+                // the mailbox again only when woken (each commit wakes it).
+                loop {
+                    tokio::select! {
+                        () = d.cancel.cancelled() => return,
+                        () = d.wake.notified() => break,
+                        () = &mut look_again => break,
+                        Some(m) = d.ahead.recv() => {
+                            if m.delivery_id > after && pushed_ahead.insert(m.delivery_id)
+                                && !push(&d, m).await
+                            {
+                                return;
+                            }
+                        }
+                    }
                 }
             }
             Ok(batch) => {
                 for m in batch {
                     after = m.delivery_id;
-                    let push = Push::Message {
-                        delivery_id: m.delivery_id,
-                        from: m.sender,
-                        msg_id: m.msg_id,
-                        server_ts: m.server_ts,
-                        body: m.body,
-                    };
-                    let Ok(frame) = push.encode() else { continue };
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        r = tx.send(PushCmd::Frame(frame)) => if r.is_err() { return },
+                    if pushed_ahead.remove(&m.delivery_id) {
+                        continue;
+                    }
+                    if !push(&d, m).await {
+                        return;
                     }
                 }
+                // Pushed ahead but acknowledged (deleted) before it was read.
+                pushed_ahead.retain(|&id| id > after);
             }
             Err(e) => {
                 warn!(error = %e, "reading the mailbox failed; retrying");
                 tokio::select! {
-                    () = cancel.cancelled() => return,
+                    () = d.cancel.cancelled() => return,
                     () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 }
             }
         }
+    }
+}
+
+/// Queues one message on the push stream; false once the connection is gone.
+async fn push(d: &Delivery, m: Queued) -> bool {
+    let push = Push::Message {
+        delivery_id: m.delivery_id,
+        from: m.sender,
+        msg_id: m.msg_id,
+        server_ts: m.server_ts,
+        body: m.body,
+    };
+    let Ok(frame) = push.encode() else { return true };
+    tokio::select! {
+        () = d.cancel.cancelled() => false,
+        r = d.tx.send(PushCmd::Frame(frame)) => r.is_ok(),
     }
 }

@@ -5,7 +5,8 @@
 //! interchangeable.
 //!
 //! The trait is async: a cluster back end does network I/O, and the embedded one runs
-//! each call on tokio's blocking pool so SQLite never stalls the reactor. Operations are
+//! each call on tokio's blocking pool so SQLite never stalls the reactor (message
+//! writes on its writer thread, which group-commits concurrent ones). Operations are
 //! shaped for that future: each is one atomic step (take a prekey, enqueue with dedupe
 //! and quota, delete acknowledged), never a transaction spanning calls.
 //!
@@ -365,6 +366,20 @@ pub trait Storage: Send + Sync + 'static {
         envelope: Envelope,
         quota: Quota,
     ) -> impl Future<Output = Result<Enqueued, StorageError>> + Send;
+    /// [`Storage::enqueue`], and as soon as the message is checked and written but not
+    /// yet committed, its delivery id on `staged` (nothing for a duplicate, a refusal, or
+    /// a back end that cannot tell): the caller may push it to a connected recipient
+    /// while the commit runs. Such an id is never given to another message, even after a
+    /// crash before the commit.
+    fn enqueue_staged(
+        &self,
+        envelope: Envelope,
+        quota: Quota,
+        staged: tokio::sync::oneshot::Sender<u64>,
+    ) -> impl Future<Output = Result<Enqueued, StorageError>> + Send {
+        drop(staged);
+        self.enqueue(envelope, quota)
+    }
     /// Persists several messages for one recipient, in order, in one transaction (all or
     /// none), each deduplicated and within the quota like [`Storage::enqueue`].
     fn enqueue_many(

@@ -1,7 +1,8 @@
 //! Attacker tests through the relay protocol: a hostile account (with `letstalk-link`
 //! clients or raw QUIC connections) cannot make the relay hold unbounded memory, watch a
 //! user's presence without consent, fill a victim's mailbox against its contacts, replay
-//! an auth signature on another connection, or leave its id behind after deletion.
+//! an auth signature on another connection, leave its id behind after deletion, or answer
+//! another user's sender by acknowledging a delivery id that is not its own.
 
 // Test helpers outside `#[test]` functions unwrap too: a failure is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -509,4 +510,37 @@ async fn concurrent_maximal_group_sends_keep_the_relay_under_its_memory_bound() 
     assert!(grew < CONNECTION_MEMORY_BOUND, "the relay grew {} MiB", grew >> 20);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Issue 16, the online fast path: a message to a connected device is pushed before its
+/// commit (held 2 s here, a slow disk), and its sender is answered on the recipient's
+/// acknowledgement, before the commit; a stranger naming the same delivery id answers
+/// nobody; the acknowledged message is not left in the mailbox.
+#[tokio::test]
+async fn only_the_recipients_ack_answers_a_sender_before_the_commit() {
+    let delay = Duration::from_secs(2);
+    let w = World::new(Limits { commit_delay: delay, ..Limits::default() }).await;
+    let alice = w.user("alice").await;
+    let mut bob = w.user("bob").await;
+    let mallory = w.user("mallory").await;
+    let started = std::time::Instant::now();
+    let link = alice.link.clone();
+    let send = tokio::spawn(async move { link.send("bob", "m1", vec![1; 32]).await });
+    let Push::Message(m) = bob.next(|p| matches!(p, Push::Message(_))).await else {
+        unreachable!()
+    };
+    assert!(started.elapsed() < delay, "pushed only after the commit");
+    let acks = |d: &Device| {
+        let (link, id) = (d.link.clone(), m.delivery_id);
+        tokio::spawn(async move { link.ack(&[id]).await })
+    };
+    let mallorys = acks(&mallory);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!send.is_finished(), "a stranger's acknowledgement answered the sender");
+    let bobs = acks(&bob);
+    tokio::time::timeout(delay / 2, send).await.unwrap().unwrap().unwrap();
+    assert!(started.elapsed() < delay, "answered only at the commit");
+    mallorys.await.unwrap().unwrap();
+    bobs.await.unwrap().unwrap();
+    assert_eq!(w.relay.storage.mailbox_len().await.unwrap(), 0);
 }

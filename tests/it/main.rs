@@ -23,6 +23,7 @@ mod network;
 mod notify;
 mod policy;
 mod privacy;
+mod relay_crash;
 mod sessions;
 mod suspend;
 mod systemd_units;

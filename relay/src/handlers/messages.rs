@@ -12,7 +12,9 @@ use crate::ctx::ConnCtx;
 use crate::fail::{Reply, fail, misrouted, storage_fail, user_arg};
 use crate::session::require_auth;
 use crate::state::State;
-use crate::storage::{Envelope, Storage};
+use tokio::sync::oneshot;
+
+use crate::storage::{Enqueued, Envelope, Queued, Quota, Storage, StorageError};
 
 /// A message request.
 pub(super) async fn handle<S: Storage>(
@@ -38,7 +40,12 @@ pub(super) async fn handle<S: Storage>(
                 body: body.into(),
                 now: now_ms(),
             };
-            let done = st.storage.enqueue(envelope, quota).await.map_err(storage_fail)?;
+            let done = if st.hub.is_local(&to) {
+                send_online(st, envelope, quota).await
+            } else {
+                st.storage.enqueue(envelope, quota).await
+            };
+            let done = done.map_err(storage_fail)?;
             if !done.duplicate {
                 st.hub.wake(&to).await;
             }
@@ -129,9 +136,54 @@ pub(super) async fn handle<S: Storage>(
         }
         Request::Ack { delivery_ids } => {
             let user = require_auth(st, ctx)?;
+            // The device holds them now: senders waiting on a commit may hear at once.
+            st.hub.acknowledged(&user, &delivery_ids);
             st.storage.ack(&user, delivery_ids).await.map_err(storage_fail)?;
             Ok(Response::Ok)
         }
         other => Err(misrouted(&other)),
+    }
+}
+
+/// The online fast path: the recipient's device is connected here, so the message is
+/// pushed as soon as it is written, while its commit runs, and the sender is answered on
+/// whichever comes first: the commit, or the recipient's acknowledgement (its device
+/// holds the message then). Either way nothing the sender is told was delivered can be
+/// lost in a crash of the relay. An acknowledgement that comes before the commit is
+/// applied after it (the writer takes jobs in order): the message is deleted in the same
+/// transaction or the next.
+async fn send_online<S: Storage>(
+    st: &State<S>,
+    envelope: Envelope,
+    quota: Quota,
+) -> Result<Enqueued, StorageError> {
+    let (staged_tx, staged) = oneshot::channel();
+    let ahead = Queued {
+        delivery_id: 0,
+        sender: envelope.sender.clone(),
+        msg_id: envelope.msg_id.clone(),
+        server_ts: envelope.now,
+        body: envelope.body.to_vec(),
+    };
+    let (to, now) = (envelope.recipient.clone(), envelope.now);
+    let write = st.storage.enqueue_staged(envelope, quota, staged_tx);
+    tokio::pin!(write);
+    let delivery_id = tokio::select! {
+        biased;
+        done = &mut write => return done,
+        id = staged => match id {
+            Ok(id) => id,
+            // Not staged (a duplicate, a refusal, or a back end without it).
+            Err(_) => return write.await,
+        },
+    };
+    let (_waiting, acked) = st.hub.await_ack(&to, delivery_id);
+    if !st.hub.push_ahead(&to, Queued { delivery_id, ..ahead }) {
+        return write.await;
+    }
+    tokio::select! {
+        biased;
+        done = &mut write => done,
+        Ok(()) = acked => Ok(Enqueued { server_ts: now, duplicate: false }),
     }
 }

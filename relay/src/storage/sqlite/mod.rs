@@ -2,11 +2,14 @@
 //! STRICT tables, numbered migrations, `secure_delete` so deleted ciphertext does not
 //! linger in free pages.
 //!
-//! One connection behind a std `Mutex`, used only on tokio's blocking pool: SQLite
-//! serialises writers anyway, each call is a short statement or transaction, and the
-//! lock is never held across an `.await`.
+//! One connection behind a std `Mutex`, used only on tokio's blocking pool and by the
+//! message writer's thread: SQLite serialises writers anyway, each call is a short
+//! statement or transaction, and the lock is never held across an `.await`. Message
+//! writes (enqueue, fan-out, acknowledgement) are group-committed by that one writer
+//! (`writer.rs`): concurrent senders share a transaction and its sync.
 
 mod rows;
+mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -14,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use letstalk_wire::{Avatar, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 
-use self::rows::{
-    count_one_time, enqueue_in, exists, i, key32, read_blocks, read_contacts, read_profile,
-};
+use self::rows::{count_one_time, exists, i, key32, read_blocks, read_contacts, read_profile};
+use self::writer::{Job, Writer};
 use super::{
     Blocks, Contacts, Credentials, DEDUPE_WINDOW, Enqueued, Envelope, KeyUpload, NewAccount,
     ProfileUpdate, Queued, Quota, Report, Storage, StorageError, report_kind_name, shows_presence,
@@ -35,33 +38,34 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     conn: Arc<Mutex<Connection>>,
+    writer: Writer,
 }
 
 impl SqliteStorage {
     /// Opens (creating and migrating) `relay.db` in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let conn = Connection::open(dir.join("relay.db"))?;
+        Self::open_with(dir, std::time::Duration::ZERO)
+    }
+
+    /// [`SqliteStorage::open`], each message-write batch held `commit_delay` before its
+    /// commit (tests: a slow disk).
+    pub fn open_with(dir: &Path, commit_delay: std::time::Duration) -> Result<Self, StorageError> {
+        let mut conn = Connection::open(dir.join("relay.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
-        let mut storage = Self { conn: Arc::new(Mutex::new(conn)) };
-        storage.migrate()?;
-        Ok(storage)
+        migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let writer = Writer::start(conn.clone(), commit_delay)?;
+        Ok(Self { conn, writer })
     }
 
-    fn migrate(&mut self) -> Result<(), StorageError> {
-        let mut conn =
-            self.conn.lock().map_err(|_| StorageError::Backend("lock poisoned".into()))?;
-        let done: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(done).unwrap_or(0)) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
-        }
-        Ok(())
+    /// Message-write transactions committed so far (group commit: fewer than the writes
+    /// when senders are concurrent). For tests and metrics.
+    pub fn write_transactions(&self) -> u64 {
+        self.writer.commits()
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -85,6 +89,18 @@ impl SqliteStorage {
         })
         .await
     }
+}
+
+/// Runs the migrations not yet run, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let done: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(done).unwrap_or(0)) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 impl Storage for SqliteStorage {
@@ -473,21 +489,23 @@ impl Storage for SqliteStorage {
         done.pop().ok_or(StorageError::NotFound)
     }
 
+    async fn enqueue_staged(
+        &self,
+        e: Envelope,
+        quota: Quota,
+        staged: oneshot::Sender<u64>,
+    ) -> Result<Enqueued, StorageError> {
+        let job = |reply| Job::Many { envelopes: vec![e], quota, staged: Some(staged), reply };
+        let mut done = self.writer.submit(job).await?;
+        done.pop().ok_or(StorageError::NotFound)
+    }
+
     async fn enqueue_many(
         &self,
         envelopes: Vec<Envelope>,
         quota: Quota,
     ) -> Result<Vec<Enqueued>, StorageError> {
-        self.with(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut out = Vec::with_capacity(envelopes.len());
-            for e in envelopes {
-                out.push(enqueue_in(&tx, e, quota)?);
-            }
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        self.writer.submit(|reply| Job::Many { envelopes, quota, staged: None, reply }).await
     }
 
     async fn enqueue_fanout(
@@ -495,24 +513,7 @@ impl Storage for SqliteStorage {
         envelopes: Vec<Envelope>,
         quota: Quota,
     ) -> Result<Vec<Result<Enqueued, StorageError>>, StorageError> {
-        self.with(move |c| {
-            let mut tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut out = Vec::with_capacity(envelopes.len());
-            for e in envelopes {
-                let sp = tx.savepoint()?;
-                match enqueue_in(&sp, e, quota) {
-                    Ok(done) => {
-                        sp.commit()?;
-                        out.push(Ok(done));
-                    }
-                    Err(StorageError::Backend(e)) => return Err(StorageError::Backend(e)),
-                    Err(refused) => out.push(Err(refused)),
-                }
-            }
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        self.writer.submit(|reply| Job::Fanout { envelopes, quota, reply }).await
     }
 
     async fn pending(
@@ -543,22 +544,7 @@ impl Storage for SqliteStorage {
 
     async fn ack(&self, recipient: &str, ids: Vec<u64>) -> Result<u64, StorageError> {
         let recipient = recipient.to_owned();
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let mut n = 0;
-            {
-                // The recipient in the WHERE clause: a device can only delete its own mail.
-                let mut del = tx.prepare_cached(
-                    "DELETE FROM mailbox WHERE delivery_id = ?1 AND recipient = ?2",
-                )?;
-                for id in ids {
-                    n += del.execute(params![i(id), recipient])? as u64;
-                }
-            }
-            tx.commit()?;
-            Ok(n)
-        })
-        .await
+        self.writer.submit(|reply| Job::Ack { recipient, ids, reply }).await
     }
 
     async fn store_report(&self, r: Report) -> Result<(), StorageError> {

@@ -81,7 +81,8 @@ pub(super) fn read_blocks(c: &Connection, user_id: &str) -> Result<Blocks, Stora
     Ok(Blocks { all: all.unwrap_or(false), users })
 }
 
-/// One message into the mailbox, inside the caller's transaction.
+/// One message into the mailbox, inside the caller's transaction. When it is stored
+/// (not a duplicate), `tx.last_insert_rowid()` is its delivery id.
 pub(super) fn enqueue_in(
     tx: &Connection,
     e: Envelope,
@@ -136,14 +137,15 @@ pub(super) fn enqueue_in(
         }
     }
     tx.prepare_cached(
-        "INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body, from_contact)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![e.recipient, e.sender, e.msg_id, i(e.now), &e.body[..], from_contact])?;
-    tx.prepare_cached(
         "INSERT INTO sent_ids (id, server_ts) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET server_ts = excluded.server_ts",
     )?
     .execute(params![id, i(e.now)])?;
+    // The mailbox row last: its delivery id is then the connection's last insert rowid.
+    tx.prepare_cached(
+        "INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body, from_contact)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![e.recipient, e.sender, e.msg_id, i(e.now), &e.body[..], from_contact])?;
     Ok(Enqueued { server_ts: e.now, duplicate: false })
 }

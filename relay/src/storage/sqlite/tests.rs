@@ -55,10 +55,7 @@ async fn expiry_drops_old_messages_and_their_dedupe_records() {
 
 #[tokio::test]
 async fn byte_quota_counts_queued_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStorage::open(dir.path()).unwrap();
-    s.create_account(account("alice")).await.unwrap();
-    s.create_account(account("bob")).await.unwrap();
+    let (_dir, s) = alice_and_bob().await;
     // One sender may fill a quarter: 3 of 12 bytes.
     let quota = Quota { max_messages: 100, max_bytes: 12 };
     s.enqueue(envelope("a", 1), quota).await.unwrap();
@@ -160,4 +157,143 @@ async fn strangers_fill_only_their_share_and_contacts_still_get_through() {
     let ids: Vec<String> =
         s.pending("victim", 0, 10).await.unwrap().into_iter().map(|m| m.msg_id).collect();
     assert_eq!(ids, ["a", "b", "e", "f"]);
+}
+
+/// A storage with the accounts alice and bob.
+async fn alice_and_bob() -> (tempfile::TempDir, SqliteStorage) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    s.create_account(account("alice")).await.unwrap();
+    s.create_account(account("bob")).await.unwrap();
+    (dir, s)
+}
+
+/// Holds the connection on a thread of its own until the returned sender is dropped: the
+/// writer stalls, and every write queues behind it.
+fn stall(s: &SqliteStorage) -> std::sync::mpsc::Sender<()> {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, is_held) = std::sync::mpsc::channel();
+    let conn = s.conn.clone();
+    std::thread::spawn(move || {
+        let _guard = conn.lock().unwrap();
+        held.send(()).unwrap();
+        let _ = released.recv();
+    });
+    is_held.recv().unwrap();
+    release
+}
+
+/// `alice` sends `msg_id` to `to` from a task of its own; the answer comes with whether
+/// the message was visible, right then, to another connection (that is: committed).
+fn send_from_task(
+    s: &SqliteStorage,
+    dir: &Path,
+    to: &str,
+    msg_id: &str,
+    quota: Quota,
+) -> tokio::task::JoinHandle<(Result<Enqueued, StorageError>, bool)> {
+    let (s, db, mut e) = (s.clone(), dir.join("relay.db"), envelope(msg_id, 10));
+    e.recipient = to.into();
+    tokio::spawn(async move {
+        let msg_id = e.msg_id.clone();
+        let out = s.enqueue(e, quota).await;
+        let reader = Connection::open(db).unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT COUNT(*) FROM mailbox WHERE msg_id = ?1", [&msg_id], |r| r.get(0))
+            .unwrap();
+        (out, seen == 1)
+    })
+}
+
+/// Issue 16: concurrent sends share transactions (one sync for many), and nobody is
+/// answered before the transaction holding their message committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sends_share_one_commit_and_are_answered_after_it() {
+    let (dir, s) = alice_and_bob().await;
+    let before = s.write_transactions();
+    const N: usize = 32;
+    const BIG: Quota = Quota { max_messages: 1000, max_bytes: 1 << 20 };
+    let guard = stall(&s);
+    let tasks: Vec<_> =
+        (0..N).map(|n| send_from_task(&s, dir.path(), "bob", &format!("m{n}"), BIG)).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(tasks.iter().all(|t| !t.is_finished()), "a sender was answered before any commit");
+    drop(guard);
+    for t in tasks {
+        let (out, committed) = t.await.unwrap();
+        assert!(!out.unwrap().duplicate);
+        assert!(committed, "answered before its message was committed");
+    }
+    let commits = s.write_transactions() - before;
+    assert!(commits <= 2, "{N} concurrent sends took {commits} transactions");
+    assert_eq!(s.mailbox_len().await.unwrap(), N as u64);
+}
+
+/// Issue 16: one refused item (unknown recipient, quota) in a shared transaction fails
+/// alone; the others in the same batch are stored and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_send_in_a_batch_fails_alone() {
+    let (dir, s) = alice_and_bob().await;
+    // One sender may queue a quarter of 8: two messages.
+    let quota = Quota { max_messages: 8, max_bytes: 1 << 20 };
+    let before = s.write_transactions();
+    let guard = stall(&s);
+    let mut tasks = Vec::new();
+    for (to, id) in [("bob", "a"), ("carol", "x"), ("bob", "b"), ("bob", "c"), ("bob", "a")] {
+        tasks.push(send_from_task(&s, dir.path(), to, id, quota));
+        // In this order in the queue.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // An all-or-none batch with one bad message stores none of it.
+    let many = {
+        let s = s.clone();
+        let mut good = envelope("many-1", 10);
+        (good.sender, good.recipient) = ("bob".into(), "alice".into());
+        let mut bad = good.clone();
+        (bad.msg_id, bad.recipient) = ("many-2".into(), "nobody".into());
+        tokio::spawn(async move { s.enqueue_many(vec![good, bad], quota).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(guard);
+    let mut outs = Vec::new();
+    for t in tasks {
+        outs.push(t.await.unwrap().0);
+    }
+    assert!(matches!(outs[0], Ok(Enqueued { duplicate: false, .. })));
+    assert!(matches!(outs[1], Err(StorageError::NotFound)));
+    assert!(matches!(outs[2], Ok(Enqueued { duplicate: false, .. })));
+    assert!(matches!(outs[3], Err(StorageError::QuotaExceeded)));
+    assert!(matches!(outs[4], Ok(Enqueued { duplicate: true, .. })));
+    assert!(matches!(many.await.unwrap(), Err(StorageError::NotFound)));
+    assert!(s.write_transactions() - before <= 2);
+    let left = s.pending("bob", 0, 10).await.unwrap();
+    assert_eq!(left.iter().map(|m| m.msg_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert!(s.pending("alice", 0, 10).await.unwrap().is_empty());
+}
+
+/// Acknowledgements go through the same writer: queued together, deleted in one commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_acks_share_one_commit() {
+    let (_dir, s) = alice_and_bob().await;
+    for n in 0..8 {
+        s.enqueue(envelope(&format!("m{n}"), 10), QUOTA).await.unwrap();
+    }
+    let ids: Vec<u64> =
+        s.pending("bob", 0, 10).await.unwrap().iter().map(|m| m.delivery_id).collect();
+    let before = s.write_transactions();
+    let guard = stall(&s);
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let s = s.clone();
+            tokio::spawn(async move { s.ack("bob", vec![id]).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(guard);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 1);
+    }
+    assert!(s.write_transactions() - before <= 2);
+    assert_eq!(s.mailbox_len().await.unwrap(), 0);
 }

@@ -1,0 +1,319 @@
+//! Group commit: every message write (enqueue, fan-out, acknowledgement) goes through one
+//! writer thread that takes what is queued right now, applies it in one transaction and
+//! one sync, and only then answers each waiter.
+//!
+//! Why: with `synchronous=FULL` a commit costs a sync, and a transaction per message made
+//! the sync, not the disk's bandwidth, the relay's ceiling. Concurrent senders on all
+//! connections now share it. A lone message is never delayed: the writer waits for no
+//! timer, it takes the first job and whatever else is already queued (up to
+//! [`MAX_BATCH`] jobs or [`MAX_BATCH_BYTES`] of bodies), so under light load a batch is
+//! one job.
+//!
+//! A send may ask to be told its delivery id as soon as it is written into the open
+//! transaction ([`Job::Many`]'s `staged`): the writer tells it right before the commit,
+//! so the relay can push the message to a connected recipient while the sync runs. Such
+//! an id reached a device before it was durable, so it must never name another message:
+//! the id sequence jumps by [`ID_GAP`] on every start and after a failed commit.
+//!
+//! Each job runs inside its own savepoint: a refusal (quota, block, unknown recipient)
+//! or any error of one job rolls back that job alone and fails only its waiter; the
+//! others commit. Only a failed commit fails the whole batch, and then nobody was told
+//! anything was stored.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, Savepoint, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::rows::{enqueue_in, i};
+use crate::storage::{Enqueued, Envelope, Quota, StorageError};
+
+/// Most jobs in one transaction.
+pub(super) const MAX_BATCH: usize = 256;
+/// Most body bytes in one transaction (a batch stops growing once past it).
+pub(super) const MAX_BATCH_BYTES: usize = 1 << 20;
+/// How far the delivery ids jump on start and after a failed commit: more than the ids
+/// one batch can have handed out before its commit.
+const ID_GAP: i64 = 16 * MAX_BATCH as i64;
+/// Jobs waiting for the writer before a sender waits to queue its own.
+const QUEUE: usize = 4096;
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+/// One write, with the waiter to answer after the commit.
+pub(super) enum Job {
+    /// Several messages for one recipient, all or none ([`Storage::enqueue_many`]).
+    ///
+    /// [`Storage::enqueue_many`]: crate::storage::Storage::enqueue_many
+    /// With `staged`, the delivery id of a stored (not duplicate) single message is sent
+    /// there before the commit.
+    Many {
+        envelopes: Vec<Envelope>,
+        quota: Quota,
+        staged: Option<oneshot::Sender<u64>>,
+        reply: Reply<Vec<Enqueued>>,
+    },
+    /// One message for several recipients, each on its own.
+    Fanout {
+        envelopes: Vec<Envelope>,
+        quota: Quota,
+        reply: Reply<Vec<Result<Enqueued, StorageError>>>,
+    },
+    /// Acknowledged deliveries of one recipient, deleted.
+    Ack { recipient: String, ids: Vec<u64>, reply: Reply<u64> },
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Many { envelopes, .. } | Self::Fanout { envelopes, .. } => {
+                envelopes.iter().map(|e| e.body.len()).sum()
+            }
+            Self::Ack { ids, .. } => ids.len() * 8,
+        }
+    }
+}
+
+/// A job applied (inside the open transaction), waiting for the commit to be answered.
+enum Applied {
+    Many(Reply<Vec<Enqueued>>, Result<Vec<Enqueued>, StorageError>),
+    Fanout(
+        Reply<Vec<Result<Enqueued, StorageError>>>,
+        Result<Vec<Result<Enqueued, StorageError>>, StorageError>,
+    ),
+    Ack(Reply<u64>, Result<u64, StorageError>),
+}
+
+impl Applied {
+    /// Answers the waiter: its own outcome if the batch committed, else the commit's error.
+    fn answer(self, committed: &Result<(), String>) {
+        fn send<T>(reply: Reply<T>, out: Result<T, StorageError>, committed: &Result<(), String>) {
+            let out = match committed {
+                Ok(()) => out,
+                Err(e) => Err(StorageError::Backend(e.clone())),
+            };
+            // A waiter that went away (its connection closed) needs no answer.
+            let _ = reply.send(out);
+        }
+        match self {
+            Self::Many(r, out) => send(r, out, committed),
+            Self::Fanout(r, out) => send(r, out, committed),
+            Self::Ack(r, out) => send(r, out, committed),
+        }
+    }
+}
+
+/// The handle the storage keeps: queues jobs, counts the writer's transactions.
+#[derive(Debug, Clone)]
+pub(super) struct Writer {
+    tx: mpsc::Sender<Job>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`; it ends when the last handle is dropped.
+    pub(super) fn start(
+        conn: Arc<Mutex<Connection>>,
+        commit_delay: Duration,
+    ) -> Result<Self, StorageError> {
+        {
+            let c = conn.lock().map_err(|_| StorageError::Backend("lock poisoned".into()))?;
+            skip_ids(&c)?;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
+        std::thread::Builder::new()
+            .name("relay-db-writer".into())
+            .spawn(move || run(&conn, rx, &counter, commit_delay))
+            .map_err(|e| StorageError::Backend(format!("writer thread: {e}")))?;
+        Ok(Self { tx, commits })
+    }
+
+    /// Queues `job` (made with a fresh reply channel) and waits for its answer.
+    pub(super) async fn submit<T>(
+        &self,
+        job: impl FnOnce(Reply<T>) -> Job,
+    ) -> Result<T, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(job(reply))
+            .await
+            .map_err(|_| StorageError::Backend("storage writer stopped".into()))?;
+        answer.await.map_err(|_| StorageError::Backend("storage writer stopped".into()))?
+    }
+
+    /// Transactions the writer has committed (or tried to): for tests and metrics.
+    pub(super) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer thread: a batch per turn until every handle is gone.
+fn run(
+    conn: &Mutex<Connection>,
+    mut rx: mpsc::Receiver<Job>,
+    commits: &AtomicU64,
+    delay: Duration,
+) {
+    let mut failed = false;
+    while let Some(first) = rx.blocking_recv() {
+        // The lock first, then the rest of the queue: whatever queued while the previous
+        // batch (or a reader) held the connection joins this batch.
+        let Ok(mut c) = conn.lock() else {
+            answer_all(vec![refuse(first)], &Err("lock poisoned".into()));
+            continue;
+        };
+        let mut bytes = first.bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(job) = rx.try_recv() else { break };
+            bytes += job.bytes();
+            batch.push(job);
+        }
+        let (applied, committed) = write_batch(&mut c, batch, failed, delay);
+        failed = committed.is_err();
+        commits.fetch_add(1, Ordering::Relaxed);
+        drop(c);
+        answer_all(applied, &committed);
+    }
+}
+
+fn answer_all(applied: Vec<Applied>, committed: &Result<(), String>) {
+    for a in applied {
+        a.answer(committed);
+    }
+}
+
+/// A job that never ran (its outcome is replaced by the batch's error when answered).
+fn refuse(job: Job) -> Applied {
+    fn gone<T>() -> Result<T, StorageError> {
+        Err(StorageError::Backend("not applied".into()))
+    }
+    match job {
+        Job::Many { reply, .. } => Applied::Many(reply, gone()),
+        Job::Fanout { reply, .. } => Applied::Fanout(reply, gone()),
+        Job::Ack { reply, .. } => Applied::Ack(reply, gone()),
+    }
+}
+
+/// One transaction for the whole batch, one savepoint per job.
+/// After a failed commit (`skip`), the ids it may have handed out are skipped first;
+/// `delay` is held before the commit (zero but in tests).
+fn write_batch(
+    c: &mut Connection,
+    batch: Vec<Job>,
+    skip: bool,
+    delay: Duration,
+) -> (Vec<Applied>, Result<(), String>) {
+    let mut tx = match c.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return (batch.into_iter().map(refuse).collect(), Err(e.to_string())),
+    };
+    if skip && let Err(e) = skip_ids(&tx) {
+        return (batch.into_iter().map(refuse).collect(), Err(e.to_string()));
+    }
+    let mut applied = Vec::with_capacity(batch.len());
+    let mut staged = Vec::new();
+    for job in batch {
+        let sp = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(e) => {
+                let committed = Err(e.to_string());
+                applied.push(refuse(job));
+                return (applied, committed);
+            }
+        };
+        applied.push(apply(sp, job, &mut staged));
+    }
+    // Written, not yet durable: whoever waits for the id may push the message now.
+    for (to, id) in staged {
+        let _ = to.send(id);
+    }
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
+    }
+    let committed = tx.commit().map_err(|e| e.to_string());
+    (applied, committed)
+}
+
+/// Applies one job inside its savepoint: kept on success, rolled back on any error.
+fn apply(
+    mut sp: Savepoint<'_>,
+    job: Job,
+    staged: &mut Vec<(oneshot::Sender<u64>, u64)>,
+) -> Applied {
+    fn keep<T>(sp: Savepoint<'_>, out: Result<T, StorageError>) -> Result<T, StorageError> {
+        // Dropping a savepoint rolls it back: only a success is released into the batch.
+        let out = out?;
+        sp.commit()?;
+        Ok(out)
+    }
+    match job {
+        Job::Many { envelopes, quota, staged: to, reply } => {
+            let out: Result<Vec<_>, _> =
+                envelopes.into_iter().map(|e| enqueue_in(&sp, e, quota)).collect();
+            let id = u64::try_from(sp.last_insert_rowid()).unwrap_or(0);
+            let out = keep(sp, out);
+            if let (Some(to), Ok([Enqueued { duplicate: false, .. }])) = (to, out.as_deref()) {
+                staged.push((to, id));
+            }
+            Applied::Many(reply, out)
+        }
+        Job::Fanout { envelopes, quota, reply } => {
+            let out = fanout(&mut sp, envelopes, quota);
+            Applied::Fanout(reply, keep(sp, out))
+        }
+        Job::Ack { recipient, ids, reply } => {
+            let out = delete(&sp, &recipient, ids);
+            Applied::Ack(reply, keep(sp, out))
+        }
+    }
+}
+
+/// Each recipient in a savepoint of its own: a refusal skips that recipient only; a
+/// back-end error fails the whole fan-out.
+fn fanout(
+    sp: &mut Savepoint<'_>,
+    envelopes: Vec<Envelope>,
+    quota: Quota,
+) -> Result<Vec<Result<Enqueued, StorageError>>, StorageError> {
+    let mut out = Vec::with_capacity(envelopes.len());
+    for e in envelopes {
+        let one = sp.savepoint()?;
+        match enqueue_in(&one, e, quota) {
+            Ok(done) => {
+                one.commit()?;
+                out.push(Ok(done));
+            }
+            Err(StorageError::Backend(e)) => return Err(StorageError::Backend(e)),
+            Err(refused) => out.push(Err(refused)),
+        }
+    }
+    Ok(out)
+}
+
+/// Moves the mailbox's id sequence past any id handed out before a crash or a failed
+/// commit (AUTOINCREMENT would otherwise give such an id again).
+fn skip_ids(c: &Connection) -> Result<(), StorageError> {
+    c.execute(
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'mailbox', 0
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'mailbox')",
+        [],
+    )?;
+    c.execute("UPDATE sqlite_sequence SET seq = seq + ?1 WHERE name = 'mailbox'", [ID_GAP])?;
+    Ok(())
+}
+
+fn delete(c: &Connection, recipient: &str, ids: Vec<u64>) -> Result<u64, StorageError> {
+    // The recipient in the WHERE clause: a device can only delete its own mail.
+    let mut del =
+        c.prepare_cached("DELETE FROM mailbox WHERE delivery_id = ?1 AND recipient = ?2")?;
+    let mut n = 0;
+    for id in ids {
+        n += del.execute(params![i(id), recipient])? as u64;
+    }
+    Ok(n)
+}
