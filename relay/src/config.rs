@@ -135,7 +135,8 @@ pub struct Limits {
     pub connections_per_ip: usize,
     /// How long the embedded back end waits between writing a batch of messages and
     /// committing it: zero, except in tests that simulate a slow disk to widen the
-    /// window of the online fast path (the file's `test_commit_delay_ms`).
+    /// window of the online fast path (the file's `test_commit_delay_ms`, honoured only
+    /// in debug builds).
     pub commit_delay: Duration,
 }
 
@@ -293,8 +294,14 @@ impl Config {
             }
             limits.connections_per_ip = n;
         }
+        // A test's slow disk: honoured only in debug builds (the tests'), so that no
+        // release relay can be slowed by a stray line in its config file.
         if let Some(ms) = file.test_commit_delay_ms {
-            limits.commit_delay = Duration::from_millis(ms);
+            if cfg!(debug_assertions) {
+                limits.commit_delay = Duration::from_millis(ms);
+            } else {
+                tracing::warn!("test_commit_delay_ms is for tests and ignored in release builds");
+            }
         }
         for (slot, v) in [
             (&mut limits.register_per_ip, file.register_per_ip),
