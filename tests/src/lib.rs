@@ -116,9 +116,9 @@ pub struct DaemonSpec {
 
 /// The programs built for another architecture (aarch64 for phones), run under an
 /// emulator: `LETSTALK_FOREIGN_BIN_DIR` holds their `letstalkd` and `letstalk`,
-/// `LETSTALK_FOREIGN_RUNNER` is the emulator's command line (e.g. `qemu-aarch64 -L
-/// /usr/aarch64-linux-gnu`; qemu-user runs the program in its own process, so the
-/// daemon's pid and signals are as native). `.ci/run` cross-builds them and sets both.
+/// `LETSTALK_FOREIGN_RUNNER` is the emulator's command line (e.g. `qemu-aarch64`;
+/// qemu-user runs the program in its own process, so the daemon's pid and signals are
+/// as native). `.ci/run` cross-builds them and sets both.
 #[derive(Debug, Clone)]
 pub struct Foreign {
     pub runner: Vec<String>,
