@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, Savepoint, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Savepoint, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{enqueue_in, i};
@@ -215,6 +215,13 @@ fn write_batch(
     if skip && let Err(e) = skip_ids(&tx) {
         return (batch.into_iter().map(refuse).collect(), Err(e.to_string()));
     }
+    // Only ids within one gap of the sequence's start may be told before the commit: a
+    // batch of fan-outs can take more ids than the gap, and an id past it could be
+    // given again after a crash.
+    let first_free = match sequence(&tx) {
+        Ok(seq) => seq,
+        Err(e) => return (batch.into_iter().map(refuse).collect(), Err(e.to_string())),
+    };
     let mut applied = Vec::with_capacity(batch.len());
     let mut staged = Vec::new();
     for job in batch {
@@ -228,9 +235,12 @@ fn write_batch(
         };
         applied.push(apply(sp, job, &mut staged));
     }
-    // Written, not yet durable: whoever waits for the id may push the message now.
+    // Written, not yet durable: whoever waits for the id may push the message now. One
+    // past the gap is not told (its sender is dropped): it is pushed after the commit.
     for (to, id) in staged {
-        let _ = to.send(id);
+        if i(id) <= first_free.saturating_add(ID_GAP) {
+            let _ = to.send(id);
+        }
     }
     if !delay.is_zero() {
         std::thread::sleep(delay);
@@ -293,6 +303,14 @@ fn fanout(
         }
     }
     Ok(out)
+}
+
+/// The mailbox's id sequence: the last id handed out (0 before the first).
+fn sequence(c: &Connection) -> Result<i64, StorageError> {
+    let seq = c
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'", [], |r| r.get(0))
+        .optional()?;
+    Ok(seq.unwrap_or(0))
 }
 
 /// Moves the mailbox's id sequence past any id handed out before a crash or a failed
