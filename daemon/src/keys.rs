@@ -65,6 +65,7 @@ mod tests {
             [(Some(&keys[5]), false), (Some(&keys[1]), true), (None, false)]
         {
             let wire = Bundle {
+                device_id: 1,
                 user_id: "bob".into(),
                 device_key: [0; 32],
                 identity: id.public().to_bytes().to_vec(),
@@ -77,6 +78,7 @@ mod tests {
             assert_eq!(b.one_time_prekey.map(|p| p.id), one_time.map(|k| k.id()));
         }
         let mut bad = Bundle {
+            device_id: 1,
             user_id: "bob".into(),
             device_key: [0; 32],
             identity: id.public().to_bytes().to_vec(),

@@ -81,6 +81,8 @@ pub enum Pushed {
     Presence(letstalk_wire::PresenceInfo),
     ProfileChanged(letstalk_wire::Profile),
     LoggedOut,
+    /// The account's device list changed (a device linked or removed elsewhere).
+    DevicesChanged,
     /// The connection state changed (connected, connecting, offline).
     State(RelayState),
 }

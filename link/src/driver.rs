@@ -244,7 +244,7 @@ async fn authenticate(
     if let Some(identity) = shared.identity() {
         let auth = hs.auth_request(&identity);
         match conn::exchange(&hs.conn, &auth, shared.request_timing()).await? {
-            Response::Authenticated { user_id } => {
+            Response::Authenticated { user_id, .. } => {
                 authed = Some(authed_as(&identity));
                 user = Some(user_id);
             }
@@ -287,8 +287,15 @@ async fn read_pushes(shared: Arc<Shared>, conn: quinn::Connection) {
                 }
             };
             let push = match push {
-                WirePush::Message { delivery_id, from, msg_id, server_ts, body } => {
-                    Push::Message(IncomingMessage { delivery_id, from, msg_id, server_ts, body })
+                WirePush::Message { delivery_id, from, from_device, msg_id, server_ts, body } => {
+                    Push::Message(IncomingMessage {
+                        delivery_id,
+                        from,
+                        from_device,
+                        msg_id,
+                        server_ts,
+                        body,
+                    })
                 }
                 WirePush::Presence(p) => Push::Presence(p),
                 WirePush::ProfileChanged(p) => Push::ProfileChanged(p),
@@ -297,6 +304,7 @@ async fn read_pushes(shared: Arc<Shared>, conn: quinn::Connection) {
                     shared.set_user(None);
                     Push::LoggedOut
                 }
+                WirePush::DevicesChanged => Push::DevicesChanged,
             };
             if shared.pushes.send(push).await.is_err() {
                 return;

@@ -203,6 +203,8 @@ pub struct IncomingMessage {
     pub delivery_id: u64,
     /// Sending account.
     pub from: String,
+    /// Which of the sending account's devices sent it (its sessions are per device).
+    pub from_device: u32,
     /// The sender's id (stable across retransmits: deduplicate on `(from, msg_id)`).
     pub msg_id: String,
     /// When the relay accepted it, ms.
@@ -238,6 +240,8 @@ pub enum Push {
     /// The account was logged in on another device (or this device's key is no longer
     /// bound to it): this device is unbound, and the link has dropped its identity.
     LoggedOut,
+    /// The account's list of devices changed.
+    DevicesChanged,
     /// The connection state changed.
     State(ConnState),
 }

@@ -44,7 +44,7 @@ impl Link {
             key.sign(&auth_message(&current.challenge, &current.exporter, &user)).to_bytes();
         let req = make(key.verifying_key().to_bytes(), signature);
         match self.call_on(&current.conn, req).await? {
-            Response::Authenticated { user_id } => {
+            Response::Authenticated { user_id, .. } => {
                 let identity = Identity { user_id: user_id.clone(), key };
                 let authed = authed_as(&identity);
                 self.shared.set_identity(Some(identity));

@@ -250,6 +250,7 @@ async fn push(d: &Delivery, m: Queued) -> bool {
     let push = Push::Message {
         delivery_id: m.delivery_id,
         from: m.sender,
+        from_device: 1,
         msg_id: m.msg_id,
         server_ts: m.server_ts,
         body: m.body,

@@ -5,8 +5,9 @@ use std::fmt;
 
 use crate::codec::{LEN_PREFIX, Reader, Writer};
 use crate::{
-    MAX_AVATAR_LEN, MAX_BLOB_LEN, MAX_FRAME_LEN, MAX_IDENTITY_LEN, MAX_LIST, MAX_MESSAGE_LEN,
-    MAX_PREKEY_LEN, MAX_SHORT_STR, MAX_TEXT_STR, WireError,
+    MAX_AVATAR_LEN, MAX_BLOB_LEN, MAX_DEVICE_NAME_LEN, MAX_DEVICES, MAX_FRAME_LEN,
+    MAX_IDENTITY_LEN, MAX_LINK_LEN, MAX_LIST, MAX_MESSAGE_LEN, MAX_PREKEY_LEN, MAX_SHORT_STR,
+    MAX_TEXT_STR, WireError,
 };
 
 /// A prekey in the directory: the daemon's id for it and its opaque public bytes.
@@ -91,6 +92,8 @@ pub struct PresenceInfo {
 pub struct Bundle {
     /// Whose bundle.
     pub user_id: String,
+    /// Which of the account's devices it is for.
+    pub device_id: u32,
     /// The device's Ed25519 public key (its relay identity).
     pub device_key: [u8; 32],
     /// The opaque identity-key bytes the device uploaded.
@@ -102,6 +105,59 @@ pub struct Bundle {
     pub one_time_prekey: Option<PreKey>,
     /// True when `one_time_prekey` is the last-resort key.
     pub last_resort: bool,
+}
+
+/// One of an account's devices, as [`Request::ListDevices`] answers it. For another
+/// account only `device_id` is told (`name` empty, times 0).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The relay's number for the device: never reused within the account.
+    pub device_id: u32,
+    /// The device's name, sealed by the account's devices (opaque to the relay).
+    pub name: Vec<u8>,
+    /// When the device joined the account, ms since the Unix epoch.
+    pub linked_at: u64,
+    /// When the device was last connected (ms), 0 if never.
+    pub last_seen_at: u64,
+}
+
+/// One device's ciphertext of a [`Request::SendCopies`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Copy {
+    /// The recipient's device.
+    pub device_id: u32,
+    /// The opaque (end-to-end encrypted) body for that device.
+    pub body: Vec<u8>,
+}
+
+impl fmt::Debug for Copy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Copy")
+            .field("device_id", &self.device_id)
+            .field("len", &self.body.len())
+            .finish()
+    }
+}
+
+/// A link rendezvous as [`Request::LinkGet`] answers it: what each side has put there.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LinkSlot {
+    /// The opening device's first message (`LinkOpen`).
+    pub hello: Vec<u8>,
+    /// The joining device's message (`LinkPut` from outside the account), once put.
+    pub joined: Option<Vec<u8>>,
+    /// The opening account's answer (`LinkPut` from the account), once put.
+    pub reply: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for LinkSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkSlot")
+            .field("hello", &self.hello.len())
+            .field("joined", &self.joined.as_ref().map(Vec::len))
+            .field("reply", &self.reply.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// One message of a [`Request::SendBatch`].
@@ -292,6 +348,32 @@ pub enum Request {
     /// A diagnostics report or a feedback note for the relay's operator (not end-to-end
     /// encrypted: its reader is the service). `id` makes a resend idempotent.
     SubmitReport { id: String, kind: ReportKind, body: Vec<u8> },
+    /// The devices of `user_id` (one's own: with names and times).
+    ListDevices { user_id: String },
+    /// Adds a device to this account (at most [`crate::MAX_DEVICES`]); `name` is sealed
+    /// by the account's devices. Answered `DeviceAdded`.
+    AddDevice { device_key: [u8; 32], name: Vec<u8> },
+    /// Removes one of this account's devices (this one too): its mailbox, prekeys and
+    /// credentials go, and it gets `LoggedOut` if it is connected.
+    RemoveDevice { device_id: u32 },
+    /// Opens a link rendezvous for this account, named by `slot` (derived from the link
+    /// code), holding the first message of the opening device; it lasts
+    /// [`crate::LINK_SLOT_TTL_MS`]. Needs no more than `Hello` on the joining side.
+    LinkOpen { slot: [u8; 16], hello: Vec<u8> },
+    /// Puts a message into a rendezvous: from the account that opened it, its reply;
+    /// from anyone else (no authentication needed), the joining device's message. Each
+    /// is written once (`Conflict` after).
+    LinkPut { slot: [u8; 16], data: Vec<u8> },
+    /// Reads a rendezvous (`LinkSlot`), or `NotFound` once it expired.
+    LinkGet { slot: [u8; 16] },
+    /// Prekey bundles of `user_id`'s devices (`devices` empty: all of them); takes one
+    /// one-time prekey of each. Answered `Bundles`.
+    FetchBundles { user_id: String, devices: Vec<u32> },
+    /// Hands one message to every device of `to` (to one's own account: every other
+    /// device), one ciphertext each, stored in one transaction; answered `Sent` once
+    /// persisted, or `Mismatch` (nothing stored) when the copies do not name exactly
+    /// the account's devices. Deduplicated by msg id like `Send`.
+    SendCopies { to: String, msg_id: String, copies: Vec<Copy> },
 }
 
 /// What a [`Request::SubmitReport`] carries.
@@ -312,8 +394,9 @@ pub enum Response {
     Ok,
     /// Failure.
     Error { kind: ErrorKind, retry_after_ms: u64, message: String },
-    /// Answer to `Auth`, `Register` and `Login`: the connection now acts for `user_id`.
-    Authenticated { user_id: String },
+    /// Answer to `Auth`, `Register` and `Login`: the connection now acts for `user_id`'s
+    /// device `device_id`.
+    Authenticated { user_id: String, device_id: u32 },
     /// Answer to `GetProfile`, `UpdateProfile` and `LookupUser`.
     Profile(Profile),
     /// Answer to `FetchAvatar`.
@@ -333,19 +416,40 @@ pub enum Response {
     /// Answer to the blob requests: the blob's full size and the bytes held so far
     /// (`stored == size` once complete).
     Blob { size: u64, stored: u64 },
+    /// Answer to `ListDevices`, in device id order.
+    Devices { devices: Vec<DeviceInfo> },
+    /// Answer to `AddDevice`.
+    DeviceAdded { device_id: u32 },
+    /// Answer to `LinkGet`.
+    LinkSlot(LinkSlot),
+    /// Answer to `FetchBundles`, in device id order.
+    Bundles { bundles: Vec<Bundle> },
+    /// Answer to `SendCopies` whose copies were not for exactly the recipient's devices:
+    /// nothing was stored. `missing` have no copy; `extra` are no (longer) devices of it.
+    Mismatch { missing: Vec<u32>, extra: Vec<u32> },
 }
 
 /// What the relay sends on its own initiative, in order, on the push stream.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Push {
     /// A message for this device; ack it with `Request::Ack { delivery_ids }`.
-    Message { delivery_id: u64, from: String, msg_id: String, server_ts: u64, body: Vec<u8> },
+    Message {
+        delivery_id: u64,
+        from: String,
+        from_device: u32,
+        msg_id: String,
+        server_ts: u64,
+        body: Vec<u8>,
+    },
     /// A watched user's presence changed.
     Presence(PresenceInfo),
     /// A watched user's profile changed (no email).
     ProfileChanged(Profile),
-    /// The account was logged in on another device: this one is unbound.
+    /// The account was logged in on another device, or this device was removed from
+    /// it: this one is unbound.
     LoggedOut,
+    /// The account's list of devices changed (one was linked or removed).
+    DevicesChanged,
 }
 
 impl fmt::Debug for Request {
@@ -444,6 +548,31 @@ impl fmt::Debug for Request {
                 f.debug_struct("CallRoute").field("peer", peer).finish_non_exhaustive()
             }
             Self::CallUnroute { .. } => f.write_str("CallUnroute { .. }"),
+            Self::ListDevices { user_id } => {
+                f.debug_struct("ListDevices").field("user_id", user_id).finish()
+            }
+            Self::AddDevice { .. } => f.write_str("AddDevice { .. }"),
+            Self::RemoveDevice { device_id } => {
+                f.debug_struct("RemoveDevice").field("device_id", device_id).finish()
+            }
+            Self::LinkOpen { hello, .. } => {
+                f.debug_struct("LinkOpen").field("len", &hello.len()).finish_non_exhaustive()
+            }
+            Self::LinkPut { data, .. } => {
+                f.debug_struct("LinkPut").field("len", &data.len()).finish_non_exhaustive()
+            }
+            Self::LinkGet { .. } => f.write_str("LinkGet { .. }"),
+            Self::FetchBundles { user_id, devices } => f
+                .debug_struct("FetchBundles")
+                .field("user_id", user_id)
+                .field("devices", devices)
+                .finish(),
+            Self::SendCopies { to, msg_id, copies } => f
+                .debug_struct("SendCopies")
+                .field("to", to)
+                .field("msg_id", msg_id)
+                .field("copies", copies)
+                .finish(),
         }
     }
 }
@@ -451,10 +580,11 @@ impl fmt::Debug for Request {
 impl fmt::Debug for Push {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Message { delivery_id, from, msg_id, server_ts, body } => f
+            Self::Message { delivery_id, from, from_device, msg_id, server_ts, body } => f
                 .debug_struct("Message")
                 .field("delivery_id", delivery_id)
                 .field("from", from)
+                .field("from_device", from_device)
                 .field("msg_id", msg_id)
                 .field("server_ts", server_ts)
                 .field("len", &body.len())
@@ -462,6 +592,7 @@ impl fmt::Debug for Push {
             Self::Presence(p) => f.debug_tuple("Presence").field(p).finish(),
             Self::ProfileChanged(p) => f.debug_tuple("ProfileChanged").field(p).finish(),
             Self::LoggedOut => f.write_str("LoggedOut"),
+            Self::DevicesChanged => f.write_str("DevicesChanged"),
         }
     }
 }
@@ -498,6 +629,14 @@ mod tag {
     pub(super) const BLOB_RELEASE: u8 = 0x17;
     pub(super) const CALL_ROUTE: u8 = 0x18;
     pub(super) const CALL_UNROUTE: u8 = 0x19;
+    pub(super) const LIST_DEVICES: u8 = 0x30;
+    pub(super) const ADD_DEVICE: u8 = 0x31;
+    pub(super) const REMOVE_DEVICE: u8 = 0x32;
+    pub(super) const LINK_OPEN: u8 = 0x33;
+    pub(super) const LINK_PUT: u8 = 0x34;
+    pub(super) const LINK_GET: u8 = 0x35;
+    pub(super) const FETCH_BUNDLES: u8 = 0x36;
+    pub(super) const SEND_COPIES: u8 = 0x37;
 
     pub(super) const R_HELLO_OK: u8 = 0x80;
     pub(super) const R_OK: u8 = 0x81;
@@ -512,11 +651,17 @@ mod tag {
     pub(super) const R_PONG: u8 = 0x8A;
     pub(super) const R_GROUP_SENT: u8 = 0x90;
     pub(super) const R_BLOB: u8 = 0x8B;
+    pub(super) const R_DEVICES: u8 = 0x91;
+    pub(super) const R_DEVICE_ADDED: u8 = 0x92;
+    pub(super) const R_LINK_SLOT: u8 = 0x93;
+    pub(super) const R_BUNDLES: u8 = 0x94;
+    pub(super) const R_MISMATCH: u8 = 0x95;
 
     pub(super) const P_MESSAGE: u8 = 0xC0;
     pub(super) const P_PRESENCE: u8 = 0xC1;
     pub(super) const P_PROFILE_CHANGED: u8 = 0xC2;
     pub(super) const P_LOGGED_OUT: u8 = 0xC3;
+    pub(super) const P_DEVICES_CHANGED: u8 = 0xC4;
 }
 
 /// Prefixes `body` with its length, refusing a frame over [`MAX_FRAME_LEN`].
@@ -584,6 +729,29 @@ fn get_presence(r: &mut Reader<'_>) -> Result<PresenceInfo, WireError> {
         last_seen_at: r.u64()?,
         hidden: r.bool()?,
     })
+}
+fn put_bundle(w: &mut Writer, b: &Bundle) {
+    w.str(&b.user_id);
+    w.u32(b.device_id);
+    w.raw(&b.device_key);
+    w.bytes(&b.identity);
+    w.opt(b.signed_prekey.as_ref(), put_prekey);
+    w.opt(b.one_time_prekey.as_ref(), put_prekey);
+    w.bool(b.last_resort);
+}
+fn get_bundle(r: &mut Reader<'_>) -> Result<Bundle, WireError> {
+    Ok(Bundle {
+        user_id: r.str(MAX_SHORT_STR, "user_id")?,
+        device_id: r.u32()?,
+        device_key: r.array()?,
+        identity: r.bytes(MAX_IDENTITY_LEN, "identity")?,
+        signed_prekey: r.opt(get_prekey)?,
+        one_time_prekey: r.opt(get_prekey)?,
+        last_resort: r.bool()?,
+    })
+}
+fn get_device_ids(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<u32>, WireError> {
+    r.list(MAX_DEVICES, field, Reader::u32)
 }
 fn get_user_list(r: &mut Reader<'_>) -> Result<Vec<String>, WireError> {
     r.list(MAX_LIST, "users", |r| r.str(MAX_SHORT_STR, "user_id"))
@@ -755,6 +923,47 @@ impl Request {
                 w.u8(tag::CALL_UNROUTE);
                 w.raw(call_id);
             }
+            Self::ListDevices { user_id } => {
+                w.u8(tag::LIST_DEVICES);
+                w.str(user_id);
+            }
+            Self::AddDevice { device_key, name } => {
+                w.u8(tag::ADD_DEVICE);
+                w.raw(device_key);
+                w.bytes(name);
+            }
+            Self::RemoveDevice { device_id } => {
+                w.u8(tag::REMOVE_DEVICE);
+                w.u32(*device_id);
+            }
+            Self::LinkOpen { slot, hello } => {
+                w.u8(tag::LINK_OPEN);
+                w.raw(slot);
+                w.bytes(hello);
+            }
+            Self::LinkPut { slot, data } => {
+                w.u8(tag::LINK_PUT);
+                w.raw(slot);
+                w.bytes(data);
+            }
+            Self::LinkGet { slot } => {
+                w.u8(tag::LINK_GET);
+                w.raw(slot);
+            }
+            Self::FetchBundles { user_id, devices } => {
+                w.u8(tag::FETCH_BUNDLES);
+                w.str(user_id);
+                w.list(devices, |w, d| w.u32(*d));
+            }
+            Self::SendCopies { to, msg_id, copies } => {
+                w.u8(tag::SEND_COPIES);
+                w.str(to);
+                w.str(msg_id);
+                w.list(copies, |w, c| {
+                    w.u32(c.device_id);
+                    w.bytes(&c.body);
+                });
+            }
         }
         framed(w)
     }
@@ -880,6 +1089,30 @@ impl Request {
                 Self::CallRoute { call_id: r.array()?, peer: r.str(MAX_SHORT_STR, "peer")? }
             }
             tag::CALL_UNROUTE => Self::CallUnroute { call_id: r.array()? },
+            tag::LIST_DEVICES => Self::ListDevices { user_id: r.str(MAX_SHORT_STR, "user_id")? },
+            tag::ADD_DEVICE => Self::AddDevice {
+                device_key: r.array()?,
+                name: r.bytes(MAX_DEVICE_NAME_LEN, "name")?,
+            },
+            tag::REMOVE_DEVICE => Self::RemoveDevice { device_id: r.u32()? },
+            tag::LINK_OPEN => {
+                Self::LinkOpen { slot: r.array()?, hello: r.bytes(MAX_LINK_LEN, "hello")? }
+            }
+            tag::LINK_PUT => {
+                Self::LinkPut { slot: r.array()?, data: r.bytes(MAX_LINK_LEN, "data")? }
+            }
+            tag::LINK_GET => Self::LinkGet { slot: r.array()? },
+            tag::FETCH_BUNDLES => Self::FetchBundles {
+                user_id: r.str(MAX_SHORT_STR, "user_id")?,
+                devices: get_device_ids(&mut r, "devices")?,
+            },
+            tag::SEND_COPIES => Self::SendCopies {
+                to: r.str(MAX_SHORT_STR, "to")?,
+                msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
+                copies: r.list(MAX_DEVICES, "copies", |r| {
+                    Ok(Copy { device_id: r.u32()?, body: r.bytes(MAX_MESSAGE_LEN, "body")? })
+                })?,
+            },
             t => return Err(WireError::UnknownTag(t)),
         };
         r.finish()?;
@@ -905,9 +1138,10 @@ impl Response {
                 w.u64(*retry_after_ms);
                 w.str(message);
             }
-            Self::Authenticated { user_id } => {
+            Self::Authenticated { user_id, device_id } => {
                 w.u8(tag::R_AUTHENTICATED);
                 w.str(user_id);
+                w.u32(*device_id);
             }
             Self::Profile(p) => {
                 w.u8(tag::R_PROFILE);
@@ -923,12 +1157,7 @@ impl Response {
             }
             Self::Bundle(b) => {
                 w.u8(tag::R_BUNDLE);
-                w.str(&b.user_id);
-                w.raw(&b.device_key);
-                w.bytes(&b.identity);
-                w.opt(b.signed_prekey.as_ref(), put_prekey);
-                w.opt(b.one_time_prekey.as_ref(), put_prekey);
-                w.bool(b.last_resort);
+                put_bundle(&mut w, b);
             }
             Self::Presence { users } => {
                 w.u8(tag::R_PRESENCE);
@@ -956,6 +1185,34 @@ impl Response {
                 w.u64(*size);
                 w.u64(*stored);
             }
+            Self::Devices { devices } => {
+                w.u8(tag::R_DEVICES);
+                w.list(devices, |w, d| {
+                    w.u32(d.device_id);
+                    w.bytes(&d.name);
+                    w.u64(d.linked_at);
+                    w.u64(d.last_seen_at);
+                });
+            }
+            Self::DeviceAdded { device_id } => {
+                w.u8(tag::R_DEVICE_ADDED);
+                w.u32(*device_id);
+            }
+            Self::LinkSlot(s) => {
+                w.u8(tag::R_LINK_SLOT);
+                w.bytes(&s.hello);
+                w.opt(s.joined.as_ref(), |w, v| w.bytes(v));
+                w.opt(s.reply.as_ref(), |w, v| w.bytes(v));
+            }
+            Self::Bundles { bundles } => {
+                w.u8(tag::R_BUNDLES);
+                w.list(bundles, put_bundle);
+            }
+            Self::Mismatch { missing, extra } => {
+                w.u8(tag::R_MISMATCH);
+                w.list(missing, |w, d| w.u32(*d));
+                w.list(extra, |w, d| w.u32(*d));
+            }
         }
         framed(w)
     }
@@ -975,20 +1232,14 @@ impl Response {
                 retry_after_ms: r.u64()?,
                 message: r.str(MAX_TEXT_STR, "message")?,
             },
-            tag::R_AUTHENTICATED => {
-                Self::Authenticated { user_id: r.str(MAX_SHORT_STR, "user_id")? }
-            }
+            tag::R_AUTHENTICATED => Self::Authenticated {
+                user_id: r.str(MAX_SHORT_STR, "user_id")?,
+                device_id: r.u32()?,
+            },
             tag::R_PROFILE => Self::Profile(get_profile(&mut r)?),
             tag::R_AVATAR => Self::Avatar(get_avatar(&mut r)?),
             tag::R_KEY_COUNT => Self::KeyCount { one_time_remaining: r.u32()? },
-            tag::R_BUNDLE => Self::Bundle(Bundle {
-                user_id: r.str(MAX_SHORT_STR, "user_id")?,
-                device_key: r.array()?,
-                identity: r.bytes(MAX_IDENTITY_LEN, "identity")?,
-                signed_prekey: r.opt(get_prekey)?,
-                one_time_prekey: r.opt(get_prekey)?,
-                last_resort: r.bool()?,
-            }),
+            tag::R_BUNDLE => Self::Bundle(get_bundle(&mut r)?),
             tag::R_PRESENCE => Self::Presence { users: r.list(MAX_LIST, "users", get_presence)? },
             tag::R_SENT => Self::Sent { server_ts: r.u64()?, duplicate: r.bool()? },
             tag::R_PONG => Self::Pong { nonce: r.u64()? },
@@ -1009,6 +1260,29 @@ impl Response {
                 }
                 Self::Blob { size, stored }
             }
+            tag::R_DEVICES => Self::Devices {
+                devices: r.list(MAX_DEVICES, "devices", |r| {
+                    Ok(DeviceInfo {
+                        device_id: r.u32()?,
+                        name: r.bytes(MAX_DEVICE_NAME_LEN, "name")?,
+                        linked_at: r.u64()?,
+                        last_seen_at: r.u64()?,
+                    })
+                })?,
+            },
+            tag::R_DEVICE_ADDED => Self::DeviceAdded { device_id: r.u32()? },
+            tag::R_LINK_SLOT => Self::LinkSlot(LinkSlot {
+                hello: r.bytes(MAX_LINK_LEN, "hello")?,
+                joined: r.opt(|r| r.bytes(MAX_LINK_LEN, "joined"))?,
+                reply: r.opt(|r| r.bytes(MAX_LINK_LEN, "reply"))?,
+            }),
+            tag::R_BUNDLES => {
+                Self::Bundles { bundles: r.list(MAX_DEVICES, "bundles", get_bundle)? }
+            }
+            tag::R_MISMATCH => Self::Mismatch {
+                missing: get_device_ids(&mut r, "missing")?,
+                extra: get_device_ids(&mut r, "extra")?,
+            },
             t => return Err(WireError::UnknownTag(t)),
         };
         r.finish()?;
@@ -1026,10 +1300,11 @@ impl Push {
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         let mut w = Writer::default();
         match self {
-            Self::Message { delivery_id, from, msg_id, server_ts, body } => {
+            Self::Message { delivery_id, from, from_device, msg_id, server_ts, body } => {
                 w.u8(tag::P_MESSAGE);
                 w.u64(*delivery_id);
                 w.str(from);
+                w.u32(*from_device);
                 w.str(msg_id);
                 w.u64(*server_ts);
                 w.bytes(body);
@@ -1043,6 +1318,7 @@ impl Push {
                 put_profile(&mut w, p);
             }
             Self::LoggedOut => w.u8(tag::P_LOGGED_OUT),
+            Self::DevicesChanged => w.u8(tag::P_DEVICES_CHANGED),
         }
         framed(w)
     }
@@ -1054,6 +1330,7 @@ impl Push {
             tag::P_MESSAGE => Self::Message {
                 delivery_id: r.u64()?,
                 from: r.str(MAX_SHORT_STR, "from")?,
+                from_device: r.u32()?,
                 msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
                 server_ts: r.u64()?,
                 body: r.bytes(MAX_MESSAGE_LEN, "body")?,
@@ -1061,6 +1338,7 @@ impl Push {
             tag::P_PRESENCE => Self::Presence(get_presence(&mut r)?),
             tag::P_PROFILE_CHANGED => Self::ProfileChanged(get_profile(&mut r)?),
             tag::P_LOGGED_OUT => Self::LoggedOut,
+            tag::P_DEVICES_CHANGED => Self::DevicesChanged,
             t => return Err(WireError::UnknownTag(t)),
         };
         r.finish()?;

@@ -62,12 +62,22 @@ pub use datagram::{
     CALL_ID_LEN, MAX_DATAGRAM_LEN, MAX_MEDIA_FRAME, MAX_SEALED_FRAME, MediaDatagram, fuzz_datagram,
 };
 pub use frames::{
-    Avatar, AvatarMeta, AvatarUpdate, Bundle, ErrorKind, Outbound, PreKey, PresenceInfo, Profile,
-    Push, Refusal, ReportKind, Request, Response,
+    Avatar, AvatarMeta, AvatarUpdate, Bundle, Copy, DeviceInfo, ErrorKind, LinkSlot, Outbound,
+    PreKey, PresenceInfo, Profile, Push, Refusal, ReportKind, Request, Response,
 };
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks. Version 2: devices (an account has up to
+/// [`MAX_DEVICES`], each with its own mailbox and prekeys), link rendezvous, copies.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Most devices an account may have.
+pub const MAX_DEVICES: usize = 5;
+/// Largest sealed device name.
+pub const MAX_DEVICE_NAME_LEN: usize = 256;
+/// Largest message in a link rendezvous (the last one carries the account's state:
+/// identity key, contacts, groups, settings).
+pub const MAX_LINK_LEN: usize = 512 * 1024;
+/// How long a link rendezvous lasts: a link code is good for 10 minutes.
+pub const LINK_SLOT_TTL_MS: u64 = 10 * 60 * 1000;
 /// The QUIC ALPN of the daemon-relay protocol.
 pub const ALPN: &[u8] = b"letstalk/1";
 /// Largest UDP payload either end accepts and probes for (path MTU discovery starts at

@@ -168,7 +168,60 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<[u8; 16]>(), short())
             .prop_map(|(call_id, peer)| Request::CallRoute { call_id, peer }),
         any::<[u8; 16]>().prop_map(|call_id| Request::CallUnroute { call_id }),
+        short().prop_map(|user_id| Request::ListDevices { user_id }),
+        (any::<[u8; 32]>(), blob(100))
+            .prop_map(|(device_key, name)| Request::AddDevice { device_key, name }),
+        any::<u32>().prop_map(|device_id| Request::RemoveDevice { device_id }),
+        (any::<[u8; 16]>(), blob(200)).prop_map(|(slot, hello)| Request::LinkOpen { slot, hello }),
+        (any::<[u8; 16]>(), blob(200)).prop_map(|(slot, data)| Request::LinkPut { slot, data }),
+        any::<[u8; 16]>().prop_map(|slot| Request::LinkGet { slot }),
+        (short(), device_ids())
+            .prop_map(|(user_id, devices)| Request::FetchBundles { user_id, devices }),
+        (short(), short(), proptest::collection::vec((any::<u32>(), blob(100)), 0..=MAX_DEVICES))
+            .prop_map(|(to, msg_id, copies)| Request::SendCopies {
+                to,
+                msg_id,
+                copies: copies
+                    .into_iter()
+                    .map(|(device_id, body)| Copy { device_id, body })
+                    .collect(),
+            }),
     ]
+}
+
+fn device_ids() -> impl Strategy<Value = Vec<u32>> {
+    proptest::collection::vec(any::<u32>(), 0..=MAX_DEVICES)
+}
+
+fn bundle() -> impl Strategy<Value = Bundle> {
+    (
+        short(),
+        any::<u32>(),
+        any::<[u8; 32]>(),
+        blob(100),
+        proptest::option::of(prekey()),
+        proptest::option::of(prekey()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                user_id,
+                device_id,
+                device_key,
+                identity,
+                signed_prekey,
+                one_time_prekey,
+                last_resort,
+            )| Bundle {
+                user_id,
+                device_id,
+                device_key,
+                identity,
+                signed_prekey,
+                one_time_prekey,
+                last_resort,
+            },
+        )
 }
 
 fn response() -> impl Strategy<Value = Response> {
@@ -183,30 +236,12 @@ fn response() -> impl Strategy<Value = Response> {
             retry_after_ms,
             message
         }),
-        short().prop_map(|user_id| Response::Authenticated { user_id }),
+        (short(), any::<u32>())
+            .prop_map(|(user_id, device_id)| Response::Authenticated { user_id, device_id }),
         profile().prop_map(Response::Profile),
         avatar().prop_map(Response::Avatar),
         any::<u32>().prop_map(|one_time_remaining| Response::KeyCount { one_time_remaining }),
-        (
-            short(),
-            any::<[u8; 32]>(),
-            blob(100),
-            proptest::option::of(prekey()),
-            proptest::option::of(prekey()),
-            any::<bool>()
-        )
-            .prop_map(
-                |(user_id, device_key, identity, signed_prekey, one_time_prekey, last_resort)| {
-                    Response::Bundle(Bundle {
-                        user_id,
-                        device_key,
-                        identity,
-                        signed_prekey,
-                        one_time_prekey,
-                        last_resort,
-                    })
-                }
-            ),
+        bundle().prop_map(Response::Bundle),
         proptest::collection::vec(presence(), 0..5).prop_map(|users| Response::Presence { users }),
         (any::<u64>(), any::<bool>())
             .prop_map(|(server_ts, duplicate)| Response::Sent { server_ts, duplicate }),
@@ -224,15 +259,39 @@ fn response() -> impl Strategy<Value = Response> {
             }),
         (0..=MAX_BLOB_LEN, any::<u64>())
             .prop_map(|(size, stored)| Response::Blob { size, stored: stored % (size + 1) }),
+        proptest::collection::vec(
+            (any::<u32>(), blob(100), any::<u64>(), any::<u64>()),
+            0..=MAX_DEVICES
+        )
+        .prop_map(|d| Response::Devices {
+            devices: d
+                .into_iter()
+                .map(|(device_id, name, linked_at, last_seen_at)| DeviceInfo {
+                    device_id,
+                    name,
+                    linked_at,
+                    last_seen_at,
+                })
+                .collect(),
+        }),
+        any::<u32>().prop_map(|device_id| Response::DeviceAdded { device_id }),
+        (blob(100), proptest::option::of(blob(100)), proptest::option::of(blob(100))).prop_map(
+            |(hello, joined, reply)| Response::LinkSlot(LinkSlot { hello, joined, reply })
+        ),
+        proptest::collection::vec(bundle(), 0..=MAX_DEVICES)
+            .prop_map(|bundles| Response::Bundles { bundles }),
+        (device_ids(), device_ids())
+            .prop_map(|(missing, extra)| Response::Mismatch { missing, extra }),
     ]
 }
 
 fn push() -> impl Strategy<Value = Push> {
     prop_oneof![
-        (any::<u64>(), short(), short(), any::<u64>(), blob(500)).prop_map(
-            |(delivery_id, from, msg_id, server_ts, body)| Push::Message {
+        (any::<u64>(), short(), any::<u32>(), short(), any::<u64>(), blob(500)).prop_map(
+            |(delivery_id, from, from_device, msg_id, server_ts, body)| Push::Message {
                 delivery_id,
                 from,
+                from_device,
                 msg_id,
                 server_ts,
                 body
@@ -241,6 +300,7 @@ fn push() -> impl Strategy<Value = Push> {
         presence().prop_map(Push::Presence),
         profile().prop_map(Push::ProfileChanged),
         Just(Push::LoggedOut),
+        Just(Push::DevicesChanged),
     ]
 }
 
@@ -373,13 +433,28 @@ fn hex_snapshots() {
         Push::Message {
             delivery_id: 7,
             from: "al".into(),
+            from_device: 3,
             msg_id: "x".into(),
             server_ts: 2,
             body: vec![1],
         }
         .encode()
         .unwrap(),
-        "0000001dc000000000000000070002616c00017800000000000000020000000101",
+        "00000021c000000000000000070002616c0000000300017800000000000000020000000101",
+    );
+    check(
+        Request::SendCopies {
+            to: "bo".into(),
+            msg_id: "x".into(),
+            copies: vec![Copy { device_id: 2, body: vec![9] }],
+        }
+        .encode()
+        .unwrap(),
+        "00000013370002626f0001780001000000020000000109",
+    );
+    check(
+        Response::Mismatch { missing: vec![1], extra: vec![] }.encode().unwrap(),
+        "00000009950001000000010000",
     );
     check(Push::LoggedOut.encode().unwrap(), "00000001c3");
     check(

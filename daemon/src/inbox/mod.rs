@@ -193,6 +193,9 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
                 tracing::warn!(error = %e.message, "recording the logout");
             }
         }
+        // The relay is the list's home; `devices.list` asks it each time, so there is
+        // nothing to refresh here yet.
+        Pushed::DevicesChanged => {}
         Pushed::State(state) => {
             let address = Some(relay.address());
             let seq = daemon

@@ -96,6 +96,7 @@ fn pushed(push: Push) -> Pushed {
         Push::Presence(p) => Pushed::Presence(p),
         Push::ProfileChanged(p) => Pushed::ProfileChanged(p),
         Push::LoggedOut => Pushed::LoggedOut,
+        Push::DevicesChanged => Pushed::DevicesChanged,
         Push::State(s) => Pushed::State(state(s)),
     }
 }

@@ -42,7 +42,7 @@ pub(super) async fn handle<S: Storage>(
                 return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
             }
             start_session(st, ctx, &user).await?;
-            Ok(Response::Authenticated { user_id: user })
+            Ok(Response::Authenticated { user_id: user, device_id: 1 })
         }
         Request::Register {
             user_id,
@@ -79,7 +79,7 @@ pub(super) async fn handle<S: Storage>(
             info!("account registered");
             debug!(user_id = user, "account registered");
             start_session(st, ctx, &user).await?;
-            Ok(Response::Authenticated { user_id: user })
+            Ok(Response::Authenticated { user_id: user, device_id: 1 })
         }
         Request::Login { user_id, password, device_key, signature } => {
             if ctx.user().is_some() {
@@ -118,7 +118,7 @@ pub(super) async fn handle<S: Storage>(
                 debug!(user_id = user, "account moved to a new device");
             }
             start_session(st, ctx, &user).await?;
-            Ok(Response::Authenticated { user_id: user })
+            Ok(Response::Authenticated { user_id: user, device_id: 1 })
         }
         Request::Logout => {
             let user = require_auth(st, ctx)?;

@@ -105,5 +105,13 @@ async fn route<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request)
         Request::BlobPut { .. } | Request::BlobGet { .. } => {
             Err(fail(ErrorKind::Invalid, "blob transfers need their own stream"))
         }
+        Request::ListDevices { .. }
+        | Request::AddDevice { .. }
+        | Request::RemoveDevice { .. }
+        | Request::LinkOpen { .. }
+        | Request::LinkPut { .. }
+        | Request::LinkGet { .. }
+        | Request::FetchBundles { .. }
+        | Request::SendCopies { .. } => Err(fail(ErrorKind::Unsupported, "not served yet")),
     }
 }

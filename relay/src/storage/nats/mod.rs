@@ -348,6 +348,7 @@ impl Storage for NatsStorage {
         let Some((d, _)) = d else { return Ok(None) };
         let Some(device_key) = key32(d.device_key.as_ref())? else { return Ok(None) };
         let mut bundle = Bundle {
+            device_id: 1,
             user_id: user_id.to_owned(),
             device_key,
             identity: unhex(&d.identity)?,

@@ -318,7 +318,7 @@ impl Storage for SqliteStorage {
                     (lr, used)
                 }
             };
-            Ok(Some(Bundle { user_id, device_key, identity, signed_prekey, one_time_prekey, last_resort }))
+            Ok(Some(Bundle { user_id, device_id: 1, device_key, identity, signed_prekey, one_time_prekey, last_resort }))
         })
         .await
     }
