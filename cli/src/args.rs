@@ -88,6 +88,24 @@ pub enum Command {
     },
     /// Logs this device out (history stays).
     Logout,
+    /// Without CODE: prints a one-time code (and, on a terminal, a QR code) that links
+    /// another device to this account for 10 minutes. With CODE, on a device without an
+    /// account: joins the account that made it.
+    Link {
+        code: Option<String>,
+        /// This device's name in `letstalk devices` (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The account's devices; `--remove ID` removes one (it is logged out).
+    Devices {
+        #[arg(long, value_name = "ID")]
+        remove: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Adds a contact.
     Add {
         user_id: String,

@@ -183,6 +183,49 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.call_value("account.logout", json!({})).await?;
             println!("logged out");
         }
+        Command::Link { code: None, json, .. } => {
+            let started = client.call_value("devices.link_start", json!({})).await?;
+            if json {
+                print_json(&started);
+            } else {
+                let code = text(&started["code"]);
+                println!("On the new device, run:  letstalk link {code}");
+                println!("The code works once, for 10 minutes.");
+                use std::io::IsTerminal;
+                if std::io::stdout().is_terminal()
+                    && let Ok(qr) = qrcode::QrCode::new(code.as_bytes())
+                {
+                    println!("{}", qr.render::<qrcode::render::unicode::Dense1x2>().build());
+                }
+            }
+        }
+        Command::Link { code: Some(code), name, json } => {
+            let name = name.unwrap_or_else(default_device_name);
+            let account = client
+                .call_value("account.link", json!({"code": code, "device_name": name}))
+                .await?;
+            if json {
+                print_json(&account);
+            } else {
+                println!("linked: this device is now {}", text(&account["user_id"]));
+                println!("fingerprint {}", text(&account["fingerprint"]));
+            }
+        }
+        Command::Devices { remove: Some(device_id), .. } => {
+            client.call_value("devices.remove", json!({"device_id": device_id})).await?;
+            println!("removed device {device_id}");
+        }
+        Command::Devices { remove: None, json } => {
+            let list = client.call_value("devices.list", json!({})).await?;
+            if json {
+                print_json(&list);
+            } else {
+                for d in list["devices"].as_array().into_iter().flatten() {
+                    let this = if d["this_device"] == true { "  (this device)" } else { "" };
+                    println!("{:>3}  {}{this}", d["device_id"], text(&d["name"]));
+                }
+            }
+        }
         Command::Add { user_id, alias } => {
             let mut p = json!({"user_id": user_id});
             if let Some(a) = alias {
@@ -517,4 +560,13 @@ fn settings_patch(changes: &[String]) -> Result<Value, Failure> {
         }
     }
     Ok(patch)
+}
+
+/// A linked device's default name: the host's name, as people know the machine.
+fn default_device_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "device".to_owned())
 }

@@ -26,6 +26,7 @@
 //! - `sender_keys`: group messaging with Signal-style sender keys.
 //! - `stream`: age STREAM file encryption, [`StreamEncryptor`] / [`StreamDecryptor`].
 //! - `media`: call media frame sealing.
+//! - `link`: linking a device by a one-time code (SPAKE2, then one sealed message each way).
 //! - `fuzz`: the fuzz target bodies, shared by `fuzz/` and the proptests.
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ mod error;
 pub mod fuzz;
 mod identity;
 pub mod kdf;
+pub mod link;
 pub mod media;
 mod prekeys;
 #[doc(hidden)]

@@ -66,6 +66,7 @@ pub mod groups;
 pub mod identities;
 pub mod inbox;
 pub mod keys;
+pub mod linking;
 pub mod localid;
 pub mod messages;
 pub mod methods;
@@ -221,6 +222,7 @@ pub async fn run(
         erasure: tokio::sync::Notify::new(),
         typing: Mutex::default(),
         last_preview: Mutex::default(),
+        linking: state::Linking::new(cancel.child_token()),
     });
 
     let tasks = TaskTracker::new();

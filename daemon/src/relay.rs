@@ -118,6 +118,11 @@ pub trait RelayApi: Send + Sync + std::fmt::Debug {
         credentials: Credentials,
         password: String,
     ) -> BoxFuture<'_, Result<(), RelayError>>;
+    /// Authenticates as a device another device of the account has just added (linking);
+    /// on success the link authenticates every later connection with `credentials`.
+    fn authenticate(&self, credentials: Credentials) -> BoxFuture<'_, Result<(), RelayError>>;
+    /// Which of the account's devices this one is, once authenticated.
+    fn device_id(&self) -> Option<u32>;
     /// Deletes the account `credentials` name, authenticating as it on a connection of
     /// its own (the link's own connection and credentials are left alone): what
     /// "restore defaults" owes a relay that was unreachable at the time.

@@ -50,9 +50,41 @@ pub struct Daemon {
     pub typing: Mutex<BTreeMap<String, Instant>>,
     /// The last `diagnostics.preview`, as the bytes `diagnostics.upload` sends.
     pub last_preview: Mutex<Option<(Instant, Vec<u8>)>>,
+    /// The wait for a device to use this device's link code (`devices.link_start`), a
+    /// child of the daemon's shutdown; a new code ends the previous wait.
+    pub(crate) linking: Linking,
+}
+
+/// The one link code a device has open at a time.
+#[derive(Debug)]
+pub struct Linking {
+    root: tokio_util::sync::CancellationToken,
+    current: Mutex<Option<tokio_util::sync::CancellationToken>>,
+}
+
+impl Linking {
+    pub fn new(root: tokio_util::sync::CancellationToken) -> Self {
+        Self { root, current: Mutex::default() }
+    }
 }
 
 impl Daemon {
+    /// Ends the wait for the previous link code, if any, and returns the token of the
+    /// new one's.
+    pub(crate) fn start_linking(&self) -> tokio_util::sync::CancellationToken {
+        let token = self.linking.root.child_token();
+        let previous = self
+            .linking
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(token.clone());
+        if let Some(previous) = previous {
+            previous.cancel();
+        }
+        token
+    }
+
     /// The logged-in user, if any.
     pub fn user(&self) -> Option<String> {
         self.user.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()

@@ -79,6 +79,10 @@ methods! {
     "calls.reject" (CallIdParams) -> CallResult: "Declines a ringing incoming call.";
     "calls.hangup" (CallIdParams) -> CallResult: "Ends a call (or stops ringing one), on both sides.";
     "calls.list" (CallsListParams) -> CallsList: "The call log, most recent first.";
+    "devices.link_start" (Empty) -> LinkStartResult: "A one-time code (valid 10 minutes) that links another device to this account.";
+    "account.link" (LinkParams) -> Account: "Joins the account that made the code; the code's key carries its identity key, contacts, groups and settings here.";
+    "devices.list" (Empty) -> DevicesList: "The account's devices.";
+    "devices.remove" (DeviceIdParams) -> Empty: "Removes one of the account's devices (it is logged out).";
     "settings.get" (Empty) -> Settings: "The current settings.";
     "settings.set" (SettingsPatch) -> Settings: "Changes any subset of the settings; returns them all.";
     "privacy.clear_history" (ConfirmParams) -> ClearHistoryResult: "Deletes every unsent and every unread message, for good.";

@@ -186,6 +186,9 @@ pub enum EventBody {
     AccountLoggedOut {},
     #[serde(rename = "group.changed")]
     GroupChanged { group: Group },
+    /// A device joined the account with a code from `devices.link_start`.
+    #[serde(rename = "device.linked")]
+    DeviceLinked { device: LinkedDevice },
     #[serde(rename = "history.cleared")]
     HistoryCleared { deleted: u64 },
     /// A file transfer advanced; `bytes == total` when it completed.
@@ -227,6 +230,7 @@ impl EventBody {
             Self::AccountChanged { .. } => "account.changed",
             Self::AccountLoggedOut {} => "account.logged_out",
             Self::GroupChanged { .. } => "group.changed",
+            Self::DeviceLinked { .. } => "device.linked",
             Self::HistoryCleared { .. } => "history.cleared",
             Self::FileProgress { .. } => "file.progress",
             Self::FileState { .. } => "file.state",
@@ -459,6 +463,47 @@ pub struct RegisterParams {
 pub struct LoginParams {
     pub user_id: String,
     pub password: Password,
+}
+
+/// `devices.link_start`: the code to type (or scan) on the new device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkStartResult {
+    /// 16 characters in four dash-separated groups; case, spaces and dashes do not
+    /// matter when it is typed.
+    pub code: String,
+    /// ms since the Unix epoch.
+    pub expires_at: i64,
+}
+
+/// `account.link`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkParams {
+    pub code: String,
+    /// How this device is shown in `devices.list` (1 to 64 characters).
+    pub device_name: String,
+}
+
+/// One of the account's devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkedDevice {
+    /// The relay's number for the device within the account (never reused).
+    pub device_id: u32,
+    pub name: String,
+    /// ms since the Unix epoch.
+    pub linked_at: i64,
+    /// ms since the Unix epoch; null if never seen connected.
+    pub last_seen_at: Option<i64>,
+    pub this_device: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DevicesList {
+    pub devices: Vec<LinkedDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceIdParams {
+    pub device_id: u32,
 }
 
 /// `account.update`: absent fields stay; `avatar: null` removes the avatar.

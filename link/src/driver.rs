@@ -244,9 +244,10 @@ async fn authenticate(
     if let Some(identity) = shared.identity() {
         let auth = hs.auth_request(&identity);
         match conn::exchange(&hs.conn, &auth, shared.request_timing()).await? {
-            Response::Authenticated { user_id, .. } => {
+            Response::Authenticated { user_id, device_id } => {
                 authed = Some(authed_as(&identity));
                 user = Some(user_id);
+                shared.set_device(device_id);
             }
             Response::Error { kind: ErrorKind::UnknownDevice, .. } => {
                 // Logged in elsewhere (or the account is gone) while this device was away.

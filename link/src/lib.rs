@@ -190,6 +190,8 @@ pub struct LinkStatus {
     pub remote: Option<SocketAddr>,
     /// The account the connection acts for, once authenticated.
     pub user_id: Option<String>,
+    /// Which of the account's devices this is, once authenticated.
+    pub device_id: Option<u32>,
     /// Why the relay refused the device's authentication on the last attempt, if it did
     /// (cleared by the next connection).
     pub refused: Option<ErrorKind>,
@@ -392,7 +394,18 @@ impl Shared {
     pub(crate) fn set_user(&self, user: Option<String>) {
         self.status.send_if_modified(|s| {
             let changed = s.user_id != user;
+            if user.is_none() {
+                s.device_id = None;
+            }
             s.user_id = user;
+            changed
+        });
+    }
+
+    pub(crate) fn set_device(&self, device_id: u32) {
+        self.status.send_if_modified(|s| {
+            let changed = s.device_id != Some(device_id);
+            s.device_id = Some(device_id);
             changed
         });
     }
@@ -444,6 +457,7 @@ impl Link {
             address: config.relays.join(","),
             remote: None,
             user_id: None,
+            device_id: None,
             refused: None,
         });
         let cancel = CancellationToken::new();

@@ -44,7 +44,8 @@ impl Link {
             key.sign(&auth_message(&current.challenge, &current.exporter, &user)).to_bytes();
         let req = make(key.verifying_key().to_bytes(), signature);
         match self.call_on(&current.conn, req).await? {
-            Response::Authenticated { user_id, .. } => {
+            Response::Authenticated { user_id, device_id } => {
+                self.shared.set_device(device_id);
                 let identity = Identity { user_id: user_id.clone(), key };
                 let authed = authed_as(&identity);
                 self.shared.set_identity(Some(identity));
@@ -60,6 +61,18 @@ impl Link {
             }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Authenticates as `user_id`'s device `key`, which another device of the account has
+    /// just added (linking): from now on the link authenticates every connection with it.
+    pub async fn authenticate(&self, user_id: &str, key: SigningKey) -> Result<String, LinkError> {
+        let user = user_id.to_ascii_lowercase();
+        self.bind_with(key, &user.clone(), |device_key, signature| Request::Auth {
+            user_id: user,
+            device_key,
+            signature,
+        })
+        .await
     }
 
     /// Creates an account and binds this device's `key` to it; the link then

@@ -26,7 +26,7 @@ const DAEMON: layering::Layers<'static> = &[
     ("domain: trust", &["trust"]),
     ("domain: groups", &["groups"]),
     ("domain: texts and receipts, file rows", &["texts", "files::rows"]),
-    ("domain: contacts", &["contacts"]),
+    ("domain: contacts, the account state a linked device takes over", &["contacts", "linking"]),
     ("identity keys known", &["identities"]),
     ("daemon state", &["state"]),
     ("end-to-end sessions", &["e2e"]),

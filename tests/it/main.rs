@@ -8,6 +8,7 @@ mod calls;
 mod cli;
 mod cluster;
 mod device;
+mod devices;
 mod diagnostics;
 mod emulated;
 mod events;

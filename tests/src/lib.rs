@@ -445,6 +445,11 @@ impl Relay {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The relay's data directory (its database, certificate and logs).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Messages waiting in the embedded relay's mailboxes, read from its database file
     /// as any other process could (the relay keeps running).
     pub fn mailbox_len(&self) -> Result<usize> {

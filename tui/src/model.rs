@@ -313,6 +313,7 @@ impl App {
             EventBody::SettingsChanged { .. }
             | EventBody::NetworkChanged { .. }
             | EventBody::AccountChanged { .. }
+            | EventBody::DeviceLinked { .. }
             | EventBody::CallIncoming { .. }
             | EventBody::CallState { .. }
             | EventBody::Notification { .. }

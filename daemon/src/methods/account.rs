@@ -23,12 +23,12 @@ pub(super) fn relay(daemon: &Daemon) -> Result<Arc<dyn RelayApi>, RpcError> {
     })
 }
 
-fn credentials(a: &Account) -> Credentials {
+pub(super) fn credentials(a: &Account) -> Credentials {
     Credentials { user_id: a.user_id.clone(), device_seed: a.device_key.clone() }
 }
 
 /// Publishes our identity and prekeys in the relay's directory.
-async fn upload_keys(
+pub(super) async fn upload_keys(
     relay: &dyn RelayApi,
     a: &Account,
     prekeys: &[letstalk_crypto::PreKeySecret],
@@ -59,18 +59,25 @@ async fn upload_keys(
 /// Saves a freshly bound account with its prekeys and emits `account.changed`. When the
 /// device held another account (another user, or the same user id registered anew with
 /// new keys), nothing of it stays: see [`forget_previous_account`].
-async fn store_account(
+///
+/// A linked device also takes over the account's state from the device that linked it
+/// (`linked`), in the same transaction.
+pub(super) async fn store_account(
     daemon: &Arc<Daemon>,
     a: Account,
     prekeys: Vec<letstalk_crypto::PreKeySecret>,
+    linked: Option<crate::linking::Snapshot>,
 ) -> Result<IpcAccount, RpcError> {
     let ipc = a.to_ipc();
     let body = EventBody::AccountChanged { account: ipc.clone() };
     let user = a.user_id.clone();
     let previous = daemon.store.call(|c| Account::load(c)).await.map_err(internal)?;
-    let switching = previous.is_some_and(|p| {
-        p.user_id != a.user_id || p.identity.public().to_bytes() != a.identity.public().to_bytes()
-    });
+    // A linked device starts from the account's state as sent, whatever it held before.
+    let switching = linked.is_some()
+        || previous.is_some_and(|p| {
+            p.user_id != a.user_id
+                || p.identity.public().to_bytes() != a.identity.public().to_bytes()
+        });
     // Nothing may send, download or ring for the old account while it is deleted.
     let gate = if switching {
         let gate = daemon.outbox_gate.lock().await;
@@ -90,6 +97,9 @@ async fn store_account(
             }
             // A different account than before on this device: its keys are not ours.
             tx.execute("DELETE FROM prekeys", [])?;
+            if let Some(snapshot) = &linked {
+                crate::linking::import(&tx, snapshot)?;
+            }
             a.save(&tx)?;
             for k in &prekeys {
                 account::save_prekey(&tx, k, now)?;
@@ -185,7 +195,7 @@ pub(super) async fn register(
         relay.request(update).await.and_then(check).map_err(|e| e.to_rpc("avatar"))?;
     }
     upload_keys(relay.as_ref(), &a, &prekeys).await?;
-    store_account(daemon, a, prekeys).await
+    store_account(daemon, a, prekeys, None).await
 }
 
 pub(super) async fn login(daemon: &Arc<Daemon>, p: LoginParams) -> Result<IpcAccount, RpcError> {
@@ -251,7 +261,7 @@ pub(super) async fn login(daemon: &Arc<Daemon>, p: LoginParams) -> Result<IpcAcc
         generate_prekeys(&a.identity, &mut OsRng)
     };
     upload_keys(relay.as_ref(), &a, &prekeys).await?;
-    store_account(daemon, a, prekeys).await
+    store_account(daemon, a, prekeys, None).await
 }
 
 pub(super) async fn logout(daemon: &Arc<Daemon>, _: Empty) -> Result<Empty, RpcError> {
@@ -293,7 +303,7 @@ pub(crate) async fn mark_logged_out(daemon: &Arc<Daemon>, event: bool) -> Result
     Ok(())
 }
 
-async fn current(daemon: &Arc<Daemon>) -> Result<Account, RpcError> {
+pub(super) async fn current(daemon: &Arc<Daemon>) -> Result<Account, RpcError> {
     logged_in(daemon).await?;
     daemon
         .store

@@ -8,6 +8,7 @@ mod account;
 mod calls;
 mod contacts;
 mod device;
+mod devices;
 mod diagnostics;
 mod events;
 mod files;
@@ -118,6 +119,10 @@ pub async fn call(
         "calls.reject" => reply(calls::reject(daemon, parse(params)?).await?),
         "calls.hangup" => reply(calls::hangup(daemon, parse(params)?).await?),
         "calls.list" => reply(calls::list(daemon, parse(params)?).await?),
+        "devices.link_start" => reply(devices::link_start(daemon, parse(params)?).await?),
+        "account.link" => reply(devices::link(daemon, parse(params)?).await?),
+        "devices.list" => reply(devices::list(daemon, parse(params)?).await?),
+        "devices.remove" => reply(devices::remove(daemon, parse(params)?).await?),
         other => Err(RpcError::method_not_found(other)),
     }
 }

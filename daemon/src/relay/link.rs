@@ -183,6 +183,17 @@ impl RelayApi for LinkRelay {
         Box::pin(async move { self.link.request(request).await.map_err(relay_error) })
     }
 
+    fn authenticate(&self, credentials: Credentials) -> BoxFuture<'_, Result<(), RelayError>> {
+        Box::pin(async move {
+            let key = identity(&credentials).key;
+            self.link.authenticate(&credentials.user_id, key).await.map(drop).map_err(relay_error)
+        })
+    }
+
+    fn device_id(&self) -> Option<u32> {
+        self.link.status().borrow().device_id
+    }
+
     fn status(&self) -> (RelayState, Option<u64>) {
         let state = state(self.link.status().borrow().state);
         let rtt = self

@@ -1,0 +1,326 @@
+//! `devices.*` and `account.link`: one account on several devices. A logged-in device
+//! makes a one-time code (`devices.link_start`) and waits in the background for a new
+//! device to use it; the new device (`account.link`) joins with the code and receives the
+//! account's identity key and state, sealed under a key only the two devices agreed on
+//! (SPAKE2 from the code, `letstalk_crypto::link`). The relay holds the rendezvous and
+//! sees only the slot id, the SPAKE2 messages and ciphertext.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use rand_core::{OsRng, RngCore};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use letstalk_crypto::IdentityKeyPair;
+use letstalk_crypto::link::{LinkCode, LinkJoiner, LinkOpener, open_device_name, seal_device_name};
+use letstalk_ipc::types::{
+    Account as IpcAccount, DeviceIdParams, DevicesList, Empty, EventBody, LinkParams,
+    LinkStartResult, LinkedDevice,
+};
+use letstalk_ipc::{ErrorKind, RpcError};
+use letstalk_wire::{ErrorKind as WireKind, LINK_SLOT_TTL_MS, LinkSlot, Request, Response};
+
+use super::account::{credentials, current, relay, store_account, upload_keys};
+use super::internal;
+use crate::account::{Account, generate_prekeys};
+use crate::linking::{self, Snapshot};
+use crate::relay::{RelayApi, RelayError, check, expect_ok};
+use crate::{Daemon, events, now_ms, validate};
+
+/// How often each side looks at the rendezvous while it waits for the other.
+const POLL: Duration = Duration::from_millis(300);
+/// How long a joining device waits for the linking device's answer once it has joined
+/// (the answer is built and sealed at once, so this covers a slow network only).
+const REPLY_WAIT: Duration = Duration::from_secs(60);
+/// Longest device name, in characters.
+const NAME_MAX: usize = 64;
+
+fn code_error() -> RpcError {
+    RpcError::new(ErrorKind::NotFound, "unknown or expired link code")
+}
+
+/// The rendezvous, or `None` once it expired.
+async fn slot(relay: &dyn RelayApi, slot: [u8; 16]) -> Result<Option<LinkSlot>, RelayError> {
+    match relay.request(Request::LinkGet { slot }).await.and_then(check) {
+        Ok(Response::LinkSlot(s)) => Ok(Some(s)),
+        Ok(_) => Err(RelayError::Unexpected),
+        Err(RelayError::Refused { kind: WireKind::NotFound, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) async fn link_start(
+    daemon: &Arc<Daemon>,
+    _: Empty,
+) -> Result<LinkStartResult, RpcError> {
+    let me = current(daemon).await?;
+    let relay = relay(daemon)?;
+    let code = LinkCode::generate(&mut OsRng);
+    let (opener, hello) = LinkOpener::start(&code, &mut OsRng);
+    let slot = code.slot();
+    expect_ok(relay.as_ref(), Request::LinkOpen { slot, hello }).await.map_err(|e| e.to_rpc(""))?;
+    let expires_at = now_ms().saturating_add(i64::try_from(LINK_SLOT_TTL_MS).unwrap_or(i64::MAX));
+    // One code at a time: the relay replaced the previous rendezvous, so its waiter ends.
+    let cancel = daemon.start_linking();
+    tokio::spawn(serve_link(daemon.clone(), relay, me, slot, opener, expires_at, cancel));
+    Ok(LinkStartResult { code: code.display(), expires_at })
+}
+
+/// The linking device's side, in the background: waits for a device to join, checks that
+/// it knew the code, adds it to the account and sends it the account's state.
+async fn serve_link(
+    daemon: Arc<Daemon>,
+    relay: Arc<dyn RelayApi>,
+    me: Account,
+    slot: [u8; 16],
+    opener: LinkOpener,
+    expires_at: i64,
+    cancel: CancellationToken,
+) {
+    let joined = loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(POLL) => {}
+        }
+        if now_ms() >= expires_at {
+            return;
+        }
+        match self::slot(relay.as_ref(), slot).await {
+            Ok(Some(LinkSlot { joined: Some(joined), .. })) => break joined,
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            // Offline for now: the code stays good until it expires.
+            Err(e) => tracing::debug!(error = %e, "waiting for a device to link"),
+        }
+    };
+    // One attempt per code: a wrong code spends it (each attempt is a guess at it).
+    let (claim, reply) = match opener.accept(&joined) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::info!(error = %e, "a device tried to link with a wrong code; the code is spent");
+            // An answer that opens for nobody: the joining device learns at once that
+            // its code was wrong instead of waiting for one.
+            let mut spent = vec![0u8; 48];
+            OsRng.fill_bytes(&mut spent);
+            if let Err(e) = expect_ok(relay.as_ref(), Request::LinkPut { slot, data: spent }).await
+            {
+                tracing::debug!(error = %e, "closing a spent link code");
+            }
+            return;
+        }
+    };
+    if let Err(e) = admit(&daemon, relay.as_ref(), &me, slot, &claim, reply).await {
+        tracing::warn!(error = %e.message, "linking a device failed");
+    }
+}
+
+/// Adds the device that proved the code and sends it the account's state.
+async fn admit(
+    daemon: &Arc<Daemon>,
+    relay: &dyn RelayApi,
+    me: &Account,
+    slot: [u8; 16],
+    claim: &[u8],
+    reply: letstalk_crypto::link::LinkReply,
+) -> Result<(), RpcError> {
+    let (device_key, name) = parse_claim(claim)
+        .ok_or_else(|| RpcError::invalid_params("device", "malformed device claim"))?;
+    let sealed_name = seal_device_name(&me.identity, &name, &mut OsRng)
+        .map_err(|_| RpcError::internal("sealing the device name"))?;
+    let answer = relay
+        .request(Request::AddDevice { device_key, name: sealed_name })
+        .await
+        .and_then(check)
+        .map_err(|e| e.to_rpc("device"))?;
+    let Response::DeviceAdded { device_id } = answer else {
+        return Err(RpcError::internal("unexpected answer from the relay"));
+    };
+    let snapshot = {
+        let user = me.user_id.clone();
+        daemon
+            .store
+            .read(move |c| {
+                let account = Account::load(c)?.filter(|a| a.user_id == user);
+                account.map(|a| linking::export(c, &a, device_id)).transpose()
+            })
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| RpcError::new(ErrorKind::NotLoggedIn, "the account left this device"))?
+    };
+    let payload = Zeroizing::new(
+        serde_json::to_vec(&snapshot).map_err(|_| RpcError::internal("encoding the account"))?,
+    );
+    let sealed = reply.seal(&payload).map_err(|_| RpcError::internal("sealing the account"))?;
+    expect_ok(relay, Request::LinkPut { slot, data: sealed }).await.map_err(|e| e.to_rpc(""))?;
+    let device = LinkedDevice {
+        device_id,
+        name,
+        linked_at: now_ms(),
+        last_seen_at: None,
+        this_device: false,
+    };
+    let seq = daemon
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let seq = events::append(&tx, &EventBody::DeviceLinked { device }, now_ms())?;
+            tx.commit()?;
+            Ok(seq)
+        })
+        .await
+        .map_err(internal)?;
+    daemon.bus.published(seq);
+    tracing::info!(device_id, "a device joined the account");
+    Ok(())
+}
+
+/// The joining device's claim: its Ed25519 public key, then its name.
+fn claim(device_key: &[u8; 32], name: &str) -> Vec<u8> {
+    let mut c = device_key.to_vec();
+    c.extend_from_slice(name.as_bytes());
+    c
+}
+
+fn parse_claim(claim: &[u8]) -> Option<([u8; 32], String)> {
+    let (key, name) = claim.split_first_chunk::<32>()?;
+    let name = std::str::from_utf8(name).ok()?;
+    device_name(name).ok().map(|n| (*key, n))
+}
+
+fn device_name(raw: &str) -> Result<String, RpcError> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > NAME_MAX || name.chars().any(char::is_control) {
+        return Err(RpcError::invalid_params(
+            "device_name",
+            format!("1 to {NAME_MAX} characters, no control characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+pub(super) async fn link(daemon: &Arc<Daemon>, p: LinkParams) -> Result<IpcAccount, RpcError> {
+    if let Some(user) = daemon.user() {
+        return Err(RpcError::new(
+            ErrorKind::Conflict,
+            format!("this device already has an account ({user}): log out first"),
+        ));
+    }
+    let code = LinkCode::parse(&p.code)
+        .map_err(|_| RpcError::invalid_params("code", "not a link code"))?;
+    let name = device_name(&p.device_name)?;
+    let relay = relay(daemon)?;
+    let rendezvous = code.slot();
+    let hello = match slot(relay.as_ref(), rendezvous).await.map_err(|e| e.to_rpc("code"))? {
+        Some(s) if s.joined.is_none() => s.hello,
+        // Used by another device already, or expired.
+        _ => return Err(code_error()),
+    };
+    let mut seed = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(seed.as_mut());
+    let public = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+    let (joiner, joined) = LinkJoiner::join(&code, &hello, &claim(&public, &name), &mut OsRng)
+        .map_err(|_| code_error())?;
+    match expect_ok(relay.as_ref(), Request::LinkPut { slot: rendezvous, data: joined }).await {
+        Ok(()) => {}
+        Err(RelayError::Refused { kind: WireKind::Conflict | WireKind::NotFound, .. }) => {
+            return Err(code_error());
+        }
+        Err(e) => return Err(e.to_rpc("code")),
+    }
+    let deadline = tokio::time::Instant::now() + REPLY_WAIT;
+    let sealed = loop {
+        tokio::time::sleep(POLL).await;
+        match slot(relay.as_ref(), rendezvous).await {
+            Ok(Some(LinkSlot { reply: Some(reply), .. })) => break reply,
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(code_error()),
+            Err(e) => tracing::debug!(error = %e, "waiting for the linking device"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(RpcError::new(
+                ErrorKind::RelayUnavailable,
+                "the other device did not answer: is it online with the code still open?",
+            ));
+        }
+    };
+    // A device that did not know the code (the code was mistyped, or the relay played
+    // the other side) cannot seal an answer that opens.
+    let payload = joiner.open_reply(&sealed).map_err(|_| code_error())?;
+    let snapshot: Snapshot = serde_json::from_slice(&payload)
+        .map_err(|_| RpcError::internal("the linking device sent a malformed account"))?;
+    let a = account_from(&snapshot, seed)?;
+    relay.authenticate(credentials(&a)).await.map_err(|e| e.to_rpc(""))?;
+    let prekeys = generate_prekeys(&a.identity, &mut OsRng);
+    upload_keys(relay.as_ref(), &a, &prekeys).await?;
+    store_account(daemon, a, prekeys, Some(snapshot)).await
+}
+
+/// The account row a linked device keeps: the account's identity, its own device key.
+fn account_from(s: &Snapshot, seed: Zeroizing<[u8; 32]>) -> Result<Account, RpcError> {
+    let malformed = |what: &str| RpcError::internal(format!("the linked account's {what}"));
+    let identity = hex::decode(&s.identity)
+        .ok()
+        .and_then(|b| IdentityKeyPair::from_bytes(&Zeroizing::new(b)).ok())
+        .ok_or_else(|| malformed("identity key"))?;
+    let avatar = match (&s.avatar, &s.avatar_mime) {
+        (Some(data), Some(mime)) => {
+            Some((hex::decode(data).map_err(|_| malformed("avatar"))?, mime.clone()))
+        }
+        _ => None,
+    };
+    Ok(Account {
+        user_id: validate::user_id("user_id", &s.user_id)?,
+        email: s.email.clone(),
+        nickname: s.nickname.clone(),
+        avatar,
+        created_at: s.created_at,
+        device_key: seed,
+        identity,
+        logged_in: true,
+    })
+}
+
+pub(super) async fn list(daemon: &Arc<Daemon>, _: Empty) -> Result<DevicesList, RpcError> {
+    let me = current(daemon).await?;
+    let relay = relay(daemon)?;
+    let this = relay.device_id();
+    let answer = relay
+        .request(Request::ListDevices { user_id: me.user_id.clone() })
+        .await
+        .and_then(check)
+        .map_err(|e| e.to_rpc(""))?;
+    let Response::Devices { devices } = answer else {
+        return Err(RpcError::internal("unexpected answer from the relay"));
+    };
+    let devices = devices
+        .into_iter()
+        .map(|d| LinkedDevice {
+            device_id: d.device_id,
+            // A name that does not open (sealed by no device of ours) is shown as unknown,
+            // never as the relay's bytes.
+            name: open_device_name(&me.identity, &d.name).unwrap_or_default(),
+            linked_at: i64::try_from(d.linked_at).unwrap_or(i64::MAX),
+            last_seen_at: (d.last_seen_at > 0)
+                .then(|| i64::try_from(d.last_seen_at).unwrap_or(i64::MAX)),
+            this_device: Some(d.device_id) == this,
+        })
+        .collect();
+    Ok(DevicesList { devices })
+}
+
+pub(super) async fn remove(daemon: &Arc<Daemon>, p: DeviceIdParams) -> Result<Empty, RpcError> {
+    current(daemon).await?;
+    let relay = relay(daemon)?;
+    let this = relay.device_id();
+    expect_ok(relay.as_ref(), Request::RemoveDevice { device_id: p.device_id })
+        .await
+        .map_err(|e| e.to_rpc("device_id"))?;
+    if this == Some(p.device_id) {
+        // This device removed itself: as a logout, with the event that says so.
+        relay.set_credentials(None);
+        super::mark_logged_out(daemon, true).await?;
+    }
+    Ok(Empty {})
+}

@@ -1,0 +1,189 @@
+//! Linked devices through the real programs: a relay and real daemons (alice's phone,
+//! alice's desktop, bob). Linking by a one-time code carries the account (the same
+//! identity key), contacts with their verification and aliases, and the account's
+//! settings, never the device's own; the relay never holds the code, the device's name
+//! or anything of what travelled; a wrong code links nothing and spends the code; a
+//! removed device is logged out.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use letstalk_tests::{
+    World, error_of, eventually, files_containing, next_event, registered, wait_connected,
+};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A code for the same rendezvous with another secret part: the relay would route it to
+/// the right slot, but it is not the code.
+fn wrong_secret(code: &str) -> String {
+    let mut chars: Vec<char> = code.chars().collect();
+    let last = chars.len() - 1;
+    chars[last] = if chars[last] == 'A' { 'B' } else { 'A' };
+    chars.into_iter().collect()
+}
+
+#[tokio::test]
+async fn a_linked_desktop_gets_the_account_and_only_what_belongs_to_it() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let phone = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    phone
+        .call("contacts.add", json!({"user_id": "bob", "alias": "Canary-Alias-7731"}))
+        .await
+        .unwrap();
+    bob.call("contacts.add", json!({"user_id": "alice"})).await.unwrap();
+    // A message makes the session that reveals bob's identity key; then verify it.
+    phone.call("messages.send", json!({"to": "user:bob", "text": "hi"})).await.unwrap();
+    eventually(LIMIT, "bob's key known", || async {
+        let v = phone.call("contacts.verify", json!({"user_id": "bob"})).await.ok()?;
+        Some(v["safety_number"].as_str()?.to_owned())
+    })
+    .await
+    .unwrap();
+    phone
+        .call("contacts.mark_verified", json!({"user_id": "bob", "verified": true}))
+        .await
+        .unwrap();
+    // An account setting travels; a device setting does not.
+    phone
+        .call("settings.set", json!({"read_receipts": false, "keepalive_s": {"wifi": 77}}))
+        .await
+        .unwrap();
+
+    let c = phone.client().await.unwrap();
+    let mut phone_events = c.take_events().unwrap();
+    c.call_value("events.subscribe", json!({"kinds": ["device.linked"]})).await.unwrap();
+    let started = phone.call("devices.link_start", json!({})).await.unwrap();
+    let code = started["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 19, "four groups of four: {code}");
+
+    let desktop = world.daemon("desktop").with_relay(&relay).start().unwrap();
+    wait_connected(&desktop).await;
+    // Typed by hand: lower case, no dashes.
+    let typed = code.replace('-', "").to_lowercase();
+    let account = desktop
+        .call("account.link", json!({"code": typed, "device_name": "Desktop-Canary-5521"}))
+        .await
+        .unwrap();
+    let phone_account = phone.call("account.info", json!({})).await.unwrap();
+    assert_eq!(account["user_id"], "alice");
+    assert_eq!(account["fingerprint"], phone_account["fingerprint"], "one identity key");
+
+    let e = next_event(&mut phone_events, LIMIT).await.unwrap();
+    assert_eq!(e["kind"], "device.linked");
+    assert_eq!(e["device"]["name"], "Desktop-Canary-5521");
+
+    let contacts = desktop.call("contacts.list", json!({})).await.unwrap();
+    let b = contacts["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["user_id"] == "bob")
+        .cloned()
+        .expect("bob is a contact on the desktop");
+    assert_eq!(b["alias"], "Canary-Alias-7731");
+    assert_eq!(b["verified"], true);
+    let settings = desktop.call("settings.get", json!({})).await.unwrap();
+    assert_eq!(settings["read_receipts"], false);
+    assert_ne!(settings["keepalive_s"]["wifi"], 77, "the keep-alive is the device's own");
+    // The safety number with bob is the same on both devices.
+    let on_phone = phone.call("contacts.verify", json!({"user_id": "bob"})).await.unwrap();
+    let on_desktop = desktop.call("contacts.verify", json!({"user_id": "bob"})).await.unwrap();
+    assert_eq!(on_phone["safety_number"], on_desktop["safety_number"]);
+
+    for (d, this) in [(&phone, 1), (&desktop, 2)] {
+        let list = d.call("devices.list", json!({})).await.unwrap();
+        let devices = list["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 2, "{list}");
+        let mine: Vec<_> = devices.iter().filter(|d| d["this_device"] == true).collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0]["device_id"], this);
+        assert!(devices.iter().any(|d| d["name"] == "Desktop-Canary-5521"));
+    }
+
+    // The relay never held the code, the device's name or what travelled (the alias).
+    let secret = &code.replace('-', "")[6..];
+    for needle in [code.as_str(), secret, "Desktop-Canary-5521", "Canary-Alias-7731"] {
+        let found = files_containing(relay.data_dir(), needle.as_bytes());
+        assert!(found.is_empty(), "{needle:?} found on the relay in {found:?}");
+    }
+    assert!(!relay.logs().contains(secret));
+
+    // The code is spent: a third device cannot use it again.
+    let third = world.daemon("third").with_relay(&relay).start().unwrap();
+    wait_connected(&third).await;
+    let again = third.call("account.link", json!({"code": code, "device_name": "third"})).await;
+    assert_eq!(error_of(again).1.as_deref(), Some("not_found"));
+    // A device with an account cannot link.
+    let taken = desktop.call("account.link", json!({"code": code, "device_name": "x"})).await;
+    assert_eq!(error_of(taken).1.as_deref(), Some("conflict"));
+}
+
+#[tokio::test]
+async fn a_wrong_code_links_nothing_and_spends_the_code() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let phone = registered(&world, &relay, "alice").await;
+    let desktop = world.daemon("desktop").with_relay(&relay).start().unwrap();
+    wait_connected(&desktop).await;
+
+    let (_, kind, field) =
+        error_of(desktop.call("account.link", json!({"code": "nope", "device_name": "d"})).await);
+    assert_eq!((kind.as_deref(), field.as_deref()), (Some("invalid_params"), Some("code")));
+    let (_, kind, _) = error_of(
+        desktop
+            .call("account.link", json!({"code": "0000-0000-0000-0000", "device_name": "d"}))
+            .await,
+    );
+    assert_eq!(kind.as_deref(), Some("not_found"), "no such rendezvous");
+
+    let code = phone.call("devices.link_start", json!({})).await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, kind, _) = error_of(
+        desktop
+            .call("account.link", json!({"code": wrong_secret(&code), "device_name": "d"}))
+            .await,
+    );
+    assert_eq!(kind.as_deref(), Some("not_found"), "the wrong secret opens nothing");
+    let (_, kind, _) =
+        error_of(desktop.call("account.link", json!({"code": code, "device_name": "d"})).await);
+    assert_eq!(kind.as_deref(), Some("not_found"), "the code is spent after one guess");
+    let list = phone.call("devices.list", json!({})).await.unwrap();
+    assert_eq!(list["devices"].as_array().unwrap().len(), 1, "no device was added: {list}");
+    let (_, kind, _) = error_of(desktop.call("account.info", json!({})).await);
+    assert_eq!(kind.as_deref(), Some("not_logged_in"));
+}
+
+#[tokio::test]
+async fn a_removed_device_is_logged_out() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let phone = registered(&world, &relay, "alice").await;
+    let desktop = world.daemon("desktop").with_relay(&relay).start().unwrap();
+    wait_connected(&desktop).await;
+    let code = phone.call("devices.link_start", json!({})).await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    desktop.call("account.link", json!({"code": code, "device_name": "desktop"})).await.unwrap();
+
+    let c = desktop.client().await.unwrap();
+    let mut events = c.take_events().unwrap();
+    c.call_value("events.subscribe", json!({"kinds": ["account.logged_out"]})).await.unwrap();
+    phone.call("devices.remove", json!({"device_id": 2})).await.unwrap();
+    let e = next_event(&mut events, LIMIT).await.unwrap();
+    assert_eq!(e["kind"], "account.logged_out");
+    let (_, kind, _) = error_of(desktop.call("devices.list", json!({})).await);
+    assert_eq!(kind.as_deref(), Some("not_logged_in"));
+    let list = phone.call("devices.list", json!({})).await.unwrap();
+    let devices = list["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["this_device"], true);
+    let (_, kind, _) = error_of(phone.call("devices.remove", json!({"device_id": 2})).await);
+    assert_eq!(kind.as_deref(), Some("not_found"));
+}
