@@ -292,7 +292,7 @@ mod tests {
                     r.get(0)
                 })?;
             assert_eq!(key, None, "a device's sender key stays its own");
-            assert_eq!(crate::settings::Settings::load(c)?.read_receipts, false);
+            assert!(!crate::settings::Settings::load(c)?.read_receipts);
             Ok(())
         })
         .unwrap();
