@@ -2,6 +2,7 @@
 //! missing server fails these tests with the command that installs it).
 
 use super::*;
+use crate::storage::Copies;
 use crate::testing::NatsCluster;
 
 const QUOTA: Quota = Quota { max_messages: 100, max_bytes: 1 << 20 };
@@ -38,9 +39,10 @@ fn account(user_id: &str) -> NewAccount {
 fn envelope(msg_id: &str, now: u64) -> Envelope {
     Envelope {
         sender: "alice".into(),
+        sender_device: 1,
         recipient: "bob".into(),
         msg_id: msg_id.into(),
-        body: vec![1, 2, 3].into(),
+        copies: Copies::Single(vec![1, 2, 3].into()),
         now,
     }
 }
@@ -73,7 +75,8 @@ async fn accounts_and_the_directory_behave_like_the_embedded_back_end() {
     s.create_account(account("alice")).await.unwrap();
     assert!(matches!(s.create_account(account("alice")).await, Err(StorageError::Conflict)));
     let c = s.credentials("alice").await.unwrap().unwrap();
-    assert_eq!((c.password_hash.as_str(), c.device_key), ("$argon2id$x", Some([1; 32])));
+    assert_eq!(c.password_hash.as_str(), "$argon2id$x");
+    assert_eq!(s.device_by_key("alice", [1; 32]).await.unwrap(), Some(1));
     assert!(s.credentials("nobody").await.unwrap().is_none());
     s.set_password_hash("alice", "$argon2id$y".into()).await.unwrap();
     assert!(matches!(s.set_password_hash("nobody", "h".into()).await, Err(StorageError::NotFound)));
@@ -84,25 +87,31 @@ async fn accounts_and_the_directory_behave_like_the_embedded_back_end() {
         one_time: vec![PreKey { id: 3, key: vec![3] }, PreKey { id: 2, key: vec![2] }],
         last_resort: Some(PreKey { id: 4, key: vec![4] }),
     };
-    assert_eq!(s.upload_keys("alice", keys).await.unwrap(), 2);
-    s.bind_device("alice", Some([1; 32])).await.unwrap();
-    assert_eq!(s.one_time_count("alice").await.unwrap(), 2, "same device keeps its keys");
+    assert_eq!(s.upload_keys("alice", 1, keys).await.unwrap(), 2);
+    let moved = s.login_device("alice", [1; 32], 2).await.unwrap();
+    assert_eq!(moved, LoggedIn { device_id: 1, removed: vec![] });
+    assert_eq!(s.one_time_count("alice", 1).await.unwrap(), 2, "same device keeps its keys");
     // Oldest upload first (the embedded back end takes the lowest id: the daemon
     // uploads ids in increasing order, so the two agree), then the last-resort key.
     let mut got = Vec::new();
     for _ in 0..3 {
-        let b = s.take_bundle("alice").await.unwrap().unwrap();
-        assert_eq!((b.identity.as_slice(), b.device_key), (&[9u8][..], [1; 32]));
+        let b = s.take_bundles("alice", BundlesOf::Lowest).await.unwrap().unwrap().remove(0);
+        assert_eq!((b.identity.as_slice(), b.device_key, b.device_id), (&[9u8][..], [1; 32], 1));
         got.push((b.one_time_prekey.unwrap().id, b.last_resort));
     }
     assert_eq!(got, [(3, false), (2, false), (4, true)]);
 
-    s.bind_device("alice", Some([2; 32])).await.unwrap();
-    let b = s.take_bundle("alice").await.unwrap().unwrap();
-    assert_eq!((b.identity.len(), b.signed_prekey, b.one_time_prekey), (0, None, None));
-    s.bind_device("alice", None).await.unwrap();
-    assert!(s.take_bundle("alice").await.unwrap().is_none());
-    assert!(s.take_bundle("nobody").await.unwrap().is_none());
+    // A new key logs in: the old device goes with its keys, the identity stays.
+    let moved = s.login_device("alice", [2; 32], 3).await.unwrap();
+    assert_eq!(moved, LoggedIn { device_id: 2, removed: vec![1] });
+    let b = s.take_bundles("alice", BundlesOf::All).await.unwrap().unwrap().remove(0);
+    assert_eq!(
+        (b.device_id, b.identity.len(), b.signed_prekey, b.one_time_prekey),
+        (2, 1, None, None)
+    );
+    assert!(s.remove_device("alice", 2).await.unwrap());
+    assert!(s.take_bundles("alice", BundlesOf::All).await.unwrap().unwrap().is_empty());
+    assert!(s.take_bundles("nobody", BundlesOf::All).await.unwrap().is_none());
 
     // Profile and avatar.
     let avatar = Avatar { mime: "image/png".into(), data: vec![5; 2_000_000] };
@@ -148,10 +157,10 @@ async fn concurrent_takers_on_three_nodes_get_each_one_time_prekey_once() {
         last_resort: Some(PreKey { id: 99, key: vec![9] }),
         ..KeyUpload::default()
     };
-    nodes[1].upload_keys("bob", keys).await.unwrap();
+    nodes[1].upload_keys("bob", 1, keys).await.unwrap();
     let takers = (0..40).map(|i| {
         let s = nodes[i % 3].clone();
-        async move { s.take_bundle("bob").await.unwrap().unwrap() }
+        async move { s.take_bundles("bob", BundlesOf::Lowest).await.unwrap().unwrap().remove(0) }
     });
     let bundles = futures::future::join_all(takers).await;
     let mut one_time: Vec<u32> = bundles
@@ -180,30 +189,33 @@ async fn mailboxes_keep_order_dedupe_delete_on_ack_and_cap_per_device() {
     // and still recognises a retransmit.
     assert!(matches!(s.enqueue(envelope("m4", 14), QUOTA).await, Err(StorageError::QuotaExceeded)));
     assert!(s.enqueue(envelope("m3", 15), QUOTA).await.unwrap().duplicate);
-    let q = s.pending("bob", 0, 10).await.unwrap();
+    let q = s.pending("bob", 1, 0, 10).await.unwrap();
     assert_eq!(ids(&q), ["m1", "m2", "m3"]);
     assert_eq!(
         (q[0].sender.as_str(), q[0].server_ts, q[0].body.as_slice()),
         ("alice", 10, &[1u8, 2, 3][..])
     );
-    assert_eq!(ids(&s.pending("bob", q[0].delivery_id, 1).await.unwrap()), ["m2"]);
+    assert_eq!(ids(&s.pending("bob", 1, q[0].delivery_id, 1).await.unwrap()), ["m2"]);
     // Someone else's acknowledgement deletes nothing; the recipient's does.
-    assert_eq!(s.ack("carol", vec![q[0].delivery_id]).await.unwrap(), 0);
-    assert_eq!(s.ack("bob", vec![q[0].delivery_id, q[1].delivery_id, 999_999]).await.unwrap(), 2);
-    assert_eq!(ids(&s.pending("bob", 0, 10).await.unwrap()), ["m3"]);
+    assert_eq!(s.ack("carol", 1, vec![q[0].delivery_id]).await.unwrap(), 0);
+    assert_eq!(
+        s.ack("bob", 1, vec![q[0].delivery_id, q[1].delivery_id, 999_999]).await.unwrap(),
+        2
+    );
+    assert_eq!(ids(&s.pending("bob", 1, 0, 10).await.unwrap()), ["m3"]);
     assert_eq!(s.mailbox_len().await.unwrap(), 1);
     s.enqueue(envelope("m4", 16), QUOTA).await.unwrap();
     // A user id with a dot is one subject token.
     let to_ted = Envelope { recipient: "dot.ted".into(), ..envelope("t1", 17) };
     s.enqueue(to_ted, QUOTA).await.unwrap();
-    assert_eq!(ids(&s.pending("dot.ted", 0, 10).await.unwrap()), ["t1"]);
+    assert_eq!(ids(&s.pending("dot.ted", 1, 0, 10).await.unwrap()), ["t1"]);
     assert!(matches!(
         s.enqueue(Envelope { recipient: "nobody".into(), ..envelope("x", 1) }, QUOTA).await,
         Err(StorageError::NotFound)
     ));
     // Deleting the account empties its mailbox.
     s.delete_account("bob").await.unwrap();
-    assert!(s.pending("bob", 0, 10).await.unwrap().is_empty());
+    assert!(s.pending("bob", 1, 0, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -216,7 +228,7 @@ async fn blocks_refuse_messages_hide_presence_and_fan_out_per_recipient() {
     assert_eq!(s.set_blocks("bob", blocks.clone()).await.unwrap(), Blocks::default());
     assert_eq!(s.blocks("bob").await.unwrap(), blocks);
     assert!(matches!(s.enqueue(envelope("m1", 1), QUOTA).await, Err(StorageError::Blocked)));
-    s.set_last_seen("carol", 42).await.unwrap();
+    s.set_last_seen("carol", 1, 42).await.unwrap();
     // Presence needs consent: carol has alice as a contact (bob too, but blocks win).
     for u in ["bob", "carol"] {
         let contacts = Contacts { share_presence: true, users: ["alice".to_owned()].into() };
@@ -284,7 +296,7 @@ async fn strangers_fill_only_their_share_and_contacts_still_get_through() {
         s.enqueue(to_victim("friend", "g"), quota).await,
         Err(StorageError::QuotaExceeded)
     ));
-    assert_eq!(ids(&s.pending("victim", 0, 10).await.unwrap()), ["a", "b", "e", "f"]);
+    assert_eq!(ids(&s.pending("victim", 1, 0, 10).await.unwrap()), ["a", "b", "e", "f"]);
 }
 
 /// Every message of every stream (KV buckets and object stores are streams too)
@@ -326,7 +338,7 @@ async fn deleting_an_account_leaves_nothing_naming_it_in_any_stream_or_bucket() 
         one_time: vec![PreKey { id: 2, key: vec![2] }],
         last_resort: None,
     };
-    s.upload_keys("dorazq", keys).await.unwrap();
+    s.upload_keys("dorazq", 1, keys).await.unwrap();
     let avatar = Avatar { mime: "image/png".into(), data: vec![1, 2, 3] };
     let update =
         ProfileUpdate { nickname: None, email: None, avatar: AvatarUpdate::Set(avatar), now: 2 };
@@ -336,7 +348,7 @@ async fn deleting_an_account_leaves_nothing_naming_it_in_any_stream_or_bucket() 
     s.set_blocks("dorazq", Blocks { all: false, users: ["mallory".to_owned()].into() })
         .await
         .unwrap();
-    s.set_last_seen("dorazq", 5).await.unwrap();
+    s.set_last_seen("dorazq", 1, 5).await.unwrap();
     s.watch("dorazq", vec!["erinqx".into()], vec![]).await.unwrap();
     s.watch("erinqx", vec!["dorazq".into()], vec![]).await.unwrap();
     let mail = |from: &str, to: &str| Envelope {
@@ -346,6 +358,19 @@ async fn deleting_an_account_leaves_nothing_naming_it_in_any_stream_or_bucket() 
     };
     s.enqueue(mail("dorazq", "erinqx"), QUOTA).await.unwrap();
     s.enqueue(mail("erinqx", "dorazq"), QUOTA).await.unwrap();
+    s.add_device("dorazq", [5; 32], b"phone".to_vec(), 5).await.unwrap();
+    let open = NewLinkSlot {
+        slot: [7; 16],
+        user_id: "dorazq".into(),
+        hello: vec![1],
+        now: 5,
+        expires_at: u64::MAX,
+    };
+    s.link_open(open).await.unwrap();
+    let both = Copies::Exact(vec![(1, vec![1].into()), (2, vec![2].into())]);
+    s.enqueue(Envelope { copies: both, msg_id: "m2".into(), ..mail("erinqx", "dorazq") }, QUOTA)
+        .await
+        .unwrap();
     let report = Report {
         id: "r1".into(),
         user_id: "dorazq".into(),
