@@ -374,7 +374,7 @@ async fn a_removed_device_is_logged_out_loses_its_mailbox_and_its_key_no_longer_
 #[tokio::test]
 async fn adding_a_device_over_the_limit_or_with_a_taken_key_is_refused() {
     let net = Net::embedded(Limits::default()).await;
-    let mut alice = net.user(0, "alice").await;
+    let alice = net.user(0, "alice").await;
     let bob = net.user(0, "bob").await;
     let add = |key: [u8; 32]| Request::AddDevice { device_key: key, name: vec![] };
     let bobs_key = bob.key.verifying_key().to_bytes();

@@ -382,7 +382,7 @@ impl NatsStorage {
         let links = &self.inner.links;
         let name = hex::encode(slot);
         let rec: Option<(LinkRec, u64)> = read(links, &name).await?;
-        if !rec.is_some_and(|(r, _)| r.expires_at > now) {
+        if rec.is_none_or(|(r, _)| r.expires_at <= now) {
             return Ok(None);
         }
         let Some(hello) = read_raw(links, &format!("{name}.hello")).await? else {

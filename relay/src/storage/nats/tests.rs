@@ -396,3 +396,145 @@ async fn deleting_an_account_leaves_nothing_naming_it_in_any_stream_or_bucket() 
     assert!(s.inner.blobs.info("00112233445566778899aabbccddeeff-dorazq").await.is_err());
     assert!(s.profile("erinqx").await.unwrap().is_some());
 }
+
+/// A cluster written before devices: the account record names one device, its keys
+/// sit with the identity, its prekeys and mail on the account's subjects. Read now, that
+/// device is device 1 with its keys and its mail, and the next device is 2.
+#[tokio::test]
+async fn records_written_before_devices_read_as_device_1_with_its_keys_and_mail() {
+    let (_dir, _nats, s) = one_server(100).await;
+    s.create_account(account("bob")).await.unwrap();
+    let key = hex::encode([3u8; 32]);
+    let old = serde_json::json!({
+        "password_hash": "h", "email": "a@b.c", "nickname": "A", "device_key": key,
+        "created_at": 1, "updated_at": 1, "avatar": null,
+    });
+    s.inner.accounts.put("alice", serde_json::to_vec(&old).unwrap().into()).await.unwrap();
+    put(&s.inner.accounts, &blocks_key("alice"), &BlocksRec::default()).await.unwrap();
+    let dir = DirectoryRec {
+        device_key: Some(key.clone()),
+        identity: hex::encode([9u8]),
+        signed_prekey: Some((5, hex::encode([5u8]))),
+        last_resort: Some((6, hex::encode([6u8]))),
+    };
+    put(&s.inner.directory, "alice", &dir).await.unwrap();
+    let otk = jetstream::message::PublishMessage::build()
+        .payload(Bytes::from_static(&[7]))
+        .header(H_KEY_ID, "7")
+        .header(H_DEVICE, key.as_str());
+    s.inner.js.send_publish("letstalk.otk.alice", otk).await.unwrap().await.unwrap();
+    let mail = jetstream::message::PublishMessage::build()
+        .payload(Bytes::from_static(b"old mail"))
+        .header(H_FROM, "bob")
+        .header(H_MSG_ID, "m0")
+        .header(H_TS, "2");
+    s.inner.js.send_publish("letstalk.mbox.alice.c.bob", mail).await.unwrap().await.unwrap();
+
+    assert_eq!(s.device_by_key("alice", [3; 32]).await.unwrap(), Some(1));
+    let q = s.pending("alice", 1, 0, 10).await.unwrap();
+    assert_eq!((ids(&q), q[0].sender_device), (vec!["m0"], 1));
+    assert_eq!(s.one_time_count("alice", 1).await.unwrap(), 1);
+    let b = s.take_bundles("alice", BundlesOf::All).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            b[0].device_id,
+            b[0].identity.clone(),
+            b[0].signed_prekey.clone(),
+            b[0].one_time_prekey.clone()
+        ),
+        (1, vec![9], Some(PreKey { id: 5, key: vec![5] }), Some(PreKey { id: 7, key: vec![7] }))
+    );
+    // New mail for device 1 lands beside the old, and both are acknowledged as its.
+    s.enqueue(
+        Envelope { recipient: "alice".into(), sender: "bob".into(), ..envelope("m1", 3) },
+        QUOTA,
+    )
+    .await
+    .unwrap();
+    let q = s.pending("alice", 1, 0, 10).await.unwrap();
+    assert_eq!(ids(&q), ["m0", "m1"]);
+    assert_eq!(s.ack("alice", 2, q.iter().map(|m| m.delivery_id).collect()).await.unwrap(), 0);
+    assert_eq!(s.add_device("alice", [4; 32], vec![], 4).await.unwrap(), 2);
+    assert_eq!(s.ack("alice", 1, q.iter().map(|m| m.delivery_id).collect()).await.unwrap(), 2);
+    // Removing device 1 takes its keys kept with the identity, not the identity.
+    assert!(s.remove_device("alice", 1).await.unwrap());
+    let b = s.take_bundles("alice", BundlesOf::All).await.unwrap().unwrap();
+    assert_eq!((b.len(), b[0].device_id, b[0].identity.clone()), (1, 2, vec![9]));
+}
+
+#[tokio::test]
+async fn copies_devices_and_link_slots_behave_like_the_embedded_back_end() {
+    let (_dir, _nats, s) = one_server(100).await;
+    for u in ["alice", "bob"] {
+        s.create_account(account(u)).await.unwrap();
+    }
+    // Registered with the same key: the key is taken.
+    assert!(matches!(s.add_device("bob", [1; 32], vec![], 2).await, Err(StorageError::Conflict)));
+    assert_eq!(s.add_device("bob", [2; 32], b"n".to_vec(), 2).await.unwrap(), 2);
+    for k in 3..=5u8 {
+        s.add_device("bob", [k; 32], vec![], 2).await.unwrap();
+    }
+    assert!(matches!(
+        s.add_device("bob", [9; 32], vec![], 2).await,
+        Err(StorageError::QuotaExceeded)
+    ));
+    assert!(s.remove_device("bob", 5).await.unwrap());
+    assert!(s.remove_device("bob", 4).await.unwrap());
+    assert!(s.remove_device("bob", 3).await.unwrap());
+    let list = s.devices("bob").await.unwrap().unwrap();
+    assert_eq!((list.len(), list[1].name.as_slice()), (2, &b"n"[..]));
+    let copies =
+        |ids: &[u32]| Copies::Exact(ids.iter().map(|&d| (d, vec![d as u8].into())).collect());
+    let send = |ids: &[u32]| Envelope { copies: copies(ids), ..envelope("c1", 5) };
+    for (ids, missing, extra) in [
+        (&[1][..], vec![2], vec![]),
+        (&[1, 2, 3][..], vec![], vec![3]),
+        (&[2, 2, 1][..], vec![], vec![2]),
+    ] {
+        match s.enqueue(send(ids), QUOTA).await {
+            Err(StorageError::Mismatch { missing: m, extra: e }) => {
+                assert_eq!((m, e), (missing, extra))
+            }
+            other => panic!("{ids:?}: {other:?}"),
+        }
+    }
+    assert_eq!(s.mailbox_len().await.unwrap(), 0);
+    assert!(!s.enqueue(send(&[1, 2]), QUOTA).await.unwrap().duplicate);
+    assert!(s.enqueue(send(&[1, 2]), QUOTA).await.unwrap().duplicate);
+    let (one, two) =
+        (s.pending("bob", 1, 0, 9).await.unwrap(), s.pending("bob", 2, 0, 9).await.unwrap());
+    assert_eq!((one[0].body.as_slice(), two[0].body.as_slice()), (&[1u8][..], &[2u8][..]));
+    assert!(s.remove_device("bob", 2).await.unwrap());
+    assert!(s.pending("bob", 2, 0, 9).await.unwrap().is_empty());
+    assert_eq!(s.mailbox_len().await.unwrap(), 1);
+
+    let open = |user: &str, slot: u8, now: u64| NewLinkSlot {
+        slot: [slot; 16],
+        user_id: user.into(),
+        hello: vec![slot],
+        now,
+        expires_at: now + 100,
+    };
+    s.link_open(open("alice", 1, 0)).await.unwrap();
+    assert!(matches!(s.link_open(open("bob", 1, 10)).await, Err(StorageError::Conflict)));
+    s.link_put([1; 16], Some("bob".into()), b"join".to_vec(), 10).await.unwrap();
+    assert!(matches!(s.link_put([1; 16], None, vec![1], 10).await, Err(StorageError::Conflict)));
+    s.link_put([1; 16], Some("alice".into()), b"reply".to_vec(), 10).await.unwrap();
+    assert!(matches!(
+        s.link_put([1; 16], Some("alice".into()), vec![1], 10).await,
+        Err(StorageError::Conflict)
+    ));
+    let got = s.link_get([1; 16], 10).await.unwrap().unwrap();
+    assert_eq!((got.joined.unwrap(), got.reply.unwrap()), (b"join".to_vec(), b"reply".to_vec()));
+    assert!(s.link_get([1; 16], 100).await.unwrap().is_none(), "expired");
+    assert!(matches!(s.link_put([1; 16], None, vec![], 100).await, Err(StorageError::NotFound)));
+    s.link_open(open("bob", 1, 100)).await.unwrap();
+    let fresh = s.link_get([1; 16], 101).await.unwrap().unwrap();
+    assert_eq!(
+        (fresh.hello, fresh.joined, fresh.reply),
+        (vec![1], None, None),
+        "the old cells went"
+    );
+    s.link_open(open("bob", 2, 101)).await.unwrap();
+    assert!(s.link_get([1; 16], 101).await.unwrap().is_none(), "replaced by the account's new one");
+}

@@ -41,6 +41,8 @@ const ID_GAP: i64 = 16 * MAX_BATCH as i64;
 const QUEUE: usize = 4096;
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+/// Who waits for a message's device and delivery id before its commit.
+type Staged = oneshot::Sender<(u32, u64)>;
 
 /// One write, with the waiter to answer after the commit.
 pub(super) enum Job {
@@ -52,7 +54,7 @@ pub(super) enum Job {
     Many {
         envelopes: Vec<Envelope>,
         quota: Quota,
-        staged: Option<oneshot::Sender<(u32, u64)>>,
+        staged: Option<Staged>,
         reply: Reply<Vec<Enqueued>>,
     },
     /// One message for several recipients, each on its own.
@@ -250,11 +252,7 @@ fn write_batch(
 }
 
 /// Applies one job inside its savepoint: kept on success, rolled back on any error.
-fn apply(
-    mut sp: Savepoint<'_>,
-    job: Job,
-    staged: &mut Vec<(oneshot::Sender<(u32, u64)>, (u32, u64))>,
-) -> Applied {
+fn apply(mut sp: Savepoint<'_>, job: Job, staged: &mut Vec<(Staged, (u32, u64))>) -> Applied {
     fn keep<T>(sp: Savepoint<'_>, out: Result<T, StorageError>) -> Result<T, StorageError> {
         // Dropping a savepoint rolls it back: only a success is released into the batch.
         let out = out?;
