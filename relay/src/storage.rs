@@ -170,7 +170,7 @@ pub enum Copies {
     Exact(Vec<(u32, bytes::Bytes)>),
     /// One ciphertext for an account with one target device (`Send`, `SendBatch`, from a
     /// sender that knows no devices): with several, [`StorageError::Mismatch`] naming
-    /// them all as missing; with none, nothing to store.
+    /// them all as missing; with none, a mismatch naming none.
     Single(bytes::Bytes),
     /// The same ciphertext to every target device (`SendGroup`'s sender-key message).
     /// Shared, not copied, between the copies of a fan-out.
@@ -206,8 +206,10 @@ impl Copies {
                     Err(StorageError::Mismatch { missing, extra: extra.into_iter().collect() })
                 }
             }
+            // With no target device a single copy has nowhere to go; a mismatch naming
+            // none says so (a legacy sender retries, and reaches the next device linked),
+            // where `Sent` would drop the message unseen.
             Self::Single(body) => match targets {
-                [] => Ok(Vec::new()),
                 [one] => Ok(vec![(*one, body)]),
                 several => {
                     Err(StorageError::Mismatch { missing: several.to_vec(), extra: Vec::new() })

@@ -5,14 +5,26 @@
 //! What lives where (names are fixed: every node of a relay must agree on them):
 //!
 //! - KV bucket `letstalk_accounts`, key `<user>`: the account record (password hash,
-//!   email, nickname, bound device, timestamps, avatar metadata), changed by
-//!   compare-and-set on its revision; `blocks.<user>` (whom the user blocks, its
-//!   contacts and `share_presence`; present
-//!   exactly while the account exists, so an enqueue checks both in one read) and
-//!   `seen.<user>` (last seen), each replaced whole by one writer.
-//! - KV bucket `letstalk_directory`, key `<user>`: the device's public keys (identity,
-//!   signed prekey, last-resort key), tagged with the device key they belong to.
-//! - Stream `LETSTALK_PREKEYS`, subject `letstalk.otk.<user>`: one message per one-time
+//!   email, nickname, its devices with key, sealed name and link time, the next device
+//!   id, timestamps, avatar metadata), changed by compare-and-set on its revision; a
+//!   record written before devices names one device (`device_key`), read as device 1;
+//!   `blocks.<user>` (whom the user blocks, its contacts and `share_presence`; present
+//!   exactly while the account exists, so an enqueue checks both in one read),
+//!   `seen.<user>` and `seen.<user>.<device>` (last seen of the account and of each
+//!   device), each replaced whole by one writer; `dk.<key hex>`: the accounts holding a
+//!   device key (so `AddDevice` refuses a key that is a device of any account; racing
+//!   adds of one key on two nodes may both pass, and keys of records written before
+//!   devices are not in it until their account logs in again).
+//! - KV bucket `letstalk_directory`, key `<user>`: the account's identity bytes (and,
+//!   written before devices, device 1's keys); `<user>.<device>`: the device's public
+//!   keys (signed prekey, last-resort key), tagged with the device key they belong to.
+//! - KV bucket `letstalk_links` (`max_age` ten minutes): link rendezvous. `<slot hex>`
+//!   names the opening account and the end; `<slot hex>.hello`, `.joined` and `.reply`
+//!   are the cells, raw bytes, the last two written once by create (like the account
+//!   record's compare-and-set, not exact under racing writers on nats-server 2.9);
+//!   `by.<user>` the account's open slot, so a new one replaces it.
+//! - Stream `LETSTALK_PREKEYS`, subject `letstalk.otk.<user>.<device>` (before devices
+//!   `letstalk.otk.<user>`, device 1's): one message per one-time
 //!   prekey. Taking one reads the oldest and deletes it by sequence; only the first
 //!   delete of a sequence succeeds, so each key goes out once however many nodes race.
 //! - KV bucket `letstalk_watches`, keys `of.<user>` (who watches the user) and
@@ -22,15 +34,17 @@
 //! - Object store `letstalk_blobs`, object `<blob id hex>-<owner>`: complete file blobs,
 //!   with size and recipients in the object's metadata; `max_age` is the blob TTL.
 //!   Uploads in progress stay on the node receiving them (see `crate::blobs`).
-//! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<recipient>.<c|s>.<sender>` (`c`
-//!   from a contact of the recipient, `s` from anyone else): the offline queues.
+//! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<recipient>.<device>.<c|s>.<sender>`
+//!   (`c` from a contact of the recipient, `s` from anyone else; before devices
+//!   `letstalk.mbox.<recipient>.<c|s>.<sender>`, read as device 1's): the offline queues,
+//!   one per device.
 //!   `max_age` is the message TTL (the server expires, [`Storage::expire`] has nothing
 //!   to do), `max_msgs_per_subject` with "discard new per subject" is one sender's share
-//!   of a mailbox (a quarter; the server refuses the message that would exceed it, never
+//!   of a device's mailbox (a quarter; the server refuses the message that would exceed it, never
 //!   drops an accepted one); the total and the strangers' share are counted per subject
 //!   before publishing (racing senders may overshoot them by what is in flight); a
 //!   deleted account's mail, sent and received, is purged by subject; the duplicate window deduplicates retransmits by a
-//!   `Nats-Msg-Id` derived from (sender, recipient, msg id), and an acknowledgement
+//!   `Nats-Msg-Id` derived from (sender, recipient, msg id) and the device, and an acknowledgement
 //!   deletes the message by its stream sequence, which is the delivery id. A device's
 //!   queue is read by asking the stream leader for the next message on its subject: no
 //!   consumer per device, so a reconnect storm costs reads, not cluster metadata.
@@ -57,9 +71,16 @@
 //! Differences from the embedded back end, by design of the engine: a batch
 //! ([`Storage::enqueue_many`]) is published in order but not atomically (a failure part
 //! way leaves the first messages stored; the sender retransmits the batch and the
-//! duplicate window makes that exact); the per-device byte quota is not enforced (only
-//! the message count is); retransmits are recognised for one hour ([`DEDUPE_WINDOW`]),
-//! after which the recipient's daemon still recognises the message id.
+//! duplicate window makes that exact), and so are the copies of one message for several
+//! devices (each copy has its own duplicate id, so a retransmit stores only the missing
+//! ones); the recipient's devices are read before publishing, not in one transaction
+//! with it, so a retransmit after a device change is checked against the new devices,
+//! and a device linked during a send can miss its copy (its account's devices hear
+//! `DevicesChanged`, and senders learn of it on their next `Mismatch`); the per-device
+//! byte quota is not enforced (only the message count is); retransmits are recognised
+//! for one hour ([`DEDUPE_WINDOW`]), after which the recipient's daemon still recognises
+//! the message id; device removal deletes the device's keys and mail after its record
+//! changed, in several steps (a failure part way leaves some for the message TTL).
 //!
 //! Here the names, the handle and the [`Storage`] impl; `setup.rs` connects and creates
 //! what every node shares; `accounts.rs` the account writes of several steps;

@@ -102,6 +102,12 @@ async fn a_login_keeps_its_own_device_and_removes_the_others_with_their_keys_and
     assert!(s.remove_device("alice", 3).await.unwrap());
     assert!(!s.remove_device("alice", 3).await.unwrap());
     assert!(s.take_bundles("alice", BundlesOf::Lowest).await.unwrap().unwrap().is_empty());
+    // A legacy send to an account without a device is not swallowed: it is a mismatch.
+    let to_alice = Envelope { sender: "bob".into(), recipient: "alice".into(), ..envelope("z", 8) };
+    assert!(matches!(
+        s.enqueue(to_alice, QUOTA).await,
+        Err(StorageError::Mismatch { missing, extra }) if missing.is_empty() && extra.is_empty()
+    ));
     assert_eq!(s.login_device("alice", [1; 32], 9).await.unwrap().device_id, 4);
     assert!(s.take_bundles("nobody", BundlesOf::All).await.unwrap().is_none());
 }
