@@ -65,6 +65,7 @@ pub(crate) struct FileConfig {
     login_per_account: Option<RateLimit>,
     directory_per_account: Option<RateLimit>,
     reports_per_account_rate: Option<RateLimit>,
+    link_rendezvous: Option<RateLimit>,
     reports_per_account: Option<u64>,
     connections_per_ip: Option<usize>,
     test_commit_delay_ms: Option<u64>,
@@ -123,6 +124,12 @@ pub struct Limits {
     /// `LookupUser`, `FetchAvatar` and `FetchBundle` per requesting account, so the
     /// directory cannot be enumerated quickly.
     pub directory_per_account: RateLimit,
+    /// Link rendezvous reads and writes (`LinkGet`, `LinkPut`) per source address when
+    /// unauthenticated, and per account when authenticated. A slot's name is derived
+    /// from a short link code: without a limit anyone could try codes until one names
+    /// an open slot, read its first message and answer it before the real device does.
+    /// One a second on average lets a device poll a rendezvous for its ten minutes.
+    pub link_rendezvous: RateLimit,
     /// Reports and feedback notes per account...
     pub reports_per_account_rate: RateLimit,
     /// ...and how many of them the relay holds per account at once.
@@ -170,6 +177,7 @@ impl Default for Limits {
             // A new conversation with every member of a full group costs one bundle each.
             directory_per_account: RateLimit { burst: 300, per_minute: 120 },
             reports_per_account_rate: RateLimit { burst: 10, per_minute: 2 },
+            link_rendezvous: RateLimit { burst: 60, per_minute: 60 },
             reports_per_account: 100,
             max_group_recipients: 256,
             // A full group (256) of the largest text (64 KiB) with room for its encryption.
@@ -309,6 +317,7 @@ impl Config {
             (&mut limits.login_per_account, file.login_per_account),
             (&mut limits.directory_per_account, file.directory_per_account),
             (&mut limits.reports_per_account_rate, file.reports_per_account_rate),
+            (&mut limits.link_rendezvous, file.link_rendezvous),
         ] {
             if let Some(v) = v {
                 if v.burst == 0 {

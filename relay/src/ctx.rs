@@ -25,10 +25,11 @@ pub(crate) struct ConnCtx {
     pub(crate) cancel: CancellationToken,
 }
 
-/// The account this connection acts for, after authentication.
+/// The account and device this connection acts for, after authentication.
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) user_id: String,
+    pub(crate) device_id: u32,
     /// Stops the push writer and delivery task of this session.
     pub(crate) cancel: CancellationToken,
 }
@@ -36,5 +37,10 @@ pub(crate) struct Session {
 impl ConnCtx {
     pub(crate) fn user(&self) -> Option<String> {
         self.session.lock().ok()?.as_ref().map(|s| s.user_id.clone())
+    }
+
+    /// The account and device this connection authenticated as, if any.
+    pub(crate) fn device(&self) -> Option<(String, u32)> {
+        self.session.lock().ok()?.as_ref().map(|s| (s.user_id.clone(), s.device_id))
     }
 }

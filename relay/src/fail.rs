@@ -45,6 +45,11 @@ pub(crate) fn storage_fail(e: StorageError) -> Fail {
         StorageError::Blocked => {
             fail(ErrorKind::Blocked, "the recipient does not accept your messages")
         }
+        // The message handlers answer a mismatch with `Mismatch`; anywhere else it is a
+        // request that named devices wrongly.
+        StorageError::Mismatch { .. } => {
+            fail(ErrorKind::Invalid, "the copies do not match the recipient's devices")
+        }
         StorageError::Backend(e) => {
             warn!(error = %e, "storage failure");
             fail(ErrorKind::Internal, "storage failure")

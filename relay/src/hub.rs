@@ -1,11 +1,12 @@
-//! The connected devices of this relay node: where to push a message, presence or
-//! profile change, and which connection currently acts for an account. In a cluster, a
+//! The connected devices of this relay node, by account and device id (several devices of
+//! one account are connected at once): where to push a message, presence, profile or
+//! device-list change, and which connection currently acts for a device. In a cluster, a
 //! device connected to another node is reached over the bus (`cluster/bus.rs`).
 //!
 //! A std `Mutex` around a map, never held across an `.await`: operations are a lookup or
 //! an insert, far shorter than a task switch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -35,14 +36,15 @@ pub(crate) struct Device {
     pub(crate) conn: quinn::Connection,
 }
 
-/// Senders waiting for a recipient's acknowledgement of a message pushed before its
-/// commit: delivery id → (recipient, the waiter).
-type AwaitingAck = HashMap<u64, (String, oneshot::Sender<()>)>;
+/// Senders waiting for a recipient device's acknowledgement of a message pushed before
+/// its commit: delivery id → ((recipient, device), the waiter).
+type AwaitingAck = HashMap<u64, ((String, u32), oneshot::Sender<()>)>;
 
-/// The map from account to its connected device, and the bus to the other nodes.
+/// The connected devices of each account here (by device id), and the bus to the other
+/// nodes.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
-    devices: Mutex<HashMap<String, Device>>,
+    devices: Mutex<HashMap<String, BTreeMap<u32, Device>>>,
     awaiting_ack: Mutex<AwaitingAck>,
     bus: Option<Bus>,
 }
@@ -72,53 +74,61 @@ impl Hub {
         self.bus.as_ref()
     }
 
-    /// Makes `device` the account's connection; returns the one it replaces.
-    pub(crate) fn register(&self, user_id: &str, device: Device) -> Option<Device> {
-        self.devices.lock().ok()?.insert(user_id.to_owned(), device)
+    /// Makes `device` the connection of the account's device `device_id`; returns the
+    /// one it replaces.
+    pub(crate) fn register(&self, user_id: &str, device_id: u32, device: Device) -> Option<Device> {
+        self.devices.lock().ok()?.entry(user_id.to_owned()).or_default().insert(device_id, device)
     }
 
-    /// Removes the account's entry if it still is connection `conn_id`.
-    pub(crate) fn unregister(&self, user_id: &str, conn_id: u64) -> bool {
-        let Ok(mut map) = self.devices.lock() else { return false };
-        if map.get(user_id).is_some_and(|d| d.conn_id == conn_id) {
-            map.remove(user_id);
-            true
-        } else {
-            false
-        }
+    /// Removes the device's entry if it still is connection `conn_id`.
+    pub(crate) fn unregister(&self, user_id: &str, device_id: u32, conn_id: u64) -> bool {
+        self.take_if(user_id, device_id, conn_id).is_some()
     }
 
-    /// Removes and returns the account's entry, whatever connection it is.
-    pub(crate) fn take(&self, user_id: &str) -> Option<Device> {
-        self.devices.lock().ok()?.remove(user_id)
-    }
-
-    /// Removes and returns the account's entry if it still is connection `conn_id`.
-    pub(crate) fn take_if(&self, user_id: &str, conn_id: u64) -> Option<Device> {
+    /// Removes and returns the device's entry, whatever connection it is.
+    pub(crate) fn take(&self, user_id: &str, device_id: u32) -> Option<Device> {
         let mut map = self.devices.lock().ok()?;
-        if map.get(user_id).is_some_and(|d| d.conn_id == conn_id) {
-            map.remove(user_id)
-        } else {
-            None
+        let devices = map.get_mut(user_id)?;
+        let taken = devices.remove(&device_id);
+        if devices.is_empty() {
+            map.remove(user_id);
         }
+        taken
     }
 
-    /// Whether connection `conn_id` acts for `user_id` right now.
-    pub(crate) fn is_current(&self, user_id: &str, conn_id: u64) -> bool {
-        self.devices.lock().is_ok_and(|m| m.get(user_id).is_some_and(|d| d.conn_id == conn_id))
+    /// Removes and returns the device's entry if it still is connection `conn_id`.
+    pub(crate) fn take_if(&self, user_id: &str, device_id: u32, conn_id: u64) -> Option<Device> {
+        let current = self.is_current(user_id, device_id, conn_id);
+        if current { self.take(user_id, device_id) } else { None }
     }
 
-    /// The account's current connection, if it is connected (call media forwarding).
-    pub(crate) fn connection(&self, user_id: &str) -> Option<quinn::Connection> {
-        self.devices.lock().ok()?.get(user_id).map(|d| d.conn.clone())
+    /// Whether connection `conn_id` acts for the account's device `device_id` right now.
+    pub(crate) fn is_current(&self, user_id: &str, device_id: u32, conn_id: u64) -> bool {
+        self.devices.lock().is_ok_and(|m| {
+            m.get(user_id).and_then(|d| d.get(&device_id)).is_some_and(|d| d.conn_id == conn_id)
+        })
     }
 
-    /// Whether the account's device is connected to this node.
+    /// The connections of the account's devices here (call media forwarding).
+    pub(crate) fn connections(&self, user_id: &str) -> Vec<(u32, quinn::Connection)> {
+        let Ok(m) = self.devices.lock() else { return Vec::new() };
+        m.get(user_id)
+            .map(|d| d.iter().map(|(id, d)| (*id, d.conn.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The connection of one device here, if it is connected here.
+    pub(crate) fn connection(&self, user_id: &str, device_id: u32) -> Option<quinn::Connection> {
+        self.devices.lock().ok()?.get(user_id)?.get(&device_id).map(|d| d.conn.clone())
+    }
+
+    /// Whether any device of the account is connected to this node.
     pub(crate) fn is_local(&self, user_id: &str) -> bool {
         self.devices.lock().is_ok_and(|m| m.contains_key(user_id))
     }
 
-    /// Whether the account's device is connected, here or (in a cluster) to another node.
+    /// Whether any device of the account is connected, here or (in a cluster) to
+    /// another node: the account's presence.
     pub(crate) async fn is_online(&self, user_id: &str) -> bool {
         if self.is_local(user_id) {
             return true;
@@ -129,61 +139,64 @@ impl Hub {
         }
     }
 
-    /// Tells the account's delivery task, wherever it runs, that its mailbox grew.
+    /// Tells the delivery task of every device of the account, wherever it runs, that a
+    /// mailbox grew (each looks at its own).
     pub(crate) async fn wake(&self, user_id: &str) {
-        if self.wake_local(user_id) {
-            return;
-        }
+        self.wake_local(user_id, None);
         if let Some(bus) = &self.bus {
-            bus.send(user_id, &Signal::Wake).await;
+            bus.send_account(user_id, &Signal::Wake).await;
         }
     }
 
-    /// Wakes the delivery task of the account's device on this node; false if none.
-    pub(crate) fn wake_local(&self, user_id: &str) -> bool {
+    /// Wakes the delivery tasks of the account's devices on this node (or only of
+    /// `device`).
+    pub(crate) fn wake_local(&self, user_id: &str, device: Option<u32>) {
         if let Ok(m) = self.devices.lock()
-            && let Some(d) = m.get(user_id)
+            && let Some(devices) = m.get(user_id)
         {
-            d.wake.notify_one();
-            return true;
+            for (id, d) in devices {
+                if device.is_none_or(|only| only == *id) {
+                    d.wake.notify_one();
+                }
+            }
         }
-        false
     }
 
-    /// Hands a message written but not yet committed to the delivery task of the
-    /// account's device here, to push at once; false if there is none or it is busy
-    /// (then the message goes out once committed, as any other).
-    pub(crate) fn push_ahead(&self, user_id: &str, message: Queued) -> bool {
+    /// Hands a message written but not yet committed to the delivery task of the device
+    /// here, to push at once; false if there is none or it is busy (then the message
+    /// goes out once committed, as any other).
+    pub(crate) fn push_ahead(&self, user_id: &str, device_id: u32, message: Queued) -> bool {
         let tx = match self.devices.lock() {
-            Ok(m) => m.get(user_id).map(|d| d.ahead.clone()),
+            Ok(m) => m.get(user_id).and_then(|d| d.get(&device_id)).map(|d| d.ahead.clone()),
             Err(_) => None,
         };
         tx.is_some_and(|tx| tx.try_send(message).is_ok())
     }
 
-    /// Waits for `recipient`'s acknowledgement of `delivery_id`: the receiver fires when
-    /// [`Hub::acknowledged`] names it, until the guard is dropped.
+    /// Waits for the recipient device's acknowledgement of `delivery_id`: the receiver
+    /// fires when [`Hub::acknowledged`] names it, until the guard is dropped.
     pub(crate) fn await_ack(
         &self,
         recipient: &str,
+        device_id: u32,
         delivery_id: u64,
     ) -> (AckWait<'_>, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.awaiting_ack.lock() {
-            m.insert(delivery_id, (recipient.to_owned(), tx));
+            m.insert(delivery_id, ((recipient.to_owned(), device_id), tx));
         }
         (AckWait { hub: self, delivery_id }, rx)
     }
 
-    /// `recipient`'s device acknowledged these deliveries: it holds them now.
-    pub(crate) fn acknowledged(&self, recipient: &str, delivery_ids: &[u64]) {
+    /// The recipient device acknowledged these deliveries: it holds them now.
+    pub(crate) fn acknowledged(&self, recipient: &str, device_id: u32, delivery_ids: &[u64]) {
         let Ok(mut m) = self.awaiting_ack.lock() else { return };
         if m.is_empty() {
             return;
         }
         for id in delivery_ids {
-            // Only the recipient's own acknowledgement counts.
-            if m.get(id).is_some_and(|(to, _)| to == recipient)
+            // Only the recipient device's own acknowledgement counts.
+            if m.get(id).is_some_and(|((to, d), _)| to == recipient && *d == device_id)
                 && let Some((_, waiter)) = m.remove(id)
             {
                 let _ = waiter.send(());
@@ -191,21 +204,44 @@ impl Hub {
         }
     }
 
-    /// Queues a push frame for the account's device, here or on another node.
-    pub(crate) async fn push(&self, user_id: &str, frame: Vec<u8>) {
-        if self.is_local(user_id) {
-            self.push_local(user_id, frame);
-        } else if let Some(bus) = &self.bus {
-            bus.send(user_id, &Signal::Frame(frame)).await;
+    /// Queues a push frame for every device of the account (but `except`), here or on
+    /// other nodes. In a cluster the frame goes over the bus only, and each node's
+    /// follower writes it to its devices, this node's included: pushing here as well
+    /// would write it twice.
+    pub(crate) async fn push(&self, user_id: &str, except: Option<u32>, frame: Vec<u8>) {
+        match &self.bus {
+            Some(bus) => bus.send_account(user_id, &Signal::Frame { except, frame }).await,
+            None => self.push_local(user_id, except, frame),
         }
     }
 
-    /// Queues a push frame for the account's device on this node, if connected. A device
-    /// whose queue is full misses this push (presence and profile pushes are hints; the
-    /// state can be fetched again) rather than stalling the sender.
-    pub(crate) fn push_local(&self, user_id: &str, frame: Vec<u8>) {
+    /// Queues a push frame for the account's devices on this node (but `except`). A
+    /// device whose queue is full misses this push (presence, profile and device-list
+    /// pushes are hints; the state can be fetched again) rather than stalling the sender.
+    pub(crate) fn push_local(&self, user_id: &str, except: Option<u32>, frame: Vec<u8>) {
+        let txs: Vec<_> = match self.devices.lock() {
+            Ok(m) => m
+                .get(user_id)
+                .map(|d| {
+                    d.iter()
+                        .filter(|(id, _)| Some(**id) != except)
+                        .map(|(_, d)| d.tx.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        for tx in txs {
+            if tx.try_send(PushCmd::Frame(frame.clone())).is_err() {
+                tracing::debug!(user_id, "push queue full: dropped a push");
+            }
+        }
+    }
+
+    /// Queues a push frame for one device on this node, if it is connected here.
+    pub(crate) fn push_device(&self, user_id: &str, device_id: u32, frame: Vec<u8>) {
         let tx = match self.devices.lock() {
-            Ok(m) => m.get(user_id).map(|d| d.tx.clone()),
+            Ok(m) => m.get(user_id).and_then(|d| d.get(&device_id)).map(|d| d.tx.clone()),
             Err(_) => None,
         };
         if let Some(tx) = tx
@@ -217,6 +253,6 @@ impl Hub {
 
     /// Number of connected devices.
     pub(crate) fn len(&self) -> usize {
-        self.devices.lock().map(|m| m.len()).unwrap_or(0)
+        self.devices.lock().map(|m| m.values().map(BTreeMap::len).sum()).unwrap_or(0)
     }
 }

@@ -12,15 +12,18 @@
 //! - `conn.rs`: one connection: request streams (bounded), one frame per stream, handed
 //!   to the router; blob streams handed to their handler.
 //! - `handlers/`: the request router (`mod.rs`) and one handler per area: `account`,
-//!   `directory`, `presence`, `messages`, `reports`, `blobs`, `calls`.
-//! - `session.rs`: a connection made to act for an account (registration in the hub and
-//!   on the bus, push stream, delivery task, presence announcements, `require_auth`).
+//!   `devices` (an account's devices, the link rendezvous), `directory`, `presence`,
+//!   `messages`, `reports`, `blobs`, `calls`.
+//! - `session.rs`: a connection made to act for one device of an account (registration
+//!   in the hub and on the bus, push stream, delivery task of the device's mailbox,
+//!   presence announcements, `require_auth`, a removed device logged out).
 //! - `cluster/`: the bus between the nodes of a cluster relay (core NATS): `bus.rs` (the
 //!   signals, this node's end), `follow.rs` (signals for a device connected here:
 //!   wakes, pushes, media, logouts, takeovers).
 //! - `media.rs`: call media datagrams forwarded along their routes.
 //! - `state.rs`: `State`, what every connection shares.
-//! - `hub.rs`: connected devices (push routing, which connection acts for an account).
+//! - `hub.rs`: connected devices by account and device id (push routing, which
+//!   connection acts for a device).
 //! - `blobs.rs`: the blob store (files under `blobs/`, metadata in `blobs.db`, complete
 //!   blobs shared through the object store in a cluster).
 //! - `calls.rs`: call media routes.
@@ -37,10 +40,10 @@
 //!
 //! The wire protocol (stream usage, frames, versioning) is documented in `letstalk-wire`.
 //!
-//! **Invariant:** a connection acts only for the account it authenticated as, and only
-//! while it is that account's current connection (`hub.rs`, `session::require_auth`);
-//! every request that touches an account takes the account from the session, never from
-//! the request.
+//! **Invariant:** a connection acts only for the account and device it authenticated
+//! as, and only while it is that device's current connection (`hub.rs`,
+//! `session::require_auth`); every request that touches an account takes the account
+//! and device from the session, never from the request.
 
 mod blobs;
 mod calls;

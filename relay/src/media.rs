@@ -29,7 +29,7 @@ pub(crate) async fn forward<S>(st: Arc<State<S>>, ctx: Arc<ConnCtx>) {
                 Err(_) => break,
             },
         };
-        let Some(user) = ctx.user() else {
+        let Some((user, device)) = ctx.device() else {
             dropped += 1;
             continue;
         };
@@ -37,19 +37,24 @@ pub(crate) async fn forward<S>(st: Arc<State<S>>, ctx: Arc<ConnCtx>) {
             dropped += 1;
             continue;
         };
-        let Some(peer) = st.calls.target(&user, parsed.call_id) else {
+        let Some(peer) = st.calls.target((&user, device), parsed.call_id) else {
             dropped += 1;
             continue;
         };
-        if st.hub.connection(&peer).is_none()
-            && let Some(bus) = st.hub.bus()
+        if let Some(bus) = st.hub.bus()
+            && !st
+                .hub
+                .connections(&peer)
+                .iter()
+                .any(|(d, _)| st.calls.accepts((&peer, *d), parsed.call_id, &user))
         {
-            // Connected elsewhere (or nowhere): that node checks the peer's route.
+            // The peer's device that took the call is elsewhere (or nowhere): every node
+            // with one of the peer's devices checks its routes.
             let media = Signal::Media { from: user, datagram };
-            bus.send(&peer, &media).await;
+            bus.send_account(&peer, &media).await;
             continue;
         }
-        if !send_local(&st, &peer, parsed.call_id, &user, datagram) {
+        if !send_local(&st, &peer, parsed.call_id, &user, &datagram) {
             dropped += 1;
         }
     }
@@ -58,23 +63,36 @@ pub(crate) async fn forward<S>(st: Arc<State<S>>, ctx: Arc<ConnCtx>) {
     }
 }
 
-/// Hands a datagram from `from` to `user`'s connection here, if `user` routed the call
-/// naming `from`. Never waits: a full datagram buffer drops the oldest frame.
+/// Hands a datagram from `from` to the devices of `user` connected here that routed the
+/// call naming `from` (one, in practice: the device that took the call). Never waits: a
+/// full datagram buffer drops the oldest frame.
 fn send_local<S>(
     st: &State<S>,
     user: &str,
     call: [u8; 16],
     from: &str,
-    datagram: bytes::Bytes,
+    datagram: &bytes::Bytes,
 ) -> bool {
-    if !st.calls.accepts(user, call, from) {
-        return false;
+    let mut sent = false;
+    for (device, conn) in st.hub.connections(user) {
+        if st.calls.accepts((user, device), call, from) {
+            sent |= conn.send_datagram(datagram.clone()).is_ok();
+        }
     }
-    st.hub.connection(user).is_some_and(|conn| conn.send_datagram(datagram).is_ok())
+    sent
 }
 
-/// A datagram from `from` on another node, for `user` connected here.
-pub(crate) fn deliver<S>(st: &State<S>, user: &str, from: &str, datagram: bytes::Bytes) {
+/// A datagram from `from` on another node, for the device `to` connected here.
+pub(crate) fn deliver<S>(
+    st: &State<S>,
+    (user, device): (&str, u32),
+    from: &str,
+    datagram: bytes::Bytes,
+) {
     let Ok(parsed) = MediaDatagram::decode(&datagram) else { return };
-    let _ = send_local(st, user, parsed.call_id, from, datagram);
+    if st.calls.accepts((user, device), parsed.call_id, from)
+        && let Some(conn) = st.hub.connection(user, device)
+    {
+        let _ = conn.send_datagram(datagram);
+    }
 }

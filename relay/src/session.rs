@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::clock::now_ms;
 use crate::close;
+use crate::cluster::bus::Signal;
 use crate::cluster::follow::follow;
 use crate::ctx::{ConnCtx, Session};
 use crate::fail::{Fail, fail};
@@ -27,25 +28,54 @@ const PUSH_QUEUE: usize = 64;
 /// Queued messages read from storage per round.
 const DELIVERY_BATCH: u32 = 32;
 
-/// The account this connection acts for; refused if it authenticated as none, or if the
-/// account has since moved to another device or connection.
+/// The account this connection acts for; refused if it authenticated as none, or if its
+/// device has since been removed or reconnected on another connection.
 pub(crate) fn require_auth<S>(st: &State<S>, ctx: &ConnCtx) -> Result<String, Fail> {
-    let user = ctx.user().ok_or_else(|| fail(ErrorKind::Unauthenticated, "authenticate first"))?;
-    if !st.hub.is_current(&user, ctx.id) {
+    require_device(st, ctx).map(|(user, _)| user)
+}
+
+/// The account and device this connection acts for, checked as by [`require_auth`].
+pub(crate) fn require_device<S>(st: &State<S>, ctx: &ConnCtx) -> Result<(String, u32), Fail> {
+    let (user, device) =
+        ctx.device().ok_or_else(|| fail(ErrorKind::Unauthenticated, "authenticate first"))?;
+    if !st.hub.is_current(&user, device, ctx.id) {
         return Err(fail(
             ErrorKind::UnknownDevice,
             "this connection no longer acts for the account",
         ));
     }
-    Ok(user)
+    Ok((user, device))
 }
 
-/// Makes this connection act for `user_id`: registers it, opens the push stream, starts
-/// delivery of queued messages and announces presence.
+/// Cuts off a device that was removed from its account (by a login elsewhere, another
+/// device's `RemoveDevice`, or the account's deletion), wherever it is connected: it
+/// gets `LoggedOut` and its connection stops acting for the account.
+pub(crate) async fn log_out<S>(st: &State<S>, user_id: &str, device_id: u32) {
+    if let Some(old) = st.hub.take(user_id, device_id)
+        && old.tx.try_send(PushCmd::LoggedOut).is_err()
+    {
+        old.conn.close(close::LOGGED_OUT.into(), b"logged out");
+    }
+    st.calls.drop_device((user_id, device_id));
+    if let Some(bus) = st.hub.bus() {
+        bus.send_device(user_id, device_id, &Signal::LoggedOut).await;
+    }
+}
+
+/// Tells the account's connected devices (but `except`) that its list of devices changed.
+pub(crate) async fn devices_changed<S>(st: &State<S>, user_id: &str, except: Option<u32>) {
+    if let Ok(frame) = Push::DevicesChanged.encode() {
+        st.hub.push(user_id, except, frame).await;
+    }
+}
+
+/// Makes this connection act for `user_id`'s device `device_id`: registers it, opens the
+/// push stream, starts delivery of the device's queued messages and announces presence.
 pub(crate) async fn start_session<S: Storage>(
     st: &Arc<State<S>>,
     ctx: &Arc<ConnCtx>,
     user_id: &str,
+    device_id: u32,
 ) -> Result<(), Fail> {
     let cancel = ctx.cancel.child_token();
     {
@@ -53,13 +83,13 @@ pub(crate) async fn start_session<S: Storage>(
             return Err(fail(ErrorKind::Internal, "session lock"));
         };
         if let Some(s) = guard.as_ref() {
-            return if s.user_id == user_id {
+            return if (s.user_id.as_str(), s.device_id) == (user_id, device_id) {
                 Ok(())
             } else {
-                Err(fail(ErrorKind::Invalid, "connection already acts for another account"))
+                Err(fail(ErrorKind::Invalid, "connection already acts for another device"))
             };
         }
-        *guard = Some(Session { user_id: user_id.to_owned(), cancel: cancel.clone() });
+        *guard = Some(Session { user_id: user_id.to_owned(), device_id, cancel: cancel.clone() });
     }
     let send = match ctx.conn.open_uni().await {
         Ok(s) => s,
@@ -80,17 +110,18 @@ pub(crate) async fn start_session<S: Storage>(
         ahead: ahead_tx,
         conn: ctx.conn.clone(),
     };
-    if let Some(old) = st.hub.register(user_id, device)
+    if let Some(old) = st.hub.register(user_id, device_id, device)
         && old.conn_id != ctx.id
     {
         old.conn.close(close::REPLACED.into(), b"replaced by a newer connection");
     }
     if let Some(bus) = st.hub.bus() {
         // In a cluster: reachable from every node, and any older connection of the
-        // account on another node is dropped.
-        match bus.claim(user_id, ctx.id).await {
-            Ok(sub) => {
-                let follow = follow(st.clone(), user_id.to_owned(), ctx.id, sub, cancel.clone());
+        // device on another node is dropped.
+        match bus.claim(user_id, device_id, ctx.id).await {
+            Ok(subs) => {
+                let me = (user_id.to_owned(), device_id);
+                let follow = follow(st.clone(), me, ctx.id, subs, cancel.clone());
                 tokio::spawn(follow.instrument(tracing::Span::current()));
             }
             Err(e) => warn!(error = %e, "cluster bus: cannot subscribe for the device"),
@@ -99,30 +130,45 @@ pub(crate) async fn start_session<S: Storage>(
     let span = tracing::Span::current();
     tokio::spawn(push_writer(send, rx, cancel.clone(), ctx.conn.clone()).instrument(span.clone()));
     let delivery = Delivery { tx, wake, ahead, cancel };
-    tokio::spawn(deliver(st.clone(), user_id.to_owned(), delivery).instrument(span));
+    let me = (user_id.to_owned(), device_id);
+    tokio::spawn(deliver(st.clone(), me, delivery).instrument(span));
     // No user id at info level: the connection's span carries the address.
-    info!("device authenticated");
-    debug!(user_id, "device authenticated");
-    announce(st, user_id, true).await;
+    info!(device_id, "device authenticated");
+    debug!(user_id, device_id, "device authenticated");
+    announce(st, (user_id, device_id), true).await;
     Ok(())
 }
 
-/// Ends this connection's session, if any: stops its tasks and, if it was the account's
-/// current connection, announces it offline.
+/// Ends this connection's session, if any: stops its tasks and, if it was the device's
+/// current connection, drops its call routes and announces the account offline unless
+/// another of its devices is still connected.
 pub(crate) async fn end_session<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>) {
     let session = ctx.session.lock().ok().and_then(|mut g| g.take());
     let Some(session) = session else { return };
     session.cancel.cancel();
-    if st.hub.unregister(&session.user_id, ctx.id) {
-        st.calls.drop_user(&session.user_id);
-        announce(st, &session.user_id, false).await;
+    let me = (session.user_id.as_str(), session.device_id);
+    if st.hub.unregister(me.0, me.1, ctx.id) {
+        st.calls.drop_device(me);
+        // Presence is the account's: online while any of its devices is connected.
+        if st.hub.is_online(me.0).await {
+            if let Err(e) = st.storage.set_last_seen(me.0, me.1, now_ms()).await {
+                warn!(error = %e, "last seen not stored");
+            }
+        } else {
+            announce(st, me, false).await;
+        }
     }
 }
 
-/// Tells everyone watching `user_id` that it went online or offline.
-pub(crate) async fn announce<S: Storage>(st: &Arc<State<S>>, user_id: &str, online: bool) {
+/// Tells everyone watching `user_id` that it went online or offline (a device of it
+/// connected, or its last one went away).
+pub(crate) async fn announce<S: Storage>(
+    st: &Arc<State<S>>,
+    (user_id, device_id): (&str, u32),
+    online: bool,
+) {
     let now = now_ms();
-    if let Err(e) = st.storage.set_last_seen(user_id, now).await {
+    if let Err(e) = st.storage.set_last_seen(user_id, device_id, now).await {
         warn!(error = %e, "last seen not stored");
     }
     let Ok(watchers) = st.storage.watchers(user_id).await else { return };
@@ -136,7 +182,7 @@ pub(crate) async fn announce<S: Storage>(st: &Arc<State<S>>, user_id: &str, onli
     // Only the user's contacts it does not block hear it (and nobody when it does not
     // share presence); the others were told `hidden` and hear nothing more.
     for w in watchers.iter().filter(|w| shows_presence(&blocks, &contacts, w)) {
-        st.hub.push(w, frame.clone()).await;
+        st.hub.push(w, None, frame.clone()).await;
     }
 }
 
@@ -184,18 +230,18 @@ struct Delivery {
     cancel: CancellationToken,
 }
 
-/// Pushes the account's queued messages, oldest first, and waits for more. Each message
+/// Pushes the device's queued messages, oldest first, and waits for more. Each message
 /// is pushed once per connection; what is not acknowledged is pushed again on the next.
 ///
 /// The cursor `after` moves only over committed messages read from the mailbox, so a
 /// message committed out of the fast path is never skipped. A message pushed ahead (once
 /// caught up, while its commit runs) is remembered and not pushed again when it is read.
-async fn deliver<S: Storage>(st: Arc<State<S>>, user_id: String, mut d: Delivery) {
+async fn deliver<S: Storage>(st: Arc<State<S>>, (user_id, device): (String, u32), mut d: Delivery) {
     let mut after = 0u64;
     let mut pushed_ahead = BTreeSet::new();
     let poll = st.storage.poll_interval();
     loop {
-        match st.storage.pending(&user_id, after, DELIVERY_BATCH).await {
+        match st.storage.pending(&user_id, device, after, DELIVERY_BATCH).await {
             Ok(batch) if batch.is_empty() => {
                 let look_again = async {
                     match poll {
@@ -250,7 +296,7 @@ async fn push(d: &Delivery, m: Queued) -> bool {
     let push = Push::Message {
         delivery_id: m.delivery_id,
         from: m.sender,
-        from_device: 1,
+        from_device: m.sender_device,
         msg_id: m.msg_id,
         server_ts: m.server_ts,
         body: m.body,

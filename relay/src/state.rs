@@ -27,6 +27,10 @@ pub(crate) struct State<S> {
     pub(crate) directory: Limiter<String>,
     /// Reports and feedback per account.
     pub(crate) reports_account: Limiter<String>,
+    /// Link rendezvous reads and writes per address (unauthenticated connections)...
+    pub(crate) link_ip: Limiter<IpAddr>,
+    /// ...and per account (authenticated ones).
+    pub(crate) link_account: Limiter<String>,
     /// Concurrent connections per address.
     pub(crate) conn_slots: ConnSlots,
     pub(crate) node_id: String,
@@ -50,6 +54,8 @@ impl<S> State<S> {
             login_account: Limiter::new(limits.login_per_account),
             directory: Limiter::new(limits.directory_per_account),
             reports_account: Limiter::new(limits.reports_per_account_rate),
+            link_ip: Limiter::new(limits.link_rendezvous),
+            link_account: Limiter::new(limits.link_rendezvous),
             conn_slots: ConnSlots::new(limits.connections_per_ip),
             limits,
             hasher: Hasher::new(),

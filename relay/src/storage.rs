@@ -19,7 +19,9 @@ pub mod sqlite;
 use std::future::Future;
 use std::time::Duration;
 
-use letstalk_wire::{Avatar, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
+use letstalk_wire::{
+    Avatar, AvatarUpdate, Bundle, DeviceInfo, LinkSlot, PreKey, PresenceInfo, Profile,
+};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,11 @@ pub enum StorageError {
     /// The recipient blocks the sender, or blocks everyone.
     #[error("blocked")]
     Blocked,
+    /// The copies of a message do not name exactly the recipient's target devices:
+    /// `missing` have no copy, `extra` are not (or no longer) devices of it, or are named
+    /// twice. Nothing was stored.
+    #[error("copies do not match the recipient's devices")]
+    Mismatch { missing: Vec<u32>, extra: Vec<u32> },
     /// The back end failed.
     #[error("storage: {0}")]
     Backend(String),
@@ -58,7 +65,7 @@ pub struct NewAccount {
     pub email: String,
     /// Display name.
     pub nickname: String,
-    /// The registering device's Ed25519 key.
+    /// The registering device's Ed25519 key: device 1 of the account.
     pub device_key: [u8; 32],
     /// Opaque identity-key bytes (may be empty until uploaded).
     pub identity: Vec<u8>,
@@ -66,19 +73,53 @@ pub struct NewAccount {
     pub now: u64,
 }
 
-/// What authentication needs to know about an account.
+/// What a password login needs to know about an account.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     /// Argon2id PHC string.
     pub password_hash: String,
-    /// The bound device, if any.
-    pub device_key: Option<[u8; 32]>,
+}
+
+/// The outcome of a password login: the account moved to the logging-in device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedIn {
+    /// The logging-in device's id: its old one if its key already was a device of the
+    /// account, else a fresh one.
+    pub device_id: u32,
+    /// Every other device of the account, removed with its mailbox and prekeys.
+    pub removed: Vec<u32>,
+}
+
+/// Which devices' bundles [`Storage::take_bundles`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundlesOf {
+    /// Every device of the account.
+    All,
+    /// These (ids that are not devices of the account are left out).
+    Devices(Vec<u32>),
+    /// The lowest-numbered device only (the legacy `FetchBundle`).
+    Lowest,
+}
+
+/// A link rendezvous being opened ([`Storage::link_open`]).
+#[derive(Debug, Clone)]
+pub struct NewLinkSlot {
+    /// The slot's name (derived from the link code by the devices).
+    pub slot: [u8; 16],
+    /// The opening account.
+    pub user_id: String,
+    /// The opening device's first message.
+    pub hello: Vec<u8>,
+    /// When it opens, ms.
+    pub now: u64,
+    /// When it ends, ms.
+    pub expires_at: u64,
 }
 
 /// Keys a device uploads; `None` keeps what is stored.
 #[derive(Debug, Clone, Default)]
 pub struct KeyUpload {
-    /// Opaque identity-key bytes.
+    /// Opaque identity-key bytes: the account's, whichever device uploads them.
     pub identity: Option<Vec<u8>>,
     /// The signed prekey (replaces the old one).
     pub signed_prekey: Option<PreKey>,
@@ -106,14 +147,89 @@ pub struct ProfileUpdate {
 pub struct Envelope {
     /// The sending account.
     pub sender: String,
+    /// The sending device.
+    pub sender_device: u32,
     /// The receiving account.
     pub recipient: String,
     /// The sender's idempotency key.
     pub msg_id: String,
-    /// Opaque ciphertext. Shared, not copied, between the copies of a fan-out.
-    pub body: bytes::Bytes,
+    /// What goes to which of the recipient's devices.
+    pub copies: Copies,
     /// Acceptance time, ms.
     pub now: u64,
+}
+
+/// The copies of one message for the recipient's *target devices*: every device of the
+/// recipient account, but the sending device when the recipient is the sender's own
+/// account. The target set is read in the transaction that stores the copies, so it is
+/// exact at that moment.
+#[derive(Debug, Clone)]
+pub enum Copies {
+    /// One ciphertext per device (`SendCopies`): they must name exactly the target
+    /// devices, each once, else [`StorageError::Mismatch`] and nothing is stored.
+    Exact(Vec<(u32, bytes::Bytes)>),
+    /// One ciphertext for an account with one target device (`Send`, `SendBatch`, from a
+    /// sender that knows no devices): with several, [`StorageError::Mismatch`] naming
+    /// them all as missing; with none, a mismatch naming none.
+    Single(bytes::Bytes),
+    /// The same ciphertext to every target device (`SendGroup`'s sender-key message).
+    /// Shared, not copied, between the copies of a fan-out.
+    Every(bytes::Bytes),
+}
+
+impl Copies {
+    /// The bytes of one copy of each ciphertext (for batching limits).
+    pub fn body_len(&self) -> usize {
+        match self {
+            Self::Exact(c) => c.iter().map(|(_, b)| b.len()).sum(),
+            Self::Single(b) | Self::Every(b) => b.len(),
+        }
+    }
+
+    /// The copies for `targets` (the recipient's target devices, ascending), or the
+    /// mismatch.
+    pub fn resolve(self, targets: &[u32]) -> Result<Vec<(u32, bytes::Bytes)>, StorageError> {
+        match self {
+            Self::Exact(copies) => {
+                let mut named = std::collections::BTreeSet::new();
+                let mut extra = std::collections::BTreeSet::new();
+                for (d, _) in &copies {
+                    if !named.insert(*d) || !targets.contains(d) {
+                        extra.insert(*d);
+                    }
+                }
+                let missing: Vec<u32> =
+                    targets.iter().copied().filter(|t| !named.contains(t)).collect();
+                if missing.is_empty() && extra.is_empty() {
+                    Ok(copies)
+                } else {
+                    Err(StorageError::Mismatch { missing, extra: extra.into_iter().collect() })
+                }
+            }
+            // With no target device a single copy has nowhere to go; a mismatch naming
+            // none says so (a legacy sender retries, and reaches the next device linked),
+            // where `Sent` would drop the message unseen.
+            Self::Single(body) => match targets {
+                [one] => Ok(vec![(*one, body)]),
+                several => {
+                    Err(StorageError::Mismatch { missing: several.to_vec(), extra: Vec::new() })
+                }
+            },
+            Self::Every(body) => Ok(targets.iter().map(|&t| (t, body.clone())).collect()),
+        }
+    }
+}
+
+/// The target devices of a message from `sender`'s `sender_device` among `recipient`'s
+/// `devices` (ascending): all of them, but the sending device itself when the recipient
+/// is the sender's own account.
+pub fn target_devices(
+    sender: &str,
+    sender_device: u32,
+    recipient: &str,
+    devices: impl IntoIterator<Item = u32>,
+) -> Vec<u32> {
+    devices.into_iter().filter(|&d| sender != recipient || d != sender_device).collect()
 }
 
 /// How long a retransmit (same sender, recipient and msg id) is recognised and answered
@@ -136,10 +252,12 @@ pub fn dedupe_id(sender: &str, recipient: &str, msg_id: &str) -> [u8; 16] {
     out
 }
 
-/// Per-mailbox limits. The quota is shared fairly: one sender may fill at most
+/// Per-mailbox limits (a mailbox is one device's). The quota is shared fairly: one sender may fill at most
 /// [`Quota::sender_share`] of it, and all senders the recipient has not added as
 /// contacts together at most [`Quota::stranger_share`], so a stranger (or a crowd of
-/// them) can never fill the mailbox against the recipient's contacts.
+/// them) can never fill the mailbox against the recipient's contacts. A sender is an
+/// account (its devices share its share); the account's own other devices count as a
+/// contact.
 #[derive(Debug, Clone, Copy)]
 pub struct Quota {
     /// Most queued messages per recipient device.
@@ -177,6 +295,8 @@ pub struct Queued {
     pub delivery_id: u64,
     /// The sending account.
     pub sender: String,
+    /// The sending device.
+    pub sender_device: u32,
     /// The sender's id for it.
     pub msg_id: String,
     /// When accepted, ms.
@@ -246,32 +366,66 @@ pub fn report_kind_name(kind: letstalk_wire::ReportKind) -> &'static str {
 }
 
 /// Everything the relay keeps. See the module doc for the concurrency model.
+///
+/// A device is named by its account and its id (`user_id`, `device_id`); ids start at 1
+/// and are never reused within an account.
 pub trait Storage: Send + Sync + 'static {
-    /// Creates an account; [`StorageError::Conflict`] if the id is taken.
+    /// Creates an account with the registering device as device 1;
+    /// [`StorageError::Conflict`] if the id is taken.
     fn create_account(
         &self,
         account: NewAccount,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
-    /// The password hash and bound device of `user_id`, or `None`.
+    /// The password hash of `user_id`, or `None`.
     fn credentials(
         &self,
         user_id: &str,
     ) -> impl Future<Output = Result<Option<Credentials>, StorageError>> + Send;
-    /// Binds `device_key` (or unbinds with `None`). Binding a different key drops the old
-    /// device's identity and prekeys: they belong to a device that is gone.
-    fn bind_device(
+    /// The id of `user_id`'s device whose key is `device_key`, or `None`.
+    fn device_by_key(
         &self,
         user_id: &str,
-        device_key: Option<[u8; 32]>,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+        device_key: [u8; 32],
+    ) -> impl Future<Output = Result<Option<u32>, StorageError>> + Send;
+    /// A password login moves the account to `device_key`: every other device is removed
+    /// (mailbox, prekeys, credentials); the key keeps its device if it already was one of
+    /// the account's, else it becomes a new device with a fresh id.
+    fn login_device(
+        &self,
+        user_id: &str,
+        device_key: [u8; 32],
+        now: u64,
+    ) -> impl Future<Output = Result<LoggedIn, StorageError>> + Send;
+    /// Adds a device to the account and returns its id; [`StorageError::Conflict`] when
+    /// the key already is a device of any account, [`StorageError::QuotaExceeded`] when
+    /// the account has [`letstalk_wire::MAX_DEVICES`] already.
+    fn add_device(
+        &self,
+        user_id: &str,
+        device_key: [u8; 32],
+        name: Vec<u8>,
+        now: u64,
+    ) -> impl Future<Output = Result<u32, StorageError>> + Send;
+    /// Removes a device with its mailbox, prekeys and key; false when it is none of the
+    /// account's.
+    fn remove_device(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+    /// The account's devices in id order, or `None` for no such account.
+    fn devices(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<Vec<DeviceInfo>>, StorageError>> + Send;
     /// Replaces the password hash.
     fn set_password_hash(
         &self,
         user_id: &str,
         hash: String,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
-    /// Deletes the account and everything kept for it (mailbox, keys, avatar, watches,
-    /// blocks, contacts, last-seen, dedupe records, reports).
+    /// Deletes the account and everything kept for it (devices, mailboxes, keys, avatar,
+    /// watches, blocks, contacts, last-seen, link rendezvous, dedupe records, reports).
     fn delete_account(
         &self,
         user_id: &str,
@@ -292,24 +446,29 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         user_id: &str,
     ) -> impl Future<Output = Result<Option<Avatar>, StorageError>> + Send;
-    /// Stores keys; returns how many one-time prekeys are now held.
+    /// Stores a device's keys (the identity bytes are the account's); returns how many
+    /// one-time prekeys the device now holds. [`StorageError::NotFound`] for no such
+    /// device.
     fn upload_keys(
         &self,
         user_id: &str,
+        device_id: u32,
         keys: KeyUpload,
     ) -> impl Future<Output = Result<u32, StorageError>> + Send;
-    /// How many one-time prekeys are held.
+    /// How many one-time prekeys the device holds.
     fn one_time_count(
         &self,
         user_id: &str,
+        device_id: u32,
     ) -> impl Future<Output = Result<u32, StorageError>> + Send;
-    /// The bundle of `user_id`, atomically taking one one-time prekey (each is handed out
-    /// exactly once), or the last-resort key when none are left. `None`: no such account
-    /// or no bound device.
-    fn take_bundle(
+    /// The bundles of `user_id`'s devices `of`, in device id order, each atomically
+    /// taking one one-time prekey of its device (each is handed out exactly once), or its
+    /// last-resort key when none are left. `None`: no such account.
+    fn take_bundles(
         &self,
         user_id: &str,
-    ) -> impl Future<Output = Result<Option<Bundle>, StorageError>> + Send;
+        of: BundlesOf,
+    ) -> impl Future<Output = Result<Option<Vec<Bundle>>, StorageError>> + Send;
     /// Adds and removes watched users (unknown ones are ignored); returns the watched
     /// users that exist among `add`, with their last-seen time, or `hidden` where the
     /// watched user does not show its presence to `watcher` ([`shows_presence`]); online
@@ -353,29 +512,34 @@ pub trait Storage: Send + Sync + 'static {
     /// How many of `user_id`'s reports are held: the per-account report quota.
     fn reports_held(&self, user_id: &str)
     -> impl Future<Output = Result<u64, StorageError>> + Send;
-    /// Records when the device was last connected.
+    /// Records when the device was last connected (and so the account: presence's
+    /// last-seen is the latest of its devices').
     fn set_last_seen(
         &self,
         user_id: &str,
+        device_id: u32,
         at: u64,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
-    /// Persists a message (deduplicated, within the quota). [`StorageError::NotFound`] if
-    /// the recipient does not exist, [`StorageError::Blocked`] if it refuses the sender.
+    /// Persists a message's copies in its target devices' mailboxes, all or none
+    /// (deduplicated by sender, recipient and msg id; within each mailbox's quota).
+    /// [`StorageError::NotFound`] if the recipient does not exist,
+    /// [`StorageError::Blocked`] if it refuses the sender (never for one's own account),
+    /// [`StorageError::Mismatch`] if the copies do not fit its devices.
     fn enqueue(
         &self,
         envelope: Envelope,
         quota: Quota,
     ) -> impl Future<Output = Result<Enqueued, StorageError>> + Send;
-    /// [`Storage::enqueue`], and as soon as the message is checked and written but not
-    /// yet committed, its delivery id on `staged` (nothing for a duplicate, a refusal, or
-    /// a back end that cannot tell): the caller may push it to a connected recipient
-    /// while the commit runs. Such an id is never given to another message, even after a
-    /// crash before the commit.
+    /// [`Storage::enqueue`], and as soon as a message of one copy is checked and written
+    /// but not yet committed, its device and delivery id on `staged` (nothing for a
+    /// duplicate, a refusal, several copies, or a back end that cannot tell): the caller
+    /// may push it to a connected recipient device while the commit runs. Such an id is
+    /// never given to another message, even after a crash before the commit.
     fn enqueue_staged(
         &self,
         envelope: Envelope,
         quota: Quota,
-        staged: tokio::sync::oneshot::Sender<u64>,
+        staged: tokio::sync::oneshot::Sender<(u32, u64)>,
     ) -> impl Future<Output = Result<Enqueued, StorageError>> + Send {
         drop(staged);
         self.enqueue(envelope, quota)
@@ -394,26 +558,49 @@ pub trait Storage: Send + Sync + 'static {
         envelopes: Vec<Envelope>,
         quota: Quota,
     ) -> impl Future<Output = Result<Vec<Result<Enqueued, StorageError>>, StorageError>> + Send;
-    /// Queued messages for `recipient` with delivery id above `after`, oldest first.
+    /// Queued messages for the device with delivery id above `after`, oldest first.
     fn pending(
         &self,
-        recipient: &str,
+        user_id: &str,
+        device_id: u32,
         after: u64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Queued>, StorageError>> + Send;
-    /// Deletes acknowledged messages of `recipient`; returns how many were deleted.
+    /// Deletes acknowledged messages of the device; returns how many were deleted.
     fn ack(
         &self,
-        recipient: &str,
+        user_id: &str,
+        device_id: u32,
         delivery_ids: Vec<u64>,
     ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    /// Opens a link rendezvous for the account, replacing the account's older one;
+    /// [`StorageError::Conflict`] if another account holds an unexpired slot of that name.
+    fn link_open(&self, slot: NewLinkSlot)
+    -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Writes a cell of a rendezvous: `reply` when `from` is the account that opened it,
+    /// else `joined`. Each cell is written once ([`StorageError::Conflict`] after);
+    /// [`StorageError::NotFound`] for no such (or an expired) slot.
+    fn link_put(
+        &self,
+        slot: [u8; 16],
+        from: Option<String>,
+        data: Vec<u8>,
+        now: u64,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// A rendezvous as it stands, `None` when missing or expired at `now`.
+    fn link_get(
+        &self,
+        slot: [u8; 16],
+        now: u64,
+    ) -> impl Future<Output = Result<Option<LinkSlot>, StorageError>> + Send;
     /// Keeps a report (once per id).
     fn store_report(&self, report: Report)
     -> impl Future<Output = Result<(), StorageError>> + Send;
     /// Deletes reports received before `before` (ms); returns how many.
     fn expire_reports(&self, before: u64)
     -> impl Future<Output = Result<u64, StorageError>> + Send;
-    /// Deletes messages and idempotency records accepted before `before` (ms).
+    /// Deletes messages and idempotency records accepted before `before` (ms), and link
+    /// rendezvous past their end.
     fn expire(&self, before: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
     /// How often a device's delivery task looks at its mailbox without being woken:
     /// `None` when every enqueue wakes it reliably (one process), a period when wakes

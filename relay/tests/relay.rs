@@ -585,7 +585,13 @@ async fn the_binary_serves_and_stops_on_sigterm() {
     link.wait_connected(T).await.unwrap();
     link.register(registration("alice", "canary-pass-71f3"), new_key()).await.unwrap();
     link.change_password("canary-pass-71f3", "canary-pass-92ab").await.unwrap();
-    link.send("alice", "m1", b"canary-body-5c5c".to_vec()).await.unwrap();
+    let mut to_bob = LinkConfig::new(format!("localhost:{port}"), Some(cert.clone()));
+    to_bob.relays = vec![format!("127.0.0.1:{port}")];
+    let (bob, _bob_rx) = Link::start(to_bob, None).unwrap();
+    bob.wait_connected(T).await.unwrap();
+    bob.register(registration("bob", "correct horse battery"), new_key()).await.unwrap();
+    // To another account: a legacy send to one's own account has no target device.
+    link.send("bob", "m1", b"canary-body-5c5c".to_vec()).await.unwrap();
     let cert_before = std::fs::read(&cert).unwrap();
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();

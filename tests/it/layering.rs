@@ -63,6 +63,7 @@ const RELAY: layering::Layers<'static> = &[
             "handlers::account",
             "handlers::blobs",
             "handlers::calls",
+            "handlers::devices",
             "handlers::directory",
             "handlers::messages",
             "handlers::presence",

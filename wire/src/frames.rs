@@ -275,11 +275,14 @@ pub enum Request {
         signature: [u8; 64],
         identity: Vec<u8>,
     },
-    /// Binds this device to an existing account (moving it from any other device).
+    /// Binds this device to an existing account, moving the account here: every other
+    /// device is removed (each connected one gets `LoggedOut`). A key that already is one
+    /// of the account's devices keeps its id, keys and mail; another gets a fresh id.
     Login { user_id: String, password: String, device_key: [u8; 32], signature: [u8; 64] },
-    /// Unbinds this device from the account.
+    /// Removes this device from the account (its mailbox and prekeys go with it).
     Logout,
-    /// Deletes the account and everything the relay keeps for it.
+    /// Deletes the account and everything the relay keeps for it; every other connected
+    /// device gets `LoggedOut`.
     DeleteAccount,
     /// Changes the password.
     ChangePassword { old_password: String, new_password: String },
@@ -291,7 +294,8 @@ pub enum Request {
     LookupUser { user_id: String },
     /// A user's avatar bytes.
     FetchAvatar { user_id: String },
-    /// Uploads identity bytes and prekeys; `None` leaves the stored one.
+    /// Uploads identity bytes (the account's) and this device's prekeys; `None` leaves
+    /// the stored one.
     UploadKeys {
         identity: Option<Vec<u8>>,
         signed_prekey: Option<PreKey>,
@@ -304,11 +308,15 @@ pub enum Request {
     FetchBundle { user_id: String },
     /// Changes the list of users whose presence and profile this device watches.
     Watch { add: Vec<String>, remove: Vec<String> },
-    /// Hands a message to the relay; answered once it is persisted.
+    /// Hands a message to the relay; answered once it is persisted. For an account with
+    /// one target device (every device, less the sending one for one's own account);
+    /// with several, `Mismatch` naming them all as missing and nothing stored (use
+    /// `SendCopies`); with none (an account whose devices all left), `Mismatch` with
+    /// both lists empty.
     Send { to: String, msg_id: String, body: Vec<u8> },
     /// Hands several messages for one recipient to the relay, in order; answered
     /// (`Sent`) once all of them are persisted, in one transaction. Each is deduplicated by
-    /// its msg id like `Send`.
+    /// its msg id like `Send`, and for one target device like `Send` (else `Mismatch`).
     SendBatch { to: String, messages: Vec<Outbound> },
     /// The device has the pushed messages with these delivery ids: delete them.
     Ack { delivery_ids: Vec<u64> },
@@ -342,29 +350,37 @@ pub enum Request {
     /// `hidden`. Contacts also get their own share of this account's mailbox quota.
     SetContacts { share_presence: bool, users: Vec<String> },
     /// Hands one message to several recipients (a group message: the same sender-key
-    /// ciphertext for all); answered with `GroupSent` once every accepted copy is
-    /// persisted. Deduplicated per recipient by `msg_id` like `Send`.
+    /// ciphertext for all), to every device of each; answered with `GroupSent` once every
+    /// accepted copy is persisted. Deduplicated per recipient by `msg_id` like `Send`.
     SendGroup { to: Vec<String>, msg_id: String, body: Vec<u8> },
     /// A diagnostics report or a feedback note for the relay's operator (not end-to-end
     /// encrypted: its reader is the service). `id` makes a resend idempotent.
     SubmitReport { id: String, kind: ReportKind, body: Vec<u8> },
     /// The devices of `user_id` (one's own: with names and times).
     ListDevices { user_id: String },
-    /// Adds a device to this account (at most [`crate::MAX_DEVICES`]); `name` is sealed
-    /// by the account's devices. Answered `DeviceAdded`.
+    /// Adds a device to this account (at most [`crate::MAX_DEVICES`]: `QuotaExceeded`
+    /// beyond; `Conflict` when the key already is a device of any account); `name` is
+    /// sealed by the account's devices. Answered `DeviceAdded`; the account's other
+    /// devices get `DevicesChanged`.
     AddDevice { device_key: [u8; 32], name: Vec<u8> },
     /// Removes one of this account's devices (this one too): its mailbox, prekeys and
-    /// credentials go, and it gets `LoggedOut` if it is connected.
+    /// credentials go, and it gets `LoggedOut` if it is connected (removing the device of
+    /// this very connection ends its session like `Logout`: the answer is its notice).
+    /// The account's other devices get `DevicesChanged`.
     RemoveDevice { device_id: u32 },
     /// Opens a link rendezvous for this account, named by `slot` (derived from the link
     /// code), holding the first message of the opening device; it lasts
-    /// [`crate::LINK_SLOT_TTL_MS`]. Needs no more than `Hello` on the joining side.
+    /// [`crate::LINK_SLOT_TTL_MS`]. Needs no more than `Hello` on the joining side. An
+    /// account has one rendezvous open at a time (a new one replaces the old);
+    /// `Conflict` when another account holds the name.
     LinkOpen { slot: [u8; 16], hello: Vec<u8> },
     /// Puts a message into a rendezvous: from the account that opened it, its reply;
     /// from anyone else (no authentication needed), the joining device's message. Each
-    /// is written once (`Conflict` after).
+    /// is written once (`Conflict` after); `NotFound` once it expired. Without an
+    /// account, rate limited per address (slot names come from short codes).
     LinkPut { slot: [u8; 16], data: Vec<u8> },
-    /// Reads a rendezvous (`LinkSlot`), or `NotFound` once it expired.
+    /// Reads a rendezvous (`LinkSlot`), or `NotFound` once it expired. Rate limited like
+    /// `LinkPut`.
     LinkGet { slot: [u8; 16] },
     /// Prekey bundles of `user_id`'s devices (`devices` empty: all of them); takes one
     /// one-time prekey of each. Answered `Bundles`.
@@ -372,7 +388,8 @@ pub enum Request {
     /// Hands one message to every device of `to` (to one's own account: every other
     /// device), one ciphertext each, stored in one transaction; answered `Sent` once
     /// persisted, or `Mismatch` (nothing stored) when the copies do not name exactly
-    /// the account's devices. Deduplicated by msg id like `Send`.
+    /// the account's devices (each once). Deduplicated by msg id like `Send`. Blocks,
+    /// quotas and sizes as for `Send` (none of the blocks to one's own account).
     SendCopies { to: String, msg_id: String, copies: Vec<Copy> },
 }
 

@@ -17,16 +17,43 @@
 //!   client speaks; [`Response::HelloOk`] names the chosen one and carries a fresh random
 //!   32-byte challenge for this connection. The device proves itself with
 //!   [`Request::Auth`] (or binds with `Register`/`Login`), signing [`auth_message`] with its
-//!   Ed25519 key; until then only Hello, Auth, Register, Login and Ping are served.
-//! - **Sending**: `Send` hands one message to the relay; `SendBatch` hands several for
-//!   one recipient, stored in order in one transaction, so a device with a backlog pays one
-//!   round trip and one disk sync per batch instead of per message. Both are answered
-//!   `Sent` only once everything is persisted, and both deduplicate by msg id.
+//!   Ed25519 key; until then only Hello, Auth, Register, Login, Ping and the link
+//!   rendezvous reads and writes (`LinkGet`, `LinkPut`) are served.
+//! - **Devices**: an account has up to [`MAX_DEVICES`] devices, each with its own key,
+//!   prekeys and mailbox, numbered from 1 and never renumbered (`Authenticated` names
+//!   the connection's device; `Register` makes device 1). The identity key is the
+//!   account's. `ListDevices` tells one's own devices with their sealed names and times,
+//!   another account's ids only (what a sender needs); `AddDevice` and `RemoveDevice`
+//!   change the list, and the account's other connected devices get `DevicesChanged`.
+//!   A removed device, or every other device on a password `Login` (which moves the
+//!   account to the logging-in device), gets `LoggedOut`, loses its mailbox and
+//!   prekeys, and its key no longer authenticates.
+//! - **Link rendezvous**: a new device joins an account through a slot named after a
+//!   link code: the account's device opens it with its first message (`LinkOpen`), the
+//!   joining device (with no account yet, after `Hello` only) reads it (`LinkGet`) and
+//!   puts its answer (`LinkPut`, the `joined` cell), the account puts its reply (the
+//!   `reply` cell). Each cell is written once; the slot ends after
+//!   [`LINK_SLOT_TTL_MS`]. What travels there is end-to-end encrypted under a key from the
+//!   code: the relay only stores it. Unauthenticated reads and writes are rate limited
+//!   per address, so slot names (and the codes behind them) cannot be scanned.
+//! - **Sending**: `SendCopies` hands one message to every *target device* of the
+//!   recipient (its devices; for one's own account, its other devices), one ciphertext
+//!   each (`FetchBundles` gives a session with each), stored in one transaction. Copies
+//!   that do not name exactly the target devices are answered `Mismatch` (which are
+//!   missing, which are extra) and nothing is stored: the sender learns of a linked or
+//!   removed device and sends again. The legacy `Send` hands one message for an account
+//!   with one target device (`Mismatch` when it has more); `SendBatch` hands several,
+//!   stored in order in one transaction, so a device with a backlog pays one
+//!   round trip and one disk sync per batch instead of per message; `SendGroup` one
+//!   sender-key ciphertext to every device of each member. All are answered `Sent` only
+//!   once everything is persisted, and all deduplicate by (sender, recipient, msg id).
 //! - **Pushes**: after authentication the relay opens one unidirectional stream to the
-//!   client and writes [`Push`] frames on it, in order: queued messages oldest first,
-//!   presence and profile changes of watched users, and `LoggedOut`. A message stays on
-//!   the relay until the client sends [`Request::Ack`] with its delivery id; a message
-//!   pushed but not acknowledged is pushed again on the next connection.
+//!   client and writes [`Push`] frames on it, in order: the device's queued messages
+//!   oldest first (each naming the sending device), presence and profile changes of
+//!   watched users, `DevicesChanged` and `LoggedOut`. A message stays on the relay until
+//!   the device sends [`Request::Ack`] with its delivery id (only its own device's
+//!   acknowledgement deletes it); a message pushed but not acknowledged is pushed again
+//!   on the next connection.
 //! - **File blobs** travel on their own bidirectional streams, never through the message
 //!   path: `BlobPut` is a frame followed by the raw (already end-to-end encrypted) bytes
 //!   on the same stream, answered `Blob` once durable; `BlobGet` is answered by a `Blob`

@@ -1,16 +1,24 @@
 //! The bus itself: [`Signal`], what one node tells another about a device, and [`Bus`],
 //! this node's end (publish, ask whether a device is online, claim a device's subject).
 //!
-//! A signal on `letstalk.dev.<user>`, one byte of tag first:
+//! Two subjects per connected device: the account's, `letstalk.dev.<user>`, which every
+//! connected device of the account follows (wherever it is connected), and the
+//! device's own, `letstalk.dev.<user>.<device>`. A signal is one byte of tag first:
 //!
-//! - `W`: its mailbox grew (a message was enqueued on another node): deliver.
-//! - `P` + frame: a presence or profile push to write as is.
-//! - `L`: the account logged in on another device: send `LoggedOut` and close.
-//! - `R` + instance + connection: the same account now has a newer connection on
-//!   another node (a reconnect, a failover): drop this one without announcing offline.
-//! - `Q` (a request): is the device connected? "No responders" means offline.
-//! - `M` + sender length + sender + datagram: a call media datagram from a device on
-//!   another node, delivered only if this device routed the call naming that sender.
+//! - `W` (account): a mailbox of the account grew (a message was enqueued on another
+//!   node): each device looks at its own.
+//! - `P` + frame (account): a presence, profile or device-list push to write as is;
+//!   `O` + device (4 bytes) + frame: the same for every device but that one.
+//! - `L` (device): the device was removed (logged in elsewhere, removed by another
+//!   device): send `LoggedOut` and close.
+//! - `R` + instance + connection (device): the same device now has a newer connection
+//!   on another node (a reconnect, a failover): drop this one without announcing
+//!   offline.
+//! - `Q` (account, a request): is a device of the account connected? "No responders"
+//!   means offline.
+//! - `M` + sender length + sender + datagram (account): a call media datagram from a
+//!   device on another node, delivered only to a device that routed the call naming
+//!   that sender.
 
 use std::time::Duration;
 
@@ -27,7 +35,7 @@ const PING_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Signal {
     Wake,
-    Frame(Vec<u8>),
+    Frame { except: Option<u32>, frame: Vec<u8> },
     LoggedOut,
     Replaced { instance: u64, conn: u64 },
     Ping,
@@ -39,9 +47,14 @@ impl Signal {
         let mut out = Vec::new();
         match self {
             Self::Wake => out.push(b'W'),
-            Self::Frame(f) => {
+            Self::Frame { except: None, frame } => {
                 out.push(b'P');
-                out.extend_from_slice(f);
+                out.extend_from_slice(frame);
+            }
+            Self::Frame { except: Some(d), frame } => {
+                out.push(b'O');
+                out.extend_from_slice(&d.to_be_bytes());
+                out.extend_from_slice(frame);
             }
             Self::LoggedOut => out.push(b'L'),
             Self::Replaced { instance, conn } => {
@@ -64,7 +77,12 @@ impl Signal {
         let (&tag, rest) = b.split_first()?;
         Some(match tag {
             b'W' if rest.is_empty() => Self::Wake,
-            b'P' => Self::Frame(rest.to_vec()),
+            b'P' => Self::Frame { except: None, frame: rest.to_vec() },
+            b'O' => {
+                let (d, frame) = rest.split_at_checked(4)?;
+                let except = u32::from_be_bytes(d.try_into().ok()?);
+                Self::Frame { except: Some(except), frame: frame.to_vec() }
+            }
             b'L' if rest.is_empty() => Self::LoggedOut,
             b'R' if rest.len() == 16 => {
                 let (i, c) = rest.split_at(8);
@@ -94,8 +112,14 @@ pub(crate) struct Bus {
     instance: u64,
 }
 
-fn subject(user_id: &str) -> String {
+/// The subject every connected device of the account follows.
+fn account_subject(user_id: &str) -> String {
     format!("letstalk.dev.{}", token(user_id))
+}
+
+/// The subject of one device of the account.
+fn device_subject(user_id: &str, device_id: u32) -> String {
+    format!("letstalk.dev.{}.{device_id}", token(user_id))
 }
 
 impl Bus {
@@ -103,27 +127,49 @@ impl Bus {
         Self { client, instance: rand::random() }
     }
 
-    /// Tells the node where `user_id` is connected, if any.
-    pub(crate) async fn send(&self, user_id: &str, signal: &Signal) {
-        if let Err(e) = self.client.publish(subject(user_id), signal.encode()).await {
+    /// Tells every node where a device of `user_id` is connected, if any.
+    pub(crate) async fn send_account(&self, user_id: &str, signal: &Signal) {
+        self.publish(account_subject(user_id), signal).await;
+    }
+
+    /// Tells the node where `user_id`'s device `device_id` is connected, if any.
+    pub(crate) async fn send_device(&self, user_id: &str, device_id: u32, signal: &Signal) {
+        self.publish(device_subject(user_id, device_id), signal).await;
+    }
+
+    async fn publish(&self, subject: String, signal: &Signal) {
+        if let Err(e) = self.client.publish(subject, signal.encode()).await {
             debug!(error = %e, "cluster bus: publish failed");
         }
     }
 
-    /// Whether `user_id` is connected to some node.
+    /// Whether a device of `user_id` is connected to some node.
     pub(crate) async fn online(&self, user_id: &str) -> bool {
-        let ask = self.client.request(subject(user_id), Signal::Ping.encode());
+        let ask = self.client.request(account_subject(user_id), Signal::Ping.encode());
         matches!(tokio::time::timeout(PING_TIMEOUT, ask).await, Ok(Ok(_)))
     }
 
-    /// Takes the device's subject for connection `conn`: subscribes, then tells any
-    /// other node still holding an older connection of the account to drop it.
-    pub(crate) async fn claim(&self, user_id: &str, conn: u64) -> Result<Subscriber, String> {
-        let sub = self.client.subscribe(subject(user_id)).await.map_err(|e| e.to_string())?;
-        self.send(user_id, &Signal::Replaced { instance: self.instance, conn }).await;
-        // Once flushed, the server has the subscription: a ping from any node finds it.
+    /// Takes the device's subjects for connection `conn`: subscribes to the account's
+    /// and the device's, then tells any other node still holding an older connection of
+    /// the device to drop it.
+    pub(crate) async fn claim(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        conn: u64,
+    ) -> Result<(Subscriber, Subscriber), String> {
+        let account =
+            self.client.subscribe(account_subject(user_id)).await.map_err(|e| e.to_string())?;
+        let device = self
+            .client
+            .subscribe(device_subject(user_id, device_id))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.send_device(user_id, device_id, &Signal::Replaced { instance: self.instance, conn })
+            .await;
+        // Once flushed, the server has the subscriptions: a ping from any node finds them.
         self.client.flush().await.map_err(|e| e.to_string())?;
-        Ok(sub)
+        Ok((account, device))
     }
 
     /// This process's random instance number, sent with `Replaced`.
@@ -145,7 +191,8 @@ mod tests {
     fn signals_round_trip_and_garbage_is_refused() {
         for s in [
             Signal::Wake,
-            Signal::Frame(vec![1, 2, 3]),
+            Signal::Frame { except: None, frame: vec![1, 2, 3] },
+            Signal::Frame { except: Some(2), frame: vec![1, 2, 3] },
             Signal::LoggedOut,
             Signal::Replaced { instance: 7, conn: u64::MAX },
             Signal::Ping,
@@ -153,7 +200,9 @@ mod tests {
         ] {
             assert_eq!(Signal::decode(&s.encode()), Some(s));
         }
-        for bad in [&b""[..], b"X", b"W1", b"R123", b"Qx", b"M", b"M\x09abc", b"M\x00x"] {
+        for bad in
+            [&b""[..], b"X", b"W1", b"R123", b"Qx", b"M", b"M\x09abc", b"M\x00x", b"O\x00\x01"]
+        {
             assert_eq!(Signal::decode(bad), None);
         }
     }

@@ -1,6 +1,8 @@
-//! Account requests: authentication (`Auth`, `Register`, `Login`), `Logout`,
-//! `DeleteAccount`, `ChangePassword`, and the account's own profile (`GetProfile`,
-//! `UpdateProfile`, whose change is pushed to the account's watchers).
+//! Account requests: authentication (`Auth` as one of the account's devices, `Register`
+//! as its device 1, `Login`, which moves the account to this device), `Logout` (this
+//! device leaves), `DeleteAccount` (every device is logged out), `ChangePassword`, and
+//! the account's own profile (`GetProfile`, `UpdateProfile`, whose change is pushed to
+//! the account's watchers).
 
 use std::sync::Arc;
 
@@ -11,14 +13,13 @@ use letstalk_wire::{
 use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
-use crate::close;
-use crate::cluster::bus::Signal;
 use crate::ctx::ConnCtx;
 use crate::fail::{Fail, Reply, fail, misrouted, rate_limited, storage_fail, user_arg};
-use crate::hub::PushCmd;
 use crate::password::HashError;
 use crate::ratelimit::ip_key;
-use crate::session::{end_session, require_auth, start_session};
+use crate::session::{
+    devices_changed, end_session, log_out, require_auth, require_device, start_session,
+};
 use crate::state::State;
 use crate::storage::{NewAccount, ProfileUpdate, Storage};
 
@@ -31,18 +32,18 @@ pub(super) async fn handle<S: Storage>(
     match req {
         Request::Auth { user_id, device_key, signature } => {
             let user = user_arg(&user_id)?;
-            let creds = st.storage.credentials(&user).await.map_err(storage_fail)?;
-            if creds.and_then(|c| c.device_key) != Some(device_key) {
+            let device = st.storage.device_by_key(&user, device_key).await.map_err(storage_fail)?;
+            let Some(device) = device else {
                 return Err(fail(
                     ErrorKind::UnknownDevice,
                     "this device is not bound to the account",
                 ));
-            }
+            };
             if !verify_device(&device_key, ctx, &user, &signature) {
                 return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
             }
-            start_session(st, ctx, &user).await?;
-            Ok(Response::Authenticated { user_id: user, device_id: 1 })
+            start_session(st, ctx, &user, device).await?;
+            Ok(Response::Authenticated { user_id: user, device_id: device })
         }
         Request::Register {
             user_id,
@@ -78,7 +79,7 @@ pub(super) async fn handle<S: Storage>(
             // No user id at info level: the connection's span carries the address.
             info!("account registered");
             debug!(user_id = user, "account registered");
-            start_session(st, ctx, &user).await?;
+            start_session(st, ctx, &user, 1).await?;
             Ok(Response::Authenticated { user_id: user, device_id: 1 })
         }
         Request::Login { user_id, password, device_key, signature } => {
@@ -89,7 +90,6 @@ pub(super) async fn handle<S: Storage>(
             st.login_ip.check(&ip_key(ctx.remote.ip())).map_err(rate_limited)?;
             st.login_account.check(&user).map_err(rate_limited)?;
             let creds = st.storage.credentials(&user).await.map_err(storage_fail)?;
-            let bound = creds.as_ref().and_then(|c| c.device_key);
             if !st
                 .hasher
                 .verify(password, creds.map(|c| c.password_hash))
@@ -101,35 +101,38 @@ pub(super) async fn handle<S: Storage>(
             if !verify_device(&device_key, ctx, &user, &signature) {
                 return Err(fail(ErrorKind::AuthFailed, "bad device signature"));
             }
-            if bound != Some(device_key) {
-                st.storage.bind_device(&user, Some(device_key)).await.map_err(storage_fail)?;
-                // The account moves here: the old device, if connected, is told and cut off.
-                if let Some(old) = st.hub.take(&user)
-                    && old.tx.try_send(PushCmd::LoggedOut).is_err()
-                {
-                    old.conn.close(close::LOGGED_OUT.into(), b"logged in on another device");
-                }
-                // ...wherever it is connected. This session subscribes after this, so it
-                // never hears its own signal.
-                if let Some(bus) = st.hub.bus() {
-                    bus.send(&user, &Signal::LoggedOut).await;
-                }
-                info!("account moved to a new device");
-                debug!(user_id = user, "account moved to a new device");
+            // The account moves here: every other device is removed (a key that already
+            // is one of its devices keeps its id, keys and mail), and each connected one
+            // is told and cut off, wherever it is connected. This session subscribes
+            // after this, so it never hears those signals.
+            let moved =
+                st.storage.login_device(&user, device_key, now_ms()).await.map_err(storage_fail)?;
+            for old in &moved.removed {
+                log_out(st, &user, *old).await;
             }
-            start_session(st, ctx, &user).await?;
-            Ok(Response::Authenticated { user_id: user, device_id: 1 })
+            if !moved.removed.is_empty() {
+                info!("account moved to a new device");
+                debug!(user_id = user, removed = ?moved.removed, "account moved to a new device");
+            }
+            start_session(st, ctx, &user, moved.device_id).await?;
+            Ok(Response::Authenticated { user_id: user, device_id: moved.device_id })
         }
         Request::Logout => {
-            let user = require_auth(st, ctx)?;
-            st.storage.bind_device(&user, None).await.map_err(storage_fail)?;
+            // Only this device leaves the account; the others are told their list changed.
+            let (user, device) = require_device(st, ctx)?;
+            st.storage.remove_device(&user, device).await.map_err(storage_fail)?;
             end_session(st, ctx).await;
+            devices_changed(st, &user, None).await;
             Ok(Response::Ok)
         }
         Request::DeleteAccount => {
-            let user = require_auth(st, ctx)?;
+            let (user, device) = require_device(st, ctx)?;
+            let devices = st.storage.devices(&user).await.map_err(storage_fail)?;
             end_session(st, ctx).await;
             st.storage.delete_account(&user).await.map_err(storage_fail)?;
+            for other in devices.unwrap_or_default().iter().filter(|d| d.device_id != device) {
+                log_out(st, &user, other.device_id).await;
+            }
             st.blobs.delete_owner(&user).await?;
             st.calls.drop_user(&user);
             info!("account deleted");
@@ -181,7 +184,7 @@ pub(super) async fn handle<S: Storage>(
                 && let Ok(watchers) = st.storage.watchers(&user).await
             {
                 for w in watchers {
-                    st.hub.push(&w, frame.clone()).await;
+                    st.hub.push(&w, None, frame.clone()).await;
                 }
             }
             Ok(Response::Profile(profile))

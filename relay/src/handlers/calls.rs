@@ -1,5 +1,5 @@
-//! Call route requests: `CallRoute` (this account's device will exchange media for a
-//! call with a peer) and `CallUnroute`. The routes are in `calls.rs`, the forwarding in
+//! Call route requests: `CallRoute` (this device will exchange media for a call with a
+//! peer account's device that routed it too) and `CallUnroute`. The routes are in `calls.rs`, the forwarding in
 //! `media.rs`.
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use letstalk_wire::{ErrorKind, Request, Response};
 
 use crate::ctx::ConnCtx;
 use crate::fail::{Reply, fail, misrouted};
-use crate::session::require_auth;
+use crate::session::require_device;
 use crate::state::State;
 use crate::userid::normalize_user_id;
 
@@ -17,20 +17,20 @@ pub(super) fn handle<S>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request) ->
     match req {
         // Hook for blocking (on main): a blocked caller's route must be refused here too.
         Request::CallRoute { call_id, peer } => {
-            let user = require_auth(st, ctx)?;
+            let (user, device) = require_device(st, ctx)?;
             let peer =
                 normalize_user_id(&peer).ok_or_else(|| fail(ErrorKind::Invalid, "invalid peer"))?;
             if peer == user {
                 return Err(fail(ErrorKind::Invalid, "a call needs another user"));
             }
             st.calls
-                .insert(&user, call_id, peer)
+                .insert((&user, device), call_id, peer)
                 .map_err(|_| fail(ErrorKind::QuotaExceeded, "too many calls at once"))?;
             Ok(Response::Ok)
         }
         Request::CallUnroute { call_id } => {
-            let user = require_auth(st, ctx)?;
-            st.calls.remove(&user, call_id);
+            let (user, device) = require_device(st, ctx)?;
+            st.calls.remove((&user, device), call_id);
             Ok(Response::Ok)
         }
         other => Err(misrouted(&other)),

@@ -1,7 +1,10 @@
-//! Message requests: `Send`, `SendBatch` (one relay transaction), `SendGroup` (one body
-//! fanned out to each recipient's mailbox, everything checked before anything is
-//! stored) and `Ack` (the recipient device's acknowledgement, which deletes). Each
-//! stored message wakes the recipient's delivery task, wherever it runs.
+//! Message requests: `SendCopies` (one ciphertext per target device of the recipient,
+//! exactly those devices or `Mismatch`, in one transaction), the legacy `Send` and
+//! `SendBatch` (one relay transaction; for an account with one target device), `SendGroup`
+//! (one body fanned out to every device of each recipient, everything checked before
+//! anything is stored) and `Ack` (the recipient device's acknowledgement, which
+//! deletes). Each stored message wakes the recipient's delivery tasks, wherever they
+//! run.
 
 use std::sync::Arc;
 
@@ -10,11 +13,11 @@ use letstalk_wire::{ErrorKind, Refusal, Request, Response};
 use crate::clock::now_ms;
 use crate::ctx::ConnCtx;
 use crate::fail::{Reply, fail, misrouted, storage_fail, user_arg};
-use crate::session::require_auth;
+use crate::session::require_device;
 use crate::state::State;
 use tokio::sync::oneshot;
 
-use crate::storage::{Enqueued, Envelope, Queued, Quota, Storage, StorageError};
+use crate::storage::{Copies, Enqueued, Envelope, Queued, Quota, Storage, StorageError};
 
 /// A message request.
 pub(super) async fn handle<S: Storage>(
@@ -24,7 +27,7 @@ pub(super) async fn handle<S: Storage>(
 ) -> Reply {
     match req {
         Request::Send { to, msg_id, body } => {
-            let user = require_auth(st, ctx)?;
+            let (user, device) = require_device(st, ctx)?;
             let to = user_arg(&to)?;
             if msg_id.is_empty() {
                 return Err(fail(ErrorKind::Invalid, "empty msg id"));
@@ -35,9 +38,10 @@ pub(super) async fn handle<S: Storage>(
             let quota = st.limits.mailbox_quota();
             let envelope = Envelope {
                 sender: user,
+                sender_device: device,
                 recipient: to.clone(),
                 msg_id,
-                body: body.into(),
+                copies: Copies::Single(body.into()),
                 now: now_ms(),
             };
             let done = if st.hub.is_local(&to) {
@@ -45,14 +49,19 @@ pub(super) async fn handle<S: Storage>(
             } else {
                 st.storage.enqueue(envelope, quota).await
             };
-            let done = done.map_err(storage_fail)?;
+            let done = match done {
+                Err(StorageError::Mismatch { missing, extra }) => {
+                    return Ok(Response::Mismatch { missing, extra });
+                }
+                other => other.map_err(storage_fail)?,
+            };
             if !done.duplicate {
                 st.hub.wake(&to).await;
             }
             Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
         }
         Request::SendBatch { to, messages } => {
-            let user = require_auth(st, ctx)?;
+            let (user, device) = require_device(st, ctx)?;
             let to = user_arg(&to)?;
             if messages.is_empty()
                 || messages.iter().any(|m| m.msg_id.is_empty() || m.body.is_empty())
@@ -65,25 +74,64 @@ pub(super) async fn handle<S: Storage>(
                 .into_iter()
                 .map(|m| Envelope {
                     sender: user.clone(),
+                    sender_device: device,
                     recipient: to.clone(),
                     msg_id: m.msg_id,
-                    body: m.body.into(),
+                    copies: Copies::Single(m.body.into()),
                     now,
                 })
                 .collect();
-            let done = st.storage.enqueue_many(envelopes, quota).await.map_err(storage_fail)?;
+            let done = match st.storage.enqueue_many(envelopes, quota).await {
+                Err(StorageError::Mismatch { missing, extra }) => {
+                    return Ok(Response::Mismatch { missing, extra });
+                }
+                other => other.map_err(storage_fail)?,
+            };
             if done.iter().any(|d| !d.duplicate) {
                 st.hub.wake(&to).await;
             }
             Ok(Response::Sent { server_ts: now, duplicate: done.iter().all(|d| d.duplicate) })
         }
+        Request::SendCopies { to, msg_id, copies } => {
+            // Checked like `Send` (each body, the msg id); the copies are checked against
+            // the recipient's devices by the storage, in the transaction that stores them.
+            // The plain path, not the online fast path: that one answers on one
+            // device's acknowledgement, and here there are several.
+            let (user, device) = require_device(st, ctx)?;
+            let to = user_arg(&to)?;
+            if msg_id.is_empty() || copies.iter().any(|c| c.body.is_empty()) {
+                return Err(fail(ErrorKind::Invalid, "empty msg id or message"));
+            }
+            let envelope = Envelope {
+                sender: user,
+                sender_device: device,
+                recipient: to.clone(),
+                msg_id,
+                copies: Copies::Exact(
+                    copies.into_iter().map(|c| (c.device_id, c.body.into())).collect(),
+                ),
+                now: now_ms(),
+            };
+            let done = match st.storage.enqueue(envelope, st.limits.mailbox_quota()).await {
+                Err(StorageError::Mismatch { missing, extra }) => {
+                    return Ok(Response::Mismatch { missing, extra });
+                }
+                other => other.map_err(storage_fail)?,
+            };
+            if !done.duplicate {
+                st.hub.wake(&to).await;
+            }
+            Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
+        }
         Request::SendGroup { to, msg_id, body } => {
-            let user = require_auth(st, ctx)?;
+            let (user, device) = require_device(st, ctx)?;
             if msg_id.is_empty() || body.is_empty() || to.is_empty() {
                 return Err(fail(ErrorKind::Invalid, "empty recipients, msg id or message"));
             }
             // Everything is checked before anything is copied or stored: the count, the
             // total the fan-out would store, duplicates, then which recipients exist.
+            // The total counts one copy per member: a member's devices share one body
+            // (`Bytes`), and at most MAX_DEVICES rows of it are written.
             let max = st.limits.max_group_recipients;
             if to.len() > max {
                 return Err(fail(ErrorKind::Invalid, format!("at most {max} recipients")));
@@ -113,9 +161,10 @@ pub(super) async fn handle<S: Storage>(
                     // The body is shared by reference, never copied per recipient.
                     envelopes.push(Envelope {
                         sender: user.clone(),
+                        sender_device: device,
                         recipient: to,
                         msg_id: msg_id.clone(),
-                        body: body.clone(),
+                        copies: Copies::Every(body.clone()),
                         now,
                     });
                 } else {
@@ -135,17 +184,18 @@ pub(super) async fn handle<S: Storage>(
             Ok(Response::GroupSent { server_ts: now, refused })
         }
         Request::Ack { delivery_ids } => {
-            let user = require_auth(st, ctx)?;
+            let (user, device) = require_device(st, ctx)?;
             // The device holds them now: senders waiting on a commit may hear at once.
-            st.hub.acknowledged(&user, &delivery_ids);
-            st.storage.ack(&user, delivery_ids).await.map_err(storage_fail)?;
+            st.hub.acknowledged(&user, device, &delivery_ids);
+            st.storage.ack(&user, device, delivery_ids).await.map_err(storage_fail)?;
             Ok(Response::Ok)
         }
         other => Err(misrouted(&other)),
     }
 }
 
-/// The online fast path: the recipient's device is connected here, so the message is
+/// The online fast path: a device of the recipient is connected here, so a message for
+/// its one target device (`Send`'s single copy) is
 /// pushed as soon as it is written, while its commit runs, and the sender is answered on
 /// whichever comes first: the commit, or the recipient's acknowledgement (its device
 /// holds the message then). Either way nothing the sender is told was delivered can be
@@ -157,28 +207,32 @@ async fn send_online<S: Storage>(
     envelope: Envelope,
     quota: Quota,
 ) -> Result<Enqueued, StorageError> {
+    let Copies::Single(body) = &envelope.copies else {
+        return st.storage.enqueue(envelope, quota).await;
+    };
     let (staged_tx, staged) = oneshot::channel();
     let ahead = Queued {
         delivery_id: 0,
         sender: envelope.sender.clone(),
+        sender_device: envelope.sender_device,
         msg_id: envelope.msg_id.clone(),
         server_ts: envelope.now,
-        body: envelope.body.to_vec(),
+        body: body.to_vec(),
     };
     let (to, now) = (envelope.recipient.clone(), envelope.now);
     let write = st.storage.enqueue_staged(envelope, quota, staged_tx);
     tokio::pin!(write);
-    let delivery_id = tokio::select! {
+    let (device, delivery_id) = tokio::select! {
         biased;
         done = &mut write => return done,
         id = staged => match id {
             Ok(id) => id,
-            // Not staged (a duplicate, a refusal, or a back end without it).
+            // Not staged (a duplicate, a refusal, no single copy, or a back end without it).
             Err(_) => return write.await,
         },
     };
-    let (_waiting, acked) = st.hub.await_ack(&to, delivery_id);
-    if !st.hub.push_ahead(&to, Queued { delivery_id, ..ahead }) {
+    let (_waiting, acked) = st.hub.await_ack(&to, device, delivery_id);
+    if !st.hub.push_ahead(&to, device, Queued { delivery_id, ..ahead }) {
         return write.await;
     }
     tokio::select! {

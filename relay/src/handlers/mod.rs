@@ -5,9 +5,11 @@
 //! request.
 //!
 //! - `account.rs`: authentication, logout, account deletion, password, own profile.
+//! - `devices.rs`: the account's devices and the link rendezvous a new one joins by.
 //! - `directory.rs`: other accounts' profiles and avatars, keys and prekey bundles.
 //! - `presence.rs`: watches, blocks, contacts and the presence they let through.
-//! - `messages.rs`: sends (single, batch, group fan-out) and acknowledgements.
+//! - `messages.rs`: sends (copies per device, single, batch, group fan-out) and
+//!   acknowledgements.
 //! - `reports.rs`: diagnostics reports and feedback.
 //! - `blobs.rs`: blob stat and release, and the upload and download streams.
 //! - `calls.rs`: call media routes.
@@ -18,6 +20,7 @@
 mod account;
 mod blobs;
 mod calls;
+mod devices;
 mod directory;
 mod messages;
 mod presence;
@@ -91,13 +94,15 @@ async fn route<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request)
         | Request::FetchAvatar { .. }
         | Request::UploadKeys { .. }
         | Request::KeyCount
-        | Request::FetchBundle { .. } => directory::handle(st, ctx, req).await,
+        | Request::FetchBundle { .. }
+        | Request::FetchBundles { .. } => directory::handle(st, ctx, req).await,
         Request::Watch { .. } | Request::SetBlocks { .. } | Request::SetContacts { .. } => {
             presence::handle(st, ctx, req).await
         }
         Request::Send { .. }
         | Request::SendBatch { .. }
         | Request::SendGroup { .. }
+        | Request::SendCopies { .. }
         | Request::Ack { .. } => messages::handle(st, ctx, req).await,
         Request::SubmitReport { .. } => reports::handle(st, ctx, req).await,
         Request::BlobStat { .. } | Request::BlobRelease { .. } => blobs::handle(st, ctx, req).await,
@@ -110,8 +115,6 @@ async fn route<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request)
         | Request::RemoveDevice { .. }
         | Request::LinkOpen { .. }
         | Request::LinkPut { .. }
-        | Request::LinkGet { .. }
-        | Request::FetchBundles { .. }
-        | Request::SendCopies { .. } => Err(fail(ErrorKind::Unsupported, "not served yet")),
+        | Request::LinkGet { .. } => devices::handle(st, ctx, req).await,
     }
 }

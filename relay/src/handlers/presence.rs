@@ -85,7 +85,7 @@ async fn reannounce<S: Storage>(
             hidden: !is,
         };
         if let Ok(frame) = Push::Presence(info).encode() {
-            st.hub.push(&w, frame).await;
+            st.hub.push(&w, None, frame).await;
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The account writes that take more than one step: creating an account (its record,
-//! `blocks.<user>` and directory entry), binding a device (its keys and one-time
-//! prekeys go with the old one), deleting an account (everything naming it, in every
-//! bucket and stream), changing a profile (avatar object and record) and storing a
-//! device's keys. The `Storage` impl in `mod.rs` calls these.
+//! `blocks.<user>`, directory entry and device key index), the devices (a login that
+//! moves the account, an added device, a removed one: its mailbox, keys and prekeys go
+//! with it), deleting an account (everything naming it, in every bucket and stream),
+//! changing a profile (avatar object and record) and storing a device's keys. The
+//! `Storage` impl in `mod.rs` calls these.
 
 use super::*;
 
@@ -14,10 +15,16 @@ impl NatsStorage {
             password_hash: a.password_hash,
             email: a.email,
             nickname: a.nickname,
-            device_key: Some(device.clone()),
+            device_key: None,
             created_at: a.now,
             updated_at: a.now,
             avatar: None,
+            devices: [(
+                1,
+                DeviceRec { key: device.clone(), name: String::new(), linked_at: a.now },
+            )]
+            .into(),
+            next_device: 2,
         };
         let mut rec = Some(rec);
         modify(&self.inner.accounts, &key, |cur: Option<AccountRec>| match (cur, rec.take()) {
@@ -26,50 +33,206 @@ impl NatsStorage {
             (None, None) => Err(StorageError::Backend("account record retried".into())),
         })
         .await?;
-        let dir = DirectoryRec {
-            device_key: Some(device),
-            identity: hex::encode(&a.identity),
-            ..DirectoryRec::default()
-        };
+        let dir = DirectoryRec { identity: hex::encode(&a.identity), ..DirectoryRec::default() };
         put(&self.inner.directory, &key, &dir).await?;
+        put(
+            &self.inner.directory,
+            &dir_key(&a.user_id, 1),
+            &DirectoryRec::for_device(Some(&device)),
+        )
+        .await?;
         put(&self.inner.accounts, &blocks_key(&a.user_id), &BlocksRec::default()).await?;
+        set_member(&self.inner.accounts, &key_index(&device), &a.user_id, true).await?;
         Ok(())
     }
 
-    pub(super) async fn rebind_device(
+    /// A password login: every device but the one with `device_key` goes; that key
+    /// keeps its device or becomes a new one.
+    pub(super) async fn move_account(
         &self,
         user_id: &str,
-        device_key: Option<[u8; 32]>,
-    ) -> Result<(), StorageError> {
-        let key = token(user_id);
-        let wanted = device_key.map(hex::encode);
-        let changed = modify(&self.inner.accounts, &key, |cur: Option<AccountRec>| {
-            let mut a = cur.ok_or(StorageError::NotFound)?;
-            if a.device_key == wanted {
-                return Ok(Change::Keep(false));
+        device_key: [u8; 32],
+        now: u64,
+    ) -> Result<LoggedIn, StorageError> {
+        let wanted = hex::encode(device_key);
+        let (moved, gone) =
+            modify(&self.inner.accounts, &token(user_id), |cur: Option<AccountRec>| {
+                let mut a = cur.ok_or(StorageError::NotFound)?.normalize();
+                let kept = a.device_with_key(&wanted);
+                let removed: Vec<(u32, DeviceRec)> = a
+                    .devices
+                    .iter()
+                    .filter(|(id, _)| Some(**id) != kept)
+                    .map(|(id, d)| (*id, d.clone()))
+                    .collect();
+                let device_id = match kept {
+                    Some(id) => id,
+                    None => {
+                        let id = a.next_device;
+                        let rec =
+                            DeviceRec { key: wanted.clone(), name: String::new(), linked_at: now };
+                        a.devices.insert(id, rec);
+                        a.next_device = id.saturating_add(1);
+                        id
+                    }
+                };
+                a.devices.retain(|id, _| *id == device_id);
+                let ids = removed.iter().map(|(id, _)| *id).collect();
+                Ok(Change::Put(a, (LoggedIn { device_id, removed: ids }, removed)))
+            })
+            .await?;
+        for (id, d) in gone {
+            self.purge_device(user_id, id, &d.key).await?;
+        }
+        put(
+            &self.inner.directory,
+            &dir_key(user_id, moved.device_id),
+            &self.device_directory(user_id, moved.device_id, &wanted).await?,
+        )
+        .await?;
+        set_member(&self.inner.accounts, &key_index(&wanted), user_id, true).await?;
+        Ok(moved)
+    }
+
+    pub(super) async fn insert_device(
+        &self,
+        user_id: &str,
+        device_key: [u8; 32],
+        name: Vec<u8>,
+        now: u64,
+    ) -> Result<u32, StorageError> {
+        let wanted = hex::encode(device_key);
+        // Any account holding the key (the index may name accounts that dropped it since).
+        let holders: BTreeSet<String> = read(&self.inner.accounts, &key_index(&wanted))
+            .await?
+            .map(|(s, _)| s)
+            .unwrap_or_default();
+        for holder in &holders {
+            if self.account(holder).await?.is_some_and(|a| a.device_with_key(&wanted).is_some()) {
+                return Err(StorageError::Conflict);
             }
-            a.device_key.clone_from(&wanted);
-            Ok(Change::Put(a, true))
+        }
+        let name = hex::encode(name);
+        let id = modify(&self.inner.accounts, &token(user_id), |cur: Option<AccountRec>| {
+            let mut a = cur.ok_or(StorageError::NotFound)?.normalize();
+            if a.device_with_key(&wanted).is_some() {
+                return Err(StorageError::Conflict);
+            }
+            if a.devices.len() >= MAX_DEVICES {
+                return Err(StorageError::QuotaExceeded);
+            }
+            let id = a.next_device;
+            a.devices
+                .insert(id, DeviceRec { key: wanted.clone(), name: name.clone(), linked_at: now });
+            a.next_device = id.saturating_add(1);
+            Ok(Change::Put(a, id))
         })
         .await?;
-        if changed {
-            // The old device's keys go with it. The record names its device, so a reader
-            // in between sees the old device's complete bundle, never a mixture.
-            self.purge_one_time(user_id).await?;
-            put(&self.inner.directory, &key, &DirectoryRec::for_device(wanted.as_ref())).await?;
+        put(&self.inner.directory, &dir_key(user_id, id), &DirectoryRec::for_device(Some(&wanted)))
+            .await?;
+        set_member(&self.inner.accounts, &key_index(&wanted), user_id, true).await?;
+        Ok(id)
+    }
+
+    pub(super) async fn delete_device(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<bool, StorageError> {
+        let gone = modify(&self.inner.accounts, &token(user_id), |cur: Option<AccountRec>| {
+            let Some(a) = cur else { return Ok(Change::Keep(None)) };
+            let mut a = a.normalize();
+            match a.devices.remove(&device_id) {
+                Some(d) => Ok(Change::Put(a, Some(d))),
+                None => Ok(Change::Keep(None)),
+            }
+        })
+        .await?;
+        let Some(d) = gone else { return Ok(false) };
+        self.purge_device(user_id, device_id, &d.key).await?;
+        Ok(true)
+    }
+
+    /// Everything of a device that is gone: its mailbox, its one-time prekeys, its
+    /// directory entry and last-seen, its place in the key index.
+    pub(super) async fn purge_device(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        key: &str,
+    ) -> Result<(), StorageError> {
+        for filter in device_mailbox_filters(user_id, device_id) {
+            self.inner
+                .mailbox
+                .purge()
+                .filter(filter)
+                .await
+                .map_err(|e| backend("purging a mailbox", e))?;
         }
-        Ok(())
+        self.purge_one_time(user_id, device_id).await?;
+        erase(&self.inner.directory, &dir_key(user_id, device_id)).await?;
+        erase(&self.inner.accounts, &device_seen_key(user_id, device_id)).await?;
+        if device_id == 1 {
+            // A record written before devices kept device 1's keys with the identity.
+            let legacy: Option<(DirectoryRec, u64)> =
+                read(&self.inner.directory, &token(user_id)).await?;
+            if let Some((d, _)) = legacy.filter(|(d, _)| d.device_key.is_some()) {
+                let only_identity =
+                    DirectoryRec { identity: d.identity, ..DirectoryRec::default() };
+                put(&self.inner.directory, &token(user_id), &only_identity).await?;
+            }
+        }
+        set_member(&self.inner.accounts, &key_index(key), user_id, false).await
+    }
+
+    /// The directory entry a device starts with: empty, or for device 1 of a record
+    /// written before devices, the keys kept with the identity.
+    pub(super) async fn device_directory(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        key: &str,
+    ) -> Result<DirectoryRec, StorageError> {
+        let own: Option<(DirectoryRec, u64)> =
+            read(&self.inner.directory, &dir_key(user_id, device_id)).await?;
+        if let Some((d, _)) = own.filter(|(d, _)| d.device_key.as_deref() == Some(key)) {
+            return Ok(d);
+        }
+        if device_id == 1 {
+            let legacy: Option<(DirectoryRec, u64)> =
+                read(&self.inner.directory, &token(user_id)).await?;
+            if let Some((d, _)) = legacy.filter(|(d, _)| d.device_key.as_deref() == Some(key)) {
+                return Ok(DirectoryRec { identity: String::new(), ..d });
+            }
+        }
+        Ok(DirectoryRec::for_device(Some(&key.to_owned())))
     }
 
     pub(super) async fn erase_account(&self, user_id: &str) -> Result<(), StorageError> {
         let key = token(user_id);
         let inner = &self.inner;
+        // The key index names the account: its devices leave it first.
+        if let Some(a) = self.account(user_id).await? {
+            for d in a.devices.values() {
+                set_member(&inner.accounts, &key_index(&d.key), user_id, false).await?;
+            }
+        }
+        self.close_link(user_id).await?;
         // Erased, not just purged: a purge leaves a marker whose subject names the key.
         erase(&inner.accounts, &key).await?;
         erase(&inner.accounts, &blocks_key(user_id)).await?;
         erase(&inner.accounts, &seen_key(user_id)).await?;
+        erase(&inner.accounts, &format!("{}.>", seen_key(user_id))).await?;
         erase(&inner.directory, &key).await?;
-        self.purge_one_time(user_id).await?;
+        erase(&inner.directory, &format!("{key}.>")).await?;
+        for filter in [legacy_prekeys_subject(user_id), format!("{PREKEYS_PREFIX}.{key}.>")] {
+            inner
+                .prekeys
+                .purge()
+                .filter(filter)
+                .await
+                .map_err(|e| backend("purging prekeys", e))?;
+        }
         // Watches both ways, like the embedded back end's cascades.
         let watched: BTreeSet<String> =
             read(&inner.watches, &format!("by.{key}")).await?.map(|(s, _)| s).unwrap_or_default();
@@ -91,6 +254,8 @@ impl NatsStorage {
             legacy_mailbox_subject(user_id),
             format!("{MAILBOX_PREFIX}.*.c.{t}"),
             format!("{MAILBOX_PREFIX}.*.s.{t}"),
+            format!("{MAILBOX_PREFIX}.*.*.c.{t}"),
+            format!("{MAILBOX_PREFIX}.*.*.s.{t}"),
         ] {
             inner
                 .mailbox
@@ -176,29 +341,28 @@ impl NatsStorage {
     pub(super) async fn store_keys(
         &self,
         user_id: &str,
+        device_id: u32,
         k: KeyUpload,
     ) -> Result<u32, StorageError> {
         let account = self.account(user_id).await?.ok_or(StorageError::NotFound)?;
-        let device = account.device_key;
-        let key = token(user_id);
-        // The record is written by the account's own device only (and by a login that
-        // replaces it): a plain read and put.
-        let current: Option<(DirectoryRec, u64)> = read(&self.inner.directory, &key).await?;
-        let mut d = match current {
-            Some((d, _)) if d.device_key == device => d,
-            _ => DirectoryRec::for_device(device.as_ref()),
-        };
+        let device = account.devices.get(&device_id).ok_or(StorageError::NotFound)?.key.clone();
+        // The records are written by the account's own devices only (each its own; the
+        // identity by whichever uploads it): a plain read and put.
         if let Some(identity) = &k.identity {
+            let key = token(user_id);
+            let current: Option<(DirectoryRec, u64)> = read(&self.inner.directory, &key).await?;
+            let mut d = current.map(|(d, _)| d).unwrap_or_default();
             d.identity = hex::encode(identity);
+            put(&self.inner.directory, &key, &d).await?;
         }
+        let mut d = self.device_directory(user_id, device_id, &device).await?;
         if let Some(p) = &k.signed_prekey {
             d.signed_prekey = Some((p.id, hex::encode(&p.key)));
         }
         if let Some(p) = &k.last_resort {
             d.last_resort = Some((p.id, hex::encode(&p.key)));
         }
-        put(&self.inner.directory, &key, &d).await?;
-        let device = device.unwrap_or_default();
+        put(&self.inner.directory, &dir_key(user_id, device_id), &d).await?;
         let mut acks = Vec::with_capacity(k.one_time.len());
         for p in &k.one_time {
             let mut h = Sha256::new();
@@ -214,7 +378,7 @@ impl NatsStorage {
             let ack = self
                 .inner
                 .js
-                .send_publish(prekeys_subject(user_id), publish)
+                .send_publish(prekeys_subject(user_id, device_id), publish)
                 .await
                 .map_err(|e| backend("storing a prekey", e))?;
             acks.push(ack);
@@ -222,6 +386,6 @@ impl NatsStorage {
         for ack in acks {
             ack.await.map_err(|e| backend("storing a prekey", e))?;
         }
-        self.one_time_count(user_id).await
+        self.count_one_time(user_id, device_id).await
     }
 }

@@ -5,14 +5,26 @@
 //! What lives where (names are fixed: every node of a relay must agree on them):
 //!
 //! - KV bucket `letstalk_accounts`, key `<user>`: the account record (password hash,
-//!   email, nickname, bound device, timestamps, avatar metadata), changed by
-//!   compare-and-set on its revision; `blocks.<user>` (whom the user blocks, its
-//!   contacts and `share_presence`; present
-//!   exactly while the account exists, so an enqueue checks both in one read) and
-//!   `seen.<user>` (last seen), each replaced whole by one writer.
-//! - KV bucket `letstalk_directory`, key `<user>`: the device's public keys (identity,
-//!   signed prekey, last-resort key), tagged with the device key they belong to.
-//! - Stream `LETSTALK_PREKEYS`, subject `letstalk.otk.<user>`: one message per one-time
+//!   email, nickname, its devices with key, sealed name and link time, the next device
+//!   id, timestamps, avatar metadata), changed by compare-and-set on its revision; a
+//!   record written before devices names one device (`device_key`), read as device 1;
+//!   `blocks.<user>` (whom the user blocks, its contacts and `share_presence`; present
+//!   exactly while the account exists, so an enqueue checks both in one read),
+//!   `seen.<user>` and `seen.<user>.<device>` (last seen of the account and of each
+//!   device), each replaced whole by one writer; `dk.<key hex>`: the accounts holding a
+//!   device key (so `AddDevice` refuses a key that is a device of any account; racing
+//!   adds of one key on two nodes may both pass, and keys of records written before
+//!   devices are not in it until their account logs in again).
+//! - KV bucket `letstalk_directory`, key `<user>`: the account's identity bytes (and,
+//!   written before devices, device 1's keys); `<user>.<device>`: the device's public
+//!   keys (signed prekey, last-resort key), tagged with the device key they belong to.
+//! - KV bucket `letstalk_links` (`max_age` ten minutes): link rendezvous. `<slot hex>`
+//!   names the opening account and the end; `<slot hex>.hello`, `.joined` and `.reply`
+//!   are the cells, raw bytes, the last two written once by create (like the account
+//!   record's compare-and-set, not exact under racing writers on nats-server 2.9);
+//!   `by.<user>` the account's open slot, so a new one replaces it.
+//! - Stream `LETSTALK_PREKEYS`, subject `letstalk.otk.<user>.<device>` (before devices
+//!   `letstalk.otk.<user>`, device 1's): one message per one-time
 //!   prekey. Taking one reads the oldest and deletes it by sequence; only the first
 //!   delete of a sequence succeeds, so each key goes out once however many nodes race.
 //! - KV bucket `letstalk_watches`, keys `of.<user>` (who watches the user) and
@@ -22,15 +34,17 @@
 //! - Object store `letstalk_blobs`, object `<blob id hex>-<owner>`: complete file blobs,
 //!   with size and recipients in the object's metadata; `max_age` is the blob TTL.
 //!   Uploads in progress stay on the node receiving them (see `crate::blobs`).
-//! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<recipient>.<c|s>.<sender>` (`c`
-//!   from a contact of the recipient, `s` from anyone else): the offline queues.
+//! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<recipient>.<device>.<c|s>.<sender>`
+//!   (`c` from a contact of the recipient, `s` from anyone else; before devices
+//!   `letstalk.mbox.<recipient>.<c|s>.<sender>`, read as device 1's): the offline queues,
+//!   one per device.
 //!   `max_age` is the message TTL (the server expires, [`Storage::expire`] has nothing
 //!   to do), `max_msgs_per_subject` with "discard new per subject" is one sender's share
-//!   of a mailbox (a quarter; the server refuses the message that would exceed it, never
+//!   of a device's mailbox (a quarter; the server refuses the message that would exceed it, never
 //!   drops an accepted one); the total and the strangers' share are counted per subject
 //!   before publishing (racing senders may overshoot them by what is in flight); a
 //!   deleted account's mail, sent and received, is purged by subject; the duplicate window deduplicates retransmits by a
-//!   `Nats-Msg-Id` derived from (sender, recipient, msg id), and an acknowledgement
+//!   `Nats-Msg-Id` derived from (sender, recipient, msg id) and the device, and an acknowledgement
 //!   deletes the message by its stream sequence, which is the delivery id. A device's
 //!   queue is read by asking the stream leader for the next message on its subject: no
 //!   consumer per device, so a reconnect storm costs reads, not cluster metadata.
@@ -57,9 +71,16 @@
 //! Differences from the embedded back end, by design of the engine: a batch
 //! ([`Storage::enqueue_many`]) is published in order but not atomically (a failure part
 //! way leaves the first messages stored; the sender retransmits the batch and the
-//! duplicate window makes that exact); the per-device byte quota is not enforced (only
-//! the message count is); retransmits are recognised for one hour ([`DEDUPE_WINDOW`]),
-//! after which the recipient's daemon still recognises the message id.
+//! duplicate window makes that exact), and so are the copies of one message for several
+//! devices (each copy has its own duplicate id, so a retransmit stores only the missing
+//! ones); the recipient's devices are read before publishing, not in one transaction
+//! with it, so a retransmit after a device change is checked against the new devices,
+//! and a device linked during a send can miss its copy (its account's devices hear
+//! `DevicesChanged`, and senders learn of it on their next `Mismatch`); the per-device
+//! byte quota is not enforced (only the message count is); retransmits are recognised
+//! for one hour ([`DEDUPE_WINDOW`]), after which the recipient's daemon still recognises
+//! the message id; device removal deletes the device's keys and mail after its record
+//! changed, in several steps (a failure part way leaves some for the message TTL).
 //!
 //! Here the names, the handle and the [`Storage`] impl; `setup.rs` connects and creates
 //! what every node shares; `accounts.rs` the account writes of several steps;
@@ -71,23 +92,28 @@ mod records;
 mod setup;
 mod streams;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store, stream};
 use bytes::Bytes;
-use letstalk_wire::{Avatar, AvatarUpdate, Bundle, PreKey, PresenceInfo, Profile};
+use letstalk_wire::{
+    Avatar, AvatarUpdate, Bundle, DeviceInfo, LINK_SLOT_TTL_MS, LinkSlot, MAX_DEVICES, PreKey,
+    PresenceInfo, Profile,
+};
 use sha2::{Digest, Sha256};
 
 use self::records::{
-    AccountRec, AvatarRec, BlocksRec, CAS_ATTEMPTS, Change, DirectoryRec, backend, base64_url,
-    dedupe_id, erase, key32, modify, prekey, put, read, set_member, unhex,
+    AccountRec, AvatarRec, BlocksRec, CAS_ATTEMPTS, Change, DeviceRec, DirectoryRec, LinkRec,
+    backend, base64_url, dedupe_id, erase, key32, modify, prekey, put, read, read_raw, set_member,
+    unhex,
 };
 use self::streams::publish_error;
 use super::{
-    Blocks, Contacts, Credentials, Enqueued, Envelope, KeyUpload, NewAccount, ProfileUpdate,
-    Queued, Quota, Report, Storage, StorageError, shows_presence,
+    Blocks, BundlesOf, Contacts, Credentials, Enqueued, Envelope, KeyUpload, LoggedIn, NewAccount,
+    NewLinkSlot, ProfileUpdate, Queued, Quota, Report, Storage, StorageError, shows_presence,
+    target_devices,
 };
 
 /// The mailbox stream.
@@ -98,6 +124,8 @@ const ACCOUNTS: &str = "letstalk_accounts";
 const DIRECTORY: &str = "letstalk_directory";
 const WATCHES: &str = "letstalk_watches";
 const AVATARS: &str = "letstalk_avatars";
+/// Link rendezvous: KV bucket `letstalk_links`, `max_age` = a slot's life.
+const LINKS: &str = "letstalk_links";
 /// Complete file blobs, shared by every node (see `crate::blobs`).
 const BLOBS: &str = "letstalk_blobs";
 /// One-time prekeys: stream `LETSTALK_PREKEYS`, subject `letstalk.otk.<user>`.
@@ -117,6 +145,8 @@ const REPORTS_PREFIX: &str = "letstalk.report";
 
 /// Headers of a mailbox message (the body is the payload).
 const H_FROM: &str = "Letstalk-From";
+/// The sending device (absent before devices: 1).
+const H_FROM_DEVICE: &str = "Letstalk-From-Device";
 const H_MSG_ID: &str = "Letstalk-Msg-Id";
 const H_TS: &str = "Letstalk-Ts";
 
@@ -147,6 +177,7 @@ struct Inner {
     accounts: kv::Store,
     directory: kv::Store,
     watches: kv::Store,
+    links: kv::Store,
     avatars: object_store::ObjectStore,
     blobs: object_store::ObjectStore,
     mailbox: stream::Stream,
@@ -180,23 +211,59 @@ pub fn token(user_id: &str) -> String {
     user_id.replace('.', "=")
 }
 
-/// The subject a message from `sender` to `recipient` is stored under:
-/// `letstalk.mbox.<recipient>.c.<sender>` from a contact of the recipient,
-/// `letstalk.mbox.<recipient>.s.<sender>` from anyone else. One subject per (recipient,
-/// sender), so the stream's per-subject cap is each sender's share of the mailbox, and
-/// everything one account sent can be purged by subject when it is deleted.
-fn mailbox_subject(recipient: &str, sender: &str, from_contact: bool) -> String {
+/// The subject a message from `sender` to `recipient`'s device `device` is stored
+/// under: `letstalk.mbox.<recipient>.<device>.c.<sender>` from a contact of the
+/// recipient, `letstalk.mbox.<recipient>.<device>.s.<sender>` from anyone else. One
+/// subject per (recipient device, sender), so the stream's per-subject cap is each
+/// sender's share of a device's mailbox, and everything one account sent can be purged
+/// by subject when it is deleted.
+fn mailbox_subject(recipient: &str, device: u32, sender: &str, from_contact: bool) -> String {
     let kind = if from_contact { "c" } else { "s" };
-    format!("{MAILBOX_PREFIX}.{}.{kind}.{}", token(recipient), token(sender))
+    format!("{MAILBOX_PREFIX}.{}.{device}.{kind}.{}", token(recipient), token(sender))
 }
 
-/// Every subject of `recipient`'s mailbox.
+/// Every subject of `recipient`'s mailboxes (all its devices).
 fn mailbox_filter(recipient: &str) -> String {
     format!("{MAILBOX_PREFIX}.{}.>", token(recipient))
 }
 
-/// The subject of a mailbox before per-sender subjects (still read and acknowledged, so
-/// an upgrade loses nothing queued).
+/// The subjects of one device's mailbox. Device 1's include those of the account's one
+/// mailbox before devices (`letstalk.mbox.<recipient>.<c|s>.<sender>`, and before that
+/// `letstalk.mbox.<recipient>`): still read, acknowledged and counted as device 1's, so
+/// an upgrade loses nothing queued.
+fn device_mailbox_filters(recipient: &str, device: u32) -> Vec<String> {
+    let r = token(recipient);
+    let mut filters = vec![format!("{MAILBOX_PREFIX}.{r}.{device}.>")];
+    if device == 1 {
+        filters.push(format!("{MAILBOX_PREFIX}.{r}.c.>"));
+        filters.push(format!("{MAILBOX_PREFIX}.{r}.s.>"));
+        filters.push(legacy_mailbox_subject(recipient));
+    }
+    filters
+}
+
+/// Which device of `recipient` a mailbox subject is for, and whether it came from a
+/// stranger; `None` for a subject of another recipient.
+fn subject_device(subject: &str, recipient: &str) -> Option<(u32, bool)> {
+    let base = legacy_mailbox_subject(recipient);
+    let rest = subject.strip_prefix(base.as_str())?;
+    if rest.is_empty() {
+        return Some((1, false));
+    }
+    let mut tokens = rest.strip_prefix('.')?.split('.');
+    let first = tokens.next()?;
+    let (device, kind) = match first.parse::<u32>() {
+        Ok(d) => (d, tokens.next()?),
+        Err(_) => (1, first),
+    };
+    match kind {
+        "c" => Some((device, false)),
+        "s" => Some((device, true)),
+        _ => None,
+    }
+}
+
+/// The subject of the account's one mailbox before per-sender subjects.
 fn legacy_mailbox_subject(recipient: &str) -> String {
     format!("{MAILBOX_PREFIX}.{}", token(recipient))
 }
@@ -206,8 +273,45 @@ fn report_subject(kind: &str, user_id: &str) -> String {
     format!("{REPORTS_PREFIX}.{kind}.{}", token(user_id))
 }
 
-fn prekeys_subject(user_id: &str) -> String {
+/// One device's one-time prekeys: `letstalk.otk.<user>.<device>`.
+fn prekeys_subject(user_id: &str, device_id: u32) -> String {
+    format!("{PREKEYS_PREFIX}.{}.{device_id}", token(user_id))
+}
+
+/// The account's prekeys before devices (device 1's, read as such).
+fn legacy_prekeys_subject(user_id: &str) -> String {
     format!("{PREKEYS_PREFIX}.{}", token(user_id))
+}
+
+/// The subjects of one device's one-time prekeys.
+fn device_prekey_subjects(user_id: &str, device_id: u32) -> Vec<String> {
+    let mut subjects = vec![prekeys_subject(user_id, device_id)];
+    if device_id == 1 {
+        subjects.push(legacy_prekeys_subject(user_id));
+    }
+    subjects
+}
+
+/// One device's entry in the directory bucket, `<user>.<device>` (`<user>` holds the
+/// account's identity, and before devices device 1's keys as well).
+fn dir_key(user_id: &str, device_id: u32) -> String {
+    format!("{}.{device_id}", token(user_id))
+}
+
+/// The accounts holding a device key, `dk.<key hex>`: so that `AddDevice` can refuse a
+/// key that already is a device of any account.
+fn key_index(key_hex: &str) -> String {
+    format!("dk.{key_hex}")
+}
+
+/// The account's open link rendezvous, `by.<user>` in the links bucket.
+fn link_owner_key(user_id: &str) -> String {
+    format!("by.{}", token(user_id))
+}
+
+/// A device's last-seen time, `seen.<user>.<device>`.
+fn device_seen_key(user_id: &str, device_id: u32) -> String {
+    format!("seen.{}.{device_id}", token(user_id))
 }
 
 /// Keys of the accounts bucket besides the account record itself: written whole by one
@@ -254,7 +358,8 @@ impl NatsStorage {
     }
 
     async fn account(&self, user_id: &str) -> Result<Option<AccountRec>, StorageError> {
-        Ok(read(&self.inner.accounts, &token(user_id)).await?.map(|(r, _)| r))
+        let rec: Option<(AccountRec, u64)> = read(&self.inner.accounts, &token(user_id)).await?;
+        Ok(rec.map(|(r, _)| r.normalize()))
     }
 }
 
@@ -264,21 +369,55 @@ impl Storage for NatsStorage {
     }
 
     async fn credentials(&self, user_id: &str) -> Result<Option<Credentials>, StorageError> {
-        match self.account(user_id).await? {
-            None => Ok(None),
-            Some(a) => Ok(Some(Credentials {
-                device_key: key32(a.device_key.as_ref())?,
-                password_hash: a.password_hash,
-            })),
-        }
+        Ok(self.account(user_id).await?.map(|a| Credentials { password_hash: a.password_hash }))
     }
 
-    async fn bind_device(
+    async fn device_by_key(
         &self,
         user_id: &str,
-        device_key: Option<[u8; 32]>,
-    ) -> Result<(), StorageError> {
-        self.rebind_device(user_id, device_key).await
+        device_key: [u8; 32],
+    ) -> Result<Option<u32>, StorageError> {
+        let key = hex::encode(device_key);
+        Ok(self.account(user_id).await?.and_then(|a| a.device_with_key(&key)))
+    }
+
+    async fn login_device(
+        &self,
+        user_id: &str,
+        device_key: [u8; 32],
+        now: u64,
+    ) -> Result<LoggedIn, StorageError> {
+        self.move_account(user_id, device_key, now).await
+    }
+
+    async fn add_device(
+        &self,
+        user_id: &str,
+        device_key: [u8; 32],
+        name: Vec<u8>,
+        now: u64,
+    ) -> Result<u32, StorageError> {
+        self.insert_device(user_id, device_key, name, now).await
+    }
+
+    async fn remove_device(&self, user_id: &str, device_id: u32) -> Result<bool, StorageError> {
+        self.delete_device(user_id, device_id).await
+    }
+
+    async fn devices(&self, user_id: &str) -> Result<Option<Vec<DeviceInfo>>, StorageError> {
+        let Some(a) = self.account(user_id).await? else { return Ok(None) };
+        let mut out = Vec::with_capacity(a.devices.len());
+        for (id, d) in a.devices {
+            let seen: Option<(u64, u64)> =
+                read(&self.inner.accounts, &device_seen_key(user_id, id)).await?;
+            out.push(DeviceInfo {
+                device_id: id,
+                name: unhex(&d.name)?,
+                linked_at: d.linked_at,
+                last_seen_at: seen.map_or(0, |(t, _)| t),
+            });
+        }
+        Ok(Some(out))
     }
 
     async fn set_password_hash(&self, user_id: &str, hash: String) -> Result<(), StorageError> {
@@ -319,51 +458,57 @@ impl Storage for NatsStorage {
         Ok(Some(Avatar { mime: meta.mime, data }))
     }
 
-    async fn upload_keys(&self, user_id: &str, k: KeyUpload) -> Result<u32, StorageError> {
-        self.store_keys(user_id, k).await
+    async fn upload_keys(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        k: KeyUpload,
+    ) -> Result<u32, StorageError> {
+        self.store_keys(user_id, device_id, k).await
     }
 
-    async fn one_time_count(&self, user_id: &str) -> Result<u32, StorageError> {
-        use futures::TryStreamExt;
-        let subject = prekeys_subject(user_id);
-        let mut subjects = self
-            .inner
-            .prekeys
-            .info_with_subjects(&subject)
-            .await
-            .map_err(|e| backend("counting prekeys", e))?;
-        let mut n = 0;
-        while let Some((s, count)) =
-            subjects.try_next().await.map_err(|e| backend("counting prekeys", e))?
-        {
-            if s == subject {
-                n += count;
-            }
-        }
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    async fn one_time_count(&self, user_id: &str, device_id: u32) -> Result<u32, StorageError> {
+        self.count_one_time(user_id, device_id).await
     }
 
-    async fn take_bundle(&self, user_id: &str) -> Result<Option<Bundle>, StorageError> {
-        let d: Option<(DirectoryRec, u64)> = read(&self.inner.directory, &token(user_id)).await?;
-        let Some((d, _)) = d else { return Ok(None) };
-        let Some(device_key) = key32(d.device_key.as_ref())? else { return Ok(None) };
-        let mut bundle = Bundle {
-            device_id: 1,
-            user_id: user_id.to_owned(),
-            device_key,
-            identity: unhex(&d.identity)?,
-            signed_prekey: prekey(d.signed_prekey.as_ref())?,
-            one_time_prekey: None,
-            last_resort: false,
-        };
-        match self.claim_one_time(user_id, d.device_key.as_deref().unwrap_or_default()).await? {
-            Some(p) => bundle.one_time_prekey = Some(p),
-            None => {
-                bundle.one_time_prekey = prekey(d.last_resort.as_ref())?;
-                bundle.last_resort = bundle.one_time_prekey.is_some();
-            }
+    async fn take_bundles(
+        &self,
+        user_id: &str,
+        of: BundlesOf,
+    ) -> Result<Option<Vec<Bundle>>, StorageError> {
+        let Some(account) = self.account(user_id).await? else { return Ok(None) };
+        let shared: Option<(DirectoryRec, u64)> =
+            read(&self.inner.directory, &token(user_id)).await?;
+        let identity = unhex(&shared.map(|(d, _)| d.identity).unwrap_or_default())?;
+        let mut devices: Vec<(u32, DeviceRec)> = account.devices.into_iter().collect();
+        match &of {
+            BundlesOf::All => {}
+            BundlesOf::Devices(ids) => devices.retain(|(id, _)| ids.contains(id)),
+            BundlesOf::Lowest => devices.truncate(1),
         }
-        Ok(Some(bundle))
+        let mut bundles = Vec::with_capacity(devices.len());
+        for (device_id, d) in devices {
+            let Some(device_key) = key32(Some(&d.key))? else { continue };
+            let dir = self.device_directory(user_id, device_id, &d.key).await?;
+            let mut bundle = Bundle {
+                device_id,
+                user_id: user_id.to_owned(),
+                device_key,
+                identity: identity.clone(),
+                signed_prekey: prekey(dir.signed_prekey.as_ref())?,
+                one_time_prekey: None,
+                last_resort: false,
+            };
+            match self.claim_one_time(user_id, device_id, &d.key).await? {
+                Some(p) => bundle.one_time_prekey = Some(p),
+                None => {
+                    bundle.one_time_prekey = prekey(dir.last_resort.as_ref())?;
+                    bundle.last_resort = bundle.one_time_prekey.is_some();
+                }
+            }
+            bundles.push(bundle);
+        }
+        Ok(Some(bundles))
     }
 
     async fn watch(
@@ -470,11 +615,18 @@ impl Storage for NatsStorage {
         Ok(n)
     }
 
-    async fn set_last_seen(&self, user_id: &str, at: u64) -> Result<(), StorageError> {
-        if self.account(user_id).await?.is_none() {
-            return Ok(());
+    async fn set_last_seen(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        at: u64,
+    ) -> Result<(), StorageError> {
+        let Some(a) = self.account(user_id).await? else { return Ok(()) };
+        put(&self.inner.accounts, &seen_key(user_id), &at).await?;
+        if a.devices.contains_key(&device_id) {
+            put(&self.inner.accounts, &device_seen_key(user_id, device_id), &at).await?;
         }
-        put(&self.inner.accounts, &seen_key(user_id), &at).await
+        Ok(())
     }
 
     async fn enqueue(&self, e: Envelope, quota: Quota) -> Result<Enqueued, StorageError> {
@@ -487,11 +639,7 @@ impl Storage for NatsStorage {
         envelopes: Vec<Envelope>,
         quota: Quota,
     ) -> Result<Vec<Enqueued>, StorageError> {
-        let Some(first) = envelopes.first() else { return Ok(Vec::new()) };
-        let adding = envelopes.len() as u64;
-        let from_contact =
-            self.check_recipient(&first.recipient, &first.sender, adding, quota).await?;
-        self.publish_in_order(envelopes, from_contact).await
+        self.enqueue_for_one(envelopes, quota).await
     }
 
     async fn enqueue_fanout(
@@ -500,8 +648,7 @@ impl Storage for NatsStorage {
         quota: Quota,
     ) -> Result<Vec<Result<Enqueued, StorageError>>, StorageError> {
         let one = |e: Envelope| async move {
-            let from_contact = self.check_recipient(&e.recipient, &e.sender, 1, quota).await?;
-            let mut done = self.publish_in_order(vec![e], from_contact).await?;
+            let mut done = self.enqueue_for_one(vec![e], quota).await?;
             done.pop().ok_or(StorageError::NotFound)
         };
         let outcomes = futures::future::join_all(envelopes.into_iter().map(one)).await;
@@ -518,29 +665,34 @@ impl Storage for NatsStorage {
     async fn pending(
         &self,
         recipient: &str,
+        device: u32,
         after: u64,
         limit: u32,
     ) -> Result<Vec<Queued>, StorageError> {
-        let mut out = self.pending_on(mailbox_filter(recipient), after, limit).await?;
-        // An upgrade's leftovers, merged in delivery order.
-        out.extend(self.pending_on(legacy_mailbox_subject(recipient), after, limit).await?);
+        let mut out = Vec::new();
+        // Device 1's mailbox includes an upgrade's leftovers, merged in delivery order.
+        for filter in device_mailbox_filters(recipient, device) {
+            out.extend(self.pending_on(filter, after, limit).await?);
+        }
         out.sort_by_key(|m| m.delivery_id);
         out.truncate(limit as usize);
         Ok(out)
     }
 
-    async fn ack(&self, recipient: &str, delivery_ids: Vec<u64>) -> Result<u64, StorageError> {
-        let own = format!("{MAILBOX_PREFIX}.{}.", token(recipient));
-        let legacy = legacy_mailbox_subject(recipient);
+    async fn ack(
+        &self,
+        recipient: &str,
+        device: u32,
+        delivery_ids: Vec<u64>,
+    ) -> Result<u64, StorageError> {
         let mailbox = &self.inner.mailbox;
         let one = |seq: u64| {
-            let (own, legacy) = (&own, &legacy);
             async move {
                 // A device can only delete its own mail: the subject is checked first.
                 match mailbox.get_raw_message(seq).await {
                     Ok(m)
-                        if m.subject.as_str().starts_with(own.as_str())
-                            || m.subject.as_str() == legacy.as_str() => {}
+                        if subject_device(m.subject.as_str(), recipient)
+                            .is_some_and(|(d, _)| d == device) => {}
                     Ok(_) => return Ok(0),
                     Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
                         return Ok(0);
@@ -561,6 +713,24 @@ impl Storage for NatsStorage {
             n += r?;
         }
         Ok(n)
+    }
+
+    async fn link_open(&self, slot: NewLinkSlot) -> Result<(), StorageError> {
+        self.open_link(slot).await
+    }
+
+    async fn link_put(
+        &self,
+        slot: [u8; 16],
+        from: Option<String>,
+        data: Vec<u8>,
+        now: u64,
+    ) -> Result<(), StorageError> {
+        self.put_link(slot, from, data, now).await
+    }
+
+    async fn link_get(&self, slot: [u8; 16], now: u64) -> Result<Option<LinkSlot>, StorageError> {
+        self.get_link(slot, now).await
     }
 
     async fn store_report(&self, r: Report) -> Result<(), StorageError> {
@@ -589,7 +759,8 @@ impl Storage for NatsStorage {
     }
 
     async fn expire(&self, _before: u64) -> Result<u64, StorageError> {
-        // The stream's max_age expires messages and the duplicate window forgets ids:
+        // The stream's max_age expires messages, the duplicate window forgets ids and
+        // the links bucket's max_age drops rendezvous (reads check their end before):
         // the servers do it, on every replica.
         Ok(0)
     }

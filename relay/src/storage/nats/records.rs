@@ -2,7 +2,7 @@
 //! the key-value operations on them (read, compare-and-set, put, erase, set members).
 //! It uses nothing of the rest of the back end.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -25,10 +25,31 @@ pub(super) struct AccountRec {
     pub(super) password_hash: String,
     pub(super) email: String,
     pub(super) nickname: String,
+    /// The one device of a record written before devices (it becomes device 1 when the
+    /// record is read: [`AccountRec::normalize`]); never written any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) device_key: Option<String>,
     pub(super) created_at: u64,
     pub(super) updated_at: u64,
     pub(super) avatar: Option<AvatarRec>,
+    /// The account's devices by id.
+    #[serde(default)]
+    pub(super) devices: BTreeMap<u32, DeviceRec>,
+    /// The next device id: ids are never reused within an account. 0 in a record
+    /// written before devices.
+    #[serde(default)]
+    pub(super) next_device: u32,
+}
+
+/// One device of an account.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct DeviceRec {
+    /// Its Ed25519 key, hex.
+    pub(super) key: String,
+    /// Its sealed name, hex.
+    #[serde(default)]
+    pub(super) name: String,
+    pub(super) linked_at: u64,
 }
 
 /// `blocks.<user>`: whom the user blocks. Present exactly while the account exists, so
@@ -109,6 +130,25 @@ pub(super) fn prekey(p: Option<&(u32, String)>) -> Result<Option<PreKey>, Storag
 }
 
 impl AccountRec {
+    /// A record written before devices, in today's shape: its device (if it had one)
+    /// is device 1, and the next id is 2 (device 1 may have existed even if unbound).
+    pub(super) fn normalize(mut self) -> Self {
+        if self.next_device == 0 {
+            if let Some(key) = self.device_key.take() {
+                let linked_at = self.created_at;
+                self.devices.insert(1, DeviceRec { key, name: String::new(), linked_at });
+            }
+            self.next_device = 2;
+        }
+        self.device_key = None;
+        self
+    }
+
+    /// The id of the device whose key is `key` (hex).
+    pub(super) fn device_with_key(&self, key: &str) -> Option<u32> {
+        self.devices.iter().find(|(_, d)| d.key == key).map(|(id, _)| *id)
+    }
+
     pub(super) fn profile(&self, user_id: &str) -> Result<Profile, StorageError> {
         let avatar = match &self.avatar {
             Some(a) => Some(AvatarMeta {
@@ -140,6 +180,18 @@ pub(super) async fn read<T: DeserializeOwned>(
             let v = serde_json::from_slice(&e.value).map_err(|e| backend("stored record", e))?;
             Ok(Some((v, e.revision)))
         }
+        Ok(_) => Ok(None),
+        Err(e) => Err(backend("reading a record", e)),
+    }
+}
+
+/// The raw bytes under `key`; `None` when missing or deleted.
+pub(super) async fn read_raw(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<Vec<u8>>, StorageError> {
+    match store.entry(key).await {
+        Ok(Some(e)) if e.operation == kv::Operation::Put => Ok(Some(e.value.to_vec())),
         Ok(_) => Ok(None),
         Err(e) => Err(backend("reading a record", e)),
     }
@@ -258,7 +310,18 @@ pub(super) async fn set_member(
     .await
 }
 
-/// The duplicate-window id of a message: one per (sender, recipient, msg id).
-pub(super) fn dedupe_id(e: &Envelope) -> String {
-    hex::encode(crate::storage::dedupe_id(&e.sender, &e.recipient, &e.msg_id))
+/// The duplicate-window id of one copy of a message: one per (sender, recipient, msg
+/// id) and recipient device.
+pub(super) fn dedupe_id(e: &Envelope, device: u32) -> String {
+    let id = hex::encode(crate::storage::dedupe_id(&e.sender, &e.recipient, &e.msg_id));
+    format!("{id}.{device}")
+}
+
+/// A link rendezvous's record (`<slot hex>` in the links bucket); its cells are keys of
+/// their own (`<slot hex>.hello`, `.joined`, `.reply`: raw bytes, each up to 512 KiB,
+/// more than one NATS message holds hex-encoded in one record).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct LinkRec {
+    pub(super) user: String,
+    pub(super) expires_at: u64,
 }

@@ -54,6 +54,10 @@ impl NatsStorage {
         let accounts = ensure_kv(js, ACCOUNTS, replicas).await?;
         let directory = ensure_kv(js, DIRECTORY, replicas).await?;
         let watches = ensure_kv(js, WATCHES, replicas).await?;
+        // A rendezvous lives ten minutes: the servers drop its records after that (a
+        // read checks its end first, so a record kept a little longer is never seen).
+        let links =
+            ensure_kv_with(js, LINKS, replicas, Duration::from_millis(LINK_SLOT_TTL_MS)).await?;
         let avatars = ensure_object_store(js, AVATARS, replicas, Duration::ZERO).await?;
         let blobs = ensure_object_store(js, BLOBS, replicas, options.blob_ttl).await?;
         let ttl = options.message_ttl;
@@ -109,6 +113,7 @@ impl NatsStorage {
                 accounts,
                 directory,
                 watches,
+                links,
                 avatars,
                 blobs,
                 mailbox,
@@ -144,7 +149,19 @@ async fn ensure_kv(
     bucket: &str,
     replicas: usize,
 ) -> Result<kv::Store, Setup> {
+    ensure_kv_with(js, bucket, replicas, Duration::ZERO).await
+}
+
+/// [`ensure_kv`] whose records the servers delete `max_age` after they were written
+/// (zero: kept).
+async fn ensure_kv_with(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<kv::Store, Setup> {
     let config = stream::Config {
+        max_age,
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
         storage: stream::StorageType::File,

@@ -9,15 +9,47 @@ pub(super) fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -
 }
 
 impl NatsStorage {
-    /// Drops every one-time prekey of the account (its device is gone).
-    pub(super) async fn purge_one_time(&self, user_id: &str) -> Result<(), StorageError> {
-        self.inner
-            .prekeys
-            .purge()
-            .filter(prekeys_subject(user_id))
-            .await
-            .map_err(|e| backend("purging prekeys", e))?;
+    /// Drops every one-time prekey of the device (it is gone).
+    pub(super) async fn purge_one_time(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<(), StorageError> {
+        for subject in device_prekey_subjects(user_id, device_id) {
+            self.inner
+                .prekeys
+                .purge()
+                .filter(subject)
+                .await
+                .map_err(|e| backend("purging prekeys", e))?;
+        }
         Ok(())
+    }
+
+    /// How many one-time prekeys the device holds.
+    pub(super) async fn count_one_time(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<u32, StorageError> {
+        use futures::TryStreamExt;
+        let mut n = 0;
+        for subject in device_prekey_subjects(user_id, device_id) {
+            let mut subjects = self
+                .inner
+                .prekeys
+                .info_with_subjects(&subject)
+                .await
+                .map_err(|e| backend("counting prekeys", e))?;
+            while let Some((s, count)) =
+                subjects.try_next().await.map_err(|e| backend("counting prekeys", e))?
+            {
+                if s == subject {
+                    n += count;
+                }
+            }
+        }
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Takes the oldest one-time prekey of `device`: reads it, then deletes it by its
@@ -28,9 +60,22 @@ impl NatsStorage {
     pub(super) async fn claim_one_time(
         &self,
         user_id: &str,
+        device_id: u32,
         device: &str,
     ) -> Result<Option<PreKey>, StorageError> {
-        let subject = prekeys_subject(user_id);
+        for subject in device_prekey_subjects(user_id, device_id) {
+            if let Some(p) = self.claim_on(subject, device).await? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn claim_on(
+        &self,
+        subject: String,
+        device: &str,
+    ) -> Result<Option<PreKey>, StorageError> {
         let prekeys = &self.inner.prekeys;
         let mut next = 1u64;
         for _ in 0..CAS_ATTEMPTS {
@@ -69,41 +114,49 @@ impl NatsStorage {
         Err(StorageError::Backend("prekeys: too much contention".into()))
     }
 
-    /// Publishes `envelopes` (one recipient, already checked) in order and waits for
-    /// every acknowledgement; the first refusal or failure is the answer.
+    /// Publishes the copies of `envelopes` (one recipient, already checked and resolved
+    /// to its devices) in order and waits for every acknowledgement; the first refusal
+    /// or failure is the answer. An envelope is a duplicate when each of its copies is.
     pub(super) async fn publish_in_order(
         &self,
-        envelopes: Vec<Envelope>,
+        envelopes: Vec<(Envelope, Vec<(u32, Bytes)>)>,
         from_contact: bool,
     ) -> Result<Vec<Enqueued>, StorageError> {
         let mut acks = Vec::with_capacity(envelopes.len());
-        for e in &envelopes {
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(e.body.clone())
-                .message_id(dedupe_id(e))
-                .header(H_FROM, e.sender.as_str())
-                .header(H_MSG_ID, e.msg_id.as_str())
-                .header(H_TS, e.now.to_string().as_str());
-            let ack = self
-                .inner
-                .js
-                .send_publish(mailbox_subject(&e.recipient, &e.sender, from_contact), publish)
-                .await
-                .map_err(publish_error)?;
-            acks.push((ack, e.now));
+        for (e, copies) in &envelopes {
+            let mut mine = Vec::with_capacity(copies.len());
+            for (device, body) in copies {
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(body.clone())
+                    .message_id(dedupe_id(e, *device))
+                    .header(H_FROM, e.sender.as_str())
+                    .header(H_FROM_DEVICE, e.sender_device.to_string().as_str())
+                    .header(H_MSG_ID, e.msg_id.as_str())
+                    .header(H_TS, e.now.to_string().as_str());
+                let subject = mailbox_subject(&e.recipient, *device, &e.sender, from_contact);
+                let ack =
+                    self.inner.js.send_publish(subject, publish).await.map_err(publish_error)?;
+                mine.push(ack);
+            }
+            acks.push((mine, e.now));
         }
         let mut out = Vec::with_capacity(acks.len());
         let mut first_error = None;
         // Every acknowledgement is awaited, so none is left behind; the first error wins.
-        for (ack, now) in acks {
-            match ack.await {
-                Ok(a) => out.push(Enqueued { server_ts: now, duplicate: a.duplicate }),
-                Err(e) => {
-                    if first_error.is_none() {
-                        first_error = Some(publish_error(e));
+        for (mine, now) in acks {
+            let any = !mine.is_empty();
+            let mut duplicate = true;
+            for ack in mine {
+                match ack.await {
+                    Ok(a) => duplicate &= a.duplicate,
+                    Err(e) => {
+                        if first_error.is_none() {
+                            first_error = Some(publish_error(e));
+                        }
                     }
                 }
             }
+            out.push(Enqueued { server_ts: now, duplicate: any && duplicate });
         }
         match first_error {
             Some(e) => Err(e),
@@ -160,9 +213,12 @@ impl NatsStorage {
                 continue;
             };
             let server_ts = header(&m, H_TS).and_then(|t| t.parse().ok()).unwrap_or(0);
+            // A message stored before devices came from its sender's one device: 1.
+            let sender_device = header(&m, H_FROM_DEVICE).and_then(|t| t.parse().ok()).unwrap_or(1);
             out.push(Queued {
                 delivery_id: m.sequence,
                 sender: sender.to_owned(),
+                sender_device,
                 msg_id: msg_id.to_owned(),
                 server_ts,
                 body: m.payload.to_vec(),
@@ -171,25 +227,43 @@ impl NatsStorage {
         Ok(out)
     }
 
-    /// Checks that `recipient` exists and accepts `sender`, and that `adding` more
-    /// messages fit in the mailbox and in the strangers' share (the per-sender share is
-    /// the stream's per-subject cap); returns whether `sender` is a contact. The counts
-    /// are read before publishing, so racing senders may overshoot the total and the
-    /// strangers' share by the messages in flight; the per-sender cap is exact.
-    pub(super) async fn check_recipient(
+    /// Checks that `recipient` exists and accepts `sender` (its own account always
+    /// does); returns whether `sender` counts as a contact (its own other devices do)
+    /// and the recipient's target devices.
+    pub(super) async fn recipient_targets(
         &self,
-        recipient: &str,
         sender: &str,
-        adding: u64,
-        quota: Quota,
-    ) -> Result<bool, StorageError> {
+        sender_device: u32,
+        recipient: &str,
+    ) -> Result<(bool, Vec<u32>), StorageError> {
         let blocks: Option<(BlocksRec, u64)> =
             read(&self.inner.accounts, &blocks_key(recipient)).await?;
+        let own = sender == recipient;
         let from_contact = match blocks {
             None => return Err(StorageError::NotFound),
+            Some(_) if own => true,
             Some((b, _)) if b.refuses(sender) => return Err(StorageError::Blocked),
             Some((b, _)) => b.contacts.contains(sender),
         };
+        let account = self.account(recipient).await?.ok_or(StorageError::NotFound)?;
+        let devices = account.devices.keys().copied();
+        Ok((from_contact, target_devices(sender, sender_device, recipient, devices)))
+    }
+
+    /// Checks that `adding` more messages (per device) fit in each device's mailbox and
+    /// strangers' share (the per-sender share is the stream's per-subject cap). The
+    /// counts are read before publishing, so racing senders may overshoot the total and
+    /// the strangers' share by the messages in flight; the per-sender cap is exact.
+    pub(super) async fn check_quota(
+        &self,
+        recipient: &str,
+        adding: &BTreeMap<u32, u64>,
+        from_contact: bool,
+        quota: Quota,
+    ) -> Result<(), StorageError> {
+        if adding.is_empty() {
+            return Ok(());
+        }
         let mut subjects = self
             .inner
             .mailbox
@@ -197,21 +271,128 @@ impl NatsStorage {
             .info_with_subjects(mailbox_filter(recipient))
             .await
             .map_err(|e| backend("counting a mailbox", e))?;
-        let strangers_prefix = format!("{MAILBOX_PREFIX}.{}.s.", token(recipient));
-        let (mut total, mut strangers) = (0u64, 0u64);
+        let mut counts: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         while let Some(item) = futures::StreamExt::next(&mut subjects).await {
             let (subject, n) = item.map_err(|e| backend("counting a mailbox", e))?;
-            total += n as u64;
-            if subject.starts_with(&strangers_prefix) {
-                strangers += n as u64;
+            let Some((device, stranger)) = subject_device(&subject, recipient) else { continue };
+            let c = counts.entry(device).or_default();
+            c.0 += n as u64;
+            if stranger {
+                c.1 += n as u64;
             }
         }
-        if total + adding > quota.max_messages
-            || (!from_contact && strangers + adding > quota.stranger_share().0)
-        {
-            return Err(StorageError::QuotaExceeded);
+        for (device, add) in adding {
+            let (total, strangers) = counts.get(device).copied().unwrap_or_default();
+            if total + add > quota.max_messages
+                || (!from_contact && strangers + add > quota.stranger_share().0)
+            {
+                return Err(StorageError::QuotaExceeded);
+            }
         }
-        Ok(from_contact)
+        Ok(())
+    }
+
+    /// Checks and publishes `envelopes` for one recipient, in order.
+    pub(super) async fn enqueue_for_one(
+        &self,
+        envelopes: Vec<Envelope>,
+        quota: Quota,
+    ) -> Result<Vec<Enqueued>, StorageError> {
+        let Some(first) = envelopes.first() else { return Ok(Vec::new()) };
+        let (from_contact, targets) =
+            self.recipient_targets(&first.sender, first.sender_device, &first.recipient).await?;
+        let recipient = first.recipient.clone();
+        let mut adding = BTreeMap::new();
+        let mut resolved = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            let copies = e.copies.clone().resolve(&targets)?;
+            for (d, _) in &copies {
+                *adding.entry(*d).or_insert(0u64) += 1;
+            }
+            resolved.push((e, copies));
+        }
+        self.check_quota(&recipient, &adding, from_contact, quota).await?;
+        self.publish_in_order(resolved, from_contact).await
+    }
+
+    /// Opens a link rendezvous (see [`Storage::link_open`]).
+    pub(super) async fn open_link(&self, l: NewLinkSlot) -> Result<(), StorageError> {
+        let links = &self.inner.links;
+        let name = hex::encode(l.slot);
+        let held: Option<(LinkRec, u64)> = read(links, &name).await?;
+        if let Some((rec, _)) = held
+            && rec.user != l.user_id
+            && rec.expires_at > l.now
+        {
+            return Err(StorageError::Conflict);
+        }
+        // The account's older rendezvous goes, and whatever an expired (or this
+        // account's earlier) one of the same name left.
+        self.close_link(&l.user_id).await?;
+        erase(links, &format!("{name}.>")).await?;
+        let rec = LinkRec { user: l.user_id.clone(), expires_at: l.expires_at };
+        put(links, &name, &rec).await?;
+        links
+            .put(format!("{name}.hello"), Bytes::from(l.hello))
+            .await
+            .map_err(|e| backend("writing a link", e))?;
+        put(links, &link_owner_key(&l.user_id), &name).await
+    }
+
+    /// Erases the account's open rendezvous, if any.
+    pub(super) async fn close_link(&self, user_id: &str) -> Result<(), StorageError> {
+        let links = &self.inner.links;
+        let by = link_owner_key(user_id);
+        let open: Option<(String, u64)> = read(links, &by).await?;
+        if let Some((name, _)) = open {
+            erase(links, &name).await?;
+            erase(links, &format!("{name}.>")).await?;
+        }
+        erase(links, &by).await
+    }
+
+    /// Writes a rendezvous cell once (see [`Storage::link_put`]).
+    pub(super) async fn put_link(
+        &self,
+        slot: [u8; 16],
+        from: Option<String>,
+        data: Vec<u8>,
+        now: u64,
+    ) -> Result<(), StorageError> {
+        let links = &self.inner.links;
+        let name = hex::encode(slot);
+        let rec: Option<(LinkRec, u64)> = read(links, &name).await?;
+        let Some((rec, _)) = rec.filter(|(r, _)| r.expires_at > now) else {
+            return Err(StorageError::NotFound);
+        };
+        let cell = if from.as_deref() == Some(rec.user.as_str()) { "reply" } else { "joined" };
+        match links.create(format!("{name}.{cell}"), Bytes::from(data)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(StorageError::Conflict),
+            Err(e) => Err(backend("writing a link", e)),
+        }
+    }
+
+    /// A rendezvous as it stands (see [`Storage::link_get`]).
+    pub(super) async fn get_link(
+        &self,
+        slot: [u8; 16],
+        now: u64,
+    ) -> Result<Option<LinkSlot>, StorageError> {
+        let links = &self.inner.links;
+        let name = hex::encode(slot);
+        let rec: Option<(LinkRec, u64)> = read(links, &name).await?;
+        if rec.is_none_or(|(r, _)| r.expires_at <= now) {
+            return Ok(None);
+        }
+        let Some(hello) = read_raw(links, &format!("{name}.hello")).await? else {
+            return Ok(None);
+        };
+        Ok(Some(LinkSlot {
+            hello,
+            joined: read_raw(links, &format!("{name}.joined")).await?,
+            reply: read_raw(links, &format!("{name}.reply")).await?,
+        }))
     }
 }
 

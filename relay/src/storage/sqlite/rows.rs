@@ -1,12 +1,14 @@
 //! The row helpers the trait's methods share: conversions, reads inside a connection
-//! or transaction (a profile, blocks, contacts), and the enqueue of one message inside
-//! the caller's transaction (dedupe, blocks, the mailbox's fair shares).
+//! or transaction (a profile, blocks, contacts, devices), a device's removal, and the
+//! enqueue of one message inside the caller's transaction (dedupe, blocks, the target
+//! devices, each mailbox's fair shares).
 
 use letstalk_wire::{AvatarMeta, Profile};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::storage::{
     Blocks, Contacts, DEDUPE_WINDOW, Enqueued, Envelope, Quota, StorageError, dedupe_id,
+    target_devices,
 };
 
 pub(super) fn i(v: u64) -> i64 {
@@ -50,10 +52,16 @@ pub(super) fn exists(c: &Connection, user_id: &str) -> Result<bool, StorageError
     Ok(c.prepare_cached("SELECT 1 FROM accounts WHERE user_id = ?1")?.exists([user_id])?)
 }
 
-pub(super) fn count_one_time(c: &Connection, user_id: &str) -> Result<u32, StorageError> {
+pub(super) fn count_one_time(
+    c: &Connection,
+    user_id: &str,
+    device_id: u32,
+) -> Result<u32, StorageError> {
     let n: i64 = c
-        .prepare_cached("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))?;
+        .prepare_cached(
+            "SELECT COUNT(*) FROM device_prekeys WHERE user_id = ?1 AND device_id = ?2",
+        )?
+        .query_row(params![user_id, device_id], |r| r.get(0))?;
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
@@ -81,13 +89,45 @@ pub(super) fn read_blocks(c: &Connection, user_id: &str) -> Result<Blocks, Stora
     Ok(Blocks { all: all.unwrap_or(false), users })
 }
 
-/// One message into the mailbox, inside the caller's transaction. When it is stored
-/// (not a duplicate), `tx.last_insert_rowid()` is its delivery id.
+/// The ids of the account's devices, ascending.
+pub(super) fn device_ids(c: &Connection, user_id: &str) -> Result<Vec<u32>, StorageError> {
+    let ids = c
+        .prepare_cached("SELECT device_id FROM devices WHERE user_id = ?1 ORDER BY device_id")?
+        .query_map([user_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+/// Deletes one device's row (its prekeys cascade) and its mailbox; false if there was
+/// no such device.
+pub(super) fn delete_device(
+    c: &Connection,
+    user_id: &str,
+    device_id: u32,
+) -> Result<bool, StorageError> {
+    let n = c
+        .prepare_cached("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2")?
+        .execute(params![user_id, device_id])?;
+    c.prepare_cached("DELETE FROM mailbox WHERE recipient = ?1 AND device_id = ?2")?
+        .execute(params![user_id, device_id])?;
+    Ok(n > 0)
+}
+
+/// What one envelope did inside the caller's transaction.
+pub(super) struct Stored {
+    pub(super) enqueued: Enqueued,
+    /// The rows written: (device, delivery id), in device order.
+    pub(super) rows: Vec<(u32, u64)>,
+}
+
+/// One message into the mailboxes of its target devices, inside the caller's
+/// transaction: dedupe once per (sender, recipient, msg id), the recipient's blocks once
+/// (not for one's own account), then each copy within its device mailbox's quota.
 pub(super) fn enqueue_in(
     tx: &Connection,
     e: Envelope,
     quota: Quota,
-) -> Result<Enqueued, StorageError> {
+) -> Result<Stored, StorageError> {
     let id = dedupe_id(&e.sender, &e.recipient, &e.msg_id);
     let window = u64::try_from(DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
     let before: Option<i64> = tx
@@ -95,7 +135,10 @@ pub(super) fn enqueue_in(
         .query_row(params![id, i(e.now.saturating_sub(window))], |r| r.get(0))
         .optional()?;
     if let Some(ts) = before {
-        return Ok(Enqueued { server_ts: ts as u64, duplicate: true });
+        return Ok(Stored {
+            enqueued: Enqueued { server_ts: ts as u64, duplicate: true },
+            rows: Vec::new(),
+        });
     }
     let refuses: Option<(bool, bool)> = tx
         .prepare_cached(
@@ -106,34 +149,44 @@ pub(super) fn enqueue_in(
         )?
         .query_row(params![e.recipient, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
+    // One's own account never blocks itself, and its other devices are no strangers.
+    let own = e.sender == e.recipient;
     let from_contact = match refuses {
         None => return Err(StorageError::NotFound),
+        Some(_) if own => true,
         Some((true, _)) => return Err(StorageError::Blocked),
         Some((false, contact)) => contact,
     };
-    let len = e.body.len() as u64;
-    let over = |(count, bytes): (i64, i64), (max_messages, max_bytes): (u64, u64)| {
+    let targets =
+        target_devices(&e.sender, e.sender_device, &e.recipient, device_ids(tx, &e.recipient)?);
+    let copies = e.copies.resolve(&targets)?;
+    let over = |(count, bytes): (i64, i64), (max_messages, max_bytes): (u64, u64), len: u64| {
         count as u64 >= max_messages || bytes as u64 + len > max_bytes
     };
-    let sum = "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox WHERE recipient = ?1";
-    let total =
-        tx.prepare_cached(sum)?.query_row([&e.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if over(total, (quota.max_messages, quota.max_bytes)) {
-        return Err(StorageError::QuotaExceeded);
-    }
-    // Fair shares: one sender, and non-contacts together, fill only a part of the box.
-    let by_sender = tx
-        .prepare_cached(&format!("{sum} AND sender = ?2"))?
-        .query_row(params![e.recipient, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if over(by_sender, quota.sender_share()) {
-        return Err(StorageError::QuotaExceeded);
-    }
-    if !from_contact {
-        let strangers = tx
-            .prepare_cached(&format!("{sum} AND from_contact = 0"))?
-            .query_row([&e.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        if over(strangers, quota.stranger_share()) {
+    let sum = "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox
+               WHERE recipient = ?1 AND device_id = ?2";
+    for (device, body) in &copies {
+        let len = body.len() as u64;
+        let total = tx
+            .prepare_cached(sum)?
+            .query_row(params![e.recipient, device], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if over(total, (quota.max_messages, quota.max_bytes), len) {
             return Err(StorageError::QuotaExceeded);
+        }
+        // Fair shares: one sender, and non-contacts together, fill only a part of the box.
+        let by_sender = tx
+            .prepare_cached(&format!("{sum} AND sender = ?3"))?
+            .query_row(params![e.recipient, device, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if over(by_sender, quota.sender_share(), len) {
+            return Err(StorageError::QuotaExceeded);
+        }
+        if !from_contact {
+            let strangers = tx
+                .prepare_cached(&format!("{sum} AND from_contact = 0"))?
+                .query_row(params![e.recipient, device], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if over(strangers, quota.stranger_share(), len) {
+                return Err(StorageError::QuotaExceeded);
+            }
         }
     }
     tx.prepare_cached(
@@ -141,11 +194,24 @@ pub(super) fn enqueue_in(
          ON CONFLICT (id) DO UPDATE SET server_ts = excluded.server_ts",
     )?
     .execute(params![id, i(e.now)])?;
-    // The mailbox row last: its delivery id is then the connection's last insert rowid.
-    tx.prepare_cached(
-        "INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body, from_contact)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![e.recipient, e.sender, e.msg_id, i(e.now), &e.body[..], from_contact])?;
-    Ok(Enqueued { server_ts: e.now, duplicate: false })
+    let mut rows = Vec::with_capacity(copies.len());
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO mailbox (recipient, device_id, sender, sender_device, msg_id, server_ts,
+                              body, from_contact)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for (device, body) in copies {
+        let row = ins.insert(params![
+            e.recipient,
+            device,
+            e.sender,
+            e.sender_device,
+            e.msg_id,
+            i(e.now),
+            &body[..],
+            from_contact
+        ])?;
+        rows.push((device, u64::try_from(row).unwrap_or(0)));
+    }
+    Ok(Stored { enqueued: Enqueued { server_ts: e.now, duplicate: false }, rows })
 }

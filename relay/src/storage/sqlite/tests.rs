@@ -1,6 +1,7 @@
 //! The embedded back end on a temporary directory.
 
 use super::*;
+use crate::storage::Copies;
 
 fn account(user_id: &str) -> NewAccount {
     NewAccount {
@@ -17,9 +18,10 @@ fn account(user_id: &str) -> NewAccount {
 fn envelope(msg_id: &str, now: u64) -> Envelope {
     Envelope {
         sender: "alice".into(),
+        sender_device: 1,
         recipient: "bob".into(),
         msg_id: msg_id.into(),
-        body: vec![1, 2, 3].into(),
+        copies: Copies::Single(vec![1, 2, 3].into()),
         now,
     }
 }
@@ -48,7 +50,7 @@ async fn expiry_drops_old_messages_and_their_dedupe_records() {
     s.enqueue(envelope("old", 1_000), QUOTA).await.unwrap();
     s.enqueue(envelope("new", 5_000), QUOTA).await.unwrap();
     assert_eq!(s.expire(2_000).await.unwrap(), 1);
-    let left = s.pending("bob", 0, 10).await.unwrap();
+    let left = s.pending("bob", 1, 0, 10).await.unwrap();
     assert_eq!(left.iter().map(|m| m.msg_id.as_str()).collect::<Vec<_>>(), ["new"]);
     assert_eq!(s.mailbox_len().await.unwrap(), 1);
 }
@@ -65,25 +67,233 @@ async fn byte_quota_counts_queued_bytes() {
 }
 
 #[tokio::test]
-async fn binding_a_new_device_drops_the_old_devices_keys() {
+async fn a_login_keeps_its_own_device_and_removes_the_others_with_their_keys_and_mail() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStorage::open(dir.path()).unwrap();
     s.create_account(account("alice")).await.unwrap();
+    s.create_account(account("bob")).await.unwrap();
     let keys = KeyUpload {
         identity: Some(vec![9]),
         signed_prekey: Some(PreKey { id: 1, key: vec![1] }),
         one_time: vec![PreKey { id: 2, key: vec![2] }],
         last_resort: None,
     };
-    assert_eq!(s.upload_keys("alice", keys).await.unwrap(), 1);
-    s.bind_device("alice", Some([1; 32])).await.unwrap();
-    assert_eq!(s.one_time_count("alice").await.unwrap(), 1, "same device keeps its keys");
-    s.bind_device("alice", Some([2; 32])).await.unwrap();
-    assert_eq!(s.one_time_count("alice").await.unwrap(), 0);
-    let b = s.take_bundle("alice").await.unwrap().unwrap();
-    assert_eq!((b.identity.len(), b.signed_prekey, b.one_time_prekey), (0, None, None));
-    s.bind_device("alice", None).await.unwrap();
-    assert!(s.take_bundle("alice").await.unwrap().is_none());
+    assert_eq!(s.upload_keys("alice", 1, keys).await.unwrap(), 1);
+    let moved = s.login_device("alice", [1; 32], 5).await.unwrap();
+    assert_eq!(moved, LoggedIn { device_id: 1, removed: vec![] });
+    assert_eq!(s.one_time_count("alice", 1).await.unwrap(), 1, "same device keeps its keys");
+    let second = s.add_device("alice", [2; 32], b"sealed".to_vec(), 6).await.unwrap();
+    assert_eq!(second, 2);
+    let to_alice = Envelope { sender: "bob".into(), recipient: "alice".into(), ..envelope("m", 7) };
+    let both = Copies::Exact(vec![(1, vec![1].into()), (2, vec![2].into())]);
+    s.enqueue(Envelope { copies: both, ..to_alice }, QUOTA).await.unwrap();
+    // A third key logs in: both devices go, with their mail and keys; it gets id 3.
+    let moved = s.login_device("alice", [3; 32], 8).await.unwrap();
+    assert_eq!(moved, LoggedIn { device_id: 3, removed: vec![1, 2] });
+    assert_eq!(s.mailbox_len().await.unwrap(), 0);
+    assert_eq!(s.one_time_count("alice", 1).await.unwrap(), 0);
+    assert_eq!(s.device_by_key("alice", [1; 32]).await.unwrap(), None);
+    assert_eq!(s.device_by_key("alice", [3; 32]).await.unwrap(), Some(3));
+    let b = s.take_bundles("alice", BundlesOf::All).await.unwrap().unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!((b[0].device_id, b[0].identity.as_slice()), (3, &[9u8][..]), "identity stays");
+    assert_eq!((b[0].signed_prekey.as_ref(), b[0].one_time_prekey.as_ref()), (None, None));
+    // Logged out everywhere: no device, no bundle, ids still never reused.
+    assert!(s.remove_device("alice", 3).await.unwrap());
+    assert!(!s.remove_device("alice", 3).await.unwrap());
+    assert!(s.take_bundles("alice", BundlesOf::Lowest).await.unwrap().unwrap().is_empty());
+    // A legacy send to an account without a device is not swallowed: it is a mismatch.
+    let to_alice = Envelope { sender: "bob".into(), recipient: "alice".into(), ..envelope("z", 8) };
+    assert!(matches!(
+        s.enqueue(to_alice, QUOTA).await,
+        Err(StorageError::Mismatch { missing, extra }) if missing.is_empty() && extra.is_empty()
+    ));
+    assert_eq!(s.login_device("alice", [1; 32], 9).await.unwrap().device_id, 4);
+    assert!(s.take_bundles("nobody", BundlesOf::All).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn devices_are_capped_keys_are_unique_and_bundles_come_per_device() {
+    let (_dir, s) = alice_and_bob().await;
+    // Registered with key [1; 32] too: bob's device has it.
+    assert!(matches!(s.add_device("alice", [1; 32], vec![], 2).await, Err(StorageError::Conflict)));
+    for n in 2..=5u8 {
+        assert_eq!(s.add_device("alice", [n + 10; 32], vec![n], 2).await.unwrap(), u32::from(n));
+    }
+    assert!(matches!(
+        s.add_device("alice", [99; 32], vec![], 2).await,
+        Err(StorageError::QuotaExceeded)
+    ));
+    for d in [2, 4] {
+        let keys = KeyUpload {
+            one_time: vec![PreKey { id: 7, key: vec![d as u8] }],
+            last_resort: Some(PreKey { id: 8, key: vec![0] }),
+            ..KeyUpload::default()
+        };
+        assert_eq!(s.upload_keys("alice", d, keys).await.unwrap(), 1);
+    }
+    assert!(matches!(
+        s.upload_keys("alice", 9, KeyUpload::default()).await,
+        Err(StorageError::NotFound)
+    ));
+    let b = s.take_bundles("alice", BundlesOf::Devices(vec![4, 2, 9])).await.unwrap().unwrap();
+    let got: Vec<_> =
+        b.iter().map(|b| (b.device_id, b.one_time_prekey.clone(), b.last_resort)).collect();
+    assert_eq!(
+        got,
+        [
+            (2, Some(PreKey { id: 7, key: vec![2] }), false),
+            (4, Some(PreKey { id: 7, key: vec![4] }), false)
+        ]
+    );
+    let again = s.take_bundles("alice", BundlesOf::Devices(vec![2])).await.unwrap().unwrap();
+    assert_eq!(
+        (again[0].one_time_prekey.as_ref().map(|p| p.id), again[0].last_resort),
+        (Some(8), true)
+    );
+    let list = s.devices("alice").await.unwrap().unwrap();
+    assert_eq!(list.iter().map(|d| d.device_id).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(list[2].name, vec![3]);
+    assert!(s.devices("nobody").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn copies_must_name_exactly_the_target_devices_and_are_stored_all_or_none() {
+    let (_dir, s) = alice_and_bob().await;
+    s.add_device("bob", [2; 32], vec![], 1).await.unwrap();
+    s.add_device("alice", [3; 32], vec![], 1).await.unwrap();
+    let copies =
+        |ids: &[u32]| Copies::Exact(ids.iter().map(|&d| (d, vec![d as u8].into())).collect());
+    let send = |ids: &[u32]| Envelope { copies: copies(ids), ..envelope("c1", 5) };
+    for (ids, missing, extra) in [
+        (&[1][..], vec![2], vec![]),
+        (&[1, 2, 3][..], vec![], vec![3]),
+        (&[1, 1, 2][..], vec![], vec![1]),
+        (&[][..], vec![1, 2], vec![]),
+    ] {
+        match s.enqueue(send(ids), QUOTA).await {
+            Err(StorageError::Mismatch { missing: m, extra: e }) => {
+                assert_eq!((m, e), (missing, extra), "{ids:?}");
+            }
+            other => panic!("{ids:?}: {other:?}"),
+        }
+    }
+    // A single-copy send to an account of two devices is a mismatch naming both.
+    assert!(matches!(
+        s.enqueue(envelope("s1", 5), QUOTA).await,
+        Err(StorageError::Mismatch { missing, .. }) if missing == [1, 2]
+    ));
+    assert_eq!(s.mailbox_len().await.unwrap(), 0);
+    assert!(!s.enqueue(send(&[2, 1]), QUOTA).await.unwrap().duplicate);
+    assert!(s.enqueue(send(&[2, 1]), QUOTA).await.unwrap().duplicate);
+    let one = s.pending("bob", 1, 0, 10).await.unwrap();
+    let two = s.pending("bob", 2, 0, 10).await.unwrap();
+    assert_eq!((one.len(), two.len()), (1, 1));
+    assert_eq!((one[0].body.as_slice(), two[0].body.as_slice()), (&[1u8][..], &[2u8][..]));
+    // A device acknowledges only its own copy.
+    assert_eq!(s.ack("bob", 2, vec![one[0].delivery_id]).await.unwrap(), 0);
+    assert_eq!(s.ack("bob", 1, vec![one[0].delivery_id]).await.unwrap(), 1);
+    // To one's own account: every device but the sending one, blocks or not.
+    s.set_blocks("alice", Blocks { all: true, users: Default::default() }).await.unwrap();
+    let own = Envelope { recipient: "alice".into(), copies: copies(&[2]), ..envelope("o1", 6) };
+    s.enqueue(own, QUOTA).await.unwrap();
+    let own = Envelope { recipient: "alice".into(), msg_id: "o2".into(), ..envelope("o2", 6) };
+    assert!(!s.enqueue(own, QUOTA).await.unwrap().duplicate, "one other device: a plain send");
+    assert_eq!(s.pending("alice", 2, 0, 10).await.unwrap().len(), 2);
+    assert!(s.pending("alice", 1, 0, 10).await.unwrap().is_empty());
+    // A removed device's mailbox goes with it.
+    assert!(s.remove_device("bob", 2).await.unwrap());
+    assert!(s.pending("bob", 2, 0, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn link_slots_are_per_account_write_once_and_expire() {
+    let (_dir, s) = alice_and_bob().await;
+    let open = |user: &str, slot: u8, now: u64| NewLinkSlot {
+        slot: [slot; 16],
+        user_id: user.into(),
+        hello: vec![slot],
+        now,
+        expires_at: now + 100,
+    };
+    s.link_open(open("alice", 1, 0)).await.unwrap();
+    assert!(matches!(s.link_open(open("bob", 1, 10)).await, Err(StorageError::Conflict)));
+    s.link_put([1; 16], None, b"join".to_vec(), 10).await.unwrap();
+    assert!(matches!(
+        s.link_put([1; 16], Some("bob".into()), b"x".to_vec(), 10).await,
+        Err(StorageError::Conflict)
+    ));
+    s.link_put([1; 16], Some("alice".into()), b"reply".to_vec(), 10).await.unwrap();
+    assert!(matches!(
+        s.link_put([1; 16], Some("alice".into()), b"x".to_vec(), 10).await,
+        Err(StorageError::Conflict)
+    ));
+    let got = s.link_get([1; 16], 10).await.unwrap().unwrap();
+    assert_eq!(
+        (got.hello, got.joined, got.reply),
+        (vec![1], Some(b"join".to_vec()), Some(b"reply".to_vec()))
+    );
+    assert!(s.link_get([1; 16], 100).await.unwrap().is_none(), "expired");
+    assert!(matches!(s.link_put([1; 16], None, vec![], 100).await, Err(StorageError::NotFound)));
+    // Expired, the name is free for another account; a new slot replaces the account's old.
+    s.link_open(open("bob", 1, 100)).await.unwrap();
+    s.link_open(open("bob", 2, 101)).await.unwrap();
+    assert!(s.link_get([1; 16], 101).await.unwrap().is_none());
+    assert!(s.link_get([2; 16], 101).await.unwrap().is_some());
+}
+
+/// An old relay's database (version 4) is migrated: its device becomes device 1 with
+/// its keys and its mail, and what it had becomes per device.
+#[tokio::test]
+async fn the_migration_from_version_4_keeps_the_device_as_device_1_with_its_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = SqliteStorage::open_at_version(dir.path(), 4).unwrap();
+        c.execute_batch(
+            "INSERT INTO accounts (user_id, password_hash, email, nickname, device_key, identity,
+                signed_prekey_id, signed_prekey, last_resort_id, last_resort, created_at, updated_at, last_seen_at)
+             VALUES ('alice', 'h', 'a@b.c', 'A', x'0101010101010101010101010101010101010101010101010101010101010101',
+                x'09', 5, x'05', 6, x'06', 1, 1, 42),
+                    ('carol', 'h', 'c@b.c', 'C', NULL, x'', NULL, NULL, NULL, NULL, 1, 1, 0),
+                    ('bob', 'h', 'b@b.c', 'B', x'0202020202020202020202020202020202020202020202020202020202020202',
+                x'', NULL, NULL, NULL, NULL, 1, 1, 0);
+             INSERT INTO one_time_prekeys (user_id, key_id, key) VALUES ('alice', 7, x'07'), ('carol', 8, x'08');
+             INSERT INTO mailbox (recipient, sender, msg_id, server_ts, body, from_contact)
+             VALUES ('alice', 'bob', 'm1', 3, x'aa', 1), ('alice', 'bob', 'm2', 4, x'bb', 0),
+                    ('carol', 'bob', 'lost', 4, x'cc', 1);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    assert_eq!(s.device_by_key("alice", [1; 32]).await.unwrap(), Some(1));
+    let mail = s.pending("alice", 1, 0, 10).await.unwrap();
+    assert_eq!(mail.iter().map(|m| m.msg_id.as_str()).collect::<Vec<_>>(), ["m1", "m2"]);
+    assert_eq!(
+        (mail[0].sender.as_str(), mail[0].sender_device, mail[0].body.as_slice()),
+        ("bob", 1, &[0xaa][..])
+    );
+    assert_eq!(s.one_time_count("alice", 1).await.unwrap(), 1);
+    let b = s.take_bundles("alice", BundlesOf::Lowest).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            b[0].device_id,
+            b[0].identity.clone(),
+            b[0].signed_prekey.clone(),
+            b[0].one_time_prekey.clone()
+        ),
+        (1, vec![9], Some(PreKey { id: 5, key: vec![5] }), Some(PreKey { id: 7, key: vec![7] }))
+    );
+    let list = s.devices("alice").await.unwrap().unwrap();
+    assert_eq!((list.len(), list[0].linked_at, list[0].last_seen_at), (1, 1, 42));
+    // A logged-out account has no device, and its mail had nobody left to read it.
+    assert!(s.devices("carol").await.unwrap().unwrap().is_empty());
+    assert_eq!(s.mailbox_len().await.unwrap(), 2);
+    // The next device of a migrated account is 2, never 1 again.
+    assert_eq!(s.add_device("alice", [3; 32], vec![], 5).await.unwrap(), 2);
+    assert_eq!(s.login_device("carol", [4; 32], 5).await.unwrap().device_id, 2);
+    // Its acknowledgement deletes what was queued before the migration.
+    let ids = mail.iter().map(|m| m.delivery_id).collect();
+    assert_eq!(s.ack("alice", 1, ids).await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -155,7 +365,7 @@ async fn strangers_fill_only_their_share_and_contacts_still_get_through() {
         Err(StorageError::QuotaExceeded)
     ));
     let ids: Vec<String> =
-        s.pending("victim", 0, 10).await.unwrap().into_iter().map(|m| m.msg_id).collect();
+        s.pending("victim", 1, 0, 10).await.unwrap().into_iter().map(|m| m.msg_id).collect();
     assert_eq!(ids, ["a", "b", "e", "f"]);
 }
 
@@ -266,9 +476,9 @@ async fn a_refused_send_in_a_batch_fails_alone() {
     assert!(matches!(outs[4], Ok(Enqueued { duplicate: true, .. })));
     assert!(matches!(many.await.unwrap(), Err(StorageError::NotFound)));
     assert!(s.write_transactions() - before <= 2);
-    let left = s.pending("bob", 0, 10).await.unwrap();
+    let left = s.pending("bob", 1, 0, 10).await.unwrap();
     assert_eq!(left.iter().map(|m| m.msg_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-    assert!(s.pending("alice", 0, 10).await.unwrap().is_empty());
+    assert!(s.pending("alice", 1, 0, 10).await.unwrap().is_empty());
 }
 
 /// Acknowledgements go through the same writer: queued together, deleted in one commit.
@@ -279,14 +489,14 @@ async fn concurrent_acks_share_one_commit() {
         s.enqueue(envelope(&format!("m{n}"), 10), QUOTA).await.unwrap();
     }
     let ids: Vec<u64> =
-        s.pending("bob", 0, 10).await.unwrap().iter().map(|m| m.delivery_id).collect();
+        s.pending("bob", 1, 0, 10).await.unwrap().iter().map(|m| m.delivery_id).collect();
     let before = s.write_transactions();
     let guard = stall(&s);
     let tasks: Vec<_> = ids
         .iter()
         .map(|&id| {
             let s = s.clone();
-            tokio::spawn(async move { s.ack("bob", vec![id]).await })
+            tokio::spawn(async move { s.ack("bob", 1, vec![id]).await })
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

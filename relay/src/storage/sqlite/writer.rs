@@ -27,7 +27,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Savepoint, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{enqueue_in, i};
+use super::rows::{Stored, enqueue_in, i};
 use crate::storage::{Enqueued, Envelope, Quota, StorageError};
 
 /// Most jobs in one transaction.
@@ -41,18 +41,20 @@ const ID_GAP: i64 = 16 * MAX_BATCH as i64;
 const QUEUE: usize = 4096;
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+/// Who waits for a message's device and delivery id before its commit.
+type Staged = oneshot::Sender<(u32, u64)>;
 
 /// One write, with the waiter to answer after the commit.
 pub(super) enum Job {
     /// Several messages for one recipient, all or none ([`Storage::enqueue_many`]).
     ///
     /// [`Storage::enqueue_many`]: crate::storage::Storage::enqueue_many
-    /// With `staged`, the delivery id of a stored (not duplicate) single message is sent
-    /// there before the commit.
+    /// With `staged`, the device and delivery id of a stored (not duplicate) single
+    /// message of one copy is sent there before the commit.
     Many {
         envelopes: Vec<Envelope>,
         quota: Quota,
-        staged: Option<oneshot::Sender<u64>>,
+        staged: Option<Staged>,
         reply: Reply<Vec<Enqueued>>,
     },
     /// One message for several recipients, each on its own.
@@ -61,15 +63,15 @@ pub(super) enum Job {
         quota: Quota,
         reply: Reply<Vec<Result<Enqueued, StorageError>>>,
     },
-    /// Acknowledged deliveries of one recipient, deleted.
-    Ack { recipient: String, ids: Vec<u64>, reply: Reply<u64> },
+    /// Acknowledged deliveries of one recipient device, deleted.
+    Ack { recipient: String, device: u32, ids: Vec<u64>, reply: Reply<u64> },
 }
 
 impl Job {
     fn bytes(&self) -> usize {
         match self {
             Self::Many { envelopes, .. } | Self::Fanout { envelopes, .. } => {
-                envelopes.iter().map(|e| e.body.len()).sum()
+                envelopes.iter().map(|e| e.copies.body_len()).sum()
             }
             Self::Ack { ids, .. } => ids.len() * 8,
         }
@@ -237,9 +239,9 @@ fn write_batch(
     }
     // Written, not yet durable: whoever waits for the id may push the message now. One
     // past the gap is not told (its sender is dropped): it is pushed after the commit.
-    for (to, id) in staged {
+    for (to, (device, id)) in staged {
         if i(id) <= first_free.saturating_add(ID_GAP) {
-            let _ = to.send(id);
+            let _ = to.send((device, id));
         }
     }
     if !delay.is_zero() {
@@ -250,11 +252,7 @@ fn write_batch(
 }
 
 /// Applies one job inside its savepoint: kept on success, rolled back on any error.
-fn apply(
-    mut sp: Savepoint<'_>,
-    job: Job,
-    staged: &mut Vec<(oneshot::Sender<u64>, u64)>,
-) -> Applied {
+fn apply(mut sp: Savepoint<'_>, job: Job, staged: &mut Vec<(Staged, (u32, u64))>) -> Applied {
     fn keep<T>(sp: Savepoint<'_>, out: Result<T, StorageError>) -> Result<T, StorageError> {
         // Dropping a savepoint rolls it back: only a success is released into the batch.
         let out = out?;
@@ -263,21 +261,23 @@ fn apply(
     }
     match job {
         Job::Many { envelopes, quota, staged: to, reply } => {
-            let out: Result<Vec<_>, _> =
+            let out: Result<Vec<Stored>, _> =
                 envelopes.into_iter().map(|e| enqueue_in(&sp, e, quota)).collect();
-            let id = u64::try_from(sp.last_insert_rowid()).unwrap_or(0);
             let out = keep(sp, out);
-            if let (Some(to), Ok([Enqueued { duplicate: false, .. }])) = (to, out.as_deref()) {
-                staged.push((to, id));
+            // Only a lone message of one copy is pushed ahead of its commit.
+            if let (Some(to), Ok([one])) = (to, out.as_deref())
+                && let [row] = one.rows[..]
+            {
+                staged.push((to, row));
             }
-            Applied::Many(reply, out)
+            Applied::Many(reply, out.map(|v| v.into_iter().map(|s| s.enqueued).collect()))
         }
         Job::Fanout { envelopes, quota, reply } => {
             let out = fanout(&mut sp, envelopes, quota);
             Applied::Fanout(reply, keep(sp, out))
         }
-        Job::Ack { recipient, ids, reply } => {
-            let out = delete(&sp, &recipient, ids);
+        Job::Ack { recipient, device, ids, reply } => {
+            let out = delete(&sp, &recipient, device, ids);
             Applied::Ack(reply, keep(sp, out))
         }
     }
@@ -296,7 +296,7 @@ fn fanout(
         match enqueue_in(&one, e, quota) {
             Ok(done) => {
                 one.commit()?;
-                out.push(Ok(done));
+                out.push(Ok(done.enqueued));
             }
             Err(StorageError::Backend(e)) => return Err(StorageError::Backend(e)),
             Err(refused) => out.push(Err(refused)),
@@ -325,13 +325,19 @@ fn skip_ids(c: &Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
-fn delete(c: &Connection, recipient: &str, ids: Vec<u64>) -> Result<u64, StorageError> {
-    // The recipient in the WHERE clause: a device can only delete its own mail.
-    let mut del =
-        c.prepare_cached("DELETE FROM mailbox WHERE delivery_id = ?1 AND recipient = ?2")?;
+fn delete(
+    c: &Connection,
+    recipient: &str,
+    device: u32,
+    ids: Vec<u64>,
+) -> Result<u64, StorageError> {
+    // The recipient device in the WHERE clause: a device can only delete its own mail.
+    let mut del = c.prepare_cached(
+        "DELETE FROM mailbox WHERE delivery_id = ?1 AND recipient = ?2 AND device_id = ?3",
+    )?;
     let mut n = 0;
     for id in ids {
-        n += del.execute(params![i(id), recipient])? as u64;
+        n += del.execute(params![i(id), recipient, device])? as u64;
     }
     Ok(n)
 }
