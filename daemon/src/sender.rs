@@ -917,3 +917,6 @@ impl Transport for RelayTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

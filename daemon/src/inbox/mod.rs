@@ -196,9 +196,17 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
                 tracing::warn!(error = %e.message, "recording the logout");
             }
         }
-        // The relay is the list's home; `devices.list` asks it each time, so there is
-        // nothing to refresh here yet.
-        Pushed::DevicesChanged => {}
+        // What we knew of our own devices is stale: the next message this device sends
+        // gets a "sent" copy again, and the relay's answer tells the new list.
+        Pushed::DevicesChanged => {
+            if let Some(me) = daemon.user() {
+                let forgotten =
+                    daemon.store.call(move |c| crate::outbox::forget_known_devices(c, &me)).await;
+                if let Err(e) = forgotten {
+                    tracing::warn!(error = %e, "forgetting our devices");
+                }
+            }
+        }
         Pushed::State(state) => {
             let address = Some(relay.address());
             let seq = daemon

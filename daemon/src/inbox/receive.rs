@@ -151,6 +151,9 @@ fn apply_plaintext(
     now: i64,
 ) -> Result<Received, StoreError> {
     let plaintext = zeroize::Zeroizing::new(plaintext);
+    if sender == me.user_id {
+        return from_own_device(tx, me, device, record, &plaintext, now);
+    }
     e2e::save_record(tx, sender, device, &record, now)?;
     let conversation = format!("user:{sender}");
     let queued = false;
@@ -204,6 +207,10 @@ fn apply_plaintext(
             groups::on_sender_key(tx, me_id, sender, &gid, &key, now)?
         }
         Some(Content::Retry { ids }) => Ok(e2e::resend(tx, sender, device, &ids, now)?),
+        // Only our own devices tell us what we sent or read.
+        Some(Content::Sent { .. } | Content::ReadSync { .. }) => {
+            Err("another account's sent copy or read sync".to_owned())
+        }
         None => Err("unknown content".to_owned()),
     };
     match outcome {
@@ -213,6 +220,36 @@ fn apply_plaintext(
         }
         Err(why) => Ok(Received::Dropped(why)),
     }
+}
+
+/// A message from another device of our own account. It must hold the account's
+/// identity key (a device the relay made up holds none), and it only tells what that
+/// device sent or read (or asks for a retry): anything else is dropped.
+fn from_own_device(
+    tx: &Connection,
+    me: &Account,
+    device: u32,
+    record: SessionRecord,
+    plaintext: &[u8],
+    now: i64,
+) -> Result<Received, StoreError> {
+    if record.remote_identity() != Some(&me.identity.public()) {
+        return Ok(Received::Dropped("our own account under another identity key".into()));
+    }
+    e2e::save_record(tx, &me.user_id, device, &record, now)?;
+    let outcome = match Content::decode(plaintext) {
+        Some(sent @ Content::Sent { .. }) => texts::apply_sent(tx, &me.user_id, sent, now)?,
+        Some(Content::ReadSync { conversation, ids }) => {
+            Ok(texts::apply_read_sync(tx, &conversation, &ids, now)?)
+        }
+        Some(Content::Retry { ids }) => Ok(e2e::resend(tx, &me.user_id, device, &ids, now)?),
+        Some(_) => Err("not something our own devices tell each other".to_owned()),
+        None => Err("unknown content".to_owned()),
+    };
+    Ok(match outcome {
+        Ok(e) => Received::Applied { last_event: e.last_event, queued: e.queued },
+        Err(why) => Received::Dropped(why),
+    })
 }
 
 #[cfg(test)]
