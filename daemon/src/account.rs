@@ -42,6 +42,7 @@ pub const ACCOUNT_TABLES: &[&str] = &[
     "held",
     "blob_releases",
     "muted",
+    "device_lists",
 ];
 
 /// The tables that describe the device, not the account: kept across accounts. The

@@ -1,6 +1,6 @@
 //! What travels inside an end-to-end envelope between two devices: a message, a
 //! receipt, a group update or a sender key (and, encrypted with a sender key, a group
-//! message's text). This is a boundary format (the peer may run another
+//! message's text); between the devices of one account, what one of them sent or read. This is a boundary format (the peer may run another
 //! version), so it is versioned JSON with explicit, optional-friendly fields; only the
 //! two devices ever see it, encrypted everywhere else.
 
@@ -86,6 +86,21 @@ pub enum Content {
     /// ids; we encrypt their kept plaintext afresh under a new session and send it again.
     #[serde(rename = "retry")]
     Retry { ids: Vec<String> },
+    /// What another device of our own account sent to a user: shown here as an outgoing
+    /// message of conversation `to` (`user:<id>`), `id` the same message id.
+    #[serde(rename = "sent")]
+    Sent {
+        to: String,
+        id: String,
+        at: i64,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    /// Another device of our own account read these messages of `conversation`: they
+    /// are read here too (and no second read receipt goes to their sender).
+    #[serde(rename = "read_sync")]
+    ReadSync { conversation: String, ids: Vec<String> },
     /// The sender is typing: in the one-to-one conversation, or in group `gid` (sent
     /// pairwise to each member). `at` lets the receiver drop one that arrives stale.
     #[serde(rename = "typing")]
@@ -226,6 +241,14 @@ mod tests {
             },
             Content::CallAnswer { call_id: "c".into() },
             Content::CallEnd { call_id: "c".into(), reason: "hangup".into() },
+            Content::Sent {
+                to: "user:bob".into(),
+                id: "m".into(),
+                at: 3,
+                text: "hi".into(),
+                reply_to: Some("r".into()),
+            },
+            Content::ReadSync { conversation: "user:bob".into(), ids: vec!["m".into()] },
         ] {
             assert_eq!(Content::decode(&c.encode()), Some(c));
         }

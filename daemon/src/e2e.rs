@@ -1,11 +1,13 @@
-//! The only code that reads or writes the pairwise sessions: load, save, archive, and
-//! open a received envelope (the current session, the archived ones in turn, or a new one
-//! from a prekey message).
+//! The only code that reads or writes the pairwise sessions, one record per (peer
+//! account, device of it): load, save, archive, start from a bundle, seal queued rows
+//! for every device, and open a received envelope (the current session, the archived
+//! ones in turn, or a new one from a prekey message).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use letstalk_crypto::{Envelope, Session, SessionRecord};
 use letstalk_ipc::types::{EventBody, MessageState};
+use letstalk_wire::Copy;
 
 use crate::account::{self, Account};
 use crate::events::{self, Effects};
@@ -16,47 +18,118 @@ pub(crate) fn crypto_err(context: &str, e: letstalk_crypto::Error) -> StoreError
     StoreError::Io { context: context.to_owned(), source: std::io::Error::other(e.to_string()) }
 }
 
-/// The peer's sessions (current and previous ones), if any.
-pub fn load_record(conn: &Connection, peer: &str) -> Result<Option<SessionRecord>, StoreError> {
+/// The sessions (current and previous ones) with `peer`'s device `device`, if any.
+pub fn load_record(
+    conn: &Connection,
+    peer: &str,
+    device: u32,
+) -> Result<Option<SessionRecord>, StoreError> {
     let bytes: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT state FROM sessions WHERE peer = ?1")?
-        .query_row(params![peer], |r| r.get(0))
+        .prepare_cached("SELECT state FROM sessions WHERE peer = ?1 AND device = ?2")?
+        .query_row(params![peer, device], |r| r.get(0))
         .optional()?;
     let Some(bytes) = bytes.map(zeroize::Zeroizing::new) else { return Ok(None) };
     SessionRecord::from_bytes(&bytes).map(Some).map_err(|e| crypto_err("session state", e))
 }
 
-/// The current session with `peer`, if any.
+/// A current session with one of `peer`'s devices (the lowest numbered), if any: every
+/// device of an account holds its identity key, so any of them tells it.
 pub fn load_session(conn: &Connection, peer: &str) -> Result<Option<Session>, StoreError> {
-    Ok(load_record(conn, peer)?.and_then(|r| r.current().cloned()))
+    for device in session_devices(conn, peer)? {
+        if let Some(s) = load_record(conn, peer, device)?.and_then(|r| r.current().cloned()) {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+/// `peer`'s devices we hold a record with, in device order (a record may hold only
+/// archived sessions; [`current_devices`] is those with a current one).
+pub fn session_devices(conn: &Connection, peer: &str) -> Result<Vec<u32>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT device FROM sessions WHERE peer = ?1 ORDER BY device")?
+        .query_map(params![peer], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// `peer`'s devices with a current session: the ones a message to `peer` is sealed for.
+pub fn current_devices(conn: &Connection, peer: &str) -> Result<Vec<u32>, StoreError> {
+    let mut out = Vec::new();
+    for device in session_devices(conn, peer)? {
+        if load_record(conn, peer, device)?.is_some_and(|r| r.current().is_some()) {
+            out.push(device);
+        }
+    }
+    Ok(out)
 }
 
 pub fn save_record(
     conn: &Connection,
     peer: &str,
+    device: u32,
     record: &SessionRecord,
     now: i64,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO sessions (peer, state, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (peer) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        "INSERT INTO sessions (peer, device, state, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (peer, device) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
     )?
-    .execute(params![peer, record.to_bytes().as_slice(), now])?;
+    .execute(params![peer, device, record.to_bytes().as_slice(), now])?;
     Ok(())
+}
+
+/// Forgets the sessions with `peer`'s `devices` (devices the account no longer has), and
+/// drops the copies queued for them.
+pub fn forget_devices(conn: &Connection, peer: &str, devices: &[u32]) -> Result<(), StoreError> {
+    for device in devices {
+        conn.prepare_cached("DELETE FROM sessions WHERE peer = ?1 AND device = ?2")?
+            .execute(params![peer, device])?;
+    }
+    outbox::drop_copies(conn, peer, devices)
+}
+
+/// A prekey bundle of one device of an account, as the relay gave it.
+#[derive(Debug, Clone)]
+pub struct DeviceBundle {
+    pub device: u32,
+    /// The device's Ed25519 key on the relay (how our own device is recognised among
+    /// our account's bundles).
+    pub device_key: [u8; 32],
+    pub bundle: letstalk_crypto::PreKeyBundle,
+}
+
+/// Starts a new session with `peer`'s device from its bundle (X3DH), replacing the
+/// current one (kept as a previous one for late messages). The caller has checked the
+/// bundle's identity key (`trust::observe`).
+pub fn start_session(
+    tx: &Connection,
+    me: &Account,
+    peer: &str,
+    b: &DeviceBundle,
+    rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut record = load_record(tx, peer, b.device)?.unwrap_or_default();
+    record.promote_new(
+        Session::initiate(&me.identity, &b.bundle, rng)
+            .map_err(|e| crypto_err("starting a session", e))?,
+    );
+    save_record(tx, peer, b.device, &record, now)
 }
 
 /// Queued rows to one recipient that one transaction seals at most (the sender seals
 /// the rest).
 pub const SEAL_MAX: usize = 64;
 
-/// Encrypts `recipient`'s queued plaintext rows (at most `max`, oldest first) under the
-/// current session, inside the caller's transaction, and saves the advanced session
-/// there. The transaction that queues a message can seal it too: its commit makes the
-/// ciphertext and the ratchet durable together, and the sender finds it ready to go, with
-/// no second transaction between the queue and the relay.
+/// Encrypts `recipient`'s queued plaintext rows (at most `max`, oldest first) for every
+/// device of it we hold a current session with, inside the caller's transaction, and
+/// saves the advanced sessions there: one copy per device. The transaction that queues a
+/// message can seal it too: its commit makes the ciphertexts and the ratchets durable
+/// together, and the sender finds it ready to go, with no second transaction between the
+/// queue and the relay.
 ///
-/// Nothing is sealed without a current session (the sender starts one from a prekey
-/// bundle) or when encryption fails (the sender tries again and reports it); the caller
+/// Nothing is sealed without a current session (the sender starts them from prekey
+/// bundles) or when encryption fails (the sender tries again and reports it); the caller
 /// checks that the recipient's identity is trusted. Returns how many rows it sealed.
 pub fn seal_queued(
     tx: &Connection,
@@ -69,35 +142,85 @@ pub fn seal_queued(
     if rows.is_empty() {
         return Ok(0);
     }
-    let Some(mut record) = load_record(tx, recipient)? else { return Ok(0) };
-    let Some(session) = record.current_mut() else { return Ok(0) };
-    // Every ciphertext first, in memory: a failure leaves the rows and the stored session
+    let mut records = Vec::new();
+    for device in session_devices(tx, recipient)? {
+        if let Some(r) = load_record(tx, recipient, device)?.filter(|r| r.current().is_some()) {
+            records.push((device, r));
+        }
+    }
+    if records.is_empty() {
+        return Ok(0);
+    }
+    // Every ciphertext first, in memory: a failure leaves the rows and the stored sessions
     // as they were.
-    let mut envelopes = Vec::with_capacity(rows.len());
-    for row in &rows {
-        match session.encrypt(&row.plaintext, rng) {
-            Ok(e) => envelopes.push(e),
-            Err(e) => {
-                tracing::debug!(error = %e, "sealing queued rows deferred to the sender");
-                return Ok(0);
+    let mut copies: Vec<Vec<Copy>> = vec![Vec::with_capacity(records.len()); rows.len()];
+    for (device, record) in &mut records {
+        let Some(session) = record.current_mut() else { return Ok(0) };
+        for (row, out) in rows.iter().zip(&mut copies) {
+            match session.encrypt(&row.plaintext, rng) {
+                Ok(body) => out.push(Copy { device_id: *device, body }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "sealing queued rows deferred to the sender");
+                    return Ok(0);
+                }
             }
         }
     }
-    for (row, envelope) in rows.iter().zip(&envelopes) {
-        outbox::sealed(tx, recipient, row, envelope, now)?;
+    for (row, copies) in rows.iter().zip(&copies) {
+        outbox::sealed(tx, recipient, row, copies, now)?;
     }
-    save_record(tx, recipient, &record, now)?;
+    for (device, record) in &records {
+        save_record(tx, recipient, *device, record, now)?;
+    }
     Ok(rows.len())
 }
 
-/// Archives the current session with `peer`: the next message to it starts a fresh
-/// session from a new bundle, and late messages under the old one still open.
-pub fn archive_session(conn: &Connection, peer: &str, now: i64) -> Result<(), StoreError> {
-    if let Some(mut record) = load_record(conn, peer)?
+/// Seals `recipient`'s already sealed rows for `devices` that have no copy for them yet
+/// (devices the relay said are missing), oldest first, each a new encryption of the kept
+/// plaintext under that device's current session; the copies made before are left as
+/// they are (never encrypted again). Returns the devices it had no session for.
+pub fn seal_for_devices(
+    tx: &Connection,
+    recipient: &str,
+    devices: &[u32],
+    rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+    now: i64,
+) -> Result<Vec<u32>, StoreError> {
+    let mut without = Vec::new();
+    for &device in devices {
+        let Some(mut record) = load_record(tx, recipient, device)? else {
+            without.push(device);
+            continue;
+        };
+        let Some(session) = record.current_mut() else {
+            without.push(device);
+            continue;
+        };
+        for mut row in outbox::lacking(tx, recipient, device)? {
+            let body =
+                session.encrypt(&row.plaintext, rng).map_err(|e| crypto_err("encrypting", e))?;
+            row.copies.push(Copy { device_id: device, body });
+            row.copies.sort_by_key(|c| c.device_id);
+            outbox::set_copies(tx, row.seq, &row.copies)?;
+        }
+        save_record(tx, recipient, device, &record, now)?;
+    }
+    Ok(without)
+}
+
+/// Archives the current session with `peer`'s `device`: the next message to it starts a
+/// fresh session from a new bundle, and late messages under the old one still open.
+pub fn archive_session(
+    conn: &Connection,
+    peer: &str,
+    device: u32,
+    now: i64,
+) -> Result<(), StoreError> {
+    if let Some(mut record) = load_record(conn, peer, device)?
         && record.current().is_some()
     {
         record.archive_current();
-        save_record(conn, peer, &record, now)?;
+        save_record(conn, peer, device, &record, now)?;
     }
     Ok(())
 }
@@ -123,7 +246,8 @@ impl std::fmt::Debug for Opened {
     }
 }
 
-/// Opens a pairwise envelope from `sender`: with the current or an archived session, or
+/// Opens a pairwise envelope from `sender`'s device `device`: with that device's current
+/// or an archived session, or
 /// (a peer's new session) with X3DH from the prekeys it names. It decrypts on a copy of
 /// the sessions, and a failing prekey message never replaces the sessions we have; the
 /// caller stores the returned record. A one-time prekey used is deleted.
@@ -131,9 +255,10 @@ pub fn open(
     tx: &Connection,
     me: &Account,
     sender: &str,
+    device: u32,
     bytes: &[u8],
 ) -> Result<Opened, StoreError> {
-    let mut record = load_record(tx, sender)?.unwrap_or_default();
+    let mut record = load_record(tx, sender, device)?.unwrap_or_default();
     let mut attempt = record.clone();
     match attempt.decrypt(bytes) {
         Ok(plaintext) => return Ok(Opened::Plain(Box::new(attempt), plaintext)),
@@ -164,13 +289,15 @@ pub fn open(
     }
 }
 
-/// A retry receipt from `peer` for our relay ids: each message still kept is queued
-/// again (same message id, new relay id) after the current session is archived, so it
-/// goes out under a fresh session; one re-sent [`outbox::MAX_RESENDS`] times fails
-/// instead.
+/// A retry receipt from `peer`'s device `device` for our relay ids: each message still
+/// kept is queued again (same message id, new relay id) after the current session with
+/// that device is archived, so it goes out to that device under a fresh session (and to
+/// the account's other devices under theirs: they show a message id once); one re-sent
+/// [`outbox::MAX_RESENDS`] times fails instead.
 pub fn resend(
     tx: &Connection,
     peer: &str,
+    device: u32,
     relay_ids: &[String],
     now: i64,
 ) -> Result<Effects, StoreError> {
@@ -199,7 +326,7 @@ pub fn resend(
             continue;
         }
         if !archived {
-            archive_session(tx, peer, now)?;
+            archive_session(tx, peer, device, now)?;
             archived = true;
         }
         outbox::requeue(tx, peer, message_id.as_deref(), &plaintext, attempt + 1, now)?;

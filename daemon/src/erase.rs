@@ -101,6 +101,15 @@ pub fn erase(tx: &Connection, me: &str, ids: &[String]) -> Result<Erased, StoreE
         }
         erased.files.push(id);
     }
+    // The "sent" copies for our account's other devices not handed over yet go too
+    // (they carry the text; their rows name no message, the content does).
+    tx.prepare_cached(
+        "DELETE FROM outbox WHERE recipient = ?1 AND message_id IS NULL AND plaintext IS NOT NULL
+            AND json_extract(CAST(substr(plaintext, 2) AS TEXT), '$.t') = 'sent'
+            AND json_extract(CAST(substr(plaintext, 2) AS TEXT), '$.id')
+                IN (SELECT id FROM temp.erase_ids)",
+    )?
+    .execute(params![me])?;
     tx.execute_batch(&format!(
         "DELETE FROM outbox WHERE message_id IN (SELECT id FROM temp.erase_ids);
          DELETE FROM message_members WHERE message_id IN (SELECT id FROM temp.erase_ids);

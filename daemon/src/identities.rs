@@ -21,7 +21,7 @@ pub fn known(conn: &Connection, peer: &str) -> Result<Option<PublicIdentity>, St
             source: std::io::Error::other("malformed"),
         });
     }
-    Ok(e2e::load_record(conn, peer)?.and_then(|r| r.remote_identity().copied()))
+    Ok(e2e::load_session(conn, peer)?.map(|s| *s.remote_identity()))
 }
 
 /// Whether messages to `peer` wait for the user to accept its new identity key.

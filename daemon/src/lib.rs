@@ -252,12 +252,27 @@ pub async fn run(
                     },
                 };
                 // Messages that arrived together are stored together (one disk sync).
-                if let relay::Pushed::Message { delivery_id, from, msg_id, body } = push {
-                    let mut batch = vec![inbox::Incoming { delivery_id, from, msg_id, body }];
+                if let relay::Pushed::Message { delivery_id, from, from_device, msg_id, body } =
+                    push
+                {
+                    let first = inbox::Incoming { delivery_id, from, from_device, msg_id, body };
+                    let mut batch = vec![first];
                     while batch.len() < 64 {
                         match push_rx.try_recv() {
-                            Ok(relay::Pushed::Message { delivery_id, from, msg_id, body }) => {
-                                batch.push(inbox::Incoming { delivery_id, from, msg_id, body });
+                            Ok(relay::Pushed::Message {
+                                delivery_id,
+                                from,
+                                from_device,
+                                msg_id,
+                                body,
+                            }) => {
+                                batch.push(inbox::Incoming {
+                                    delivery_id,
+                                    from,
+                                    from_device,
+                                    msg_id,
+                                    body,
+                                });
                             }
                             Ok(other) => {
                                 pending = Some(other);
@@ -278,7 +293,7 @@ pub async fn run(
         tasks.spawn(erase::run(daemon.clone(), api.clone(), cancel.clone()));
         tasks.spawn(sender::run(
             daemon.clone(),
-            Arc::new(sender::RelayTransport(api)),
+            Arc::new(sender::RelayTransport::new(api)),
             cancel.clone(),
         ));
     }

@@ -331,6 +331,18 @@ pub fn mark_read(
     Ok(Some(marked))
 }
 
+/// Marks incoming message `id` of `conversation` read; `false` if it was already read (or
+/// is no such message).
+pub fn mark_read_id(conn: &Connection, conversation: &str, id: &str) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE messages SET read = 1
+             WHERE message_id = ?1 AND conversation = ?2 AND direction = 'in' AND read = 0",
+        )?
+        .execute(params![id, conversation])?;
+    Ok(n == 1)
+}
+
 /// Every conversation with its unread count and last message, most recent first.
 pub fn conversations(conn: &Connection) -> Result<Vec<(String, u64, Option<Message>)>, StoreError> {
     let mut stmt = conn.prepare_cached(

@@ -6,6 +6,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use letstalk_ipc::types::{EventBody, MessageState};
 
+use letstalk_wire::Copy;
+
 use crate::content::{Content, ReceiptKind};
 use crate::events;
 use crate::messages;
@@ -18,9 +20,38 @@ pub struct Outgoing {
     pub recipient: String,
     /// The relay's idempotency key: the same on every retransmission.
     pub relay_id: String,
+    /// A group message's one ciphertext (empty for a pairwise row).
     pub envelope: Vec<u8>,
+    /// A pairwise row's ciphertexts, one per device of the recipient we hold a session
+    /// with (empty for a group message).
+    pub copies: Vec<Copy>,
     /// A group message: every recipient of the one ciphertext.
     pub fanout: Option<Vec<String>>,
+}
+
+/// Encodes a pairwise row's copies for the `copies` column: per copy, the device id and
+/// the envelope's length (both u32, big-endian), then the envelope.
+pub fn encode_copies(copies: &[Copy]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(copies.iter().map(|c| c.body.len() + 8).sum());
+    for c in copies {
+        out.extend_from_slice(&c.device_id.to_be_bytes());
+        out.extend_from_slice(&u32::try_from(c.body.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(&c.body);
+    }
+    out
+}
+
+/// The copies [`encode_copies`] wrote, or `None` for bytes it did not write.
+pub fn decode_copies(mut bytes: &[u8]) -> Option<Vec<Copy>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let device_id = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
+        let len = u32::from_be_bytes(bytes.get(4..8)?.try_into().ok()?);
+        let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
+        out.push(Copy { device_id, body: bytes.get(8..end)?.to_vec() });
+        bytes = bytes.get(end..)?;
+    }
+    Some(out)
 }
 
 /// What [`prepare_next`] found.
@@ -174,19 +205,65 @@ pub fn queued_count(conn: &Connection) -> Result<u64, StoreError> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// An outbox row as the sender reads it: (seq, relay id, plaintext, envelope, fan-out,
-/// message id, attempt).
-pub type Row = (i64, String, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>, Option<String>, i64);
+/// An outbox row as the sender reads it.
+#[derive(Debug)]
+pub struct Row {
+    pub seq: i64,
+    pub relay_id: String,
+    /// Until the row is sent (a pairwise row keeps it for a device that joins meanwhile).
+    pub plaintext: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// A group message's ciphertext, or a pairwise row sealed before devices (device 1's).
+    pub envelope: Option<Vec<u8>>,
+    /// A sealed pairwise row's copies.
+    pub copies: Option<Vec<Copy>>,
+    pub fanout: Option<String>,
+    pub message_id: Option<String>,
+    pub attempt: i64,
+}
+
+impl Row {
+    /// The row as it goes to the relay, if it is sealed.
+    fn outgoing(self, recipient: &str) -> Option<Outgoing> {
+        let fanout = self.fanout.as_deref().and_then(|f| serde_json::from_str(f).ok());
+        let (envelope, copies) = match (self.copies, self.envelope) {
+            (Some(copies), _) => (Vec::new(), copies),
+            (None, Some(envelope)) if fanout.is_some() => (envelope, Vec::new()),
+            // Sealed before devices: the copy for device 1, the only one there was.
+            (None, Some(envelope)) => (Vec::new(), vec![Copy { device_id: 1, body: envelope }]),
+            (None, None) => return None,
+        };
+        Some(Outgoing {
+            seq: self.seq,
+            recipient: recipient.to_owned(),
+            relay_id: self.relay_id,
+            envelope,
+            copies,
+            fanout,
+        })
+    }
+}
 
 /// The oldest rows for `recipient`, at most `max`.
 pub fn oldest(conn: &Connection, recipient: &str, max: usize) -> Result<Vec<Row>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT seq, relay_id, plaintext, envelope, fanout, message_id, attempt FROM outbox
-             WHERE recipient = ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, relay_id, plaintext, envelope, copies, fanout, message_id, attempt
+             FROM outbox WHERE recipient = ?1 ORDER BY seq LIMIT ?2",
         )?
         .query_map(params![recipient, max as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            let copies: Option<Vec<u8>> = r.get(4)?;
+            Ok(Row {
+                seq: r.get(0)?,
+                relay_id: r.get(1)?,
+                plaintext: r.get::<_, Option<Vec<u8>>>(2)?.map(zeroize::Zeroizing::new),
+                envelope: r.get(3)?,
+                // Unreadable copies read as none made: the relay's mismatch names every
+                // device, and each gets a new encryption of the kept plaintext.
+                copies: copies.map(|c| decode_copies(&c).unwrap_or_default()),
+                fanout: r.get(5)?,
+                message_id: r.get(6)?,
+                attempt: r.get(7)?,
+            })
         })?
         .collect::<Result<_, _>>()?)
 }
@@ -201,12 +278,23 @@ pub fn ready(
 ) -> Result<Option<Vec<Outgoing>>, StoreError> {
     let rows = oldest(conn, recipient, max)?;
     let mut out = Vec::with_capacity(rows.len());
-    for (seq, relay_id, _, envelope, fanout, _, _) in rows {
-        let Some(envelope) = envelope else { return Ok(None) };
-        let fanout = fanout.and_then(|f| serde_json::from_str(&f).ok());
-        out.push(Outgoing { seq, recipient: recipient.to_owned(), relay_id, envelope, fanout });
+    for row in rows {
+        let Some(o) = row.outgoing(recipient) else { return Ok(None) };
+        out.push(o);
     }
     Ok(Some(out))
+}
+
+/// The oldest rows for `recipient` that are sealed, up to the first one that is not (at
+/// most `max`), and whether any row is queued at all.
+pub fn ready_prefix(
+    conn: &Connection,
+    recipient: &str,
+    max: usize,
+) -> Result<(Vec<Outgoing>, bool), StoreError> {
+    let rows = oldest(conn, recipient, max)?;
+    let any = !rows.is_empty();
+    Ok((rows.into_iter().map_while(|r| r.outgoing(recipient)).collect(), any))
 }
 
 /// A queued pairwise row still in plaintext, as [`unsealed`] reads it.
@@ -230,7 +318,7 @@ pub fn unsealed(
     Ok(conn
         .prepare_cached(
             "SELECT seq, relay_id, plaintext, message_id, attempt FROM outbox
-             WHERE recipient = ?1 AND envelope IS NULL ORDER BY seq LIMIT ?2",
+             WHERE recipient = ?1 AND envelope IS NULL AND copies IS NULL ORDER BY seq LIMIT ?2",
         )?
         .query_map(params![recipient, max as i64], |r| {
             Ok(Unsealed {
@@ -246,19 +334,21 @@ pub fn unsealed(
         .collect::<Result<_, _>>()?)
 }
 
-/// Row `row` to `recipient` is encrypted: its ciphertext replaces the plaintext, for every
-/// transmission (a retransmission never encrypts again). Content a retry receipt may ask
-/// for again keeps its plaintext in `resend`: the peer may fail to open it (a session it
-/// lost). Call it in the transaction that saves the advanced session.
+/// Row `row` to `recipient` is encrypted: `copies` (one per device we hold a session
+/// with) are sent on every transmission (a retransmission never encrypts again). The
+/// plaintext stays with the row until the relay took it, for a device of the recipient
+/// that the relay says is missing ([`lacking`]). Content a retry receipt may ask for
+/// again keeps its plaintext in `resend` too: the peer may fail to open it (a session it
+/// lost). Call it in the transaction that saves the advanced sessions.
 pub fn sealed(
     conn: &Connection,
     recipient: &str,
     row: &Unsealed,
-    envelope: &[u8],
+    copies: &[Copy],
     now: i64,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE outbox SET envelope = ?2, plaintext = NULL WHERE seq = ?1")?
-        .execute(params![row.seq, envelope])?;
+    conn.prepare_cached("UPDATE outbox SET copies = ?2 WHERE seq = ?1")?
+        .execute(params![row.seq, encode_copies(copies)])?;
     if !recipient.starts_with("group:")
         && Content::decode(&row.plaintext).is_some_and(|c| c.resendable())
     {
@@ -276,6 +366,76 @@ pub fn sealed(
     Ok(())
 }
 
+/// A sealed row that has no copy for a device yet, as [`lacking`] reads it.
+#[derive(Debug)]
+pub struct Lacking {
+    pub seq: i64,
+    pub plaintext: zeroize::Zeroizing<Vec<u8>>,
+    pub copies: Vec<Copy>,
+}
+
+/// `recipient`'s sealed rows (oldest first) that still have their plaintext and no copy
+/// for `device`: what a device the relay named missing must get, in order.
+pub fn lacking(
+    conn: &Connection,
+    recipient: &str,
+    device: u32,
+) -> Result<Vec<Lacking>, StoreError> {
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT seq, plaintext, copies FROM outbox
+             WHERE recipient = ?1 AND copies IS NOT NULL AND plaintext IS NOT NULL ORDER BY seq",
+        )?
+        .query_map(params![recipient], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(seq, plaintext, copies)| {
+            let copies = decode_copies(&copies).unwrap_or_default();
+            (!copies.iter().any(|c| c.device_id == device)).then(|| Lacking {
+                seq,
+                plaintext: zeroize::Zeroizing::new(plaintext),
+                copies,
+            })
+        })
+        .collect())
+}
+
+/// Replaces the copies of sealed row `seq`.
+pub fn set_copies(conn: &Connection, seq: i64, copies: &[Copy]) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE outbox SET copies = ?2 WHERE seq = ?1")?
+        .execute(params![seq, encode_copies(copies)])?;
+    Ok(())
+}
+
+/// Drops the copies for `devices` from every sealed row to `recipient` (devices the
+/// relay says the account no longer has).
+pub fn drop_copies(conn: &Connection, recipient: &str, devices: &[u32]) -> Result<(), StoreError> {
+    let rows: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT seq, copies FROM outbox WHERE recipient = ?1 AND copies IS NOT NULL",
+        )?
+        .query_map(params![recipient], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (seq, bytes) in rows {
+        let mut copies = decode_copies(&bytes).unwrap_or_default();
+        let before = copies.len();
+        copies.retain(|c| !devices.contains(&c.device_id));
+        if copies.len() != before {
+            set_copies(conn, seq, &copies)?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops every row queued for `recipient` that carries no message (our own account's
+/// "sent" copies when it turns out to have no other device).
+pub fn drop_all(conn: &Connection, recipient: &str) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached("DELETE FROM outbox WHERE recipient = ?1 AND message_id IS NULL")?
+        .execute(params![recipient])?)
+}
+
 /// Queues a receipt for `ids` to `recipient`, merged into the recipient's newest outbox
 /// row when that is a receipt of the same kind still in plaintext: texts received in one
 /// batch are acknowledged with one message, not one each.
@@ -286,9 +446,12 @@ pub fn enqueue_receipt(
     ids: Vec<String>,
     now: i64,
 ) -> Result<(), StoreError> {
+    // Only a row not sealed yet: a sealed one keeps its plaintext for a new device, but
+    // what it says is fixed by the copies already made.
     let newest: Option<(i64, Option<Vec<u8>>)> = conn
         .prepare_cached(
-            "SELECT seq, plaintext FROM outbox WHERE recipient = ?1 ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, CASE WHEN envelope IS NULL AND copies IS NULL THEN plaintext END
+             FROM outbox WHERE recipient = ?1 ORDER BY seq DESC LIMIT 1",
         )?
         .query_row(params![recipient], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
@@ -413,4 +576,42 @@ pub fn enqueue_fanout(
         fanout
     ])?;
     Ok(())
+}
+
+/// The devices `user` was last known to have (for our own account: its other devices),
+/// or `None` when not known.
+pub fn known_devices(conn: &Connection, user: &str) -> Result<Option<Vec<u32>>, StoreError> {
+    let list: Option<String> = conn
+        .prepare_cached("SELECT devices FROM device_lists WHERE user_id = ?1")?
+        .query_row(params![user], |r| r.get(0))
+        .optional()?;
+    Ok(list.map(|l| l.split(',').filter_map(|d| d.parse().ok()).collect()))
+}
+
+/// Records the devices `user` has, as the relay just told them.
+pub fn set_known_devices(
+    conn: &Connection,
+    user: &str,
+    devices: &[u32],
+    now: i64,
+) -> Result<(), StoreError> {
+    let list = devices.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    conn.prepare_cached(
+        "INSERT INTO device_lists (user_id, devices, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user_id) DO UPDATE SET devices = excluded.devices, updated_at = excluded.updated_at",
+    )?
+    .execute(params![user, list, now])?;
+    Ok(())
+}
+
+/// Forgets what was known of `user`'s devices (the relay said the list changed).
+pub fn forget_known_devices(conn: &Connection, user: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM device_lists WHERE user_id = ?1")?.execute(params![user])?;
+    Ok(())
+}
+
+/// Whether our own account (`me`) may have other devices: unless the relay told us it
+/// has none, what this device sends and reads is told to them too.
+pub fn own_devices_may_exist(conn: &Connection, me: &str) -> Result<bool, StoreError> {
+    Ok(known_devices(conn, me)?.is_none_or(|d| !d.is_empty()))
 }

@@ -75,6 +75,8 @@ pub enum Pushed {
     Message {
         delivery_id: u64,
         from: String,
+        /// Which of the sending account's devices sent it.
+        from_device: u32,
         msg_id: String,
         body: Vec<u8>,
     },

@@ -9,21 +9,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use letstalk_crypto::PreKeyBundle;
 use rand_core::OsRng;
 use tokio_util::sync::CancellationToken;
 
 use crate::account::Account;
 use crate::clock::PATH;
-use crate::e2e;
+use crate::e2e::{self, DeviceBundle};
 use crate::outbox::{self, Outgoing, Prepared};
 use crate::relay::{RelayApi, RelayError, check};
 use crate::store::StoreError;
 use crate::trust;
 use crate::{Daemon, now_ms};
-use letstalk_crypto::{Session, SessionRecord};
 use letstalk_ipc::ErrorKind;
-use letstalk_wire::{Request, Response};
+use letstalk_wire::{Copy, Request, Response};
 use rand_core::{CryptoRng, RngCore};
 use rusqlite::Connection;
 
@@ -45,16 +43,48 @@ pub enum TransportError {
     Busy(String),
 }
 
+/// What the relay answered a message for every device of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopiesSent {
+    /// Stored for every device.
+    Sent,
+    /// Nothing stored: the copies did not name exactly the account's devices (minus
+    /// this one, for our own account). `missing` have no copy, `extra` are no devices of
+    /// it (any more).
+    Mismatch { missing: Vec<u32>, extra: Vec<u32> },
+}
+
 /// What the sender needs from a relay connection.
 pub trait Transport: Send + Sync + 'static {
-    /// The prekey bundle of `user`'s device (takes one of its one-time prekeys).
-    fn fetch_bundle(
+    /// The prekey bundles of `user`'s devices (`devices` empty: all of them); takes one
+    /// one-time prekey of each.
+    fn fetch_bundles(
         &self,
         user: &str,
-    ) -> impl Future<Output = Result<PreKeyBundle, TransportError>> + Send;
-    /// Hands envelopes for one recipient to the relay, in order; returns once the relay
-    /// has stored all of them. Each `relay_id` is the same on every retransmission, so
-    /// the relay stores each once.
+        devices: &[u32],
+    ) -> impl Future<Output = Result<Vec<DeviceBundle>, TransportError>> + Send;
+    /// Hands one message to every device of `to`, one ciphertext each; returns once the
+    /// relay stored all of them, or that the copies do not match the account's devices
+    /// (then nothing was stored). `msg_id` is the same on every retransmission, so the
+    /// relay stores it once.
+    fn send_copies(
+        &self,
+        to: &str,
+        msg_id: &str,
+        copies: &[Copy],
+    ) -> impl Future<Output = Result<CopiesSent, TransportError>> + Send;
+    /// Whether the relay keeps one device per account (it answers the per-device
+    /// requests `Unsupported`): rows with one copy each then go in batches ([`send`]).
+    ///
+    /// [`send`]: Transport::send
+    fn single_device(&self) -> bool {
+        false
+    }
+    /// Hands envelopes for one recipient's only device to the relay, in order; returns
+    /// once the relay has stored all of them. Each `relay_id` is the same on every
+    /// retransmission, so the relay stores each once. Used while [`single_device`].
+    ///
+    /// [`single_device`]: Transport::single_device
     fn send(
         &self,
         to: &str,
@@ -131,17 +161,23 @@ async fn drain<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), 
     if all_ok { Ok(()) } else { Err(()) }
 }
 
+/// Mismatch answers in a row, without a row sent in between, before the recipient is
+/// left for the next round (a device whose bundle cannot be had, a relay that keeps
+/// changing its answer).
+const MAX_MISMATCHES: usize = 4;
+
 async fn drain_one<T: Transport>(
     daemon: &Arc<Daemon>,
     transport: &T,
     recipient: &str,
 ) -> Result<(), ()> {
-    let mut bundle: Option<PreKeyBundle> = None;
+    let mut bundles: Option<Vec<DeviceBundle>> = None;
+    let mut mismatches = 0;
     loop {
         let _gate = daemon.outbox_gate.lock().await;
         // Rows sealed in the transaction that queued them go out as they are, read here
         // without a transaction; the rest are sealed (and committed) by `prepare_next`.
-        let ready = match &bundle {
+        let ready = match &bundles {
             None => {
                 let r = recipient.to_owned();
                 daemon
@@ -160,12 +196,12 @@ async fn drain_one<T: Transport>(
             Ok(Some(rows)) if rows.is_empty() => Ok(Prepared::Empty),
             Ok(Some(rows)) => Ok(Prepared::Ready(rows, None)),
             Ok(None) | Err(_) => {
-                let (r, b) = (recipient.to_owned(), bundle.take());
+                let (r, b) = (recipient.to_owned(), bundles.take());
                 daemon
                     .store
                     .call(move |c| {
                         let Some(me) = Account::load(c)? else { return Ok(Prepared::Empty) };
-                        prepare_next(c, &me, &r, b.as_ref(), BATCH, &mut OsRng, now_ms())
+                        prepare_next(c, &me, &r, b.as_deref(), BATCH, &mut OsRng, now_ms())
                     })
                     .await
             }
@@ -173,8 +209,11 @@ async fn drain_one<T: Transport>(
         let batch = match prepared {
             Ok(Prepared::Empty) => return Ok(()),
             Ok(Prepared::NeedBundle) => {
-                match transport.fetch_bundle(recipient).await {
-                    Ok(b) => bundle = Some(b),
+                match transport.fetch_bundles(recipient, &[]).await {
+                    Ok(b) if b.is_empty() && !is_own(daemon, recipient) => {
+                        fail_head(daemon, recipient, "the recipient has no device").await;
+                    }
+                    Ok(b) => bundles = Some(b),
                     Err(TransportError::Refused(reason)) => {
                         fail_head(daemon, recipient, &reason).await;
                     }
@@ -209,43 +248,14 @@ async fn drain_one<T: Transport>(
             send_group_rows(daemon, transport, &batch).await?;
             continue;
         }
-        // In order, in as few requests as the frame size allows: the relay stores each
-        // request's messages in one transaction, in the order given.
-        let mut done = Vec::with_capacity(batch.len());
-        let mut outcome = Ok(());
-        for chunk in chunks(&batch) {
-            let items: Vec<(&str, &[u8])> =
-                chunk.iter().map(|o| (o.relay_id.as_str(), o.envelope.as_slice())).collect();
-            for o in chunk {
-                tracing::debug!(target: PATH, relay = %o.relay_id, "handed");
-            }
-            match transport.send(recipient, &items).await {
-                Ok(()) => {
-                    for o in chunk {
-                        tracing::debug!(target: PATH, relay = %o.relay_id, "relay_stored");
-                    }
-                    done.extend(chunk.iter().map(|o| o.seq));
-                }
-                Err(TransportError::Refused(reason)) => {
-                    for o in chunk {
-                        let (seq, reason) = (o.seq, reason.clone());
-                        if let Ok(Some(event)) = daemon
-                            .store
-                            .call(move |c| outbox::failed(c, seq, &reason, now_ms()))
-                            .await
-                        {
-                            daemon.bus.published(event);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "send deferred");
-                    outcome = Err(());
-                    break;
-                }
-            }
-        }
-        if !done.is_empty() {
+        let (done, outcome) =
+            if transport.single_device() && batch.iter().all(|o| o.copies.len() == 1) {
+                (send_batches(daemon, transport, recipient, &batch).await, Sent::Through)
+            } else {
+                send_each(daemon, transport, recipient, &batch).await
+            };
+        let progressed = !done.is_empty();
+        if progressed {
             let n = done.len();
             // In the next group commit: under load it shares the disk sync of the sends
             // accepted meanwhile instead of taking one of its own.
@@ -261,8 +271,169 @@ async fn drain_one<T: Transport>(
                     return Err(());
                 }
             }
+            mismatches = 0;
         }
-        outcome?;
+        match outcome {
+            Sent::Through => {}
+            Sent::Deferred => return Err(()),
+            Sent::Mismatch { missing, extra } => {
+                mismatches += 1;
+                if mismatches > MAX_MISMATCHES {
+                    tracing::debug!("the relay's device list and ours keep differing; later");
+                    return Err(());
+                }
+                drop(_gate);
+                fix_devices(daemon, transport, recipient, missing, extra).await?;
+            }
+        }
+    }
+}
+
+/// How sending a batch ended.
+enum Sent {
+    /// Every row was handed over (or refused for good).
+    Through,
+    /// The relay is away or busy: retry later.
+    Deferred,
+    /// The copies of the first row not sent did not match the recipient's devices.
+    Mismatch { missing: Vec<u32>, extra: Vec<u32> },
+}
+
+/// Whether `user` is our own account.
+fn is_own(daemon: &Daemon, user: &str) -> bool {
+    daemon.user().as_deref() == Some(user)
+}
+
+/// A relay with one device per account: the rows' only copies, in order, in as few
+/// requests as the frame size allows (the relay stores each request's messages in one
+/// transaction, in the order given). Returns the rows it handed over.
+async fn send_batches<T: Transport>(
+    daemon: &Arc<Daemon>,
+    transport: &T,
+    recipient: &str,
+    batch: &[Outgoing],
+) -> Vec<i64> {
+    let mut done = Vec::with_capacity(batch.len());
+    for chunk in chunks(batch) {
+        let items: Vec<(&str, &[u8])> = chunk
+            .iter()
+            .filter_map(|o| Some((o.relay_id.as_str(), o.copies.first()?.body.as_slice())))
+            .collect();
+        for o in chunk {
+            tracing::debug!(target: PATH, relay = %o.relay_id, "handed");
+        }
+        match transport.send(recipient, &items).await {
+            Ok(()) => {
+                for o in chunk {
+                    tracing::debug!(target: PATH, relay = %o.relay_id, "relay_stored");
+                }
+                done.extend(chunk.iter().map(|o| o.seq));
+            }
+            Err(TransportError::Refused(reason)) => {
+                for o in chunk {
+                    refused(daemon, o.seq, &reason).await;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "send deferred");
+                break;
+            }
+        }
+    }
+    done
+}
+
+/// Every row with its copies for each device, one `SendCopies` each, strictly in order
+/// (the next only after the relay stored the previous: requests on separate streams
+/// could be stored out of order). Stops at the first mismatch. Returns the rows handed
+/// over and how it ended.
+async fn send_each<T: Transport>(
+    daemon: &Arc<Daemon>,
+    transport: &T,
+    recipient: &str,
+    batch: &[Outgoing],
+) -> (Vec<i64>, Sent) {
+    let mut done = Vec::with_capacity(batch.len());
+    for o in batch {
+        tracing::debug!(target: PATH, relay = %o.relay_id, "handed");
+        match transport.send_copies(recipient, &o.relay_id, &o.copies).await {
+            Ok(CopiesSent::Sent) => {
+                tracing::debug!(target: PATH, relay = %o.relay_id, "relay_stored");
+                done.push(o.seq);
+            }
+            Ok(CopiesSent::Mismatch { missing, extra }) => {
+                return (done, Sent::Mismatch { missing, extra });
+            }
+            Err(TransportError::Refused(reason)) => refused(daemon, o.seq, &reason).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "send deferred");
+                return (done, Sent::Deferred);
+            }
+        }
+    }
+    (done, Sent::Through)
+}
+
+/// The relay refused outbox row `seq` for good: its message fails.
+async fn refused(daemon: &Arc<Daemon>, seq: i64, reason: &str) {
+    let reason = reason.to_owned();
+    if let Ok(Some(event)) =
+        daemon.store.call(move |c| outbox::failed(c, seq, &reason, now_ms())).await
+    {
+        daemon.bus.published(event);
+    }
+}
+
+/// The relay said `recipient`'s devices are not the ones we sealed for: sessions with
+/// `extra` devices end and their copies go; `missing` devices without a session get one
+/// from a fresh bundle; every queued row gets a new encryption for each missing device.
+async fn fix_devices<T: Transport>(
+    daemon: &Arc<Daemon>,
+    transport: &T,
+    recipient: &str,
+    missing: Vec<u32>,
+    extra: Vec<u32>,
+) -> Result<(), ()> {
+    let r = recipient.to_owned();
+    let have = daemon.store.read(move |c| e2e::current_devices(c, &r)).await.map_err(|e| {
+        tracing::warn!(error = %e, "reading sessions");
+    })?;
+    let need: Vec<u32> = missing.iter().copied().filter(|d| !have.contains(d)).collect();
+    let bundles = if need.is_empty() {
+        Vec::new()
+    } else {
+        match transport.fetch_bundles(recipient, &need).await {
+            Ok(b) => b,
+            // A device gone meanwhile: the next answer says so.
+            Err(TransportError::Refused(reason)) => {
+                tracing::debug!(reason = %reason, "no bundle for a missing device");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no prekey bundle yet");
+                return Err(());
+            }
+        }
+    };
+    let r = recipient.to_owned();
+    let outcome = daemon
+        .store
+        .call(move |c| {
+            let Some(me) = Account::load(c)? else { return Ok(None) };
+            apply_devices(c, &me, &r, &missing, &extra, &bundles, &mut OsRng, now_ms())
+        })
+        .await;
+    match outcome {
+        Ok(event) => {
+            if let Some(seq) = event {
+                daemon.bus.published(seq);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "applying the recipient's devices");
+            Err(())
+        }
     }
 }
 
@@ -332,7 +503,7 @@ fn chunks(batch: &[Outgoing]) -> Vec<&[Outgoing]> {
     let mut start = 0;
     let mut size = 0;
     for (i, o) in batch.iter().enumerate() {
-        let cost = o.envelope.len() + o.relay_id.len() + 8;
+        let cost = o.copies.iter().map(|c| c.body.len()).sum::<usize>() + o.relay_id.len() + 8;
         if i > start && (size + cost > BUDGET || i - start >= letstalk_wire::MAX_LIST) {
             out.extend(batch.get(start..i));
             start = i;
@@ -370,9 +541,11 @@ async fn fail_head(daemon: &Arc<Daemon>, recipient: &str, reason: &str) {
     }
 }
 
-/// The oldest outbox rows for `recipient` (at most `max`), each encrypted once and ready
-/// to transmit. Encrypting a batch in one transaction costs one disk sync for all of
-/// them, and the ciphertexts are committed before any of them leaves the device.
+/// The oldest outbox rows for `recipient` (at most `max`), each encrypted once for every
+/// device of the recipient we hold a session with and ready to transmit. Encrypting a
+/// batch in one transaction costs one disk sync for all of them, and the ciphertexts are
+/// committed before any of them leaves the device. `bundles` (the recipient's, fetched
+/// after [`Prepared::NeedBundle`]) start a session with each of those devices first.
 ///
 /// A recipient whose new identity key the user has not accepted gets nothing
 /// ([`Prepared::Held`]); a bundle with a new key is recorded (and shown) first.
@@ -380,88 +553,185 @@ pub fn prepare_next(
     conn: &mut Connection,
     me: &Account,
     recipient: &str,
-    bundle: Option<&PreKeyBundle>,
+    bundles: Option<&[DeviceBundle]>,
     max: usize,
     rng: &mut (impl RngCore + CryptoRng),
     now: i64,
 ) -> Result<Prepared, StoreError> {
     let tx = conn.transaction()?;
-    let rows = outbox::oldest(&tx, recipient, max)?;
-    if rows.is_empty() {
-        return Ok(Prepared::Empty);
-    }
-    let pairwise = !recipient.starts_with("group:");
-    if pairwise && trust::is_untrusted(&tx, recipient)? {
-        return Ok(Prepared::Held { event: None });
-    }
-    let mut record: Option<SessionRecord> = None;
     let mut event = None;
-    let mut ready = Vec::with_capacity(rows.len());
-    for (seq, relay_id, plaintext, envelope, fanout, message_id, attempt) in rows {
-        if let Some(envelope) = envelope {
-            let fanout = fanout.and_then(|f| serde_json::from_str(&f).ok());
-            ready.push(Outgoing {
-                seq,
-                recipient: recipient.to_owned(),
-                relay_id,
-                envelope,
-                fanout,
-            });
-            continue;
+    if !recipient.starts_with("group:") {
+        if trust::is_untrusted(&tx, recipient)? {
+            return Ok(Prepared::Held { event: None });
         }
-        if record.is_none() {
-            let mut r = e2e::load_record(&tx, recipient)?.unwrap_or_default();
-            if r.current().is_none() {
-                match bundle {
-                    Some(bundle) => {
-                        let seen = trust::observe(&tx, recipient, &bundle.identity, now)?;
-                        if seen.untrusted {
-                            tx.commit()?;
-                            return Ok(Prepared::Held { event: seen.event });
-                        }
-                        event = seen.event;
-                        r.promote_new(
-                            Session::initiate(&me.identity, bundle, rng)
-                                .map_err(|e| e2e::crypto_err("starting a session", e))?,
-                        );
-                    }
-                    None if ready.is_empty() => return Ok(Prepared::NeedBundle),
-                    None => break,
+        if let Some(bundles) = bundles {
+            let own = recipient == me.user_id;
+            let bundles = usable(me, recipient, bundles);
+            if own && bundles.is_empty() {
+                // Our account has no other device: its "sent" copies have nowhere to go.
+                outbox::set_known_devices(&tx, recipient, &[], now)?;
+                outbox::drop_all(&tx, recipient)?;
+                tx.commit()?;
+                return Ok(Prepared::Empty);
+            }
+            match start_sessions(&tx, me, recipient, &bundles, rng, now)? {
+                Ok(e) => event = e,
+                Err(held) => {
+                    tx.commit()?;
+                    return Ok(held);
                 }
             }
-            record = Some(r);
+            if own {
+                let devices: Vec<u32> = bundles.iter().map(|b| b.device).collect();
+                outbox::set_known_devices(&tx, recipient, &devices, now)?;
+            }
         }
-        let Some(s) = record.as_mut().and_then(SessionRecord::current_mut) else { break };
-        let row = outbox::Unsealed {
-            seq,
-            relay_id,
-            plaintext: zeroize::Zeroizing::new(plaintext.unwrap_or_default()),
-            message_id,
-            attempt,
-        };
-        let envelope =
-            s.encrypt(&row.plaintext, rng).map_err(|e| e2e::crypto_err("encrypting", e))?;
-        outbox::sealed(&tx, recipient, &row, &envelope, now)?;
-        ready.push(Outgoing {
-            seq,
-            recipient: recipient.to_owned(),
-            relay_id: row.relay_id,
-            envelope,
-            fanout: None,
-        });
+        e2e::seal_queued(&tx, recipient, max, rng, now)?;
     }
-    if let Some(r) = &record {
-        e2e::save_record(&tx, recipient, r, now)?;
+    let (ready, any) = outbox::ready_prefix(&tx, recipient, max)?;
+    if ready.is_empty() {
+        // Queued rows, none sealed: there is no session with any of its devices.
+        return Ok(if any { Prepared::NeedBundle } else { Prepared::Empty });
     }
     tx.commit()?;
     Ok(Prepared::Ready(ready, event))
 }
 
+/// The bundles a session may start from: for our own account, those of our other
+/// devices that carry our own identity key (the relay cannot make us talk to a device
+/// that is not the account's); for anyone else, all of them.
+fn usable(me: &Account, recipient: &str, bundles: &[DeviceBundle]) -> Vec<DeviceBundle> {
+    if recipient != me.user_id {
+        return bundles.to_vec();
+    }
+    let mine = letstalk_link::SigningKey::from_bytes(&me.device_key).verifying_key().to_bytes();
+    let identity = me.identity.public();
+    bundles
+        .iter()
+        .filter(|b| b.device_key != mine)
+        .filter(|b| {
+            let ours = b.bundle.identity == identity;
+            if !ours {
+                tracing::warn!("a bundle of our own account with another identity key; ignored");
+            }
+            ours
+        })
+        .cloned()
+        .collect()
+}
+
+/// Starts a session with each bundle's device, after its identity key is recorded
+/// (`trust::observe`; our own account's was checked by [`usable`]). `Err` with what to
+/// answer when the key waits for the user's acceptance; else the event written.
+fn start_sessions(
+    tx: &Connection,
+    me: &Account,
+    recipient: &str,
+    bundles: &[DeviceBundle],
+    rng: &mut (impl RngCore + CryptoRng),
+    now: i64,
+) -> Result<Result<Option<u64>, Prepared>, StoreError> {
+    let mut event = None;
+    for b in bundles {
+        if recipient != me.user_id {
+            let seen = trust::observe(tx, recipient, &b.bundle.identity, now)?;
+            if seen.untrusted {
+                return Ok(Err(Prepared::Held { event: seen.event }));
+            }
+            event = seen.event.or(event);
+        }
+        e2e::start_session(tx, me, recipient, b, rng, now)?;
+    }
+    Ok(Ok(event))
+}
+
+/// Applies a mismatch answer for `recipient` in one transaction: the sessions with
+/// `extra` devices and their queued copies go; `bundles` (of missing devices we had no
+/// session with) start sessions; every queued row gets a copy for each `missing` device,
+/// a new encryption of its kept plaintext (the copies it has are left alone). For our own
+/// account, the list of our other devices is updated. Returns the event written, if any.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_devices(
+    conn: &mut Connection,
+    me: &Account,
+    recipient: &str,
+    missing: &[u32],
+    extra: &[u32],
+    bundles: &[DeviceBundle],
+    rng: &mut (impl RngCore + CryptoRng),
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    let tx = conn.transaction()?;
+    e2e::forget_devices(&tx, recipient, extra)?;
+    let bundles: Vec<DeviceBundle> = usable(me, recipient, bundles)
+        .into_iter()
+        .filter(|b| missing.contains(&b.device))
+        .collect();
+    let event = match start_sessions(&tx, me, recipient, &bundles, rng, now)? {
+        Ok(e) => e,
+        Err(Prepared::Held { event }) => {
+            tx.commit()?;
+            return Ok(event);
+        }
+        Err(_) => None,
+    };
+    let without = e2e::seal_for_devices(&tx, recipient, missing, rng, now)?;
+    if !without.is_empty() {
+        tracing::debug!(n = without.len(), "missing devices without a session yet");
+    }
+    if recipient == me.user_id {
+        let mut devices = outbox::known_devices(&tx, recipient)?.unwrap_or_default();
+        devices.retain(|d| !extra.contains(d));
+        devices.extend(missing.iter().filter(|d| !without.contains(d)));
+        devices.sort_unstable();
+        devices.dedup();
+        outbox::set_known_devices(&tx, recipient, &devices, now)?;
+    }
+    tx.commit()?;
+    Ok(event)
+}
+
 /// The sender's [`Transport`] over the relay (built by the composition root).
+///
+/// A relay that answers the per-device requests `Unsupported` keeps one device per
+/// account (device 1): then bundles come from `FetchBundle`, copies go with `Send` and
+/// `SendBatch`, and a set of copies other than exactly one for device 1 is answered as
+/// that relay's mismatch would be. The per-device requests are tried again every
+/// [`REPROBE`], so a relay upgraded under a running daemon is noticed.
 #[derive(Debug)]
-pub struct RelayTransport(pub Arc<dyn RelayApi>);
+pub struct RelayTransport {
+    api: Arc<dyn RelayApi>,
+    /// Since when the relay is known to keep one device per account.
+    single_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long a relay answering `Unsupported` is taken to keep one device per account.
+const REPROBE: Duration = Duration::from_secs(600);
 
 impl RelayTransport {
+    pub fn new(api: Arc<dyn RelayApi>) -> Self {
+        Self { api, single_since: std::sync::Mutex::new(None) }
+    }
+
+    fn single(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.single_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_single(&self) -> bool {
+        self.single().is_some_and(|t| t.elapsed() < REPROBE)
+    }
+
+    /// Whether `e` says the relay does not serve per-device requests (and remembers it).
+    fn unsupported(&self, e: &RelayError) -> bool {
+        let yes =
+            matches!(e, RelayError::Refused { kind: letstalk_wire::ErrorKind::Unsupported, .. });
+        if yes {
+            tracing::debug!("the relay keeps one device per account");
+            *self.single() = Some(std::time::Instant::now());
+        }
+        yes
+    }
+
     fn classify(e: RelayError) -> TransportError {
         use TransportError as T;
         use letstalk_wire::ErrorKind as W;
@@ -475,6 +745,19 @@ impl RelayTransport {
             },
         }
     }
+
+    async fn request(&self, request: Request) -> Result<Response, RelayError> {
+        self.api.request(request).await.and_then(check)
+    }
+}
+
+/// A directory bundle as a [`DeviceBundle`], or why not.
+fn device_bundle(b: &letstalk_wire::Bundle) -> Result<DeviceBundle, String> {
+    Ok(DeviceBundle {
+        device: b.device_id,
+        device_key: b.device_key,
+        bundle: crate::keys::bundle_from_wire(b)?,
+    })
 }
 
 /// A refusal for good, as stored with the failed message (IPC error kind and message);
@@ -492,19 +775,87 @@ fn refusal(kind: letstalk_wire::ErrorKind, message: &str) -> Option<String> {
 }
 
 impl Transport for RelayTransport {
-    async fn fetch_bundle(&self, user: &str) -> Result<PreKeyBundle, TransportError> {
-        match self
-            .0
-            .request(Request::FetchBundle { user_id: user.to_owned() })
-            .await
-            .and_then(check)
-        {
+    async fn fetch_bundles(
+        &self,
+        user: &str,
+        devices: &[u32],
+    ) -> Result<Vec<DeviceBundle>, TransportError> {
+        if !self.is_single() {
+            let request =
+                Request::FetchBundles { user_id: user.to_owned(), devices: devices.to_vec() };
+            match self.request(request).await {
+                Ok(Response::Bundles { bundles }) => {
+                    let mut out = Vec::with_capacity(bundles.len());
+                    let mut why = None;
+                    for b in &bundles {
+                        match device_bundle(b) {
+                            Ok(b) => out.push(b),
+                            Err(e) => why = Some(e),
+                        }
+                    }
+                    // A device with a broken bundle is left out (the relay names it
+                    // missing again); with none usable the message fails.
+                    return match why {
+                        Some(why) if out.is_empty() => Err(TransportError::Refused(why)),
+                        _ => Ok(out),
+                    };
+                }
+                Ok(_) => return Err(TransportError::Busy("unexpected answer".into())),
+                Err(e) if self.unsupported(&e) => {}
+                Err(e) => return Err(Self::classify(e)),
+            }
+        }
+        match self.request(Request::FetchBundle { user_id: user.to_owned() }).await {
             Ok(Response::Bundle(b)) => {
-                crate::keys::bundle_from_wire(&b).map_err(TransportError::Refused)
+                let b = device_bundle(&b).map_err(TransportError::Refused)?;
+                Ok(if devices.is_empty() || devices.contains(&b.device) { vec![b] } else { vec![] })
             }
             Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
             Err(e) => Err(Self::classify(e)),
         }
+    }
+
+    async fn send_copies(
+        &self,
+        to: &str,
+        msg_id: &str,
+        copies: &[Copy],
+    ) -> Result<CopiesSent, TransportError> {
+        if !self.is_single() {
+            let request = Request::SendCopies {
+                to: to.to_owned(),
+                msg_id: msg_id.to_owned(),
+                copies: copies.to_vec(),
+            };
+            match self.request(request).await {
+                Ok(Response::Sent { .. }) => return Ok(CopiesSent::Sent),
+                Ok(Response::Mismatch { missing, extra }) => {
+                    return Ok(CopiesSent::Mismatch { missing, extra });
+                }
+                Ok(_) => return Err(TransportError::Busy("unexpected answer".into())),
+                Err(e) if self.unsupported(&e) => {}
+                Err(e) => return Err(Self::classify(e)),
+            }
+        }
+        // One device per account, device 1: what that relay's mismatch would say.
+        let extra: Vec<u32> = copies.iter().map(|c| c.device_id).filter(|d| *d != 1).collect();
+        let Some(only) = copies.iter().find(|c| c.device_id == 1) else {
+            return Ok(CopiesSent::Mismatch { missing: vec![1], extra });
+        };
+        if !extra.is_empty() {
+            return Ok(CopiesSent::Mismatch { missing: vec![], extra });
+        }
+        let request =
+            Request::Send { to: to.to_owned(), msg_id: msg_id.to_owned(), body: only.body.clone() };
+        match self.request(request).await {
+            Ok(Response::Sent { .. }) => Ok(CopiesSent::Sent),
+            Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
+            Err(e) => Err(Self::classify(e)),
+        }
+    }
+
+    fn single_device(&self) -> bool {
+        self.is_single()
     }
 
     async fn send(&self, to: &str, batch: &[(&str, &[u8])]) -> Result<(), TransportError> {
@@ -516,7 +867,7 @@ impl Transport for RelayTransport {
             })
             .collect();
         let request = Request::SendBatch { to: to.to_owned(), messages };
-        match self.0.request(request).await.and_then(check) {
+        match self.request(request).await {
             Ok(Response::Sent { .. }) => Ok(()),
             Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
             Err(e) => Err(Self::classify(e)),
@@ -530,7 +881,7 @@ impl Transport for RelayTransport {
         body: &[u8],
     ) -> Result<(), TransportError> {
         let request = Request::SubmitReport { id: id.to_owned(), kind, body: body.to_vec() };
-        match self.0.request(request).await.and_then(check) {
+        match self.request(request).await {
             Ok(Response::Ok) => Ok(()),
             Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
             Err(e) => Err(Self::classify(e)),
@@ -545,7 +896,7 @@ impl Transport for RelayTransport {
     ) -> Result<Vec<(String, String)>, TransportError> {
         let request =
             Request::SendGroup { to: to.to_vec(), msg_id: msg_id.to_owned(), body: body.to_vec() };
-        match self.0.request(request).await.and_then(check) {
+        match self.request(request).await {
             Ok(Response::GroupSent { refused, .. }) => Ok(refused
                 .into_iter()
                 .map(|r| {
@@ -566,3 +917,6 @@ impl Transport for RelayTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -170,3 +170,46 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+impl Daemon {
+    /// A daemon on `store` with no relay, socket or background task but its group
+    /// commit: what the sender's tests drive through a fake `Transport`.
+    pub(crate) fn for_tests(store: Arc<Store>) -> Arc<Self> {
+        let user =
+            store.with(|c| Ok(crate::account::Account::load(c)?.map(|a| a.user_id))).ok().flatten();
+        let (writes, task) = store::GroupCommit::start(store.clone(), Box::new(|_, _| Ok(())));
+        tokio::spawn(task);
+        let root = tokio_util::sync::CancellationToken::new();
+        Arc::new(Self {
+            config: Config {
+                config_file: None,
+                data_dir: std::path::PathBuf::new(),
+                socket: crate::config::SocketSource::Activated,
+                relays: Vec::new(),
+                relay_cert: None,
+                log: String::new(),
+                keyring: crate::config::Keyring::Off,
+                ring_timeout: Duration::from_secs(30),
+            },
+            store,
+            bus: EventBus::new(0),
+            started: Instant::now(),
+            device_id: Mutex::default(),
+            frontends: Mutex::default(),
+            network: Mutex::default(),
+            queued: Mutex::default(),
+            relay: None,
+            user: Mutex::new(user),
+            writes,
+            sender_wake: tokio::sync::Notify::new(),
+            prekey_wake: tokio::sync::Notify::new(),
+            outbox_gate: tokio::sync::Mutex::new(()),
+            transfers: Transfers::new(root.child_token()),
+            calls: Calls::new(root.child_token()),
+            erasure: tokio::sync::Notify::new(),
+            typing: Mutex::default(),
+            last_preview: Mutex::default(),
+        })
+    }
+}

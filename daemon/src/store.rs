@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0007_group_trust.sql"),
     include_str!("store/0008_sessions.sql"),
     include_str!("store/0009_privacy.sql"),
+    include_str!("store/0010_device_sessions.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";
@@ -410,6 +411,14 @@ mod tests {
                     )
                     .unwrap();
                 }
+                // A session from before devices: one per peer.
+                if (2..10).contains(&from) {
+                    conn.execute(
+                        "INSERT INTO sessions (peer, state, updated_at) VALUES ('bob', x'01', 3)",
+                        [],
+                    )
+                    .unwrap();
+                }
             }
             let store = Store::open(dir.path()).unwrap();
             let (version, settings, events): (i64, i64, i64) = store
@@ -422,6 +431,17 @@ mod tests {
                 })
                 .unwrap();
             assert_eq!(version as usize, MIGRATIONS.len(), "from version {from}");
+            // It became the peer's device 1, the only device an account had.
+            let sessions: Vec<(String, u32)> = store
+                .with(|c| {
+                    Ok(c.prepare("SELECT peer, device FROM sessions")?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?)
+                })
+                .unwrap();
+            let expected: Vec<(String, u32)> =
+                if (2..10).contains(&from) { vec![("bob".into(), 1)] } else { vec![] };
+            assert_eq!(sessions, expected, "from version {from}");
             let expected = i64::from(from >= 1);
             assert_eq!((settings, events), (expected, expected), "from version {from}");
         }

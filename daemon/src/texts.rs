@@ -1,5 +1,6 @@
 //! Texts and receipts received: a text shown once (by its message ID) and acknowledged,
-//! a receipt advancing the state of the messages it names.
+//! a receipt advancing the state of the messages it names; from our own account's other
+//! devices, what they sent (shown as outgoing) and what they read.
 
 use rusqlite::Connection;
 
@@ -64,6 +65,68 @@ pub fn apply_receipt(
         outbox::forget_kept(tx, id, sender)?;
         if let Some((conversation, state)) = messages::advance_from(tx, id, sender, state)? {
             let body = EventBody::MessageState { message_id: id.clone(), conversation, state };
+            e.last_event = Some(events::append(tx, &body, now)?);
+        }
+    }
+    Ok(e)
+}
+
+/// What another device of our account (`me`) sent: shown once (by its message id) as an
+/// outgoing message, already `sent`, announced with `message.received`. Only for a
+/// one-to-one conversation with someone else; anything else is refused.
+pub fn apply_sent(
+    tx: &Connection,
+    me: &str,
+    sent: Content,
+    now: i64,
+) -> Result<Result<Effects, String>, StoreError> {
+    let Content::Sent { to, id, at, text, reply_to } = sent else {
+        return Ok(Ok(Effects::default()));
+    };
+    match to.strip_prefix("user:") {
+        Some(peer) if crate::validate::user_id("to", peer).is_ok() && peer != me => {}
+        _ => return Ok(Err("a sent copy for no conversation with a user".into())),
+    }
+    let new = NewMessage {
+        message_id: &id,
+        conversation: &to,
+        sender: me,
+        direction: Direction::Out,
+        kind: MessageKind::Text,
+        text: Some(&text),
+        reply_to: reply_to.as_deref(),
+        client_msg_id: None,
+        created_at: at,
+        received_at: Some(now),
+        state: MessageState::Sent,
+        read: true,
+    };
+    let mut effects = Effects::default();
+    if messages::insert(tx, &new)?
+        && let Some(message) = messages::get(tx, &id)?
+    {
+        effects.last_event = Some(crate::notify::received(tx, message, now)?);
+    }
+    Ok(Ok(effects))
+}
+
+/// Another device of our account read messages `ids` of `conversation`: read here too,
+/// each announced with `message.state` (read). No receipt goes to their sender: the
+/// device that read them sent it.
+pub fn apply_read_sync(
+    tx: &Connection,
+    conversation: &str,
+    ids: &[String],
+    now: i64,
+) -> Result<Effects, StoreError> {
+    let mut e = Effects::default();
+    for id in ids.iter().take(outbox::MAX_RECEIPT_IDS) {
+        if messages::mark_read_id(tx, conversation, id)? {
+            let body = EventBody::MessageState {
+                message_id: id.clone(),
+                conversation: conversation.to_owned(),
+                state: MessageState::Read,
+            };
             e.last_event = Some(events::append(tx, &body, now)?);
         }
     }

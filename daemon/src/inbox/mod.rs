@@ -57,6 +57,8 @@ impl Acks {
 pub struct Incoming {
     pub delivery_id: u64,
     pub from: String,
+    /// Which of the sending account's devices sent it (its sessions are per device).
+    pub from_device: u32,
     pub msg_id: String,
     pub body: Vec<u8>,
 }
@@ -73,9 +75,9 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
         .store
         .call(move |c| {
             let Some(me) = Account::load(c)? else { return Ok(None) };
-            let items: Vec<(&str, &str, &[u8])> = batch
+            let items: Vec<receive::Delivery<'_>> = batch
                 .iter()
-                .map(|m| (m.from.as_str(), m.msg_id.as_str(), m.body.as_slice()))
+                .map(|m| (m.from.as_str(), m.from_device, m.msg_id.as_str(), m.body.as_slice()))
                 .collect();
             receive::receive_many(c, &me, &items, now_ms()).map(Some)
         })
@@ -124,8 +126,9 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
 /// transaction committed, so a crash in between means a redelivery, never a loss.
 pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks, push: Pushed) {
     match push {
-        Pushed::Message { delivery_id, from, msg_id, body } => {
-            apply_messages(daemon, acks, vec![Incoming { delivery_id, from, msg_id, body }]).await;
+        Pushed::Message { delivery_id, from, from_device, msg_id, body } => {
+            let m = Incoming { delivery_id, from, from_device, msg_id, body };
+            apply_messages(daemon, acks, vec![m]).await;
         }
         Pushed::Presence(info) => {
             let presence = if info.hidden {
@@ -193,9 +196,17 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
                 tracing::warn!(error = %e.message, "recording the logout");
             }
         }
-        // The relay is the list's home; `devices.list` asks it each time, so there is
-        // nothing to refresh here yet.
-        Pushed::DevicesChanged => {}
+        // What we knew of our own devices is stale: the next message this device sends
+        // gets a "sent" copy again, and the relay's answer tells the new list.
+        Pushed::DevicesChanged => {
+            if let Some(me) = daemon.user() {
+                let forgotten =
+                    daemon.store.call(move |c| crate::outbox::forget_known_devices(c, &me)).await;
+                if let Err(e) = forgotten {
+                    tracing::warn!(error = %e, "forgetting our devices");
+                }
+            }
+        }
         Pushed::State(state) => {
             let address = Some(relay.address());
             let seq = daemon

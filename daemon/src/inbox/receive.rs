@@ -29,16 +29,21 @@ pub enum Received {
     Retry(String),
 }
 
-/// Applies one envelope from `sender` that the relay delivered as `relay_id`.
+/// One delivery: the sending account, its device, the relay id and the body.
+pub type Delivery<'a> = (&'a str, u32, &'a str, &'a [u8]);
+
+/// Applies one envelope from `sender`'s device `device` that the relay delivered as
+/// `relay_id`.
 pub fn receive(
     conn: &mut Connection,
     me: &Account,
     sender: &str,
+    device: u32,
     relay_id: &str,
     bytes: &[u8],
     now: i64,
 ) -> Result<Received, StoreError> {
-    Ok(receive_many(conn, me, &[(sender, relay_id, bytes)], now)?.remove(0))
+    Ok(receive_many(conn, me, &[(sender, device, relay_id, bytes)], now)?.remove(0))
 }
 
 /// [`receive`] for several deliveries in one transaction (one disk sync for all), each
@@ -46,20 +51,20 @@ pub fn receive(
 pub fn receive_many(
     conn: &mut Connection,
     me: &Account,
-    items: &[(&str, &str, &[u8])],
+    items: &[Delivery<'_>],
     now: i64,
 ) -> Result<Vec<Received>, StoreError> {
     let mut tx = conn.transaction()?;
     let mut out = Vec::with_capacity(items.len());
-    for (sender, relay_id, bytes) in items {
+    for (sender, device, relay_id, bytes) in items {
         let sp = tx.savepoint()?;
-        out.push(receive_in(&sp, me, sender, relay_id, bytes, now)?);
+        out.push(receive_in(&sp, me, sender, *device, relay_id, bytes, now)?);
         sp.commit()?;
     }
     // What the batch queued for its senders (delivery receipts, merged into one per
     // sender) is encrypted before the one commit, so the sender has no transaction of
     // its own to sync before it hands them to the relay.
-    let mut senders: Vec<&str> = items.iter().map(|(s, _, _)| *s).collect();
+    let mut senders: Vec<&str> = items.iter().map(|(s, _, _, _)| *s).collect();
     senders.sort_unstable();
     senders.dedup();
     for sender in senders {
@@ -77,6 +82,7 @@ fn receive_in(
     tx: &Connection,
     me: &Account,
     sender: &str,
+    device: u32,
     relay_id: &str,
     bytes: &[u8],
     now: i64,
@@ -102,13 +108,13 @@ fn receive_in(
     }
 
     // Decrypt on a copy of the sessions; the stored ones change only if this succeeds.
-    match e2e::open(tx, me, sender, bytes)? {
+    match e2e::open(tx, me, sender, device, bytes)? {
         e2e::Opened::Plain(record, plaintext) => {
             tracing::debug!(target: crate::clock::PATH, relay = %relay_id, "decrypted");
-            apply_plaintext(tx, me, sender, *record, plaintext, now)
+            apply_plaintext(tx, me, sender, device, *record, plaintext, now)
         }
         e2e::Opened::Duplicate => Ok(Received::Dropped("duplicate message".into())),
-        e2e::Opened::Undecryptable(why) => undecryptable(tx, sender, relay_id, why, now),
+        e2e::Opened::Undecryptable(why) => undecryptable(tx, sender, device, relay_id, why, now),
     }
 }
 
@@ -118,6 +124,7 @@ fn receive_in(
 fn undecryptable(
     tx: &Connection,
     sender: &str,
+    device: u32,
     relay_id: &str,
     why: String,
     now: i64,
@@ -128,7 +135,7 @@ fn undecryptable(
     // The receipt goes out under a fresh session (a prekey message the sender can
     // always open), so two devices whose sessions both broke never trade retry
     // receipts neither can read; late messages under the old one still open.
-    e2e::archive_session(tx, sender, now)?;
+    e2e::archive_session(tx, sender, device, now)?;
     outbox::enqueue(tx, sender, None, &Content::Retry { ids: vec![relay_id.to_owned()] }, now)?;
     Ok(Received::Retry(why))
 }
@@ -138,12 +145,16 @@ fn apply_plaintext(
     tx: &Connection,
     me: &Account,
     sender: &str,
+    device: u32,
     record: SessionRecord,
     plaintext: Vec<u8>,
     now: i64,
 ) -> Result<Received, StoreError> {
     let plaintext = zeroize::Zeroizing::new(plaintext);
-    e2e::save_record(tx, sender, &record, now)?;
+    if sender == me.user_id {
+        return from_own_device(tx, me, device, record, &plaintext, now);
+    }
+    e2e::save_record(tx, sender, device, &record, now)?;
     let conversation = format!("user:{sender}");
     let queued = false;
     let seen = match record.remote_identity() {
@@ -195,7 +206,11 @@ fn apply_plaintext(
         Some(Content::SenderKey { gid, key }) => {
             groups::on_sender_key(tx, me_id, sender, &gid, &key, now)?
         }
-        Some(Content::Retry { ids }) => Ok(e2e::resend(tx, sender, &ids, now)?),
+        Some(Content::Retry { ids }) => Ok(e2e::resend(tx, sender, device, &ids, now)?),
+        // Only our own devices tell us what we sent or read.
+        Some(Content::Sent { .. } | Content::ReadSync { .. }) => {
+            Err("another account's sent copy or read sync".to_owned())
+        }
         None => Err("unknown content".to_owned()),
     };
     match outcome {
@@ -207,12 +222,42 @@ fn apply_plaintext(
     }
 }
 
+/// A message from another device of our own account. It must hold the account's
+/// identity key (a device the relay made up holds none), and it only tells what that
+/// device sent or read (or asks for a retry): anything else is dropped.
+fn from_own_device(
+    tx: &Connection,
+    me: &Account,
+    device: u32,
+    record: SessionRecord,
+    plaintext: &[u8],
+    now: i64,
+) -> Result<Received, StoreError> {
+    if record.remote_identity() != Some(&me.identity.public()) {
+        return Ok(Received::Dropped("our own account under another identity key".into()));
+    }
+    e2e::save_record(tx, &me.user_id, device, &record, now)?;
+    let outcome = match Content::decode(plaintext) {
+        Some(sent @ Content::Sent { .. }) => texts::apply_sent(tx, &me.user_id, sent, now)?,
+        Some(Content::ReadSync { conversation, ids }) => {
+            Ok(texts::apply_read_sync(tx, &conversation, &ids, now)?)
+        }
+        Some(Content::Retry { ids }) => Ok(e2e::resend(tx, &me.user_id, device, &ids, now)?),
+        Some(_) => Err("not something our own devices tell each other".to_owned()),
+        None => Err("unknown content".to_owned()),
+    };
+    Ok(match outcome {
+        Ok(e) => Received::Applied { last_event: e.last_event, queued: e.queued },
+        Err(why) => Received::Dropped(why),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::account;
     use crate::account::generate_prekeys;
-    use crate::e2e::load_record;
+    use crate::e2e::{DeviceBundle, load_record};
     use crate::messages::{self, NewMessage};
     use crate::outbox::{Outgoing, Prepared};
     use crate::outbox::{enqueue, sent};
@@ -252,12 +297,16 @@ mod tests {
         Device { _dir: dir, store, account, prekeys }
     }
 
-    fn bundle(d: &Device, one_time: usize) -> PreKeyBundle {
-        PreKeyBundle {
-            identity: d.account.identity.public(),
-            signed_prekey: d.prekeys[0].signed_public().unwrap(),
-            one_time_prekey: d.prekeys[2 + one_time].one_time_public(),
-        }
+    fn bundle(d: &Device, one_time: usize) -> Vec<DeviceBundle> {
+        vec![DeviceBundle {
+            device: 1,
+            device_key: [0; 32],
+            bundle: PreKeyBundle {
+                identity: d.account.identity.public(),
+                signed_prekey: d.prekeys[0].signed_public().unwrap(),
+                one_time_prekey: d.prekeys[2 + one_time].one_time_public(),
+            },
+        }]
     }
 
     fn send_text(from: &Device, to: &str, id: &str, text: &str) {
@@ -285,12 +334,18 @@ mod tests {
             .unwrap();
     }
 
-    fn next(from: &Device, to: &str, bundle: Option<&PreKeyBundle>) -> Prepared {
+    fn next(from: &Device, to: &str, bundle: Option<&[DeviceBundle]>) -> Prepared {
         from.store.with(|c| prepare_next(c, &from.account, to, bundle, 1, &mut OsRng, 6)).unwrap()
     }
 
+    /// The one copy of a pairwise row (every account here has one device).
+    fn body(o: &Outgoing) -> &[u8] {
+        assert_eq!(o.copies.len(), 1, "{o:?}");
+        &o.copies[0].body
+    }
+
     fn deliver(to: &Device, from: &str, o: &Outgoing) -> Received {
-        to.store.with(|c| receive(c, &to.account, from, &o.relay_id, &o.envelope, 7)).unwrap()
+        to.store.with(|c| receive(c, &to.account, from, 1, &o.relay_id, body(o), 7)).unwrap()
     }
 
     #[test]
@@ -299,7 +354,7 @@ mod tests {
         let bob = device("bob");
         send_text(&alice, "bob", "m1", "hello bob");
         assert!(matches!(next(&alice, "bob", None), Prepared::NeedBundle));
-        let Prepared::Ready(mut first, _) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+        let Prepared::Ready(mut first, _) = next(&alice, "bob", Some(&bundle(&bob, 0)[..])) else {
             panic!()
         };
         let first = first.remove(0);
@@ -307,10 +362,10 @@ mod tests {
         let Prepared::Ready(mut again, _) = next(&alice, "bob", None) else { panic!() };
         let again = again.remove(0);
         assert_eq!(
-            (first.seq, &first.envelope, &first.relay_id),
-            (again.seq, &again.envelope, &again.relay_id)
+            (first.seq, body(&first), &first.relay_id),
+            (again.seq, body(&again), &again.relay_id)
         );
-        assert!(!first.envelope.windows(9).any(|w| w == b"hello bob"));
+        assert!(!body(&first).windows(9).any(|w| w == b"hello bob"));
 
         // Two events: `message.received` and its `notification`.
         assert_eq!(
@@ -355,14 +410,14 @@ mod tests {
         let alice = device("alice");
         let bob = device("bob");
         send_text(&alice, "bob", "m1", "one");
-        let Prepared::Ready(mut m1, _) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+        let Prepared::Ready(mut m1, _) = next(&alice, "bob", Some(&bundle(&bob, 0)[..])) else {
             panic!()
         };
         let m1 = m1.remove(0);
         assert!(matches!(deliver(&bob, "alice", &m1), Received::Applied { .. }));
         let mut forged = m1.clone();
         forged.relay_id = "other".into();
-        if let Some(b) = forged.envelope.last_mut() {
+        if let Some(b) = forged.copies[0].body.last_mut() {
             *b ^= 1;
         }
         // A used message number (here tampered with): a replay, dropped without a retry.
@@ -380,7 +435,7 @@ mod tests {
 
     /// Everything queued from `from` to `to`, prepared (with `bundle` if a session must
     /// start) and delivered in order.
-    fn flush(from: &Device, to: &Device, bundle: Option<&PreKeyBundle>) -> Vec<Received> {
+    fn flush(from: &Device, to: &Device, bundle: Option<&[DeviceBundle]>) -> Vec<Received> {
         let (to_id, from_id) = (to.account.user_id.clone(), from.account.user_id.clone());
         let prepared = from
             .store
@@ -401,7 +456,10 @@ mod tests {
         let alice = device("alice");
         let bob = device("bob");
         send_text(&alice, "bob", "m1", "one");
-        assert!(matches!(flush(&alice, &bob, Some(&bundle(&bob, 0)))[0], Received::Applied { .. }));
+        assert!(matches!(
+            flush(&alice, &bob, Some(&bundle(&bob, 0)[..]))[0],
+            Received::Applied { .. }
+        ));
         // bob loses his sessions; alice's next message cannot be opened.
         bob.store.with(|c| Ok(c.execute("DELETE FROM sessions", [])?)).unwrap();
         send_text(&alice, "bob", "m2", "two");
@@ -410,13 +468,13 @@ mod tests {
         assert_eq!(text_of(&bob, "m2"), None);
         // bob's retry receipt (with m1's delivery receipt) reaches alice under a new
         // session; alice queues m2 again, to go out under a fresh session of her own.
-        let got = flush(&bob, &alice, Some(&bundle(&alice, 0)));
+        let got = flush(&bob, &alice, Some(&bundle(&alice, 0)[..]));
         assert!(got.iter().all(|r| matches!(r, Received::Applied { .. })), "{got:?}");
         assert!(matches!(
             alice.store.with(|c| prepare_next(c, &alice.account, "bob", None, 64, &mut OsRng, 9)),
             Ok(Prepared::NeedBundle)
         ));
-        let got = flush(&alice, &bob, Some(&bundle(&bob, 1)));
+        let got = flush(&alice, &bob, Some(&bundle(&bob, 1)[..]));
         assert!(matches!(got[0], Received::Applied { .. }), "{got:?}");
         assert_eq!(text_of(&bob, "m2").as_deref(), Some("two"));
         // bob's delivery receipt for m2 ends the retry window for it.
@@ -437,7 +495,7 @@ mod tests {
         let alice = device("alice");
         let bob = device("bob");
         send_text(&alice, "bob", "m1", "one");
-        flush(&alice, &bob, Some(&bundle(&bob, 0)));
+        flush(&alice, &bob, Some(&bundle(&bob, 0)[..]));
         alice
             .store
             .with(|c| {
@@ -453,7 +511,7 @@ mod tests {
         // bob on a new device (a new identity key) writes first.
         let bob2 = device("bob");
         send_text(&bob2, "alice", "n1", "new phone");
-        let got = flush(&bob2, &alice, Some(&bundle(&alice, 0)));
+        let got = flush(&bob2, &alice, Some(&bundle(&alice, 0)[..]));
         assert!(matches!(got[0], Received::Applied { .. }), "{got:?}");
         assert_eq!(text_of(&alice, "n1").as_deref(), Some("new phone"));
         let (verified, untrusted, changed) = alice
@@ -490,30 +548,30 @@ mod tests {
         let alice = device("alice");
         let bob = device("bob");
         send_text(&alice, "bob", "m1", "one");
-        let Prepared::Ready(mut m1, _) = next(&alice, "bob", Some(&bundle(&bob, 0))) else {
+        let Prepared::Ready(mut m1, _) = next(&alice, "bob", Some(&bundle(&bob, 0)[..])) else {
             panic!()
         };
         let m1 = m1.remove(0);
         assert!(matches!(deliver(&bob, "alice", &m1), Received::Applied { .. }));
-        let before = bob.store.with(|c| load_record(c, "alice")).unwrap().unwrap().to_bytes();
+        let before = bob.store.with(|c| load_record(c, "alice", 1)).unwrap().unwrap().to_bytes();
         // The same prekey message under another relay id (a replay): refused, no retry,
         // the session unchanged.
         let mut replay = m1.clone();
         replay.relay_id = "replayed".into();
         assert!(matches!(deliver(&bob, "alice", &replay), Received::Dropped(_)));
-        let after = bob.store.with(|c| load_record(c, "alice")).unwrap().unwrap().to_bytes();
+        let after = bob.store.with(|c| load_record(c, "alice", 1)).unwrap().unwrap().to_bytes();
         assert_eq!(before.as_slice(), after.as_slice());
     }
 
-    /// An outbox row's (plaintext, envelope).
-    type Queued = (Option<Vec<u8>>, Option<Vec<u8>>);
+    /// An outbox row's (whether it is still unsealed, its copies).
+    type Queued = (bool, Option<Vec<u8>>);
 
     fn outbox_of(d: &Device, to: &str) -> Vec<Queued> {
         d.store
             .with(|c| {
                 let rows = c
                     .prepare(
-                        "SELECT plaintext, envelope FROM outbox WHERE recipient = ?1 ORDER BY seq",
+                        "SELECT copies IS NULL, copies FROM outbox WHERE recipient = ?1 ORDER BY seq",
                     )?
                     .query_map([to], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?;
@@ -535,12 +593,15 @@ mod tests {
             d.store.with(|c| e2e::seal_queued(c, to, 64, &mut OsRng, 6)).unwrap()
         };
         assert_eq!(seal(&alice, "bob"), 0);
-        assert!(matches!(flush(&alice, &bob, Some(&bundle(&bob, 0)))[0], Received::Applied { .. }));
+        assert!(matches!(
+            flush(&alice, &bob, Some(&bundle(&bob, 0)[..]))[0],
+            Received::Applied { .. }
+        ));
         send_text(&alice, "bob", "m2", "two");
         send_text(&alice, "bob", "m3", "three");
         assert_eq!(seal(&alice, "bob"), 2);
         let queued = outbox_of(&alice, "bob");
-        assert!(queued.iter().all(|(p, e)| p.is_none() && e.is_some()), "{queued:?}");
+        assert!(queued.iter().all(|(p, e)| !p && e.is_some()), "{queued:?}");
         let Prepared::Ready(rows, _) = alice
             .store
             .with(|c| prepare_next(c, &alice.account, "bob", None, 64, &mut OsRng, 7))
@@ -548,11 +609,12 @@ mod tests {
         else {
             panic!()
         };
-        let sent_as: Vec<Option<Vec<u8>>> = rows.iter().map(|o| Some(o.envelope.clone())).collect();
+        let sent_as: Vec<Option<Vec<u8>>> =
+            rows.iter().map(|o| Some(outbox::encode_copies(&o.copies))).collect();
         assert_eq!(sent_as, queued.into_iter().map(|(_, e)| e).collect::<Vec<_>>());
 
-        let items: Vec<(&str, &str, &[u8])> =
-            rows.iter().map(|o| ("alice", o.relay_id.as_str(), o.envelope.as_slice())).collect();
+        let items: Vec<Delivery<'_>> =
+            rows.iter().map(|o| ("alice", 1, o.relay_id.as_str(), body(o))).collect();
         let got = bob.store.with(|c| receive_many(c, &bob.account, &items, 8)).unwrap();
         assert!(got.iter().all(|r| matches!(r, Received::Applied { .. })), "{got:?}");
         assert_eq!(
@@ -562,7 +624,7 @@ mod tests {
         // m1's receipt, then one for m2 and m3: both sealed already.
         let receipts = outbox_of(&bob, "alice");
         assert_eq!(receipts.len(), 2, "{receipts:?}");
-        assert!(receipts.iter().all(|(p, e)| p.is_none() && e.is_some()));
+        assert!(receipts.iter().all(|(p, e)| !p && e.is_some()));
         let got = flush(&bob, &alice, None);
         assert!(got.iter().all(|r| matches!(r, Received::Applied { .. })), "{got:?}");
         for id in ["m1", "m2", "m3"] {

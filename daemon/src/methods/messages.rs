@@ -146,6 +146,18 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
                 (Peer::User(user), None) => {
                     let relay = crate::outbox::enqueue(tx, user, Some(&id), &content, now)?;
                     tracing::debug!(target: PATH, msg = %id, %relay, "accepted");
+                    // Our account's other devices show it too; not queued when the relay
+                    // told us there are none (no round trip per message for one device).
+                    if *user != me && crate::outbox::own_devices_may_exist(tx, &me)? {
+                        let copy = Content::Sent {
+                            to: conversation.clone(),
+                            id: id.clone(),
+                            at: now,
+                            text: p.text.clone(),
+                            reply_to: p.reply_to.clone(),
+                        };
+                        crate::outbox::enqueue(tx, &me, None, &copy, now)?;
+                    }
                     true
                 }
                 (Peer::Group(_), None) => false,
@@ -198,7 +210,7 @@ pub(super) async fn mark_read(
     daemon: &Arc<Daemon>,
     p: MarkReadParams,
 ) -> Result<MarkedResult, RpcError> {
-    logged_in(daemon).await?;
+    let me = logged_in(daemon).await?;
     conversation_peer("conversation", &p.conversation)?;
     let outcome = daemon
         .store
@@ -211,6 +223,19 @@ pub(super) async fn mark_read(
             let settings = super::Settings::load(&tx)?;
             let now = now_ms();
             let mut queued = false;
+            // Read here, read on our account's other devices: they mark the same messages
+            // and send no receipt of their own (this device sends it, once).
+            if !marked.is_empty() && crate::outbox::own_devices_may_exist(&tx, &me)? {
+                let ids: Vec<String> = marked.iter().map(|(id, _)| id.clone()).collect();
+                for chunk in ids.chunks(crate::outbox::MAX_RECEIPT_IDS) {
+                    let sync = Content::ReadSync {
+                        conversation: p.conversation.clone(),
+                        ids: chunk.to_vec(),
+                    };
+                    crate::outbox::enqueue(&tx, &me, None, &sync, now)?;
+                }
+                queued = true;
+            }
             if settings.read_receipts && !marked.is_empty() {
                 let mut by_sender: std::collections::BTreeMap<String, Vec<String>> =
                     Default::default();

@@ -90,6 +90,7 @@ fn pushed(push: Push) -> Pushed {
         Push::Message(m) => Pushed::Message {
             delivery_id: m.delivery_id,
             from: m.from,
+            from_device: m.from_device,
             msg_id: m.msg_id,
             body: m.body,
         },
