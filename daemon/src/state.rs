@@ -210,6 +210,7 @@ impl Daemon {
             erasure: tokio::sync::Notify::new(),
             typing: Mutex::default(),
             last_preview: Mutex::default(),
+            linking: Linking::new(root.child_token()),
         })
     }
 }
