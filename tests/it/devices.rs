@@ -11,6 +11,7 @@ use serde_json::json;
 
 use letstalk_tests::{
     World, error_of, eventually, files_containing, next_event, registered, wait_connected,
+    wait_texts,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -130,9 +131,9 @@ async fn a_wrong_code_links_nothing_and_spends_the_code() {
     let desktop = world.daemon("desktop").with_relay(&relay).start().unwrap();
     wait_connected(&desktop).await;
 
-    let (_, kind, field) =
+    let (code, _, field) =
         error_of(desktop.call("account.link", json!({"code": "nope", "device_name": "d"})).await);
-    assert_eq!((kind.as_deref(), field.as_deref()), (Some("invalid_params"), Some("code")));
+    assert_eq!((code, field.as_deref()), (-32602, Some("code")));
     let (_, kind, _) = error_of(
         desktop
             .call("account.link", json!({"code": "0000-0000-0000-0000", "device_name": "d"}))
@@ -186,4 +187,68 @@ async fn a_removed_device_is_logged_out() {
     assert_eq!(devices[0]["this_device"], true);
     let (_, kind, _) = error_of(phone.call("devices.remove", json!({"device_id": 2})).await);
     assert_eq!(kind.as_deref(), Some("not_found"));
+}
+
+/// alice's phone and a desktop linked to it, and bob, all on `relay`.
+async fn alice_on_two_devices(
+    world: &World,
+    relay: &letstalk_tests::Relay,
+) -> (letstalk_tests::Daemon, letstalk_tests::Daemon, letstalk_tests::Daemon) {
+    let phone = registered(world, relay, "alice").await;
+    let bob = registered(world, relay, "bob").await;
+    phone.call("contacts.add", json!({"user_id": "bob"})).await.unwrap();
+    bob.call("contacts.add", json!({"user_id": "alice"})).await.unwrap();
+    let desktop = world.daemon("desktop").with_relay(relay).start().unwrap();
+    wait_connected(&desktop).await;
+    let code = phone.call("devices.link_start", json!({})).await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    desktop.call("account.link", json!({"code": code, "device_name": "desktop"})).await.unwrap();
+    (phone, desktop, bob)
+}
+
+#[tokio::test]
+async fn messages_reach_every_device_and_what_one_sends_shows_on_the_other() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
+
+    // bob → alice: on both of alice's devices.
+    bob.call("messages.send", json!({"to": "user:alice", "text": "to both"})).await.unwrap();
+    for d in [&phone, &desktop] {
+        let got = wait_texts(d, "user:bob", 1, LIMIT).await;
+        assert_eq!(got, vec!["to both"]);
+    }
+    // alice's desktop → bob: bob gets it, and the phone shows it as sent by alice.
+    desktop
+        .call("messages.send", json!({"to": "user:bob", "text": "from the desktop"}))
+        .await
+        .unwrap();
+    let got = wait_texts(&bob, "user:alice", 2, LIMIT).await;
+    assert_eq!(got.last().map(String::as_str), Some("from the desktop"));
+    let on_phone = wait_texts(&phone, "user:bob", 2, LIMIT).await;
+    assert_eq!(on_phone, vec!["to both", "from the desktop"]);
+    let page = phone.call("messages.list", json!({"conversation": "user:bob"})).await.unwrap();
+    let sent = page["messages"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(sent["direction"], "out");
+
+    // Read on the phone: read on the desktop too.
+    phone.call("messages.mark_read", json!({"conversation": "user:bob"})).await.unwrap();
+    eventually(LIMIT, "read on the desktop", || async {
+        let list = desktop.call("conversations.list", json!({})).await.ok()?;
+        let c = list["conversations"]
+            .as_array()?
+            .iter()
+            .find(|c| c["conversation"] == "user:bob")?
+            .clone();
+        (c["unread"] == 0).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The relay holds no plaintext of any of it.
+    for needle in ["to both", "from the desktop"] {
+        assert!(files_containing(relay.data_dir(), needle.as_bytes()).is_empty());
+    }
 }
