@@ -136,10 +136,11 @@ async fn serve_with<S: Storage>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
     let tracker = TaskTracker::new();
-    // Expiry runs often enough that nothing outlives its TTL (or the dedupe window) by
-    // more than a quarter.
-    let period = (state.limits.message_ttl.min(state.limits.blob_ttl).min(DEDUPE_WINDOW) / 4)
-        .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    // Expiry runs often enough that nothing outlives its TTL (or the dedupe window, or a
+    // link rendezvous's ten minutes) by more than a quarter.
+    let link_slot = Duration::from_millis(letstalk_wire::LINK_SLOT_TTL_MS);
+    let ttl = state.limits.message_ttl.min(state.limits.blob_ttl).min(DEDUPE_WINDOW).min(link_slot);
+    let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let mut expiry = tokio::time::interval(period);
     tokio::pin!(shutdown);
     info!(%local_addr, "relay serving");

@@ -1,8 +1,10 @@
-//! The session: a connection made to act for an account after authentication (it
-//! becomes the account's current connection here and, in a cluster, on the bus), the
-//! push stream and the delivery task that feeds it queued messages, presence
-//! announcements, and the check every request of an account goes through
-//! ([`require_auth`]).
+//! The session: a connection made to act for one device of an account after
+//! authentication (it becomes that device's current connection here and, in a cluster,
+//! on the bus; the account's other devices keep theirs), the push stream and the
+//! delivery task that feeds it the device's queued messages, presence announcements
+//! (the account's: online while any device is), the check every request of an account
+//! goes through ([`require_auth`], [`require_device`]), and the cut-off of a removed
+//! device ([`log_out`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

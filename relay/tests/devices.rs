@@ -586,3 +586,50 @@ async fn bundles_come_per_device_each_taking_its_own_one_time_prekey() {
         assert_eq!(refused(r), ErrorKind::NotFound);
     }
 }
+
+/// Sends `datagram` on `from` every 50 ms until `to` receives it.
+async fn datagram_reaches(from: &Link, to: &mut Receiver<bytes::Bytes>, datagram: &[u8]) {
+    tokio::time::timeout(T, async {
+        loop {
+            from.send_datagram(bytes::Bytes::copy_from_slice(datagram)).unwrap();
+            tokio::select! {
+                got = to.recv() => {
+                    assert_eq!(got.unwrap().as_ref(), datagram);
+                    return;
+                }
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the datagram never arrived");
+}
+
+#[tokio::test]
+async fn a_call_route_joins_the_two_devices_that_asked_for_it_and_no_other() {
+    for net in Net::each(Limits::default()).await {
+        let alice1 = net.user(0, "alice").await;
+        let alice2 = net.add_device(&alice1, 1).await;
+        let bob = net.user(0, "bob").await;
+        let mut to_alice1 = alice1.link.take_datagrams().unwrap();
+        let mut to_alice2 = alice2.link.take_datagrams().unwrap();
+        let mut to_bob = bob.link.take_datagrams().unwrap();
+        let call = rand::random::<[u8; 16]>();
+        // bob calls alice; her second device takes the call, the first does not.
+        let route = |peer: &str| Request::CallRoute { call_id: call, peer: peer.into() };
+        assert_eq!(bob.request(route("alice")).await, Response::Ok);
+        assert_eq!(alice2.request(route("bob")).await, Response::Ok);
+        let media = |b: u8| {
+            letstalk_wire::MediaDatagram { call_id: call, sealed: &[b; 40] }.encode().unwrap()
+        };
+        datagram_reaches(&bob.link, &mut to_alice2, &media(1)).await;
+        datagram_reaches(&alice2.link, &mut to_bob, &media(2)).await;
+        // The device that did not take the call gets none of it, and cannot send on it.
+        alice1.link.send_datagram(media(3).into()).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(to_alice1.try_recv().is_err(), "a device that did not take the call got its media");
+        while let Ok(d) = to_bob.try_recv() {
+            assert_ne!(d.as_ref(), media(3).as_slice(), "media from a device off the route");
+        }
+    }
+}
