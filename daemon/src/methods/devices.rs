@@ -30,7 +30,7 @@ use crate::relay::{RelayApi, RelayError, check, expect_ok};
 use crate::{Daemon, events, now_ms, validate};
 
 /// How often each side looks at the rendezvous while it waits for the other.
-const POLL: Duration = Duration::from_millis(300);
+const POLL: Duration = Duration::from_secs(1);
 /// How long a joining device waits for the linking device's answer once it has joined
 /// (the answer is built and sealed at once, so this covers a slow network only).
 const REPLY_WAIT: Duration = Duration::from_secs(60);
