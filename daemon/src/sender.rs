@@ -568,11 +568,13 @@ pub fn prepare_next(
             let own = recipient == me.user_id;
             let bundles = usable(me, recipient, bundles);
             if own && bundles.is_empty() {
-                // Our account has no other device: its "sent" copies have nowhere to go.
+                // Our account has no other device: what is queued for it (sent copies,
+                // read syncs, a note to self) has reached every device there is.
                 outbox::set_known_devices(&tx, recipient, &[], now)?;
-                outbox::drop_all(&tx, recipient)?;
+                let seqs = outbox::queued_seqs(&tx, recipient)?;
+                let event = outbox::sent(&tx, &seqs, now)?;
                 tx.commit()?;
-                return Ok(Prepared::Empty);
+                return Ok(Prepared::Ready(Vec::new(), event));
             }
             match start_sessions(&tx, me, recipient, &bundles, rng, now)? {
                 Ok(e) => event = e,
