@@ -619,7 +619,7 @@ impl crate::relay::RelayApi for OneDeviceRelay {
         let name = format!("{request:?}").split([' ', '{']).next().unwrap_or_default().to_owned();
         self.requests.lock().unwrap().push(name);
         let answer = match request {
-            Q::FetchBundles { .. } | Q::SendCopies { .. } => R::Error {
+            Q::FetchBundles { .. } | Q::SendCopies { .. } | Q::ListDevices { .. } => R::Error {
                 kind: letstalk_wire::ErrorKind::Unsupported,
                 retry_after_ms: 0,
                 message: "not served yet".into(),
@@ -654,7 +654,7 @@ impl crate::relay::RelayApi for OneDeviceRelay {
     }
 }
 
-/// Against today's relay the sender uses the requests it knows: `FetchBundles` answered
+/// Against today's relay the sender uses the requests it knows: a probe answered
 /// `Unsupported` once, then `FetchBundle`, and rows of one copy each in one `SendBatch`
 /// (batching kept); a set of copies other than one for device 1 is answered as that
 /// relay's mismatch would be.
@@ -682,7 +682,11 @@ async fn a_relay_with_one_device_per_account_gets_the_requests_it_knows() {
     assert!(!transport.single_device());
     drain(&daemon, &transport).await.unwrap();
     assert!(transport.single_device());
-    assert_eq!(*api.requests.lock().unwrap(), ["FetchBundles", "FetchBundle", "SendBatch"]);
+    // Known from the probe before the first message (asked once).
+    assert_eq!(*api.requests.lock().unwrap(), ["ListDevices", "FetchBundle", "SendBatch"]);
+    send_text(&alice, "bob", "m4");
+    drain(&daemon, &transport).await.unwrap();
+    assert_eq!(api.requests.lock().unwrap().len(), 4);
     assert_eq!(state_of(&alice, "m3"), MessageState::Sent);
 
     let copy = |device_id| Copy { device_id, body: vec![1, 2, 3] };
