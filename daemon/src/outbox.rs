@@ -428,12 +428,12 @@ pub fn drop_copies(conn: &Connection, recipient: &str, devices: &[u32]) -> Resul
     Ok(())
 }
 
-/// Drops every row queued for `recipient` that carries no message (our own account's
-/// "sent" copies when it turns out to have no other device).
-pub fn drop_all(conn: &Connection, recipient: &str) -> Result<usize, StoreError> {
+/// Every row queued for `recipient`, oldest first.
+pub fn queued_seqs(conn: &Connection, recipient: &str) -> Result<Vec<i64>, StoreError> {
     Ok(conn
-        .prepare_cached("DELETE FROM outbox WHERE recipient = ?1 AND message_id IS NULL")?
-        .execute(params![recipient])?)
+        .prepare_cached("SELECT seq FROM outbox WHERE recipient = ?1 ORDER BY seq")?
+        .query_map(params![recipient], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// Queues a receipt for `ids` to `recipient`, merged into the recipient's newest outbox

@@ -73,6 +73,12 @@ pub trait Transport: Send + Sync + 'static {
         msg_id: &str,
         copies: &[Copy],
     ) -> impl Future<Output = Result<CopiesSent, TransportError>> + Send;
+    /// Learns, once, whether the relay serves the per-device requests, before the first
+    /// message needs to know (the sender is woken on every connection): a message to
+    /// someone new then costs no extra round trip to find out. `user` is our account.
+    fn probe(&self, _user: &str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// Whether the relay keeps one device per account (it answers the per-device
     /// requests `Unsupported`): rows with one copy each then go in batches ([`send`]).
     ///
@@ -142,6 +148,9 @@ async fn sleep_opt(d: Option<Duration>) {
 
 /// Sends everything queued. `Err` when something must be retried later.
 async fn drain<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), ()> {
+    if let Some(me) = daemon.user() {
+        transport.probe(&me).await;
+    }
     let recipients = match daemon.store.read(|c| outbox::pending_recipients(c)).await {
         Ok(r) => r,
         Err(e) => {
@@ -568,11 +577,13 @@ pub fn prepare_next(
             let own = recipient == me.user_id;
             let bundles = usable(me, recipient, bundles);
             if own && bundles.is_empty() {
-                // Our account has no other device: its "sent" copies have nowhere to go.
+                // Our account has no other device: what is queued for it (sent copies,
+                // read syncs, a note to self) has reached every device there is.
                 outbox::set_known_devices(&tx, recipient, &[], now)?;
-                outbox::drop_all(&tx, recipient)?;
+                let seqs = outbox::queued_seqs(&tx, recipient)?;
+                let event = outbox::sent(&tx, &seqs, now)?;
                 tx.commit()?;
-                return Ok(Prepared::Empty);
+                return Ok(Prepared::Ready(Vec::new(), event));
             }
             match start_sessions(&tx, me, recipient, &bundles, rng, now)? {
                 Ok(e) => event = e,
@@ -703,6 +714,8 @@ pub struct RelayTransport {
     api: Arc<dyn RelayApi>,
     /// Since when the relay is known to keep one device per account.
     single_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Whether the relay answered [`Transport::probe`].
+    probed: std::sync::atomic::AtomicBool,
 }
 
 /// How long a relay answering `Unsupported` is taken to keep one device per account.
@@ -710,7 +723,11 @@ const REPROBE: Duration = Duration::from_secs(600);
 
 impl RelayTransport {
     pub fn new(api: Arc<dyn RelayApi>) -> Self {
-        Self { api, single_since: std::sync::Mutex::new(None) }
+        Self {
+            api,
+            single_since: std::sync::Mutex::new(None),
+            probed: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn single(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
@@ -851,6 +868,24 @@ impl Transport for RelayTransport {
             Ok(Response::Sent { .. }) => Ok(CopiesSent::Sent),
             Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
             Err(e) => Err(Self::classify(e)),
+        }
+    }
+
+    async fn probe(&self, user: &str) {
+        use std::sync::atomic::Ordering;
+        if self.probed.load(Ordering::Relaxed) {
+            return;
+        }
+        // Our own device list: harmless, and answered `Unsupported` by a relay that keeps
+        // one device per account.
+        match self.request(Request::ListDevices { user_id: user.to_owned() }).await {
+            Err(RelayError::Unavailable) => {}
+            answer => {
+                if let Err(e) = &answer {
+                    self.unsupported(e);
+                }
+                self.probed.store(true, Ordering::Relaxed);
+            }
         }
     }
 

@@ -73,7 +73,7 @@ pub fn apply_receipt(
 
 /// What another device of our account (`me`) sent: shown once (by its message id) as an
 /// outgoing message, already `sent`, announced with `message.received`. Only for a
-/// one-to-one conversation with someone else; anything else is refused.
+/// one-to-one conversation (a note to self included); anything else is refused.
 pub fn apply_sent(
     tx: &Connection,
     me: &str,
@@ -84,7 +84,7 @@ pub fn apply_sent(
         return Ok(Ok(Effects::default()));
     };
     match to.strip_prefix("user:") {
-        Some(peer) if crate::validate::user_id("to", peer).is_ok() && peer != me => {}
+        Some(peer) if crate::validate::user_id("to", peer).is_ok() => {}
         _ => return Ok(Err("a sent copy for no conversation with a user".into())),
     }
     let new = NewMessage {

@@ -239,6 +239,12 @@ fn from_own_device(
     e2e::save_record(tx, &me.user_id, device, &record, now)?;
     let outcome = match Content::decode(plaintext) {
         Some(sent @ Content::Sent { .. }) => texts::apply_sent(tx, &me.user_id, sent, now)?,
+        // A note to self written on another of our devices: ours, already sent.
+        Some(Content::Text { id, at, text, reply_to }) => {
+            let to = format!("user:{}", me.user_id);
+            let sent = Content::Sent { to, id, at, text, reply_to };
+            texts::apply_sent(tx, &me.user_id, sent, now)?
+        }
         Some(Content::ReadSync { conversation, ids }) => {
             Ok(texts::apply_read_sync(tx, &conversation, &ids, now)?)
         }

@@ -498,13 +498,13 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Whatever bob does with his devices while alice writes: every message reaches
     /// every device bob has when the relay takes it, each device opens every copy it
     /// gets, in order, and no copy is ever encrypted twice.
     #[test]
-    fn every_device_gets_every_message_once_encrypted(steps in prop::collection::vec(step(), 1..14)) {
+    fn every_device_gets_every_message_once_encrypted(steps in prop::collection::vec(step(), 1..20)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let alice = Device::new("alice", None);
@@ -575,4 +575,156 @@ proptest! {
             }
         });
     }
+}
+
+/// Today's relay: one device per account (device 1), the per-device requests answered
+/// `Unsupported`.
+#[derive(Debug)]
+struct OneDeviceRelay {
+    bundle: letstalk_wire::Bundle,
+    requests: Mutex<Vec<String>>,
+}
+
+impl crate::relay::RelayApi for OneDeviceRelay {
+    fn register(
+        &self,
+        _: crate::relay::Credentials,
+        _: String,
+        _: String,
+        _: String,
+        _: Vec<u8>,
+    ) -> futures::future::BoxFuture<'_, Result<(), crate::relay::RelayError>> {
+        Box::pin(async { Err(crate::relay::RelayError::Unavailable) })
+    }
+    fn login(
+        &self,
+        _: crate::relay::Credentials,
+        _: String,
+    ) -> futures::future::BoxFuture<'_, Result<(), crate::relay::RelayError>> {
+        Box::pin(async { Err(crate::relay::RelayError::Unavailable) })
+    }
+    fn delete_account_as(
+        &self,
+        _: crate::relay::Credentials,
+    ) -> futures::future::BoxFuture<'_, Result<(), crate::relay::RelayError>> {
+        Box::pin(async { Err(crate::relay::RelayError::Unavailable) })
+    }
+    fn set_credentials(&self, _: Option<crate::relay::Credentials>) {}
+    fn request(
+        &self,
+        request: letstalk_wire::Request,
+    ) -> futures::future::BoxFuture<'_, Result<letstalk_wire::Response, crate::relay::RelayError>>
+    {
+        use letstalk_wire::{Request as Q, Response as R};
+        let name = format!("{request:?}").split([' ', '{']).next().unwrap_or_default().to_owned();
+        self.requests.lock().unwrap().push(name);
+        let answer = match request {
+            Q::FetchBundles { .. } | Q::SendCopies { .. } | Q::ListDevices { .. } => R::Error {
+                kind: letstalk_wire::ErrorKind::Unsupported,
+                retry_after_ms: 0,
+                message: "not served yet".into(),
+            },
+            Q::FetchBundle { .. } => R::Bundle(self.bundle.clone()),
+            Q::Send { .. } | Q::SendBatch { .. } => R::Sent { server_ts: 1, duplicate: false },
+            _ => R::Ok,
+        };
+        Box::pin(async move { Ok(answer) })
+    }
+    fn status(&self) -> (letstalk_ipc::types::RelayState, Option<u64>) {
+        (letstalk_ipc::types::RelayState::Connected, None)
+    }
+    fn address(&self) -> String {
+        String::new()
+    }
+    fn open_stream(
+        &self,
+        _: letstalk_wire::Request,
+    ) -> futures::future::BoxFuture<'_, Result<crate::relay::RelayStream, crate::relay::RelayError>>
+    {
+        Box::pin(async { Err(crate::relay::RelayError::Unavailable) })
+    }
+    fn send_datagram(&self, _: Vec<u8>) -> Result<(), crate::relay::RelayError> {
+        Ok(())
+    }
+    fn take_datagrams(&self) -> Option<tokio::sync::mpsc::Receiver<bytes::Bytes>> {
+        None
+    }
+    fn max_datagram_size(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Against today's relay the sender uses the requests it knows: a probe answered
+/// `Unsupported` once, then `FetchBundle`, and rows of one copy each in one `SendBatch`
+/// (batching kept); a set of copies other than one for device 1 is answered as that
+/// relay's mismatch would be.
+#[tokio::test]
+async fn a_relay_with_one_device_per_account_gets_the_requests_it_knows() {
+    let alice = Device::new("alice", None);
+    let bob = Device::new("bob", None);
+    let wire = letstalk_wire::Bundle {
+        user_id: "bob".into(),
+        device_id: 1,
+        device_key: bob.device_key(),
+        identity: bob.account.identity.public().to_bytes().to_vec(),
+        signed_prekey: Some(crate::keys::to_wire(&bob.prekeys[0])),
+        one_time_prekey: Some(crate::keys::to_wire(&bob.prekeys[2])),
+        last_resort: false,
+    };
+    let api = Arc::new(OneDeviceRelay { bundle: wire, requests: Mutex::default() });
+    let transport = super::RelayTransport::new(api.clone());
+    let daemon = Daemon::for_tests(alice.store.clone());
+    // Known to have no other device, as after the first fetch of our own bundles.
+    alice.store.with(|c| outbox::set_known_devices(c, "alice", &[], 1)).unwrap();
+    for id in ["m1", "m2", "m3"] {
+        send_text(&alice, "bob", id);
+    }
+    assert!(!transport.single_device());
+    drain(&daemon, &transport).await.unwrap();
+    assert!(transport.single_device());
+    // Known from the probe before the first message (asked once).
+    assert_eq!(*api.requests.lock().unwrap(), ["ListDevices", "FetchBundle", "SendBatch"]);
+    send_text(&alice, "bob", "m4");
+    drain(&daemon, &transport).await.unwrap();
+    assert_eq!(api.requests.lock().unwrap().len(), 4);
+    assert_eq!(state_of(&alice, "m3"), MessageState::Sent);
+
+    let copy = |device_id| Copy { device_id, body: vec![1, 2, 3] };
+    assert_eq!(
+        transport.send_copies("bob", "r", &[copy(1), copy(4)]).await.unwrap(),
+        CopiesSent::Mismatch { missing: vec![], extra: vec![4] }
+    );
+    assert_eq!(
+        transport.send_copies("bob", "r", &[]).await.unwrap(),
+        CopiesSent::Mismatch { missing: vec![1], extra: vec![] }
+    );
+    assert_eq!(transport.send_copies("bob", "r", &[copy(1)]).await.unwrap(), CopiesSent::Sent);
+    assert_eq!(api.requests.lock().unwrap().last().map(String::as_str), Some("Send"));
+}
+
+/// A note to self on an account with no other device is sent at once (there is nowhere
+/// else for it to go); on another of our devices it shows as ours, sent.
+#[tokio::test]
+async fn a_note_to_self_reaches_our_other_devices_only() {
+    let alice1 = Device::new("alice", None);
+    let relay = FakeRelay::default();
+    relay.link("alice", 1, alice1.clone());
+    *relay.sender.lock().unwrap() = Some(("alice".into(), 1));
+    let daemon = Daemon::for_tests(alice1.store.clone());
+    queue_text(&alice1, "alice", "n1");
+    drain(&daemon, &relay).await.unwrap();
+    assert_eq!(state_of(&alice1, "n1"), MessageState::Sent);
+    assert!(relay.offered.lock().unwrap().is_empty());
+
+    let alice2 = Device::new("alice", Some(&alice1.account.identity));
+    relay.link("alice", 2, alice2.clone());
+    alice1.store.with(|c| outbox::forget_known_devices(c, "alice")).unwrap();
+    queue_text(&alice1, "alice", "n2");
+    drain(&daemon, &relay).await.unwrap();
+    relay.deliver("alice", 2, "alice");
+    let shown = alice2.store.with(|c| messages::get(c, "n2")).unwrap().unwrap();
+    assert_eq!(
+        (shown.direction, shown.state, shown.conversation.as_str()),
+        (Direction::Out, MessageState::Sent, "user:alice")
+    );
 }
