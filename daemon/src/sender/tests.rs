@@ -610,6 +610,15 @@ impl crate::relay::RelayApi for OneDeviceRelay {
         Box::pin(async { Err(crate::relay::RelayError::Unavailable) })
     }
     fn set_credentials(&self, _: Option<crate::relay::Credentials>) {}
+    fn authenticate(
+        &self,
+        _: crate::relay::Credentials,
+    ) -> futures::future::BoxFuture<'_, Result<(), crate::relay::RelayError>> {
+        Box::pin(async { Err(crate::relay::RelayError::Unavailable) })
+    }
+    fn device_id(&self) -> Option<u32> {
+        Some(1)
+    }
     fn request(
         &self,
         request: letstalk_wire::Request,
