@@ -214,8 +214,23 @@ mod tests {
         let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
         let (release, wait) = mpsc::channel::<()>();
         let wait = Arc::new(Mutex::new(wait));
-        // Jobs that hold their thread until released: the threads fill, then the queue.
-        let mut accepted = 0;
+        // First every thread takes a job that holds it until released, and says so: until
+        // then a thread could still take a queued job and make room, and the queue's
+        // refusal below would be a race (seen failing on a loaded machine).
+        let (started, running) = mpsc::channel::<()>();
+        for _ in 0..cores {
+            let (wait, started) = (wait.clone(), started.clone());
+            let job = h.run(move || {
+                let _ = started.send(());
+                let _ = wait.lock().map(|w| w.recv());
+            });
+            assert!(job.now_or_never().is_none(), "a thread's job was queued");
+        }
+        for _ in 0..cores {
+            running.recv_timeout(std::time::Duration::from_secs(10)).expect("every thread busy");
+        }
+        // Then the queue fills.
+        let mut accepted = cores;
         let busy = loop {
             let wait = wait.clone();
             let job = h.run(move || {
