@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use letstalk_tests::{
     Daemon, PASSWORD, World, error_of, eventually, files_containing, next_event, registered,
-    registered_with, texts, wait_connected, wait_presence, wait_texts,
+    registered_with, texts, wait_connected, wait_drained, wait_presence, wait_texts,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -207,6 +207,10 @@ async fn blocking_refuses_files_and_calls_and_clearing_history_deletes_unread_fi
     let call = alice.call("calls.start", json!({"to": "user:bob", "media": "audio"})).await;
     let blocked_call = call.unwrap()["call"]["call_id"].as_str().unwrap().to_owned();
     alice.call("calls.hangup", json!({"call_id": blocked_call})).await.unwrap();
+    // The blocked call's signalling has met the relay (refused) before bob unblocks:
+    // otherwise an offer still on its way (a device list to fetch first) would rightly
+    // be delivered after the unblock.
+    wait_drained(&alice, LIMIT).await;
 
     // Unblocked: a second call rings at bob, and it is the first call bob's daemon
     // hears of (alice's signalling reaches bob in order, so an offer let through while
