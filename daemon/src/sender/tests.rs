@@ -728,3 +728,32 @@ async fn a_note_to_self_reaches_our_other_devices_only() {
         (Direction::Out, MessageState::Sent, "user:alice")
     );
 }
+
+/// A device that claims to be one of ours but holds another identity key (one the relay
+/// made up) is not believed: its "sent" copy is dropped and no session with it is kept.
+#[tokio::test]
+async fn a_sent_copy_under_another_identity_key_is_dropped() {
+    let alice2 = Device::new("alice", None);
+    let mallory = Device::new("alice", None);
+    let body = mallory
+        .store
+        .with(|c| {
+            e2e::start_session(c, &mallory.account, "alice", &alice2.bundle(2), &mut OsRng, 1)?;
+            let copy = Content::Sent {
+                to: "user:bob".into(),
+                id: "fake".into(),
+                at: 1,
+                text: "not alice".into(),
+                reply_to: None,
+            };
+            outbox::enqueue(c, "alice", None, &copy, 1)?;
+            e2e::seal_queued(c, "alice", 64, &mut OsRng, 1)?;
+            Ok(outbox::ready(c, "alice", 64)?.unwrap().remove(0).copies.remove(0).body)
+        })
+        .unwrap();
+    let got =
+        alice2.store.with(|c| receive(c, &alice2.account, "alice", 3, "r1", &body, 9)).unwrap();
+    assert!(matches!(got, Received::Dropped(_)), "{got:?}");
+    assert_eq!(alice2.text("fake"), None);
+    assert!(alice2.store.with(|c| e2e::session_devices(c, "alice")).unwrap().is_empty());
+}
