@@ -757,3 +757,39 @@ async fn a_sent_copy_under_another_identity_key_is_dropped() {
     assert_eq!(alice2.text("fake"), None);
     assert!(alice2.store.with(|c| e2e::session_devices(c, "alice")).unwrap().is_empty());
 }
+
+/// A row sealed before this daemon knew devices (one envelope, no plaintext kept) cannot
+/// reach a device the recipient linked since: it fails instead of blocking what follows.
+#[tokio::test]
+async fn a_row_sealed_before_devices_fails_when_a_device_is_missing() {
+    let alice = Device::new("alice", None);
+    let bob1 = Device::new("bob", None);
+    let relay = FakeRelay::default();
+    *relay.sender.lock().unwrap() = Some(("alice".into(), 1));
+    relay.link("bob", 1, bob1.clone());
+    alice.store.with(|c| outbox::set_known_devices(c, "alice", &[], 1)).unwrap();
+    let daemon = Daemon::for_tests(alice.store.clone());
+    queue_text(&alice, "bob", "m1");
+    drain(&daemon, &relay).await.unwrap();
+    // m2 as migration 0010 finds a row sealed before it: its envelope for device 1 only.
+    queue_text(&alice, "bob", "m2");
+    alice
+        .store
+        .with(|c| {
+            e2e::seal_queued(c, "bob", 64, &mut OsRng, 6)?;
+            let copies = outbox::ready(c, "bob", 64)?.unwrap().remove(0).copies;
+            c.execute(
+                "UPDATE outbox SET envelope = ?1, copies = NULL, plaintext = NULL",
+                [&copies[0].body],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    relay.link("bob", 2, Device::new("bob", Some(&bob1.account.identity)));
+    queue_text(&alice, "bob", "m3");
+    drain(&daemon, &relay).await.unwrap();
+    assert_eq!(state_of(&alice, "m2"), MessageState::Failed);
+    assert_eq!(state_of(&alice, "m3"), MessageState::Sent);
+    assert_eq!(relay.deliver("bob", 2, "alice").len(), 1);
+    relay.assert_never_reencrypted();
+}
