@@ -793,3 +793,23 @@ async fn a_row_sealed_before_devices_fails_when_a_device_is_missing() {
     assert_eq!(relay.deliver("bob", 2, "alice").len(), 1);
     relay.assert_never_reencrypted();
 }
+
+/// Deleting a message not yet sent withdraws its "sent" copy for our other devices too,
+/// sealed or not; other rows for them stay.
+#[test]
+fn erasing_a_queued_message_withdraws_its_sent_copy() {
+    let alice = Device::new("alice", None);
+    send_text(&alice, "bob", "m1");
+    send_text(&alice, "bob", "m2");
+    assert_eq!(queued_to(&alice, "alice").len(), 2);
+    alice
+        .store
+        .with(|c| {
+            crate::erase::erase(c, "alice", &["m1".to_owned()])?;
+            Ok(())
+        })
+        .unwrap();
+    let left = queued_to(&alice, "alice");
+    assert!(matches!(left.as_slice(), [Some(Content::Sent { id, .. })] if id == "m2"), "{left:?}");
+    assert_eq!(queued_to(&alice, "bob").len(), 1);
+}
