@@ -18,7 +18,8 @@
 //! - [`events`]: the persisted event log and the bus that wakes subscribers.
 //! - [`groups`]: group membership, sender keys, group messages in and out.
 //! - [`relay`]: the relay operations the methods use (`RelayApi`) and the QUIC link.
-//! - [`sender`]: drains the outbox to the relay in order, against a `Transport`.
+//! - [`sender`]: drains the outbox to the relay in order, one copy per device of the
+//!   recipient (`Mismatch` handled), against a `Transport`.
 //! - [`server`]: the socket, peer checks, line framing, batching, subscriptions.
 //! - [`inbox`]: applies what the relay pushes (messages, presence, profiles, logout);
 //!   `inbox::receive` opens an envelope and routes its content to the handler of its kind.
@@ -28,7 +29,8 @@
 //! - [`methods`]: one module per method namespace, turning typed params into results.
 //! - [`notify`]: which incoming messages raise a `notification` (not muted ones).
 //! - [`netwatch`]: network changes from routing netlink: history, events, link migration.
-//! - [`e2e`]: the only code on pairwise sessions: open an envelope, archive, re-send.
+//! - [`e2e`]: the only code on pairwise sessions (one per peer device): open an envelope,
+//!   seal for every device, archive, re-send.
 //! - [`outbox`]: every statement on the outbox (and the plaintext kept for retries).
 //! - [`texts`]: texts and receipts received.
 //! - [`identities`]: the identity key known for each peer.

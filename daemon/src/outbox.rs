@@ -136,6 +136,18 @@ pub fn failed(
     now: i64,
 ) -> Result<Option<u64>, StoreError> {
     let tx = conn.transaction()?;
+    let event = failed_in(&tx, seq, error, now)?;
+    tx.commit()?;
+    Ok(event)
+}
+
+/// [`failed`] inside the caller's transaction.
+pub fn failed_in(
+    tx: &Connection,
+    seq: i64,
+    error: &str,
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
     let row: Option<(Option<String>, String)> = tx
         .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING message_id, recipient")?
         .query_row(params![seq], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -154,10 +166,21 @@ pub fn failed(
             if recipient.starts_with("group:") { recipient } else { format!("user:{recipient}") };
         let body =
             EventBody::MessageState { message_id: id, conversation, state: MessageState::Failed };
-        event = Some(events::append(&tx, &body, now)?);
+        event = Some(events::append(tx, &body, now)?);
     }
-    tx.commit()?;
     Ok(event)
+}
+
+/// `recipient`'s rows sealed before devices (one envelope, for device 1, and no
+/// plaintext kept): no copy can be made of them for another device.
+pub fn sealed_before_devices(conn: &Connection, recipient: &str) -> Result<Vec<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq FROM outbox WHERE recipient = ?1 AND envelope IS NOT NULL
+             AND copies IS NULL AND fanout IS NULL AND plaintext IS NULL ORDER BY seq",
+        )?
+        .query_map(params![recipient], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// The relay took group message row `seq` for every recipient but `refused` (each with

@@ -690,6 +690,19 @@ pub fn apply_devices(
     if !without.is_empty() {
         tracing::debug!(n = without.len(), "missing devices without a session yet");
     }
+    let mut event = event;
+    if !missing.is_empty() {
+        // Queued before this daemon knew devices, its plaintext not kept: it can reach
+        // the new device only as a new message, so it fails (the user sees it and can
+        // send it again) instead of blocking the conversation.
+        for seq in outbox::sealed_before_devices(&tx, recipient)? {
+            let error = crate::messages::error_text(
+                None,
+                "the recipient's devices changed before it could be sent",
+            );
+            event = outbox::failed_in(&tx, seq, &error, now)?.or(event);
+        }
+    }
     if recipient == me.user_id {
         let mut devices = outbox::known_devices(&tx, recipient)?.unwrap_or_default();
         devices.retain(|d| !extra.contains(d));

@@ -260,11 +260,11 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
 
-/// A write that may share its transaction (and its disk sync) with others, and the key
+/// A write that may share its transaction (and its disk sync) with others, and the keys
 /// it names for [`Finish`]; see [`GroupCommit`].
 struct Job {
     write: Write,
-    then: Option<String>,
+    then: Vec<String>,
 }
 
 /// A job's write: on success, what hands its result to the caller after the commit.
@@ -323,12 +323,12 @@ impl GroupCommit {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
-        self.run_then(None, f).await
+        self.run_then(Vec::new(), f).await
     }
 
-    /// [`GroupCommit::run`], and if `f` succeeds, the group's [`Finish`] runs for `key`
-    /// in the same transaction before the commit.
-    pub async fn run_then<F, R>(&self, key: Option<String>, f: F) -> Result<R, StoreError>
+    /// [`GroupCommit::run`], and if `f` succeeds, the group's [`Finish`] runs for each of
+    /// `keys` in the same transaction before the commit.
+    pub async fn run_then<F, R>(&self, keys: Vec<String>, f: F) -> Result<R, StoreError>
     where
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
@@ -343,7 +343,7 @@ impl GroupCommit {
                 None
             }
         });
-        self.jobs.send(Job { write, then: key }).map_err(|_| StoreError::Join)?;
+        self.jobs.send(Job { write, then: keys }).map_err(|_| StoreError::Join)?;
         rx.await.map_err(|_| StoreError::Join)?
     }
 }

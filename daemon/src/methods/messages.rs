@@ -68,10 +68,13 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
     // A message to a user is encrypted in the transaction that accepts it (after the
     // checks below, by the group commit's `Finish`, once per recipient and group): one
     // disk sync makes the message, its ciphertext and the ratchet durable, and the sender
-    // has nothing left to commit before handing it to the relay.
+    // has nothing left to commit before handing it to the relay. Our own account's
+    // "sent" copy too, when there are other devices to seal it for (else nothing is
+    // queued for it and sealing finds nothing).
     let seal = match &peer {
-        Peer::User(user) => Some(user.clone()),
-        Peer::Group(_) => None,
+        Peer::User(user) if *user != me => vec![user.clone(), me.clone()],
+        Peer::User(user) => vec![user.clone()],
+        Peer::Group(_) => Vec::new(),
     };
     let outcome = daemon
         .writes

@@ -737,3 +737,88 @@ async fn a_note_to_self_reaches_our_other_devices_only() {
         (Direction::Out, MessageState::Sent, "user:alice")
     );
 }
+
+/// A device that claims to be one of ours but holds another identity key (one the relay
+/// made up) is not believed: its "sent" copy is dropped and no session with it is kept.
+#[tokio::test]
+async fn a_sent_copy_under_another_identity_key_is_dropped() {
+    let alice2 = Device::new("alice", None);
+    let mallory = Device::new("alice", None);
+    let body = mallory
+        .store
+        .with(|c| {
+            e2e::start_session(c, &mallory.account, "alice", &alice2.bundle(2), &mut OsRng, 1)?;
+            let copy = Content::Sent {
+                to: "user:bob".into(),
+                id: "fake".into(),
+                at: 1,
+                text: "not alice".into(),
+                reply_to: None,
+            };
+            outbox::enqueue(c, "alice", None, &copy, 1)?;
+            e2e::seal_queued(c, "alice", 64, &mut OsRng, 1)?;
+            Ok(outbox::ready(c, "alice", 64)?.unwrap().remove(0).copies.remove(0).body)
+        })
+        .unwrap();
+    let got =
+        alice2.store.with(|c| receive(c, &alice2.account, "alice", 3, "r1", &body, 9)).unwrap();
+    assert!(matches!(got, Received::Dropped(_)), "{got:?}");
+    assert_eq!(alice2.text("fake"), None);
+    assert!(alice2.store.with(|c| e2e::session_devices(c, "alice")).unwrap().is_empty());
+}
+
+/// A row sealed before this daemon knew devices (one envelope, no plaintext kept) cannot
+/// reach a device the recipient linked since: it fails instead of blocking what follows.
+#[tokio::test]
+async fn a_row_sealed_before_devices_fails_when_a_device_is_missing() {
+    let alice = Device::new("alice", None);
+    let bob1 = Device::new("bob", None);
+    let relay = FakeRelay::default();
+    *relay.sender.lock().unwrap() = Some(("alice".into(), 1));
+    relay.link("bob", 1, bob1.clone());
+    alice.store.with(|c| outbox::set_known_devices(c, "alice", &[], 1)).unwrap();
+    let daemon = Daemon::for_tests(alice.store.clone());
+    queue_text(&alice, "bob", "m1");
+    drain(&daemon, &relay).await.unwrap();
+    // m2 as migration 0010 finds a row sealed before it: its envelope for device 1 only.
+    queue_text(&alice, "bob", "m2");
+    alice
+        .store
+        .with(|c| {
+            e2e::seal_queued(c, "bob", 64, &mut OsRng, 6)?;
+            let copies = outbox::ready(c, "bob", 64)?.unwrap().remove(0).copies;
+            c.execute(
+                "UPDATE outbox SET envelope = ?1, copies = NULL, plaintext = NULL",
+                [&copies[0].body],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    relay.link("bob", 2, Device::new("bob", Some(&bob1.account.identity)));
+    queue_text(&alice, "bob", "m3");
+    drain(&daemon, &relay).await.unwrap();
+    assert_eq!(state_of(&alice, "m2"), MessageState::Failed);
+    assert_eq!(state_of(&alice, "m3"), MessageState::Sent);
+    assert_eq!(relay.deliver("bob", 2, "alice").len(), 1);
+    relay.assert_never_reencrypted();
+}
+
+/// Deleting a message not yet sent withdraws its "sent" copy for our other devices too,
+/// sealed or not; other rows for them stay.
+#[test]
+fn erasing_a_queued_message_withdraws_its_sent_copy() {
+    let alice = Device::new("alice", None);
+    send_text(&alice, "bob", "m1");
+    send_text(&alice, "bob", "m2");
+    assert_eq!(queued_to(&alice, "alice").len(), 2);
+    alice
+        .store
+        .with(|c| {
+            crate::erase::erase(c, "alice", &["m1".to_owned()])?;
+            Ok(())
+        })
+        .unwrap();
+    let left = queued_to(&alice, "alice");
+    assert!(matches!(left.as_slice(), [Some(Content::Sent { id, .. })] if id == "m2"), "{left:?}");
+    assert_eq!(queued_to(&alice, "bob").len(), 1);
+}
