@@ -72,6 +72,48 @@ impl Default for World {
     }
 }
 
+/// A failed test leaves its world behind and prints the end of every log in it (relays,
+/// daemons, nats-server), so that a failure seen only in CI can be read from CI's output.
+impl Drop for World {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.dir.disable_cleanup(true);
+        eprintln!("the test's world is kept at {}", self.path().display());
+        for log in logs_under(self.path()) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            eprintln!("──── {} (last {} of {} lines)", log.display(), tail.len(), lines.len());
+            for line in tail {
+                eprintln!("    {line}");
+            }
+        }
+    }
+}
+
+/// How many lines of each log a failed test prints.
+const LOG_TAIL: usize = 25;
+
+/// Every `*.log` file under `dir`, sorted by path.
+fn logs_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "log") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 impl World {
     pub fn new() -> Self {
         let dir = tempfile::Builder::new().prefix("letstalk-it-").tempdir().expect("temp dir");
