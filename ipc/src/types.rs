@@ -921,6 +921,8 @@ pub enum CallEndReason {
     Missed,
     Failed,
     Busy,
+    /// Another device of this account took (or declined) the call that rang here too.
+    AnsweredElsewhere,
 }
 
 /// A call, and its entry in the call log.

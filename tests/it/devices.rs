@@ -252,3 +252,86 @@ async fn messages_reach_every_device_and_what_one_sends_shows_on_the_other() {
         assert!(files_containing(relay.data_dir(), needle.as_bytes()).is_empty());
     }
 }
+
+/// Subscribes to the call events of `d`.
+async fn call_events(
+    d: &letstalk_tests::Daemon,
+) -> (letstalk_tests::Client, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+    let c = d.client().await.unwrap();
+    let events = c.take_events().unwrap();
+    c.call_value("events.subscribe", json!({"kinds": ["call.incoming", "call.state"]}))
+        .await
+        .unwrap();
+    (c, events)
+}
+
+#[tokio::test]
+async fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
+    use tokio_seqpacket::UnixSeqpacket;
+
+    use crate::calls::{call_event, stream};
+
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
+    let (_p, mut on_phone) = call_events(&phone).await;
+    let (_d, mut on_desktop) = call_events(&desktop).await;
+    let (b, mut on_bob) = call_events(&bob).await;
+
+    // bob calls alice: it rings on both of her devices; the desktop takes it.
+    let started =
+        b.call_value("calls.start", json!({"to": "user:alice", "media": "audio"})).await.unwrap();
+    let id = started["call"]["call_id"].as_str().unwrap().to_owned();
+    let b_path = started["media_socket"].as_str().unwrap().to_owned();
+    for events in [&mut on_phone, &mut on_desktop] {
+        let ringing = call_event(events, "call.incoming", Some(&id)).await;
+        assert_eq!(ringing["call"]["peer"], "bob");
+    }
+    let accepted = desktop.call("calls.accept", json!({"call_id": id})).await.unwrap();
+    assert_eq!(accepted["call"]["state"], "active");
+    let d_path = accepted["media_socket"].as_str().unwrap().to_owned();
+
+    // The phone stops ringing: answered elsewhere. bob's call is active.
+    let e = call_event(&mut on_phone, "call.state", Some(&id)).await;
+    assert_eq!(
+        (e["call"]["state"].as_str(), e["call"]["end_reason"].as_str()),
+        (Some("ended"), Some("answered_elsewhere"))
+    );
+    let e = call_event(&mut on_bob, "call.state", Some(&id)).await;
+    assert_eq!(e["call"]["state"], "active");
+    // The phone can no longer take it.
+    let (_, kind, _) = error_of(phone.call("calls.accept", json!({"call_id": id})).await);
+    assert_eq!(kind.as_deref(), Some("invalid_state"));
+
+    // Media flows between bob and the desktop that took the call.
+    let b_sock = UnixSeqpacket::connect(&b_path).await.unwrap();
+    let d_sock = UnixSeqpacket::connect(&d_path).await.unwrap();
+    let got = stream(&b_sock, &d_sock, 50, 50, 160).await;
+    assert!(got.len() >= 49, "only {} of 50 frames reached the desktop", got.len());
+    b.call_value("calls.hangup", json!({"call_id": id})).await.unwrap();
+    let mut e = call_event(&mut on_desktop, "call.state", Some(&id)).await;
+    while e["call"]["state"] == "active" {
+        e = call_event(&mut on_desktop, "call.state", Some(&id)).await;
+    }
+    assert_eq!(e["call"]["end_reason"], "hangup");
+
+    // A second call, declined on the phone: declined on the desktop too, and for bob.
+    let again = eventually(LIMIT, "bob free to call again", || async {
+        b.call_value("calls.start", json!({"to": "user:alice", "media": "video"})).await.ok()
+    })
+    .await
+    .unwrap();
+    let id = again["call"]["call_id"].as_str().unwrap().to_owned();
+    for events in [&mut on_phone, &mut on_desktop] {
+        call_event(events, "call.incoming", Some(&id)).await;
+    }
+    let declined = phone.call("calls.reject", json!({"call_id": id})).await.unwrap();
+    assert_eq!(declined["call"]["end_reason"], "rejected");
+    for events in [&mut on_desktop, &mut on_bob] {
+        let e = call_event(events, "call.state", Some(&id)).await;
+        assert_eq!(
+            (e["call"]["state"].as_str(), e["call"]["end_reason"].as_str()),
+            (Some("ended"), Some("rejected"))
+        );
+    }
+}

@@ -82,6 +82,7 @@ fn reason_str(r: CallEndReason) -> &'static str {
         CallEndReason::Missed => "missed",
         CallEndReason::Failed => "failed",
         CallEndReason::Busy => "busy",
+        CallEndReason::AnsweredElsewhere => "answered_elsewhere",
     }
 }
 
@@ -92,6 +93,7 @@ fn parse_reason(s: &str) -> Option<CallEndReason> {
         "missed" => CallEndReason::Missed,
         "failed" => CallEndReason::Failed,
         "busy" => CallEndReason::Busy,
+        "answered_elsewhere" => CallEndReason::AnsweredElsewhere,
         _ => return None,
     })
 }
@@ -332,6 +334,41 @@ pub fn receive(
         _ => {}
     }
     Ok(out)
+}
+
+/// Applies call signalling from another device of our own account (inside the receive
+/// transaction): a call rings on every device of the callee, and the first to take it
+/// tells the others. Its answer ends the call ringing here with `answered_elsewhere`; its
+/// refusal ends it as `rejected`. Only a call that still rings here, incoming, is touched:
+/// a device of ours cannot end a call this device took, nor one it made.
+pub fn receive_own(tx: &Connection, content: &Content, now: i64) -> Result<Effects, StoreError> {
+    let (call_id, reason) = match content {
+        Content::CallAnswer { call_id } => (call_id, CallEndReason::AnsweredElsewhere),
+        Content::CallEnd { call_id, reason } if reason == "rejected" => {
+            (call_id, CallEndReason::Rejected)
+        }
+        _ => return Ok(Effects::default()),
+    };
+    let mut out = Effects::default();
+    if let Some(call) = get(tx, call_id)?
+        && call.direction == Direction::In
+        && call.state == CallState::Ringing
+    {
+        out.last_event = ended(tx, call_id, reason, now)?;
+    }
+    Ok(out)
+}
+
+/// Tells our account's other devices that this one took or declined an incoming call
+/// (inside the caller's transaction): they stop ringing ([`receive_own`]). To an account
+/// with no other device this costs nothing on the wire (the sender marks it sent).
+pub fn tell_own_devices(
+    tx: &Connection,
+    me: &str,
+    content: &Content,
+    now: i64,
+) -> Result<(), StoreError> {
+    signal(tx, me, content, now)
 }
 
 /// The signalling content that starts a call.

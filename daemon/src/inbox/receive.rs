@@ -224,7 +224,8 @@ fn apply_plaintext(
 
 /// A message from another device of our own account. It must hold the account's
 /// identity key (a device the relay made up holds none), and it only tells what that
-/// device sent or read (or asks for a retry): anything else is dropped.
+/// device sent or read, that it took or declined a call (or asks for a retry): anything
+/// else is dropped.
 fn from_own_device(
     tx: &Connection,
     me: &Account,
@@ -249,6 +250,10 @@ fn from_own_device(
             Ok(texts::apply_read_sync(tx, &conversation, &ids, now)?)
         }
         Some(Content::Retry { ids }) => Ok(e2e::resend(tx, &me.user_id, device, &ids, now)?),
+        // Another of our devices took or declined a call that rings here too.
+        Some(c @ (Content::CallAnswer { .. } | Content::CallEnd { .. })) => {
+            Ok(calls::receive_own(tx, &c, now)?)
+        }
         Some(_) => Err("not something our own devices tell each other".to_owned()),
         None => Err("unknown content".to_owned()),
     };

@@ -118,7 +118,7 @@ pub(super) async fn accept(
     daemon: &Arc<Daemon>,
     p: CallIdParams,
 ) -> Result<CallSocketResult, RpcError> {
-    logged_in(daemon).await?;
+    let me = logged_in(daemon).await?;
     let relay = relay(daemon)?;
     let call = load(daemon, &p.call_id).await?;
     if call.direction != Direction::In || call.state != CallState::Ringing {
@@ -142,7 +142,9 @@ pub(super) async fn accept(
             let tx = c.transaction()?;
             let now = now_ms();
             let Some(seq) = calls::answered(&tx, &id, now)? else { return Ok(None) };
-            calls::signal(&tx, &peer, &Content::CallAnswer { call_id: id.clone() }, now)?;
+            let answer = Content::CallAnswer { call_id: id.clone() };
+            calls::signal(&tx, &peer, &answer, now)?;
+            calls::tell_own_devices(&tx, &me, &answer, now)?;
             let call = calls::get(&tx, &id)?.ok_or_else(vanished)?;
             tx.commit()?;
             Ok(Some((seq, call)))
@@ -166,6 +168,10 @@ async fn end(
     told: &'static str,
 ) -> Result<Call, RpcError> {
     let (id, peer) = (call.call_id.clone(), call.peer.clone());
+    // Declining a call that rings here declines it on our other devices too.
+    let me = (call.direction == Direction::In && call.state == CallState::Ringing)
+        .then(|| daemon.user())
+        .flatten();
     let done = daemon
         .store
         .call(move |c| {
@@ -173,12 +179,11 @@ async fn end(
             let now = now_ms();
             let seq = calls::ended(&tx, &id, reason, now)?;
             if seq.is_some() {
-                calls::signal(
-                    &tx,
-                    &peer,
-                    &Content::CallEnd { call_id: id.clone(), reason: told.into() },
-                    now,
-                )?;
+                let end = Content::CallEnd { call_id: id.clone(), reason: told.into() };
+                calls::signal(&tx, &peer, &end, now)?;
+                if let Some(me) = &me {
+                    calls::tell_own_devices(&tx, me, &end, now)?;
+                }
             }
             let call = calls::get(&tx, &id)?.ok_or_else(vanished)?;
             tx.commit()?;
