@@ -1,6 +1,7 @@
 //! What travels inside an end-to-end envelope between two devices: a message, a
 //! receipt, a group update or a sender key (and, encrypted with a sender key, a group
-//! message's text); between the devices of one account, what one of them sent or read. This is a boundary format (the peer may run another
+//! message's text); between the devices of one account, what one of them sent or read,
+//! and the contacts and settings they keep in step. This is a boundary format (the peer may run another
 //! version), so it is versioned JSON with explicit, optional-friendly fields; only the
 //! two devices ever see it, encrypted everywhere else.
 
@@ -101,6 +102,26 @@ pub enum Content {
     /// are read here too (and no second read receipt goes to their sender).
     #[serde(rename = "read_sync")]
     ReadSync { conversation: String, ids: Vec<String> },
+    /// Another device of our own account changed contact `user_id`: the contact as it
+    /// holds it now, or `removed`. `verified` is the identity key (hex) it verified, if
+    /// any; this device takes it only for the same key it knows itself.
+    #[serde(rename = "contact_sync")]
+    ContactSync {
+        user_id: String,
+        #[serde(default)]
+        nickname: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alias: Option<String>,
+        blocked: bool,
+        #[serde(default)]
+        removed: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verified: Option<String>,
+    },
+    /// Another device of our own account changed the account's settings (those the same
+    /// on every device).
+    #[serde(rename = "settings_sync")]
+    SettingsSync { block_all: bool, read_receipts: bool, typing: bool, share_presence: bool },
     /// The sender is typing: in the one-to-one conversation, or in group `gid` (sent
     /// pairwise to each member). `at` lets the receiver drop one that arrives stale.
     #[serde(rename = "typing")]

@@ -38,6 +38,7 @@
 //! - [`settings`], [`client`], [`clock`], [`version`]: the settings rows, one IPC
 //!   connection, `now_ms`, `VERSION`.
 //! - [`suspend`]: logind's resume signal: the relay path probed at once.
+//! - [`sync`]: contacts and account settings kept in step between our own devices.
 //! - [`trust`]: peers' identity keys: changes shown, a verified contact's new key held.
 //! - [`prekeys`]: one-time prekeys topped up, the signed prekey rotated.
 //! - [`device`]: hardware, OS, network and the application-specific device ID.
@@ -83,6 +84,7 @@ pub mod settings;
 pub mod state;
 pub mod store;
 pub mod suspend;
+pub mod sync;
 pub mod systemd;
 pub mod texts;
 pub mod trust;

@@ -84,6 +84,18 @@ impl Settings {
         ]
     }
 
+    /// Writes every setting (inside the caller's transaction).
+    pub fn store(&self, conn: &Connection) -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?;
+        for (key, value) in self.rows() {
+            stmt.execute(rusqlite::params![key, value])?;
+        }
+        Ok(())
+    }
+
     /// Applies a patch, checking every value first (all or nothing).
     pub fn apply(&self, p: &SettingsPatch) -> Result<Self, RpcError> {
         let mut s = *self;

@@ -335,3 +335,88 @@ async fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
         );
     }
 }
+
+/// The contact `user` as `d` lists it.
+async fn contact(d: &letstalk_tests::Daemon, user: &str) -> Option<serde_json::Value> {
+    let list = d.call("contacts.list", json!({})).await.ok()?;
+    list["contacts"].as_array()?.iter().find(|c| c["user_id"] == user).cloned()
+}
+
+#[tokio::test]
+async fn contacts_blocks_verification_and_account_settings_stay_in_step() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let (mut phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
+    let _carol = registered(&world, &relay, "carol").await;
+    // Both of alice's devices learn bob's identity key from a message of his.
+    bob.call("messages.send", json!({"to": "user:alice", "text": "hi"})).await.unwrap();
+    for d in [&phone, &desktop] {
+        wait_texts(d, "user:bob", 1, LIMIT).await;
+    }
+
+    // Added with an alias on the phone: on the desktop too.
+    phone.call("contacts.add", json!({"user_id": "carol", "alias": "Caz"})).await.unwrap();
+    let c = eventually(LIMIT, "carol on the desktop", || contact(&desktop, "carol")).await.unwrap();
+    assert_eq!(c["alias"], "Caz");
+
+    // Verified on the phone: verified on the desktop, which knows the same key.
+    let number =
+        phone.call("contacts.verify", json!({"user_id": "bob"})).await.unwrap()["safety_number"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    phone.call("contacts.trust", json!({"user_id": "bob", "safety_number": number})).await.unwrap();
+    eventually(LIMIT, "bob verified on the desktop", || async {
+        let v = desktop.call("contacts.verify", json!({"user_id": "bob"})).await.ok()?;
+        (v["verified"] == true).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Blocked on the desktop: blocked on the phone, and bob's next message reaches neither.
+    desktop.call("contacts.block", json!({"user_id": "bob"})).await.unwrap();
+    eventually(LIMIT, "bob blocked on the phone", || async {
+        (contact(&phone, "bob").await?["blocked"] == true).then_some(())
+    })
+    .await
+    .unwrap();
+    // The phone re-sends its lists after the sync: they must say the same.
+    phone.stop(Duration::from_secs(5)).unwrap();
+    let phone = world.daemon("alice").with_relay(&relay).start().unwrap();
+    wait_connected(&phone).await;
+    let refused = bob.call("messages.send", json!({"to": "user:alice", "text": "let me in"})).await;
+    let refused = match refused {
+        Ok(m) => {
+            let id = m["message"]["message_id"].as_str().unwrap().to_owned();
+            eventually(LIMIT, "bob's message refused", || async {
+                let m = bob.call("messages.get", json!({"message_id": id})).await.ok()?;
+                (m["message"]["state"] == "failed").then(|| m["message"].clone())
+            })
+            .await
+            .unwrap()
+        }
+        Err(e) => panic!("messages.send: {e}"),
+    };
+    assert_eq!(refused["error"]["data"]["kind"], "blocked");
+
+    // An account setting changed on the phone: on the desktop. A device setting: not.
+    phone
+        .call("settings.set", json!({"read_receipts": false, "keepalive_s": {"wifi": 90}}))
+        .await
+        .unwrap();
+    eventually(LIMIT, "read receipts off on the desktop", || async {
+        let s = desktop.call("settings.get", json!({})).await.ok()?;
+        (s["read_receipts"] == false).then_some(s)
+    })
+    .await
+    .map(|s| assert_ne!(s["keepalive_s"]["wifi"], 90))
+    .unwrap();
+
+    // Removed on the desktop: gone from the phone.
+    desktop.call("contacts.remove", json!({"user_id": "carol"})).await.unwrap();
+    eventually(LIMIT, "carol gone from the phone", || async {
+        contact(&phone, "carol").await.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+}

@@ -87,6 +87,7 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
             for relay in &relay_ids {
                 tracing::debug!(target: PATH, %relay, "received");
             }
+            let mut privacy_changed = false;
             for received in &results {
                 match received {
                     Received::Applied { last_event, queued } => {
@@ -97,6 +98,12 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
                             daemon.wake_sender();
                         }
                     }
+                    Received::AppliedPrivacy { last_event } => {
+                        if let Some(seq) = last_event {
+                            daemon.bus.published(*seq);
+                        }
+                        privacy_changed = true;
+                    }
                     Received::Duplicate => {}
                     Received::Dropped(why) => {
                         tracing::warn!(reason = %why, "dropped an undecryptable message");
@@ -106,6 +113,13 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
                         daemon.wake_sender();
                     }
                 }
+            }
+            if privacy_changed {
+                // Another of our devices changed the lists the relay enforces: this
+                // device's (now the same) go to the relay, so that it never sends stale
+                // ones later.
+                let daemon = Arc::clone(daemon);
+                tokio::spawn(async move { crate::methods::sync_privacy(&daemon).await });
             }
             // A file may have arrived: its download may start on its own.
             daemon.transfers.wake();

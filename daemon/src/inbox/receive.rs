@@ -21,6 +21,9 @@ pub enum Received {
     Duplicate,
     /// Applied; the last event seq written and whether the outbox got a new row.
     Applied { last_event: Option<u64>, queued: bool },
+    /// A sync from another device of ours changed the block or contact list or a
+    /// privacy setting: applied, and the relay must hear this device's lists again.
+    AppliedPrivacy { last_event: Option<u64> },
     /// Could not be decrypted or understood: acknowledged and dropped (keeping it would
     /// block the mailbox forever), logged without content.
     Dropped(String),
@@ -208,9 +211,12 @@ fn apply_plaintext(
         }
         Some(Content::Retry { ids }) => Ok(e2e::resend(tx, sender, device, &ids, now)?),
         // Only our own devices tell us what we sent or read.
-        Some(Content::Sent { .. } | Content::ReadSync { .. }) => {
-            Err("another account's sent copy or read sync".to_owned())
-        }
+        Some(
+            Content::Sent { .. }
+            | Content::ReadSync { .. }
+            | Content::ContactSync { .. }
+            | Content::SettingsSync { .. },
+        ) => Err("another account's sent copy, read sync or account sync".to_owned()),
         None => Err("unknown content".to_owned()),
     };
     match outcome {
@@ -250,6 +256,17 @@ fn from_own_device(
             Ok(texts::apply_read_sync(tx, &conversation, &ids, now)?)
         }
         Some(Content::Retry { ids }) => Ok(e2e::resend(tx, &me.user_id, device, &ids, now)?),
+        Some(c @ (Content::ContactSync { .. } | Content::SettingsSync { .. })) => {
+            return Ok(match crate::sync::apply(tx, &me.user_id, &c, now)? {
+                Ok(a) if a.privacy_changed => {
+                    Received::AppliedPrivacy { last_event: a.effects.last_event }
+                }
+                Ok(a) => {
+                    Received::Applied { last_event: a.effects.last_event, queued: a.effects.queued }
+                }
+                Err(why) => Received::Dropped(why),
+            });
+        }
         // Another of our devices took or declined a call that rings here too.
         Some(c @ (Content::CallAnswer { .. } | Content::CallEnd { .. })) => {
             Ok(calls::receive_own(tx, &c, now)?)
@@ -268,11 +285,13 @@ mod tests {
     use super::*;
     use crate::account;
     use crate::account::generate_prekeys;
+    use crate::contacts;
     use crate::e2e::{DeviceBundle, load_record};
     use crate::messages::{self, NewMessage};
     use crate::outbox::{Outgoing, Prepared};
     use crate::outbox::{enqueue, sent};
     use crate::sender::prepare_next;
+    use crate::settings::Settings;
     use letstalk_crypto::PreKeyBundle;
     use letstalk_ipc::types::{Direction, MessageKind, MessageState};
     use rand_core::OsRng;
@@ -357,6 +376,47 @@ mod tests {
 
     fn deliver(to: &Device, from: &str, o: &Outgoing) -> Received {
         to.store.with(|c| receive(c, &to.account, from, 1, &o.relay_id, body(o), 7)).unwrap()
+    }
+
+    #[test]
+    fn another_account_cannot_sync_our_contacts_or_settings() {
+        let alice = device("alice");
+        let bob = device("bob");
+        for content in [
+            Content::ContactSync {
+                user_id: "carol".into(),
+                nickname: "Carol".into(),
+                alias: None,
+                blocked: true,
+                removed: false,
+                verified: None,
+            },
+            Content::SettingsSync {
+                block_all: true,
+                read_receipts: false,
+                typing: false,
+                share_presence: false,
+            },
+        ] {
+            bob.store.with(|c| enqueue(c, "alice", None, &content, 5)).unwrap();
+        }
+        let mut bundles = Some(bundle(&alice, 0));
+        for _ in 0..2 {
+            let Prepared::Ready(rows, _) = next(&bob, "alice", bundles.take().as_deref()) else {
+                panic!()
+            };
+            let got = deliver(&alice, "bob", &rows[0]);
+            assert!(matches!(got, Received::Dropped(_)), "{got:?}");
+            bob.store.with(|c| sent(c, &[rows[0].seq], 6)).unwrap();
+        }
+        alice
+            .store
+            .with(|c| {
+                assert!(contacts::get(c, "carol")?.is_none());
+                assert_eq!(Settings::load(c)?, Settings::default());
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]

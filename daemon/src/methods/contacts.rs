@@ -14,7 +14,7 @@ use letstalk_wire::{Request, Response};
 use super::account::relay;
 use super::{internal, logged_in};
 use crate::relay::check;
-use crate::{Daemon, contacts, now_ms, trust, validate};
+use crate::{Daemon, contacts, now_ms, sync, trust, validate};
 
 fn not_found(user: &str) -> RpcError {
     RpcError::new(ErrorKind::NotFound, format!("{user} is not a contact"))
@@ -63,6 +63,7 @@ pub(super) async fn add(daemon: &Arc<Daemon>, p: ContactsAddParams) -> Result<Co
                     last_seen_at = coalesce(excluded.last_seen_at, contacts.last_seen_at)",
                 params![u, profile.nickname, alias, state, last_seen, now],
             )?;
+            sync::queue_contact(&tx, &me, &u, now)?;
             let changed =
                 contacts::changed(&tx, &u, now)?.ok_or_else(|| vanished("new contact"))?;
             tx.commit()?;
@@ -71,6 +72,7 @@ pub(super) async fn add(daemon: &Arc<Daemon>, p: ContactsAddParams) -> Result<Co
         .await
         .map_err(internal)?;
     daemon.bus.published(seq);
+    daemon.wake_sender();
     // The new contact may now see our presence: the relay learns it from our list.
     sync_privacy(daemon).await;
     Ok(contact)
@@ -83,17 +85,26 @@ pub(super) async fn list(daemon: &Arc<Daemon>, _: Empty) -> Result<ContactsList,
 }
 
 pub(super) async fn remove(daemon: &Arc<Daemon>, p: UserIdParams) -> Result<Empty, RpcError> {
-    logged_in(daemon).await?;
+    let me = logged_in(daemon).await?;
     let user = validate::user_id("user_id", &p.user_id)?;
     let u = user.clone();
     let removed = daemon
         .store
-        .call(move |c| Ok(c.execute("DELETE FROM contacts WHERE user_id = ?1", params![u])? == 1))
+        .call(move |c| {
+            let tx = c.transaction()?;
+            if tx.execute("DELETE FROM contacts WHERE user_id = ?1", params![u])? != 1 {
+                return Ok(false);
+            }
+            sync::queue_contact(&tx, &me, &u, now_ms())?;
+            tx.commit()?;
+            Ok(true)
+        })
         .await
         .map_err(internal)?;
     if !removed {
         return Err(not_found(&user));
     }
+    daemon.wake_sender();
     sync_privacy(daemon).await;
     if let Some(relay) = &daemon.relay
         && let Err(e) = relay.request(Request::Watch { add: vec![], remove: vec![user] }).await
@@ -201,6 +212,7 @@ async fn accept_key(
                     )));
                 }
             };
+            sync::queue_contact(&tx, &me, &u, now)?;
             let (contact, seq) =
                 contacts::changed(&tx, &u, now)?.ok_or_else(|| vanished("contact"))?;
             tx.commit()?;
@@ -260,6 +272,7 @@ async fn set_blocked(daemon: &Arc<Daemon>, raw: &str, blocked: bool) -> Result<C
                  ON CONFLICT (user_id) DO UPDATE SET blocked = excluded.blocked",
                 params![u, nickname, blocked, now],
             )?;
+            sync::queue_contact(&tx, &me, &u, now)?;
             let changed =
                 contacts::changed(&tx, &u, now)?.ok_or_else(|| vanished("blocked contact"))?;
             tx.commit()?;
@@ -268,6 +281,7 @@ async fn set_blocked(daemon: &Arc<Daemon>, raw: &str, blocked: bool) -> Result<C
         .await
         .map_err(internal)?;
     daemon.bus.published(seq);
+    daemon.wake_sender();
     sync_privacy(daemon).await;
     Ok(contact)
 }

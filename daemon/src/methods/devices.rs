@@ -161,10 +161,14 @@ async fn admit(
         last_seen_at: None,
         this_device: false,
     };
+    let user = me.user_id.clone();
     let seq = daemon
         .store
         .call(move |c| {
             let tx = c.transaction()?;
+            // The relay tells our other devices, not this one: what this device knew of
+            // the account's devices (perhaps "none") is stale now.
+            crate::outbox::forget_known_devices(&tx, &user)?;
             let seq = events::append(&tx, &EventBody::DeviceLinked { device }, now_ms())?;
             tx.commit()?;
             Ok(seq)
@@ -321,6 +325,13 @@ pub(super) async fn remove(daemon: &Arc<Daemon>, p: DeviceIdParams) -> Result<Em
         // This device removed itself: as a logout, with the event that says so.
         relay.set_credentials(None);
         super::mark_logged_out(daemon, true).await?;
+    } else if let Some(me) = daemon.user() {
+        // As after linking: the relay tells only our other devices.
+        daemon
+            .store
+            .call(move |c| crate::outbox::forget_known_devices(c, &me))
+            .await
+            .map_err(internal)?;
     }
     Ok(Empty {})
 }

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use rusqlite::params;
-
 use letstalk_ipc::RpcError;
 use letstalk_ipc::types::{self as ipc, Empty, EventBody, SettingsPatch};
 
@@ -22,6 +20,8 @@ pub(super) async fn set(
     daemon: &Arc<Daemon>,
     patch: SettingsPatch,
 ) -> Result<ipc::Settings, RpcError> {
+    // An account's settings travel to its other devices (`sync`).
+    let me = daemon.user();
     let outcome = daemon
         .store
         .call(move |c| {
@@ -33,12 +33,12 @@ pub(super) async fn set(
             };
             let mut seq = None;
             if new != old {
-                for (key, value) in new.rows() {
-                    tx.execute(
-                        "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        params![key, value],
-                    )?;
+                new.store(&tx)?;
+                if let Some(me) = &me
+                    && (new.block_all, new.read_receipts, new.typing, new.share_presence)
+                        != (old.block_all, old.read_receipts, old.typing, old.share_presence)
+                {
+                    crate::sync::queue_settings(&tx, me, &new, now_ms())?;
                 }
                 let body = EventBody::SettingsChanged { settings: new.to_ipc() };
                 seq = Some(events::append(&tx, &body, now_ms())?);
@@ -57,6 +57,7 @@ pub(super) async fn set(
     if relay_lists_changed {
         super::sync_privacy(daemon).await;
     }
+    daemon.wake_sender();
     daemon.apply_keepalive().await;
     // Automatic downloads may be allowed now.
     daemon.transfers.wake();
