@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0008_sessions.sql"),
     include_str!("store/0009_privacy.sql"),
     include_str!("store/0010_device_sessions.sql"),
+    include_str!("store/0011_group_devices.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";

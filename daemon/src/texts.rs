@@ -73,7 +73,8 @@ pub fn apply_receipt(
 
 /// What another device of our account (`me`) sent: shown once (by its message id) as an
 /// outgoing message, already `sent`, announced with `message.received`. Only for a
-/// one-to-one conversation (a note to self included); anything else is refused.
+/// one-to-one conversation (a note to self included) or a group we are in; anything
+/// else is refused.
 pub fn apply_sent(
     tx: &Connection,
     me: &str,
@@ -83,9 +84,17 @@ pub fn apply_sent(
     let Content::Sent { to, id, at, text, reply_to } = sent else {
         return Ok(Ok(Effects::default()));
     };
-    match to.strip_prefix("user:") {
-        Some(peer) if crate::validate::user_id("to", peer).is_ok() => {}
-        _ => return Ok(Err("a sent copy for no conversation with a user".into())),
+    if let Some(gid) = to.strip_prefix("group:") {
+        if !crate::groups::valid_id(gid)
+            || !matches!(crate::groups::load(tx, gid)?, Some((_, true)))
+        {
+            return Ok(Err("a sent copy for a group we are not in".into()));
+        }
+    } else {
+        match to.strip_prefix("user:") {
+            Some(peer) if crate::validate::user_id("to", peer).is_ok() => {}
+            _ => return Ok(Err("a sent copy for no conversation with a user".into())),
+        }
     }
     let new = NewMessage {
         message_id: &id,

@@ -101,7 +101,7 @@ fn receive_in(
         if contacts::is_blocked(tx, sender)? || settings::blocks_everyone(tx)? {
             return Ok(Received::Dropped("refused: blocked".into()));
         }
-        return Ok(match groups::on_message(tx, sender, gid, message, now)? {
+        return Ok(match groups::on_message(tx, sender, device, relay_id, gid, message, now)? {
             Ok(e) => Received::Applied { last_event: e.last_event, queued: e.queued },
             Err(why) => Received::Dropped(why),
         });
@@ -200,11 +200,22 @@ fn apply_plaintext(
         // A new key never becomes a group's sender-key source before the user accepts
         // it: the sender key waits and is applied by `contacts.trust`.
         Some(Content::SenderKey { .. }) if seen.untrusted => {
-            trust::hold(tx, sender, &plaintext, now)?;
+            trust::hold(tx, sender, device, &plaintext, now)?;
             Ok(Effects::default())
         }
+        // The key of the device whose session carried it, never of another.
         Some(Content::SenderKey { gid, key }) => {
-            groups::on_sender_key(tx, me_id, sender, &gid, &key, now)?
+            groups::on_sender_key(tx, me_id, sender, device, &gid, &key, now)?
+        }
+        Some(Content::SenderKeyRequest { gid, ids }) => {
+            groups::on_key_request(tx, me_id, sender, &gid, &ids, now)?
+        }
+        // "Block everyone" refuses group messages (see above) in this form too.
+        Some(Content::GroupResend { .. }) if settings::blocks_everyone(tx)? => {
+            Ok(Effects::default())
+        }
+        Some(Content::GroupResend { gid, content }) => {
+            groups::on_resend(tx, sender, &gid, *content, now)?
         }
         Some(Content::Retry { ids }) => Ok(e2e::resend(tx, sender, device, &ids, now)?),
         // Only our own devices tell us what we sent or read.
