@@ -161,10 +161,15 @@ async fn admit(
         last_seen_at: None,
         this_device: false,
     };
+    let user = me.user_id.clone();
     let seq = daemon
         .store
         .call(move |c| {
             let tx = c.transaction()?;
+            // The relay tells the account's other devices (`DevicesChanged`), not the one
+            // that added it: what this device knew of its own devices (perhaps that
+            // there are none, so no sent copies) is forgotten here.
+            crate::outbox::forget_known_devices(&tx, &user)?;
             let seq = events::append(&tx, &EventBody::DeviceLinked { device }, now_ms())?;
             tx.commit()?;
             Ok(seq)
