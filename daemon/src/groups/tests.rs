@@ -773,3 +773,19 @@ fn a_group_text_sent_on_another_of_our_devices_shows_as_ours() {
     let r = desktop.store.with(|c| crate::texts::apply_sent(c, "alice", copy("group:g2"), 2));
     assert!(r.unwrap().is_err());
 }
+
+#[test]
+fn a_group_texts_kept_plaintext_goes_with_the_message() {
+    let alice = device("alice");
+    let g = group_of(&["alice", "bob"]);
+    join(&[&alice], &g);
+    send(&alice, &g, "m1", "kept a while");
+    assert_eq!(count(&alice, "resend"), 1, "kept for a member's device that cannot read it");
+    alice.store.with(|c| crate::erase::erase(c, "alice", &["m1".to_owned()]).map(drop)).unwrap();
+    assert_eq!(count(&alice, "resend"), 0);
+    // And it goes after a day in any case.
+    send(&alice, &g, "m2", "kept a while");
+    let day = crate::outbox::GROUP_RESEND_WINDOW_MS;
+    alice.store.with(|c| crate::outbox::prune_resend(c, 2 + day)).unwrap();
+    assert_eq!(count(&alice, "resend"), 0);
+}
