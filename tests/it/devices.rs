@@ -344,6 +344,28 @@ async fn group_messages_reach_every_device_and_a_removed_device_makes_keys_rotat
         page["messages"].as_array().unwrap().iter().find(|m| m["text"] == "desktop 2");
     assert_eq!(from_desktop.unwrap()["from"], "alice");
 
+    // A group alice makes on her phone now reaches her desktop too (the snapshot goes to
+    // her own devices), and both devices take part in it.
+    let later =
+        phone.call("groups.create", json!({"name": "Later", "members": ["bob"]})).await.unwrap();
+    let later_id = later["group_id"].as_str().unwrap().to_owned();
+    let later = format!("group:{later_id}");
+    for d in [&bob, &desktop] {
+        eventually(LIMIT, "the group made after the link", || async {
+            d.call("groups.info", json!({"group_id": later_id})).await.ok()
+        })
+        .await
+        .unwrap();
+    }
+    bob.call("messages.send", json!({"to": later, "text": "bob in later"})).await.unwrap();
+    for d in [&phone, &desktop] {
+        wait_exactly(d, &later, &["bob in later"]).await;
+    }
+    desktop.call("messages.send", json!({"to": later, "text": "desktop in later"})).await.unwrap();
+    for d in [&phone, &bob] {
+        wait_exactly(d, &later, &["bob in later", "desktop in later"]).await;
+    }
+
     // alice removes the desktop. Her next message's delivery receipts from bob meet the
     // relay's answer that the desktop is gone: bob's key rotates before his next message,
     // whose new generation goes only to the devices there are.

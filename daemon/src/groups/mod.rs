@@ -298,7 +298,8 @@ pub fn apply(
 }
 
 /// Queues the group's snapshot, as admin `me` sends it, to each of `to` over the
-/// pairwise sessions.
+/// pairwise sessions, and to our own account's other devices (they apply it as from
+/// any admin: `on_update`).
 pub fn announce<'a>(
     conn: &Connection,
     g: &GroupState,
@@ -310,6 +311,10 @@ pub fn announce<'a>(
     let mut queued = false;
     for user in to {
         crate::outbox::enqueue(conn, user, None, &content, now)?;
+        queued = true;
+    }
+    if crate::outbox::own_devices_may_exist(conn, me)? {
+        crate::outbox::enqueue(conn, me, None, &content, now)?;
         queued = true;
     }
     Ok(queued)

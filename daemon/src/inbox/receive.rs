@@ -235,7 +235,8 @@ fn apply_plaintext(
 
 /// A message from another device of our own account. It must hold the account's
 /// identity key (a device the relay made up holds none), and it only tells what that
-/// device sent or read (or asks for a retry): anything else is dropped.
+/// device sent or read, a group change it made or its leaving a group (or asks for a
+/// retry): anything else is dropped.
 fn from_own_device(
     tx: &Connection,
     me: &Account,
@@ -258,6 +259,15 @@ fn from_own_device(
         }
         Some(Content::ReadSync { conversation, ids }) => {
             Ok(texts::apply_read_sync(tx, &conversation, &ids, now)?)
+        }
+        // A group change made on another of our devices (as its admin), or our leaving
+        // there: checked as from any admin (our identity key is the account's).
+        Some(update @ Content::Group { .. }) => {
+            let ours = me.identity.public();
+            groups::on_update(tx, &me.user_id, &me.user_id, &ours, &update, now)?
+        }
+        Some(Content::GroupLeave { gid, grant }) => {
+            Ok(groups::on_leave(tx, &me.user_id, &me.user_id, &gid, grant.as_ref(), now)?)
         }
         Some(Content::Retry { ids }) => Ok(e2e::resend(tx, &me.user_id, device, &ids, now)?),
         Some(_) => Err("not something our own devices tell each other".to_owned()),
