@@ -206,6 +206,12 @@ impl SenderKeyDistribution {
         self.generation
     }
 
+    /// The public key that signs this chain's messages (not secret): two distributions
+    /// with the same one are the same chain, at the same or different iterations.
+    pub fn signing_public(&self) -> [u8; 32] {
+        self.signing_public
+    }
+
     /// A receiver starting at this distribution's iteration.
     pub fn receiver(&self) -> SenderKeyReceiver {
         SenderKeyReceiver {
@@ -230,6 +236,11 @@ impl SenderKeyReceiver {
     /// The generation this receiver reads.
     pub fn generation(&self) -> u32 {
         self.generation
+    }
+
+    /// The public key that signs the chain this receiver reads (not secret).
+    pub fn signing_public(&self) -> [u8; 32] {
+        self.signing_public
     }
 
     /// Generation of a group message, so the daemon can pick the receiver to use.

@@ -34,6 +34,7 @@ pub const ACCOUNT_TABLES: &[&str] = &[
     "group_receivers",
     "group_pending",
     "group_keys_held",
+    "group_key_requests",
     "calls",
     "reports_out",
     "events",

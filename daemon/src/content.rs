@@ -87,8 +87,10 @@ pub enum Content {
     /// ids; we encrypt their kept plaintext afresh under a new session and send it again.
     #[serde(rename = "retry")]
     Retry { ids: Vec<String> },
-    /// What another device of our own account sent to a user: shown here as an outgoing
-    /// message of conversation `to` (`user:<id>`), `id` the same message id.
+    /// What another device of our own account sent to a user or a group: shown here as
+    /// an outgoing message of conversation `to` (`user:<id>` or `group:<gid>`), `id` the
+    /// same message id. (A group text reaches our other devices this way, pairwise: they
+    /// never need our own sender key.)
     #[serde(rename = "sent")]
     Sent {
         to: String,
@@ -122,6 +124,17 @@ pub enum Content {
     /// on every device).
     #[serde(rename = "settings_sync")]
     SettingsSync { block_all: bool, read_receipts: bool, typing: bool, share_presence: bool },
+    /// The sender cannot read our group messages `ids` (their relay ids) in group
+    /// `gid`: it lacks the sender key of the device that sent them (it was linked after
+    /// we handed the key out). We send our current key and those messages again,
+    /// pairwise (bounded, see `groups::on_key_request`).
+    #[serde(rename = "sender_key_request")]
+    SenderKeyRequest { gid: String, ids: Vec<String> },
+    /// One of our group messages in group `gid`, sent again pairwise to a member that
+    /// could not read it: `content` is what the group message carried (a text, a file
+    /// or a file cancel).
+    #[serde(rename = "group_resend")]
+    GroupResend { gid: String, content: Box<Content> },
     /// The sender is typing: in the one-to-one conversation, or in group `gid` (sent
     /// pairwise to each member). `at` lets the receiver drop one that arrives stale.
     #[serde(rename = "typing")]
@@ -141,6 +154,7 @@ impl Content {
             self,
             Self::Receipt { .. }
                 | Self::Retry { .. }
+                | Self::SenderKeyRequest { .. }
                 | Self::Typing { .. }
                 | Self::CallOffer { .. }
                 | Self::CallAnswer { .. }
@@ -270,6 +284,16 @@ mod tests {
                 reply_to: Some("r".into()),
             },
             Content::ReadSync { conversation: "user:bob".into(), ids: vec!["m".into()] },
+            Content::SenderKeyRequest { gid: "g".into(), ids: vec!["r".into()] },
+            Content::GroupResend {
+                gid: "g".into(),
+                content: Box::new(Content::Text {
+                    id: "m".into(),
+                    at: 3,
+                    text: "hi".into(),
+                    reply_to: None,
+                }),
+            },
         ] {
             assert_eq!(Content::decode(&c.encode()), Some(c));
         }

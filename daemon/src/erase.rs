@@ -47,7 +47,8 @@ pub struct Erased {
 }
 
 /// Deletes the messages `ids` on this device, inside `tx`: outbox rows (withdrawn: the
-/// sender never reads them again, the caller holds the outbox gate), per-member states,
+/// sender never reads them again, the caller holds the outbox gate), the plaintext kept
+/// for a retry receipt or a member's new device (`resend`), per-member states,
 /// the events that carry them, their file rows and the messages themselves. A file
 /// whose blob the relay still keeps for us (received and not yet released, or ours and
 /// never announced) gets a `blob_releases` row. `me` is the owner of our own blobs.
@@ -112,6 +113,7 @@ pub fn erase(tx: &Connection, me: &str, ids: &[String]) -> Result<Erased, StoreE
     .execute(params![me])?;
     tx.execute_batch(&format!(
         "DELETE FROM outbox WHERE message_id IN (SELECT id FROM temp.erase_ids);
+         DELETE FROM resend WHERE message_id IN (SELECT id FROM temp.erase_ids);
          DELETE FROM message_members WHERE message_id IN (SELECT id FROM temp.erase_ids);
          DELETE FROM events WHERE kind IN ({MESSAGE_EVENTS})
             AND coalesce(json_extract(body, '$.message.message_id'),

@@ -158,10 +158,13 @@ pub fn import(tx: &Connection, snapshot: &Snapshot) -> Result<(), StoreError> {
     if snapshot.version != VERSION {
         return Err(bad("version"));
     }
-    for (name, table) in &snapshot.tables {
-        let Some(&name) = LINKED_TABLES.iter().find(|t| **t == name.as_str()) else {
-            return Err(bad("table"));
-        };
+    if snapshot.tables.keys().any(|name| !LINKED_TABLES.contains(&name.as_str())) {
+        return Err(bad("table"));
+    }
+    // In the order of `LINKED_TABLES` (a group before its members: the foreign key),
+    // never in the snapshot's (alphabetical) order.
+    for &name in LINKED_TABLES {
+        let Some(table) = snapshot.tables.get(name) else { continue };
         let known = local_columns(tx, name)?;
         if table.columns.is_empty()
             || table.columns.iter().any(|c| !known.contains(c) || !linked_column(name, c))
@@ -231,6 +234,12 @@ mod tests {
                      VALUES ('g1', 'G', 1, 1, x'0102')",
                     [],
                 )?;
+                // A member row: its group must be written first (the foreign key), though
+                // the snapshot names `group_members` before `groups`.
+                c.execute(
+                    "INSERT INTO group_members (group_id, user_id, admin) VALUES ('g1', 'bob', 1)",
+                    [],
+                )?;
                 c.execute("INSERT INTO settings (key, value) VALUES ('read_receipts', 0)", [])?;
                 c.execute("INSERT INTO settings (key, value) VALUES ('keepalive_wifi_s', 77)", [])?;
                 export(c, &account, 2)
@@ -292,6 +301,7 @@ mod tests {
                     r.get(0)
                 })?;
             assert_eq!(key, None, "a device's sender key stays its own");
+            assert_eq!(count(c, "group_members"), 1);
             assert!(!crate::settings::Settings::load(c)?.read_receipts);
             Ok(())
         })

@@ -100,11 +100,20 @@ pub const RESEND_WINDOW_MS: i64 = 14 * 24 * 3600 * 1000;
 /// Re-sends of one message after retry receipts before it is marked failed.
 pub const MAX_RESENDS: i64 = 3;
 
-/// Forgets kept plaintext older than the retry window.
+/// How long the plaintext of a group message is kept for a member's device that could
+/// not read it (one linked while it was on its way): shorter, as it is kept for every
+/// group message and no delivery receipt ends it.
+pub const GROUP_RESEND_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// Forgets kept plaintext older than the retry window (a group message's, older than
+/// [`GROUP_RESEND_WINDOW_MS`]).
 pub fn prune_resend(conn: &Connection, now: i64) -> Result<usize, StoreError> {
     Ok(conn
-        .prepare_cached("DELETE FROM resend WHERE created_at < ?1")?
-        .execute(params![now - RESEND_WINDOW_MS])?)
+        .prepare_cached(
+            "DELETE FROM resend WHERE created_at < ?1
+             OR (recipient LIKE 'group:%' AND created_at < ?2)",
+        )?
+        .execute(params![now - RESEND_WINDOW_MS, now - GROUP_RESEND_WINDOW_MS])?)
 }
 
 /// The relay accepted these outbox rows: drop them and mark their messages `sent`,

@@ -703,6 +703,14 @@ pub fn apply_devices(
             event = outbox::failed_in(&tx, seq, &error, now)?.or(event);
         }
     }
+    if recipient != me.user_id {
+        // Group sender keys follow the member's devices: a new one gets our current key,
+        // a removed one makes our key rotate before our next group message.
+        crate::groups::devices_removed(&tx, recipient, extra)?;
+        if !missing.is_empty() {
+            crate::groups::devices_added(&tx, recipient, now)?;
+        }
+    }
     if recipient == me.user_id {
         let mut devices = outbox::known_devices(&tx, recipient)?.unwrap_or_default();
         devices.retain(|d| !extra.contains(d));

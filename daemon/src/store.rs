@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0008_sessions.sql"),
     include_str!("store/0009_privacy.sql"),
     include_str!("store/0010_device_sessions.sql"),
+    include_str!("store/0011_group_devices.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";
@@ -411,6 +412,18 @@ mod tests {
                     )
                     .unwrap();
                 }
+                // Group keys and a waiting group message from before per-device keys.
+                if (7..11).contains(&from) {
+                    conn.execute_batch(
+                        "INSERT INTO group_receivers (group_id, sender, generation, state)
+                             VALUES ('g', 'bob', 0, x'01');
+                         INSERT INTO group_keys_held (group_id, sender, generation, distribution, at)
+                             VALUES ('g', 'carol', 0, x'02', 1);
+                         INSERT INTO group_pending (group_id, sender, body, at)
+                             VALUES ('g', 'bob', x'03', 1);",
+                    )
+                    .unwrap();
+                }
                 // A session from before devices: one per peer.
                 if (2..10).contains(&from) {
                     conn.execute(
@@ -442,6 +455,20 @@ mod tests {
             let expected: Vec<(String, u32)> =
                 if (2..10).contains(&from) { vec![("bob".into(), 1)] } else { vec![] };
             assert_eq!(sessions, expected, "from version {from}");
+            // They became the sender's device 1, the only device an account had.
+            let group_devices: Vec<u32> = store
+                .with(|c| {
+                    Ok(c.prepare(
+                        "SELECT device FROM group_receivers UNION ALL
+                         SELECT device FROM group_keys_held UNION ALL
+                         SELECT device FROM group_pending",
+                    )?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
+                })
+                .unwrap();
+            let expected: Vec<u32> = if (7..11).contains(&from) { vec![1; 3] } else { vec![] };
+            assert_eq!(group_devices, expected, "from version {from}");
             let expected = i64::from(from >= 1);
             assert_eq!((settings, events), (expected, expected), "from version {from}");
         }

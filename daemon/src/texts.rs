@@ -71,10 +71,27 @@ pub fn apply_receipt(
     Ok(e)
 }
 
-/// What another device of our account (`me`) sent: shown once (by its message id) as an
-/// outgoing message, already `sent`, announced with `message.received`. Only for a
-/// one-to-one conversation (a note to self included); anything else is refused.
+/// What another device of our account (`me`) sent to a user (a note to self included):
+/// shown once (by its message id) as an outgoing message, already `sent`, announced with
+/// `message.received`. A copy for anything but a one-to-one conversation is refused (a
+/// group's goes through `groups::apply_sent`, which checks that we are in the group).
 pub fn apply_sent(
+    tx: &Connection,
+    me: &str,
+    sent: Content,
+    now: i64,
+) -> Result<Result<Effects, String>, StoreError> {
+    let Content::Sent { to, .. } = &sent else {
+        return Ok(Ok(Effects::default()));
+    };
+    match to.strip_prefix("user:") {
+        Some(peer) if crate::validate::user_id("to", peer).is_ok() => show_sent(tx, me, sent, now),
+        _ => Ok(Err("a sent copy for no conversation with a user".into())),
+    }
+}
+
+/// Shows a sent copy whose conversation the caller has checked (see [`apply_sent`]).
+pub fn show_sent(
     tx: &Connection,
     me: &str,
     sent: Content,
@@ -83,10 +100,6 @@ pub fn apply_sent(
     let Content::Sent { to, id, at, text, reply_to } = sent else {
         return Ok(Ok(Effects::default()));
     };
-    match to.strip_prefix("user:") {
-        Some(peer) if crate::validate::user_id("to", peer).is_ok() => {}
-        _ => return Ok(Err("a sent copy for no conversation with a user".into())),
-    }
     let new = NewMessage {
         message_id: &id,
         conversation: &to,

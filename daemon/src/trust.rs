@@ -144,22 +144,29 @@ pub fn accept(
 }
 
 /// Keeps content that must wait for the user's acceptance of the sender's key.
-pub fn hold(tx: &Connection, sender: &str, plaintext: &[u8], now: i64) -> Result<(), StoreError> {
-    tx.prepare_cached("INSERT INTO held (sender, plaintext, at) VALUES (?1, ?2, ?3)")?
-        .execute(params![sender, plaintext, now])?;
+/// `device` is the sender's device it came from.
+pub fn hold(
+    tx: &Connection,
+    sender: &str,
+    device: u32,
+    plaintext: &[u8],
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO held (sender, device, plaintext, at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![sender, device, plaintext, now])?;
     Ok(())
 }
 
 fn release_held(tx: &Connection, me: &str, peer: &str, now: i64) -> Result<Effects, StoreError> {
-    let rows: Vec<Vec<u8>> = tx
-        .prepare_cached("DELETE FROM held WHERE sender = ?1 RETURNING plaintext")?
-        .query_map(params![peer], |r| r.get(0))?
+    let rows: Vec<(u32, Vec<u8>)> = tx
+        .prepare_cached("DELETE FROM held WHERE sender = ?1 RETURNING device, plaintext")?
+        .query_map(params![peer], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let mut effects = Effects::default();
-    for plaintext in rows {
+    for (device, plaintext) in rows {
         let plaintext = zeroize::Zeroizing::new(plaintext);
         if let Some(Content::SenderKey { gid, key }) = Content::decode(&plaintext) {
-            match crate::groups::on_sender_key(tx, me, peer, &gid, &key, now)? {
+            match crate::groups::on_sender_key(tx, me, peer, device, &gid, &key, now)? {
                 Ok(e) => effects.merge(e),
                 Err(why) => tracing::info!(reason = %why, "held sender key refused"),
             }

@@ -420,3 +420,154 @@ async fn contacts_blocks_verification_and_account_settings_stay_in_step() {
     .await
     .unwrap();
 }
+
+/// Waits until `d` shows exactly `want` in `conversation`, in that order.
+async fn wait_exactly(d: &letstalk_tests::Daemon, conversation: &str, want: &[&str]) {
+    let got = wait_texts(d, conversation, want.len(), LIMIT).await;
+    assert_eq!(got, want, "in {conversation}");
+}
+
+/// The direction `d` shows the text `text` of `conversation` with.
+async fn direction_of(d: &letstalk_tests::Daemon, conversation: &str, text: &str) -> String {
+    let page = d.call("messages.list", json!({"conversation": conversation})).await.unwrap();
+    let m = page["messages"].as_array().unwrap().iter().find(|m| m["text"] == text).cloned();
+    m.unwrap_or_else(|| panic!("{text:?} not in {page}"))["direction"].as_str().unwrap().to_owned()
+}
+
+/// Issue 19, groups: sender keys per device. alice's phone, bob and carol share a group
+/// and have written in it; alice links her desktop. From then on what each of the four
+/// devices writes reaches the three others, in order (the desktop needed every member's
+/// key, and each member the desktop's), and alice's two devices show each other's texts
+/// as hers. Once the desktop is removed, bob's key rotates before his next message.
+#[tokio::test]
+async fn group_messages_reach_every_device_and_a_removed_device_makes_keys_rotate() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let phone = registered(&world, &relay, "alice").await;
+    let bob = registered(&world, &relay, "bob").await;
+    let carol = registered(&world, &relay, "carol").await;
+    let group = phone
+        .call("groups.create", json!({"name": "Crag", "members": ["bob", "carol"]}))
+        .await
+        .unwrap();
+    let gid = group["group_id"].as_str().unwrap().to_owned();
+    let conv = format!("group:{gid}");
+    for d in [&bob, &carol] {
+        eventually(LIMIT, "the group", || async {
+            d.call("groups.info", json!({"group_id": gid})).await.ok()
+        })
+        .await
+        .unwrap();
+    }
+    // Everyone writes before the desktop exists: each holds the others' keys.
+    let mut before: Vec<&str> = Vec::new();
+    for (d, text) in [(&phone, "phone before"), (&bob, "bob before"), (&carol, "carol before")] {
+        d.call("messages.send", json!({"to": conv, "text": text})).await.unwrap();
+        before.push(text);
+        for d in [&phone, &bob, &carol] {
+            wait_exactly(d, &conv, &before).await;
+        }
+    }
+
+    let desktop = world.daemon("desktop").with_relay(&relay).start().unwrap();
+    wait_connected(&desktop).await;
+    let code = phone.call("devices.link_start", json!({})).await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    desktop.call("account.link", json!({"code": code, "device_name": "desktop"})).await.unwrap();
+    let g = desktop.call("groups.info", json!({"group_id": gid})).await.unwrap();
+    assert_eq!(g["members"], json!(["alice", "bob", "carol"]), "linking carries the group");
+
+    // Every device writes, each message right after the desktop appeared and in turns;
+    // each reaches every other device, in order (the desktop has no history from before
+    // it was linked).
+    let mut after: Vec<&str> = Vec::new();
+    let turns = [
+        (&bob, "bob 1"),
+        (&desktop, "desktop 1"),
+        (&carol, "carol 1"),
+        (&phone, "phone 1"),
+        (&desktop, "desktop 2"),
+        (&bob, "bob 2"),
+        (&carol, "carol 2"),
+        (&phone, "phone 2"),
+    ];
+    for (d, text) in turns {
+        d.call("messages.send", json!({"to": conv, "text": text})).await.unwrap();
+        after.push(text);
+        let everything: Vec<&str> = before.iter().chain(after.iter()).copied().collect();
+        for d in [&phone, &bob, &carol] {
+            wait_exactly(d, &conv, &everything).await;
+        }
+        wait_exactly(&desktop, &conv, &after).await;
+    }
+    // alice's devices show each other's texts as hers; bob shows them as alice's.
+    assert_eq!(direction_of(&phone, &conv, "desktop 1").await, "out");
+    assert_eq!(direction_of(&desktop, &conv, "phone 1").await, "out");
+    assert_eq!(direction_of(&desktop, &conv, "bob 1").await, "in");
+    assert_eq!(direction_of(&bob, &conv, "desktop 2").await, "in");
+    let page = bob.call("messages.list", json!({"conversation": conv})).await.unwrap();
+    let from_desktop =
+        page["messages"].as_array().unwrap().iter().find(|m| m["text"] == "desktop 2");
+    assert_eq!(from_desktop.unwrap()["from"], "alice");
+
+    // A group alice makes on her phone now reaches her desktop too (the snapshot goes to
+    // her own devices), and both devices take part in it.
+    let later =
+        phone.call("groups.create", json!({"name": "Later", "members": ["bob"]})).await.unwrap();
+    let later_id = later["group_id"].as_str().unwrap().to_owned();
+    let later = format!("group:{later_id}");
+    for d in [&bob, &desktop] {
+        eventually(LIMIT, "the group made after the link", || async {
+            d.call("groups.info", json!({"group_id": later_id})).await.ok()
+        })
+        .await
+        .unwrap();
+    }
+    bob.call("messages.send", json!({"to": later, "text": "bob in later"})).await.unwrap();
+    for d in [&phone, &desktop] {
+        wait_exactly(d, &later, &["bob in later"]).await;
+    }
+    desktop.call("messages.send", json!({"to": later, "text": "desktop in later"})).await.unwrap();
+    for d in [&phone, &bob] {
+        wait_exactly(d, &later, &["bob in later", "desktop in later"]).await;
+    }
+
+    // alice removes the desktop. Her next message's delivery receipts from bob meet the
+    // relay's answer that the desktop is gone: bob's key rotates before his next message,
+    // whose new generation goes only to the devices there are.
+    let rotated =
+        |d: &letstalk_tests::Daemon| d.logs().matches("our group sender key rotated").count();
+    let bob_rotations = rotated(&bob);
+    phone.call("devices.remove", json!({"device_id": 2})).await.unwrap();
+    eventually(LIMIT, "the desktop logged out", || async {
+        let r = desktop.call("account.info", json!({})).await;
+        (r.is_err() && error_of(r).1.as_deref() == Some("not_logged_in")).then_some(())
+    })
+    .await
+    .unwrap();
+    phone.call("messages.send", json!({"to": conv, "text": "phone after"})).await.unwrap();
+    after.push("phone after");
+    let everything: Vec<&str> = before.iter().chain(after.iter()).copied().collect();
+    for d in [&bob, &carol] {
+        wait_exactly(d, &conv, &everything).await;
+    }
+    eventually(LIMIT, "bob learns the desktop is gone", || async {
+        bob.logs().contains("a member's device was removed").then_some(())
+    })
+    .await
+    .unwrap();
+    bob.call("messages.send", json!({"to": conv, "text": "bob after"})).await.unwrap();
+    after.push("bob after");
+    let everything: Vec<&str> = before.iter().chain(after.iter()).copied().collect();
+    for d in [&phone, &carol] {
+        wait_exactly(d, &conv, &everything).await;
+    }
+    assert_eq!(rotated(&bob), bob_rotations + 1, "bob's key rotated once");
+
+    // The relay holds none of it in plaintext.
+    for needle in ["desktop 1", "phone 2", "bob after"] {
+        assert!(files_containing(relay.data_dir(), needle.as_bytes()).is_empty(), "{needle}");
+    }
+}

@@ -23,6 +23,7 @@ const DAEMON: layering::Layers<'static> = &[
     ("background tasks", &["erase", "prekeys", "netwatch"]),
     ("domain: calls", &["calls"]),
     ("domain: files, typing", &["files", "typing"]),
+    ("domain: contacts and account settings kept in step on our devices", &["sync"]),
     ("domain: trust", &["trust"]),
     ("domain: groups", &["groups"]),
     ("domain: texts and receipts, file rows", &["texts", "files::rows"]),

@@ -18,6 +18,19 @@
 //! new generation only to the current members: a removed member never gets the key of
 //! anything sent after its removal (and the relay no longer fans messages out to it).
 //!
+//! Devices: every device of an account has its own sender key (linking does not carry
+//! it), so a receiver keeps one per (member, device), the device being the one the relay
+//! names as the sender of the pairwise message that carried it (no device can hand out a
+//! key for another). The pairwise distribution reaches every device of a member. When we
+//! learn that a member has a device we did not hand our key to (the relay's mismatch
+//! names it missing, or a key or message comes from a device of it new to us), our
+//! current key goes to that member again; when a member's device is removed (the
+//! mismatch names it extra), our key rotates before the next message, as when a member
+//! leaves. A device that gets a group message from a device it holds no key of asks its
+//! sender ([`Content::SenderKeyRequest`], bounded), who sends the key and, pairwise, the
+//! message again ([`Content::GroupResend`]). Our own other devices get our group texts as
+//! pairwise sent copies and never hold our sender key.
+//!
 //! A group message is one relay request (`SendGroup`) carrying one ciphertext for every
 //! recipient: `'G' | gid_len u8 | gid | sender-key message`. A message that arrives
 //! before its sender's key or before the update naming its sender waits, still
@@ -60,10 +73,10 @@ mod incoming;
 mod keys;
 mod origin;
 
-pub use incoming::on_message;
 use incoming::retry_pending;
-pub use keys::on_sender_key;
+pub use incoming::{on_message, on_resend};
 use keys::{crypto, release_held_keys, sender_key};
+pub use keys::{devices_added, devices_removed, distribute_keys, on_key_request, on_sender_key};
 use origin::chain_end;
 pub use origin::{Proof, derive_id, new_origin, proves_admin, sign_grant};
 
@@ -107,6 +120,27 @@ impl GroupState {
     pub fn conversation(&self) -> String {
         format!("group:{}", self.id)
     }
+}
+
+/// A text another device of our account (`me`) sent in a group (a [`Content::Sent`] to
+/// `group:<gid>`): shown as ours only in a group we are in; refused otherwise.
+pub fn apply_sent(
+    tx: &Connection,
+    me: &str,
+    sent: Content,
+    now: i64,
+) -> Result<Result<Effects, String>, StoreError> {
+    let Content::Sent { to, .. } = &sent else {
+        return Ok(Ok(Effects::default()));
+    };
+    let member = match to.strip_prefix("group:") {
+        Some(gid) if valid_id(gid) => matches!(load(tx, gid)?, Some((_, true))),
+        _ => false,
+    };
+    if !member {
+        return Ok(Err("a sent copy for a group we are not in".into()));
+    }
+    crate::texts::show_sent(tx, me, sent, now)
 }
 
 /// Whether `id` can name a group: 1 to 64 of `A-Z a-z 0-9 - _`.
@@ -285,7 +319,8 @@ pub fn apply(
 }
 
 /// Queues the group's snapshot, as admin `me` sends it, to each of `to` over the
-/// pairwise sessions.
+/// pairwise sessions, and to our own account's other devices (they apply it as from
+/// any admin: `on_update`).
 pub fn announce<'a>(
     conn: &Connection,
     g: &GroupState,
@@ -297,6 +332,10 @@ pub fn announce<'a>(
     let mut queued = false;
     for user in to {
         crate::outbox::enqueue(conn, user, None, &content, now)?;
+        queued = true;
+    }
+    if crate::outbox::own_devices_may_exist(conn, me)? {
+        crate::outbox::enqueue(conn, me, None, &content, now)?;
         queued = true;
     }
     Ok(queued)
@@ -325,6 +364,7 @@ pub fn enqueue_text(
     conn.prepare_cached("UPDATE groups SET sender_key = ?2, key_stale = 0 WHERE group_id = ?1")?
         .execute(params![g.id, key.to_bytes().as_slice()])?;
     let fanout = serde_json::to_string(&others).unwrap_or_default();
+    let relay_id = uuid::Uuid::now_v7().to_string();
     conn.prepare_cached(
         "INSERT INTO outbox (recipient, message_id, envelope, relay_id, created_at, fanout)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -333,10 +373,21 @@ pub fn enqueue_text(
         g.conversation(),
         message_id,
         frame(&g.id, &ciphertext),
-        uuid::Uuid::now_v7().to_string(),
+        relay_id,
         now,
         fanout
     ])?;
+    // Kept for a while for a device of a member that cannot read it (linked after we
+    // handed our key out): it asks, and gets it pairwise (`on_key_request`).
+    crate::outbox::keep_for_resend(
+        conn,
+        &relay_id,
+        &g.conversation(),
+        Some(message_id),
+        &plaintext,
+        0,
+        now,
+    )?;
     let mut ins = conn.prepare_cached(
         "INSERT INTO message_members (message_id, member, state) VALUES (?1, ?2, 'queued')",
     )?;

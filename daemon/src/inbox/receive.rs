@@ -104,7 +104,7 @@ fn receive_in(
         if contacts::is_blocked(tx, sender)? || settings::blocks_everyone(tx)? {
             return Ok(Received::Dropped("refused: blocked".into()));
         }
-        return Ok(match groups::on_message(tx, sender, gid, message, now)? {
+        return Ok(match groups::on_message(tx, sender, device, relay_id, gid, message, now)? {
             Ok(e) => Received::Applied { last_event: e.last_event, queued: e.queued },
             Err(why) => Received::Dropped(why),
         });
@@ -203,11 +203,22 @@ fn apply_plaintext(
         // A new key never becomes a group's sender-key source before the user accepts
         // it: the sender key waits and is applied by `contacts.trust`.
         Some(Content::SenderKey { .. }) if seen.untrusted => {
-            trust::hold(tx, sender, &plaintext, now)?;
+            trust::hold(tx, sender, device, &plaintext, now)?;
             Ok(Effects::default())
         }
+        // The key of the device whose session carried it, never of another.
         Some(Content::SenderKey { gid, key }) => {
-            groups::on_sender_key(tx, me_id, sender, &gid, &key, now)?
+            groups::on_sender_key(tx, me_id, sender, device, &gid, &key, now)?
+        }
+        Some(Content::SenderKeyRequest { gid, ids }) => {
+            groups::on_key_request(tx, me_id, sender, &gid, &ids, now)?
+        }
+        // "Block everyone" refuses group messages (see above) in this form too.
+        Some(Content::GroupResend { .. }) if settings::blocks_everyone(tx)? => {
+            Ok(Effects::default())
+        }
+        Some(Content::GroupResend { gid, content }) => {
+            groups::on_resend(tx, sender, &gid, *content, now)?
         }
         Some(Content::Retry { ids }) => Ok(e2e::resend(tx, sender, device, &ids, now)?),
         // Only our own devices tell us what we sent or read.
@@ -230,8 +241,9 @@ fn apply_plaintext(
 
 /// A message from another device of our own account. It must hold the account's
 /// identity key (a device the relay made up holds none), and it only tells what that
-/// device sent or read, that it took or declined a call (or asks for a retry): anything
-/// else is dropped.
+/// device sent or read, a group change it made or its leaving a group, that it took or
+/// declined a call, a contact or account setting it changed (or asks for a retry):
+/// anything else is dropped.
 fn from_own_device(
     tx: &Connection,
     me: &Account,
@@ -245,7 +257,13 @@ fn from_own_device(
     }
     e2e::save_record(tx, &me.user_id, device, &record, now)?;
     let outcome = match Content::decode(plaintext) {
-        Some(sent @ Content::Sent { .. }) => texts::apply_sent(tx, &me.user_id, sent, now)?,
+        Some(sent @ Content::Sent { .. }) => {
+            if matches!(&sent, Content::Sent { to, .. } if to.starts_with("group:")) {
+                groups::apply_sent(tx, &me.user_id, sent, now)?
+            } else {
+                texts::apply_sent(tx, &me.user_id, sent, now)?
+            }
+        }
         // A note to self written on another of our devices: ours, already sent.
         Some(Content::Text { id, at, text, reply_to }) => {
             let to = format!("user:{}", me.user_id);
@@ -254,6 +272,15 @@ fn from_own_device(
         }
         Some(Content::ReadSync { conversation, ids }) => {
             Ok(texts::apply_read_sync(tx, &conversation, &ids, now)?)
+        }
+        // A group change made on another of our devices (as its admin), or our leaving
+        // there: checked as from any admin (our identity key is the account's).
+        Some(update @ Content::Group { .. }) => {
+            let ours = me.identity.public();
+            groups::on_update(tx, &me.user_id, &me.user_id, &ours, &update, now)?
+        }
+        Some(Content::GroupLeave { gid, grant }) => {
+            Ok(groups::on_leave(tx, &me.user_id, &me.user_id, &gid, grant.as_ref(), now)?)
         }
         Some(Content::Retry { ids }) => Ok(e2e::resend(tx, &me.user_id, device, &ids, now)?),
         Some(c @ (Content::ContactSync { .. } | Content::SettingsSync { .. })) => {
@@ -702,5 +729,112 @@ mod tests {
             let state = alice.store.with(|c| messages::get(c, id)).unwrap().unwrap().state;
             assert_eq!(state, MessageState::Delivered, "{id}");
         }
+    }
+
+    /// Issue 19: a sender key counts for the device whose session carried it. alice's
+    /// second device (same account, same identity key) hands bob its own key: it lands
+    /// beside the first device's key, not over it; a later one passed off (by the relay)
+    /// as the first device's is opened by no session and changes no key. (A *prekey*
+    /// message passed off as another device of the same account would start a session
+    /// for that device: devices of one account share the identity key, and only the
+    /// relay tells them apart, as in Signal.)
+    #[test]
+    fn a_sender_key_lands_under_the_device_whose_session_carried_it() {
+        let alice = device("alice");
+        let bob = device("bob");
+        let mut second = Account::generate(
+            "alice".into(),
+            "alice@x.org".into(),
+            "alice".into(),
+            None,
+            1,
+            &mut OsRng,
+        );
+        second.identity = alice.account.identity.clone();
+        let desktop = {
+            let dir = tempfile::tempdir().unwrap();
+            let store = crate::store::Store::open(dir.path()).unwrap();
+            let prekeys = generate_prekeys(&second.identity, &mut OsRng);
+            store
+                .with(|c| {
+                    second.save(c)?;
+                    for k in &prekeys {
+                        account::save_prekey(c, k, 1)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            Device { _dir: dir, store, account: second, prekeys }
+        };
+        let g = groups::GroupState {
+            id: "g1".into(),
+            name: "Crew".into(),
+            created_at: 1,
+            version: 1,
+            members: ["alice", "bob"].map(String::from).into(),
+            admins: ["alice"].map(String::from).into(),
+            proof: None,
+        };
+        bob.store.with(|c| groups::apply(c, "bob", None, &g, "alice", 1).map(drop)).unwrap();
+        let key_of = |d: &Device| {
+            let key = letstalk_crypto::SenderKey::generate(b"g1", &mut OsRng).unwrap();
+            let key = hex::encode(key.distribution().encode().as_slice());
+            d.store
+                .with(|c| enqueue(c, "bob", None, &Content::SenderKey { gid: "g1".into(), key }, 5))
+                .unwrap();
+        };
+        let state = |device: u32| -> Option<Vec<u8>> {
+            bob.store
+                .with(|c| {
+                    Ok(c.query_row(
+                        "SELECT state FROM group_receivers WHERE sender = 'alice' AND device = ?1",
+                        [device],
+                        |r| r.get(0),
+                    )
+                    .optional()?)
+                })
+                .unwrap()
+        };
+        key_of(&alice);
+        assert!(matches!(
+            flush(&alice, &bob, Some(&bundle(&bob, 0)[..]))[0],
+            Received::Applied { .. }
+        ));
+        let phone_key = state(1).expect("the phone's key");
+
+        let desktop_send = |bundles: Option<&[DeviceBundle]>| {
+            key_of(&desktop);
+            let prepared = desktop
+                .store
+                .with(|c| prepare_next(c, &desktop.account, "bob", bundles, 8, &mut OsRng, 6))
+                .unwrap();
+            let Prepared::Ready(rows, _) = prepared else { panic!("{prepared:?}") };
+            let seqs: Vec<i64> = rows.iter().map(|o| o.seq).collect();
+            desktop.store.with(|c| sent(c, &seqs, 8)).unwrap();
+            rows.into_iter().next().unwrap()
+        };
+        let as_device = |o: &Outgoing, device: u32, relay_id: &str| {
+            bob.store
+                .with(|c| receive(c, &bob.account, "alice", device, relay_id, body(o), 7))
+                .unwrap()
+        };
+        // The desktop's first key starts its session with bob, as device 2: beside the
+        // phone's key, not over it.
+        let first = desktop_send(Some(&bundle(&bob, 1)[..]));
+        assert!(matches!(as_device(&first, 2, &first.relay_id), Received::Applied { .. }));
+        let desktop_key = state(2).expect("the desktop's key");
+        assert_eq!(state(1).as_deref(), Some(phone_key.as_slice()));
+
+        // Its next key, passed off by the relay as the phone's: the phone's session does
+        // not open it, and no key changes.
+        let next = desktop_send(None);
+        let lied = as_device(&next, 1, "lie");
+        assert!(matches!(lied, Received::Retry(_) | Received::Dropped(_)), "{lied:?}");
+        assert_eq!(state(1).as_deref(), Some(phone_key.as_slice()));
+        assert_eq!(state(2).as_deref(), Some(desktop_key.as_slice()));
+        // As itself, it replaces the desktop's own key only.
+        assert!(matches!(as_device(&next, 2, &next.relay_id), Received::Applied { .. }));
+        assert_ne!(state(2).as_deref(), Some(desktop_key.as_slice()));
+        assert_eq!(state(1).as_deref(), Some(phone_key.as_slice()));
     }
 }

@@ -104,6 +104,11 @@ pub(super) async fn store_account(
             for k in &prekeys {
                 account::save_prekey(&tx, k, now)?;
             }
+            if linked.is_some() {
+                // A linked device introduces itself to its groups with a sender key of
+                // its own; the members hand it theirs in return.
+                crate::groups::distribute_keys(&tx, &a.user_id, &mut OsRng, now)?;
+            }
             let seq = events::append(&tx, &body, now)?;
             tx.commit()?;
             if switching {

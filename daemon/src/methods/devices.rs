@@ -166,8 +166,9 @@ async fn admit(
         .store
         .call(move |c| {
             let tx = c.transaction()?;
-            // The relay tells our other devices, not this one: what this device knew of
-            // the account's devices (perhaps "none") is stale now.
+            // The relay tells the account's other devices (`DevicesChanged`), not the one
+            // that added it: what this device knew of its own devices (perhaps that
+            // there are none, so no sent copies) is forgotten here.
             crate::outbox::forget_known_devices(&tx, &user)?;
             let seq = events::append(&tx, &EventBody::DeviceLinked { device }, now_ms())?;
             tx.commit()?;

@@ -259,6 +259,11 @@ pub(super) async fn leave(daemon: &Arc<Daemon>, p: GroupIdParams) -> Result<Empt
                 crate::outbox::enqueue(&tx, member, None, &content, now)?;
                 queued = true;
             }
+            // Our other devices leave with us.
+            if crate::outbox::own_devices_may_exist(&tx, &me)? {
+                crate::outbox::enqueue(&tx, &me, None, &content, now)?;
+                queued = true;
+            }
             tx.commit()?;
             Ok::<_, StoreError>(Some((seq, queued)))
         })

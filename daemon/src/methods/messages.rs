@@ -74,7 +74,7 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
     let seal = match &peer {
         Peer::User(user) if *user != me => vec![user.clone(), me.clone()],
         Peer::User(user) => vec![user.clone()],
-        Peer::Group(_) => Vec::new(),
+        Peer::Group(_) => vec![me.clone()],
     };
     let outcome = daemon
         .writes
@@ -136,30 +136,41 @@ pub(super) async fn send(daemon: &Arc<Daemon>, p: SendParams) -> Result<MessageR
                 text: p.text.clone(),
                 reply_to: p.reply_to.clone(),
             };
+            // What our account's other devices are sent to show it as ours.
+            let sent_copy = Content::Sent {
+                to: conversation.clone(),
+                id: id.clone(),
+                at: now,
+                text: p.text.clone(),
+                reply_to: p.reply_to.clone(),
+            };
             let queued = match (&peer, &group) {
-                (_, Some(g)) => crate::groups::enqueue_text(
-                    tx,
-                    &me,
-                    g,
-                    &id,
-                    &content,
-                    &mut rand_core::OsRng,
-                    now,
-                )?,
+                (_, Some(g)) => {
+                    let queued = crate::groups::enqueue_text(
+                        tx,
+                        &me,
+                        g,
+                        &id,
+                        &content,
+                        &mut rand_core::OsRng,
+                        now,
+                    )?;
+                    // Our account's other devices show it as ours, from a pairwise copy:
+                    // they never need our sender key.
+                    if crate::outbox::own_devices_may_exist(tx, &me)? {
+                        crate::outbox::enqueue(tx, &me, None, &sent_copy, now)?;
+                        true
+                    } else {
+                        queued
+                    }
+                }
                 (Peer::User(user), None) => {
                     let relay = crate::outbox::enqueue(tx, user, Some(&id), &content, now)?;
                     tracing::debug!(target: PATH, msg = %id, %relay, "accepted");
                     // Our account's other devices show it too; not queued when the relay
                     // told us there are none (no round trip per message for one device).
                     if *user != me && crate::outbox::own_devices_may_exist(tx, &me)? {
-                        let copy = Content::Sent {
-                            to: conversation.clone(),
-                            id: id.clone(),
-                            at: now,
-                            text: p.text.clone(),
-                            reply_to: p.reply_to.clone(),
-                        };
-                        crate::outbox::enqueue(tx, &me, None, &copy, now)?;
+                        crate::outbox::enqueue(tx, &me, None, &sent_copy, now)?;
                     }
                     true
                 }
