@@ -269,10 +269,10 @@ async fn idle_run(daemon_bin: &Path, relay_bin: &Path, work: &Path, secs: u64) -
 }
 
 /// A network namespace, deleted when dropped.
-struct Netns(String);
+pub(crate) struct Netns(pub(crate) String);
 
 impl Netns {
-    fn new(tag: &str) -> Result<Self> {
+    pub(crate) fn new(tag: &str) -> Result<Self> {
         let name = format!("ltb-{}-{tag}", std::process::id());
         ip(&["netns", "add", &name])?;
         let ns = Self(name);

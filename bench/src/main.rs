@@ -10,13 +10,15 @@
 //! copy of the same bytes, `calls` call media loss and latency, `cluster` delivery
 //! through relay nodes sharing NATS JetStream beside the single embedded relay, `abuse`
 //! what one hostile account can cost the relay (memory under a `SendGroup` attack,
-//! requests per second before it is limited).
+//! requests per second before it is limited), `devices` one message to an account with
+//! 1, 2 and 5 devices.
 
 mod abuse;
 mod call_load;
 mod calls;
 mod cluster;
 mod device;
+mod devices;
 mod files;
 mod groups;
 mod ipc;
@@ -80,6 +82,9 @@ enum Command {
     /// What one hostile account can cost the relay: its memory under 32 concurrent
     /// maximal SendGroup requests, and requests per second before it is limited.
     Abuse(AbuseArgs),
+    /// One message to an account with 1, 2 and 5 devices: latency, sender CPU and bytes
+    /// on the wire (issue 19).
+    Devices(DevicesArgs),
     /// Decrypt cost with 40 previous sessions against one; prekey top-up traffic per day
     /// at given bundle-fetch rates.
     Sessions(SessionsArgs),
@@ -98,6 +103,25 @@ pub(crate) struct AbuseArgs {
     /// Seconds each request kind is flooded.
     #[arg(long, default_value_t = 5, value_name = "S")]
     pub(crate) flood_s: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DevicesArgs {
+    /// The daemon binary (default: the release build beside this one).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon: Option<PathBuf>,
+
+    /// The relay binary (default: the release build beside this one).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// How many devices bob has, one run each; the first is the reference.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 5])]
+    pub(crate) devices: Vec<usize>,
+
+    /// Measured messages per size.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub(crate) messages: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -380,6 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Calls(args) => runtime.block_on(calls::run(&args)),
         Command::Cluster(args) => runtime.block_on(cluster::run(&args)),
         Command::Abuse(args) => runtime.block_on(abuse::run(&args)),
+        Command::Devices(args) => runtime.block_on(devices::run(&args)),
         Command::Sessions(args) => sessions::run(&args),
     }
 }
