@@ -358,6 +358,7 @@ impl Blobs {
         owner: &str,
         id: [u8; 16],
         user: &str,
+        device: Option<u32>,
     ) -> Result<usize, Fail> {
         let (o, u) = (owner.to_owned(), user.to_owned());
         let local: Option<i64> = self
@@ -369,10 +370,19 @@ impl Blobs {
                 if !exists {
                     return Ok(None);
                 }
-                tx.prepare_cached(
-                    "DELETE FROM blob_recipients WHERE owner = ?1 AND blob_id = ?2 AND recipient = ?3",
-                )?
-                .execute(params![o, id.as_slice(), u])?;
+                let entries: Vec<String> = tx
+                    .prepare_cached(
+                        "SELECT recipient FROM blob_recipients WHERE owner = ?1 AND blob_id = ?2",
+                    )?
+                    .query_map(params![o, id.as_slice()], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for e in entries.iter().filter(|e| released_by(e, &u, device)) {
+                    tx.prepare_cached(
+                        "DELETE FROM blob_recipients
+                         WHERE owner = ?1 AND blob_id = ?2 AND recipient = ?3",
+                    )?
+                    .execute(params![o, id.as_slice(), e])?;
+                }
                 let left = tx
                     .prepare_cached(
                         "SELECT count(*) FROM blob_recipients WHERE owner = ?1 AND blob_id = ?2",
@@ -388,7 +398,8 @@ impl Blobs {
         let Some(store) = &self.shared else { return Ok(0) };
         let name = Self::name(owner, &id);
         let Some(meta) = self.shared_meta(owner, &id).await? else { return Ok(0) };
-        let left: Vec<String> = meta.recipients.into_iter().filter(|r| r != user).collect();
+        let left: Vec<String> =
+            meta.recipients.into_iter().filter(|r| !released_by(r, user, device)).collect();
         if !left.is_empty() {
             use async_nats::jetstream::object_store::UpdateMetadata;
             let metadata = HashMap::from([(RECIPIENTS.to_owned(), left.join(","))]);
@@ -453,6 +464,28 @@ impl Blobs {
         Ok(n)
     }
 
+    /// A device of `user` was removed: the blobs held on this node that wait for it are
+    /// released as if it had fetched them (deleted when nobody else waits). Shared blobs
+    /// that name it on another node wait for it until they expire.
+    pub(crate) async fn release_device(&self, user: &str, device: u32) -> Result<(), Fail> {
+        let e = entry(user, device);
+        let held: Vec<(String, Vec<u8>)> = self
+            .db(move |c| {
+                c.prepare_cached("SELECT owner, blob_id FROM blob_recipients WHERE recipient = ?1")?
+                    .query_map(params![e], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .await?;
+        for (owner, id) in held {
+            if let Ok(id) = <[u8; 16]>::try_from(id.as_slice())
+                && self.release_recipient(&owner, id, user, Some(device)).await? == 0
+            {
+                self.delete(&owner, id).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes every blob of an account (the account is being deleted).
     pub(crate) async fn delete_owner(&self, owner: &str) -> Result<(), Fail> {
         if let Some(store) = &self.shared {
@@ -485,14 +518,17 @@ impl Blobs {
         let u = owner.to_owned();
         let held: Vec<(String, Vec<u8>)> = self
             .db(move |c| {
-                c.prepare_cached("SELECT owner, blob_id FROM blob_recipients WHERE recipient = ?1")?
-                    .query_map(params![u], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
+                c.prepare_cached(
+                    "SELECT DISTINCT owner, blob_id FROM blob_recipients
+                     WHERE recipient = ?1 OR substr(recipient, 1, length(?1) + 1) = ?1 || '#'",
+                )?
+                .query_map(params![u], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
             })
             .await?;
         for (other, id) in held {
             if let Ok(id) = <[u8; 16]>::try_from(id.as_slice())
-                && self.release_recipient(&other, id, owner).await? == 0
+                && self.release_recipient(&other, id, owner, None).await? == 0
             {
                 self.delete(&other, id).await?;
             }
@@ -500,6 +536,28 @@ impl Blobs {
         // The WAL keeps older copies of the rows' pages until checkpointed.
         self.db(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))).await?;
         Ok(())
+    }
+}
+
+/// A recipient entry: one device of a recipient account (`bob#2`), so that a blob stays
+/// until every device the account had when it was stored has fetched it (issue 19: one
+/// blob, keys to every device). An entry without `#` (a blob stored before devices, or
+/// for an account the store knew no device of) stands for the whole account.
+pub(crate) fn entry(user: &str, device: u32) -> String {
+    format!("{user}#{device}")
+}
+
+/// The account an entry belongs to.
+pub(crate) fn account_of(entry: &str) -> &str {
+    entry.split_once('#').map_or(entry, |(u, _)| u)
+}
+
+/// Whether `user`'s release (from `device`, or for the whole account) takes `entry`
+/// off the list.
+fn released_by(entry: &str, user: &str, device: Option<u32>) -> bool {
+    match entry.split_once('#') {
+        None => entry == user,
+        Some((u, d)) => u == user && device.is_none_or(|dev| d == dev.to_string()),
     }
 }
 

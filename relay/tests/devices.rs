@@ -633,3 +633,70 @@ async fn a_call_route_joins_the_two_devices_that_asked_for_it_and_no_other() {
         }
     }
 }
+
+/// Stores `bytes` as alice's blob `id` for `to`; answers the relay's `Blob`.
+async fn put_blob(by: &Device, id: [u8; 16], bytes: &[u8], to: &str) -> Response {
+    let header = Request::BlobPut {
+        blob_id: id,
+        size: bytes.len() as u64,
+        offset: 0,
+        recipients: vec![to.into()],
+    };
+    let (mut send, mut recv) = by.link.open_stream(header).await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    send.finish().unwrap();
+    Link::read_response(&mut recv).await.unwrap()
+}
+
+fn blob_stat(owner: &str, id: [u8; 16]) -> Request {
+    Request::BlobStat { owner: owner.into(), blob_id: id }
+}
+
+fn blob_release(owner: &str, id: [u8; 16]) -> Request {
+    Request::BlobRelease { owner: owner.into(), blob_id: id }
+}
+
+/// Issue 19, files: one blob, keys to every device. bob's phone fetching and releasing
+/// alice's file must not take it from bob's desktop (a release by the account would
+/// have); the blob goes once every device bob had released it, or once the device still
+/// waiting is removed. Another account's release changes nothing.
+#[tokio::test]
+async fn a_blob_waits_for_every_device_of_the_recipient() {
+    for net in Net::each(Limits::default()).await {
+        let alice = net.user(0, "alice").await;
+        let phone = net.user(1, "bob").await;
+        let desktop = net.add_device(&phone, 0).await;
+        let mallory = net.user(1, "mallory").await;
+        let stored = Response::Blob { size: 4, stored: 4 };
+
+        let id = [1u8; 16];
+        assert_eq!(put_blob(&alice, id, b"file", "bob").await, stored);
+        assert_eq!(refused(mallory.request(blob_release("alice", id)).await), ErrorKind::NotFound);
+        assert_eq!(phone.request(blob_release("alice", id)).await, Response::Ok);
+        // The phone released it again (a retry): the desktop still finds it.
+        assert_eq!(phone.request(blob_release("alice", id)).await, Response::Ok);
+        assert_eq!(desktop.request(blob_stat("alice", id)).await, stored);
+        assert_eq!(desktop.request(blob_release("alice", id)).await, Response::Ok);
+        if net.cluster.is_none() {
+            // Released by every device: gone. (In a cluster, releases from two nodes on
+            // the shared object's metadata are not yet seen as complete: the blob waits
+            // for its expiry, 48 hours; noted in ARCHITECTURE.md.)
+            let r = alice.request(blob_stat("alice", id)).await;
+            assert_eq!(refused(r), ErrorKind::NotFound);
+        }
+
+        // A device removed while the blob waits for it: released for it.
+        let id = [2u8; 16];
+        assert_eq!(put_blob(&alice, id, b"more", "bob").await, stored);
+        assert_eq!(phone.request(blob_release("alice", id)).await, Response::Ok);
+        assert_eq!(desktop.request(blob_stat("alice", id)).await, stored);
+        let gone = Request::RemoveDevice { device_id: desktop.id };
+        assert_eq!(phone.request(gone).await, Response::Ok);
+        if net.cluster.is_none() {
+            // The embedded relay holds the blob itself: deleted now. (A cluster's shared
+            // blob waits for the removed device until it expires.)
+            let r = alice.request(blob_stat("alice", id)).await;
+            assert_eq!(refused(r), ErrorKind::NotFound);
+        }
+    }
+}

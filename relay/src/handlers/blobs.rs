@@ -9,11 +9,11 @@ use letstalk_wire::{ErrorKind, LEN_PREFIX, MAX_BLOB_LEN, MAX_LIST, Request, Resp
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
-use crate::blobs::{Meta, backend};
+use crate::blobs::{Meta, account_of, backend, entry};
 use crate::clock::now_ms;
 use crate::ctx::ConnCtx;
 use crate::fail::{Fail, Reply, fail, misrouted, storage_fail};
-use crate::session::require_auth;
+use crate::session::{require_auth, require_device};
 use crate::state::State;
 use crate::storage::Storage;
 use crate::userid::normalize_user_id;
@@ -33,16 +33,17 @@ pub(super) async fn handle<S: Storage>(
             stat(st, &user, &owner, blob_id).await
         }
         Request::BlobRelease { owner, blob_id } => {
-            let user = require_auth(st, ctx)?;
-            release(st, &user, &owner, blob_id).await
+            let (user, device) = require_device(st, ctx)?;
+            release(st, &user, device, &owner, blob_id).await
         }
         other => Err(misrouted(&other)),
     }
 }
 
-/// May `user` read `owner`'s blob?
+/// May `user` read `owner`'s blob? The owner's account and every device of a
+/// recipient's account may (a device linked after the upload too).
 fn may_read(user: &str, owner: &str, meta: &Meta) -> bool {
-    user == owner || meta.recipients.iter().any(|r| r == user)
+    user == owner || meta.recipients.iter().any(|r| account_of(r) == user)
 }
 
 fn owner_arg(raw: &str) -> Result<String, Fail> {
@@ -65,11 +66,13 @@ async fn stat<S: Storage>(
     Ok(Response::Blob { size: meta.size, stored: stored.min(meta.size) })
 }
 
-/// `BlobRelease`: a recipient is done with the blob (deleted when nobody is left to fetch
-/// it), or the owner cancels it (deleted at once). Releasing what is gone is fine.
+/// `BlobRelease`: a recipient's device is done with the blob (deleted when no device is
+/// left to fetch it), or the owner cancels it (deleted at once). Releasing what is gone
+/// is fine.
 async fn release<S: Storage>(
     st: &Arc<State<S>>,
     user: &str,
+    device: u32,
     owner: &str,
     id: [u8; 16],
 ) -> Result<Response, Fail> {
@@ -84,10 +87,10 @@ async fn release<S: Storage>(
         info!(size = meta.size, "blob cancelled by its owner");
         return Ok(Response::Ok);
     }
-    if !meta.recipients.iter().any(|r| r == user) {
+    if !may_read(user, &owner, &meta) {
         return Err(fail(ErrorKind::NotFound, "no such blob"));
     }
-    let left = st.blobs.release_recipient(&owner, id, user).await?;
+    let left = st.blobs.release_recipient(&owner, id, user, Some(device)).await?;
     if left == 0 {
         st.blobs.delete(&owner, id).await?;
         info!(size = meta.size, "blob fetched by every recipient: deleted");
@@ -173,7 +176,16 @@ async fn put<S: Storage>(
     if allowed.is_empty() {
         return Err(fail(ErrorKind::Blocked, "the recipient blocks you"));
     }
-    let recips = allowed;
+    // One entry per device the recipient has now: the blob waits for each of them.
+    let mut recips = Vec::with_capacity(allowed.len());
+    for r in allowed {
+        match st.storage.devices(&r).await.map_err(storage_fail)? {
+            Some(devices) if !devices.is_empty() => {
+                recips.extend(devices.iter().map(|d| entry(&r, d.device_id)));
+            }
+            _ => recips.push(r),
+        }
+    }
     let blobs = &st.blobs;
     let Some(_mark) = blobs.begin_upload(owner, id) else {
         return Err(fail(ErrorKind::Conflict, "this blob is being uploaded on another stream"));

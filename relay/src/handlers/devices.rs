@@ -75,6 +75,10 @@ pub(super) async fn handle<S: Storage>(
             }
             info!("device removed");
             debug!(user_id = user, device_id, "device removed");
+            // Blobs waiting for it here wait no more.
+            if let Err(e) = st.blobs.release_device(&user, device_id).await {
+                debug!(error = ?e, "releasing a removed device's blobs");
+            }
             if device_id == me {
                 // This connection's own device: like `Logout`, the answer is its notice
                 // (a `LoggedOut` push would race the answer on a closing connection).
