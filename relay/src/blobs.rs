@@ -59,6 +59,8 @@ pub(crate) struct Blobs {
     quota: u64,
     /// A cluster node's shared store of complete blobs.
     shared: Option<async_nats::jetstream::object_store::ObjectStore>,
+    /// Beside it, the recipients' devices each shared blob still waits for.
+    waiting: Option<crate::storage::nats::NatsStorage>,
 }
 
 impl std::fmt::Debug for Blobs {
@@ -130,15 +132,15 @@ impl Blobs {
             cancelled: Arc::default(),
             quota,
             shared: None,
+            waiting: None,
         })
     }
 
-    /// Complete blobs go to (and are read from) `store`, shared by every cluster node.
-    pub(crate) fn shared_through(
-        mut self,
-        store: async_nats::jetstream::object_store::ObjectStore,
-    ) -> Self {
-        self.shared = Some(store);
+    /// Complete blobs go to (and are read from) the object store of `storage`, shared by
+    /// every cluster node, and the devices each one waits for to its records.
+    pub(crate) fn shared_through(mut self, storage: &crate::storage::nats::NatsStorage) -> Self {
+        self.shared = Some(storage.blob_store());
+        self.waiting = Some(storage.clone());
         self
     }
 
@@ -176,12 +178,19 @@ impl Blobs {
     ) -> Result<Option<Meta>, Fail> {
         use async_nats::jetstream::object_store::InfoErrorKind;
         let Some(store) = &self.shared else { return Ok(None) };
-        match store.info(Self::name(owner, id)).await {
-            Ok(info) if !info.deleted => Ok(Some(Meta {
-                size: info.size as u64,
-                complete: true,
-                recipients: recipients_of(&info.metadata),
-            })),
+        let name = Self::name(owner, id);
+        match store.info(&name).await {
+            Ok(info) if !info.deleted => {
+                let waiting = match &self.waiting {
+                    Some(w) => w.blob_waiting(&name).await.map_err(backend)?,
+                    None => None,
+                };
+                Ok(Some(Meta {
+                    size: info.size as u64,
+                    complete: true,
+                    recipients: waiting.unwrap_or_else(|| recipients_of(&info.metadata)),
+                }))
+            }
             Ok(_) => Ok(None),
             Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(None),
             Err(e) => Err(backend(e)),
@@ -199,6 +208,9 @@ impl Blobs {
         let object =
             ObjectMetadata { name: Self::name(owner, &id), metadata, ..Default::default() };
         store.put(object, &mut file).await.map_err(backend)?;
+        if let Some(w) = &self.waiting {
+            w.blob_waiting_set(&Self::name(owner, &id), &meta.recipients).await.map_err(backend)?;
+        }
         self.delete_local(owner, id).await
     }
 
@@ -331,6 +343,9 @@ impl Blobs {
                 Err(e) if e.kind() == DeleteErrorKind::NotFound => {}
                 Err(e) => return Err(backend(e)),
             }
+            if let Some(w) = &self.waiting {
+                w.blob_waiting_forget(&Self::name(owner, &id)).await.map_err(backend)?;
+            }
         }
         self.delete_local(owner, id).await
     }
@@ -397,6 +412,16 @@ impl Blobs {
         }
         let Some(store) = &self.shared else { return Ok(0) };
         let name = Self::name(owner, &id);
+        // Compare-and-set on the blob's record: two devices releasing on two nodes at
+        // once both count.
+        if let Some(w) = &self.waiting
+            && let Some(left) = w
+                .blob_waiting_release(&name, |e| released_by(e, user, device))
+                .await
+                .map_err(backend)?
+        {
+            return Ok(left);
+        }
         let Some(meta) = self.shared_meta(owner, &id).await? else { return Ok(0) };
         let left: Vec<String> =
             meta.recipients.into_iter().filter(|r| !released_by(r, user, device)).collect();
@@ -497,6 +522,9 @@ impl Blobs {
                 // compared whole (`bob` must not match `alice-bob`).
                 if info.name.split_once('-').is_some_and(|(_, o)| o == owner) {
                     let _ = store.delete(&info.name).await;
+                    if let Some(w) = &self.waiting {
+                        let _ = w.blob_waiting_forget(&info.name).await;
+                    }
                 }
             }
         }

@@ -81,7 +81,7 @@ impl Relay {
                     "cluster storage ready"
                 );
                 let hub = Hub::with_bus(Bus::new(storage.client().clone()));
-                let blobs = blobs.shared_through(storage.blob_store());
+                let blobs = blobs.shared_through(&storage);
                 Backend::Cluster(State::new(storage, hub, blobs, &config))
             }
         };

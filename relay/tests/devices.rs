@@ -677,13 +677,9 @@ async fn a_blob_waits_for_every_device_of_the_recipient() {
         assert_eq!(phone.request(blob_release("alice", id)).await, Response::Ok);
         assert_eq!(desktop.request(blob_stat("alice", id)).await, stored);
         assert_eq!(desktop.request(blob_release("alice", id)).await, Response::Ok);
-        if net.cluster.is_none() {
-            // Released by every device: gone. (In a cluster, releases from two nodes on
-            // the shared object's metadata are not yet seen as complete: the blob waits
-            // for its expiry, 48 hours; noted in ARCHITECTURE.md.)
-            let r = alice.request(blob_stat("alice", id)).await;
-            assert_eq!(refused(r), ErrorKind::NotFound);
-        }
+        // Released by every device (in a cluster, the phone on one node and the desktop
+        // on the other): gone.
+        assert_eq!(refused(alice.request(blob_stat("alice", id)).await), ErrorKind::NotFound);
 
         // A device removed while the blob waits for it: released for it.
         let id = [2u8; 16];

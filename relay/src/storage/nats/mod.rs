@@ -34,6 +34,10 @@
 //! - Object store `letstalk_blobs`, object `<blob id hex>-<owner>`: complete file blobs,
 //!   with size and recipients in the object's metadata; `max_age` is the blob TTL.
 //!   Uploads in progress stay on the node receiving them (see `crate::blobs`).
+//! - KV bucket `letstalk_blob_waiting`, key `<blob id hex>-<owner>`: the recipient
+//!   devices (`user#device`) that blob still waits for, taken off by compare-and-set as
+//!   each releases it (the object's metadata cannot be changed that way); `max_age` is
+//!   the blob TTL. A blob shared before the bucket existed reads its object's metadata.
 //! - Stream `LETSTALK_MAILBOX`, subject `letstalk.mbox.<recipient>.<device>.<c|s>.<sender>`
 //!   (`c` from a contact of the recipient, `s` from anyone else; before devices
 //!   `letstalk.mbox.<recipient>.<c|s>.<sender>`, read as device 1's): the offline queues,
@@ -128,6 +132,9 @@ const AVATARS: &str = "letstalk_avatars";
 const LINKS: &str = "letstalk_links";
 /// Complete file blobs, shared by every node (see `crate::blobs`).
 const BLOBS: &str = "letstalk_blobs";
+/// The recipients' devices each shared blob still waits for, by object name, changed
+/// by compare-and-set (two nodes may release at once; see `crate::blobs`).
+const BLOB_WAITING: &str = "letstalk_blob_waiting";
 /// One-time prekeys: stream `LETSTALK_PREKEYS`, subject `letstalk.otk.<user>`.
 const PREKEYS_STREAM: &str = "LETSTALK_PREKEYS";
 const PREKEYS_PREFIX: &str = "letstalk.otk";
@@ -180,6 +187,7 @@ struct Inner {
     links: kv::Store,
     avatars: object_store::ObjectStore,
     blobs: object_store::ObjectStore,
+    blob_waiting: kv::Store,
     mailbox: stream::Stream,
     prekeys: stream::Stream,
     reports: stream::Stream,
@@ -338,6 +346,45 @@ impl NatsStorage {
     /// The object store of complete file blobs (the relay's blob store shares it).
     pub fn blob_store(&self) -> object_store::ObjectStore {
         self.inner.blobs.clone()
+    }
+
+    /// Records the recipient entries shared blob `name` waits for.
+    pub(crate) async fn blob_waiting_set(
+        &self,
+        name: &str,
+        entries: &[String],
+    ) -> Result<(), StorageError> {
+        put(&self.inner.blob_waiting, name, &entries).await
+    }
+
+    /// The entries shared blob `name` still waits for; `None` when there is no record
+    /// (a blob shared before the record existed: its object's metadata tells).
+    pub(crate) async fn blob_waiting(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        Ok(read(&self.inner.blob_waiting, name).await?.map(|(v, _)| v))
+    }
+
+    /// Takes the entries `released` picks off blob `name`'s record, by compare-and-set;
+    /// how many are left, or `None` when there is no record.
+    pub(crate) async fn blob_waiting_release(
+        &self,
+        name: &str,
+        released: impl Fn(&str) -> bool,
+    ) -> Result<Option<usize>, StorageError> {
+        modify(&self.inner.blob_waiting, name, |now: Option<Vec<String>>| {
+            let Some(now) = now else { return Ok(Change::Keep(None)) };
+            let left: Vec<String> = now.iter().filter(|e| !released(e)).cloned().collect();
+            let n = left.len();
+            Ok(if n == now.len() { Change::Keep(Some(n)) } else { Change::Put(left, Some(n)) })
+        })
+        .await
+    }
+
+    /// Forgets blob `name`'s record (the blob is deleted).
+    pub(crate) async fn blob_waiting_forget(&self, name: &str) -> Result<(), StorageError> {
+        erase(&self.inner.blob_waiting, name).await
     }
 
     /// Reports and feedback notes held: for tests and metrics.

@@ -60,6 +60,7 @@ impl NatsStorage {
             ensure_kv_with(js, LINKS, replicas, Duration::from_millis(LINK_SLOT_TTL_MS)).await?;
         let avatars = ensure_object_store(js, AVATARS, replicas, Duration::ZERO).await?;
         let blobs = ensure_object_store(js, BLOBS, replicas, options.blob_ttl).await?;
+        let blob_waiting = ensure_kv_with(js, BLOB_WAITING, replicas, options.blob_ttl).await?;
         let ttl = options.message_ttl;
         let config = stream::Config {
             name: MAILBOX_STREAM.into(),
@@ -116,6 +117,7 @@ impl NatsStorage {
                 links,
                 avatars,
                 blobs,
+                blob_waiting,
                 mailbox,
                 prekeys,
                 reports,
