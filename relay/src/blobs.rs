@@ -490,8 +490,9 @@ impl Blobs {
     }
 
     /// A device of `user` was removed: the blobs held on this node that wait for it are
-    /// released as if it had fetched them (deleted when nobody else waits). Shared blobs
-    /// that name it on another node wait for it until they expire.
+    /// released as if it had fetched them (deleted when nobody else waits). A blob
+    /// already moved to a cluster's shared store has no rows here: it waits for the
+    /// removed device until it expires.
     pub(crate) async fn release_device(&self, user: &str, device: u32) -> Result<(), Fail> {
         let e = entry(user, device);
         let held: Vec<(String, Vec<u8>)> = self
