@@ -100,6 +100,12 @@ pub enum Content {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<String>,
     },
+    /// A file another device of our own account sent to conversation `to` (`user:<id>`
+    /// or `group:<gid>`): `file` is the `file` content it sent, whose blob waits for our
+    /// other devices too. Shown here as an outgoing file and fetched like an incoming
+    /// one; never uploaded, cancelled or deleted from here.
+    #[serde(rename = "sent_file")]
+    SentFile { to: String, file: Box<Content> },
     /// Another device of our own account read these messages of `conversation`: they
     /// are read here too (and no second read receipt goes to their sender).
     #[serde(rename = "read_sync")]
@@ -282,6 +288,10 @@ mod tests {
                 at: 3,
                 text: "hi".into(),
                 reply_to: Some("r".into()),
+            },
+            Content::SentFile {
+                to: "group:g".into(),
+                file: Box::new(Content::FileCancel { id: "f".into() }),
             },
             Content::ReadSync { conversation: "user:bob".into(), ids: vec!["m".into()] },
             Content::SenderKeyRequest { gid: "g".into(), ids: vec!["r".into()] },

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use letstalk_ipc::types::{Direction, FileTransfer, RelayState};
+use letstalk_ipc::types::{FileTransfer, RelayState};
 use letstalk_wire::{ErrorKind as WireKind, Request};
 use rusqlite::{Connection, params};
 use tokio_util::sync::CancellationToken;
@@ -78,23 +78,19 @@ pub fn erase(tx: &Connection, me: &str, ids: &[String]) -> Result<Erased, StoreE
         .collect::<Result<_, _>>()?;
     for id in file_ids {
         let Some(f) = crate::files::get(tx, &id)? else { continue };
-        let owed = match f.direction {
-            Direction::In => {
-                f.release || !matches!(f.transfer, FileTransfer::Done | FileTransfer::Cancelled)
-            }
-            Direction::Out => {
-                f.release || f.transfer == FileTransfer::Uploading || withdrawn.contains(&id)
-            }
+        // A file this device uploaded is cancelled if it never reached anyone; any
+        // other this device no longer waits for.
+        let owed = if f.uploads_here() {
+            f.release || f.transfer == FileTransfer::Uploading || withdrawn.contains(&id)
+        } else {
+            f.release || !matches!(f.transfer, FileTransfer::Done | FileTransfer::Cancelled)
         };
         if owed {
-            let owner = match f.direction {
-                Direction::In => f.peer.as_str(),
-                Direction::Out => me,
-            };
             tx.prepare_cached(
-                "INSERT INTO blob_releases (owner, blob_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                "INSERT INTO blob_releases (owner, blob_id, cancel) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
             )?
-            .execute(params![owner, f.blob_id.as_slice()])?;
+            .execute(params![f.owner(me), f.blob_id.as_slice(), f.uploads_here()])?;
             erased.owes_relay = true;
         }
         if let Some(path) = &f.path {
@@ -103,11 +99,13 @@ pub fn erase(tx: &Connection, me: &str, ids: &[String]) -> Result<Erased, StoreE
         erased.files.push(id);
     }
     // The "sent" copies for our account's other devices not handed over yet go too
-    // (they carry the text; their rows name no message, the content does).
+    // (they carry the text or the file's key; their rows name no message, the content
+    // does).
     tx.prepare_cached(
         "DELETE FROM outbox WHERE recipient = ?1 AND message_id IS NULL AND plaintext IS NOT NULL
-            AND json_extract(CAST(substr(plaintext, 2) AS TEXT), '$.t') = 'sent'
-            AND json_extract(CAST(substr(plaintext, 2) AS TEXT), '$.id')
+            AND json_extract(CAST(substr(plaintext, 2) AS TEXT), '$.t') IN ('sent', 'sent_file')
+            AND coalesce(json_extract(CAST(substr(plaintext, 2) AS TEXT), '$.id'),
+                         json_extract(CAST(substr(plaintext, 2) AS TEXT), '$.file.id'))
                 IN (SELECT id FROM temp.erase_ids)",
     )?
     .execute(params![me])?;
@@ -323,16 +321,24 @@ async fn drain(daemon: &Arc<Daemon>, relay: &dyn RelayApi) -> bool {
         .store
         .call(|c| {
             let rows = c
-                .prepare("SELECT owner, blob_id FROM blob_releases")?
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+                .prepare("SELECT owner, blob_id, cancel FROM blob_releases")?
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, bool>(2)?))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
         .unwrap_or_default();
-    for (owner, blob) in releases {
+    for (owner, blob, cancel) in releases {
         let Ok(blob_id) = <[u8; 16]>::try_from(blob.as_slice()) else { continue };
-        let req = Request::BlobRelease { owner: owner.clone(), blob_id };
+        // A cancel is the owner's: only this account's own blob (a release owed by an
+        // account this device no longer holds is answered `not_found` and forgotten).
+        let req = if cancel && daemon.user().as_deref() == Some(owner.as_str()) {
+            Request::BlobCancel { blob_id }
+        } else {
+            Request::BlobRelease { owner: owner.clone(), blob_id }
+        };
         match crate::relay::expect_ok(relay, req).await {
             Ok(()) | Err(RelayError::Refused { kind: WireKind::NotFound, .. }) => {
                 let gone = daemon

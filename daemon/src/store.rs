@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0009_privacy.sql"),
     include_str!("store/0010_device_sessions.sql"),
     include_str!("store/0011_group_devices.sql"),
+    include_str!("store/0012_sent_files.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";

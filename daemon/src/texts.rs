@@ -84,9 +84,9 @@ pub fn apply_sent(
     let Content::Sent { to, .. } = &sent else {
         return Ok(Ok(Effects::default()));
     };
-    match to.strip_prefix("user:") {
-        Some(peer) if crate::validate::user_id("to", peer).is_ok() => show_sent(tx, me, sent, now),
-        _ => Ok(Err("a sent copy for no conversation with a user".into())),
+    match crate::validate::conversation_user(to) {
+        Some(_) => show_sent(tx, me, sent, now),
+        None => Ok(Err("a sent copy for no conversation with a user".into())),
     }
 }
 

@@ -15,6 +15,13 @@ pub const MAX_PASSWORD: usize = 1024;
 /// Nicknames are short display names.
 pub const MAX_NICKNAME: usize = 64;
 
+/// The user of a one-to-one conversation id `user:<id>`, when `<id>` is a user id as we
+/// write it (a conversation id from elsewhere must not name one user two ways).
+pub fn conversation_user(conversation: &str) -> Option<&str> {
+    let user = conversation.strip_prefix("user:")?;
+    user_id("to", user).is_ok_and(|id| id == user).then_some(user)
+}
+
 /// A user ID: 3 to 32 of `a-z 0-9 . _ -`, starting with a letter; lowercased first.
 pub fn user_id(field: &str, raw: &str) -> Result<String, RpcError> {
     let id = raw.trim().to_lowercase();

@@ -5,9 +5,9 @@
 //! Bytes live in files under `<data dir>/blobs/`, one per blob; what is known about
 //! them (owner, size, completeness, who may fetch) lives in `blobs.db`, a small SQLite
 //! database of its own, so the blob store is apart from the mailbox storage and a cluster
-//! back end can swap it for an object store. A blob is deleted when every recipient has
-//! released it (`BlobRelease` after fetching, or giving up), when its owner cancels it, or
-//! at expiry (48 hours by default), complete or not.
+//! back end can swap it for an object store. A blob is deleted when every device it
+//! waits for has released it (`BlobRelease` after fetching, or giving up), when its owner
+//! cancels it (`BlobCancel`), or at expiry (48 hours by default), complete or not.
 //!
 //! Uploads and downloads resume: `BlobPut` and `BlobGet` carry an offset, and `BlobStat`
 //! tells how much is held. The relay never sees a key: a blob is ciphertext in the age

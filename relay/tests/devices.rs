@@ -636,11 +636,15 @@ async fn a_call_route_joins_the_two_devices_that_asked_for_it_and_no_other() {
 
 /// Stores `bytes` as alice's blob `id` for `to`; answers the relay's `Blob`.
 async fn put_blob(by: &Device, id: [u8; 16], bytes: &[u8], to: &str) -> Response {
+    put_blob_for(by, id, bytes, &[to]).await
+}
+
+async fn put_blob_for(by: &Device, id: [u8; 16], bytes: &[u8], to: &[&str]) -> Response {
     let header = Request::BlobPut {
         blob_id: id,
         size: bytes.len() as u64,
         offset: 0,
-        recipients: vec![to.into()],
+        recipients: to.iter().map(|t| (*t).to_owned()).collect(),
     };
     let (mut send, mut recv) = by.link.open_stream(header).await.unwrap();
     send.write_all(bytes).await.unwrap();
@@ -694,5 +698,55 @@ async fn a_blob_waits_for_every_device_of_the_recipient() {
             let r = alice.request(blob_stat("alice", id)).await;
             assert_eq!(refused(r), ErrorKind::NotFound);
         }
+    }
+}
+
+/// Issue 19, sent copies of files: alice's phone uploads a file for bob and for her own
+/// account, so her desktop can show and fetch what the phone sent. The blob waits for
+/// the desktop too (never for the uploading phone), and a release from alice's account
+/// takes off only that device's entry: it never deletes the file under bob, whichever
+/// device of hers sends it. Only `BlobCancel` deletes it at once, and only the owner's
+/// blob: another account cancelling the same id touches nothing of alice's.
+#[tokio::test]
+async fn a_blob_waits_for_the_senders_other_devices_and_only_a_cancel_deletes_it_at_once() {
+    for net in Net::each(Limits::default()).await {
+        let phone = net.user(0, "alice").await;
+        let desktop = net.add_device(&phone, 1).await;
+        let bob = net.user(1, "bob").await;
+        let mallory = net.user(0, "mallory").await;
+        let stored = Response::Blob { size: 4, stored: 4 };
+        let put = |by, id, to| put_blob_for(by, id, b"file", to);
+
+        let id = [3u8; 16];
+        assert_eq!(put(&phone, id, &["bob", "alice"]).await, stored);
+        // The uploading phone holds no entry: its release deletes nothing.
+        assert_eq!(phone.request(blob_release("alice", id)).await, Response::Ok);
+        // The desktop's release is its own entry's, not a cancel: bob still has it.
+        assert_eq!(desktop.request(blob_stat("alice", id)).await, stored);
+        assert_eq!(desktop.request(blob_release("alice", id)).await, Response::Ok);
+        assert_eq!(bob.request(blob_stat("alice", id)).await, stored);
+        assert_eq!(bob.request(blob_release("alice", id)).await, Response::Ok);
+        assert_eq!(refused(phone.request(blob_stat("alice", id)).await), ErrorKind::NotFound);
+
+        // bob fetching first leaves it for the desktop.
+        let id = [4u8; 16];
+        assert_eq!(put(&phone, id, &["bob", "alice"]).await, stored);
+        assert_eq!(bob.request(blob_release("alice", id)).await, Response::Ok);
+        assert_eq!(desktop.request(blob_stat("alice", id)).await, stored);
+        // mallory cancelling the same id cancels only a blob of hers (none).
+        let cancel = Request::BlobCancel { blob_id: id };
+        assert_eq!(mallory.request(cancel.clone()).await, Response::Ok);
+        assert_eq!(desktop.request(blob_stat("alice", id)).await, stored);
+        // The owner's cancel deletes it at once, for everyone.
+        assert_eq!(phone.request(cancel).await, Response::Ok);
+        assert_eq!(refused(desktop.request(blob_stat("alice", id)).await), ErrorKind::NotFound);
+        assert_eq!(refused(bob.request(blob_stat("alice", id)).await), ErrorKind::NotFound);
+
+        // A note to self on a one-device account waits for nobody but is kept until
+        // the owner cancels it; a file for bob alone never waits for alice's desktop.
+        let id = [5u8; 16];
+        assert_eq!(put(&phone, id, &["bob"]).await, stored);
+        assert_eq!(bob.request(blob_release("alice", id)).await, Response::Ok);
+        assert_eq!(refused(desktop.request(blob_stat("alice", id)).await), ErrorKind::NotFound);
     }
 }

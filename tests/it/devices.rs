@@ -571,3 +571,87 @@ async fn group_messages_reach_every_device_and_a_removed_device_makes_keys_rotat
         assert!(files_containing(relay.data_dir(), needle.as_bytes()).is_empty(), "{needle}");
     }
 }
+
+/// Issue 19, files: a file alice's phone sends to bob shows on her desktop as hers, and
+/// the desktop can open it. The blob waits for the desktop as for bob: bob fetching it
+/// first takes nothing from the desktop, and the desktop letting it go never deletes it
+/// under bob; once everyone fetched it, the relay deletes it. The phone cancelling a file
+/// stops the desktop's copy too. The relay never holds the file's plaintext.
+#[tokio::test]
+async fn a_file_sent_on_one_device_shows_and_opens_on_the_other() {
+    use crate::files::{incoming, no_auto_download, random_file, relay_blobs, sha_of, transfer_of};
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
+    no_auto_download(&desktop).await;
+    no_auto_download(&bob).await;
+    let send = |path: std::path::PathBuf| {
+        let phone = &phone;
+        async move {
+            let sent = phone
+                .call("files.send", json!({"to": "user:bob", "path": path.to_str().unwrap()}))
+                .await
+                .unwrap();
+            sent["message"]["message_id"].as_str().unwrap().to_owned()
+        }
+    };
+    async fn fetch(
+        world: &World,
+        d: &letstalk_tests::Daemon,
+        id: &str,
+        name: &str,
+    ) -> anyhow::Result<String> {
+        let dest = world.path().join(name);
+        d.call("files.download", json!({"message_id": id, "dest": dest})).await?;
+        Ok(sha_of(&dest))
+    }
+    let download = |d, id, name| fetch(&world, d, id, name);
+
+    // bob fetches it first; the desktop still can, and shows it as alice's.
+    let (path, sha, data) = random_file(&world, "notes.pdf", 300 * 1024);
+    let id = send(path).await;
+    incoming(&bob, "alice", &sha).await;
+    let copy = incoming(&desktop, "bob", &sha).await;
+    assert_eq!(
+        (copy["message_id"].as_str(), copy["direction"].as_str(), copy["file"]["name"].as_str()),
+        (Some(id.as_str()), Some("out"), Some("notes.pdf"))
+    );
+    assert_eq!(copy["file"]["transfer"], "available");
+    assert!(files_containing(relay.data_dir(), data.get(..64).unwrap()).is_empty());
+    assert_eq!(download(&bob, &id, "bob.pdf").await.unwrap(), sha);
+    assert_eq!(download(&desktop, &id, "desktop.pdf").await.unwrap(), sha);
+    eventually(LIMIT, "the blob deleted once both fetched it", || async {
+        relay_blobs(&relay).is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(transfer_of(&phone, &id).await, "uploaded");
+
+    // The desktop lets one go: bob still gets it.
+    let (path, sha, _) = random_file(&world, "two.bin", 64 * 1024);
+    let id = send(path).await;
+    incoming(&desktop, "bob", &sha).await;
+    desktop.call("files.cancel", json!({"message_id": id})).await.unwrap();
+    assert_eq!(transfer_of(&desktop, &id).await, "cancelled");
+    incoming(&bob, "alice", &sha).await;
+    assert_eq!(download(&bob, &id, "two.out").await.unwrap(), sha);
+    assert_eq!(transfer_of(&phone, &id).await, "uploaded");
+    eventually(LIMIT, "the blob deleted", || async {
+        relay_blobs(&relay).is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The phone cancels one: the desktop's copy stops, and cannot be fetched.
+    let (path, sha, _) = random_file(&world, "three.bin", 64 * 1024);
+    let id = send(path).await;
+    incoming(&desktop, "bob", &sha).await;
+    phone.call("files.cancel", json!({"message_id": id})).await.unwrap();
+    eventually(LIMIT, "the desktop's copy cancelled", || async {
+        (transfer_of(&desktop, &id).await == "cancelled").then_some(())
+    })
+    .await
+    .unwrap();
+    let (_, kind, _) = error_of(download(&desktop, &id, "three.out").await.map(|_| json!({})));
+    assert_eq!(kind.as_deref(), Some("invalid_state"));
+}

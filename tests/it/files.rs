@@ -14,7 +14,7 @@ use letstalk_tests::{
 };
 
 /// A file of `len` random bytes in the world; returns its path and SHA-256 (hex).
-fn random_file(world: &World, name: &str, len: usize) -> (PathBuf, String, Vec<u8>) {
+pub(crate) fn random_file(world: &World, name: &str, len: usize) -> (PathBuf, String, Vec<u8>) {
     let mut data = vec![0u8; len];
     rand::rng().fill_bytes(&mut data);
     let path = world.path().join(name);
@@ -23,12 +23,12 @@ fn random_file(world: &World, name: &str, len: usize) -> (PathBuf, String, Vec<u
     (path, sha, data)
 }
 
-fn sha_of(path: &Path) -> String {
+pub(crate) fn sha_of(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
 
 /// The incoming file message from `peer` with this SHA-256, once it is there.
-async fn incoming(d: &Daemon, peer: &str, sha: &str) -> Value {
+pub(crate) async fn incoming(d: &Daemon, peer: &str, sha: &str) -> Value {
     eventually(Duration::from_secs(120), "the file message", || async {
         let page = d
             .call("messages.list", json!({"conversation": format!("user:{peer}"), "limit": 500}))
@@ -40,19 +40,19 @@ async fn incoming(d: &Daemon, peer: &str, sha: &str) -> Value {
     .unwrap()
 }
 
-async fn transfer_of(d: &Daemon, id: &str) -> String {
+pub(crate) async fn transfer_of(d: &Daemon, id: &str) -> String {
     let m = d.call("messages.get", json!({"message_id": id})).await.unwrap();
     m["message"]["file"]["transfer"].as_str().unwrap_or_default().to_owned()
 }
 
 /// Blob files the relay keeps.
-fn relay_blobs(relay: &Relay) -> Vec<PathBuf> {
+pub(crate) fn relay_blobs(relay: &Relay) -> Vec<PathBuf> {
     std::fs::read_dir(relay.data_dir.join("blobs"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
 }
 
-async fn no_auto_download(d: &Daemon) {
+pub(crate) async fn no_auto_download(d: &Daemon) {
     d.call("settings.set", json!({"auto_download": {"wifi": false, "cellular": false}}))
         .await
         .unwrap();

@@ -325,7 +325,8 @@ pub enum Request {
     /// Stores (part of) a file blob: this frame opens a blob stream, and the bytes
     /// `offset..size` of the blob follow it raw on the same stream, which the client then
     /// finishes. `offset` must not exceed what the relay already holds (see `BlobStat`):
-    /// an interrupted upload resumes. Only `recipients` (and the owner) may fetch it.
+    /// an interrupted upload resumes. Only `recipients` (and the owner) may fetch it;
+    /// the owner's own account among them makes it wait for the owner's other devices.
     /// Answered with `Blob` once the bytes are durable.
     BlobPut { blob_id: [u8; 16], size: u64, offset: u64, recipients: Vec<String> },
     /// How much of `owner`'s blob the relay holds (owner or a recipient).
@@ -333,9 +334,14 @@ pub enum Request {
     /// Fetches a complete blob from `offset`: answered with `Blob`, then the bytes
     /// `offset..size` follow raw on the same stream.
     BlobGet { owner: String, blob_id: [u8; 16], offset: u64 },
-    /// A recipient has the blob (or gives it up); from the owner, a cancel. The relay
-    /// deletes the blob once every recipient released it, or at once for the owner.
+    /// This device has the blob (or gives it up): the relay deletes the blob once every
+    /// device it waits for released it. A device of the owner's account releases only
+    /// its own entry (the owner's other devices fetch what one of them sent): a release
+    /// never cancels.
     BlobRelease { owner: String, blob_id: [u8; 16] },
+    /// The owner cancels its blob `blob_id`: deleted at once (also one still being
+    /// uploaded), for every recipient.
+    BlobCancel { blob_id: [u8; 16] },
     /// Forward this call's media datagrams between this device and `peer`. A route
     /// carries datagrams only once both sides asked for it, each naming the other.
     CallRoute { call_id: [u8; 16], peer: String },
@@ -561,6 +567,7 @@ impl fmt::Debug for Request {
             Self::BlobRelease { owner, .. } => {
                 f.debug_struct("BlobRelease").field("owner", owner).finish_non_exhaustive()
             }
+            Self::BlobCancel { .. } => f.write_str("BlobCancel { .. }"),
             Self::CallRoute { peer, .. } => {
                 f.debug_struct("CallRoute").field("peer", peer).finish_non_exhaustive()
             }
@@ -644,6 +651,7 @@ mod tag {
     pub(super) const BLOB_STAT: u8 = 0x15;
     pub(super) const BLOB_GET: u8 = 0x16;
     pub(super) const BLOB_RELEASE: u8 = 0x17;
+    pub(super) const BLOB_CANCEL: u8 = 0x1A;
     pub(super) const CALL_ROUTE: u8 = 0x18;
     pub(super) const CALL_UNROUTE: u8 = 0x19;
     pub(super) const LIST_DEVICES: u8 = 0x30;
@@ -931,6 +939,10 @@ impl Request {
                 w.str(owner);
                 w.raw(blob_id);
             }
+            Self::BlobCancel { blob_id } => {
+                w.u8(tag::BLOB_CANCEL);
+                w.raw(blob_id);
+            }
             Self::CallRoute { call_id, peer } => {
                 w.u8(tag::CALL_ROUTE);
                 w.raw(call_id);
@@ -1102,6 +1114,7 @@ impl Request {
             tag::BLOB_RELEASE => {
                 Self::BlobRelease { owner: r.str(MAX_SHORT_STR, "owner")?, blob_id: r.array()? }
             }
+            tag::BLOB_CANCEL => Self::BlobCancel { blob_id: r.array()? },
             tag::CALL_ROUTE => {
                 Self::CallRoute { call_id: r.array()?, peer: r.str(MAX_SHORT_STR, "peer")? }
             }

@@ -58,7 +58,8 @@
 //!   path: `BlobPut` is a frame followed by the raw (already end-to-end encrypted) bytes
 //!   on the same stream, answered `Blob` once durable; `BlobGet` is answered by a `Blob`
 //!   frame followed by the raw bytes. Both take an offset, so transfers resume.
-//!   `BlobRelease` from every recipient (or the owner) deletes the blob; so does expiry.
+//!   `BlobRelease` from every device the blob waits for deletes it, `BlobCancel` from
+//!   the owner deletes it at once; so does expiry.
 //! - **Call media** travels as QUIC datagrams ([`MediaDatagram`]): unreliable, never
 //!   retransmitted or queued. The relay forwards a datagram only along a route both
 //!   devices asked for with `CallRoute`.

@@ -165,6 +165,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(owner, blob_id, offset)| Request::BlobGet { owner, blob_id, offset }),
         (short(), any::<[u8; 16]>())
             .prop_map(|(owner, blob_id)| Request::BlobRelease { owner, blob_id }),
+        any::<[u8; 16]>().prop_map(|blob_id| Request::BlobCancel { blob_id }),
         (any::<[u8; 16]>(), short())
             .prop_map(|(call_id, peer)| Request::CallRoute { call_id, peer }),
         any::<[u8; 16]>().prop_map(|call_id| Request::CallUnroute { call_id }),

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use letstalk_crypto::stream::{CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE};
 use letstalk_crypto::{StreamDecryptor, StreamEncryptor};
 use letstalk_ipc::types::{
-    Direction, EventBody, FileTransfer, MessageState, Network, NetworkType, TransferDirection,
+    EventBody, FileTransfer, MessageState, Network, NetworkType, TransferDirection,
 };
 use letstalk_wire::{ErrorKind as WireKind, LEN_PREFIX, MAX_FRAME_LEN, Request, Response};
 use rusqlite::{Connection, params};
@@ -63,14 +63,20 @@ pub use rows::*;
 use transfer::*;
 pub use transfers::*;
 
-/// Who may fetch an outgoing file's blob: the peer, or every other member of the group.
+/// Who may fetch an outgoing file's blob: the peer, or every other member of the group;
+/// and our own account while it may have other devices (they show what we sent, from a
+/// [`Content::SentFile`]). Empty when nobody else is in the group.
 fn blob_recipients(conn: &Connection, me: &str, peer: &str) -> Result<Vec<String>, StoreError> {
-    match peer.strip_prefix("group:") {
-        Some(gid) => Ok(crate::groups::load(conn, gid)?
+    let mut to = match peer.strip_prefix("group:") {
+        Some(gid) => crate::groups::load(conn, gid)?
             .map(|(g, _)| g.members.into_iter().filter(|m| m != me).collect())
-            .unwrap_or_default()),
-        None => Ok(vec![peer.to_owned()]),
+            .unwrap_or_default(),
+        None => vec![peer.to_owned()],
+    };
+    if !to.is_empty() && peer != me && crate::outbox::own_devices_may_exist(conn, me)? {
+        to.push(me.to_owned());
     }
+    Ok(to)
 }
 
 /// [`set_transfer`] in a transaction of its own, and the event published.
@@ -241,14 +247,16 @@ pub fn remove_local(data_dir: &Path, id: &LocalId) {
     }
 }
 
-/// Tells the relay we are done with a blob (the owner: delete it); `false` when it is
-/// postponed (the relay did not answer).
+/// Tells the relay we are done with a blob: for a file this device uploaded, a cancel
+/// (the owner deletes it); for any other, this device no longer needs it. `false` when
+/// it is postponed (the relay did not answer).
 async fn release(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, row: &FileRow) -> bool {
-    let owner = match row.direction {
-        Direction::In => row.peer.clone(),
-        Direction::Out => daemon.user().unwrap_or_default(),
+    let me = daemon.user().unwrap_or_default();
+    let req = if row.uploads_here() {
+        Request::BlobCancel { blob_id: row.blob_id }
+    } else {
+        Request::BlobRelease { owner: row.owner(&me).to_owned(), blob_id: row.blob_id }
     };
-    let req = Request::BlobRelease { owner, blob_id: row.blob_id };
     match crate::relay::expect_ok(relay.as_ref(), req).await {
         Ok(()) | Err(RelayError::Refused { kind: WireKind::NotFound, .. }) => {
             let id = row.message_id.clone();
@@ -286,9 +294,10 @@ fn start(
     let (d, r, row, mine) = (daemon.clone(), relay.clone(), row.clone(), rx.clone());
     tokio::spawn(async move {
         let work = async {
-            match row.direction {
-                Direction::Out => upload(&d, &r, &row).await,
-                Direction::In => download(&d, &r, &row).await,
+            if row.uploads_here() {
+                upload(&d, &r, &row).await
+            } else {
+                download(&d, &r, &row).await
             }
         };
         let outcome = tokio::select! {
@@ -336,7 +345,7 @@ async fn fail(daemon: &Arc<Daemon>, row: &FileRow, why: &TransferError) {
         .call(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
-            if r.direction == Direction::Out {
+            if r.uploads_here() {
                 tx.prepare_cached(
                     "UPDATE messages SET state = 'failed', error = ?2
                      WHERE message_id = ?1 AND state = 'queued'",
@@ -375,32 +384,35 @@ pub async fn download_now(
     outcome.clone().unwrap_or(Err(TransferError::Cancelled))
 }
 
-/// Cancels a transfer on this side and tells the other (see the module doc).
+/// Cancels a transfer on this side and tells the other (see the module doc). A file
+/// this device sent is cancelled for everyone (its blob deleted); any other only here.
 pub async fn cancel(daemon: &Arc<Daemon>, row: &FileRow) -> Result<(), StoreError> {
     daemon.transfers.stop(&row.message_id).await;
     let r = row.clone();
+    let me = daemon.user().unwrap_or_default();
     let seq = daemon
         .store
         .call(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
-            if r.direction == Direction::Out {
+            if r.uploads_here() {
                 if r.transfer == FileTransfer::Uploading {
                     // The message never left: it fails.
                     tx.prepare_cached(
                         "UPDATE messages SET state = 'failed', error = 'cancelled' WHERE message_id = ?1",
                     )?
                     .execute(params![r.message_id])?;
-                } else if !r.peer.starts_with("group:") {
+                } else {
                     // The peer may have it or be fetching it: tell it. (Group members
-                    // find the blob gone: their download fails.)
-                    crate::outbox::enqueue(
-                        &tx,
-                        &r.peer,
-                        None,
-                        &Content::FileCancel { id: r.message_id.clone() },
-                        now,
-                    )?;
+                    // find the blob gone: their download fails.) Our other devices show
+                    // it as sent: they stop fetching it too.
+                    let cancel = Content::FileCancel { id: r.message_id.clone() };
+                    if !r.peer.starts_with("group:") {
+                        crate::outbox::enqueue(&tx, &r.peer, None, &cancel, now)?;
+                    }
+                    if r.peer != me && crate::outbox::own_devices_may_exist(&tx, &me)? {
+                        crate::outbox::enqueue(&tx, &me, None, &cancel, now)?;
+                    }
                 }
             }
             tx.prepare_cached("UPDATE files SET release = 1 WHERE message_id = ?1")?

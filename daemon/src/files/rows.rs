@@ -35,9 +35,27 @@ pub struct FileRow {
     pub path: Option<String>,
     pub transfer: FileTransfer,
     pub release: bool,
+    /// A file another device of our account sent (`direction` out): shown here as ours
+    /// and fetched like an incoming file, never uploaded, cancelled or deleted from here.
+    pub remote: bool,
 }
 
 impl FileRow {
+    /// Whether this device uploads the file: it sent it itself. Such a row's blob is
+    /// the one it may cancel; every other row's blob it fetches.
+    pub fn uploads_here(&self) -> bool {
+        self.direction == Direction::Out && !self.remote
+    }
+
+    /// The account whose blob this is: ours for an outgoing file (sent here or on
+    /// another device of ours), the sender's otherwise.
+    pub fn owner<'a>(&'a self, me: &'a str) -> &'a str {
+        match self.direction {
+            Direction::In => &self.peer,
+            Direction::Out => me,
+        }
+    }
+
     /// The id its local files are named by; `None` for a row whose id is not a canonical
     /// UUID (none is stored since ids are checked on arrival), which then has no files.
     pub fn local_id(&self) -> Option<LocalId> {
@@ -70,7 +88,7 @@ pub(super) fn parse_transfer(s: &str) -> FileTransfer {
 }
 
 pub(super) const ROW: &str = "message_id, direction, peer, name, size, mime, sha256, file_key, blob_id, \
-                   blob_size, path, transfer, release";
+                   blob_size, path, transfer, release, remote";
 
 pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRow> {
     let key: Vec<u8> = r.get(7)?;
@@ -93,6 +111,7 @@ pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRow> {
         path: r.get(10)?,
         transfer: parse_transfer(&transfer),
         release: r.get(12)?,
+        remote: r.get(13)?,
     })
 }
 
@@ -254,6 +273,98 @@ pub fn insert_outgoing(
 // ---------------------------------------------------------------------------------------
 // Receiving
 
+/// A file message's fields, checked: what a peer (or our own other device) claims is
+/// only stored once it names a file we can fetch, check and name safely.
+struct Offered<'a> {
+    id: &'a str,
+    at: i64,
+    name: String,
+    size: u64,
+    mime: String,
+    sha256: String,
+    key: zeroize::Zeroizing<[u8; 16]>,
+    blob: [u8; 16],
+    blob_size: u64,
+    caption: Option<&'a str>,
+}
+
+/// Checks a `file` content; `Err(why)` for anything else or anything impossible.
+fn offered(content: &Content) -> Result<Offered<'_>, String> {
+    let Content::File { id, at, name, size, mime, sha256, key, blob, blob_size, caption } = content
+    else {
+        return Err("not a file message".into());
+    };
+    // The id names this file's local copies: only a canonical UUID may.
+    if LocalId::parse(id).is_none() {
+        return Err("file message with an invalid id".into());
+    }
+    let malformed = || "file message with a malformed key or blob id".to_owned();
+    let key = hex::decode(&key.0).ok().and_then(|k| <[u8; 16]>::try_from(k).ok());
+    let blob = hex::decode(blob).ok().and_then(|b| <[u8; 16]>::try_from(b).ok());
+    let (Some(key), Some(blob)) = (key.map(zeroize::Zeroizing::new), blob) else {
+        return Err(malformed());
+    };
+    if *size > MAX_FILE
+        || *blob_size != payload_len(*size)
+        || sha256.len() != 64
+        || !sha256.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err("file message with impossible sizes or hash".into());
+    }
+    Ok(Offered {
+        id,
+        at: *at,
+        name: safe_name(name),
+        size: *size,
+        mime: mime.chars().take(128).collect(),
+        sha256: sha256.to_ascii_lowercase(),
+        key,
+        blob,
+        blob_size: *blob_size,
+        caption: caption.as_deref(),
+    })
+}
+
+/// Stores a checked file message as `message` describes it, with its row (`peer` the
+/// sender, or for a sent copy the conversation's user or `group:<gid>`); `false` when
+/// the message id was already taken.
+fn store_offered(
+    tx: &Connection,
+    f: &Offered<'_>,
+    message: &NewMessage<'_>,
+    peer: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if !messages::insert(tx, message)? {
+        return Ok(false);
+    }
+    let (direction, remote) = match message.direction {
+        Direction::In => ("in", false),
+        Direction::Out => ("out", true),
+    };
+    tx.prepare_cached(
+        "INSERT INTO files (message_id, direction, peer, name, size, mime, sha256, file_key,
+                            blob_id, blob_size, transfer, caption, created_at, remote)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'available', ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        f.id,
+        direction,
+        peer,
+        f.name,
+        f.size as i64,
+        f.mime,
+        f.sha256,
+        f.key.as_slice(),
+        f.blob.as_slice(),
+        f.blob_size as i64,
+        f.caption,
+        now,
+        remote
+    ])?;
+    Ok(true)
+}
+
 /// Applies a file or file-cancel content from `sender` in `conversation` (theirs, or a
 /// group's), inside the receive transaction. `Ok(Err(why))`: dropped, nothing changed.
 pub fn receive(
@@ -265,62 +376,29 @@ pub fn receive(
 ) -> Result<Result<Effects, String>, StoreError> {
     let mut applied = Effects::default();
     match content {
-        Content::File { id, at, name, size, mime, sha256, key, blob, blob_size, caption } => {
-            // The id names this file's local copies: only a canonical UUID may.
-            if LocalId::parse(id).is_none() {
-                return Ok(Err("file message with an invalid id".into()));
-            }
-            let (Ok(key), Ok(blob)) = (hex::decode(&key.0), hex::decode(blob)) else {
-                return Ok(Err("file message with a malformed key or blob id".into()));
+        Content::File { .. } => {
+            let f = match offered(content) {
+                Ok(f) => f,
+                Err(why) => return Ok(Err(why)),
             };
-            let (Ok(key), Ok(blob)) = (<[u8; 16]>::try_from(key), <[u8; 16]>::try_from(blob))
-            else {
-                return Ok(Err("file message with a malformed key or blob id".into()));
-            };
-            let key = zeroize::Zeroizing::new(key);
-            if *size > MAX_FILE
-                || *blob_size != payload_len(*size)
-                || sha256.len() != 64
-                || !sha256.bytes().all(|b| b.is_ascii_hexdigit())
-            {
-                return Ok(Err("file message with impossible sizes or hash".into()));
-            }
             let new = NewMessage {
-                message_id: id,
+                message_id: f.id,
                 conversation,
                 sender,
                 direction: Direction::In,
                 kind: MessageKind::File,
-                text: caption.as_deref(),
+                text: f.caption,
                 reply_to: None,
                 client_msg_id: None,
-                created_at: *at,
+                created_at: f.at,
                 received_at: Some(now),
                 state: MessageState::Delivered,
                 read: false,
             };
-            if messages::insert(tx, &new)? {
-                tx.prepare_cached(
-                    "INSERT INTO files (message_id, direction, peer, name, size, mime, sha256,
-                                        file_key, blob_id, blob_size, transfer, caption, created_at)
-                     VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'available', ?10, ?11)",
-                )?
-                .execute(params![
-                    id,
-                    sender,
-                    safe_name(name),
-                    *size as i64,
-                    mime.chars().take(128).collect::<String>(),
-                    sha256.to_ascii_lowercase(),
-                    key.as_slice(),
-                    blob.as_slice(),
-                    *blob_size as i64,
-                    caption,
-                    now
-                ])?;
-                if let Some(message) = messages::get(tx, id)? {
-                    applied.last_event = Some(crate::notify::received(tx, message, now)?);
-                }
+            if store_offered(tx, &f, &new, sender, now)?
+                && let Some(message) = messages::get(tx, f.id)?
+            {
+                applied.last_event = Some(crate::notify::received(tx, message, now)?);
             }
             crate::outbox::enqueue(
                 tx,
@@ -328,7 +406,7 @@ pub fn receive(
                 None,
                 &Content::Receipt {
                     state: crate::content::ReceiptKind::Delivered,
-                    ids: vec![id.clone()],
+                    ids: vec![f.id.to_owned()],
                 },
                 now,
             )?;
@@ -341,17 +419,95 @@ pub fn receive(
             if let Some(row) = get(tx, id)?
                 && row.direction == Direction::In
                 && row.peer == sender
-                && !matches!(row.transfer, FileTransfer::Done | FileTransfer::Cancelled)
             {
-                // The sender deleted the blob: nothing to release.
-                tx.prepare_cached("UPDATE files SET release = 0 WHERE message_id = ?1")?
-                    .execute(params![id])?;
-                applied.last_event = Some(set_transfer(tx, &row, FileTransfer::Cancelled, now)?);
+                applied.last_event = cancelled_by_sender(tx, &row, now)?;
             }
         }
         _ => {}
     }
     Ok(Ok(applied))
+}
+
+/// The sender deleted the blob of a file still to fetch here: nothing to release, the
+/// transfer is cancelled (the worker stops a download in flight and drops its bytes).
+fn cancelled_by_sender(
+    tx: &Connection,
+    row: &FileRow,
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    if matches!(row.transfer, FileTransfer::Done | FileTransfer::Cancelled) {
+        return Ok(None);
+    }
+    tx.prepare_cached("UPDATE files SET release = 0 WHERE message_id = ?1")?
+        .execute(params![row.message_id])?;
+    set_transfer(tx, row, FileTransfer::Cancelled, now).map(Some)
+}
+
+/// A file another device of our account (`me`) sent to a user (a
+/// [`Content::SentFile`] to `user:<id>`): shown here as ours. A copy for anything but a
+/// one-to-one conversation is refused (a group's goes through `groups::apply_sent`,
+/// which checks that we are in the group).
+pub fn apply_sent(
+    tx: &Connection,
+    me: &str,
+    to: &str,
+    file: &Content,
+    now: i64,
+) -> Result<Result<Effects, String>, StoreError> {
+    match crate::validate::conversation_user(to) {
+        Some(_) => show_sent(tx, me, to, file, now),
+        None => Ok(Err("a sent copy for no conversation with a user".into())),
+    }
+}
+
+/// Shows a file another device of ours sent to conversation `to`, which the caller has
+/// checked (see [`apply_sent`]): an outgoing message, already `sent`, announced with
+/// `message.received`, and a row that fetches the blob like an incoming file (automatic
+/// downloads apply) but never uploads, cancels or deletes it.
+pub fn show_sent(
+    tx: &Connection,
+    me: &str,
+    to: &str,
+    file: &Content,
+    now: i64,
+) -> Result<Result<Effects, String>, StoreError> {
+    let f = match offered(file) {
+        Ok(f) => f,
+        Err(why) => return Ok(Err(why)),
+    };
+    let new = NewMessage {
+        message_id: f.id,
+        conversation: to,
+        sender: me,
+        direction: Direction::Out,
+        kind: MessageKind::File,
+        text: f.caption,
+        reply_to: None,
+        client_msg_id: None,
+        created_at: f.at,
+        received_at: Some(now),
+        state: MessageState::Sent,
+        read: true,
+    };
+    let peer = to.strip_prefix("user:").unwrap_or(to);
+    let mut effects = Effects::default();
+    if store_offered(tx, &f, &new, peer, now)?
+        && let Some(message) = messages::get(tx, f.id)?
+    {
+        effects.last_event = Some(crate::notify::received(tx, message, now)?);
+    }
+    Ok(Ok(effects))
+}
+
+/// Another device of ours cancelled a file it sent: its copy here stops too.
+pub fn cancel_sent(tx: &Connection, id: &str, now: i64) -> Result<Effects, StoreError> {
+    let mut effects = Effects::default();
+    if let Some(row) = get(tx, id)?
+        && row.remote
+    {
+        effects.last_event = cancelled_by_sender(tx, &row, now)?;
+    }
+    Ok(effects)
 }
 
 /// What `files.send` needs to know about the encrypted copy it made.

@@ -148,7 +148,8 @@ pub(super) async fn upload(
                 return Ok(None);
             }
             let message = messages::get(&tx, &r.message_id)?;
-            let (at, caption) = message.map(|m| (m.created_at, m.text)).unwrap_or((now_ms(), None));
+            let now = now_ms();
+            let (at, caption) = message.map(|m| (m.created_at, m.text)).unwrap_or((now, None));
             let content = Content::File {
                 id: r.message_id.clone(),
                 at,
@@ -172,14 +173,21 @@ pub(super) async fn upload(
                         &r.message_id,
                         &content,
                         &mut rng,
-                        now_ms(),
+                        now,
                     )?;
                 }
                 None => {
-                    crate::outbox::enqueue(&tx, &r.peer, Some(&r.message_id), &content, now_ms())?;
+                    crate::outbox::enqueue(&tx, &r.peer, Some(&r.message_id), &content, now)?;
                 }
             }
-            let seq = set_transfer(&tx, &r, FileTransfer::Uploaded, now_ms())?;
+            // Our account's other devices show it as sent, and fetch it (the blob waits
+            // for them too, see `blob_recipients`).
+            if r.peer != me && crate::outbox::own_devices_may_exist(&tx, &me)? {
+                let to = conversation_of_peer(&r.peer);
+                let copy = Content::SentFile { to, file: Box::new(content.clone()) };
+                crate::outbox::enqueue(&tx, &me, None, &copy, now)?;
+            }
+            let seq = set_transfer(&tx, &r, FileTransfer::Uploaded, now)?;
             tx.commit()?;
             Ok(Some(seq))
         })
@@ -227,7 +235,9 @@ pub(super) async fn download(
     let (p, key) = (part.clone(), row.file_key.clone());
     let checker = tokio::task::spawn_blocking(move || check_stream(&p, offset, &key, check_rx));
     if offset < row.blob_size {
-        let header = Request::BlobGet { owner: row.peer.clone(), blob_id: row.blob_id, offset };
+        let me = daemon.user().ok_or(TransferError::Unavailable)?;
+        let owner = row.owner(&me).to_owned();
+        let header = Request::BlobGet { owner, blob_id: row.blob_id, offset };
         let mut stream = relay.open_stream(header).await.map_err(relay_err)?;
         let _ = stream.send.shutdown().await;
         match read_response(&mut stream.recv).await? {

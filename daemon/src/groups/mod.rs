@@ -122,15 +122,16 @@ impl GroupState {
     }
 }
 
-/// A text another device of our account (`me`) sent in a group (a [`Content::Sent`] to
-/// `group:<gid>`): shown as ours only in a group we are in; refused otherwise.
+/// A text or file another device of our account (`me`) sent in a group (a
+/// [`Content::Sent`] or [`Content::SentFile`] to `group:<gid>`): shown as ours only in a
+/// group we are in; refused otherwise.
 pub fn apply_sent(
     tx: &Connection,
     me: &str,
     sent: Content,
     now: i64,
 ) -> Result<Result<Effects, String>, StoreError> {
-    let Content::Sent { to, .. } = &sent else {
+    let (Content::Sent { to, .. } | Content::SentFile { to, .. }) = &sent else {
         return Ok(Ok(Effects::default()));
     };
     let member = match to.strip_prefix("group:") {
@@ -140,7 +141,10 @@ pub fn apply_sent(
     if !member {
         return Ok(Err("a sent copy for a group we are not in".into()));
     }
-    crate::texts::show_sent(tx, me, sent, now)
+    match sent {
+        Content::SentFile { to, file } => crate::files::show_sent(tx, me, &to, &file, now),
+        sent => crate::texts::show_sent(tx, me, sent, now),
+    }
 }
 
 /// Whether `id` can name a group: 1 to 64 of `A-Z a-z 0-9 - _`.

@@ -224,6 +224,7 @@ fn apply_plaintext(
         // Only our own devices tell us what we sent or read.
         Some(
             Content::Sent { .. }
+            | Content::SentFile { .. }
             | Content::ReadSync { .. }
             | Content::ContactSync { .. }
             | Content::SettingsSync { .. },
@@ -241,7 +242,7 @@ fn apply_plaintext(
 
 /// A message from another device of our own account. It must hold the account's
 /// identity key (a device the relay made up holds none), and it only tells what that
-/// device sent or read, a group change it made or its leaving a group, that it took or
+/// device sent (a text, or a file with its key) or read, a file it sent and cancelled, a group change it made or its leaving a group, that it took or
 /// declined a call, a contact or account setting it changed (or asks for a retry):
 /// anything else is dropped.
 fn from_own_device(
@@ -257,13 +258,18 @@ fn from_own_device(
     }
     e2e::save_record(tx, &me.user_id, device, &record, now)?;
     let outcome = match Content::decode(plaintext) {
-        Some(sent @ Content::Sent { .. }) => {
-            if matches!(&sent, Content::Sent { to, .. } if to.starts_with("group:")) {
-                groups::apply_sent(tx, &me.user_id, sent, now)?
-            } else {
-                texts::apply_sent(tx, &me.user_id, sent, now)?
-            }
+        Some(sent @ (Content::Sent { .. } | Content::SentFile { .. }))
+            if matches!(&sent, Content::Sent { to, .. } | Content::SentFile { to, .. }
+                if to.starts_with("group:")) =>
+        {
+            groups::apply_sent(tx, &me.user_id, sent, now)?
         }
+        Some(sent @ Content::Sent { .. }) => texts::apply_sent(tx, &me.user_id, sent, now)?,
+        Some(Content::SentFile { to, file }) => {
+            files::apply_sent(tx, &me.user_id, &to, &file, now)?
+        }
+        // A file it sent and then cancelled: our copy stops fetching it.
+        Some(Content::FileCancel { id }) => Ok(files::cancel_sent(tx, &id, now)?),
         // A note to self written on another of our devices: ours, already sent.
         Some(Content::Text { id, at, text, reply_to }) => {
             let to = format!("user:{}", me.user_id);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use letstalk_ipc::types::{
-    Direction, Empty, FileTransfer, FilesDownloadParams, FilesDownloadResult, FilesSendParams,
+    Empty, FileTransfer, FilesDownloadParams, FilesDownloadResult, FilesSendParams,
     MessageIdParams, MessageResult,
 };
 use letstalk_ipc::{ErrorKind, RpcError};
@@ -160,21 +160,19 @@ pub(super) async fn download(
         .await
         .map_err(internal)?
         .ok_or_else(|| RpcError::new(ErrorKind::NotFound, "no such file message"))?;
-    match row.transfer {
-        FileTransfer::Cancelled => {
-            return Err(RpcError::new(ErrorKind::InvalidState, "the transfer was cancelled"));
-        }
-        FileTransfer::Uploading if row.direction == Direction::Out => {}
-        _ => {}
+    if row.transfer == FileTransfer::Cancelled {
+        return Err(RpcError::new(ErrorKind::InvalidState, "the transfer was cancelled"));
     }
     // Only a row whose id is a canonical UUID has local files (see `localid.rs`).
     let local = row.local_id().ok_or_else(|| {
         RpcError::new(ErrorKind::InvalidState, "this file message has an invalid id")
     })?;
     let have = files::encrypted_path(&daemon.config.data_dir, &local);
-    let ready = row.direction == Direction::Out || row.transfer == FileTransfer::Done;
+    // A file sent from here has its copy; any other (a sent copy from another device of
+    // ours too) is fetched first.
+    let ready = row.uploads_here() || row.transfer == FileTransfer::Done;
     if !ready || !have.exists() {
-        if row.direction == Direction::Out {
+        if row.uploads_here() {
             return Err(RpcError::new(ErrorKind::NotFound, "the encrypted copy is gone"));
         }
         let relay = relay(daemon)?;

@@ -822,3 +822,107 @@ fn erasing_a_queued_message_withdraws_its_sent_copy() {
     assert!(matches!(left.as_slice(), [Some(Content::Sent { id, .. })] if id == "m2"), "{left:?}");
     assert_eq!(queued_to(&alice, "bob").len(), 1);
 }
+
+/// What `from` (of account `user`) would deliver to `to`'s device 2: `content`, sealed
+/// in a fresh session.
+fn sealed(from: &Device, user: &str, to: &Device, content: &Content) -> Vec<u8> {
+    from.store
+        .with(|c| {
+            e2e::start_session(c, &from.account, user, &to.bundle(2), &mut OsRng, 1)?;
+            outbox::enqueue(c, user, None, content, 1)?;
+            e2e::seal_queued(c, user, 64, &mut OsRng, 1)?;
+            let body = outbox::ready(c, user, 64)?.unwrap().remove(0).copies.remove(0).body;
+            c.execute("DELETE FROM outbox", [])?;
+            Ok(body)
+        })
+        .unwrap()
+}
+
+/// A `file` content as `files.send` makes it.
+fn file_content(id: &str) -> Content {
+    Content::File {
+        id: id.into(),
+        at: 5,
+        name: "../../notes.pdf".into(),
+        size: 3,
+        mime: "application/pdf".into(),
+        sha256: "ab".repeat(32),
+        key: crate::content::Secret("11".repeat(16)),
+        blob: "22".repeat(16),
+        blob_size: crate::files::payload_len(3),
+        caption: None,
+    }
+}
+
+/// A file one device of alice's sent shows on another as hers, fetched from the relay as
+/// alice's blob and never cancelled from there. Only alice's own account is believed:
+/// bob cannot plant a "sent" file on her device, nor can a copy name a path (the id must
+/// be a UUID, the name is made safe) or a group she is not in; a cancel from her own
+/// device stops only such a copy, never a file someone sent her.
+#[tokio::test]
+async fn a_sent_file_copy_is_believed_only_from_our_own_account() {
+    let alice1 = Device::new("alice", None);
+    let alice2 = Device::new("alice", Some(&alice1.account.identity));
+    let bob = Device::new("bob", None);
+    let id = "01a250c3-21d0-7544-a55e-7ffdd4c1ee2f";
+    let copy = |to: &str, file: Content| Content::SentFile { to: to.into(), file: Box::new(file) };
+    let receive_from = |user: &str, from: &Device, content: &Content, relay_id: &str| {
+        let body = sealed(from, user, &alice2, content);
+        alice2.store.with(|c| receive(c, &alice2.account, user, 3, relay_id, &body, 9)).unwrap()
+    };
+
+    // From bob: dropped.
+    let got = receive_from("bob", &bob, &copy("user:bob", file_content(id)), "r1");
+    assert!(matches!(got, Received::Dropped(_)), "{got:?}");
+    // From alice, but no UUID, or no conversation, or a group alice is not in: dropped.
+    for (n, (to, file_id)) in
+        [("user:bob", "../../x"), ("bob", id), ("user:B O B", id), ("group:nowhere", id)]
+            .into_iter()
+            .enumerate()
+    {
+        let relay_id = format!("r2.{n}");
+        let got = receive_from("alice", &alice1, &copy(to, file_content(file_id)), &relay_id);
+        assert!(matches!(got, Received::Dropped(_)), "{to} {file_id}: {got:?}");
+    }
+    assert!(alice2.store.with(|c| crate::files::get(c, id)).unwrap().is_none());
+
+    // From alice: shown as hers, to fetch as her blob, with a safe name.
+    let got = receive_from("alice", &alice1, &copy("user:bob", file_content(id)), "r3");
+    assert!(matches!(got, Received::Applied { .. }), "{got:?}");
+    let shown = alice2.store.with(|c| messages::get(c, id)).unwrap().unwrap();
+    assert_eq!(
+        (shown.direction, shown.state, shown.kind, shown.conversation.as_str()),
+        (Direction::Out, MessageState::Sent, MessageKind::File, "user:bob")
+    );
+    let row = alice2.store.with(|c| crate::files::get(c, id)).unwrap().unwrap();
+    assert!(row.remote && !row.uploads_here());
+    assert_eq!((row.owner("alice"), row.peer.as_str()), ("alice", "bob"));
+    assert!(!row.name.contains('/'), "{}", row.name);
+    assert_eq!(row.transfer, letstalk_ipc::types::FileTransfer::Available);
+
+    // Deleting the copy here owes the relay a release of this device's entry, never a
+    // cancel (which would delete the file under bob).
+    let copy2 = "01a250c3-21d0-7544-a55e-7ffdd4c1ee31";
+    receive_from("alice", &alice1, &copy("user:bob", file_content(copy2)), "r3.1");
+    alice2.store.with(|c| crate::erase::erase(c, "alice", &[copy2.to_owned()]).map(drop)).unwrap();
+    let owed: Vec<(String, bool)> = alice2
+        .store
+        .with(|c| {
+            let mut q = c.prepare("SELECT owner, cancel FROM blob_releases")?;
+            Ok(q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?)
+        })
+        .unwrap();
+    assert_eq!(owed, vec![("alice".to_owned(), false)]);
+
+    // bob's own file to alice cannot be cancelled by a "cancel" from alice's device.
+    let theirs = "01a250c3-21d0-7544-a55e-7ffdd4c1ee30";
+    receive_from("bob", &bob, &file_content(theirs), "r4");
+    let cancel = |id: &str| Content::FileCancel { id: id.into() };
+    receive_from("alice", &alice1, &cancel(theirs), "r5");
+    let row = alice2.store.with(|c| crate::files::get(c, theirs)).unwrap().unwrap();
+    assert_eq!(row.transfer, letstalk_ipc::types::FileTransfer::Available);
+    // alice's cancel of her own file stops the copy.
+    receive_from("alice", &alice1, &cancel(id), "r6");
+    let row = alice2.store.with(|c| crate::files::get(c, id)).unwrap().unwrap();
+    assert_eq!(row.transfer, letstalk_ipc::types::FileTransfer::Cancelled);
+}

@@ -1,5 +1,5 @@
-//! Blob requests: `BlobStat` and `BlobRelease` (a recipient is done, or the owner
-//! cancels), and the `BlobPut` and `BlobGet` streams that carry a blob's bytes after
+//! Blob requests: `BlobStat`, `BlobRelease` (a device the blob waits for is done) and
+//! `BlobCancel` (the owner deletes it), and the `BlobPut` and `BlobGet` streams that carry a blob's bytes after
 //! their request frame, resuming from an offset. The bytes and what is known of them are
 //! kept by the blob store (`blobs.rs`).
 
@@ -21,7 +21,7 @@ use crate::userid::normalize_user_id;
 /// Bytes read or written per step while streaming a blob.
 const IO_CHUNK: usize = 1024 * 1024;
 
-/// `BlobStat` or `BlobRelease`.
+/// `BlobStat`, `BlobRelease` or `BlobCancel`.
 pub(super) async fn handle<S: Storage>(
     st: &Arc<State<S>>,
     ctx: &Arc<ConnCtx>,
@@ -35,6 +35,10 @@ pub(super) async fn handle<S: Storage>(
         Request::BlobRelease { owner, blob_id } => {
             let (user, device) = require_device(st, ctx)?;
             release(st, &user, device, &owner, blob_id).await
+        }
+        Request::BlobCancel { blob_id } => {
+            let user = require_auth(st, ctx)?;
+            cancel(st, &user, blob_id).await
         }
         other => Err(misrouted(&other)),
     }
@@ -66,9 +70,10 @@ async fn stat<S: Storage>(
     Ok(Response::Blob { size: meta.size, stored: stored.min(meta.size) })
 }
 
-/// `BlobRelease`: a recipient's device is done with the blob (deleted when no device is
-/// left to fetch it), or the owner cancels it (deleted at once). Releasing what is gone
-/// is fine.
+/// `BlobRelease`: a device the blob waits for is done with it (deleted when no device is
+/// left to fetch it). From a device of the owner's account it takes off that device's
+/// entry only (the owner's other devices fetch what one of them sent): a release never
+/// cancels, whoever sends it. Releasing what is gone is fine.
 async fn release<S: Storage>(
     st: &Arc<State<S>>,
     user: &str,
@@ -77,16 +82,7 @@ async fn release<S: Storage>(
     id: [u8; 16],
 ) -> Result<Response, Fail> {
     let owner = owner_arg(owner)?;
-    if user == owner {
-        // Also when nothing is here yet: an upload may be on its way.
-        st.blobs.mark_cancelled(&owner, id);
-    }
     let Some(meta) = st.blobs.meta(&owner, id).await? else { return Ok(Response::Ok) };
-    if user == owner {
-        st.blobs.delete(&owner, id).await?;
-        info!(size = meta.size, "blob cancelled by its owner");
-        return Ok(Response::Ok);
-    }
     if !may_read(user, &owner, &meta) {
         return Err(fail(ErrorKind::NotFound, "no such blob"));
     }
@@ -94,6 +90,21 @@ async fn release<S: Storage>(
     if left == 0 {
         st.blobs.delete(&owner, id).await?;
         info!(size = meta.size, "blob fetched by every recipient: deleted");
+    }
+    Ok(Response::Ok)
+}
+
+/// `BlobCancel`: the owner deletes its blob at once. Also when nothing is here yet: an
+/// upload may be on its way, and it is refused from now on.
+async fn cancel<S: Storage>(
+    st: &Arc<State<S>>,
+    owner: &str,
+    id: [u8; 16],
+) -> Result<Response, Fail> {
+    st.blobs.mark_cancelled(owner, id);
+    if let Some(meta) = st.blobs.meta(owner, id).await? {
+        st.blobs.delete(owner, id).await?;
+        info!(size = meta.size, "blob cancelled by its owner");
     }
     Ok(Response::Ok)
 }
@@ -107,11 +118,12 @@ pub(super) async fn serve_stream<S: Storage>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let result = match require_auth(st, ctx) {
+    let result = match require_device(st, ctx) {
         Err(f) => Err(f),
-        Ok(user) => match req {
+        Ok((user, device)) => match req {
             Request::BlobPut { blob_id, size, offset, recipients } => {
-                let r = put(st, &user, blob_id, size, offset, recipients, &mut recv).await;
+                let up = Upload { owner: &user, device, id: blob_id, size, offset };
+                let r = put(st, up, recipients, &mut recv).await;
                 if st.blobs.is_cancelled(&user, blob_id) {
                     // Cancelled while it streamed in: whatever arrived goes.
                     let _ = st.blobs.delete(&user, blob_id).await;
@@ -144,15 +156,26 @@ pub(super) async fn serve_stream<S: Storage>(
     }
 }
 
-async fn put<S: Storage>(
-    st: &Arc<State<S>>,
-    owner: &str,
+/// Who uploads which blob, and from where on.
+struct Upload<'a> {
+    owner: &'a str,
+    /// The uploading device.
+    device: u32,
     id: [u8; 16],
     size: u64,
     offset: u64,
+}
+
+/// A `BlobPut`: the recipients' devices it waits for, then the bytes. The owner's own
+/// account may be among the recipients: the blob then waits for the owner's other
+/// devices too (they show what this one sent), never for the uploading device.
+async fn put<S: Storage>(
+    st: &Arc<State<S>>,
+    up: Upload<'_>,
     recipients: Vec<String>,
     recv: &mut quinn::RecvStream,
 ) -> Result<Response, Fail> {
+    let Upload { owner, device: uploader, id, size, offset } = up;
     if size > MAX_BLOB_LEN {
         return Err(fail(ErrorKind::TooLarge, "blob over the size limit"));
     }
@@ -165,24 +188,33 @@ async fn put<S: Storage>(
             normalize_user_id(r).ok_or_else(|| fail(ErrorKind::Invalid, "invalid recipient"))?,
         );
     }
-    // Recipients who block the owner never get to fetch it; when that is everyone, the
-    // upload is refused as their messages would be.
+    recips.sort_unstable();
+    recips.dedup();
+    // Recipients who block the owner never get to fetch it; when that is all of them
+    // (the owner's own account aside), the upload is refused as their messages would be.
+    let others = recips.iter().filter(|r| *r != owner).count();
     let mut allowed = Vec::with_capacity(recips.len());
     for r in recips {
-        if !st.storage.blocks(&r).await.map_err(storage_fail)?.refuses(owner) {
+        if r == owner || !st.storage.blocks(&r).await.map_err(storage_fail)?.refuses(owner) {
             allowed.push(r);
         }
     }
-    if allowed.is_empty() {
+    if others > 0 && allowed.iter().all(|r| r == owner) {
         return Err(fail(ErrorKind::Blocked, "the recipient blocks you"));
     }
-    // One entry per device the recipient has now: the blob waits for each of them.
+    // One entry per device the recipient has now: the blob waits for each of them (for
+    // the owner's account, each but the uploading device).
     let mut recips = Vec::with_capacity(allowed.len());
     for r in allowed {
+        let own = r == owner;
         match st.storage.devices(&r).await.map_err(storage_fail)? {
-            Some(devices) if !devices.is_empty() => {
-                recips.extend(devices.iter().map(|d| entry(&r, d.device_id)));
-            }
+            Some(devices) if !devices.is_empty() => recips.extend(
+                devices
+                    .iter()
+                    .filter(|d| !own || d.device_id != uploader)
+                    .map(|d| entry(&r, d.device_id)),
+            ),
+            _ if own => {}
             _ => recips.push(r),
         }
     }

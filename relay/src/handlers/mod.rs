@@ -105,7 +105,9 @@ async fn route<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request)
         | Request::SendCopies { .. }
         | Request::Ack { .. } => messages::handle(st, ctx, req).await,
         Request::SubmitReport { .. } => reports::handle(st, ctx, req).await,
-        Request::BlobStat { .. } | Request::BlobRelease { .. } => blobs::handle(st, ctx, req).await,
+        Request::BlobStat { .. } | Request::BlobRelease { .. } | Request::BlobCancel { .. } => {
+            blobs::handle(st, ctx, req).await
+        }
         Request::CallRoute { .. } | Request::CallUnroute { .. } => calls::handle(st, ctx, req),
         Request::BlobPut { .. } | Request::BlobGet { .. } => {
             Err(fail(ErrorKind::Invalid, "blob transfers need their own stream"))
