@@ -502,9 +502,20 @@ impl Blobs {
                     .collect()
             })
             .await?;
+        self.release_held(held, user, Some(device)).await
+    }
+
+    /// Releases `held` (owner, blob id) for `user`'s `device` (or all of its devices) as
+    /// if it had fetched them, deleting those nobody else waits for.
+    async fn release_held(
+        &self,
+        held: Vec<(String, Vec<u8>)>,
+        user: &str,
+        device: Option<u32>,
+    ) -> Result<(), Fail> {
         for (owner, id) in held {
             if let Ok(id) = <[u8; 16]>::try_from(id.as_slice())
-                && self.release_recipient(&owner, id, user, Some(device)).await? == 0
+                && self.release_recipient(&owner, id, user, device).await? == 0
             {
                 self.delete(&owner, id).await?;
             }
@@ -555,13 +566,7 @@ impl Blobs {
                 .collect()
             })
             .await?;
-        for (other, id) in held {
-            if let Ok(id) = <[u8; 16]>::try_from(id.as_slice())
-                && self.release_recipient(&other, id, owner, None).await? == 0
-            {
-                self.delete(&other, id).await?;
-            }
-        }
+        self.release_held(held, owner, None).await?;
         // The WAL keeps older copies of the rows' pages until checkpointed.
         self.db(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))).await?;
         Ok(())

@@ -64,6 +64,15 @@ pub(crate) async fn log_out<S>(st: &State<S>, user_id: &str, device_id: u32) {
     }
 }
 
+/// A device left its account (removed, logged out, or replaced by a login elsewhere):
+/// the blobs held on this node that wait for it wait no more (deleted when nobody else
+/// does). Best effort: a blob left behind still goes at expiry.
+pub(crate) async fn release_blobs<S>(st: &State<S>, user_id: &str, device_id: u32) {
+    if let Err(e) = st.blobs.release_device(user_id, device_id).await {
+        debug!(error = ?e, "releasing a removed device's blobs");
+    }
+}
+
 /// Tells the account's connected devices (but `except`) that its list of devices changed.
 pub(crate) async fn devices_changed<S>(st: &State<S>, user_id: &str, except: Option<u32>) {
     if let Ok(frame) = Push::DevicesChanged.encode() {

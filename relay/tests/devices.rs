@@ -698,6 +698,27 @@ async fn a_blob_waits_for_every_device_of_the_recipient() {
             let r = alice.request(blob_stat("alice", id)).await;
             assert_eq!(refused(r), ErrorKind::NotFound);
         }
+
+        // A device that logs out, or that a password login elsewhere replaces, waits
+        // for nothing any more either.
+        let laptop = net.add_device(&phone, 0).await;
+        let id = [6u8; 16];
+        assert_eq!(put_blob(&alice, id, b"more", "bob").await, stored);
+        assert_eq!(laptop.request(Request::Logout).await, Response::Ok);
+        assert_eq!(phone.request(blob_release("alice", id)).await, Response::Ok);
+        if net.cluster.is_none() {
+            let r = alice.request(blob_stat("alice", id)).await;
+            assert_eq!(refused(r), ErrorKind::NotFound, "it waited for the logged-out device");
+        }
+        let id = [7u8; 16];
+        assert_eq!(put_blob(&alice, id, b"more", "bob").await, stored);
+        let (tablet, _pushes) = Link::start(net.link_config(0), None).unwrap();
+        tablet.wait_connected(T).await.unwrap();
+        tablet.login("bob", "correct horse battery", new_key()).await.unwrap();
+        if net.cluster.is_none() {
+            let r = alice.request(blob_stat("alice", id)).await;
+            assert_eq!(refused(r), ErrorKind::NotFound, "it waited for the replaced device");
+        }
     }
 }
 

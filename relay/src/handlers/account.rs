@@ -18,7 +18,8 @@ use crate::fail::{Fail, Reply, fail, misrouted, rate_limited, storage_fail, user
 use crate::password::HashError;
 use crate::ratelimit::ip_key;
 use crate::session::{
-    devices_changed, end_session, log_out, require_auth, require_device, start_session,
+    devices_changed, end_session, log_out, release_blobs, require_auth, require_device,
+    start_session,
 };
 use crate::state::State;
 use crate::storage::{NewAccount, ProfileUpdate, Storage};
@@ -109,6 +110,7 @@ pub(super) async fn handle<S: Storage>(
                 st.storage.login_device(&user, device_key, now_ms()).await.map_err(storage_fail)?;
             for old in &moved.removed {
                 log_out(st, &user, *old).await;
+                release_blobs(st, &user, *old).await;
             }
             if !moved.removed.is_empty() {
                 info!("account moved to a new device");
@@ -122,6 +124,7 @@ pub(super) async fn handle<S: Storage>(
             let (user, device) = require_device(st, ctx)?;
             st.storage.remove_device(&user, device).await.map_err(storage_fail)?;
             end_session(st, ctx).await;
+            release_blobs(st, &user, device).await;
             devices_changed(st, &user, None).await;
             Ok(Response::Ok)
         }

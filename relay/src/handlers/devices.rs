@@ -13,7 +13,9 @@ use crate::clock::now_ms;
 use crate::ctx::ConnCtx;
 use crate::fail::{Fail, Reply, fail, misrouted, rate_limited, storage_fail, user_arg};
 use crate::ratelimit::ip_key;
-use crate::session::{devices_changed, end_session, log_out, require_auth, require_device};
+use crate::session::{
+    devices_changed, end_session, log_out, release_blobs, require_auth, require_device,
+};
 use crate::state::State;
 use crate::storage::{NewLinkSlot, Storage, StorageError};
 
@@ -75,10 +77,7 @@ pub(super) async fn handle<S: Storage>(
             }
             info!("device removed");
             debug!(user_id = user, device_id, "device removed");
-            // Blobs waiting for it here wait no more.
-            if let Err(e) = st.blobs.release_device(&user, device_id).await {
-                debug!(error = ?e, "releasing a removed device's blobs");
-            }
+            release_blobs(st, &user, device_id).await;
             if device_id == me {
                 // This connection's own device: like `Logout`, the answer is its notice
                 // (a `LoggedOut` push would race the answer on a closing connection).
