@@ -268,6 +268,12 @@ fn from_own_device(
         Some(Content::SentFile { to, file }) => {
             files::apply_sent(tx, &me.user_id, &to, &file, now)?
         }
+        // A file to self sent on another of our devices: ours, already sent, fetched
+        // from the relay like any sent copy.
+        Some(file @ Content::File { .. }) => {
+            let to = format!("user:{}", me.user_id);
+            files::show_sent(tx, &me.user_id, &to, &file, now)?
+        }
         // A file it sent and then cancelled: our copy stops fetching it.
         Some(Content::FileCancel { id }) => Ok(files::cancel_sent(tx, &id, now)?),
         // A note to self written on another of our devices: ours, already sent.

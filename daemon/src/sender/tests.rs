@@ -914,6 +914,14 @@ async fn a_sent_file_copy_is_believed_only_from_our_own_account() {
         .unwrap();
     assert_eq!(owed, vec![("alice".to_owned(), false)]);
 
+    // A file to self from another of alice's devices: hers, in her own conversation.
+    let to_self = "01a250c3-21d0-7544-a55e-7ffdd4c1ee32";
+    receive_from("alice", &alice1, &file_content(to_self), "r3.2");
+    let shown = alice2.store.with(|c| messages::get(c, to_self)).unwrap().unwrap();
+    assert_eq!((shown.direction, shown.conversation.as_str()), (Direction::Out, "user:alice"));
+    let row = alice2.store.with(|c| crate::files::get(c, to_self)).unwrap().unwrap();
+    assert!(row.remote && row.owner("alice") == "alice");
+
     // bob's own file to alice cannot be cancelled by a "cancel" from alice's device.
     let theirs = "01a250c3-21d0-7544-a55e-7ffdd4c1ee30";
     receive_from("bob", &bob, &file_content(theirs), "r4");
