@@ -142,7 +142,7 @@ pub fn apply_sent(
         return Ok(Err("a sent copy for a group we are not in".into()));
     }
     match sent {
-        Content::SentFile { to, file } => crate::files::show_sent(tx, me, &to, &file, now),
+        Content::SentFile { to, file } => crate::files::rows::show_sent(tx, me, &to, &file, now),
         sent => crate::texts::show_sent(tx, me, sent, now),
     }
 }
