@@ -3,15 +3,16 @@
 //! identity key), contacts with their verification and aliases, and the account's
 //! settings, never the device's own; the relay never holds the code, the device's name
 //! or anything of what travelled; a wrong code links nothing and spends the code; a
-//! removed device is logged out.
+//! removed device is logged out; every device has a name, and any device of the account
+//! renames any of its devices (and no other account's).
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use letstalk_tests::{
-    World, error_of, eventually, files_containing, next_event, registered, wait_connected,
-    wait_texts,
+    PASSWORD, World, error_of, eventually, files_containing, next_event, registered,
+    wait_connected, wait_texts,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -206,6 +207,95 @@ async fn alice_on_two_devices(
         .to_owned();
     desktop.call("account.link", json!({"code": code, "device_name": "desktop"})).await.unwrap();
     (phone, desktop, bob)
+}
+
+/// The names `d` lists, by device id.
+async fn names(d: &letstalk_tests::Daemon) -> Vec<(u64, String)> {
+    let list = d.call("devices.list", json!({})).await.unwrap();
+    let devices = list["devices"].as_array().unwrap().iter();
+    devices
+        .map(|d| (d["device_id"].as_u64().unwrap(), d["name"].as_str().unwrap().into()))
+        .collect()
+}
+
+/// Issue 19, device names: a device that registered has a name without being given one;
+/// the desktop renames the phone and both list the new name; a bad name or a device that
+/// is not the account's changes nothing; names given at registration and login are used.
+/// The relay, and every log, hold none of them in plaintext.
+#[tokio::test]
+async fn every_device_has_a_name_and_any_device_of_the_account_renames_any() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
+    let first = names(&phone).await;
+    assert_eq!(first.len(), 2);
+    assert_eq!((first[0].0, first[1].0), (1, 2));
+    assert!(!first[0].1.is_empty(), "the registered device has a name: {first:?}");
+    assert_eq!(first[1].1, "desktop");
+
+    // The desktop renames the phone: both devices list the new name.
+    let renamed = desktop
+        .call("devices.rename", json!({"device_id": 1, "name": "  Kitchen-Phone-Canary "}))
+        .await
+        .unwrap();
+    assert_eq!(renamed["device_id"], 1);
+    assert_eq!(renamed["name"], "Kitchen-Phone-Canary");
+    assert_eq!(renamed["this_device"], false);
+    let want = vec![(1, "Kitchen-Phone-Canary".to_owned()), (2, "desktop".to_owned())];
+    for d in [&phone, &desktop] {
+        assert_eq!(names(d).await, want);
+    }
+    // And the phone renames itself.
+    let own = phone.call("devices.rename", json!({"device_id": 1, "name": "Phone"})).await;
+    assert_eq!(own.unwrap()["this_device"], true);
+    let want = vec![(1, "Phone".to_owned()), (2, "desktop".to_owned())];
+
+    // A bad name is refused and changes nothing.
+    let long = "x".repeat(65);
+    for bad in ["", "   ", long.as_str(), "bell\u{7}"] {
+        let r = desktop.call("devices.rename", json!({"device_id": 1, "name": bad})).await;
+        let (code, _, field) = error_of(r);
+        assert_eq!((code, field.as_deref()), (-32602, Some("name")), "{bad:?}");
+    }
+    let r = desktop.call("devices.rename", json!({"device_id": 9, "name": "nine"})).await;
+    assert_eq!(error_of(r).1.as_deref(), Some("not_found"));
+    // bob cannot rename alice's devices: her desktop's id is no device of his.
+    let r = bob.call("devices.rename", json!({"device_id": 2, "name": "Owned-By-Bob"})).await;
+    assert_eq!(error_of(r).1.as_deref(), Some("not_found"));
+    for d in [&phone, &desktop] {
+        assert_eq!(names(d).await, want);
+    }
+
+    // Names given at registration and at login are the device's.
+    let carol = world.daemon("carol").with_relay(&relay).start().unwrap();
+    wait_connected(&carol).await;
+    let register = |device_name: &str| {
+        json!({"user_id": "carol", "email": "c@example.org", "nickname": "C",
+               "password": PASSWORD, "device_name": device_name})
+    };
+    let r = carol.call("account.register", register(&long)).await;
+    assert_eq!(error_of(r).2.as_deref(), Some("device_name"));
+    let r = carol.call("account.info", json!({})).await;
+    assert_eq!(error_of(r).1.as_deref(), Some("not_logged_in"), "a bad name registers nothing");
+    carol.call("account.register", register("Carol-Laptop")).await.unwrap();
+    assert_eq!(names(&carol).await, [(1, "Carol-Laptop".to_owned())]);
+    let laptop = world.daemon("bob-laptop").with_relay(&relay).start().unwrap();
+    wait_connected(&laptop).await;
+    let login = json!({"user_id": "bob", "password": PASSWORD, "device_name": "Bob-Laptop"});
+    laptop.call("account.login", login).await.unwrap();
+    let on_laptop = names(&laptop).await;
+    assert_eq!(on_laptop.len(), 1, "a login moves the account: {on_laptop:?}");
+    assert_eq!(on_laptop[0].1, "Bob-Laptop");
+
+    // Sealed on the relay, and never logged.
+    for needle in ["Kitchen-Phone-Canary", "Carol-Laptop", "Bob-Laptop"] {
+        let found = files_containing(relay.data_dir(), needle.as_bytes());
+        assert!(found.is_empty(), "{needle:?} found on the relay in {found:?}");
+        assert!(!relay.logs().contains(needle), "{needle:?} in the relay's log");
+        for d in [&phone, &desktop, &carol, &laptop] {
+            assert!(!d.logs().contains(needle), "{needle:?} in a daemon's log");
+        }
+    }
 }
 
 #[tokio::test]

@@ -245,6 +245,9 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
                 daemon.prekey_wake.notify_one();
                 crate::methods::sync_privacy(daemon).await;
                 rewatch(daemon, relay).await;
+                // A name the relay did not take yet (it was out of reach at the login).
+                let named = Arc::clone(daemon);
+                tokio::spawn(async move { crate::methods::name_own_device(&named).await });
             }
         }
     }
