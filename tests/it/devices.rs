@@ -426,6 +426,69 @@ async fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     }
 }
 
+/// The state and end reason ("" while none) of call `id` as `d` lists it.
+async fn call_on(d: &letstalk_tests::Daemon, id: &str) -> Option<(String, String)> {
+    let list = d.call("calls.list", json!({})).await.ok()?;
+    let call = list["calls"].as_array()?.iter().find(|c| c["call_id"] == id)?.clone();
+    let reason = call["end_reason"].as_str().unwrap_or_default().to_owned();
+    Some((call["state"].as_str()?.to_owned(), reason))
+}
+
+/// Both of alice's devices accept bob's call at the same instant: each is in the call
+/// before it hears of the other. The lower device id (the phone) keeps it and the desktop
+/// ends it as answered elsewhere; bob's call stays up and his hang-up ends the phone's.
+#[tokio::test]
+async fn two_devices_accepting_a_call_at_once_leave_exactly_one_in_it() {
+    use crate::calls::call_event;
+
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
+    let (_p, mut on_phone) = call_events(&phone).await;
+    let (_d, mut on_desktop) = call_events(&desktop).await;
+    let (b, mut on_bob) = call_events(&bob).await;
+    let started =
+        b.call_value("calls.start", json!({"to": "user:alice", "media": "audio"})).await.unwrap();
+    let id = started["call"]["call_id"].as_str().unwrap().to_owned();
+    for events in [&mut on_phone, &mut on_desktop] {
+        call_event(events, "call.incoming", Some(&id)).await;
+    }
+    let accept = json!({"call_id": id});
+    let (p, d) = tokio::join!(
+        phone.call("calls.accept", accept.clone()),
+        desktop.call("calls.accept", accept)
+    );
+    assert!(p.is_ok() || d.is_ok(), "neither device took the call: {p:?} {d:?}");
+
+    let (on_p, on_d) = eventually(LIMIT, "exactly one device in the call", || async {
+        let (p, d) = (call_on(&phone, &id).await?, call_on(&desktop, &id).await?);
+        let states = [p.0.as_str(), d.0.as_str()];
+        (states.contains(&"active") && states.contains(&"ended")).then_some((p, d))
+    })
+    .await
+    .unwrap();
+    let left = if on_p.0 == "ended" { &on_p } else { &on_d };
+    assert_eq!(left.1, "answered_elsewhere", "phone {on_p:?}, desktop {on_d:?}");
+    if p.is_ok() && d.is_ok() {
+        // Both were in the call: the rule chose, the same way on both devices.
+        assert_eq!((on_p.0.as_str(), on_d.0.as_str()), ("active", "ended"));
+    }
+    let e = call_event(&mut on_bob, "call.state", Some(&id)).await;
+    assert_eq!(e["call"]["state"], "active");
+
+    // bob hangs up: the device in the call ends it as hung up; the other stays as it was.
+    b.call_value("calls.hangup", json!({"call_id": id})).await.unwrap();
+    let (kept, gone) = if on_p.0 == "active" { (&phone, &desktop) } else { (&desktop, &phone) };
+    eventually(LIMIT, "the call over on the device that kept it", || async {
+        let (state, reason) = call_on(kept, &id).await?;
+        (state == "ended").then_some(reason)
+    })
+    .await
+    .map(|reason| assert_eq!(reason, "hangup"))
+    .unwrap();
+    assert_eq!(call_on(gone, &id).await.unwrap().1, "answered_elsewhere");
+}
+
 /// The contact `user` as `d` lists it.
 async fn contact(d: &letstalk_tests::Daemon, user: &str) -> Option<serde_json::Value> {
     let list = d.call("contacts.list", json!({})).await.ok()?;
