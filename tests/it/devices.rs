@@ -355,28 +355,69 @@ async fn call_events(
     (c, events)
 }
 
+/// bob's audio call to alice ringing on both of her devices (each showed
+/// `call.incoming` from bob), with the call events of all three. Fields drop in order:
+/// the daemons before the relay, the relay before the world's directories.
+struct Ringing {
+    phone: letstalk_tests::Daemon,
+    desktop: letstalk_tests::Daemon,
+    on_phone: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    on_desktop: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    on_bob: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    /// bob's connection, subscribed to his call events.
+    b: letstalk_tests::Client,
+    /// bob's `calls.start` answer, and the call id.
+    started: serde_json::Value,
+    id: String,
+    _clients: (letstalk_tests::Client, letstalk_tests::Client),
+    _bob: letstalk_tests::Daemon,
+    _relay: letstalk_tests::Relay,
+    _world: World,
+}
+
+async fn bob_rings_alice_on_two_devices() -> Ringing {
+    use crate::calls::call_event;
+
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
+    let (p, mut on_phone) = call_events(&phone).await;
+    let (d, mut on_desktop) = call_events(&desktop).await;
+    let (b, on_bob) = call_events(&bob).await;
+    let started =
+        b.call_value("calls.start", json!({"to": "user:alice", "media": "audio"})).await.unwrap();
+    let id = started["call"]["call_id"].as_str().unwrap().to_owned();
+    for events in [&mut on_phone, &mut on_desktop] {
+        let ringing = call_event(events, "call.incoming", Some(&id)).await;
+        assert_eq!(ringing["call"]["peer"], "bob");
+    }
+    Ringing {
+        phone,
+        desktop,
+        on_phone,
+        on_desktop,
+        on_bob,
+        b,
+        started,
+        id,
+        _clients: (p, d),
+        _bob: bob,
+        _relay: relay,
+        _world: world,
+    }
+}
+
 #[tokio::test]
 async fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     use tokio_seqpacket::UnixSeqpacket;
 
     use crate::calls::{call_event, stream};
 
-    let world = World::new();
-    let relay = world.relay("relay").unwrap();
-    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
-    let (_p, mut on_phone) = call_events(&phone).await;
-    let (_d, mut on_desktop) = call_events(&desktop).await;
-    let (b, mut on_bob) = call_events(&bob).await;
-
     // bob calls alice: it rings on both of her devices; the desktop takes it.
-    let started =
-        b.call_value("calls.start", json!({"to": "user:alice", "media": "audio"})).await.unwrap();
-    let id = started["call"]["call_id"].as_str().unwrap().to_owned();
-    let b_path = started["media_socket"].as_str().unwrap().to_owned();
-    for events in [&mut on_phone, &mut on_desktop] {
-        let ringing = call_event(events, "call.incoming", Some(&id)).await;
-        assert_eq!(ringing["call"]["peer"], "bob");
-    }
+    let r = bob_rings_alice_on_two_devices().await;
+    let b_path = r.started["media_socket"].as_str().unwrap().to_owned();
+    // Moved out of `r` (a place, not a temporary): the rest stays there to the end.
+    let Ringing { phone, desktop, mut on_phone, mut on_desktop, mut on_bob, b, id, .. } = r;
     let accepted = desktop.call("calls.accept", json!({"call_id": id})).await.unwrap();
     assert_eq!(accepted["call"]["state"], "active");
     let d_path = accepted["media_socket"].as_str().unwrap().to_owned();
@@ -441,18 +482,8 @@ async fn call_on(d: &letstalk_tests::Daemon, id: &str) -> Option<(String, String
 async fn two_devices_accepting_a_call_at_once_leave_exactly_one_in_it() {
     use crate::calls::call_event;
 
-    let world = World::new();
-    let relay = world.relay("relay").unwrap();
-    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
-    let (_p, mut on_phone) = call_events(&phone).await;
-    let (_d, mut on_desktop) = call_events(&desktop).await;
-    let (b, mut on_bob) = call_events(&bob).await;
-    let started =
-        b.call_value("calls.start", json!({"to": "user:alice", "media": "audio"})).await.unwrap();
-    let id = started["call"]["call_id"].as_str().unwrap().to_owned();
-    for events in [&mut on_phone, &mut on_desktop] {
-        call_event(events, "call.incoming", Some(&id)).await;
-    }
+    let r = bob_rings_alice_on_two_devices().await;
+    let Ringing { phone, desktop, mut on_bob, b, id, .. } = r;
     let accept = json!({"call_id": id});
     let (p, d) = tokio::join!(
         phone.call("calls.accept", accept.clone()),
