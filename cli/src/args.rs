@@ -77,12 +77,19 @@ pub enum Command {
         /// A PNG, JPEG or WebP image of at most 1 MiB.
         #[arg(long)]
         avatar: Option<PathBuf>,
+        /// This device's name in `letstalk devices` (default: the host name).
+        #[arg(long)]
+        device_name: Option<String>,
         #[arg(long)]
         json: bool,
     },
     /// Logs this device in (the account moves here). Password as for `register`.
     Login {
         user_id: String,
+        /// This device's name in `letstalk devices` (default: a name it already has, else
+        /// the host name).
+        #[arg(long)]
+        device_name: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -99,8 +106,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The account's devices; `--remove ID` removes one (it is logged out).
+    /// The account's devices; `--remove ID` removes one (it is logged out);
+    /// `devices rename ID NAME` renames one.
+    #[command(args_conflicts_with_subcommands = true)]
     Devices {
+        #[command(subcommand)]
+        action: Option<DevicesCommand>,
         #[arg(long, value_name = "ID")]
         remove: Option<u32>,
         #[arg(long)]
@@ -189,6 +200,19 @@ pub enum Command {
         /// Also mark them read.
         #[arg(long)]
         read: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `letstalk devices …`: what can be done to one of the account's devices.
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// Renames a device of the account, this one or another (1 to 64 characters):
+    /// every device lists the new name.
+    Rename {
+        device_id: u32,
+        name: String,
         #[arg(long)]
         json: bool,
     },

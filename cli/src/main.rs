@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::{Value, json};
 
-use letstalk_cli::args::{Cli, Command, GroupCommand};
+use letstalk_cli::args::{Cli, Command, DevicesCommand, GroupCommand};
 use letstalk_ipc::{Client, ClientError};
 
 /// A failure, with the exit code it maps to.
@@ -88,8 +88,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Settings { changes, .. } if !changes.is_empty() => {
             Some(("settings.set".to_owned(), settings_patch(changes)?))
         }
-        Command::Register { user_id, email, nickname, avatar, .. } => {
+        Command::Register { user_id, email, nickname, avatar, device_name, .. } => {
             let mut p = json!({"user_id": user_id, "email": email, "nickname": nickname, "password": password()?});
+            if let Some(name) = device_name {
+                p["device_name"] = json!(name);
+            }
             if let Some(a) = avatar {
                 let abs =
                     std::path::absolute(a).map_err(|e| Failure::Usage(format!("--avatar: {e}")))?;
@@ -97,8 +100,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Some(("account.register".to_owned(), p))
         }
-        Command::Login { user_id, .. } => {
-            Some(("account.login".to_owned(), json!({"user_id": user_id, "password": password()?})))
+        Command::Login { user_id, device_name, .. } => {
+            let mut p = json!({"user_id": user_id, "password": password()?});
+            if let Some(name) = device_name {
+                p["device_name"] = json!(name);
+            }
+            Some(("account.login".to_owned(), p))
         }
         _ => None,
     };
@@ -211,11 +218,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("fingerprint {}", text(&account["fingerprint"]));
             }
         }
+        Command::Devices {
+            action: Some(DevicesCommand::Rename { device_id, name, json }), ..
+        } => {
+            let device = client
+                .call_value("devices.rename", json!({"device_id": device_id, "name": name}))
+                .await?;
+            if json {
+                print_json(&device);
+            } else {
+                println!("device {device_id} is now {}", text(&device["name"]));
+            }
+        }
         Command::Devices { remove: Some(device_id), .. } => {
             client.call_value("devices.remove", json!({"device_id": device_id})).await?;
             println!("removed device {device_id}");
         }
-        Command::Devices { remove: None, json } => {
+        Command::Devices { remove: None, json, .. } => {
             let list = client.call_value("devices.list", json!({})).await?;
             if json {
                 print_json(&list);

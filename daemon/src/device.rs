@@ -176,6 +176,29 @@ fn chassis_from_dmi(t: &str) -> Option<Chassis> {
     })
 }
 
+/// The name a device gives itself when its user chose none: the host name, else the
+/// hardware model, else the OS name; never empty, at most 64 characters, no control
+/// characters (as `devices.rename` takes a name).
+pub fn default_name() -> String {
+    let host = sysinfo::System::host_name()
+        .or_else(|| read_trimmed("/proc/sys/kernel/hostname"))
+        .filter(|h| h != "localhost");
+    name_from([host, hardware().model, sysinfo::System::name()])
+}
+
+/// The first of `candidates` that is a usable name once cleaned, else "Letstalk device".
+fn name_from(candidates: impl IntoIterator<Item = Option<String>>) -> String {
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let clean: String = c.chars().filter(|ch| !ch.is_control()).take(64).collect();
+            clean.trim().to_owned()
+        })
+        .find(|c| !c.is_empty())
+        .unwrap_or_else(|| "Letstalk device".to_owned())
+}
+
 /// OS name and version, kernel and architecture.
 pub fn os() -> Os {
     Os {
@@ -308,6 +331,18 @@ fn default_route_interfaces() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_name_is_never_empty_nor_too_long() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(name_from([some("  pine64 "), some("x")]), "pine64");
+        assert_eq!(name_from([None, some(" \t\u{7}"), some("ThinkPad X1")]), "ThinkPad X1");
+        assert_eq!(name_from([some("a\nb")]), "ab");
+        assert_eq!(name_from([None, None]), "Letstalk device");
+        assert_eq!(name_from([Some("é".repeat(100))]).chars().count(), 64);
+        let own = default_name();
+        assert!(!own.is_empty() && own.chars().count() <= 64);
+    }
 
     /// The vector from systemd's application-specific ID scheme, as given in the issue.
     #[test]

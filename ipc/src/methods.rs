@@ -83,6 +83,7 @@ methods! {
     "account.link" (LinkParams) -> Account: "Joins the account that made the code; the code's key carries its identity key, contacts, groups and settings here.";
     "devices.list" (Empty) -> DevicesList: "The account's devices.";
     "devices.remove" (DeviceIdParams) -> Empty: "Removes one of the account's devices (it is logged out).";
+    "devices.rename" (DeviceRenameParams) -> LinkedDevice: "Renames one of the account's devices (any of them); every device lists the new name.";
     "settings.get" (Empty) -> Settings: "The current settings.";
     "settings.set" (SettingsPatch) -> Settings: "Changes any subset of the settings; returns them all.";
     "privacy.clear_history" (ConfirmParams) -> ClearHistoryResult: "Deletes every unsent and every unread message, for good.";

@@ -457,12 +457,20 @@ pub struct RegisterParams {
     /// An absolute path to a PNG, JPEG or WebP image of at most 1 MiB.
     #[serde(default)]
     pub avatar: Option<String>,
+    /// How this device is shown in `devices.list` (1 to 64 characters); absent: the
+    /// daemon names it (host name, else hardware model).
+    #[serde(default)]
+    pub device_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LoginParams {
     pub user_id: String,
     pub password: Password,
+    /// As for `account.register`; absent: a device already named keeps its name, an
+    /// unnamed one is named by the daemon.
+    #[serde(default)]
+    pub device_name: Option<String>,
 }
 
 /// `devices.link_start`: the code to type (or scan) on the new device.
@@ -504,6 +512,14 @@ pub struct DevicesList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeviceIdParams {
     pub device_id: u32,
+}
+
+/// `devices.rename`: any device of the account, this one too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceRenameParams {
+    pub device_id: u32,
+    /// 1 to 64 characters, no control characters (surrounding spaces are trimmed).
+    pub name: String,
 }
 
 /// `account.update`: absent fields stay; `avatar: null` removes the avatar.

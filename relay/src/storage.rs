@@ -413,6 +413,14 @@ pub trait Storage: Send + Sync + 'static {
         user_id: &str,
         device_id: u32,
     ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+    /// Replaces the sealed name of one of the account's devices; false when it is none of
+    /// the account's (or there is no such account).
+    fn rename_device(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        name: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
     /// The account's devices in id order, or `None` for no such account.
     fn devices(
         &self,

@@ -371,6 +371,53 @@ async fn a_removed_device_is_logged_out_loses_its_mailbox_and_its_key_no_longer_
     }
 }
 
+/// Any device of an account renames any device of it (the other devices hear of it);
+/// another account's device ids name nothing for an attacker, and nothing changes.
+#[tokio::test]
+async fn a_device_is_renamed_only_by_its_own_account() {
+    for net in Net::each(Limits::default()).await {
+        // In the cluster alice's devices are on different nodes.
+        let mut alice1 = net.user(0, "alice").await;
+        let alice2 = net.add_device(&alice1, 1).await;
+        let mut bob = net.user(1, "bob").await;
+        let rename =
+            |device_id: u32, name: &[u8]| Request::RenameDevice { device_id, name: name.to_vec() };
+
+        // alice's desktop names her phone: the phone hears the list changed.
+        assert_eq!(alice2.request(rename(1, b"sealed phone")).await, Response::Ok);
+        assert_eq!(alice1.next(|p| matches!(p, Push::DevicesChanged)).await, Push::DevicesChanged);
+        let names = |list: Vec<DeviceInfo>| list.into_iter().map(|d| d.name).collect::<Vec<_>>();
+        let want = [b"sealed phone".to_vec(), b"sealed name".to_vec()];
+        assert_eq!(names(alice1.devices("alice").await), want);
+        assert_eq!(names(alice2.devices("alice").await), want);
+        assert_eq!(refused(alice1.request(rename(3, b"x")).await), ErrorKind::NotFound);
+
+        // bob tries alice's device ids: his account has no such device. His own device 1
+        // is his, never alice's.
+        assert_eq!(refused(bob.request(rename(2, b"pwned")).await), ErrorKind::NotFound);
+        assert_eq!(bob.request(rename(1, b"bob's")).await, Response::Ok);
+        assert_eq!(names(alice1.devices("alice").await), want, "bob changed alice's names");
+        assert_eq!(bob.devices("bob").await[0].name, b"bob's");
+        // Renaming is no way to learn names: another account's list still has none.
+        assert!(bob.devices("alice").await.iter().all(|d| d.name.is_empty()));
+        // bob's rename told nobody of alice's: the next push she gets is her own change.
+        assert_eq!(alice1.request(rename(2, b"sealed desk")).await, Response::Ok);
+        let told = tokio::time::timeout(Duration::from_millis(300), async {
+            while let Some(p) = bob.pushes.recv().await {
+                if p == Push::DevicesChanged {
+                    return;
+                }
+            }
+        });
+        assert!(told.await.is_err(), "bob was told of alice's devices");
+        // Without an account there is nothing to rename.
+        let anon = net.anonymous(0).await;
+        let r = anon.request(rename(1, b"x")).await.unwrap();
+        assert_eq!(refused(r), ErrorKind::Unauthenticated);
+        assert_eq!(alice1.devices("alice").await[1].name, b"sealed desk");
+    }
+}
+
 #[tokio::test]
 async fn adding_a_device_over_the_limit_or_with_a_taken_key_is_refused() {
     let net = Net::embedded(Limits::default()).await;

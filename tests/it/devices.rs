@@ -3,15 +3,16 @@
 //! identity key), contacts with their verification and aliases, and the account's
 //! settings, never the device's own; the relay never holds the code, the device's name
 //! or anything of what travelled; a wrong code links nothing and spends the code; a
-//! removed device is logged out.
+//! removed device is logged out; every device has a name, and any device of the account
+//! renames any of its devices (and no other account's).
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use letstalk_tests::{
-    World, error_of, eventually, files_containing, next_event, registered, wait_connected,
-    wait_texts,
+    PASSWORD, World, error_of, eventually, files_containing, next_event, registered,
+    wait_connected, wait_texts,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -208,6 +209,95 @@ async fn alice_on_two_devices(
     (phone, desktop, bob)
 }
 
+/// The names `d` lists, by device id.
+async fn names(d: &letstalk_tests::Daemon) -> Vec<(u64, String)> {
+    let list = d.call("devices.list", json!({})).await.unwrap();
+    let devices = list["devices"].as_array().unwrap().iter();
+    devices
+        .map(|d| (d["device_id"].as_u64().unwrap(), d["name"].as_str().unwrap().into()))
+        .collect()
+}
+
+/// Issue 19, device names: a device that registered has a name without being given one;
+/// the desktop renames the phone and both list the new name; a bad name or a device that
+/// is not the account's changes nothing; names given at registration and login are used.
+/// The relay, and every log, hold none of them in plaintext.
+#[tokio::test]
+async fn every_device_has_a_name_and_any_device_of_the_account_renames_any() {
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
+    let first = names(&phone).await;
+    assert_eq!(first.len(), 2);
+    assert_eq!((first[0].0, first[1].0), (1, 2));
+    assert!(!first[0].1.is_empty(), "the registered device has a name: {first:?}");
+    assert_eq!(first[1].1, "desktop");
+
+    // The desktop renames the phone: both devices list the new name.
+    let renamed = desktop
+        .call("devices.rename", json!({"device_id": 1, "name": "  Kitchen-Phone-Canary "}))
+        .await
+        .unwrap();
+    assert_eq!(renamed["device_id"], 1);
+    assert_eq!(renamed["name"], "Kitchen-Phone-Canary");
+    assert_eq!(renamed["this_device"], false);
+    let want = vec![(1, "Kitchen-Phone-Canary".to_owned()), (2, "desktop".to_owned())];
+    for d in [&phone, &desktop] {
+        assert_eq!(names(d).await, want);
+    }
+    // And the phone renames itself.
+    let own = phone.call("devices.rename", json!({"device_id": 1, "name": "Phone"})).await;
+    assert_eq!(own.unwrap()["this_device"], true);
+    let want = vec![(1, "Phone".to_owned()), (2, "desktop".to_owned())];
+
+    // A bad name is refused and changes nothing.
+    let long = "x".repeat(65);
+    for bad in ["", "   ", long.as_str(), "bell\u{7}"] {
+        let r = desktop.call("devices.rename", json!({"device_id": 1, "name": bad})).await;
+        let (code, _, field) = error_of(r);
+        assert_eq!((code, field.as_deref()), (-32602, Some("name")), "{bad:?}");
+    }
+    let r = desktop.call("devices.rename", json!({"device_id": 9, "name": "nine"})).await;
+    assert_eq!(error_of(r).1.as_deref(), Some("not_found"));
+    // bob cannot rename alice's devices: her desktop's id is no device of his.
+    let r = bob.call("devices.rename", json!({"device_id": 2, "name": "Owned-By-Bob"})).await;
+    assert_eq!(error_of(r).1.as_deref(), Some("not_found"));
+    for d in [&phone, &desktop] {
+        assert_eq!(names(d).await, want);
+    }
+
+    // Names given at registration and at login are the device's.
+    let carol = world.daemon("carol").with_relay(&relay).start().unwrap();
+    wait_connected(&carol).await;
+    let register = |device_name: &str| {
+        json!({"user_id": "carol", "email": "c@example.org", "nickname": "C",
+               "password": PASSWORD, "device_name": device_name})
+    };
+    let r = carol.call("account.register", register(&long)).await;
+    assert_eq!(error_of(r).2.as_deref(), Some("device_name"));
+    let r = carol.call("account.info", json!({})).await;
+    assert_eq!(error_of(r).1.as_deref(), Some("not_logged_in"), "a bad name registers nothing");
+    carol.call("account.register", register("Carol-Laptop")).await.unwrap();
+    assert_eq!(names(&carol).await, [(1, "Carol-Laptop".to_owned())]);
+    let laptop = world.daemon("bob-laptop").with_relay(&relay).start().unwrap();
+    wait_connected(&laptop).await;
+    let login = json!({"user_id": "bob", "password": PASSWORD, "device_name": "Bob-Laptop"});
+    laptop.call("account.login", login).await.unwrap();
+    let on_laptop = names(&laptop).await;
+    assert_eq!(on_laptop.len(), 1, "a login moves the account: {on_laptop:?}");
+    assert_eq!(on_laptop[0].1, "Bob-Laptop");
+
+    // Sealed on the relay, and never logged.
+    for needle in ["Kitchen-Phone-Canary", "Carol-Laptop", "Bob-Laptop"] {
+        let found = files_containing(relay.data_dir(), needle.as_bytes());
+        assert!(found.is_empty(), "{needle:?} found on the relay in {found:?}");
+        assert!(!relay.logs().contains(needle), "{needle:?} in the relay's log");
+        for d in [&phone, &desktop, &carol, &laptop] {
+            assert!(!d.logs().contains(needle), "{needle:?} in a daemon's log");
+        }
+    }
+}
+
 #[tokio::test]
 async fn messages_reach_every_device_and_what_one_sends_shows_on_the_other() {
     let world = World::new();
@@ -265,28 +355,69 @@ async fn call_events(
     (c, events)
 }
 
+/// bob's audio call to alice ringing on both of her devices (each showed
+/// `call.incoming` from bob), with the call events of all three. Fields drop in order:
+/// the daemons before the relay, the relay before the world's directories.
+struct Ringing {
+    phone: letstalk_tests::Daemon,
+    desktop: letstalk_tests::Daemon,
+    on_phone: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    on_desktop: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    on_bob: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    /// bob's connection, subscribed to his call events.
+    b: letstalk_tests::Client,
+    /// bob's `calls.start` answer, and the call id.
+    started: serde_json::Value,
+    id: String,
+    _clients: (letstalk_tests::Client, letstalk_tests::Client),
+    _bob: letstalk_tests::Daemon,
+    _relay: letstalk_tests::Relay,
+    _world: World,
+}
+
+async fn bob_rings_alice_on_two_devices() -> Ringing {
+    use crate::calls::call_event;
+
+    let world = World::new();
+    let relay = world.relay("relay").unwrap();
+    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
+    let (p, mut on_phone) = call_events(&phone).await;
+    let (d, mut on_desktop) = call_events(&desktop).await;
+    let (b, on_bob) = call_events(&bob).await;
+    let started =
+        b.call_value("calls.start", json!({"to": "user:alice", "media": "audio"})).await.unwrap();
+    let id = started["call"]["call_id"].as_str().unwrap().to_owned();
+    for events in [&mut on_phone, &mut on_desktop] {
+        let ringing = call_event(events, "call.incoming", Some(&id)).await;
+        assert_eq!(ringing["call"]["peer"], "bob");
+    }
+    Ringing {
+        phone,
+        desktop,
+        on_phone,
+        on_desktop,
+        on_bob,
+        b,
+        started,
+        id,
+        _clients: (p, d),
+        _bob: bob,
+        _relay: relay,
+        _world: world,
+    }
+}
+
 #[tokio::test]
 async fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     use tokio_seqpacket::UnixSeqpacket;
 
     use crate::calls::{call_event, stream};
 
-    let world = World::new();
-    let relay = world.relay("relay").unwrap();
-    let (phone, desktop, bob) = alice_on_two_devices(&world, &relay).await;
-    let (_p, mut on_phone) = call_events(&phone).await;
-    let (_d, mut on_desktop) = call_events(&desktop).await;
-    let (b, mut on_bob) = call_events(&bob).await;
-
     // bob calls alice: it rings on both of her devices; the desktop takes it.
-    let started =
-        b.call_value("calls.start", json!({"to": "user:alice", "media": "audio"})).await.unwrap();
-    let id = started["call"]["call_id"].as_str().unwrap().to_owned();
-    let b_path = started["media_socket"].as_str().unwrap().to_owned();
-    for events in [&mut on_phone, &mut on_desktop] {
-        let ringing = call_event(events, "call.incoming", Some(&id)).await;
-        assert_eq!(ringing["call"]["peer"], "bob");
-    }
+    let r = bob_rings_alice_on_two_devices().await;
+    let b_path = r.started["media_socket"].as_str().unwrap().to_owned();
+    // Moved out of `r` (a place, not a temporary): the rest stays there to the end.
+    let Ringing { phone, desktop, mut on_phone, mut on_desktop, mut on_bob, b, id, .. } = r;
     let accepted = desktop.call("calls.accept", json!({"call_id": id})).await.unwrap();
     assert_eq!(accepted["call"]["state"], "active");
     let d_path = accepted["media_socket"].as_str().unwrap().to_owned();
@@ -334,6 +465,59 @@ async fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
             (Some("ended"), Some("rejected"))
         );
     }
+}
+
+/// The state and end reason ("" while none) of call `id` as `d` lists it.
+async fn call_on(d: &letstalk_tests::Daemon, id: &str) -> Option<(String, String)> {
+    let list = d.call("calls.list", json!({})).await.ok()?;
+    let call = list["calls"].as_array()?.iter().find(|c| c["call_id"] == id)?.clone();
+    let reason = call["end_reason"].as_str().unwrap_or_default().to_owned();
+    Some((call["state"].as_str()?.to_owned(), reason))
+}
+
+/// Both of alice's devices accept bob's call at the same instant: each is in the call
+/// before it hears of the other. The lower device id (the phone) keeps it and the desktop
+/// ends it as answered elsewhere; bob's call stays up and his hang-up ends the phone's.
+#[tokio::test]
+async fn two_devices_accepting_a_call_at_once_leave_exactly_one_in_it() {
+    use crate::calls::call_event;
+
+    let r = bob_rings_alice_on_two_devices().await;
+    let Ringing { phone, desktop, mut on_bob, b, id, .. } = r;
+    let accept = json!({"call_id": id});
+    let (p, d) = tokio::join!(
+        phone.call("calls.accept", accept.clone()),
+        desktop.call("calls.accept", accept)
+    );
+    assert!(p.is_ok() || d.is_ok(), "neither device took the call: {p:?} {d:?}");
+
+    let (on_p, on_d) = eventually(LIMIT, "exactly one device in the call", || async {
+        let (p, d) = (call_on(&phone, &id).await?, call_on(&desktop, &id).await?);
+        let states = [p.0.as_str(), d.0.as_str()];
+        (states.contains(&"active") && states.contains(&"ended")).then_some((p, d))
+    })
+    .await
+    .unwrap();
+    let left = if on_p.0 == "ended" { &on_p } else { &on_d };
+    assert_eq!(left.1, "answered_elsewhere", "phone {on_p:?}, desktop {on_d:?}");
+    if p.is_ok() && d.is_ok() {
+        // Both were in the call: the rule chose, the same way on both devices.
+        assert_eq!((on_p.0.as_str(), on_d.0.as_str()), ("active", "ended"));
+    }
+    let e = call_event(&mut on_bob, "call.state", Some(&id)).await;
+    assert_eq!(e["call"]["state"], "active");
+
+    // bob hangs up: the device in the call ends it as hung up; the other stays as it was.
+    b.call_value("calls.hangup", json!({"call_id": id})).await.unwrap();
+    let (kept, gone) = if on_p.0 == "active" { (&phone, &desktop) } else { (&desktop, &phone) };
+    eventually(LIMIT, "the call over on the device that kept it", || async {
+        let (state, reason) = call_on(kept, &id).await?;
+        (state == "ended").then_some(reason)
+    })
+    .await
+    .map(|reason| assert_eq!(reason, "hangup"))
+    .unwrap();
+    assert_eq!(call_on(gone, &id).await.unwrap().1, "answered_elsewhere");
 }
 
 /// The contact `user` as `d` lists it.

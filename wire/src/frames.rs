@@ -374,6 +374,10 @@ pub enum Request {
     /// this very connection ends its session like `Logout`: the answer is its notice).
     /// The account's other devices get `DevicesChanged`.
     RemoveDevice { device_id: u32 },
+    /// Replaces the sealed name of one of this account's devices (any of them, this one
+    /// too; `NotFound` for no such device of the account). Answered `Ok`; the account's
+    /// other devices get `DevicesChanged`.
+    RenameDevice { device_id: u32, name: Vec<u8> },
     /// Opens a link rendezvous for this account, named by `slot` (derived from the link
     /// code), holding the first message of the opening device; it lasts
     /// [`crate::LINK_SLOT_TTL_MS`]. Needs no more than `Hello` on the joining side. An
@@ -579,6 +583,10 @@ impl fmt::Debug for Request {
             Self::RemoveDevice { device_id } => {
                 f.debug_struct("RemoveDevice").field("device_id", device_id).finish()
             }
+            // The name is sealed, but its length still says something: never shown.
+            Self::RenameDevice { device_id, .. } => {
+                f.debug_struct("RenameDevice").field("device_id", device_id).finish_non_exhaustive()
+            }
             Self::LinkOpen { hello, .. } => {
                 f.debug_struct("LinkOpen").field("len", &hello.len()).finish_non_exhaustive()
             }
@@ -662,6 +670,7 @@ mod tag {
     pub(super) const LINK_GET: u8 = 0x35;
     pub(super) const FETCH_BUNDLES: u8 = 0x36;
     pub(super) const SEND_COPIES: u8 = 0x37;
+    pub(super) const RENAME_DEVICE: u8 = 0x38;
 
     pub(super) const R_HELLO_OK: u8 = 0x80;
     pub(super) const R_OK: u8 = 0x81;
@@ -965,6 +974,11 @@ impl Request {
                 w.u8(tag::REMOVE_DEVICE);
                 w.u32(*device_id);
             }
+            Self::RenameDevice { device_id, name } => {
+                w.u8(tag::RENAME_DEVICE);
+                w.u32(*device_id);
+                w.bytes(name);
+            }
             Self::LinkOpen { slot, hello } => {
                 w.u8(tag::LINK_OPEN);
                 w.raw(slot);
@@ -1125,6 +1139,10 @@ impl Request {
                 name: r.bytes(MAX_DEVICE_NAME_LEN, "name")?,
             },
             tag::REMOVE_DEVICE => Self::RemoveDevice { device_id: r.u32()? },
+            tag::RENAME_DEVICE => Self::RenameDevice {
+                device_id: r.u32()?,
+                name: r.bytes(MAX_DEVICE_NAME_LEN, "name")?,
+            },
             tag::LINK_OPEN => {
                 Self::LinkOpen { slot: r.array()?, hello: r.bytes(MAX_LINK_LEN, "hello")? }
             }

@@ -23,8 +23,9 @@
 //!   prekeys and mailbox, numbered from 1 and never renumbered (`Authenticated` names
 //!   the connection's device; `Register` makes device 1). The identity key is the
 //!   account's. `ListDevices` tells one's own devices with their sealed names and times,
-//!   another account's ids only (what a sender needs); `AddDevice` and `RemoveDevice`
-//!   change the list, and the account's other connected devices get `DevicesChanged`.
+//!   another account's ids only (what a sender needs); `AddDevice`, `RemoveDevice` and
+//!   `RenameDevice` change the list, and the account's other connected devices get
+//!   `DevicesChanged`.
 //!   A removed device, or every other device on a password `Login` (which moves the
 //!   account to the logging-in device), gets `LoggedOut`, loses its mailbox and
 //!   prekeys, and its key no longer authenticates.

@@ -173,6 +173,8 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<[u8; 32]>(), blob(100))
             .prop_map(|(device_key, name)| Request::AddDevice { device_key, name }),
         any::<u32>().prop_map(|device_id| Request::RemoveDevice { device_id }),
+        (any::<u32>(), blob(100))
+            .prop_map(|(device_id, name)| Request::RenameDevice { device_id, name }),
         (any::<[u8; 16]>(), blob(200)).prop_map(|(slot, hello)| Request::LinkOpen { slot, hello }),
         (any::<[u8; 16]>(), blob(200)).prop_map(|(slot, data)| Request::LinkPut { slot, data }),
         any::<[u8; 16]>().prop_map(|slot| Request::LinkGet { slot }),
@@ -472,6 +474,31 @@ fn hex_snapshots() {
         Response::Blob { size: 9, stored: 3 }.encode().unwrap(),
         "000000118b00000000000000090000000000000003",
     );
+    check(
+        Request::RenameDevice { device_id: 2, name: vec![0xAB, 0xCD] }.encode().unwrap(),
+        "0000000b380000000200000002abcd",
+    );
+}
+
+/// A device name is sealed, yet even its bytes stay out of logs: `Debug` shows the
+/// device id only.
+#[test]
+fn device_names_are_not_debug_printed() {
+    let name = b"Canary-Name".to_vec();
+    let rename = format!("{:?}", Request::RenameDevice { device_id: 7, name: name.clone() });
+    assert_eq!(rename, "RenameDevice { device_id: 7, .. }");
+    let add = format!("{:?}", Request::AddDevice { device_key: [1; 32], name });
+    assert_eq!(add, "AddDevice { .. }");
+}
+
+#[test]
+fn a_rename_longer_than_a_device_name_is_refused() {
+    let long = Request::RenameDevice { device_id: 1, name: vec![0; MAX_DEVICE_NAME_LEN + 1] };
+    let frame = long.encode().unwrap();
+    assert_eq!(Request::decode(&frame[4..]), Err(WireError::FieldTooLong("name")));
+    let fits = Request::RenameDevice { device_id: 1, name: vec![0; MAX_DEVICE_NAME_LEN] };
+    let frame = fits.encode().unwrap();
+    assert_eq!(Request::decode(&frame[4..]), Ok(fits));
 }
 
 #[test]

@@ -64,6 +64,7 @@ METHODS: tuple[str, ...] = (
     "account.link",
     "devices.list",
     "devices.remove",
+    "devices.rename",
     "settings.get",
     "settings.set",
     "privacy.clear_history",

@@ -32,16 +32,33 @@ class Helpers:
         return self.call("system.schema")
 
     # account
-    def register(self, user_id: str, email: str, nickname: str, password: str) -> Any:
-        """`account.register` → the account object."""
+    def register(
+        self,
+        user_id: str,
+        email: str,
+        nickname: str,
+        password: str,
+        device_name: Optional[str] = None,
+    ) -> Any:
+        """`account.register` → the account object. Without `device_name` the daemon
+        names this device (its host name)."""
         return self.call(
             "account.register",
-            {"user_id": user_id, "email": email, "nickname": nickname, "password": password},
+            _params(
+                user_id=user_id,
+                email=email,
+                nickname=nickname,
+                password=password,
+                device_name=device_name,
+            ),
         )
 
-    def login(self, user_id: str, password: str) -> Any:
+    def login(self, user_id: str, password: str, device_name: Optional[str] = None) -> Any:
         """`account.login` → the account object."""
-        return self.call("account.login", {"user_id": user_id, "password": password})
+        return self.call(
+            "account.login",
+            _params(user_id=user_id, password=password, device_name=device_name),
+        )
 
     def logout(self) -> Any:
         """`account.logout`."""

@@ -336,12 +336,25 @@ pub fn receive(
     Ok(out)
 }
 
-/// Applies call signalling from another device of our own account (inside the receive
-/// transaction): a call rings on every device of the callee, and the first to take it
-/// tells the others. Its answer ends the call ringing here with `answered_elsewhere`; its
-/// refusal ends it as `rejected`. Only a call that still rings here, incoming, is touched:
-/// a device of ours cannot end a call this device took, nor one it made.
-pub fn receive_own(tx: &Connection, content: &Content, now: i64) -> Result<Effects, StoreError> {
+/// Applies call signalling from our own account's device `from_device` (inside the
+/// receive transaction): a call rings on every device of the callee, and the first to
+/// take it tells the others. Its answer ends the call ringing here with
+/// `answered_elsewhere`; its refusal ends it as `rejected`. Only an incoming call is
+/// touched, never one this device made.
+///
+/// Two devices that accept at the same instant are both active before either hears of
+/// the other. Both apply the same rule to the other's answer: the device with the lower
+/// relay device id keeps the call, the other ends it here as `answered_elsewhere`
+/// ([`yields_to`]); its media goes down with the manager's next look (`reconcile`), and
+/// the caller, who took the first answer, is not told anything. `own_device` is this
+/// device's id on the relay; unknown, this device never gives up a call it took.
+pub fn receive_own(
+    tx: &Connection,
+    content: &Content,
+    from_device: u32,
+    own_device: Option<u32>,
+    now: i64,
+) -> Result<Effects, StoreError> {
     let (call_id, reason) = match content {
         Content::CallAnswer { call_id } => (call_id, CallEndReason::AnsweredElsewhere),
         Content::CallEnd { call_id, reason } if reason == "rejected" => {
@@ -350,13 +363,28 @@ pub fn receive_own(tx: &Connection, content: &Content, now: i64) -> Result<Effec
         _ => return Ok(Effects::default()),
     };
     let mut out = Effects::default();
-    if let Some(call) = get(tx, call_id)?
-        && call.direction == Direction::In
-        && call.state == CallState::Ringing
-    {
+    let Some(call) = get(tx, call_id)? else { return Ok(out) };
+    if call.direction != Direction::In {
+        return Ok(out);
+    }
+    let ends = match (call.state, reason) {
+        (CallState::Ringing, _) => true,
+        (CallState::Active, CallEndReason::AnsweredElsewhere) => {
+            own_device.is_some_and(|me| yields_to(me, from_device))
+        }
+        _ => false,
+    };
+    if ends {
         out.last_event = ended(tx, call_id, reason, now)?;
     }
     Ok(out)
+}
+
+/// Whether device `me`, having taken a call, gives it up to device `other` of the same
+/// account that took it too: the lower device id keeps it. Both devices decide the same
+/// way, whatever order the answers arrive in, so exactly one keeps the call.
+pub fn yields_to(me: u32, other: u32) -> bool {
+    other < me
 }
 
 /// Tells our account's other devices that this one took or declined an incoming call
@@ -378,5 +406,69 @@ pub fn offer(call_id: &str, media: CallMedia, key: &CallKey, now: i64) -> Conten
         at: now,
         media: media_str(media).to_owned(),
         key: Secret(hex::encode(key.to_bytes().as_slice())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0d6f4c1e-58a5-4c3b-9a4b-2f6d8c1a7e90";
+
+    /// One incoming call from bob, in `state` on this device, then our device `from`'s
+    /// `content` about it applied on this device (`own`): the call as it is after.
+    fn after(state: CallState, content: Content, from: u32, own: Option<u32>) -> Call {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        store
+            .with(|c| {
+                let key = CallKey::from_bytes([7; 32]);
+                insert(c, ID, "bob", Direction::In, CallMedia::Audio, Some(&key), 1)?;
+                if state == CallState::Active {
+                    answered(c, ID, 2)?;
+                }
+                receive_own(c, &content, from, own, 3)?;
+                Ok(get(c, ID)?.unwrap())
+            })
+            .unwrap()
+    }
+
+    fn answer() -> Content {
+        Content::CallAnswer { call_id: ID.into() }
+    }
+
+    /// Two of our devices took one call at the same instant: each hears the other's
+    /// answer while its own call is active. The lower device id keeps the call, the other
+    /// ends it as answered elsewhere, whatever the ids and whichever answer comes first.
+    #[test]
+    fn of_two_devices_that_took_a_call_at_once_the_lower_id_keeps_it() {
+        for (own, other) in [(1, 2), (2, 1), (2, 5), (7, 3)] {
+            let call = after(CallState::Active, answer(), other, Some(own));
+            let kept = own < other;
+            assert_eq!(call.state == CallState::Active, kept, "{own} vs {other}");
+            if !kept {
+                assert_eq!(call.end_reason, Some(CallEndReason::AnsweredElsewhere));
+            }
+            // The other device applies the same rule to this one's answer.
+            let theirs = after(CallState::Active, answer(), own, Some(other));
+            assert_ne!(theirs.state == CallState::Active, kept, "exactly one keeps it");
+        }
+        assert!(yields_to(2, 1) && !yields_to(1, 2));
+    }
+
+    #[test]
+    fn a_ringing_call_ends_whoever_answered_and_a_taken_one_only_by_the_rule() {
+        let call = after(CallState::Ringing, answer(), 9, Some(1));
+        assert_eq!(
+            (call.state, call.end_reason),
+            (CallState::Ended, Some(CallEndReason::AnsweredElsewhere))
+        );
+        let reject = Content::CallEnd { call_id: ID.into(), reason: "rejected".into() };
+        let call = after(CallState::Ringing, reject.clone(), 2, Some(1));
+        assert_eq!(call.end_reason, Some(CallEndReason::Rejected));
+        // A call taken here is never declined by another device, and without knowing its
+        // own id a device keeps what it took.
+        assert_eq!(after(CallState::Active, reject, 1, Some(2)).state, CallState::Active);
+        assert_eq!(after(CallState::Active, answer(), 1, None).state, CallState::Active);
     }
 }

@@ -71,6 +71,7 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
     } else {
         Vec::new()
     };
+    let own_device = daemon.relay.as_ref().and_then(|r| r.device_id());
     let outcome = daemon
         .store
         .call(move |c| {
@@ -79,7 +80,8 @@ pub async fn apply_messages(daemon: &Arc<Daemon>, acks: &Acks, batch: Vec<Incomi
                 .iter()
                 .map(|m| (m.from.as_str(), m.from_device, m.msg_id.as_str(), m.body.as_slice()))
                 .collect();
-            receive::receive_many(c, &me, &items, now_ms()).map(Some)
+            let me = receive::Me { account: &me, device: own_device };
+            receive::receive_many(c, me, &items, now_ms()).map(Some)
         })
         .await;
     match outcome {
@@ -245,6 +247,9 @@ pub async fn apply(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, acks: &Acks,
                 daemon.prekey_wake.notify_one();
                 crate::methods::sync_privacy(daemon).await;
                 rewatch(daemon, relay).await;
+                // A name the relay did not take yet (it was out of reach at the login).
+                let named = Arc::clone(daemon);
+                tokio::spawn(async move { crate::methods::name_own_device(&named).await });
             }
         }
     }

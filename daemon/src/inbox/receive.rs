@@ -36,7 +36,8 @@ pub enum Received {
 pub type Delivery<'a> = (&'a str, u32, &'a str, &'a [u8]);
 
 /// Applies one envelope from `sender`'s device `device` that the relay delivered as
-/// `relay_id`.
+/// `relay_id`, on a device whose own relay device id is not known (as in tests of one
+/// device per account: see [`receive_many`]).
 pub fn receive(
     conn: &mut Connection,
     me: &Account,
@@ -46,22 +47,33 @@ pub fn receive(
     bytes: &[u8],
     now: i64,
 ) -> Result<Received, StoreError> {
+    let me = Me { account: me, device: None };
     Ok(receive_many(conn, me, &[(sender, device, relay_id, bytes)], now)?.remove(0))
+}
+
+/// Who receives: the account, and this device's id on the relay when known (it settles
+/// which of two devices that took one call at the same instant keeps it).
+#[derive(Debug, Clone, Copy)]
+pub struct Me<'a> {
+    pub account: &'a Account,
+    pub device: Option<u32>,
 }
 
 /// [`receive`] for several deliveries in one transaction (one disk sync for all), each
 /// applied in its own savepoint, in order.
 pub fn receive_many(
     conn: &mut Connection,
-    me: &Account,
+    me: Me<'_>,
     items: &[Delivery<'_>],
     now: i64,
 ) -> Result<Vec<Received>, StoreError> {
+    let own_device = me.device;
+    let me = me.account;
     let mut tx = conn.transaction()?;
     let mut out = Vec::with_capacity(items.len());
     for (sender, device, relay_id, bytes) in items {
         let sp = tx.savepoint()?;
-        out.push(receive_in(&sp, me, sender, *device, relay_id, bytes, now)?);
+        out.push(receive_in(&sp, me, own_device, sender, *device, relay_id, bytes, now)?);
         sp.commit()?;
     }
     // What the batch queued for its senders (delivery receipts, merged into one per
@@ -81,9 +93,11 @@ pub fn receive_many(
 
 /// Applies one delivery inside the caller's transaction; everything it writes is meant
 /// to be committed, also when the delivery is dropped (so it is not applied twice).
+#[expect(clippy::too_many_arguments, reason = "one delivery's parts, as received")]
 fn receive_in(
     tx: &Connection,
     me: &Account,
+    own_device: Option<u32>,
     sender: &str,
     device: u32,
     relay_id: &str,
@@ -114,7 +128,7 @@ fn receive_in(
     match e2e::open(tx, me, sender, device, bytes)? {
         e2e::Opened::Plain(record, plaintext) => {
             tracing::debug!(target: crate::clock::PATH, relay = %relay_id, "decrypted");
-            apply_plaintext(tx, me, sender, device, *record, plaintext, now)
+            apply_plaintext(tx, me, own_device, sender, device, *record, plaintext, now)
         }
         e2e::Opened::Duplicate => Ok(Received::Dropped("duplicate message".into())),
         e2e::Opened::Undecryptable(why) => undecryptable(tx, sender, device, relay_id, why, now),
@@ -144,9 +158,11 @@ fn undecryptable(
 }
 
 /// Stores the sessions that opened a delivery and applies its plaintext.
+#[expect(clippy::too_many_arguments, reason = "one delivery's parts, as opened")]
 fn apply_plaintext(
     tx: &Connection,
     me: &Account,
+    own_device: Option<u32>,
     sender: &str,
     device: u32,
     record: SessionRecord,
@@ -155,7 +171,7 @@ fn apply_plaintext(
 ) -> Result<Received, StoreError> {
     let plaintext = zeroize::Zeroizing::new(plaintext);
     if sender == me.user_id {
-        return from_own_device(tx, me, device, record, &plaintext, now);
+        return from_own_device(tx, me, own_device, device, record, &plaintext, now);
     }
     e2e::save_record(tx, sender, device, &record, now)?;
     let conversation = format!("user:{sender}");
@@ -248,6 +264,7 @@ fn apply_plaintext(
 fn from_own_device(
     tx: &Connection,
     me: &Account,
+    own_device: Option<u32>,
     device: u32,
     record: SessionRecord,
     plaintext: &[u8],
@@ -308,7 +325,7 @@ fn from_own_device(
         }
         // Another of our devices took or declined a call that rings here too.
         Some(c @ (Content::CallAnswer { .. } | Content::CallEnd { .. })) => {
-            Ok(calls::receive_own(tx, &c, now)?)
+            Ok(calls::receive_own(tx, &c, device, own_device, now)?)
         }
         Some(_) => Err("not something our own devices tell each other".to_owned()),
         None => Err("unknown content".to_owned()),
@@ -725,7 +742,8 @@ mod tests {
 
         let items: Vec<Delivery<'_>> =
             rows.iter().map(|o| ("alice", 1, o.relay_id.as_str(), body(o))).collect();
-        let got = bob.store.with(|c| receive_many(c, &bob.account, &items, 8)).unwrap();
+        let me = Me { account: &bob.account, device: None };
+        let got = bob.store.with(|c| receive_many(c, me, &items, 8)).unwrap();
         assert!(got.iter().all(|r| matches!(r, Received::Applied { .. })), "{got:?}");
         assert_eq!(
             (text_of(&bob, "m2"), text_of(&bob, "m3")),

@@ -11,6 +11,7 @@ use letstalk_ipc::types::{
 use letstalk_ipc::{ErrorKind, RpcError};
 use letstalk_wire::{AvatarUpdate, Request, Response};
 
+use super::devices::{OwnName, name_own_device, save_own_name};
 use super::{internal, logged_in};
 use crate::account::{self, Account, generate_prekeys};
 use crate::relay::{Credentials, RelayApi, check, expect_ok};
@@ -61,12 +62,14 @@ pub(super) async fn upload_keys(
 /// new keys), nothing of it stays: see [`forget_previous_account`].
 ///
 /// A linked device also takes over the account's state from the device that linked it
-/// (`linked`), in the same transaction.
+/// (`linked`), in the same transaction. `own_name` is what this device still has to
+/// tell the relay its name is (see [`super::devices::name_own_device`]).
 pub(super) async fn store_account(
     daemon: &Arc<Daemon>,
     a: Account,
     prekeys: Vec<letstalk_crypto::PreKeySecret>,
     linked: Option<crate::linking::Snapshot>,
+    own_name: OwnName,
 ) -> Result<IpcAccount, RpcError> {
     let ipc = a.to_ipc();
     let body = EventBody::AccountChanged { account: ipc.clone() };
@@ -101,6 +104,7 @@ pub(super) async fn store_account(
                 crate::linking::import(&tx, snapshot)?;
             }
             a.save(&tx)?;
+            save_own_name(&tx, &own_name)?;
             for k in &prekeys {
                 account::save_prekey(&tx, k, now)?;
             }
@@ -167,6 +171,7 @@ pub(super) async fn register(
         Some(path) => Some(validate::avatar("avatar", path)?),
         None => None,
     };
+    let own_name = OwnName::from_param(p.device_name.as_deref())?;
     if let Some(current) = daemon.user() {
         return Err(RpcError::new(
             ErrorKind::InvalidState,
@@ -200,14 +205,29 @@ pub(super) async fn register(
         relay.request(update).await.and_then(check).map_err(|e| e.to_rpc("avatar"))?;
     }
     upload_keys(relay.as_ref(), &a, &prekeys).await?;
-    store_account(daemon, a, prekeys, None).await
+    let account = store_account(daemon, a, prekeys, None, own_name).await?;
+    name_now(daemon).await;
+    Ok(account)
 }
+
+/// Names this device on the relay before `account.register` or `account.login` answers,
+/// so `devices.list` shows the name at once. Bounded: a relay gone meanwhile gets the
+/// name at the next connection, and the account works without it.
+async fn name_now(daemon: &Arc<Daemon>) {
+    if tokio::time::timeout(NAME_WAIT, name_own_device(daemon)).await.is_err() {
+        tracing::debug!("naming this device on the relay timed out; tried again later");
+    }
+}
+
+/// How long `account.register` and `account.login` wait for the device's name to be set.
+const NAME_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(super) async fn login(daemon: &Arc<Daemon>, p: LoginParams) -> Result<IpcAccount, RpcError> {
     let user_id = validate::user_id("user_id", &p.user_id)?;
     if p.password.0.is_empty() {
         return Err(RpcError::invalid_params("password", "password is empty"));
     }
+    let own_name = OwnName::from_param(p.device_name.as_deref())?;
     if let Some(current) = daemon.user() {
         return Err(RpcError::new(
             ErrorKind::InvalidState,
@@ -266,7 +286,9 @@ pub(super) async fn login(daemon: &Arc<Daemon>, p: LoginParams) -> Result<IpcAcc
         generate_prekeys(&a.identity, &mut OsRng)
     };
     upload_keys(relay.as_ref(), &a, &prekeys).await?;
-    store_account(daemon, a, prekeys, None).await
+    let account = store_account(daemon, a, prekeys, None, own_name).await?;
+    name_now(daemon).await;
+    Ok(account)
 }
 
 pub(super) async fn logout(daemon: &Arc<Daemon>, _: Empty) -> Result<Empty, RpcError> {

@@ -4,23 +4,32 @@
 //! account's identity key and state, sealed under a key only the two devices agreed on
 //! (SPAKE2 from the code, `letstalk_crypto::link`). The relay holds the rendezvous and
 //! sees only the slot id, the SPAKE2 messages and ciphertext.
+//!
+//! Every device has a name, sealed under a key from the identity key before the relay
+//! sees it: a linked device's comes with `AddDevice`; a device that registered or logged
+//! in names itself (`OwnName`, kept in `meta` until the relay took it, so a relay out of
+//! reach gets it at the next connection, `name_own_device`); `devices.rename` renames
+//! any device of the account.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
+use rusqlite::OptionalExtension;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use letstalk_crypto::IdentityKeyPair;
 use letstalk_crypto::link::{LinkCode, LinkJoiner, LinkOpener, open_device_name, seal_device_name};
 use letstalk_ipc::types::{
-    Account as IpcAccount, DeviceIdParams, DevicesList, Empty, EventBody, LinkParams,
-    LinkStartResult, LinkedDevice,
+    Account as IpcAccount, DeviceIdParams, DeviceRenameParams, DevicesList, Empty, EventBody,
+    LinkParams, LinkStartResult, LinkedDevice,
 };
 use letstalk_ipc::{ErrorKind, RpcError};
-use letstalk_wire::{ErrorKind as WireKind, LINK_SLOT_TTL_MS, LinkSlot, Request, Response};
+use letstalk_wire::{
+    DeviceInfo, ErrorKind as WireKind, LINK_SLOT_TTL_MS, LinkSlot, Request, Response,
+};
 
 use super::account::{credentials, current, relay, store_account, upload_keys};
 use super::internal;
@@ -191,14 +200,16 @@ fn claim(device_key: &[u8; 32], name: &str) -> Vec<u8> {
 fn parse_claim(claim: &[u8]) -> Option<([u8; 32], String)> {
     let (key, name) = claim.split_first_chunk::<32>()?;
     let name = std::str::from_utf8(name).ok()?;
-    device_name(name).ok().map(|n| (*key, n))
+    device_name("device_name", name).ok().map(|n| (*key, n))
 }
 
-fn device_name(raw: &str) -> Result<String, RpcError> {
+/// A device name as every method takes it: trimmed, 1 to 64 characters, no control
+/// characters; `field` names the param in the error.
+pub(super) fn device_name(field: &str, raw: &str) -> Result<String, RpcError> {
     let name = raw.trim();
     if name.is_empty() || name.chars().count() > NAME_MAX || name.chars().any(char::is_control) {
         return Err(RpcError::invalid_params(
-            "device_name",
+            field,
             format!("1 to {NAME_MAX} characters, no control characters"),
         ));
     }
@@ -214,7 +225,7 @@ pub(super) async fn link(daemon: &Arc<Daemon>, p: LinkParams) -> Result<IpcAccou
     }
     let code = LinkCode::parse(&p.code)
         .map_err(|_| RpcError::invalid_params("code", "not a link code"))?;
-    let name = device_name(&p.device_name)?;
+    let name = device_name("device_name", &p.device_name)?;
     let relay = relay(daemon)?;
     let rendezvous = code.slot();
     let hello = match slot(relay.as_ref(), rendezvous).await.map_err(|e| e.to_rpc("code"))? {
@@ -259,7 +270,8 @@ pub(super) async fn link(daemon: &Arc<Daemon>, p: LinkParams) -> Result<IpcAccou
     relay.authenticate(credentials(&a)).await.map_err(|e| e.to_rpc(""))?;
     let prekeys = generate_prekeys(&a.identity, &mut OsRng);
     upload_keys(relay.as_ref(), &a, &prekeys).await?;
-    store_account(daemon, a, prekeys, Some(snapshot)).await
+    // The device that added this one sealed its name into `AddDevice`.
+    store_account(daemon, a, prekeys, Some(snapshot), OwnName::Sent).await
 }
 
 /// The account row a linked device keeps: the account's identity, its own device key.
@@ -291,28 +303,174 @@ pub(super) async fn list(daemon: &Arc<Daemon>, _: Empty) -> Result<DevicesList, 
     let me = current(daemon).await?;
     let relay = relay(daemon)?;
     let this = relay.device_id();
-    let answer = relay
-        .request(Request::ListDevices { user_id: me.user_id.clone() })
-        .await
-        .and_then(check)
-        .map_err(|e| e.to_rpc(""))?;
-    let Response::Devices { devices } = answer else {
-        return Err(RpcError::internal("unexpected answer from the relay"));
-    };
-    let devices = devices
-        .into_iter()
-        .map(|d| LinkedDevice {
-            device_id: d.device_id,
-            // A name that does not open (sealed by no device of ours) is shown as unknown,
-            // never as the relay's bytes.
-            name: open_device_name(&me.identity, &d.name).unwrap_or_default(),
-            linked_at: i64::try_from(d.linked_at).unwrap_or(i64::MAX),
-            last_seen_at: (d.last_seen_at > 0)
-                .then(|| i64::try_from(d.last_seen_at).unwrap_or(i64::MAX)),
-            this_device: Some(d.device_id) == this,
-        })
-        .collect();
+    let devices = own_devices(relay.as_ref(), &me).await.map_err(|e| e.to_rpc(""))?;
+    let devices = devices.into_iter().map(|d| linked_device(&me, this, d)).collect();
     Ok(DevicesList { devices })
+}
+
+/// The account's devices as the relay lists them (names sealed).
+async fn own_devices(relay: &dyn RelayApi, me: &Account) -> Result<Vec<DeviceInfo>, RelayError> {
+    let answer = relay.request(Request::ListDevices { user_id: me.user_id.clone() }).await;
+    match answer.and_then(check)? {
+        Response::Devices { devices } => Ok(devices),
+        _ => Err(RelayError::Unexpected),
+    }
+}
+
+/// One device as `devices.list` shows it.
+fn linked_device(me: &Account, this: Option<u32>, d: DeviceInfo) -> LinkedDevice {
+    LinkedDevice {
+        device_id: d.device_id,
+        // A name that does not open (sealed by no device of ours) is shown as unknown,
+        // never as the relay's bytes.
+        name: open_device_name(&me.identity, &d.name).unwrap_or_default(),
+        linked_at: i64::try_from(d.linked_at).unwrap_or(i64::MAX),
+        last_seen_at: (d.last_seen_at > 0)
+            .then(|| i64::try_from(d.last_seen_at).unwrap_or(i64::MAX)),
+        this_device: Some(d.device_id) == this,
+    }
+}
+
+/// `devices.rename`: any device of the account, from any of its devices. The relay tells
+/// the account's other devices (`DevicesChanged`); their `devices.list` reads the new
+/// name from the relay.
+pub(super) async fn rename(
+    daemon: &Arc<Daemon>,
+    p: DeviceRenameParams,
+) -> Result<LinkedDevice, RpcError> {
+    let name = device_name("name", &p.name)?;
+    let me = current(daemon).await?;
+    let relay = relay(daemon)?;
+    let this = relay.device_id();
+    let sealed = seal_device_name(&me.identity, &name, &mut OsRng)
+        .map_err(|_| RpcError::internal("sealing the device name"))?;
+    expect_ok(relay.as_ref(), Request::RenameDevice { device_id: p.device_id, name: sealed })
+        .await
+        .map_err(|e| e.to_rpc("device_id"))?;
+    if this == Some(p.device_id) {
+        // Named by hand: a name this device still meant to give itself never replaces it.
+        daemon.store.call(|c| save_own_name(c, &OwnName::Sent)).await.map_err(internal)?;
+    }
+    let devices = own_devices(relay.as_ref(), &me).await.map_err(|e| e.to_rpc(""))?;
+    let device = devices
+        .into_iter()
+        .find(|d| d.device_id == p.device_id)
+        .ok_or_else(|| RpcError::new(ErrorKind::NotFound, "the device was removed meanwhile"))?;
+    Ok(linked_device(&me, this, device))
+}
+
+/// The name this device gives itself on the relay after `account.register` or
+/// `account.login`, kept in `meta` (`own_device_name`) until the relay has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OwnName {
+    /// Chosen by the user: set it.
+    Chosen(String),
+    /// Made up by the daemon: set it only if the device has no name that opens (a device
+    /// logging back in keeps the name it was given).
+    IfUnnamed(String),
+    /// The relay has it (or it was given by hand): nothing to do.
+    Sent,
+}
+
+impl OwnName {
+    /// For `account.register` and `account.login`: the name asked for, checked, or one
+    /// the daemon makes from what it knows of the device.
+    pub(super) fn from_param(param: Option<&str>) -> Result<Self, RpcError> {
+        match param {
+            Some(raw) => Ok(Self::Chosen(device_name("device_name", raw)?)),
+            None => Ok(Self::IfUnnamed(crate::device::default_name())),
+        }
+    }
+
+    /// The `meta` value: a mark, then the name.
+    fn encode(&self) -> String {
+        match self {
+            Self::Chosen(n) => format!("={n}"),
+            Self::IfUnnamed(n) => format!("?{n}"),
+            Self::Sent => "sent".to_owned(),
+        }
+    }
+
+    fn decode(value: &str) -> Option<Self> {
+        if let Some(n) = value.strip_prefix('=') {
+            return Some(Self::Chosen(n.to_owned()));
+        }
+        if let Some(n) = value.strip_prefix('?') {
+            return Some(Self::IfUnnamed(n.to_owned()));
+        }
+        (value == "sent").then_some(Self::Sent)
+    }
+}
+
+/// Records what this device still has to tell the relay of its name (in the caller's
+/// transaction, for `store_account`).
+pub(super) fn save_own_name(
+    c: &rusqlite::Connection,
+    name: &OwnName,
+) -> Result<(), crate::store::StoreError> {
+    c.execute(
+        "INSERT INTO meta (key, value) VALUES ('own_device_name', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [name.encode()],
+    )?;
+    Ok(())
+}
+
+/// Gives this device the name it still owes the relay, if any: after `account.register`
+/// and `account.login`, and at every connection until the relay has it. A device that
+/// never recorded one (it registered before devices had names) names itself the same
+/// way, only if it has no name. Best effort: a failure leaves it for the next time.
+pub(crate) async fn name_own_device(daemon: &Arc<Daemon>) {
+    if let Err(e) = try_name_own_device(daemon).await {
+        tracing::debug!(error = %e, "naming this device on the relay; tried again at the next connection");
+    }
+}
+
+async fn try_name_own_device(daemon: &Arc<Daemon>) -> Result<(), RelayError> {
+    let Some(relay) = daemon.relay.clone() else { return Ok(()) };
+    if daemon.user().is_none() {
+        return Ok(());
+    }
+    let Ok(Some((me, owed))) = daemon
+        .store
+        .call(|c| {
+            let owed: Option<String> = c
+                .query_row("SELECT value FROM meta WHERE key = 'own_device_name'", [], |r| r.get(0))
+                .optional()?;
+            Ok(Account::load(c)?.map(|a| (a, owed)))
+        })
+        .await
+    else {
+        return Ok(());
+    };
+    let owed = match owed.as_deref().map(OwnName::decode) {
+        None => OwnName::IfUnnamed(crate::device::default_name()),
+        Some(None | Some(OwnName::Sent)) => return Ok(()),
+        Some(Some(owed)) => owed,
+    };
+    let Some(this) = relay.device_id() else { return Err(RelayError::Unavailable) };
+    let name = match owed {
+        OwnName::Chosen(name) => Some(name),
+        OwnName::IfUnnamed(name) => {
+            let devices = own_devices(relay.as_ref(), &me).await?;
+            let named = devices.iter().any(|d| {
+                d.device_id == this
+                    && !open_device_name(&me.identity, &d.name).unwrap_or_default().is_empty()
+            });
+            (!named).then_some(name)
+        }
+        OwnName::Sent => None,
+    };
+    if let Some(name) = name {
+        let sealed = seal_device_name(&me.identity, &name, &mut OsRng)
+            .map_err(|_| RelayError::Unexpected)?;
+        expect_ok(relay.as_ref(), Request::RenameDevice { device_id: this, name: sealed }).await?;
+    }
+    let saved = daemon.store.call(|c| save_own_name(c, &OwnName::Sent)).await;
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "recording that this device is named");
+    }
+    Ok(())
 }
 
 pub(super) async fn remove(daemon: &Arc<Daemon>, p: DeviceIdParams) -> Result<Empty, RpcError> {

@@ -33,6 +33,7 @@ use crate::store::StoreError;
 
 pub(crate) use account::mark_logged_out;
 pub(crate) use contacts::sync_privacy;
+pub(crate) use devices::name_own_device;
 pub use settings::Settings;
 
 /// What a method produced.
@@ -123,6 +124,7 @@ pub async fn call(
         "account.link" => reply(devices::link(daemon, parse(params)?).await?),
         "devices.list" => reply(devices::list(daemon, parse(params)?).await?),
         "devices.remove" => reply(devices::remove(daemon, parse(params)?).await?),
+        "devices.rename" => reply(devices::rename(daemon, parse(params)?).await?),
         other => Err(RpcError::method_not_found(other)),
     }
 }

@@ -1,5 +1,5 @@
 //! Device requests: the account's devices (`ListDevices`, `AddDevice`, `RemoveDevice`,
-//! each change pushed as `DevicesChanged` to the account's other devices) and the link
+//! `RenameDevice`, each change pushed as `DevicesChanged` to the account's other devices) and the link
 //! rendezvous a new device joins through (`LinkOpen` by the account, `LinkPut` and
 //! `LinkGet` by either side, the joining one without an account).
 
@@ -86,6 +86,17 @@ pub(super) async fn handle<S: Storage>(
                 log_out(st, &user, device_id).await;
             }
             devices_changed(st, &user, Some(device_id)).await;
+            Ok(Response::Ok)
+        }
+        Request::RenameDevice { device_id, name } => {
+            // Only ever a device of the connection's own account: the storage is asked
+            // for (this account, device_id), so another account's device is no such one.
+            let (user, me) = require_device(st, ctx)?;
+            if !st.storage.rename_device(&user, device_id, name).await.map_err(storage_fail)? {
+                return Err(fail(ErrorKind::NotFound, "no such device"));
+            }
+            debug!(user_id = user, device_id, "device renamed");
+            devices_changed(st, &user, Some(me)).await;
             Ok(Response::Ok)
         }
         Request::LinkOpen { slot, hello } => {

@@ -115,6 +115,7 @@ async fn route<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request)
         Request::ListDevices { .. }
         | Request::AddDevice { .. }
         | Request::RemoveDevice { .. }
+        | Request::RenameDevice { .. }
         | Request::LinkOpen { .. }
         | Request::LinkPut { .. }
         | Request::LinkGet { .. } => devices::handle(st, ctx, req).await,

@@ -1,9 +1,9 @@
 //! The account writes that take more than one step: creating an account (its record,
 //! `blocks.<user>`, directory entry and device key index), the devices (a login that
-//! moves the account, an added device, a removed one: its mailbox, keys and prekeys go
-//! with it), deleting an account (everything naming it, in every bucket and stream),
-//! changing a profile (avatar object and record) and storing a device's keys. The
-//! `Storage` impl in `mod.rs` calls these.
+//! moves the account, an added device, a renamed one, a removed one: its mailbox, keys
+//! and prekeys go with it), deleting an account (everything naming it, in every bucket
+//! and stream), changing a profile (avatar object and record) and storing a device's
+//! keys. The `Storage` impl in `mod.rs` calls these.
 
 use super::*;
 
@@ -151,6 +151,29 @@ impl NatsStorage {
         let Some(d) = gone else { return Ok(false) };
         self.purge_device(user_id, device_id, &d.key).await?;
         Ok(true)
+    }
+
+    /// Replaces a device's sealed name in the account record (compare-and-set, so a
+    /// concurrent add or removal is never lost); false for no such device or account.
+    pub(super) async fn set_device_name(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        name: Vec<u8>,
+    ) -> Result<bool, StorageError> {
+        let name = hex::encode(name);
+        modify(&self.inner.accounts, &token(user_id), |cur: Option<AccountRec>| {
+            let Some(a) = cur else { return Ok(Change::Keep(false)) };
+            let mut a = a.normalize();
+            match a.devices.get_mut(&device_id) {
+                Some(d) => {
+                    d.name.clone_from(&name);
+                    Ok(Change::Put(a, true))
+                }
+                None => Ok(Change::Keep(false)),
+            }
+        })
+        .await
     }
 
     /// Everything of a device that is gone: its mailbox, its one-time prekeys, its

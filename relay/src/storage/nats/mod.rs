@@ -451,6 +451,15 @@ impl Storage for NatsStorage {
         self.delete_device(user_id, device_id).await
     }
 
+    async fn rename_device(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        name: Vec<u8>,
+    ) -> Result<bool, StorageError> {
+        self.set_device_name(user_id, device_id, name).await
+    }
+
     async fn devices(&self, user_id: &str) -> Result<Option<Vec<DeviceInfo>>, StorageError> {
         let Some(a) = self.account(user_id).await? else { return Ok(None) };
         let mut out = Vec::with_capacity(a.devices.len());

@@ -483,6 +483,13 @@ async fn copies_devices_and_link_slots_behave_like_the_embedded_back_end() {
     assert!(s.remove_device("bob", 3).await.unwrap());
     let list = s.devices("bob").await.unwrap().unwrap();
     assert_eq!((list.len(), list[1].name.as_slice()), (2, &b"n"[..]));
+    // A rename touches the named device of the named account only.
+    assert!(s.rename_device("bob", 1, b"r".to_vec()).await.unwrap());
+    assert!(!s.rename_device("bob", 3, b"x".to_vec()).await.unwrap(), "removed");
+    assert!(!s.rename_device("nobody", 1, b"x".to_vec()).await.unwrap());
+    let list = s.devices("bob").await.unwrap().unwrap();
+    assert_eq!((list[0].name.as_slice(), list[1].name.as_slice()), (&b"r"[..], &b"n"[..]));
+    assert!(s.devices("alice").await.unwrap().unwrap()[0].name.is_empty());
     let copies =
         |ids: &[u32]| Copies::Exact(ids.iter().map(|&d| (d, vec![d as u8].into())).collect());
     let send = |ids: &[u32]| Envelope { copies: copies(ids), ..envelope("c1", 5) };

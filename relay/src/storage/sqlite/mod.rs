@@ -270,6 +270,25 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn rename_device(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        name: Vec<u8>,
+    ) -> Result<bool, StorageError> {
+        let user_id = user_id.to_owned();
+        self.with(move |c| {
+            // The key names the account: another account's device id matches no row.
+            let changed = c
+                .prepare_cached(
+                    "UPDATE devices SET name = ?3 WHERE user_id = ?1 AND device_id = ?2",
+                )?
+                .execute(params![user_id, device_id, name])?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
     async fn devices(&self, user_id: &str) -> Result<Option<Vec<DeviceInfo>>, StorageError> {
         let user_id = user_id.to_owned();
         self.with(move |c| {

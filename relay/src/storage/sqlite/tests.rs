@@ -84,6 +84,14 @@ async fn a_login_keeps_its_own_device_and_removes_the_others_with_their_keys_and
     assert_eq!(s.one_time_count("alice", 1).await.unwrap(), 1, "same device keeps its keys");
     let second = s.add_device("alice", [2; 32], b"sealed".to_vec(), 6).await.unwrap();
     assert_eq!(second, 2);
+    // A rename touches the named device of the named account only.
+    assert!(s.rename_device("alice", 1, b"renamed".to_vec()).await.unwrap());
+    assert!(!s.rename_device("alice", 9, b"x".to_vec()).await.unwrap());
+    assert!(!s.rename_device("nobody", 1, b"x".to_vec()).await.unwrap());
+    let names: Vec<Vec<u8>> =
+        s.devices("alice").await.unwrap().unwrap().into_iter().map(|d| d.name).collect();
+    assert_eq!(names, [b"renamed".to_vec(), b"sealed".to_vec()]);
+    assert!(s.devices("bob").await.unwrap().unwrap()[0].name.is_empty());
     let to_alice = Envelope { sender: "bob".into(), recipient: "alice".into(), ..envelope("m", 7) };
     let both = Copies::Exact(vec![(1, vec![1].into()), (2, vec![2].into())]);
     s.enqueue(Envelope { copies: both, ..to_alice }, QUOTA).await.unwrap();
