@@ -50,9 +50,9 @@ pub async fn start_media(
         let _ = std::fs::remove_file(&path);
         e.to_string()
     })?;
-    let (me, peer) = match call.direction {
-        Direction::Out => (CALLER, CALLEE),
-        Direction::In => (CALLEE, CALLER),
+    let me = match call.direction {
+        Direction::Out => CALLER,
+        Direction::In => callee_sender(relay.device_id().unwrap_or(1)),
     };
     let sealer = FrameSealer::new(&key, me).map_err(|e| e.to_string())?;
     let opener = FrameOpener::new(&key);
@@ -62,7 +62,7 @@ pub async fn start_media(
         call.call_id.clone(),
         Live { route, cancel: cancel.clone(), inbound, socket: path.clone() },
     );
-    let media = Media { relay: relay.clone(), route, peer_sender: peer, sealer, opener };
+    let media = Media { relay: relay.clone(), route, direction: call.direction, sealer, opener };
     tokio::spawn(media.run(listener, inbound_rx, cancel));
     tracing::info!(media = ?call.media, "call media up");
     Ok(path)
@@ -111,7 +111,8 @@ pub fn stop_media(daemon: &Daemon, relay: Option<&Arc<dyn RelayApi>>, call_id: &
 pub(super) struct Media {
     relay: Arc<dyn RelayApi>,
     route: [u8; 16],
-    peer_sender: u32,
+    /// Which side of the call this is (whose frames are the peer's, `from_peer`).
+    direction: Direction,
     sealer: FrameSealer,
     opener: FrameOpener,
 }
@@ -123,7 +124,7 @@ impl Media {
         mut inbound: mpsc::Receiver<bytes::Bytes>,
         cancel: CancellationToken,
     ) {
-        let Self { relay, route, peer_sender, sealer, mut opener } = self;
+        let Self { relay, route, direction, sealer, mut opener } = self;
         let (pace_tx, pace_rx) = mpsc::channel::<(Instant, Vec<u8>)>(PACE_QUEUE);
         tokio::spawn(pacer(relay, route, sealer, pace_rx, cancel.clone()));
         let mut socket: Option<tokio_seqpacket::UnixSeqpacket> = None;
@@ -164,7 +165,7 @@ impl Media {
                 Some(d) = inbound.recv() => {
                     let Ok(parsed) = MediaDatagram::decode(&d) else { bad += 1; continue };
                     let Ok(opened) = opener.open(parsed.sealed) else { bad += 1; continue };
-                    if opened.sender != peer_sender {
+                    if !from_peer(direction, opened.sender) {
                         bad += 1;
                         continue;
                     }

@@ -45,9 +45,25 @@ pub use live::Calls;
 use live::Live;
 pub use media::*;
 
-/// The caller's and the callee's sender ids in the frame sealing.
+/// The caller's sender id in the frame sealing.
 const CALLER: u32 = 1;
-const CALLEE: u32 = 2;
+
+/// A callee device's sender id in the frame sealing: 1 + its device id (device 1 is 2).
+/// Sender ids must differ between everyone who seals under one call key (the frame key
+/// and nonce come from them): two devices of the callee that accepted at the same
+/// instant both send until one gives way (`yields_to`), and must never reuse a nonce.
+fn callee_sender(device: u32) -> u32 {
+    CALLER.saturating_add(device.max(1))
+}
+
+/// Whether frames from `sender` are the peer's: on the caller's side any callee
+/// device's, on a callee's only the caller's.
+fn from_peer(direction: Direction, sender: u32) -> bool {
+    match direction {
+        Direction::Out => sender != CALLER,
+        Direction::In => sender == CALLER,
+    }
+}
 /// Frames waiting to be paced out; a full queue drops the new frame.
 const PACE_QUEUE: usize = 64;
 /// A frame that waited this long to go out is late: dropped.
@@ -414,6 +430,31 @@ mod tests {
     use super::*;
 
     const ID: &str = "0d6f4c1e-58a5-4c3b-9a4b-2f6d8c1a7e90";
+
+    /// Two devices of the callee that accepted at once both seal frames for a moment:
+    /// under one call key they must never share a sender id (and so a frame key and
+    /// nonce). Every device an account may have gets its own, none the caller's; the
+    /// caller takes frames from any of them, a callee only the caller's.
+    #[test]
+    fn every_device_in_a_call_seals_under_its_own_sender_id() {
+        let max = u32::try_from(letstalk_wire::MAX_DEVICES).unwrap();
+        let ids: std::collections::BTreeSet<u32> =
+            std::iter::once(CALLER).chain((1..=max).map(callee_sender)).collect();
+        assert_eq!(ids.len(), 1 + letstalk_wire::MAX_DEVICES);
+        assert_eq!(callee_sender(1), 2, "device 1 keeps the sender id it always had");
+        assert!(from_peer(Direction::Out, callee_sender(2)) && !from_peer(Direction::Out, CALLER));
+        assert!(from_peer(Direction::In, CALLER) && !from_peer(Direction::In, callee_sender(1)));
+        // Frame 0 of two callee devices: different nonces, each opens at the caller.
+        let key = CallKey::generate(&mut rand_core::OsRng);
+        let mut a = FrameSealer::new(&key, callee_sender(1)).unwrap();
+        let mut b = FrameSealer::new(&key, callee_sender(2)).unwrap();
+        let (fa, fb) = (a.seal(b"x").unwrap(), b.seal(b"x").unwrap());
+        assert_ne!(fa.get(..12), fb.get(..12));
+        let mut caller = FrameOpener::new(&key);
+        for f in [fa, fb] {
+            assert!(from_peer(Direction::Out, caller.open(&f).unwrap().sender));
+        }
+    }
 
     /// One incoming call from bob, in `state` on this device, then our device `from`'s
     /// `content` about it applied on this device (`own`): the call as it is after.
