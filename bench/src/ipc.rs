@@ -45,6 +45,8 @@ struct Figures {
     rss_idle_kib: u64,
     /// RssAnon and RssFile (+ RssShmem) at the idle reading: what VmRSS is made of.
     rss_idle_parts: (u64, u64),
+    /// The proportional set size at the idle reading (see `sys::pss_kib`).
+    pss_idle_kib: u64,
     rss_after_load_kib: u64,
     one: Latencies,
     many: Latencies,
@@ -177,6 +179,7 @@ async fn measure_letstalkd(bin: &Path, work: &Path, args: &IpcArgs) -> Result<Fi
     tokio::time::sleep(Duration::from_millis(args.idle_ms)).await;
     let rss_idle_kib = sys::proc_status_kib(daemon.pid(), "VmRSS")?;
     let rss_idle_parts = sys::rss_parts(daemon.pid())?;
+    let pss_idle_kib = sys::pss_kib(daemon.pid())?;
 
     let shape = Shape { window: 1, warmup: args.warmup, calls: args.calls };
     progress("letstalkd: 1 client");
@@ -205,6 +208,7 @@ async fn measure_letstalkd(bin: &Path, work: &Path, args: &IpcArgs) -> Result<Fi
         start_again,
         rss_idle_kib,
         rss_idle_parts,
+        pss_idle_kib,
         rss_after_load_kib,
         one,
         many,
@@ -286,6 +290,7 @@ async fn measure_deltachat(bin: &Path, work: &Path, args: &IpcArgs) -> Result<Fi
     tokio::time::sleep(Duration::from_millis(args.idle_ms)).await;
     let rss_idle_kib = sys::proc_status_kib(server.pid(), "VmRSS")?;
     let rss_idle_parts = sys::rss_parts(server.pid())?;
+    let pss_idle_kib = sys::pss_kib(server.pid())?;
 
     let shape = Shape { window: 1, warmup: args.warmup, calls: args.calls };
     progress("baseline: 1 client");
@@ -311,6 +316,7 @@ async fn measure_deltachat(bin: &Path, work: &Path, args: &IpcArgs) -> Result<Fi
         start_again,
         rss_idle_kib,
         rss_idle_parts,
+        pss_idle_kib,
         rss_after_load_kib,
         one,
         many,
@@ -382,6 +388,7 @@ fn print_figures(f: &Figures) {
         mib_from_kib(f.rss_idle_parts.0),
         mib_from_kib(f.rss_idle_parts.1)
     );
+    println!("  {:<38} {}", "idle PSS (shared pages divided)", mib_from_kib(f.pss_idle_kib));
     println!("  {:<38} {}", "idle VmRSS after the load runs", mib_from_kib(f.rss_after_load_kib));
     println!("{}", latency_line("round trip, 1 client", &f.one));
     println!("{}", latency_line("round trip, many clients", &f.many));
@@ -470,6 +477,13 @@ fn print_summary(ours: &Figures, theirs: Option<&Figures>, args: &IpcArgs) {
         theirs.map(|t| mib_from_kib(t.rss_idle_kib)),
         theirs.and_then(|t| kib_ratio(ours.rss_idle_kib, t.rss_idle_kib)),
         format!("<= {TARGET_RSS_MIB:.0} MiB"),
+    );
+    row(
+        "idle PSS",
+        mib_from_kib(ours.pss_idle_kib),
+        theirs.map(|t| mib_from_kib(t.pss_idle_kib)),
+        theirs.and_then(|t| kib_ratio(ours.pss_idle_kib, t.pss_idle_kib)),
+        String::new(),
     );
     row(
         "idle VmRSS after load",

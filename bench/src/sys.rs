@@ -9,8 +9,19 @@ use anyhow::{Context, Result, bail};
 
 /// A field of /proc/PID/status in kibibytes ("VmRSS", "VmHWM").
 pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    proc_kib(&format!("/proc/{pid}/status"), field)
+}
+
+/// The proportional set size in kibibytes (/proc/PID/smaps_rollup): each resident page
+/// divided by the number of processes mapping it, so the C library's pages, which every
+/// process maps, count for little and a static binary's own pages in full. What the
+/// process costs the machine, where VmRSS is what it touches.
+pub(crate) fn pss_kib(pid: u32) -> Result<u64> {
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss")
+}
+
+fn proc_kib(path: &str, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
             let number = rest.trim().trim_end_matches("kB").trim();
