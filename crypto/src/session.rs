@@ -209,6 +209,8 @@ impl Session {
     }
 
     /// Restores a session stored with [`Session::to_bytes`], with the default labels.
+    /// Only for bytes this device stored itself: the identities in it were checked when
+    /// the session began and are not checked again ([`PublicIdentity::from_stored_bytes`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         Self::from_bytes_with_labels(bytes, KdfLabels::default())
     }
@@ -220,7 +222,7 @@ impl Session {
         if version != SESSION_VERSION {
             return Err(Error::UnsupportedVersion(version));
         }
-        let remote = PublicIdentity::from_bytes(r.take(PublicIdentity::BYTES)?)?;
+        let remote = PublicIdentity::from_stored_bytes(r.take(PublicIdentity::BYTES)?)?;
         let pending = read_prekey_data(&mut r)?;
         let accepted = read_prekey_data(&mut r)?;
         let state = RatchetState::read(&mut r)?;
@@ -268,7 +270,7 @@ fn read_prekey_data(r: &mut Reader<'_>) -> Result<Option<PendingPreKey>> {
         return Ok(None);
     }
     Ok(Some(PendingPreKey {
-        sender: PublicIdentity::from_bytes(r.take(PublicIdentity::BYTES)?)?,
+        sender: PublicIdentity::from_stored_bytes(r.take(PublicIdentity::BYTES)?)?,
         ephemeral: r.array()?,
         signed_prekey_id: r.u32()?,
         one_time_prekey_id: if r.bool()? { Some(r.u32()?) } else { None },

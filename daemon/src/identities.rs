@@ -16,7 +16,8 @@ pub fn known(conn: &Connection, peer: &str) -> Result<Option<PublicIdentity>, St
         .query_row(params![peer], |r| r.get(0))
         .optional()?;
     if let Some(bytes) = stored {
-        return PublicIdentity::from_bytes(&bytes).map(Some).map_err(|_| StoreError::Io {
+        // Recorded only after it was checked (`trust::observe`).
+        return PublicIdentity::from_stored_bytes(&bytes).map(Some).map_err(|_| StoreError::Io {
             context: "identity key".into(),
             source: std::io::Error::other("malformed"),
         });

@@ -15,6 +15,8 @@ use rusqlite::{Connection, params_from_iter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use letstalk_crypto::PublicIdentity;
+
 use crate::account::Account;
 use crate::store::StoreError;
 
@@ -192,11 +194,23 @@ pub fn import(tx: &Connection, snapshot: &Snapshot) -> Result<(), StoreError> {
         let marks = vec!["?"; cols.len()].join(", ");
         let sql = format!("INSERT INTO {name} ({}) VALUES ({marks})", cols.join(", "));
         let mut stmt = tx.prepare(&sql)?;
+        // A peer's identity key is checked where it enters the device, here as anywhere:
+        // the store's identities are read back without checking again.
+        let key_at = (name == "identities").then(|| cols.iter().position(|c| *c == "identity"));
         for row in &table.rows {
             if row.len() != cols.len() {
                 return Err(bad("row"));
             }
             let values = row.iter().map(from_json).collect::<Result<Vec<_>, _>>()?;
+            if let Some(at) = key_at {
+                let checked = match at.and_then(|i| values.get(i)) {
+                    Some(SqlValue::Blob(key)) => PublicIdentity::from_bytes(key).is_ok(),
+                    _ => false,
+                };
+                if !checked {
+                    return Err(bad("identity key"));
+                }
+            }
             stmt.execute(params_from_iter(values))?;
         }
     }
@@ -251,6 +265,11 @@ mod tests {
                     "INSERT INTO group_members (group_id, user_id, admin) VALUES ('g1', 'bob', 1)",
                     [],
                 )?;
+                let bob = letstalk_crypto::IdentityKeyPair::generate(&mut OsRng).public();
+                c.execute(
+                    "INSERT INTO identities (peer, identity) VALUES ('bob', ?1)",
+                    [bob.to_bytes().to_vec()],
+                )?;
                 c.execute("INSERT INTO settings (key, value) VALUES ('read_receipts', 0)", [])?;
                 c.execute("INSERT INTO settings (key, value) VALUES ('keepalive_wifi_s', 77)", [])?;
                 export(c, &account, 2)
@@ -283,6 +302,21 @@ mod tests {
                 s.settings.insert("keepalive_wifi_s".into(), 5);
             }),
             hostile(&|s| s.version = 99),
+            // A peer's identity key whose signature does not hold, or that is no key at
+            // all: the store reads identities back without checking them again.
+            hostile(&|s| {
+                let t = s.tables.get_mut("identities").unwrap();
+                let at = t.columns.iter().position(|c| c == "identity").unwrap();
+                let hex = t.rows[0][at]["blob"].as_str().unwrap().to_owned();
+                let mut key = hex::decode(hex).unwrap();
+                key[40] ^= 1;
+                t.rows[0][at] = serde_json::json!({ "blob": hex::encode(key) });
+            }),
+            hostile(&|s| {
+                let t = s.tables.get_mut("identities").unwrap();
+                let at = t.columns.iter().position(|c| c == "identity").unwrap();
+                t.rows[0][at] = serde_json::json!("not a key");
+            }),
         ];
         for attack in &attacks {
             let result = to.with(|c| {
@@ -295,6 +329,7 @@ mod tests {
             to.with(|c| {
                 assert_eq!(count(c, "contacts"), 0);
                 assert_eq!(count(c, "groups"), 0);
+                assert_eq!(count(c, "identities"), 0);
                 Ok(())
             })
             .unwrap();
@@ -313,6 +348,7 @@ mod tests {
                 })?;
             assert_eq!(key, None, "a device's sender key stays its own");
             assert_eq!(count(c, "group_members"), 1);
+            assert!(crate::identities::known(c, "bob")?.is_some());
             assert!(!crate::settings::Settings::load(c)?.read_receipts);
             Ok(())
         })

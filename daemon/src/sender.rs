@@ -73,6 +73,19 @@ pub trait Transport: Send + Sync + 'static {
         msg_id: &str,
         copies: &[Copy],
     ) -> impl Future<Output = Result<CopiesSent, TransportError>> + Send;
+    /// Hands several messages for `to`, each with its copies, in order, stored by the
+    /// relay in one transaction: `Sent` once all are stored, `Mismatch` (nothing stored)
+    /// when any one's copies do not fit. `None` when the relay does not take batches:
+    /// then they go one by one ([`send_copies`]).
+    ///
+    /// [`send_copies`]: Transport::send_copies
+    fn send_copies_batch(
+        &self,
+        _to: &str,
+        _batch: &[(&str, &[Copy])],
+    ) -> impl Future<Output = Option<Result<CopiesSent, TransportError>>> + Send {
+        async { None }
+    }
     /// Learns, once, whether the relay serves the per-device requests, before the first
     /// message needs to know (the sender is woken on every connection): a message to
     /// someone new then costs no extra round trip to find out. `user` is our account.
@@ -261,7 +274,7 @@ async fn drain_one<T: Transport>(
             if transport.single_device() && batch.iter().all(|o| o.copies.len() == 1) {
                 (send_batches(daemon, transport, recipient, &batch).await, Sent::Through)
             } else {
-                send_each(daemon, transport, recipient, &batch).await
+                send_copies_batches(daemon, transport, recipient, &batch).await
             };
         let progressed = !done.is_empty();
         if progressed {
@@ -350,6 +363,48 @@ async fn send_batches<T: Transport>(
         }
     }
     done
+}
+
+/// Rows with their copies for each device, as many per request as a frame holds
+/// (`SendCopiesBatch`, stored in order in one relay transaction): a backlog costs a
+/// round trip and a relay commit per chunk, not per message. A chunk the relay does
+/// not take whole (a mismatch, a refusal, no batches on this relay) goes on row by row
+/// ([`send_each`]), which finds the row and hands over the ones before it.
+async fn send_copies_batches<T: Transport>(
+    daemon: &Arc<Daemon>,
+    transport: &T,
+    recipient: &str,
+    batch: &[Outgoing],
+) -> (Vec<i64>, Sent) {
+    let mut done = Vec::with_capacity(batch.len());
+    for chunk in chunks(batch) {
+        if chunk.len() > 1 {
+            let items: Vec<(&str, &[Copy])> =
+                chunk.iter().map(|o| (o.relay_id.as_str(), o.copies.as_slice())).collect();
+            for o in chunk {
+                tracing::debug!(target: PATH, relay = %o.relay_id, "handed");
+            }
+            match transport.send_copies_batch(recipient, &items).await {
+                Some(Ok(CopiesSent::Sent)) => {
+                    for o in chunk {
+                        tracing::debug!(target: PATH, relay = %o.relay_id, "relay_stored");
+                    }
+                    done.extend(chunk.iter().map(|o| o.seq));
+                    continue;
+                }
+                Some(Err(e @ (TransportError::Unavailable | TransportError::Busy(_)))) => {
+                    tracing::debug!(error = %e, "send deferred");
+                    return (done, Sent::Deferred);
+                }
+                Some(Ok(CopiesSent::Mismatch { .. }) | Err(TransportError::Refused(_))) | None => {}
+            }
+        }
+        let rest = batch.get(done.len()..).unwrap_or_default();
+        let (each, outcome) = send_each(daemon, transport, recipient, rest).await;
+        done.extend(each);
+        return (done, outcome);
+    }
+    (done, Sent::Through)
 }
 
 /// Every row with its copies for each device, one `SendCopies` each, strictly in order
@@ -890,6 +945,36 @@ impl Transport for RelayTransport {
             Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
             Err(e) => Err(Self::classify(e)),
         }
+    }
+
+    async fn send_copies_batch(
+        &self,
+        to: &str,
+        batch: &[(&str, &[Copy])],
+    ) -> Option<Result<CopiesSent, TransportError>> {
+        if self.is_single() {
+            return None;
+        }
+        let messages = batch
+            .iter()
+            .map(|(id, copies)| letstalk_wire::OutboundCopies {
+                msg_id: (*id).to_owned(),
+                copies: copies.to_vec(),
+            })
+            .collect();
+        let request = Request::SendCopiesBatch { to: to.to_owned(), messages };
+        Some(match self.request(request).await {
+            Ok(Response::Sent { .. }) => Ok(CopiesSent::Sent),
+            Ok(Response::Mismatch { missing, extra }) => {
+                Ok(CopiesSent::Mismatch { missing, extra })
+            }
+            Ok(_) => Err(TransportError::Busy("unexpected answer".into())),
+            // A relay from before batches of copies: one by one, as before.
+            Err(RelayError::Refused { kind: letstalk_wire::ErrorKind::Unsupported, .. }) => {
+                return None;
+            }
+            Err(e) => Err(Self::classify(e)),
+        })
     }
 
     async fn probe(&self, user: &str) {

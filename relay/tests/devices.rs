@@ -19,7 +19,9 @@ use letstalk_link::{
 };
 use letstalk_relay::testing::{self, NatsCluster, TestRelay};
 use letstalk_relay::{Config, Limits, NatsStorage, RateLimit, Relay};
-use letstalk_wire::{Copy, DeviceInfo, ErrorKind, LinkSlot, MAX_DEVICES, Request, Response};
+use letstalk_wire::{
+    Copy, DeviceInfo, ErrorKind, LinkSlot, MAX_DEVICES, OutboundCopies, Request, Response,
+};
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::oneshot;
 
@@ -313,6 +315,64 @@ async fn copies_that_miss_add_or_repeat_a_device_are_refused_and_nothing_is_stor
         // To one's own account the sending device is no target.
         let own = alice1_copies_to_self(&net, &alice1).await;
         assert_eq!(own, Response::Mismatch { missing: vec![2], extra: vec![1] });
+    }
+}
+
+/// A message's copies in a test: (device, body) each.
+type Copies<'a> = &'a [(u32, &'a [u8])];
+
+#[tokio::test]
+async fn a_batch_of_copies_is_stored_whole_in_order_or_not_at_all() {
+    for net in Net::each(Limits::default()).await {
+        let mut alice1 = net.user(0, "alice").await;
+        let mut alice2 = net.add_device(&alice1, 1).await;
+        let bob = net.user(0, "bob").await;
+        let batch = |messages: &[(&str, Copies<'_>)]| Request::SendCopiesBatch {
+            to: "alice".into(),
+            messages: messages
+                .iter()
+                .map(|(msg_id, copies)| OutboundCopies {
+                    msg_id: (*msg_id).into(),
+                    copies: copies
+                        .iter()
+                        .map(|(d, b)| Copy { device_id: *d, body: b.to_vec() })
+                        .collect(),
+                })
+                .collect(),
+        };
+        // One message whose copies miss a device, behind two good ones: nothing stored.
+        let bad = batch(&[
+            ("b1", &[(1, b"1a"), (2, b"1b")]),
+            ("b2", &[(1, b"2a"), (2, b"2b")]),
+            ("b3", &[(1, b"3a")]),
+        ]);
+        assert_eq!(bob.request(bad).await, Response::Mismatch { missing: vec![2], extra: vec![] });
+        // Another account's device, an empty body, an empty batch: refused or mismatched.
+        let foreign = batch(&[("b1", &[(1, b"1a"), (2, b"1b"), (9, b"x")])]);
+        assert_eq!(
+            bob.request(foreign).await,
+            Response::Mismatch { missing: vec![], extra: vec![9] }
+        );
+        assert_eq!(
+            refused(bob.request(batch(&[("b1", &[(1, b""), (2, b"x")])])).await),
+            ErrorKind::Invalid
+        );
+        assert_eq!(refused(bob.request(batch(&[])).await), ErrorKind::Invalid);
+        assert_eq!(net.mailbox_len().await, 0, "a refused batch stored something");
+
+        let good = batch(&[("b1", &[(2, b"1b"), (1, b"1a")]), ("b2", &[(1, b"2a"), (2, b"2b")])]);
+        assert!(sent(&bob.request(good.clone()).await));
+        // A retransmit of the whole batch is acknowledged, not stored again.
+        let again = bob.request(good).await;
+        assert!(matches!(again, Response::Sent { duplicate: true, .. }), "{again:?}");
+        assert_eq!(net.mailbox_len().await, 4);
+        for (device, own) in
+            [(&mut alice1, [&b"1a"[..], b"2a"]), (&mut alice2, [&b"1b"[..], b"2b"])]
+        {
+            let (first, second) = (device.message().await, device.message().await);
+            assert_eq!((first.msg_id.as_str(), second.msg_id.as_str()), ("b1", "b2"));
+            assert_eq!([first.body.as_slice(), second.body.as_slice()], own);
+        }
     }
 }
 

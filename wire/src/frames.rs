@@ -139,6 +139,16 @@ impl fmt::Debug for Copy {
     }
 }
 
+/// One message of a [`Request::SendCopiesBatch`]: its idempotency key and one
+/// ciphertext per target device, as in [`Request::SendCopies`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundCopies {
+    /// The sender's idempotency key.
+    pub msg_id: String,
+    /// One ciphertext per target device.
+    pub copies: Vec<Copy>,
+}
+
 /// A link rendezvous as [`Request::LinkGet`] answers it: what each side has put there.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LinkSlot {
@@ -401,6 +411,11 @@ pub enum Request {
     /// the account's devices (each once). Deduplicated by msg id like `Send`. Blocks,
     /// quotas and sizes as for `Send` (none of the blocks to one's own account).
     SendCopies { to: String, msg_id: String, copies: Vec<Copy> },
+    /// Several `SendCopies` for one recipient, stored in order in one transaction (one
+    /// round trip and one disk sync for a backlog); answered `Sent` once all are
+    /// persisted, or `Mismatch` (nothing stored) for the first message whose copies do
+    /// not name exactly the account's target devices. Each is deduplicated by its msg id.
+    SendCopiesBatch { to: String, messages: Vec<OutboundCopies> },
 }
 
 /// What a [`Request::SubmitReport`] carries.
@@ -605,6 +620,11 @@ impl fmt::Debug for Request {
                 .field("msg_id", msg_id)
                 .field("copies", copies)
                 .finish(),
+            Self::SendCopiesBatch { to, messages } => f
+                .debug_struct("SendCopiesBatch")
+                .field("to", to)
+                .field("count", &messages.len())
+                .finish(),
         }
     }
 }
@@ -671,6 +691,7 @@ mod tag {
     pub(super) const FETCH_BUNDLES: u8 = 0x36;
     pub(super) const SEND_COPIES: u8 = 0x37;
     pub(super) const RENAME_DEVICE: u8 = 0x38;
+    pub(super) const SEND_COPIES_BATCH: u8 = 0x39;
 
     pub(super) const R_HELLO_OK: u8 = 0x80;
     pub(super) const R_OK: u8 = 0x81;
@@ -789,6 +810,17 @@ fn get_device_ids(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<u32>, W
 }
 fn get_user_list(r: &mut Reader<'_>) -> Result<Vec<String>, WireError> {
     r.list(MAX_LIST, "users", |r| r.str(MAX_SHORT_STR, "user_id"))
+}
+fn put_copies(w: &mut Writer, copies: &[Copy]) {
+    w.list(copies, |w, c| {
+        w.u32(c.device_id);
+        w.bytes(&c.body);
+    });
+}
+fn get_copies(r: &mut Reader<'_>) -> Result<Vec<Copy>, WireError> {
+    r.list(MAX_DEVICES, "copies", |r| {
+        Ok(Copy { device_id: r.u32()?, body: r.bytes(MAX_MESSAGE_LEN, "body")? })
+    })
 }
 
 impl Request {
@@ -1002,9 +1034,14 @@ impl Request {
                 w.u8(tag::SEND_COPIES);
                 w.str(to);
                 w.str(msg_id);
-                w.list(copies, |w, c| {
-                    w.u32(c.device_id);
-                    w.bytes(&c.body);
+                put_copies(&mut w, copies);
+            }
+            Self::SendCopiesBatch { to, messages } => {
+                w.u8(tag::SEND_COPIES_BATCH);
+                w.str(to);
+                w.list(messages, |w, m| {
+                    w.str(&m.msg_id);
+                    put_copies(w, &m.copies);
                 });
             }
         }
@@ -1157,8 +1194,15 @@ impl Request {
             tag::SEND_COPIES => Self::SendCopies {
                 to: r.str(MAX_SHORT_STR, "to")?,
                 msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
-                copies: r.list(MAX_DEVICES, "copies", |r| {
-                    Ok(Copy { device_id: r.u32()?, body: r.bytes(MAX_MESSAGE_LEN, "body")? })
+                copies: get_copies(&mut r)?,
+            },
+            tag::SEND_COPIES_BATCH => Self::SendCopiesBatch {
+                to: r.str(MAX_SHORT_STR, "to")?,
+                messages: r.list(MAX_LIST, "messages", |r| {
+                    Ok(OutboundCopies {
+                        msg_id: r.str(MAX_SHORT_STR, "msg_id")?,
+                        copies: get_copies(r)?,
+                    })
                 })?,
             },
             t => return Err(WireError::UnknownTag(t)),

@@ -42,7 +42,9 @@
 //!   each (`FetchBundles` gives a session with each), stored in one transaction. Copies
 //!   that do not name exactly the target devices are answered `Mismatch` (which are
 //!   missing, which are extra) and nothing is stored: the sender learns of a linked or
-//!   removed device and sends again. The legacy `Send` hands one message for an account
+//!   removed device and sends again. `SendCopiesBatch` hands several such messages for
+//!   one recipient, stored in order in one transaction (`Mismatch` and nothing stored
+//!   when any of them does not match). The legacy `Send` hands one message for an account
 //!   with one target device (`Mismatch` when it has more); `SendBatch` hands several,
 //!   stored in order in one transaction, so a device with a backlog pays one
 //!   round trip and one disk sync per batch instead of per message; `SendGroup` one
@@ -92,7 +94,7 @@ pub use datagram::{
 };
 pub use frames::{
     Avatar, AvatarMeta, AvatarUpdate, Bundle, Copy, DeviceInfo, ErrorKind, LinkSlot, Outbound,
-    PreKey, PresenceInfo, Profile, Push, Refusal, ReportKind, Request, Response,
+    OutboundCopies, PreKey, PresenceInfo, Profile, Push, Refusal, ReportKind, Request, Response,
 };
 
 /// The protocol version this crate speaks. Version 2: devices (an account has up to

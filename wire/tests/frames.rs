@@ -189,6 +189,26 @@ fn request() -> impl Strategy<Value = Request> {
                     .map(|(device_id, body)| Copy { device_id, body })
                     .collect(),
             }),
+        (
+            short(),
+            proptest::collection::vec(
+                (short(), proptest::collection::vec((any::<u32>(), blob(40)), 0..=3)),
+                0..8,
+            )
+        )
+            .prop_map(|(to, messages)| Request::SendCopiesBatch {
+                to,
+                messages: messages
+                    .into_iter()
+                    .map(|(msg_id, copies)| OutboundCopies {
+                        msg_id,
+                        copies: copies
+                            .into_iter()
+                            .map(|(device_id, body)| Copy { device_id, body })
+                            .collect(),
+                    })
+                    .collect(),
+            }),
     ]
 }
 
@@ -454,6 +474,18 @@ fn hex_snapshots() {
         .encode()
         .unwrap(),
         "00000013370002626f0001780001000000020000000109",
+    );
+    check(
+        Request::SendCopiesBatch {
+            to: "bo".into(),
+            messages: vec![OutboundCopies {
+                msg_id: "x".into(),
+                copies: vec![Copy { device_id: 2, body: vec![9] }],
+            }],
+        }
+        .encode()
+        .unwrap(),
+        "00000015390002626f00010001780001000000020000000109",
     );
     check(
         Response::Mismatch { missing: vec![1], extra: vec![] }.encode().unwrap(),

@@ -101,6 +101,8 @@ struct FakeRelay {
     /// The sending device (left out of its own account's copies).
     sender: Mutex<Option<(String, u32)>>,
     mismatches: Mutex<usize>,
+    /// `SendCopiesBatch` requests.
+    batches: Mutex<usize>,
 }
 
 impl FakeRelay {
@@ -201,6 +203,31 @@ impl Transport for FakeRelay {
         Ok(CopiesSent::Sent)
     }
 
+    /// As the relay does: every message's copies must fit, or nothing is stored.
+    async fn send_copies_batch(
+        &self,
+        to: &str,
+        batch: &[(&str, &[Copy])],
+    ) -> Option<Result<CopiesSent, TransportError>> {
+        *self.batches.lock().unwrap() += 1;
+        let expected = self.expected(to);
+        for (_, copies) in batch {
+            let given: BTreeSet<u32> = copies.iter().map(|c| c.device_id).collect();
+            if given != expected || given.len() != copies.len() {
+                // Counted where the rows are then sent one by one.
+                return Some(Ok(CopiesSent::Mismatch {
+                    missing: expected.difference(&given).copied().collect(),
+                    extra: given.difference(&expected).copied().collect(),
+                }));
+            }
+        }
+        for (msg_id, copies) in batch {
+            let sent = self.send_copies(to, msg_id, copies).await;
+            debug_assert_eq!(sent.ok(), Some(CopiesSent::Sent));
+        }
+        Some(Ok(CopiesSent::Sent))
+    }
+
     async fn send(&self, _to: &str, _batch: &[(&str, &[u8])]) -> Result<(), TransportError> {
         Err(TransportError::Unavailable)
     }
@@ -285,6 +312,7 @@ async fn copies_follow_the_recipients_devices() {
     assert_eq!((bob1.text("m1"), bob2.text("m2")), (Some("m1".into()), Some("m2".into())));
     assert_eq!(state_of(&alice, "m2"), MessageState::Sent);
     assert_eq!(*relay.mismatches.lock().unwrap(), 0);
+    assert_eq!(*relay.batches.lock().unwrap(), 1, "both rows in one request");
 
     // bob links a third device; m3 and m4 are sealed for the two alice knows.
     let bob3 = Device::new("bob", Some(&bob1.account.identity));
@@ -295,6 +323,8 @@ async fn copies_follow_the_recipients_devices() {
     assert_eq!(sealed, 2);
     drain(&daemon, &relay).await.unwrap();
     assert_eq!(*relay.mismatches.lock().unwrap(), 1, "one mismatch, then every copy");
+    // The batch was refused whole (nothing stored), then went row by row, then whole.
+    assert_eq!(*relay.batches.lock().unwrap(), 3);
     assert_eq!(sessions(), vec![1, 2, 3]);
     // The new device's first copy starts a session of its own.
     let waiting = relay.mailboxes.lock().unwrap()[&("bob".to_owned(), 3)].clone();

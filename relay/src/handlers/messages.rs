@@ -1,5 +1,6 @@
 //! Message requests: `SendCopies` (one ciphertext per target device of the recipient,
-//! exactly those devices or `Mismatch`, in one transaction), the legacy `Send` and
+//! exactly those devices or `Mismatch`, in one transaction) and `SendCopiesBatch`
+//! (several, in one transaction), the legacy `Send` and
 //! `SendBatch` (one relay transaction; for an account with one target device), `SendGroup`
 //! (one body fanned out to every device of each recipient, everything checked before
 //! anything is stored) and `Ack` (the recipient device's acknowledgement, which
@@ -61,36 +62,25 @@ pub(super) async fn handle<S: Storage>(
             Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
         }
         Request::SendBatch { to, messages } => {
-            let (user, device) = require_device(st, ctx)?;
-            let to = user_arg(&to)?;
-            if messages.is_empty()
-                || messages.iter().any(|m| m.msg_id.is_empty() || m.body.is_empty())
-            {
-                return Err(fail(ErrorKind::Invalid, "empty batch, msg id or message"));
+            if messages.iter().any(|m| m.body.is_empty()) {
+                return Err(fail(ErrorKind::Invalid, "empty message"));
             }
-            let quota = st.limits.mailbox_quota();
-            let now = now_ms();
-            let envelopes = messages
+            let messages =
+                messages.into_iter().map(|m| (m.msg_id, Copies::Single(m.body.into()))).collect();
+            send_batch(st, ctx, &to, messages).await
+        }
+        Request::SendCopiesBatch { to, messages } => {
+            if messages.iter().any(|m| m.copies.iter().any(|c| c.body.is_empty())) {
+                return Err(fail(ErrorKind::Invalid, "empty message"));
+            }
+            let messages = messages
                 .into_iter()
-                .map(|m| Envelope {
-                    sender: user.clone(),
-                    sender_device: device,
-                    recipient: to.clone(),
-                    msg_id: m.msg_id,
-                    copies: Copies::Single(m.body.into()),
-                    now,
+                .map(|m| {
+                    let copies = m.copies.into_iter().map(|c| (c.device_id, c.body.into()));
+                    (m.msg_id, Copies::Exact(copies.collect()))
                 })
                 .collect();
-            let done = match st.storage.enqueue_many(envelopes, quota).await {
-                Err(StorageError::Mismatch { missing, extra }) => {
-                    return Ok(Response::Mismatch { missing, extra });
-                }
-                other => other.map_err(storage_fail)?,
-            };
-            if done.iter().any(|d| !d.duplicate) {
-                st.hub.wake(&to).await;
-            }
-            Ok(Response::Sent { server_ts: now, duplicate: done.iter().all(|d| d.duplicate) })
+            send_batch(st, ctx, &to, messages).await
         }
         Request::SendCopies { to, msg_id, copies } => {
             // Checked like `Send` (each body, the msg id); the copies are checked against
@@ -192,6 +182,45 @@ pub(super) async fn handle<S: Storage>(
         }
         other => Err(misrouted(&other)),
     }
+}
+
+/// `SendBatch` and `SendCopiesBatch`: the messages for `to`, in order, in one
+/// transaction; `Mismatch` (nothing stored) when any one's copies do not fit the
+/// recipient's target devices.
+async fn send_batch<S: Storage>(
+    st: &Arc<State<S>>,
+    ctx: &Arc<ConnCtx>,
+    to: &str,
+    messages: Vec<(String, Copies)>,
+) -> Reply {
+    let (user, device) = require_device(st, ctx)?;
+    let to = user_arg(to)?;
+    if messages.is_empty() || messages.iter().any(|(msg_id, _)| msg_id.is_empty()) {
+        return Err(fail(ErrorKind::Invalid, "empty batch or msg id"));
+    }
+    let quota = st.limits.mailbox_quota();
+    let now = now_ms();
+    let envelopes = messages
+        .into_iter()
+        .map(|(msg_id, copies)| Envelope {
+            sender: user.clone(),
+            sender_device: device,
+            recipient: to.clone(),
+            msg_id,
+            copies,
+            now,
+        })
+        .collect();
+    let done = match st.storage.enqueue_many(envelopes, quota).await {
+        Err(StorageError::Mismatch { missing, extra }) => {
+            return Ok(Response::Mismatch { missing, extra });
+        }
+        other => other.map_err(storage_fail)?,
+    };
+    if done.iter().any(|d| !d.duplicate) {
+        st.hub.wake(&to).await;
+    }
+    Ok(Response::Sent { server_ts: now, duplicate: done.iter().all(|d| d.duplicate) })
 }
 
 /// The online fast path: a device of the recipient is connected here, so a message for

@@ -103,6 +103,7 @@ async fn route<S: Storage>(st: &Arc<State<S>>, ctx: &Arc<ConnCtx>, req: Request)
         | Request::SendBatch { .. }
         | Request::SendGroup { .. }
         | Request::SendCopies { .. }
+        | Request::SendCopiesBatch { .. }
         | Request::Ack { .. } => messages::handle(st, ctx, req).await,
         Request::SubmitReport { .. } => reports::handle(st, ctx, req).await,
         Request::BlobStat { .. } | Request::BlobRelease { .. } | Request::BlobCancel { .. } => {
