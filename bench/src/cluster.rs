@@ -46,6 +46,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> Result<()> {
         payload: args.payload,
         window: args.window,
         limit_s: args.limit_s,
+        offline: false,
     };
     let total = args.pairs * args.messages;
 

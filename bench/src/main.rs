@@ -334,6 +334,12 @@ pub(crate) struct RelayArgs {
     /// Each run stops after this many seconds even if not all was delivered.
     #[arg(long, default_value_t = 30, value_name = "S")]
     pub(crate) limit_s: u64,
+
+    /// Offline recipients instead: the subscribers' devices are offline while all is
+    /// sent (every message is stored), then come online and are drained. Prints messages
+    /// stored per second and drained per second (letstalk-relay only, no baseline).
+    #[arg(long)]
+    pub(crate) offline: bool,
 }
 
 /// Flags of `letstalk-bench ipc`.

@@ -13,6 +13,11 @@
 //! so no end-to-end encryption of the bodies: the relay sees them as opaque bytes either
 //! way. MQTT side: `rumqttc`, PUBLISH at QoS 1 (answered by PUBACK), subscriptions at
 //! QoS 1 (the client acknowledges every delivery).
+//!
+//! `--offline` (letstalk-relay only): the subscribers' devices are offline while the
+//! publishers send, so every message is stored; once all were confirmed the devices come
+//! online and the relay drains their mailboxes. Two figures: stored and drained messages
+//! per second.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +37,9 @@ use crate::sys;
 
 /// The target from the issue "Measure it": relay ≥ 2 × mosquitto QoS 1.
 const TARGET_RATIO: f64 = 2.0;
+
+/// Issue 16's target for offline recipients: messages stored, then drained, per second.
+const OFFLINE_TARGET: f64 = 30_000.0;
 
 /// What one run delivered.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +77,9 @@ pub(crate) async fn run(args: &RelayArgs) -> Result<()> {
     );
     println!("  clients: this bench, one thread; time limit {} s per run", args.limit_s);
     println!();
+    if args.offline {
+        return offline(&relay_bin, work.path(), args, limit).await;
+    }
 
     progress("letstalk-relay (letstalk-link clients)");
     let ours = match letstalk_run(&relay_bin, &work.path().join("relay"), args, limit).await {
@@ -120,6 +131,41 @@ pub(crate) async fn run(args: &RelayArgs) -> Result<()> {
         "  (mosquitto keeps QoS 1 messages in memory; letstalk-relay answers once a message \
          is committed to SQLite with synchronous=FULL, in shared transactions, or \
          acknowledged by its online recipient)"
+    );
+    Ok(())
+}
+
+/// `--offline`: messages stored per second while every recipient device is offline,
+/// then drained per second once they connect (issue 16: ≥ 30,000 msg/s).
+async fn offline(bin: &Path, work: &Path, args: &RelayArgs, limit: Duration) -> Result<()> {
+    let total = args.pairs * args.messages;
+    progress("letstalk-relay, offline recipients (letstalk-link clients)");
+    let (stored, drained) = offline_run(bin, &work.join("relay"), args, limit).await?;
+    println!(
+        "== Offline recipients: {} pairs, {}-byte bodies, stored then drained ==",
+        args.pairs, args.payload
+    );
+    println!(
+        "  {:<60} {:>8.0} msg/s  ({} of {total} confirmed to publishers, {:.2} s){}",
+        "stored (all recipients offline; durable, synchronous=FULL)",
+        stored.rate(),
+        stored.confirmed,
+        stored.elapsed.as_secs_f64(),
+        if stored.timed_out { "  stopped at the time limit" } else { "" }
+    );
+    println!(
+        "  {:<60} {:>8.0} msg/s  ({} of {} delivered and acknowledged, {:.2} s){}",
+        "drained (the recipients connect, the relay pushes the backlog)",
+        drained.rate(),
+        drained.delivered,
+        drained.confirmed,
+        drained.elapsed.as_secs_f64(),
+        if drained.timed_out { "  stopped at the time limit" } else { "" }
+    );
+    let slower = stored.rate().min(drained.rate());
+    println!(
+        "  target ≥ {OFFLINE_TARGET:.0} msg/s each   →  {}",
+        if slower >= OFFLINE_TARGET { "met" } else { "NOT met" }
     );
     Ok(())
 }
@@ -185,7 +231,34 @@ async fn letstalk_run(
     args: &RelayArgs,
     limit: Duration,
 ) -> Result<Delivery> {
-    let mut relay = RelayProcess::start(bin, home)?;
+    let (mut relay, publishers, subscribers) = relay_and_clients(bin, home, args).await?;
+    let result = deliver(publishers, subscribers, args, limit).await;
+    relay.stop()?;
+    result
+}
+
+/// `--offline`: (stored, drained).
+async fn offline_run(
+    bin: &Path,
+    home: &Path,
+    args: &RelayArgs,
+    limit: Duration,
+) -> Result<(Delivery, Delivery)> {
+    let (mut relay, publishers, subscribers) = relay_and_clients(bin, home, args).await?;
+    let result = store_then_drain(publishers, subscribers, args, limit).await;
+    relay.stop()?;
+    result
+}
+
+type Subscriber = (Link, mpsc::Receiver<Push>);
+
+/// A relay and `--pairs` registered publishers (`pub{i}`) and subscribers (`sub{i}`).
+async fn relay_and_clients(
+    bin: &Path,
+    home: &Path,
+    args: &RelayArgs,
+) -> Result<(RelayProcess, Vec<Link>, Vec<Subscriber>)> {
+    let relay = RelayProcess::start(bin, home)?;
     let mut publishers = Vec::with_capacity(args.pairs);
     let mut subscribers = Vec::with_capacity(args.pairs);
     for i in 0..args.pairs {
@@ -193,25 +266,104 @@ async fn letstalk_run(
         let (link, _pushes) = connected_link(relay.port, &relay.cert, &format!("pub{i}")).await?;
         publishers.push(link);
     }
-    let result = deliver(publishers, subscribers, args, limit).await;
-    relay.stop()?;
-    result
+    Ok((relay, publishers, subscribers))
 }
+
+/// What the client tasks of one run counted.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    delivered: usize,
+    confirmed: usize,
+    /// The last delivery, from the start.
+    last_delivery: Duration,
+    /// The last confirmation of a send, from the start.
+    last_confirm: Duration,
+}
+
+type Clients = JoinSet<Result<Tally>>;
 
 /// Publisher i sends `--messages` bodies to subscriber i (`sub{i}`), `--window` in flight;
 /// subscribers acknowledge in batches. Measured from the first send to the last delivery.
 pub(crate) async fn deliver(
     publishers: Vec<Link>,
-    subscribers: Vec<(Link, mpsc::Receiver<Push>)>,
+    subscribers: Vec<Subscriber>,
     args: &RelayArgs,
     limit: Duration,
 ) -> Result<Delivery> {
-    let body = Arc::new(vec![0xa5u8; args.payload]);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + limit;
-    let mut tasks: JoinSet<Result<(usize, usize, Duration)>> = JoinSet::new();
+    let mut tasks = Clients::new();
+    subscribe(&mut tasks, subscribers, args.messages, started, deadline);
+    publish(&mut tasks, publishers, args, started, deadline);
+    let t = join("letstalk-relay", tasks).await;
+    let timed_out = t.delivered < args.pairs * args.messages;
+    Ok(Delivery {
+        delivered: t.delivered,
+        confirmed: t.confirmed,
+        elapsed: if timed_out { started.elapsed() } else { t.last_delivery },
+        timed_out,
+    })
+}
+
+/// `--offline`: the subscribers' devices go offline (their links unauthenticated) before
+/// anything is sent, so the publishers' sends are all stored (measured from the first
+/// send until the last was confirmed); once every send was confirmed the devices come
+/// online again and the relay drains their mailboxes (measured from then until the last
+/// delivery). Returns (stored, drained).
+async fn store_then_drain(
+    publishers: Vec<Link>,
+    subscribers: Vec<Subscriber>,
+    args: &RelayArgs,
+    limit: Duration,
+) -> Result<(Delivery, Delivery)> {
+    let total = args.pairs * args.messages;
+    let identities: Vec<Option<Identity>> = subscribers.iter().map(|(l, _)| l.identity()).collect();
+    for (link, _) in &subscribers {
+        link.set_identity(None);
+    }
+    // Setup, not measured: the relay sees the authenticated connections go.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let mut tasks = Clients::new();
+    publish(&mut tasks, publishers, args, started, tokio::time::Instant::now() + limit);
+    let sent = join("letstalk-relay (offline: storing)", tasks).await;
+    let timed_out = sent.confirmed < total;
+    let stored = Delivery {
+        delivered: sent.confirmed,
+        confirmed: sent.confirmed,
+        elapsed: if timed_out { started.elapsed() } else { sent.last_confirm },
+        timed_out,
+    };
+
+    let started = Instant::now();
+    for ((link, _), identity) in subscribers.iter().zip(identities) {
+        link.set_identity(identity);
+    }
+    let mut tasks = Clients::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    subscribe(&mut tasks, subscribers, args.messages, started, deadline);
+    let got = join("letstalk-relay (offline: draining)", tasks).await;
+    let timed_out = got.delivered < sent.confirmed;
+    let drained = Delivery {
+        delivered: got.delivered,
+        confirmed: sent.confirmed,
+        elapsed: if timed_out { started.elapsed() } else { got.last_delivery },
+        timed_out,
+    };
+    Ok((stored, drained))
+}
+
+/// Each subscriber takes its pushes until it has `expect` messages (or the deadline),
+/// acknowledging what arrived together in one batch.
+fn subscribe(
+    tasks: &mut Clients,
+    subscribers: Vec<Subscriber>,
+    expect: usize,
+    started: Instant,
+    deadline: tokio::time::Instant,
+) {
     for (link, mut pushes) in subscribers {
-        let expect = args.messages;
         tasks.spawn(async move {
             let mut got = 0usize;
             let mut ids = Vec::new();
@@ -232,9 +384,20 @@ pub(crate) async fn deliver(
                 link.ack(&ids).await.context("acknowledging")?;
                 ids.clear();
             }
-            Ok((got, 0, last))
+            Ok(Tally { delivered: got, last_delivery: last, ..Tally::default() })
         });
     }
+}
+
+/// Publisher i sends `--messages` bodies to `sub{i}`, `--window` in flight.
+fn publish(
+    tasks: &mut Clients,
+    publishers: Vec<Link>,
+    args: &RelayArgs,
+    started: Instant,
+    deadline: tokio::time::Instant,
+) {
+    let body = Arc::new(vec![0xa5u8; args.payload]);
     for (i, link) in publishers.into_iter().enumerate() {
         let window = args.window.max(1);
         let per = args.messages;
@@ -254,18 +417,24 @@ pub(crate) async fn deliver(
                     }
                     confirmed += 1;
                 }
-                Ok((0, confirmed, Duration::ZERO))
+                Ok(Tally { confirmed, last_confirm: started.elapsed(), ..Tally::default() })
             });
         }
     }
-    let (mut delivered, mut confirmed, mut last) = (0, 0, Duration::ZERO);
+}
+
+/// Waits for every client task and adds up what they counted; the first error is
+/// printed (the figures still count what was done).
+async fn join(what: &str, mut tasks: Clients) -> Tally {
+    let mut sum = Tally::default();
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(Ok((d, c, l))) => {
-                delivered += d;
-                confirmed += c;
-                last = last.max(l);
+            Ok(Ok(t)) => {
+                sum.delivered += t.delivered;
+                sum.confirmed += t.confirmed;
+                sum.last_delivery = sum.last_delivery.max(t.last_delivery);
+                sum.last_confirm = sum.last_confirm.max(t.last_confirm);
             }
             Ok(Err(e)) => {
                 first_error.get_or_insert(e);
@@ -276,15 +445,9 @@ pub(crate) async fn deliver(
         }
     }
     if let Some(e) = first_error {
-        println!("letstalk-relay: an error during the run: {e:#}");
+        println!("{what}: an error during the run: {e:#}");
     }
-    let timed_out = delivered < args.pairs * args.messages;
-    Ok(Delivery {
-        delivered,
-        confirmed,
-        elapsed: if timed_out { started.elapsed() } else { last },
-        timed_out,
-    })
+    sum
 }
 
 // ---------------------------------------------------------------------------------------

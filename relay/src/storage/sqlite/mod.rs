@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0003_reports.sql"),
     include_str!("0004_consent.sql"),
     include_str!("0005_devices.sql"),
+    include_str!("0006_mailbox_usage.sql"),
 ];
 
 /// SQLite storage. Cheap to clone.

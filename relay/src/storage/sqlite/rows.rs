@@ -163,32 +163,32 @@ pub(super) fn enqueue_in(
     let over = |(count, bytes): (i64, i64), (max_messages, max_bytes): (u64, u64), len: u64| {
         count as u64 >= max_messages || bytes as u64 + len > max_bytes
     };
-    let sum = "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM mailbox
-               WHERE recipient = ?1 AND device_id = ?2";
+    // The mailbox's counters (migration 6, kept by triggers): one pass over the device's
+    // few usage rows (one per sender) gives its total, this sender's part and the
+    // strangers' part, without reading the mailbox itself.
+    let mut usage = tx.prepare_cached(
+        "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(bytes), 0),
+                COALESCE(SUM(CASE WHEN sender = ?3 THEN messages END), 0),
+                COALESCE(SUM(CASE WHEN sender = ?3 THEN bytes END), 0),
+                COALESCE(SUM(CASE WHEN from_contact = 0 THEN messages END), 0),
+                COALESCE(SUM(CASE WHEN from_contact = 0 THEN bytes END), 0)
+         FROM mailbox_usage WHERE recipient = ?1 AND device_id = ?2",
+    )?;
     for (device, body) in &copies {
         let len = body.len() as u64;
-        let total = tx
-            .prepare_cached(sum)?
-            .query_row(params![e.recipient, device], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        if over(total, (quota.max_messages, quota.max_bytes), len) {
-            return Err(StorageError::QuotaExceeded);
-        }
+        let (total, by_sender, strangers) = usage
+            .query_row(params![e.recipient, device, e.sender], |r| {
+                Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?), (r.get(4)?, r.get(5)?)))
+            })?;
         // Fair shares: one sender, and non-contacts together, fill only a part of the box.
-        let by_sender = tx
-            .prepare_cached(&format!("{sum} AND sender = ?3"))?
-            .query_row(params![e.recipient, device, e.sender], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        if over(by_sender, quota.sender_share(), len) {
+        if over(total, (quota.max_messages, quota.max_bytes), len)
+            || over(by_sender, quota.sender_share(), len)
+            || (!from_contact && over(strangers, quota.stranger_share(), len))
+        {
             return Err(StorageError::QuotaExceeded);
-        }
-        if !from_contact {
-            let strangers = tx
-                .prepare_cached(&format!("{sum} AND from_contact = 0"))?
-                .query_row(params![e.recipient, device], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            if over(strangers, quota.stranger_share(), len) {
-                return Err(StorageError::QuotaExceeded);
-            }
         }
     }
+    drop(usage);
     tx.prepare_cached(
         "INSERT INTO sent_ids (id, server_ts) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET server_ts = excluded.server_ts",

@@ -515,3 +515,228 @@ async fn concurrent_acks_share_one_commit() {
     assert!(s.write_transactions() - before <= 2);
     assert_eq!(s.mailbox_len().await.unwrap(), 0);
 }
+
+/// The mailbox's counters (`mailbox_usage`) and the aggregate they stand for, each as
+/// (recipient, device, sender, from contact, messages, bytes) ordered.
+type Usage = Vec<(String, u32, String, bool, i64, i64)>;
+
+fn usage_and_aggregate(c: &Connection) -> Result<(Usage, Usage), StorageError> {
+    let read = |sql: &str| -> Result<Usage, StorageError> {
+        let mut st = c.prepare(sql)?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    };
+    let usage = read(
+        "SELECT recipient, device_id, sender, from_contact, messages, bytes FROM mailbox_usage
+         ORDER BY 1, 2, 3, 4",
+    )?;
+    let aggregate = read(
+        "SELECT recipient, device_id, sender, from_contact, COUNT(*), SUM(length(body))
+         FROM mailbox GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+    )?;
+    Ok((usage, aggregate))
+}
+
+async fn assert_usage_exact(s: &SqliteStorage, after: &str) {
+    let (usage, aggregate) = s.with(|c| usage_and_aggregate(c)).await.unwrap();
+    assert_eq!(usage, aggregate, "mailbox_usage differs from the mailbox after {after}");
+}
+
+/// Property-style: random sends (contacts and strangers, several devices, one's own
+/// account, group fan-outs, refusals at the quota), acknowledgements, expiry, device
+/// removal, contact changes and account deletion, from several seeds; after every
+/// operation the counters equal the aggregate recomputed from `mailbox`.
+#[tokio::test]
+async fn usage_counters_stay_exact_through_random_operations() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+    let quota = Quota { max_messages: 12, max_bytes: 400 };
+    for seed in 0..8u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        for u in USERS {
+            s.create_account(account(u)).await.unwrap();
+        }
+        let mut key = 10u8;
+        let (mut now, mut msg) = (1_000u64, 0u32);
+        let mut stored = 0usize;
+        for _ in 0..150 {
+            now += rng.random_range(1..50);
+            let op = rng.random_range(0..100);
+            let user = |rng: &mut StdRng| USERS[rng.random_range(0..USERS.len())];
+            let what = if op < 55 {
+                // A send; several devices get the same body (`Every`).
+                msg += 1;
+                let body = vec![0x5a; rng.random_range(1..60)];
+                let e = Envelope {
+                    sender: user(&mut rng).into(),
+                    recipient: user(&mut rng).into(),
+                    msg_id: format!("m{msg}"),
+                    copies: Copies::Every(body.into()),
+                    now,
+                    ..envelope("", 0)
+                };
+                if s.enqueue(e, quota).await.is_ok() {
+                    stored += 1;
+                }
+                "a send"
+            } else if op < 62 {
+                // A group send: one refusal fails only its copy.
+                msg += 1;
+                let from = user(&mut rng);
+                let body = bytes::Bytes::from(vec![0xa5; rng.random_range(1..60)]);
+                let fan = USERS
+                    .iter()
+                    .filter(|u| **u != from)
+                    .map(|to| Envelope {
+                        sender: from.into(),
+                        recipient: (*to).into(),
+                        msg_id: format!("g{msg}"),
+                        copies: Copies::Every(body.clone()),
+                        now,
+                        ..envelope("", 0)
+                    })
+                    .collect();
+                s.enqueue_fanout(fan, quota).await.unwrap();
+                "a group send"
+            } else if op < 80 {
+                // An acknowledgement of a random part of one device's mailbox.
+                let to = user(&mut rng);
+                let devices = s.devices(to).await.unwrap().unwrap();
+                if let Some(d) = devices.get(rng.random_range(0..devices.len().max(1))) {
+                    let queued = s.pending(to, d.device_id, 0, 100).await.unwrap();
+                    let ids = queued
+                        .iter()
+                        .filter(|_| rng.random_bool(0.5))
+                        .map(|m| m.delivery_id)
+                        .collect();
+                    s.ack(to, d.device_id, ids).await.unwrap();
+                }
+                "an acknowledgement"
+            } else if op < 85 {
+                s.expire(now.saturating_sub(rng.random_range(0..400))).await.unwrap();
+                "expiry"
+            } else if op < 91 {
+                // A device linked or removed.
+                let who = user(&mut rng);
+                let devices = s.devices(who).await.unwrap().unwrap();
+                if devices.len() < 3 && rng.random_bool(0.6) {
+                    key = key.wrapping_add(1);
+                    s.add_device(who, [key; 32], vec![], now).await.unwrap();
+                } else if let Some(d) = devices.get(rng.random_range(0..devices.len().max(1))) {
+                    assert!(s.remove_device(who, d.device_id).await.unwrap());
+                }
+                "a device change"
+            } else if op < 96 {
+                // Contacts change: later sends from them count as a contact's or not.
+                let who = user(&mut rng);
+                let users = USERS.iter().filter(|_| rng.random_bool(0.5)).map(|u| (*u).into());
+                let contacts = Contacts { share_presence: true, users: users.collect() };
+                s.set_contacts(who, contacts).await.unwrap();
+                "a contacts change"
+            } else {
+                // An account deleted (its mail, received and sent, goes) and registered again.
+                let who = user(&mut rng);
+                s.delete_account(who).await.unwrap();
+                key = key.wrapping_add(1);
+                s.create_account(NewAccount { device_key: [key; 32], ..account(who) })
+                    .await
+                    .unwrap();
+                "an account deletion"
+            };
+            assert_usage_exact(&s, what).await;
+        }
+        assert!(stored > 20, "seed {seed}: too few sends were stored ({stored}) to test much");
+    }
+}
+
+/// The counters are what the quota reads: the device's total refuses at the limit, and
+/// an acknowledgement frees the room again.
+#[tokio::test]
+async fn the_total_quota_refuses_at_the_limit_and_an_ack_frees_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    let senders = ["s1", "s2", "s3", "s4", "s5"];
+    for u in senders.iter().chain(&["bob"]) {
+        s.create_account(account(u)).await.unwrap();
+    }
+    let users = senders.iter().map(|u| (*u).to_owned()).collect();
+    s.set_contacts("bob", Contacts { share_presence: true, users }).await.unwrap();
+    // Eight messages, a sender's share is two: four contacts fill the box.
+    let quota = Quota { max_messages: 8, max_bytes: 1 << 20 };
+    let send = |from: &str, id: &str| Envelope { sender: from.into(), ..envelope(id, 1) };
+    for from in &senders[..4] {
+        for k in 0..2 {
+            s.enqueue(send(from, &format!("{from}-{k}")), quota).await.unwrap();
+        }
+    }
+    assert!(matches!(s.enqueue(send("s5", "x"), quota).await, Err(StorageError::QuotaExceeded)));
+    let first = s.pending("bob", 1, 0, 1).await.unwrap()[0].delivery_id;
+    assert_eq!(s.ack("bob", 1, vec![first]).await.unwrap(), 1);
+    s.enqueue(send("s5", "x"), quota).await.unwrap();
+    assert!(matches!(s.enqueue(send("s5", "y"), quota).await, Err(StorageError::QuotaExceeded)));
+    // Bytes the same way: 3 bytes a message, a box of 24 is full after eight.
+    let quota = Quota { max_messages: 100, max_bytes: 24 };
+    assert!(matches!(s.enqueue(send("s5", "z"), quota).await, Err(StorageError::QuotaExceeded)));
+    assert_usage_exact(&s, "the sends").await;
+}
+
+/// A database of version 5 with queued mail (written before the counters existed) gets
+/// its counters from the mailbox, and the quota counts that mail at once.
+#[tokio::test]
+async fn the_migration_to_version_6_counts_the_queued_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = SqliteStorage::open_at_version(dir.path(), 5).unwrap();
+        c.execute_batch(
+            "INSERT INTO accounts (user_id, password_hash, email, nickname, identity, created_at, updated_at)
+             VALUES ('alice', 'h', 'a@b.c', 'A', x'', 1, 1), ('bob', 'h', 'b@b.c', 'B', x'', 1, 1),
+                    ('carol', 'h', 'c@b.c', 'C', x'', 1, 1);
+             INSERT INTO devices (user_id, device_id, device_key, linked_at)
+             VALUES ('bob', 1, x'01', 1), ('bob', 2, x'02', 1), ('alice', 1, x'03', 1),
+                    ('carol', 1, x'04', 1);
+             INSERT INTO mailbox (recipient, device_id, sender, msg_id, server_ts, body, from_contact)
+             VALUES ('bob', 1, 'alice', 'm1', 3, x'aabb', 1), ('bob', 1, 'alice', 'm2', 3, x'cc', 1),
+                    ('bob', 2, 'alice', 'm1', 3, x'aabbcc', 1), ('bob', 1, 'carol', 'm3', 4, x'dd', 0),
+                    ('bob', 1, 'carol', 'm4', 4, x'ee', 1);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    assert_usage_exact(&s, "the migration").await;
+    let (usage, _) = s.with(|c| usage_and_aggregate(c)).await.unwrap();
+    let rows = |r: &str, d: u32, from: &str, contact: bool, n: i64, b: i64| {
+        (r.to_owned(), d, from.to_owned(), contact, n, b)
+    };
+    assert_eq!(
+        usage,
+        [
+            rows("bob", 1, "alice", true, 2, 3),
+            rows("bob", 1, "carol", false, 1, 1),
+            rows("bob", 1, "carol", true, 1, 1),
+            rows("bob", 2, "alice", true, 1, 3),
+        ]
+    );
+    // alice already holds her share (two of eight) of bob's device 1.
+    let quota = Quota { max_messages: 8, max_bytes: 1 << 20 };
+    let one = Envelope {
+        copies: Copies::Exact(vec![(1, vec![1].into()), (2, vec![2].into())]),
+        ..envelope("m5", 5)
+    };
+    assert!(matches!(s.enqueue(one, quota).await, Err(StorageError::QuotaExceeded)));
+    // Their acknowledgement takes them off the counters.
+    let ids = s.pending("bob", 1, 0, 10).await.unwrap().iter().map(|m| m.delivery_id).collect();
+    assert_eq!(s.ack("bob", 1, ids).await.unwrap(), 4);
+    assert_usage_exact(&s, "the acknowledgement").await;
+    let left = s.with(|c| usage_and_aggregate(c)).await.unwrap().0;
+    assert_eq!(left, [rows("bob", 2, "alice", true, 1, 3)]);
+    // Nothing may change what a queued message counts for behind the counters' back.
+    let update = s.with(|c| Ok(c.execute("UPDATE mailbox SET from_contact = 0", [])?)).await;
+    assert!(update.is_err(), "an update of a counted column must be refused");
+    assert_usage_exact(&s, "the refused update").await;
+}
