@@ -3,8 +3,8 @@
 //!
 //! Figures: encryption on the sender (`files.send` returns once the encrypted copy is
 //! durable), upload (the first `file.progress` up until the relay acknowledged the whole
-//! blob), download (`files.download` on the receiver: fetch, check the SHA-256, decrypt
-//! to a file), each in MiB/s of the file; and the baseline: the same bytes copied from
+//! blob), download (`files.download` on the receiver: fetch, decrypt to a file while
+//! checking the SHA-256), each in MiB/s of the file; and the baseline: the same bytes copied from
 //! file to file and synced (what moving them costs without any network or crypto).
 
 use std::path::Path;
@@ -139,7 +139,7 @@ pub(crate) async fn run(args: &FilesArgs) -> Result<()> {
     println!("  upload to the relay:                    {:>7.0} MiB/s", mib_s(size, upload));
     println!("  download from the relay (transfer):      {:>7.0} MiB/s", mib_s(size, transfer));
     println!(
-        "  files.download in all (fetch, check by decrypting, decrypt to the file): {:.0} MiB/s",
+        "  files.download in all (fetch, decrypt and check, plaintext to the file): {:.0} MiB/s",
         mib_s(size, download)
     );
     let through = upload + transfer;

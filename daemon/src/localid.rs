@@ -50,8 +50,9 @@ impl fmt::Display for LocalId {
     }
 }
 
-/// The longest file name [`safe_name`] returns, in bytes: room under the usual 255-byte
-/// limit for the `.letstalk-part` the export writes first.
+/// The longest file name [`safe_name`] returns, in bytes: under the usual 255-byte
+/// limit (the plaintext's temporary file beside it has a short random name of its own,
+/// see `files::PlainFile`).
 pub const MAX_NAME: usize = 200;
 
 /// A file name from a peer (or a client), made safe to use as the last component of a

@@ -148,6 +148,29 @@ async fn an_8_mib_file_arrives_intact_and_the_relay_sees_no_plaintext() {
     })
     .await
     .unwrap();
+
+    // A blob altered on the relay: the download fails its check, and nothing appears at
+    // dest (the plaintext written on the way is removed with its temporary file).
+    let (path, sha, _) = random_file(&world, "altered.bin", 1024 * 1024);
+    let sent = alice
+        .call("files.send", json!({"to": "user:bob", "path": path.to_str().unwrap()}))
+        .await
+        .unwrap();
+    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
+    incoming(&bob, "alice", &sha).await;
+    let blobs = relay_blobs(&relay);
+    assert_eq!(blobs.len(), 1);
+    let mut bytes = std::fs::read(&blobs[0]).unwrap();
+    bytes[512 * 1024] ^= 1;
+    std::fs::write(&blobs[0], &bytes).unwrap();
+    let out = world.path().join("altered");
+    let dest = out.join("altered.bin");
+    let r = bob.call("files.download", json!({"message_id": id, "dest": dest})).await;
+    assert!(r.is_err(), "an altered file was accepted: {r:?}");
+    assert!(!dest.exists());
+    let left: Vec<_> = std::fs::read_dir(&out).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left beside dest: {left:?}");
+    assert_eq!(transfer_of(&bob, &id).await, "failed");
 }
 
 #[tokio::test]

@@ -14,7 +14,11 @@
 //! any case. The blob is appended to `<message_id>.age.part` (resuming from its length),
 //! checked by decrypting it and comparing the SHA-256, renamed to `<message_id>.age`,
 //! and released on the relay (which deletes it once every recipient released it).
-//! `files.download` then writes the plaintext where it was asked to.
+//! A download that `files.download` starts writes the plaintext where it was asked to in
+//! the same pass: the checker writes each decrypted chunk to a private temporary file
+//! beside that path ([`PlainFile`]), which is renamed onto it once the hash matched and
+//! removed on any failure. A file already here (or a download already under way) is
+//! decrypted from its stored copy instead.
 //!
 //! **Invariant:** plaintext is written only to the sender's own file and to the paths a
 //! client names (or the directory of opened files beside the socket); what the daemon
@@ -193,7 +197,7 @@ async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<bool, S
     for row in rows {
         match row.transfer {
             FileTransfer::Uploading | FileTransfer::Downloading => {
-                start(daemon, relay, &row);
+                start(daemon, relay, &row, None);
                 owed = true;
             }
             FileTransfer::Available => {
@@ -214,6 +218,7 @@ async fn tick(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>) -> Result<bool, S
                         daemon,
                         relay,
                         &FileRow { transfer: FileTransfer::Downloading, ..row.clone() },
+                        None,
                     );
                 }
             }
@@ -277,12 +282,22 @@ async fn release(daemon: &Arc<Daemon>, relay: &Arc<dyn RelayApi>, row: &FileRow)
     }
 }
 
-/// Starts the transfer of `row` unless one runs; returns its outcome watch.
+/// Where a download writes the plaintext while it checks the file (see [`download_now`]),
+/// and how it tells that it did: `written` gets `()` once the plaintext is at `path`,
+/// and is dropped unsent otherwise.
+pub(super) struct WriteTo {
+    pub path: PathBuf,
+    pub written: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts the transfer of `row` unless one runs (then `plain` is dropped); returns its
+/// outcome watch.
 fn start(
     daemon: &Arc<Daemon>,
     relay: &Arc<dyn RelayApi>,
     row: &FileRow,
-) -> watch::Receiver<Option<Result<(), TransferError>>> {
+    plain: Option<WriteTo>,
+) -> watch::Receiver<Option<Outcome>> {
     let mut active = daemon.transfers.lock();
     if let Some(a) = active.get(&row.message_id) {
         return a.outcome.clone();
@@ -297,7 +312,7 @@ fn start(
             if row.uploads_here() {
                 upload(&d, &r, &row).await
             } else {
-                download(&d, &r, &row).await
+                download(&d, &r, &row, plain).await
             }
         };
         let outcome = tokio::select! {
@@ -369,19 +384,31 @@ async fn fail(daemon: &Arc<Daemon>, row: &FileRow, why: &TransferError) {
 }
 
 /// Makes sure `row` downloads (starting it, or joining the running one), and waits for
-/// the attempt to end.
+/// the attempt to end. With `dest`, a download started here writes the plaintext there
+/// as it decrypts the blob to check it (through a temporary file beside it, renamed once
+/// the file is checked; removed on any failure): `Ok(true)` when it did. `Ok(false)`
+/// when the plaintext is still to be written from the stored copy (a download already
+/// running, or `dest` could not be written on the way).
 pub async fn download_now(
     daemon: &Arc<Daemon>,
     relay: &Arc<dyn RelayApi>,
     row: &FileRow,
-) -> Outcome {
+    dest: Option<&Path>,
+) -> Result<bool, TransferError> {
     if row.transfer != FileTransfer::Downloading {
         record_transfer(daemon, row, FileTransfer::Downloading).await?;
     }
-    let mut rx =
-        start(daemon, relay, &FileRow { transfer: FileTransfer::Downloading, ..row.clone() });
+    let (written, mut was_written) = tokio::sync::oneshot::channel();
+    let plain = dest.map(|d| WriteTo { path: d.to_owned(), written });
+    let mut rx = start(
+        daemon,
+        relay,
+        &FileRow { transfer: FileTransfer::Downloading, ..row.clone() },
+        plain,
+    );
     let outcome = rx.wait_for(Option::is_some).await.map_err(|_| TransferError::Cancelled)?;
-    outcome.clone().unwrap_or(Err(TransferError::Cancelled))
+    outcome.clone().unwrap_or(Err(TransferError::Cancelled))?;
+    Ok(was_written.try_recv().is_ok())
 }
 
 /// Cancels a transfer on this side and tells the other (see the module doc). A file

@@ -200,10 +200,14 @@ pub(super) async fn upload(
     Ok(())
 }
 
+/// Downloads `row`'s blob into the attachments directory, checked; with `plain`, the
+/// checker also writes the plaintext beside `plain.path` as it decrypts, and renames it
+/// there once the file is checked and recorded (one decryption in all).
 pub(super) async fn download(
     daemon: &Arc<Daemon>,
     relay: &Arc<dyn RelayApi>,
     row: &FileRow,
+    plain: Option<WriteTo>,
 ) -> Result<(), TransferError> {
     let data_dir = &daemon.config.data_dir;
     let id = row.local_id().ok_or(TransferError::InvalidId)?;
@@ -230,10 +234,17 @@ pub(super) async fn download(
         last: None,
     };
     // The check (decrypt and hash) runs beside the transfer on a blocking thread: it
-    // reads what an earlier attempt kept, then every chunk as it arrives.
+    // reads what an earlier attempt kept, then every chunk as it arrives, writing the
+    // plaintext to a temporary file beside `plain.path` if asked. Whatever ends this
+    // early (an error, a cancel) drops that file, which removes it.
     let (check_tx, check_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let (p, key) = (part.clone(), row.file_key.clone());
-    let checker = tokio::task::spawn_blocking(move || check_stream(&p, offset, &key, check_rx));
+    let to = plain.as_ref().map(|w| w.path.clone());
+    let checker = tokio::task::spawn_blocking(move || {
+        let out =
+            to.and_then(|d| PlainFile::create(&d).map_err(|e| plain_later("creating", &e)).ok());
+        check_stream(&p, offset, &key, out, check_rx)
+    });
     if offset < row.blob_size {
         let me = daemon.user().ok_or(TransferError::Unavailable)?;
         let owner = row.owner(&me).to_owned();
@@ -288,11 +299,14 @@ pub(super) async fn download(
     file.sync_all().await.map_err(|e| TransferError::io("attachment", e))?;
     drop(file);
     // Kept only if it decrypts and matches the SHA-256 from the end-to-end message.
-    let hash = checker.await.map_err(|e| TransferError::io("checking", e))?;
-    if !matches!(hash, Ok(h) if h == row.sha256) {
-        let _ = std::fs::remove_file(&part);
-        return Err(TransferError::Corrupt);
-    }
+    let checked = checker.await.map_err(|e| TransferError::io("checking", e))?;
+    let clear = match checked {
+        Ok(c) if c.sha256 == row.sha256 => c.plain,
+        _ => {
+            let _ = std::fs::remove_file(&part);
+            return Err(TransferError::Corrupt);
+        }
+    };
     std::fs::rename(&part, &done).map_err(|e| TransferError::io("attachment", e))?;
     progress.report(row.blob_size, true).await;
     let r = row.clone();
@@ -308,6 +322,20 @@ pub(super) async fn download(
         })
         .await?;
     daemon.bus.published(seq);
+    // Checked and recorded: the plaintext goes onto its path (it is synced already),
+    // unless nobody waits for it any more (then it is removed, as before this step).
+    if let (Some(f), Some(w)) = (clear, plain)
+        && !w.written.is_closed()
+    {
+        match f.persist() {
+            Ok(()) => {
+                let _ = w.written.send(());
+            }
+            Err(e) => {
+                plain_later("renaming", &e);
+            }
+        }
+    }
     release(daemon, relay, &FileRow { release: true, ..row.clone() }).await;
     tracing::info!(size = row.size, "file downloaded and checked");
     Ok(())

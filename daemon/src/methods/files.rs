@@ -168,46 +168,42 @@ pub(super) async fn download(
         RpcError::new(ErrorKind::InvalidState, "this file message has an invalid id")
     })?;
     let have = files::encrypted_path(&daemon.config.data_dir, &local);
+    // The plaintext goes to `dest`, or to the directory of opened files.
+    let target = match dest {
+        Some(d) => d,
+        None => files::opened_path(&files::runtime_dir(daemon), &local, &row.name),
+    };
     // A file sent from here has its copy; any other (a sent copy from another device of
-    // ours too) is fetched first.
+    // ours too) is fetched first, and written to `target` as it is checked (one
+    // decryption) unless a download was already under way.
     let ready = row.uploads_here() || row.transfer == FileTransfer::Done;
+    let mut written = false;
     if !ready || !have.exists() {
         if row.uploads_here() {
             return Err(RpcError::new(ErrorKind::NotFound, "the encrypted copy is gone"));
         }
         let relay = relay(daemon)?;
-        files::download_now(daemon, &relay, &row).await.map_err(|e| match e {
-            TransferError::Unavailable => {
-                RpcError::new(ErrorKind::RelayUnavailable, "the relay cannot be reached now")
-            }
-            TransferError::Gone => {
-                RpcError::new(ErrorKind::NotFound, "the relay no longer has this file")
-            }
-            TransferError::Cancelled => {
-                RpcError::new(ErrorKind::InvalidState, "the transfer was cancelled")
-            }
-            other => RpcError::internal(other.to_string()),
-        })?;
+        written = files::download_now(daemon, &relay, &row, Some(&target))
+            .await
+            .map_err(download_error)?;
     }
-    // Write it out: to `dest`, or to the directory of opened files.
-    let target = match dest {
-        Some(d) => d,
-        None => files::opened_path(&files::runtime_dir(daemon), &local, &row.name),
-    };
-    let (src, key, want, t) = (have, row.file_key.clone(), row.sha256.clone(), target.clone());
-    let written = tokio::task::spawn_blocking(move || export(&src, &key, &want, &t))
-        .await
-        .map_err(|e| RpcError::internal(format!("decrypting: {e}")))?;
-    match written {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(RpcError::internal("the stored file does not match its SHA-256"));
-        }
-        Err(e) => {
-            return Err(RpcError::invalid_params(
-                "dest",
-                format!("cannot write {}: {e}", target.display()),
-            ));
+    // Otherwise it is written out from the stored copy.
+    if !written {
+        let (src, key, want, t) = (have, row.file_key.clone(), row.sha256.clone(), target.clone());
+        let exported = tokio::task::spawn_blocking(move || export(&src, &key, &want, &t))
+            .await
+            .map_err(|e| RpcError::internal(format!("decrypting: {e}")))?;
+        match exported {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(RpcError::internal("the stored file does not match its SHA-256"));
+            }
+            Err(e) => {
+                return Err(RpcError::invalid_params(
+                    "dest",
+                    format!("cannot write {}: {e}", target.display()),
+                ));
+            }
         }
     }
     let (id, path) = (row.message_id.clone(), target.to_string_lossy().into_owned());
@@ -224,32 +220,31 @@ pub(super) async fn download(
     Ok(FilesDownloadResult { path, size: row.size, sha256: row.sha256 })
 }
 
-/// Decrypts `src` into `dest` through a temporary file beside it; `Ok(false)` (and
-/// nothing written) when the hash does not match.
-fn export(src: &Path, key: &[u8; 16], want: &str, dest: &Path) -> std::io::Result<bool> {
-    use std::os::unix::fs::DirBuilderExt;
-    if let Some(parent) = dest.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
-    }
-    let tmp = dest.with_extension("letstalk-part");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    let sha = match files::decrypt_to(src, key, Some(&mut out)) {
-        Ok(sha) => sha,
-        Err(e) => {
-            drop(out);
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+fn download_error(e: TransferError) -> RpcError {
+    match e {
+        TransferError::Unavailable => {
+            RpcError::new(ErrorKind::RelayUnavailable, "the relay cannot be reached now")
         }
-    };
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    if sha != want {
-        drop(file);
-        let _ = std::fs::remove_file(&tmp);
+        TransferError::Gone => {
+            RpcError::new(ErrorKind::NotFound, "the relay no longer has this file")
+        }
+        TransferError::Cancelled => {
+            RpcError::new(ErrorKind::InvalidState, "the transfer was cancelled")
+        }
+        other => RpcError::internal(other.to_string()),
+    }
+}
+
+/// Decrypts `src` into `dest` through a private temporary file beside it
+/// ([`files::PlainFile`]); `Ok(false)` (and nothing written) when the hash does not
+/// match.
+fn export(src: &Path, key: &[u8; 16], want: &str, dest: &Path) -> std::io::Result<bool> {
+    let mut out = files::PlainFile::create(dest)?;
+    if files::decrypt_to(src, key, Some(&mut out))? != want {
         return Ok(false);
     }
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dest)?;
+    out.sync()?;
+    out.persist()?;
     Ok(true)
 }
 
