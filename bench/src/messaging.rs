@@ -69,7 +69,10 @@ pub(crate) async fn run(args: &MessagingArgs) -> Result<()> {
     b.call_value("events.subscribe", json!({"kinds": ["message.received"]})).await?;
 
     progress(&format!("latency: {} warm-up + {} sequential messages", args.warmup, args.messages));
+    let pids = [("alice", alice.pid()), ("relay", relay.pid()), ("bob", bob.pid())];
+    let before = Cost::read(&pids)?;
     let (latency, stamps) = latency_run(&a, &mut events, args.warmup, args.messages).await?;
+    let cost = Cost::read(&pids)?.since(&before);
 
     let tp = if args.trace {
         None
@@ -114,6 +117,7 @@ pub(crate) async fn run(args: &MessagingArgs) -> Result<()> {
         verdict(latency.p50() <= TARGET_P50),
         verdict(latency.p99() <= TARGET_P99)
     );
+    cost.print(args.warmup + args.messages);
     println!();
     if let Some(tp) = &tp {
         print_throughput(args, tp);
@@ -274,6 +278,41 @@ async fn latency_run(
         }
     }
     Ok((Latencies::new(samples, started.elapsed(), warmup + n), stamps))
+}
+
+/// CPU time and context switches of each process, to tell what one message costs the
+/// machine: on a shared or virtual CPU each wake-up of a parked thread costs more than
+/// most of the work a message needs, so the count is a figure of its own.
+struct Cost(Vec<(&'static str, Duration, u64)>);
+
+impl Cost {
+    fn read(pids: &[(&'static str, u32)]) -> Result<Self> {
+        let each = |(name, pid): &(&'static str, u32)| -> Result<_> {
+            Ok((*name, sys::cpu_time(*pid)?, sys::context_switches(*pid)?))
+        };
+        Ok(Self(pids.iter().map(each).collect::<Result<_>>()?))
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        let pairs = self.0.iter().zip(&before.0);
+        Self(pairs.map(|(a, b)| (a.0, a.1.saturating_sub(b.1), a.2.saturating_sub(b.2))).collect())
+    }
+
+    fn print(&self, messages: usize) {
+        let n = messages.max(1) as f64;
+        let each: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, cpu, switches)| {
+                format!(
+                    "{name} {:.0} µs, {:.1} switches",
+                    cpu.as_secs_f64() * 1e6 / n,
+                    *switches as f64 / n
+                )
+            })
+            .collect();
+        println!("  per message (CPU time, context switches): {}", each.join("; "));
+    }
 }
 
 #[derive(Debug)]

@@ -84,3 +84,21 @@ pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let hz = rustix::param::clock_ticks_per_second().max(1);
     Ok(Duration::from_millis(ticks * 1000 / hz))
 }
+
+/// Context switches of `pid` so far, voluntary and not, summed over its live threads
+/// (/proc/PID/task/*/status; a thread that already exited is not counted).
+pub(crate) fn context_switches(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        total += status
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches")
+                    || l.starts_with("nonvoluntary_ctxt_switches")
+            })
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(total)
+}

@@ -17,8 +17,8 @@ use letstalk_link::{Identity, Kind, Link, LinkConfig, LinkError, Push, Registrat
 use letstalk_relay::testing::{self, TestRelay};
 use letstalk_relay::{Config, Limits};
 use letstalk_wire::{
-    AUTH_EXPORTER_LABEL, AUTH_EXPORTER_LEN, ErrorKind, PROTOCOL_VERSION, PresenceInfo, Request,
-    Response, auth_message,
+    AUTH_EXPORTER_LABEL, AUTH_EXPORTER_LEN, Copy, ErrorKind, PROTOCOL_VERSION, PresenceInfo,
+    Request, Response, auth_message,
 };
 use tokio::sync::mpsc::Receiver;
 
@@ -515,7 +515,8 @@ async fn concurrent_maximal_group_sends_keep_the_relay_under_its_memory_bound() 
 /// Issue 16, the online fast path: a message to a connected device is pushed before its
 /// commit (held 2 s here, a slow disk), and its sender is answered on the recipient's
 /// acknowledgement, before the commit; a stranger naming the same delivery id answers
-/// nobody; the acknowledged message is not left in the mailbox.
+/// nobody; the acknowledged message is not left in the mailbox. The same for `Send` and
+/// for `SendCopies` with one copy (what a daemon sends to an account with one device).
 #[tokio::test]
 async fn only_the_recipients_ack_answers_a_sender_before_the_commit() {
     let delay = Duration::from_secs(2);
@@ -523,24 +524,36 @@ async fn only_the_recipients_ack_answers_a_sender_before_the_commit() {
     let alice = w.user("alice").await;
     let mut bob = w.user("bob").await;
     let mallory = w.user("mallory").await;
-    let started = std::time::Instant::now();
-    let link = alice.link.clone();
-    let send = tokio::spawn(async move { link.send("bob", "m1", vec![1; 32]).await });
-    let Push::Message(m) = bob.next(|p| matches!(p, Push::Message(_))).await else {
-        unreachable!()
-    };
-    assert!(started.elapsed() < delay, "pushed only after the commit");
-    let acks = |d: &Device| {
-        let (link, id) = (d.link.clone(), m.delivery_id);
-        tokio::spawn(async move { link.ack(&[id]).await })
-    };
-    let mallorys = acks(&mallory);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!send.is_finished(), "a stranger's acknowledgement answered the sender");
-    let bobs = acks(&bob);
-    tokio::time::timeout(delay / 2, send).await.unwrap().unwrap().unwrap();
-    assert!(started.elapsed() < delay, "answered only at the commit");
-    mallorys.await.unwrap().unwrap();
-    bobs.await.unwrap().unwrap();
-    assert_eq!(w.relay.storage.mailbox_len().await.unwrap(), 0);
+    let bobs_device = bob.link.status().borrow().device_id.unwrap();
+    for copies in [false, true] {
+        let started = std::time::Instant::now();
+        let link = alice.link.clone();
+        let send = tokio::spawn(async move {
+            let body = vec![1; 32];
+            if copies {
+                let copies = vec![Copy { device_id: bobs_device, body }];
+                let request = Request::SendCopies { to: "bob".into(), msg_id: "m2".into(), copies };
+                assert!(matches!(link.request(request).await, Ok(Response::Sent { .. })));
+            } else {
+                link.send("bob", "m1", body).await.unwrap();
+            }
+        });
+        let Push::Message(m) = bob.next(|p| matches!(p, Push::Message(_))).await else {
+            unreachable!()
+        };
+        assert!(started.elapsed() < delay, "pushed only after the commit (copies: {copies})");
+        let acks = |d: &Device| {
+            let (link, id) = (d.link.clone(), m.delivery_id);
+            tokio::spawn(async move { link.ack(&[id]).await })
+        };
+        let mallorys = acks(&mallory);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!send.is_finished(), "a stranger's acknowledgement answered the sender");
+        let bobs = acks(&bob);
+        tokio::time::timeout(delay / 2, send).await.unwrap().unwrap();
+        assert!(started.elapsed() < delay, "answered only at the commit (copies: {copies})");
+        mallorys.await.unwrap().unwrap();
+        bobs.await.unwrap().unwrap();
+        assert_eq!(w.relay.storage.mailbox_len().await.unwrap(), 0);
+    }
 }

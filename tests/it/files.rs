@@ -58,6 +58,25 @@ pub(crate) async fn no_auto_download(d: &Daemon) {
         .unwrap();
 }
 
+/// Alice sends bob a file of `len` random bytes named `name`; returns its message id and
+/// SHA-256 once bob has the message.
+async fn send_to_bob(
+    world: &World,
+    alice: &Daemon,
+    bob: &Daemon,
+    name: &str,
+    len: usize,
+) -> (String, String) {
+    let (path, sha, _) = random_file(world, name, len);
+    let sent = alice
+        .call("files.send", json!({"to": "user:bob", "path": path.to_str().unwrap()}))
+        .await
+        .unwrap();
+    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
+    incoming(bob, "alice", &sha).await;
+    (id, sha)
+}
+
 #[tokio::test]
 async fn an_8_mib_file_arrives_intact_and_the_relay_sees_no_plaintext() {
     let world = World::new();
@@ -151,13 +170,7 @@ async fn an_8_mib_file_arrives_intact_and_the_relay_sees_no_plaintext() {
 
     // A blob altered on the relay: the download fails its check, and nothing appears at
     // dest (the plaintext written on the way is removed with its temporary file).
-    let (path, sha, _) = random_file(&world, "altered.bin", 1024 * 1024);
-    let sent = alice
-        .call("files.send", json!({"to": "user:bob", "path": path.to_str().unwrap()}))
-        .await
-        .unwrap();
-    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
-    incoming(&bob, "alice", &sha).await;
+    let (id, _) = send_to_bob(&world, &alice, &bob, "altered.bin", 1024 * 1024).await;
     let blobs = relay_blobs(&relay);
     assert_eq!(blobs.len(), 1);
     let mut bytes = std::fs::read(&blobs[0]).unwrap();
@@ -232,16 +245,10 @@ async fn cancel_works_on_both_sides() {
     no_auto_download(&bob).await;
 
     // The sender cancels after delivery: the receiver hears of it and cannot download.
-    let (path, sha, _) = random_file(&world, "one.bin", 1024 * 1024);
     let b = bob.client().await.unwrap();
     let mut b_events = b.take_events().unwrap();
     b.call_value("events.subscribe", json!({"kinds": ["file.state"]})).await.unwrap();
-    let sent = alice
-        .call("files.send", json!({"to": "user:bob", "path": path.to_str().unwrap()}))
-        .await
-        .unwrap();
-    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
-    incoming(&bob, "alice", &sha).await;
+    let (id, _) = send_to_bob(&world, &alice, &bob, "one.bin", 1024 * 1024).await;
     alice.call("files.cancel", json!({"message_id": id})).await.unwrap();
     assert_eq!(transfer_of(&alice, &id).await, "cancelled");
     let e = next_event(&mut b_events, Duration::from_secs(30)).await.unwrap();
@@ -260,13 +267,7 @@ async fn cancel_works_on_both_sides() {
     alice.call("files.cancel", json!({"message_id": id})).await.unwrap();
 
     // The receiver cancels: its claim is released and the relay deletes the blob.
-    let (path, sha, _) = random_file(&world, "two.bin", 1024 * 1024);
-    let sent = alice
-        .call("files.send", json!({"to": "user:bob", "path": path.to_str().unwrap()}))
-        .await
-        .unwrap();
-    let id = sent["message"]["message_id"].as_str().unwrap().to_owned();
-    incoming(&bob, "alice", &sha).await;
+    let (id, _) = send_to_bob(&world, &alice, &bob, "two.bin", 1024 * 1024).await;
     assert_eq!(relay_blobs(&relay).len(), 1);
     bob.call("files.cancel", json!({"message_id": id})).await.unwrap();
     assert_eq!(transfer_of(&bob, &id).await, "cancelled");

@@ -85,8 +85,9 @@ pub(super) async fn handle<S: Storage>(
         Request::SendCopies { to, msg_id, copies } => {
             // Checked like `Send` (each body, the msg id); the copies are checked against
             // the recipient's devices by the storage, in the transaction that stores them.
-            // The plain path, not the online fast path: that one answers on one
-            // device's acknowledgement, and here there are several.
+            // A lone copy (a recipient with one device) takes the online fast path like
+            // `Send`; several take the plain one (that path answers on one device's
+            // acknowledgement).
             let (user, device) = require_device(st, ctx)?;
             let to = user_arg(&to)?;
             if msg_id.is_empty() || copies.iter().any(|c| c.body.is_empty()) {
@@ -102,7 +103,13 @@ pub(super) async fn handle<S: Storage>(
                 ),
                 now: now_ms(),
             };
-            let done = match st.storage.enqueue(envelope, st.limits.mailbox_quota()).await {
+            let quota = st.limits.mailbox_quota();
+            let done = if st.hub.is_local(&to) {
+                send_online(st, envelope, quota).await
+            } else {
+                st.storage.enqueue(envelope, quota).await
+            };
+            let done = match done {
                 Err(StorageError::Mismatch { missing, extra }) => {
                     return Ok(Response::Mismatch { missing, extra });
                 }
@@ -224,7 +231,7 @@ async fn send_batch<S: Storage>(
 }
 
 /// The online fast path: a device of the recipient is connected here, so a message for
-/// its one target device (`Send`'s single copy) is
+/// its one target device (`Send`'s single copy, or `SendCopies` with one copy) is
 /// pushed as soon as it is written, while its commit runs, and the sender is answered on
 /// whichever comes first: the commit, or the recipient's acknowledgement (its device
 /// holds the message then). Either way nothing the sender is told was delivered can be
@@ -236,8 +243,13 @@ async fn send_online<S: Storage>(
     envelope: Envelope,
     quota: Quota,
 ) -> Result<Enqueued, StorageError> {
-    let Copies::Single(body) = &envelope.copies else {
-        return st.storage.enqueue(envelope, quota).await;
+    let body = match &envelope.copies {
+        Copies::Single(body) => body,
+        Copies::Exact(copies) => match copies.as_slice() {
+            [(_, body)] => body,
+            _ => return st.storage.enqueue(envelope, quota).await,
+        },
+        Copies::Every(_) => return st.storage.enqueue(envelope, quota).await,
     };
     let (staged_tx, staged) = oneshot::channel();
     let ahead = Queued {
