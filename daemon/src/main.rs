@@ -11,8 +11,8 @@ use tracing_subscriber::prelude::*;
 
 use letstalkd::config::{Args, Config};
 
-/// Runtime worker threads at most (see `main`).
-const MAX_WORKERS: usize = 2;
+/// Runtime worker threads (see `main`).
+const WORKERS: usize = 1;
 
 fn main() -> ExitCode {
     // Everything the daemon creates (data directory, database, key file, socket) is
@@ -36,13 +36,16 @@ fn main() -> ExitCode {
         )
         .init();
 
-    // Two workers at most (the store's work runs on the blocking pool): on a phone with
-    // eight cores, each further worker is one more thread to wake and park around every
-    // packet, for a single user's traffic. `TOKIO_WORKER_THREADS` still overrides it.
+    // One worker (the store's work, file encryption and key derivation run on the
+    // blocking pool, QUIC on the link's own thread): for a single user's traffic each
+    // further worker is one more thread to wake and park around every packet, which
+    // costs more than the little the async tasks do. With two, each message cost alice
+    // about 56 context switches and bob 42; with one, 46 and 35, and 3 to 5 % less CPU
+    // (`letstalk-bench messaging`, bench/README.md). `TOKIO_WORKER_THREADS` still
+    // overrides it.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        builder.worker_threads(cores.min(MAX_WORKERS));
+        builder.worker_threads(WORKERS);
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
