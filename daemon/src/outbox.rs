@@ -86,13 +86,47 @@ pub fn enqueue(
     Ok(relay_id)
 }
 
-/// Recipients with something in the outbox, oldest first.
-pub fn pending_recipients(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT recipient FROM outbox GROUP BY recipient ORDER BY min(seq)")?;
-    let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+/// Recipients with something in the outbox due at `now`, oldest first. A recipient whose
+/// every row waits ([`RECEIPT_DELAY_MS`]) is left for later; one with any row due gets
+/// all of them, in order.
+pub fn pending_recipients(conn: &Connection, now: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT recipient FROM outbox GROUP BY recipient
+         HAVING min(coalesce(not_before, 0)) <= ?1 ORDER BY min(seq)",
+    )?;
+    let rows = stmt.query_map([now], |r| r.get(0))?.collect::<Result<_, _>>()?;
     Ok(rows)
 }
+
+/// When the first row still waiting at `now` is due, if any waits. (A row already due
+/// but not sent waits for the sender's retry, not for this.)
+pub fn next_due(conn: &Connection, now: i64) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT min(not_before) FROM outbox WHERE not_before > ?1")?
+        .query_row([now], |r| r.get(0))?)
+}
+
+/// Whether `recipient` has a row not sealed yet that is due at `now`: what the queue is
+/// sealed for where a transaction is open anyway. Rows that only wait are left to merge
+/// (a delivery receipt) and are sealed when they go.
+pub fn unsealed_due(conn: &Connection, recipient: &str, now: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM outbox WHERE recipient = ?1 AND envelope IS NULL AND copies IS NULL
+             AND coalesce(not_before, 0) <= ?2 LIMIT 1",
+        )?
+        .query_row(params![recipient, now], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// How long a delivery receipt waits before it is sent, so that the receipts for the
+/// messages that arrive meanwhile merge into it. Short enough that the sender's
+/// "delivered" still looks immediate; long enough that a conversation in full flow (a
+/// message every few milliseconds) costs one receipt for dozens of messages: a receipt
+/// is a message of its own (sealed, relayed, stored and opened on the other side), and
+/// one each doubled what a message cost both devices and the relay.
+pub const RECEIPT_DELAY_MS: i64 = 100;
 
 /// How long the plaintext of a sent message is kept for a retry receipt (unless its
 /// delivery receipt comes first).
@@ -498,7 +532,14 @@ pub fn enqueue_receipt(
             .execute(params![seq, merged.encode()])?;
         return Ok(());
     }
-    enqueue(conn, recipient, None, &Content::Receipt { state, ids }, now).map(drop)
+    let relay_id = enqueue(conn, recipient, None, &Content::Receipt { state, ids }, now)?;
+    // A read receipt goes at once (the user did something); a delivery receipt waits
+    // for the ones after it.
+    if state == ReceiptKind::Delivered {
+        conn.prepare_cached("UPDATE outbox SET not_before = ?2 WHERE relay_id = ?1")?
+            .execute(params![relay_id, now.saturating_add(RECEIPT_DELAY_MS)])?;
+    }
+    Ok(())
 }
 
 /// Message ids one receipt carries at most (what a receiver applies of one).

@@ -133,7 +133,7 @@ pub async fn run<T: Transport>(daemon: Arc<Daemon>, transport: Arc<T>, cancel: C
     let mut backoff = Duration::from_millis(250);
     loop {
         let outcome = drain(&daemon, transport.as_ref()).await;
-        let wait = match outcome {
+        let mut wait = match outcome {
             Ok(()) => {
                 backoff = Duration::from_millis(250);
                 None
@@ -144,6 +144,13 @@ pub async fn run<T: Transport>(daemon: Arc<Daemon>, transport: Arc<T>, cancel: C
                 Some(wait)
             }
         };
+        // A row that waits (a delivery receipt gathering others) wakes the sender when
+        // it is due.
+        let now = now_ms();
+        if let Ok(Some(due)) = daemon.store.read(move |c| outbox::next_due(c, now)).await {
+            let until = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
         tokio::select! {
             () = cancel.cancelled() => return,
             () = daemon.sender_wake.notified() => {}
@@ -164,7 +171,7 @@ async fn drain<T: Transport>(daemon: &Arc<Daemon>, transport: &T) -> Result<(), 
     if let Some(me) = daemon.user() {
         transport.probe(&me).await;
     }
-    let recipients = match daemon.store.read(|c| outbox::pending_recipients(c)).await {
+    let recipients = match daemon.store.read(|c| outbox::pending_recipients(c, now_ms())).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "reading the outbox");

@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0010_device_sessions.sql"),
     include_str!("store/0011_group_devices.sql"),
     include_str!("store/0012_sent_files.sql"),
+    include_str!("store/0013_receipt_delay.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";

@@ -76,14 +76,15 @@ pub fn receive_many(
         out.push(receive_in(&sp, me, own_device, sender, *device, relay_id, bytes, now)?);
         sp.commit()?;
     }
-    // What the batch queued for its senders (delivery receipts, merged into one per
-    // sender) is encrypted before the one commit, so the sender has no transaction of
-    // its own to sync before it hands them to the relay.
+    // What the batch queued for its senders that is due now (a retry receipt, a group
+    // key) is encrypted before the one commit, so the sender has no transaction of its
+    // own to sync before it hands it to the relay. A delivery receipt alone waits
+    // (`outbox::RECEIPT_DELAY_MS`), unsealed, for the receipts of the messages after it.
     let mut senders: Vec<&str> = items.iter().map(|(s, _, _, _)| *s).collect();
     senders.sort_unstable();
     senders.dedup();
     for sender in senders {
-        if !trust::is_untrusted(&tx, sender)? {
+        if outbox::unsealed_due(&tx, sender, now)? && !trust::is_untrusted(&tx, sender)? {
             e2e::seal_queued(&tx, sender, e2e::SEAL_MAX, &mut rand_core::OsRng, now)?;
         }
     }
@@ -708,8 +709,9 @@ mod tests {
     }
 
     /// Issue 17: a message sealed in the transaction that queues it goes out as that
-    /// ciphertext (never encrypted again), and texts received together owe one receipt,
-    /// sealed before their commit.
+    /// ciphertext (never encrypted again), and texts received owe one receipt, which
+    /// waits unsealed for the receipts of the texts after it; a row due behind it takes
+    /// it along at once.
     #[test]
     fn sealed_where_queued_and_one_receipt_per_batch() {
         let alice = device("alice");
@@ -749,10 +751,19 @@ mod tests {
             (text_of(&bob, "m2"), text_of(&bob, "m3")),
             (Some("two".into()), Some("three".into()))
         );
-        // m1's receipt, then one for m2 and m3: both sealed already.
+        // m1's receipt, merged with m2's and m3's into one row: not sealed, not due yet.
         let receipts = outbox_of(&bob, "alice");
-        assert_eq!(receipts.len(), 2, "{receipts:?}");
-        assert!(receipts.iter().all(|(p, e)| !p && e.is_some()));
+        assert_eq!(receipts.len(), 1, "{receipts:?}");
+        assert!(receipts.iter().all(|(p, e)| *p && e.is_none()));
+        let due =
+            |d: &Device, now: i64| d.store.with(|c| outbox::pending_recipients(c, now)).unwrap();
+        assert!(due(&bob, 8).is_empty());
+        let waits_until = bob.store.with(|c| outbox::next_due(c, 8)).unwrap().unwrap();
+        assert!(waits_until > 8 && waits_until <= 8 + outbox::RECEIPT_DELAY_MS);
+        assert_eq!(due(&bob, waits_until), vec!["alice".to_owned()]);
+        // A text to alice is due at once and takes the receipt along.
+        send_text(&bob, "alice", "b1", "hi");
+        assert_eq!(due(&bob, 8), vec!["alice".to_owned()]);
         let got = flush(&bob, &alice, None);
         assert!(got.iter().all(|r| matches!(r, Received::Applied { .. })), "{got:?}");
         for id in ["m1", "m2", "m3"] {
