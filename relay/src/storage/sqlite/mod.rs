@@ -8,6 +8,7 @@
 //! writes (enqueue, fan-out, acknowledgement) are group-committed by that one writer
 //! (`writer.rs`): concurrent senders share a transaction and its sync.
 
+mod counters;
 mod rows;
 mod writer;
 
@@ -21,6 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
+use self::counters::Scope;
 use self::rows::{
     count_one_time, delete_device, device_ids, exists, i, key32, read_blocks, read_contacts,
     read_profile,
@@ -40,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0004_consent.sql"),
     include_str!("0005_devices.sql"),
     include_str!("0006_mailbox_usage.sql"),
+    include_str!("0007_mailbox_totals.sql"),
 ];
 
 /// SQLite storage. Cheap to clone.
@@ -331,12 +334,15 @@ impl Storage for SqliteStorage {
         let user_id = user_id.to_owned();
         self.with(move |c| {
             let tx = c.transaction()?;
-            // Cascades to avatar, devices and their prekeys, watches, blocks, contacts, link
-            // rendezvous and the mailbox.
+            // The mail queued for it first, off the counters (the cascade would not count
+            // it, and a trigger refuses to let it), then what it sent that is still queued
+            // (it names the account).
+            counters::delete_mail(&tx, Scope::Recipient(&user_id))?;
+            counters::delete_mail(&tx, Scope::Sender(&user_id))?;
+            // Cascades to avatar, devices and their prekeys, watches, blocks, contacts and
+            // link rendezvous. Its reports go too; dedupe records hold only hashes and
+            // expire within the hour.
             tx.execute("DELETE FROM accounts WHERE user_id = ?1", [&user_id])?;
-            // What it sent that is still queued goes with it (it names the account), and
-            // so do its reports. Dedupe records hold only hashes and expire within the hour.
-            tx.execute("DELETE FROM mailbox WHERE sender = ?1", [&user_id])?;
             tx.execute("DELETE FROM reports WHERE user_id = ?1", [&user_id])?;
             tx.commit()?;
             // `secure_delete` zeroed the rows in the database pages; the WAL still holds
@@ -857,7 +863,7 @@ impl Storage for SqliteStorage {
     async fn expire(&self, before: u64) -> Result<u64, StorageError> {
         self.with(move |c| {
             let tx = c.transaction()?;
-            let n = tx.execute("DELETE FROM mailbox WHERE server_ts < ?1", [i(before)])?;
+            let n = counters::delete_mail(&tx, Scope::Before(before))?;
             // Dedupe records live only for the retransmit window (checked on read too).
             let window = u64::try_from(DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
             let dedupe_before = crate::clock::now_ms().saturating_sub(window);
@@ -868,7 +874,7 @@ impl Storage for SqliteStorage {
                 [i(crate::clock::now_ms())],
             )?;
             tx.commit()?;
-            Ok(n as u64)
+            Ok(n)
         })
         .await
     }

@@ -6,6 +6,7 @@
 use letstalk_wire::{AvatarMeta, Profile};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::counters::{self, Mail, Scope, Tally};
 use crate::storage::{
     Blocks, Contacts, DEDUPE_WINDOW, Enqueued, Envelope, Quota, StorageError, dedupe_id,
     target_devices,
@@ -108,8 +109,7 @@ pub(super) fn delete_device(
     let n = c
         .prepare_cached("DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2")?
         .execute(params![user_id, device_id])?;
-    c.prepare_cached("DELETE FROM mailbox WHERE recipient = ?1 AND device_id = ?2")?
-        .execute(params![user_id, device_id])?;
+    counters::delete_mail(c, Scope::Device(user_id, device_id))?;
     Ok(n > 0)
 }
 
@@ -123,10 +123,16 @@ pub(super) struct Stored {
 /// One message into the mailboxes of its target devices, inside the caller's
 /// transaction: dedupe once per (sender, recipient, msg id), the recipient's blocks once
 /// (not for one's own account), then each copy within its device mailbox's quota.
+///
+/// The copies are counted in `counts`, which the caller writes to the counters later
+/// (with `pending`, the changes of the same transaction not written yet: the quota
+/// checks add both to the counters).
 pub(super) fn enqueue_in(
     tx: &Connection,
     e: Envelope,
     quota: Quota,
+    pending: &[&Tally],
+    counts: &mut Tally,
 ) -> Result<Stored, StorageError> {
     let id = dedupe_id(&e.sender, &e.recipient, &e.msg_id);
     let window = u64::try_from(DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
@@ -160,58 +166,42 @@ pub(super) fn enqueue_in(
     let targets =
         target_devices(&e.sender, e.sender_device, &e.recipient, device_ids(tx, &e.recipient)?);
     let copies = e.copies.resolve(&targets)?;
-    let over = |(count, bytes): (i64, i64), (max_messages, max_bytes): (u64, u64), len: u64| {
-        count as u64 >= max_messages || bytes as u64 + len > max_bytes
+    let over = |have: counters::Amount, (max_messages, max_bytes): (u64, u64), len: u64| {
+        have.messages as u64 >= max_messages || have.bytes as u64 + len > max_bytes
     };
-    // The mailbox's counters (migration 6, kept by triggers): one pass over the device's
-    // few usage rows (one per sender) gives its total, this sender's part and the
-    // strangers' part, without reading the mailbox itself.
-    let mut usage = tx.prepare_cached(
-        "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(bytes), 0),
-                COALESCE(SUM(CASE WHEN sender = ?3 THEN messages END), 0),
-                COALESCE(SUM(CASE WHEN sender = ?3 THEN bytes END), 0),
-                COALESCE(SUM(CASE WHEN from_contact = 0 THEN messages END), 0),
-                COALESCE(SUM(CASE WHEN from_contact = 0 THEN bytes END), 0)
-         FROM mailbox_usage WHERE recipient = ?1 AND device_id = ?2",
-    )?;
-    for (device, body) in &copies {
-        let len = body.len() as u64;
-        let (total, by_sender, strangers) = usage
-            .query_row(params![e.recipient, device, e.sender], |r| {
-                Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?), (r.get(4)?, r.get(5)?)))
-            })?;
-        // Fair shares: one sender, and non-contacts together, fill only a part of the box.
-        if over(total, (quota.max_messages, quota.max_bytes), len)
-            || over(by_sender, quota.sender_share(), len)
-            || (!from_contact && over(strangers, quota.stranger_share(), len))
-        {
-            return Err(StorageError::QuotaExceeded);
+    {
+        // The device's totals row and the sender's one or two usage rows (not the
+        // mailbox), plus what this transaction changed and did not write yet.
+        let mut layers = pending.to_vec();
+        layers.push(&*counts);
+        for (device, body) in &copies {
+            let len = body.len() as u64;
+            let usage = counters::usage(tx, &layers, &e.recipient, *device, &e.sender)?;
+            // Fair shares: one sender, and non-contacts together, fill only a part of the box.
+            if over(usage.total, (quota.max_messages, quota.max_bytes), len)
+                || over(usage.sender, quota.sender_share(), len)
+                || (!from_contact && over(usage.strangers, quota.stranger_share(), len))
+            {
+                return Err(StorageError::QuotaExceeded);
+            }
         }
     }
-    drop(usage);
     tx.prepare_cached(
         "INSERT INTO sent_ids (id, server_ts) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET server_ts = excluded.server_ts",
     )?
     .execute(params![id, i(e.now)])?;
+    let mail = Mail {
+        recipient: &e.recipient,
+        sender: &e.sender,
+        sender_device: e.sender_device,
+        msg_id: &e.msg_id,
+        server_ts: e.now,
+        from_contact,
+    };
     let mut rows = Vec::with_capacity(copies.len());
-    let mut ins = tx.prepare_cached(
-        "INSERT INTO mailbox (recipient, device_id, sender, sender_device, msg_id, server_ts,
-                              body, from_contact)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    for (device, body) in copies {
-        let row = ins.insert(params![
-            e.recipient,
-            device,
-            e.sender,
-            e.sender_device,
-            e.msg_id,
-            i(e.now),
-            &body[..],
-            from_contact
-        ])?;
-        rows.push((device, u64::try_from(row).unwrap_or(0)));
+    for (device, body) in &copies {
+        rows.push((*device, counters::insert(tx, &mail, *device, body, counts)?));
     }
     Ok(Stored { enqueued: Enqueued { server_ts: e.now, duplicate: false }, rows })
 }

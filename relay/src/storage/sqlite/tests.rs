@@ -1,5 +1,7 @@
 //! The embedded back end on a temporary directory.
 
+use rusqlite::types::FromSql;
+
 use super::*;
 use crate::storage::Copies;
 
@@ -519,15 +521,26 @@ async fn concurrent_acks_share_one_commit() {
 /// The mailbox's counters (`mailbox_usage`) and the aggregate they stand for, each as
 /// (recipient, device, sender, from contact, messages, bytes) ordered.
 type Usage = Vec<(String, u32, String, bool, i64, i64)>;
+/// The per-device totals (`mailbox_totals`) and the aggregate they stand for, each as
+/// (recipient, device, messages, bytes, strangers' messages, strangers' bytes) ordered.
+type Totals = Vec<(String, u32, i64, i64, i64, i64)>;
 
-fn usage_and_aggregate(c: &Connection) -> Result<(Usage, Usage), StorageError> {
-    let read = |sql: &str| -> Result<Usage, StorageError> {
-        let mut st = c.prepare(sql)?;
-        let rows = st.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    };
+/// The rows of six columns `sql` reads.
+#[allow(clippy::type_complexity)]
+fn six<A: FromSql, B: FromSql, C: FromSql, D: FromSql, E: FromSql, F: FromSql>(
+    c: &Connection,
+    sql: &str,
+) -> Result<Vec<(A, B, C, D, E, F)>, StorageError> {
+    let mut st = c.prepare(sql)?;
+    let rows = st.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn usage_and_aggregate(c: &Connection) -> Result<(Usage, Usage, Totals, Totals), StorageError> {
+    let read = |sql: &str| six(c, sql);
+    let read_totals = |sql: &str| six(c, sql);
     let usage = read(
         "SELECT recipient, device_id, sender, from_contact, messages, bytes FROM mailbox_usage
          ORDER BY 1, 2, 3, 4",
@@ -536,18 +549,54 @@ fn usage_and_aggregate(c: &Connection) -> Result<(Usage, Usage), StorageError> {
         "SELECT recipient, device_id, sender, from_contact, COUNT(*), SUM(length(body))
          FROM mailbox GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
     )?;
-    Ok((usage, aggregate))
+    let totals = read_totals(
+        "SELECT recipient, device_id, messages, bytes, stranger_messages, stranger_bytes
+         FROM mailbox_totals ORDER BY 1, 2",
+    )?;
+    let totals_aggregate = read_totals(
+        "SELECT recipient, device_id, COUNT(*), SUM(length(body)), SUM(from_contact = 0),
+                SUM(CASE WHEN from_contact = 0 THEN length(body) ELSE 0 END)
+         FROM mailbox GROUP BY 1, 2 ORDER BY 1, 2",
+    )?;
+    Ok((usage, aggregate, totals, totals_aggregate))
+}
+
+/// One row of [`Usage`].
+fn usage_row(
+    recipient: &str,
+    device: u32,
+    sender: &str,
+    contact: bool,
+    messages: i64,
+    bytes: i64,
+) -> (String, u32, String, bool, i64, i64) {
+    (recipient.to_owned(), device, sender.to_owned(), contact, messages, bytes)
 }
 
 async fn assert_usage_exact(s: &SqliteStorage, after: &str) {
-    let (usage, aggregate) = s.with(|c| usage_and_aggregate(c)).await.unwrap();
+    let (usage, aggregate, totals, totals_aggregate) =
+        s.with(|c| usage_and_aggregate(c)).await.unwrap();
     assert_eq!(usage, aggregate, "mailbox_usage differs from the mailbox after {after}");
+    assert_eq!(totals, totals_aggregate, "mailbox_totals differs from the mailbox after {after}");
+    // The debug check of the writer says the same, device by device.
+    let devices: Vec<(String, u32)> = totals_aggregate.iter().map(|t| (t.0.clone(), t.1)).collect();
+    let exact = s
+        .with(move |c| {
+            devices.iter().try_fold(true, |all, (r, d)| Ok(all && counters::exact(c, r, *d)?))
+        })
+        .await
+        .unwrap();
+    assert!(exact, "counters::exact disagrees after {after}");
 }
 
 /// Property-style: random sends (contacts and strangers, several devices, one's own
-/// account, group fan-outs, refusals at the quota), acknowledgements, expiry, device
-/// removal, contact changes and account deletion, from several seeds; after every
-/// operation the counters equal the aggregate recomputed from `mailbox`.
+/// account, retransmits, group fan-outs, all-or-none batches refused half-way, refusals
+/// at the quota), bursts of sends and acknowledgements that share one writer batch,
+/// acknowledgements (also of ids that are not the device's), and every path that deletes
+/// mail: expiry, device removal, a password login that removes the other devices,
+/// account deletion (mail to it and from it); and contact and block changes, from
+/// several seeds. After every operation the counters equal the aggregate recomputed from
+/// `mailbox`.
 #[tokio::test]
 async fn usage_counters_stay_exact_through_random_operations() {
     use rand::rngs::StdRng;
@@ -565,27 +614,34 @@ async fn usage_counters_stay_exact_through_random_operations() {
         let mut key = 10u8;
         let (mut now, mut msg) = (1_000u64, 0u32);
         let mut stored = 0usize;
+        let user = |rng: &mut StdRng| USERS[rng.random_range(0..USERS.len())];
+        // A send; several devices get the same body (`Every`); now and then a retransmit
+        // of an earlier message id.
+        let send = |rng: &mut StdRng, msg: &mut u32, now: u64| {
+            let id = if *msg > 0 && rng.random_bool(0.15) {
+                rng.random_range(1..=*msg)
+            } else {
+                *msg += 1;
+                *msg
+            };
+            Envelope {
+                sender: user(rng).into(),
+                recipient: user(rng).into(),
+                msg_id: format!("m{id}"),
+                copies: Copies::Every(vec![0x5a; rng.random_range(1..60)].into()),
+                now,
+                ..envelope("", 0)
+            }
+        };
         for _ in 0..150 {
             now += rng.random_range(1..50);
             let op = rng.random_range(0..100);
-            let user = |rng: &mut StdRng| USERS[rng.random_range(0..USERS.len())];
-            let what = if op < 55 {
-                // A send; several devices get the same body (`Every`).
-                msg += 1;
-                let body = vec![0x5a; rng.random_range(1..60)];
-                let e = Envelope {
-                    sender: user(&mut rng).into(),
-                    recipient: user(&mut rng).into(),
-                    msg_id: format!("m{msg}"),
-                    copies: Copies::Every(body.into()),
-                    now,
-                    ..envelope("", 0)
-                };
-                if s.enqueue(e, quota).await.is_ok() {
+            let what = if op < 38 {
+                if s.enqueue(send(&mut rng, &mut msg, now), quota).await.is_ok() {
                     stored += 1;
                 }
                 "a send"
-            } else if op < 62 {
+            } else if op < 45 {
                 // A group send: one refusal fails only its copy.
                 msg += 1;
                 let from = user(&mut rng);
@@ -604,24 +660,63 @@ async fn usage_counters_stay_exact_through_random_operations() {
                     .collect();
                 s.enqueue_fanout(fan, quota).await.unwrap();
                 "a group send"
-            } else if op < 80 {
-                // An acknowledgement of a random part of one device's mailbox.
+            } else if op < 51 {
+                // A batch of one sender to one recipient, all or none; now and then its
+                // last message is refused (an unknown recipient) after the others were
+                // written and counted.
+                let first = send(&mut rng, &mut msg, now);
+                let mut batch = vec![first.clone()];
+                for _ in 0..rng.random_range(0..3) {
+                    msg += 1;
+                    batch.push(Envelope { msg_id: format!("m{msg}"), ..first.clone() });
+                }
+                if rng.random_bool(0.3) {
+                    msg += 1;
+                    let bad = Envelope { msg_id: format!("m{msg}"), ..first.clone() };
+                    batch.push(Envelope { recipient: "nobody".into(), ..bad });
+                }
+                if s.enqueue_many(batch, quota).await.is_ok() {
+                    stored += 1;
+                }
+                "a batch of sends"
+            } else if op < 57 {
+                // A burst: sends and acknowledgements queued together, one writer batch.
+                let mut sends = Vec::new();
+                for _ in 0..rng.random_range(2..8) {
+                    sends.push(s.enqueue(send(&mut rng, &mut msg, now), quota));
+                }
+                let to = user(&mut rng);
+                let queued = s.pending(to, 1, 0, 100).await.unwrap();
+                let ids: Vec<u64> = queued.iter().map(|m| m.delivery_id).collect();
+                let (sent, acked) =
+                    tokio::join!(futures::future::join_all(sends), s.ack(to, 1, ids));
+                stored += sent.iter().filter(|r| r.is_ok()).count();
+                acked.unwrap();
+                "a burst of sends and an acknowledgement"
+            } else if op < 72 {
+                // An acknowledgement of a random part of one device's mailbox, and of some
+                // ids that are not that device's (they delete and count nothing).
                 let to = user(&mut rng);
                 let devices = s.devices(to).await.unwrap().unwrap();
                 if let Some(d) = devices.get(rng.random_range(0..devices.len().max(1))) {
                     let queued = s.pending(to, d.device_id, 0, 100).await.unwrap();
-                    let ids = queued
+                    let mut ids: Vec<u64> = queued
                         .iter()
                         .filter(|_| rng.random_bool(0.5))
                         .map(|m| m.delivery_id)
                         .collect();
+                    let other = user(&mut rng);
+                    let theirs = s.pending(other, 1, 0, 100).await.unwrap();
+                    if other != to || d.device_id != 1 {
+                        ids.extend(theirs.iter().take(2).map(|m| m.delivery_id));
+                    }
                     s.ack(to, d.device_id, ids).await.unwrap();
                 }
                 "an acknowledgement"
-            } else if op < 85 {
+            } else if op < 77 {
                 s.expire(now.saturating_sub(rng.random_range(0..400))).await.unwrap();
                 "expiry"
-            } else if op < 91 {
+            } else if op < 83 {
                 // A device linked or removed.
                 let who = user(&mut rng);
                 let devices = s.devices(who).await.unwrap().unwrap();
@@ -632,13 +727,27 @@ async fn usage_counters_stay_exact_through_random_operations() {
                     assert!(s.remove_device(who, d.device_id).await.unwrap());
                 }
                 "a device change"
-            } else if op < 96 {
+            } else if op < 86 {
+                // A password login from a new key: every other device goes with its mail.
+                let who = user(&mut rng);
+                key = key.wrapping_add(1);
+                s.login_device(who, [key; 32], now).await.unwrap();
+                "a password login"
+            } else if op < 90 {
                 // Contacts change: later sends from them count as a contact's or not.
                 let who = user(&mut rng);
                 let users = USERS.iter().filter(|_| rng.random_bool(0.5)).map(|u| (*u).into());
                 let contacts = Contacts { share_presence: true, users: users.collect() };
                 s.set_contacts(who, contacts).await.unwrap();
                 "a contacts change"
+            } else if op < 95 {
+                // Blocks change: later sends from them are refused.
+                let who = user(&mut rng);
+                let all = rng.random_bool(0.1);
+                let users = USERS.iter().filter(|_| rng.random_bool(0.2)).map(|u| (*u).into());
+                let blocks = Blocks { all, users: users.collect() };
+                s.set_blocks(who, blocks).await.unwrap();
+                "a blocks change"
             } else {
                 // An account deleted (its mail, received and sent, goes) and registered again.
                 let who = user(&mut rng);
@@ -686,6 +795,31 @@ async fn the_total_quota_refuses_at_the_limit_and_an_ack_frees_room() {
     assert_usage_exact(&s, "the sends").await;
 }
 
+/// Accounts, devices and queued mail as an old relay's database (version 5 or 6) holds
+/// them: bob's device 1 has two messages from alice, one from carol as a stranger and
+/// one from carol as a contact; his device 2 one from alice.
+const OLD_MAIL: &str = "
+    INSERT INTO accounts (user_id, password_hash, email, nickname, identity, created_at, updated_at)
+    VALUES ('alice', 'h', 'a@b.c', 'A', x'', 1, 1), ('bob', 'h', 'b@b.c', 'B', x'', 1, 1),
+           ('carol', 'h', 'c@b.c', 'C', x'', 1, 1);
+    INSERT INTO devices (user_id, device_id, device_key, linked_at)
+    VALUES ('bob', 1, x'01', 1), ('bob', 2, x'02', 1), ('alice', 1, x'03', 1),
+           ('carol', 1, x'04', 1);
+    INSERT INTO mailbox (recipient, device_id, sender, msg_id, server_ts, body, from_contact)
+    VALUES ('bob', 1, 'alice', 'm1', 3, x'aabb', 1), ('bob', 1, 'alice', 'm2', 3, x'cc', 1),
+           ('bob', 2, 'alice', 'm1', 3, x'aabbcc', 1), ('bob', 1, 'carol', 'm3', 4, x'dd', 0),
+           ('bob', 1, 'carol', 'm4', 4, x'ee', 1);";
+
+/// The usage rows [`OLD_MAIL`] counts to.
+fn old_mail_usage() -> Usage {
+    vec![
+        usage_row("bob", 1, "alice", true, 2, 3),
+        usage_row("bob", 1, "carol", false, 1, 1),
+        usage_row("bob", 1, "carol", true, 1, 1),
+        usage_row("bob", 2, "alice", true, 1, 3),
+    ]
+}
+
 /// A database of version 5 with queued mail (written before the counters existed) gets
 /// its counters from the mailbox, and the quota counts that mail at once.
 #[tokio::test]
@@ -693,35 +827,12 @@ async fn the_migration_to_version_6_counts_the_queued_mail() {
     let dir = tempfile::tempdir().unwrap();
     {
         let c = SqliteStorage::open_at_version(dir.path(), 5).unwrap();
-        c.execute_batch(
-            "INSERT INTO accounts (user_id, password_hash, email, nickname, identity, created_at, updated_at)
-             VALUES ('alice', 'h', 'a@b.c', 'A', x'', 1, 1), ('bob', 'h', 'b@b.c', 'B', x'', 1, 1),
-                    ('carol', 'h', 'c@b.c', 'C', x'', 1, 1);
-             INSERT INTO devices (user_id, device_id, device_key, linked_at)
-             VALUES ('bob', 1, x'01', 1), ('bob', 2, x'02', 1), ('alice', 1, x'03', 1),
-                    ('carol', 1, x'04', 1);
-             INSERT INTO mailbox (recipient, device_id, sender, msg_id, server_ts, body, from_contact)
-             VALUES ('bob', 1, 'alice', 'm1', 3, x'aabb', 1), ('bob', 1, 'alice', 'm2', 3, x'cc', 1),
-                    ('bob', 2, 'alice', 'm1', 3, x'aabbcc', 1), ('bob', 1, 'carol', 'm3', 4, x'dd', 0),
-                    ('bob', 1, 'carol', 'm4', 4, x'ee', 1);",
-        )
-        .unwrap();
+        c.execute_batch(OLD_MAIL).unwrap();
     }
     let s = SqliteStorage::open(dir.path()).unwrap();
     assert_usage_exact(&s, "the migration").await;
-    let (usage, _) = s.with(|c| usage_and_aggregate(c)).await.unwrap();
-    let rows = |r: &str, d: u32, from: &str, contact: bool, n: i64, b: i64| {
-        (r.to_owned(), d, from.to_owned(), contact, n, b)
-    };
-    assert_eq!(
-        usage,
-        [
-            rows("bob", 1, "alice", true, 2, 3),
-            rows("bob", 1, "carol", false, 1, 1),
-            rows("bob", 1, "carol", true, 1, 1),
-            rows("bob", 2, "alice", true, 1, 3),
-        ]
-    );
+    let (usage, ..) = s.with(|c| usage_and_aggregate(c)).await.unwrap();
+    assert_eq!(usage, old_mail_usage());
     // alice already holds her share (two of eight) of bob's device 1.
     let quota = Quota { max_messages: 8, max_bytes: 1 << 20 };
     let one = Envelope {
@@ -734,9 +845,162 @@ async fn the_migration_to_version_6_counts_the_queued_mail() {
     assert_eq!(s.ack("bob", 1, ids).await.unwrap(), 4);
     assert_usage_exact(&s, "the acknowledgement").await;
     let left = s.with(|c| usage_and_aggregate(c)).await.unwrap().0;
-    assert_eq!(left, [rows("bob", 2, "alice", true, 1, 3)]);
+    assert_eq!(left, [usage_row("bob", 2, "alice", true, 1, 3)]);
     // Nothing may change what a queued message counts for behind the counters' back.
     let update = s.with(|c| Ok(c.execute("UPDATE mailbox SET from_contact = 0", [])?)).await;
     assert!(update.is_err(), "an update of a counted column must be refused");
     assert_usage_exact(&s, "the refused update").await;
+}
+
+/// A database of version 6 with queued mail (counted by the triggers of migration 6,
+/// and one counter gone wrong) is counted again by migration 7: usage rows and the new
+/// totals rows equal the mailbox, the triggers that counted per row are gone, the
+/// update guard stays, and the quota and acknowledgements work on the result.
+#[tokio::test]
+async fn the_migration_to_version_7_counts_the_queued_mail_and_drops_the_row_triggers() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = SqliteStorage::open_at_version(dir.path(), 6).unwrap();
+        c.execute_batch(OLD_MAIL).unwrap();
+        c.execute_batch(
+            "INSERT INTO mailbox (recipient, device_id, sender, msg_id, server_ts, body, from_contact)
+             VALUES ('alice', 1, 'carol', 'm5', 4, x'0102', 0);
+             -- A counter of before gone wrong: the migration counts again, it does not trust it.
+             UPDATE mailbox_usage SET messages = 9 WHERE recipient = 'bob' AND sender = 'carol';",
+        )
+        .unwrap();
+    }
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    assert_usage_exact(&s, "the migration").await;
+    let (usage, _, totals, _) = s.with(|c| usage_and_aggregate(c)).await.unwrap();
+    let mut want = vec![usage_row("alice", 1, "carol", false, 1, 2)];
+    want.extend(old_mail_usage());
+    assert_eq!(usage, want);
+    let total = |r: &str, d: u32, n: i64, b: i64, sn: i64, sb: i64| (r.to_owned(), d, n, b, sn, sb);
+    assert_eq!(
+        totals,
+        [total("alice", 1, 1, 2, 1, 2), total("bob", 1, 4, 5, 1, 1), total("bob", 2, 1, 3, 0, 0)]
+    );
+    let triggers: Vec<String> = s
+        .with(|c| {
+            let mut st =
+                c.prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY 1")?;
+            Ok(st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(triggers, ["accounts_delete_mail_first", "mailbox_usage_update"]);
+    // alice already holds her share (two of eight) of bob's device 1.
+    let quota = Quota { max_messages: 8, max_bytes: 1 << 20 };
+    let both = |id: &str| Envelope {
+        copies: Copies::Exact(vec![(1, vec![1].into()), (2, vec![2].into())]),
+        ..envelope(id, 5)
+    };
+    assert!(matches!(s.enqueue(both("m6"), quota).await, Err(StorageError::QuotaExceeded)));
+    let ids = s.pending("bob", 1, 0, 10).await.unwrap().iter().map(|m| m.delivery_id).collect();
+    assert_eq!(s.ack("bob", 1, ids).await.unwrap(), 4);
+    assert_usage_exact(&s, "the acknowledgement").await;
+    s.enqueue(both("m6"), quota).await.unwrap();
+    assert_usage_exact(&s, "a send after the migration").await;
+    let (_, _, totals, _) = s.with(|c| usage_and_aggregate(c)).await.unwrap();
+    // From alice, not a contact of bob's: the strangers' part.
+    assert_eq!(
+        totals,
+        [total("alice", 1, 1, 2, 1, 2), total("bob", 1, 1, 1, 1, 1), total("bob", 2, 2, 4, 1, 1)]
+    );
+}
+
+/// Issue 16, an attacker's burst: sends queued together share one writer batch, whose
+/// counters are written once, at its end; the quota checks inside the batch still see
+/// what the batch stored before them, so a burst stores no more than the sender's share,
+/// retransmits in it are acknowledged, not stored, and the counters stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_in_one_batch_stores_no_more_than_the_share() {
+    let (dir, s) = alice_and_bob().await;
+    // A sender's share of 8 is two messages.
+    let quota = Quota { max_messages: 8, max_bytes: 1 << 20 };
+    let before = s.write_transactions();
+    let guard = stall(&s);
+    let mut tasks = Vec::new();
+    for id in ["a", "b", "a", "c", "d", "b", "e"] {
+        tasks.push(send_from_task(&s, dir.path(), "bob", id, quota));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(guard);
+    let mut outs = Vec::new();
+    for t in tasks {
+        outs.push(t.await.unwrap().0);
+    }
+    assert!(s.write_transactions() - before <= 2, "not one batch");
+    let stored = outs.iter().filter(|o| matches!(o, Ok(Enqueued { duplicate: false, .. })));
+    let again = outs.iter().filter(|o| matches!(o, Ok(Enqueued { duplicate: true, .. })));
+    let full = outs.iter().filter(|o| matches!(o, Err(StorageError::QuotaExceeded)));
+    assert_eq!((stored.count(), again.count(), full.count()), (2, 2, 3), "{outs:?}");
+    assert_eq!(s.mailbox_len().await.unwrap(), 2);
+    assert_usage_exact(&s, "the burst").await;
+}
+
+/// A path that wrote the mailbox without counting (a bug) makes a counter drift below
+/// zero at the next acknowledgement: the device's counters are counted again from its
+/// mailbox instead of staying wrong.
+#[tokio::test]
+async fn a_counter_that_drifts_below_zero_is_counted_again() {
+    let (_dir, s) = alice_and_bob().await;
+    s.enqueue(envelope("counted", 1), QUOTA).await.unwrap();
+    s.with(|c| {
+        c.execute(
+            "INSERT INTO mailbox (recipient, device_id, sender, sender_device, msg_id, server_ts, body)
+             VALUES ('bob', 1, 'carol', 1, 'uncounted', 1, x'0102')",
+            [],
+        )?;
+        c.execute(
+            "INSERT INTO mailbox (recipient, device_id, sender, sender_device, msg_id, server_ts, body)
+             VALUES ('bob', 1, 'carol', 1, 'uncounted2', 1, x'03')",
+            [],
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let queued = s.pending("bob", 1, 0, 10).await.unwrap();
+    let carol: Vec<u64> =
+        queued.iter().filter(|m| m.sender == "carol").map(|m| m.delivery_id).take(1).collect();
+    assert_eq!(s.ack("bob", 1, carol).await.unwrap(), 1);
+    assert_usage_exact(&s, "the repair").await;
+}
+
+/// Deleting an account would cascade to the mail queued for it without counting it: the
+/// relay deletes that mail first, and a plain delete of an account with mail is refused.
+#[tokio::test]
+async fn an_account_with_queued_mail_cannot_be_deleted_behind_the_counters() {
+    let (_dir, s) = alice_and_bob().await;
+    s.enqueue(envelope("m1", 1), QUOTA).await.unwrap();
+    let plain = s.with(|c| Ok(c.execute("DELETE FROM accounts WHERE user_id = 'bob'", [])?)).await;
+    assert!(plain.is_err(), "the cascade would have deleted counted mail");
+    s.delete_account("bob").await.unwrap();
+    assert_eq!(s.mailbox_len().await.unwrap(), 0);
+    assert_usage_exact(&s, "the account's deletion").await;
+}
+
+/// The guard against a future path that forgets the counters: no code of the back end
+/// but `counters.rs` inserts into or deletes from the mailbox.
+#[test]
+fn only_the_counters_module_writes_the_mailbox() {
+    let sources = [
+        ("mod.rs", include_str!("mod.rs")),
+        ("rows.rs", include_str!("rows.rs")),
+        ("writer.rs", include_str!("writer.rs")),
+        ("counters.rs", include_str!("counters.rs")),
+    ];
+    for (name, text) in sources {
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ").to_uppercase();
+        let writes = [
+            "DELETE FROM MAILBOX ",
+            "INSERT INTO MAILBOX ",
+            "INSERT INTO MAILBOX(",
+            "REPLACE INTO MAILBOX ",
+        ];
+        let writes = writes.iter().filter(|w| text.contains(*w)).count();
+        assert_eq!(writes > 0, name == "counters.rs", "{name} writes the mailbox");
+    }
 }

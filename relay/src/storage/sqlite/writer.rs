@@ -19,14 +19,20 @@
 //! or any error of one job rolls back that job alone and fails only its waiter; the
 //! others commit. Only a failed commit fails the whole batch, and then nobody was told
 //! anything was stored.
+//!
+//! The mailbox counters move once per batch: each job counts what it stores and deletes
+//! in a tally of its own, taken into the batch's when its savepoint is released (and
+//! dropped with it when it is rolled back); the batch's tally is written right before the
+//! commit, in the same transaction (`counters.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Savepoint, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Savepoint, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::counters::{self, Tally};
 use super::rows::{Stored, enqueue_in, i};
 use crate::storage::{Enqueued, Envelope, Quota, StorageError};
 
@@ -226,6 +232,7 @@ fn write_batch(
     };
     let mut applied = Vec::with_capacity(batch.len());
     let mut staged = Vec::new();
+    let mut counts = Tally::default();
     for job in batch {
         let sp = match tx.savepoint() {
             Ok(sp) => sp,
@@ -235,7 +242,12 @@ fn write_batch(
                 return (applied, committed);
             }
         };
-        applied.push(apply(sp, job, &mut staged));
+        applied.push(apply(sp, job, &mut counts, &mut staged));
+    }
+    // The counters, once per (device mailbox, sender, from a contact) of the batch. If
+    // that fails the batch does (nobody was told anything yet).
+    if let Err(e) = counts.write(&tx) {
+        return (applied, Err(e.to_string()));
     }
     // Written, not yet durable: whoever waits for the id may push the message now. One
     // past the gap is not told (its sender is dropped): it is pushed after the commit.
@@ -251,19 +263,35 @@ fn write_batch(
     (applied, committed)
 }
 
-/// Applies one job inside its savepoint: kept on success, rolled back on any error.
-fn apply(mut sp: Savepoint<'_>, job: Job, staged: &mut Vec<(Staged, (u32, u64))>) -> Applied {
-    fn keep<T>(sp: Savepoint<'_>, out: Result<T, StorageError>) -> Result<T, StorageError> {
-        // Dropping a savepoint rolls it back: only a success is released into the batch.
+/// Applies one job inside its savepoint: kept on success, rolled back on any error; what
+/// it changed in the mailbox goes into `counts` if it is kept.
+fn apply(
+    mut sp: Savepoint<'_>,
+    job: Job,
+    counts: &mut Tally,
+    staged: &mut Vec<(Staged, (u32, u64))>,
+) -> Applied {
+    /// Dropping a savepoint rolls it back: only a success is released into the batch,
+    /// and only then do its counts (`mine`) join the batch's.
+    fn keep<T>(
+        sp: Savepoint<'_>,
+        out: Result<T, StorageError>,
+        mine: Tally,
+        counts: &mut Tally,
+    ) -> Result<T, StorageError> {
         let out = out?;
         sp.commit()?;
+        counts.absorb(mine);
         Ok(out)
     }
     match job {
         Job::Many { envelopes, quota, staged: to, reply } => {
-            let out: Result<Vec<Stored>, _> =
-                envelopes.into_iter().map(|e| enqueue_in(&sp, e, quota)).collect();
-            let out = keep(sp, out);
+            let mut mine = Tally::default();
+            let out: Result<Vec<Stored>, _> = envelopes
+                .into_iter()
+                .map(|e| enqueue_in(&sp, e, quota, &[&*counts], &mut mine))
+                .collect();
+            let out = keep(sp, out, mine, counts);
             // Only a lone message of one copy is pushed ahead of its commit.
             if let (Some(to), Ok([one])) = (to, out.as_deref())
                 && let [row] = one.rows[..]
@@ -273,29 +301,36 @@ fn apply(mut sp: Savepoint<'_>, job: Job, staged: &mut Vec<(Staged, (u32, u64))>
             Applied::Many(reply, out.map(|v| v.into_iter().map(|s| s.enqueued).collect()))
         }
         Job::Fanout { envelopes, quota, reply } => {
-            let out = fanout(&mut sp, envelopes, quota);
-            Applied::Fanout(reply, keep(sp, out))
+            let mut mine = Tally::default();
+            let out = fanout(&mut sp, envelopes, quota, counts, &mut mine);
+            Applied::Fanout(reply, keep(sp, out, mine, counts))
         }
         Job::Ack { recipient, device, ids, reply } => {
-            let out = delete(&sp, &recipient, device, ids);
-            Applied::Ack(reply, keep(sp, out))
+            let mut mine = Tally::default();
+            let out = counters::delete_delivered(&sp, &recipient, device, &ids, &mut mine);
+            Applied::Ack(reply, keep(sp, out, mine, counts))
         }
     }
 }
 
 /// Each recipient in a savepoint of its own: a refusal skips that recipient only; a
-/// back-end error fails the whole fan-out.
+/// back-end error fails the whole fan-out. Each stored recipient's copies are counted in
+/// `mine` (`batch`: the batch's changes before this job).
 fn fanout(
     sp: &mut Savepoint<'_>,
     envelopes: Vec<Envelope>,
     quota: Quota,
+    batch: &Tally,
+    mine: &mut Tally,
 ) -> Result<Vec<Result<Enqueued, StorageError>>, StorageError> {
     let mut out = Vec::with_capacity(envelopes.len());
     for e in envelopes {
         let one = sp.savepoint()?;
-        match enqueue_in(&one, e, quota) {
+        let mut its = Tally::default();
+        match enqueue_in(&one, e, quota, &[batch, &*mine], &mut its) {
             Ok(done) => {
                 one.commit()?;
+                mine.absorb(its);
                 out.push(Ok(done.enqueued));
             }
             Err(StorageError::Backend(e)) => return Err(StorageError::Backend(e)),
@@ -323,21 +358,4 @@ fn skip_ids(c: &Connection) -> Result<(), StorageError> {
     )?;
     c.execute("UPDATE sqlite_sequence SET seq = seq + ?1 WHERE name = 'mailbox'", [ID_GAP])?;
     Ok(())
-}
-
-fn delete(
-    c: &Connection,
-    recipient: &str,
-    device: u32,
-    ids: Vec<u64>,
-) -> Result<u64, StorageError> {
-    // The recipient device in the WHERE clause: a device can only delete its own mail.
-    let mut del = c.prepare_cached(
-        "DELETE FROM mailbox WHERE delivery_id = ?1 AND recipient = ?2 AND device_id = ?3",
-    )?;
-    let mut n = 0;
-    for id in ids {
-        n += del.execute(params![i(id), recipient, device])? as u64;
-    }
-    Ok(n)
 }
