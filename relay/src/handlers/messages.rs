@@ -36,30 +36,15 @@ pub(super) async fn handle<S: Storage>(
             if body.is_empty() {
                 return Err(fail(ErrorKind::Invalid, "empty message"));
             }
-            let quota = st.limits.mailbox_quota();
             let envelope = Envelope {
                 sender: user,
                 sender_device: device,
-                recipient: to.clone(),
+                recipient: to,
                 msg_id,
                 copies: Copies::Single(body.into()),
                 now: now_ms(),
             };
-            let done = if st.hub.is_local(&to) {
-                send_online(st, envelope, quota).await
-            } else {
-                st.storage.enqueue(envelope, quota).await
-            };
-            let done = match done {
-                Err(StorageError::Mismatch { missing, extra }) => {
-                    return Ok(Response::Mismatch { missing, extra });
-                }
-                other => other.map_err(storage_fail)?,
-            };
-            if !done.duplicate {
-                st.hub.wake(&to).await;
-            }
-            Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
+            send_one(st, envelope).await
         }
         Request::SendBatch { to, messages } => {
             if messages.iter().any(|m| m.body.is_empty()) {
@@ -96,29 +81,14 @@ pub(super) async fn handle<S: Storage>(
             let envelope = Envelope {
                 sender: user,
                 sender_device: device,
-                recipient: to.clone(),
+                recipient: to,
                 msg_id,
                 copies: Copies::Exact(
                     copies.into_iter().map(|c| (c.device_id, c.body.into())).collect(),
                 ),
                 now: now_ms(),
             };
-            let quota = st.limits.mailbox_quota();
-            let done = if st.hub.is_local(&to) {
-                send_online(st, envelope, quota).await
-            } else {
-                st.storage.enqueue(envelope, quota).await
-            };
-            let done = match done {
-                Err(StorageError::Mismatch { missing, extra }) => {
-                    return Ok(Response::Mismatch { missing, extra });
-                }
-                other => other.map_err(storage_fail)?,
-            };
-            if !done.duplicate {
-                st.hub.wake(&to).await;
-            }
-            Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
+            send_one(st, envelope).await
         }
         Request::SendGroup { to, msg_id, body } => {
             let (user, device) = require_device(st, ctx)?;
@@ -189,6 +159,29 @@ pub(super) async fn handle<S: Storage>(
         }
         other => Err(misrouted(&other)),
     }
+}
+
+/// `Send` and `SendCopies`: one message for its recipient, on the online fast path when
+/// a device of theirs is connected here, else stored; `Mismatch` (nothing stored) when
+/// its copies do not fit the recipient's target devices.
+async fn send_one<S: Storage>(st: &Arc<State<S>>, envelope: Envelope) -> Reply {
+    let to = envelope.recipient.clone();
+    let quota = st.limits.mailbox_quota();
+    let done = if st.hub.is_local(&to) {
+        send_online(st, envelope, quota).await
+    } else {
+        st.storage.enqueue(envelope, quota).await
+    };
+    let done = match done {
+        Err(StorageError::Mismatch { missing, extra }) => {
+            return Ok(Response::Mismatch { missing, extra });
+        }
+        other => other.map_err(storage_fail)?,
+    };
+    if !done.duplicate {
+        st.hub.wake(&to).await;
+    }
+    Ok(Response::Sent { server_ts: done.server_ts, duplicate: done.duplicate })
 }
 
 /// `SendBatch` and `SendCopiesBatch`: the messages for `to`, in order, in one
