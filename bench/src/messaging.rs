@@ -69,7 +69,12 @@ pub(crate) async fn run(args: &MessagingArgs) -> Result<()> {
     b.call_value("events.subscribe", json!({"kinds": ["message.received"]})).await?;
 
     progress(&format!("latency: {} warm-up + {} sequential messages", args.warmup, args.messages));
-    let pids = [("alice", alice.pid()), ("relay", relay.pid()), ("bob", bob.pid())];
+    let pids = [
+        ("alice", alice.pid()),
+        ("relay", relay.pid()),
+        ("bob", bob.pid()),
+        ("bench (both UIs)", std::process::id()),
+    ];
     let before = Cost::read(&pids)?;
     let (latency, stamps) = latency_run(&a, &mut events, args.warmup, args.messages).await?;
     let cost = Cost::read(&pids)?.since(&before);
@@ -81,16 +86,16 @@ pub(crate) async fn run(args: &MessagingArgs) -> Result<()> {
             "throughput: {} messages, {} in flight (limit {} s)",
             args.throughput, args.window, args.limit_s
         ));
-        Some(
-            throughput_run(
-                a.clone(),
-                &mut events,
-                args.throughput,
-                args.window,
-                Duration::from_secs(args.limit_s),
-            )
-            .await?,
+        let before = Cost::read(&pids)?;
+        let tp = throughput_run(
+            a.clone(),
+            &mut events,
+            args.throughput,
+            args.window,
+            Duration::from_secs(args.limit_s),
         )
+        .await?;
+        Some((tp, Cost::read(&pids)?.since(&before)))
     };
     drop((a, b));
     alice.stop()?;
@@ -119,8 +124,10 @@ pub(crate) async fn run(args: &MessagingArgs) -> Result<()> {
     );
     cost.print(args.warmup + args.messages);
     println!();
-    if let Some(tp) = &tp {
+    if let Some((tp, cost)) = &tp {
         print_throughput(args, tp);
+        cost.print(tp.received);
+        println!();
     }
     println!("== One Double Ratchet step (letstalk-crypto Session, 256-byte plaintext) ==");
     println!(
@@ -159,7 +166,6 @@ fn print_throughput(args: &MessagingArgs, tp: &Throughput) {
         "  target: ≥ {TARGET_RATE:.0} msg/s delivered   →  {}",
         verdict(rate(tp.received, tp.receive_time) >= TARGET_RATE && !tp.timed_out)
     );
-    println!();
 }
 
 pub(crate) fn progress(what: &str) {

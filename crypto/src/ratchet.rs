@@ -63,6 +63,10 @@ impl Header {
 #[derive(Clone)]
 pub(crate) struct RatchetState {
     dhs: StaticSecret,
+    /// The public half of `dhs`, kept beside it (derived, never stored): computing it is a
+    /// base-point multiplication, several times the cost of the rest of an `encrypt`,
+    /// which every message header needs.
+    dhs_public: [u8; 32],
     dhr: Option<[u8; 32]>,
     rk: SymmetricKey,
     cks: Option<SymmetricKey>,
@@ -92,9 +96,11 @@ impl RatchetState {
         ad: [u8; AD_LEN],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Self {
+        // Replaced by the first `encrypt`, which sees `cks == None`.
+        let dhs = StaticSecret::random_from_rng(rng);
         Self {
-            // Replaced by the first `encrypt`, which sees `cks == None`.
-            dhs: StaticSecret::random_from_rng(rng),
+            dhs_public: PublicKey::from(&dhs).to_bytes(),
+            dhs,
             dhr: Some(remote_ratchet),
             rk: sk,
             cks: None,
@@ -115,6 +121,7 @@ impl RatchetState {
         ad: [u8; AD_LEN],
     ) -> Self {
         Self {
+            dhs_public: PublicKey::from(&signed_prekey).to_bytes(),
             dhs: signed_prekey,
             dhr: None,
             rk: sk,
@@ -143,7 +150,7 @@ impl RatchetState {
         };
         let (mk, next) = chain_step(&cks);
         let header = Header {
-            ratchet_key: PublicKey::from(&self.dhs).to_bytes(),
+            ratchet_key: self.dhs_public,
             previous_chain_length: self.pn,
             message_number: self.ns,
         };
@@ -163,6 +170,7 @@ impl RatchetState {
         let dhr = self.dhr.ok_or(Error::InvalidState)?;
         let dhs = StaticSecret::random_from_rng(rng);
         let (rk, cks) = root_step(&self.rk, &*dh(&dhs, &dhr)?, labels.root)?;
+        self.dhs_public = PublicKey::from(&dhs).to_bytes();
         self.dhs = dhs;
         self.rk = rk;
         self.pn = self.ns;
@@ -309,7 +317,8 @@ impl RatchetState {
                 key: SymmetricKey(r.array()?),
             });
         }
-        Ok(Self { dhs, dhr, rk, cks, ckr, ns, nr, pn, ad, previous_dhr, skipped })
+        let dhs_public = PublicKey::from(&dhs).to_bytes();
+        Ok(Self { dhs, dhs_public, dhr, rk, cks, ckr, ns, nr, pn, ad, previous_dhr, skipped })
     }
 }
 

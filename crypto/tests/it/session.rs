@@ -187,6 +187,17 @@ fn session_state_round_trip_and_garbage() {
     let mut longer = bytes.to_vec();
     longer.push(0);
     assert!(Session::from_bytes(&longer).is_err());
+
+    // A restored sender goes on in its chain: the header names its current ratchet key
+    // (the public half is derived again on restore, never stored).
+    let mut alice = Session::from_bytes(&pair.alice.to_bytes()).unwrap();
+    let m4 = alice.encrypt(b"four", &mut OsRng).unwrap();
+    assert_eq!(restored.decrypt(&m4).unwrap(), b"four");
+    // And a restored receiver's reply turns the ratchet with a fresh key pair.
+    let reply = restored.encrypt(b"five", &mut OsRng).unwrap();
+    assert_eq!(alice.decrypt(&reply).unwrap(), b"five");
+    let m6 = alice.encrypt(b"six", &mut OsRng).unwrap();
+    assert_eq!(restored.decrypt(&m6).unwrap(), b"six");
 }
 
 #[test]
