@@ -98,12 +98,18 @@ pub fn pending_recipients(conn: &Connection, now: i64) -> Result<Vec<String>, St
     Ok(rows)
 }
 
+// The queries on the path of every message, each with its index (migration 14; the
+// test `hot_queries_use_their_indexes` holds them to it).
+const NEXT_DUE: &str = "SELECT min(not_before) FROM outbox WHERE not_before > ?1";
+const UNSEALED_DUE: &str = "SELECT 1 FROM outbox WHERE recipient = ?1 AND envelope IS NULL
+     AND copies IS NULL AND coalesce(not_before, 0) <= ?2 LIMIT 1";
+const UNSEALED: &str = "SELECT seq, relay_id, plaintext, message_id, attempt FROM outbox
+     WHERE recipient = ?1 AND envelope IS NULL AND copies IS NULL ORDER BY seq LIMIT ?2";
+
 /// When the first row still waiting at `now` is due, if any waits. (A row already due
 /// but not sent waits for the sender's retry, not for this.)
 pub fn next_due(conn: &Connection, now: i64) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT min(not_before) FROM outbox WHERE not_before > ?1")?
-        .query_row([now], |r| r.get(0))?)
+    Ok(conn.prepare_cached(NEXT_DUE)?.query_row([now], |r| r.get(0))?)
 }
 
 /// Whether `recipient` has a row not sealed yet that is due at `now`: what the queue is
@@ -111,10 +117,7 @@ pub fn next_due(conn: &Connection, now: i64) -> Result<Option<i64>, StoreError> 
 /// (a delivery receipt) and are sealed when they go.
 pub fn unsealed_due(conn: &Connection, recipient: &str, now: i64) -> Result<bool, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM outbox WHERE recipient = ?1 AND envelope IS NULL AND copies IS NULL
-             AND coalesce(not_before, 0) <= ?2 LIMIT 1",
-        )?
+        .prepare_cached(UNSEALED_DUE)?
         .query_row(params![recipient, now], |_| Ok(()))
         .optional()?
         .is_some())
@@ -382,10 +385,7 @@ pub fn unsealed(
     max: usize,
 ) -> Result<Vec<Unsealed>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT seq, relay_id, plaintext, message_id, attempt FROM outbox
-             WHERE recipient = ?1 AND envelope IS NULL AND copies IS NULL ORDER BY seq LIMIT ?2",
-        )?
+        .prepare_cached(UNSEALED)?
         .query_map(params![recipient, max as i64], |r| {
             Ok(Unsealed {
                 seq: r.get(0)?,
@@ -687,4 +687,78 @@ pub fn forget_known_devices(conn: &Connection, user: &str) -> Result<(), StoreEr
 /// has none, what this device sends and reads is told to them too.
 pub fn own_devices_may_exist(conn: &Connection, me: &str) -> Result<bool, StoreError> {
     Ok(known_devices(conn, me)?.is_none_or(|d| !d.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn text(n: usize) -> Content {
+        Content::Text { id: format!("m{n}"), at: 1, text: "hi".into(), reply_to: None }
+    }
+
+    /// The plaintext rows are found through their own index, whatever is queued sealed
+    /// before them: the search must not grow with the queue.
+    #[test]
+    fn hot_queries_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .with(|c| {
+                for (sql, index) in [
+                    (UNSEALED, "outbox_unsealed"),
+                    (UNSEALED_DUE, "outbox_unsealed"),
+                    (NEXT_DUE, "outbox_waiting"),
+                ] {
+                    // The plan does not depend on the values: the parameters stay unbound.
+                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let mut rows = stmt.raw_query();
+                    let mut plan = String::new();
+                    while let Some(row) = rows.next()? {
+                        plan.push_str(&row.get::<_, String>(3)?);
+                        plan.push_str("; ");
+                    }
+                    let searched = plan.starts_with("SEARCH outbox USING")
+                        && plan.contains(&format!("INDEX {index} ("));
+                    assert!(searched, "{sql}: {plan}");
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Behind a long sealed queue, the plaintext rows are still the ones found, oldest
+    /// first, and only they.
+    #[test]
+    fn unsealed_rows_behind_a_sealed_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .with(|c| {
+                for n in 0..300 {
+                    enqueue(c, "bob", None, &text(n), 1)?;
+                }
+                let first = unsealed(c, "bob", 500)?;
+                assert_eq!(first.len(), 300);
+                let copy = Copy { device_id: 1, body: vec![7; 40] };
+                for row in &first[..298] {
+                    sealed(c, "bob", row, std::slice::from_ref(&copy), 1)?;
+                }
+                enqueue(c, "carol", None, &text(0), 1)?;
+                let left = unsealed(c, "bob", 500)?;
+                let seqs: Vec<i64> = left.iter().map(|r| r.seq).collect();
+                assert_eq!(seqs, [first[298].seq, first[299].seq]);
+                assert_eq!(unsealed(c, "bob", 1)?.len(), 1);
+                assert!(unsealed_due(c, "bob", 1)?);
+                for row in &left {
+                    sealed(c, "bob", row, std::slice::from_ref(&copy), 1)?;
+                }
+                assert!(unsealed(c, "bob", 500)?.is_empty());
+                assert!(!unsealed_due(c, "bob", 1)?);
+                assert_eq!(unsealed(c, "carol", 500)?.len(), 1);
+                Ok(())
+            })
+            .unwrap();
+    }
 }

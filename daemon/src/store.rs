@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("store/0011_group_devices.sql"),
     include_str!("store/0012_sent_files.sql"),
     include_str!("store/0013_receipt_delay.sql"),
+    include_str!("store/0014_outbox_indexes.sql"),
 ];
 
 pub const DB_FILE: &str = "letstalk.db";
