@@ -63,10 +63,10 @@ impl Header {
 #[derive(Clone)]
 pub(crate) struct RatchetState {
     dhs: StaticSecret,
-    /// The public half of `dhs`, kept beside it (derived, never stored): computing it is a
-    /// base-point multiplication, several times the cost of the rest of an `encrypt`,
-    /// which every message header needs.
-    dhs_public: [u8; 32],
+    /// The public half of `dhs`, derived by the first `encrypt` that needs it and kept
+    /// (never stored): it is a base-point multiplication, several times the cost of the
+    /// rest of an `encrypt`. A state read only to decrypt never derives it.
+    dhs_public: Option<[u8; 32]>,
     dhr: Option<[u8; 32]>,
     rk: SymmetricKey,
     cks: Option<SymmetricKey>,
@@ -96,11 +96,10 @@ impl RatchetState {
         ad: [u8; AD_LEN],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Self {
-        // Replaced by the first `encrypt`, which sees `cks == None`.
-        let dhs = StaticSecret::random_from_rng(rng);
         Self {
-            dhs_public: PublicKey::from(&dhs).to_bytes(),
-            dhs,
+            // Replaced by the first `encrypt`, which sees `cks == None`.
+            dhs: StaticSecret::random_from_rng(rng),
+            dhs_public: None,
             dhr: Some(remote_ratchet),
             rk: sk,
             cks: None,
@@ -121,8 +120,8 @@ impl RatchetState {
         ad: [u8; AD_LEN],
     ) -> Self {
         Self {
-            dhs_public: PublicKey::from(&signed_prekey).to_bytes(),
             dhs: signed_prekey,
+            dhs_public: None,
             dhr: None,
             rk: sk,
             cks: None,
@@ -150,7 +149,9 @@ impl RatchetState {
         };
         let (mk, next) = chain_step(&cks);
         let header = Header {
-            ratchet_key: self.dhs_public,
+            ratchet_key: *self
+                .dhs_public
+                .get_or_insert_with(|| PublicKey::from(&self.dhs).to_bytes()),
             previous_chain_length: self.pn,
             message_number: self.ns,
         };
@@ -170,7 +171,7 @@ impl RatchetState {
         let dhr = self.dhr.ok_or(Error::InvalidState)?;
         let dhs = StaticSecret::random_from_rng(rng);
         let (rk, cks) = root_step(&self.rk, &*dh(&dhs, &dhr)?, labels.root)?;
-        self.dhs_public = PublicKey::from(&dhs).to_bytes();
+        self.dhs_public = None;
         self.dhs = dhs;
         self.rk = rk;
         self.pn = self.ns;
@@ -317,8 +318,7 @@ impl RatchetState {
                 key: SymmetricKey(r.array()?),
             });
         }
-        let dhs_public = PublicKey::from(&dhs).to_bytes();
-        Ok(Self { dhs, dhs_public, dhr, rk, cks, ckr, ns, nr, pn, ad, previous_dhr, skipped })
+        Ok(Self { dhs, dhs_public: None, dhr, rk, cks, ckr, ns, nr, pn, ad, previous_dhr, skipped })
     }
 }
 

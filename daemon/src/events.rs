@@ -62,10 +62,8 @@ pub fn append(tx: &Connection, body: &EventBody, at: i64) -> Result<u64, StoreEr
         context: "encoding an event".into(),
         source: std::io::Error::other(e),
     })?;
-    tx.execute(
-        "INSERT INTO events (kind, at, body) VALUES (?1, ?2, ?3)",
-        params![body.kind(), at, json],
-    )?;
+    tx.prepare_cached("INSERT INTO events (kind, at, body) VALUES (?1, ?2, ?3)")?
+        .execute(params![body.kind(), at, json])?;
     Ok(u64::try_from(tx.last_insert_rowid()).unwrap_or(0))
 }
 

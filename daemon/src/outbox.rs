@@ -524,7 +524,7 @@ pub fn enqueue_receipt(
     if let Some((seq, Some(plaintext))) = newest
         && let Some(Content::Receipt { state: kind, ids: mut queued }) = Content::decode(&plaintext)
         && kind == state
-        && queued.len() + ids.len() <= MAX_RECEIPT_IDS
+        && queued.len() + ids.len() <= MERGED_RECEIPT_IDS
     {
         queued.extend(ids);
         let merged = Content::Receipt { state, ids: queued };
@@ -544,6 +544,13 @@ pub fn enqueue_receipt(
 
 /// Message ids one receipt carries at most (what a receiver applies of one).
 pub const MAX_RECEIPT_IDS: usize = 1000;
+
+/// Message ids merged into one waiting receipt at most; the next one starts a new row.
+/// Each merge decodes and rewrites the row, so its cost grows with the row: at 1,000
+/// ids (36 KiB, an overflow chain of SQLCipher pages, all re-encrypted at every merge)
+/// a conversation in full flow spent more on merging receipts than on the messages.
+/// 64 ids keep the row inside one page, and a receipt still stands for 64 messages.
+pub const MERGED_RECEIPT_IDS: usize = 64;
 
 /// Keeps the plaintext of a sent row for a retry receipt: the peer may fail to open it
 /// (a session it lost).
@@ -723,6 +730,38 @@ mod tests {
                         && plan.contains(&format!("INDEX {index} ("));
                     assert!(searched, "{sql}: {plan}");
                 }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Delivery receipts merge into the waiting row up to [`MERGED_RECEIPT_IDS`] ids, then
+    /// start the next; every id is owed once, in order.
+    #[test]
+    fn receipts_merge_up_to_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let n = 2 * MERGED_RECEIPT_IDS + 2;
+        store
+            .with(|c| {
+                for i in 0..n {
+                    enqueue_receipt(c, "bob", ReceiptKind::Delivered, vec![format!("m{i}")], 1)?;
+                }
+                let rows: Vec<Vec<u8>> = c
+                    .prepare("SELECT plaintext FROM outbox WHERE recipient = 'bob' ORDER BY seq")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let ids: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|p| match Content::decode(p) {
+                        Some(Content::Receipt { state: ReceiptKind::Delivered, ids }) => ids,
+                        other => panic!("not a delivery receipt: {other:?}"),
+                    })
+                    .collect();
+                let sizes: Vec<usize> = ids.iter().map(Vec::len).collect();
+                assert_eq!(sizes, [MERGED_RECEIPT_IDS, MERGED_RECEIPT_IDS, 2]);
+                let all: Vec<String> = ids.concat();
+                assert_eq!(all, (0..n).map(|i| format!("m{i}")).collect::<Vec<_>>());
                 Ok(())
             })
             .unwrap();
