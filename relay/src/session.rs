@@ -252,7 +252,9 @@ async fn deliver<S: Storage>(st: Arc<State<S>>, (user_id, device): (String, u32)
     let mut pushed_ahead = BTreeSet::new();
     let poll = st.storage.poll_interval();
     loop {
-        match st.storage.pending(&user_id, device, after, DELIVERY_BATCH).await {
+        // Boxed, once per mailbox read: the storage's future is the largest this task
+        // awaits, and inline every idle device's task would carry its size.
+        match Box::pin(st.storage.pending(&user_id, device, after, DELIVERY_BATCH)).await {
             Ok(batch) if batch.is_empty() => {
                 let look_again = async {
                     match poll {
