@@ -11,12 +11,14 @@
 //! through relay nodes sharing NATS JetStream beside the single embedded relay, `abuse`
 //! what one hostile account can cost the relay (memory under a `SendGroup` attack,
 //! requests per second before it is limited), `devices` one message to an account with
-//! 1, 2 and 5 devices.
+//! 1, 2 and 5 devices, `connections` the relay's memory per idle authenticated connection
+//! and its full handshakes with device auth per second.
 
 mod abuse;
 mod call_load;
 mod calls;
 mod cluster;
+mod connections;
 mod device;
 mod devices;
 mod files;
@@ -85,6 +87,9 @@ enum Command {
     /// One message to an account with 1, 2 and 5 devices: latency, sender CPU and bytes
     /// on the wire (issue 19).
     Devices(DevicesArgs),
+    /// The relay's memory per idle authenticated device connection, and full handshakes
+    /// with device auth per second (issue 16: ≤ 40 KiB, ≥ 1,000/s).
+    Connections(ConnectionsArgs),
     /// Decrypt cost with 40 previous sessions against one; prekey top-up traffic per day
     /// at given bundle-fetch rates.
     Sessions(SessionsArgs),
@@ -103,6 +108,29 @@ pub(crate) struct AbuseArgs {
     /// Seconds each request kind is flooded.
     #[arg(long, default_value_t = 5, value_name = "S")]
     pub(crate) flood_s: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ConnectionsArgs {
+    /// The letstalk-relay binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay: Option<PathBuf>,
+
+    /// Authenticated device connections (one account each, registered first).
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub(crate) connections: usize,
+
+    /// Handshakes in flight while the devices connect.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub(crate) in_flight: usize,
+
+    /// Clients per source address (127.0.0.2, 127.0.0.3, …); the relay takes 64 from one.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub(crate) per_address: usize,
+
+    /// Seconds the connections stay idle before the relay's memory is read.
+    #[arg(long, default_value_t = 5, value_name = "S")]
+    pub(crate) idle_s: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -411,6 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(args) => runtime.block_on(cluster::run(&args)),
         Command::Abuse(args) => runtime.block_on(abuse::run(&args)),
         Command::Devices(args) => runtime.block_on(devices::run(&args)),
+        Command::Connections(args) => runtime.block_on(connections::run(&args)),
         Command::Sessions(args) => sessions::run(&args),
     }
 }

@@ -58,7 +58,7 @@ mod tls;
 pub use net::sleep_until;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -106,6 +106,10 @@ pub struct LinkConfig {
     /// twice per keep-alive (a phone's daemon). Off by default (the tests and benches run
     /// many links in one process). See `net.rs`.
     pub own_thread: bool,
+    /// The local address to send from; `None` (the default): any, as the kernel routes.
+    /// For benches and tests that open more connections than the relay takes from one
+    /// address (`connections_per_ip`): each client sends from its own loopback address.
+    pub local_ip: Option<IpAddr>,
 }
 
 impl LinkConfig {
@@ -131,6 +135,7 @@ impl LinkConfig {
             backoff_max: Duration::from_secs(60),
             client_name: format!("letstalk-link {}", env!("CARGO_PKG_VERSION")),
             own_thread: false,
+            local_ip: None,
         }
     }
 }
@@ -448,7 +453,7 @@ impl Link {
         }
         let targets = config.relays.iter().map(|r| Target::parse(r)).collect::<Result<_, _>>()?;
         let client_config = tls::client_config(config.trusted_cert.as_deref())?;
-        let endpoint = tls::endpoint(new_socket()?, config.own_thread)?;
+        let endpoint = tls::endpoint(new_socket(config.local_ip)?, config.own_thread)?;
         let (pushes, rx) = mpsc::channel(PUSH_CHANNEL);
         let (datagrams, datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
         let status = watch::Sender::new(LinkStatus {
@@ -556,7 +561,7 @@ impl Link {
     /// the same connection, streams and session) and probes it at once. Without an answer
     /// the connection is dropped and re-established right away (from the next candidate).
     pub async fn network_changed(&self) {
-        match new_socket()
+        match new_socket(self.shared.config.local_ip)
             .and_then(|s| self.rebind(s).map_err(|e| LinkError::Config(format!("rebind: {e}"))))
         {
             Ok(()) => tracing::debug!("relay link moved to a new UDP socket"),
@@ -702,9 +707,13 @@ impl Link {
     }
 }
 
-/// A UDP socket for the endpoint: dual-stack where the host has IPv6.
-fn new_socket() -> Result<std::net::UdpSocket, LinkError> {
-    std::net::UdpSocket::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))
-        .or_else(|_| std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))))
-        .map_err(|e| LinkError::Config(format!("UDP socket: {e}")))
+/// A UDP socket for the endpoint: on `local_ip` when given, else dual-stack where the
+/// host has IPv6.
+fn new_socket(local_ip: Option<IpAddr>) -> Result<std::net::UdpSocket, LinkError> {
+    let bound = match local_ip {
+        Some(ip) => std::net::UdpSocket::bind(SocketAddr::new(ip, 0)),
+        None => std::net::UdpSocket::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))
+            .or_else(|_| std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))),
+    };
+    bound.map_err(|e| LinkError::Config(format!("UDP socket: {e}")))
 }

@@ -414,3 +414,16 @@ async fn a_link_on_its_own_thread_carries_requests_pushes_a_migration_and_a_reco
     alice.send("bob", "m2", b"sealed".to_vec()).await.unwrap();
     next(&mut rx, received("m2")).await;
 }
+
+#[tokio::test]
+async fn a_link_sends_from_its_local_ip() {
+    // A bare UDP socket stands for the relay: the first packet it gets is the handshake's.
+    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut config =
+        quick(LinkConfig::new(format!("127.0.0.1:{}", relay.local_addr().unwrap().port()), None));
+    config.local_ip = Some([127, 0, 0, 3].into());
+    let (_link, _pushes) = Link::start(config, None).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (_, from) = tokio::time::timeout(T, relay.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(from.ip(), std::net::IpAddr::from([127, 0, 0, 3]));
+}

@@ -75,7 +75,10 @@ pub(crate) async fn serve<S: Storage>(st: Arc<State<S>>, incoming: quinn::Incomi
         }
         ctx.cancel.cancel();
         tasks.shutdown().await;
-        end_session(&st, &ctx).await;
+        // Boxed: ending the session (storage writes, presence announcements) is the
+        // largest future this task awaits, once, at its end; inline, the task of every
+        // idle connection would carry its size for the connection's whole life.
+        Box::pin(end_session(&st, &ctx)).await;
     }
     .instrument(span)
     .await;

@@ -6,7 +6,7 @@
 //! A std `Mutex` around a map, never held across an `.await`: operations are a lookup or
 //! an insert, far shorter than a task switch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -32,8 +32,48 @@ pub(crate) struct Device {
     pub(crate) wake: Arc<Notify>,
     /// Messages written but not yet committed, for the delivery task to push at once
     /// (the online fast path).
-    pub(crate) ahead: mpsc::Sender<Queued>,
+    pub(crate) ahead: Arc<Ahead>,
     pub(crate) conn: quinn::Connection,
+}
+
+/// Messages written but not yet committed, on their way to one device's delivery task
+/// (the online fast path), at most `max` at once.
+///
+/// A queue under a lock rather than a tokio channel: a channel allocates a block of 32
+/// slots when it is made, 32 `Queued` (about 4 KiB) for every authenticated connection,
+/// idle or not; this queue holds memory only while it holds messages, and the delivery
+/// task takes them all at once.
+#[derive(Debug)]
+pub(crate) struct Ahead {
+    queue: Mutex<VecDeque<Queued>>,
+    max: usize,
+    /// Told when a message was queued; a notification nobody waits for is kept, so the
+    /// delivery task never misses one between taking the queue and waiting again.
+    pub(crate) ready: Notify,
+}
+
+impl Ahead {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { queue: Mutex::default(), max, ready: Notify::new() }
+    }
+
+    /// Queues `message`; false when the queue is full (the message then goes out once
+    /// committed, as any other).
+    pub(crate) fn offer(&self, message: Queued) -> bool {
+        let Ok(mut queue) = self.queue.lock() else { return false };
+        if queue.len() >= self.max {
+            return false;
+        }
+        queue.push_back(message);
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Everything queued, oldest first; the queue's memory goes with it.
+    pub(crate) fn take(&self) -> VecDeque<Queued> {
+        self.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+    }
 }
 
 /// Senders waiting for a recipient device's acknowledgement of a message pushed before
@@ -166,11 +206,11 @@ impl Hub {
     /// here, to push at once; false if there is none or it is busy (then the message
     /// goes out once committed, as any other).
     pub(crate) fn push_ahead(&self, user_id: &str, device_id: u32, message: Queued) -> bool {
-        let tx = match self.devices.lock() {
+        let ahead = match self.devices.lock() {
             Ok(m) => m.get(user_id).and_then(|d| d.get(&device_id)).map(|d| d.ahead.clone()),
             Err(_) => None,
         };
-        tx.is_some_and(|tx| tx.try_send(message).is_ok())
+        ahead.is_some_and(|ahead| ahead.offer(message))
     }
 
     /// Waits for the recipient device's acknowledgement of `delivery_id`: the receiver
@@ -254,5 +294,37 @@ impl Hub {
     /// Number of connected devices.
     pub(crate) fn len(&self) -> usize {
         self.devices.lock().map(|m| m.values().map(BTreeMap::len).sum()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(delivery_id: u64) -> Queued {
+        Queued {
+            delivery_id,
+            sender: "alice".into(),
+            sender_device: 1,
+            msg_id: format!("m{delivery_id}"),
+            server_ts: 0,
+            body: vec![1, 2, 3],
+        }
+    }
+
+    #[tokio::test]
+    async fn ahead_is_bounded_taken_whole_and_keeps_its_notification() {
+        let ahead = Ahead::new(2);
+        assert!(ahead.offer(queued(1)));
+        assert!(ahead.offer(queued(2)));
+        assert!(!ahead.offer(queued(3)), "a full queue refuses");
+        // Offered before anyone waited: the delivery task still hears of it.
+        tokio::time::timeout(std::time::Duration::from_secs(5), ahead.ready.notified())
+            .await
+            .unwrap();
+        let ids: Vec<u64> = ahead.take().into_iter().map(|m| m.delivery_id).collect();
+        assert_eq!(ids, [1, 2]);
+        assert!(ahead.take().is_empty());
+        assert!(ahead.offer(queued(4)), "taking makes room");
     }
 }

@@ -51,7 +51,9 @@ pub(crate) async fn forward<S>(st: Arc<State<S>>, ctx: Arc<ConnCtx>) {
             // The peer's device that took the call is elsewhere (or nowhere): every node
             // with one of the peer's devices checks its routes.
             let media = Signal::Media { from: user, datagram };
-            bus.send_account(&peer, &media).await;
+            // Boxed: a publish on the cluster bus is a large future, and this loop lives
+            // as long as its connection, mostly idle, in every connection's memory.
+            Box::pin(bus.send_account(&peer, &media)).await;
             continue;
         }
         if !send_local(&st, &peer, parsed.call_id, &user, &datagram) {

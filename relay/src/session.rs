@@ -20,7 +20,7 @@ use crate::cluster::bus::Signal;
 use crate::cluster::follow::follow;
 use crate::ctx::{ConnCtx, Session};
 use crate::fail::{Fail, fail};
-use crate::hub::{Device, PushCmd};
+use crate::hub::{Ahead, Device, PushCmd};
 use crate::state::State;
 use crate::storage::{Queued, Storage, shows_presence};
 
@@ -113,12 +113,12 @@ pub(crate) async fn start_session<S: Storage>(
     };
     let (tx, rx) = mpsc::channel(PUSH_QUEUE);
     let wake = Arc::new(Notify::new());
-    let (ahead_tx, ahead) = mpsc::channel(PUSH_QUEUE);
+    let ahead = Arc::new(Ahead::new(PUSH_QUEUE));
     let device = Device {
         conn_id: ctx.id,
         tx: tx.clone(),
         wake: wake.clone(),
-        ahead: ahead_tx,
+        ahead: ahead.clone(),
         conn: ctx.conn.clone(),
     };
     if let Some(old) = st.hub.register(user_id, device_id, device)
@@ -237,7 +237,7 @@ struct Delivery {
     tx: mpsc::Sender<PushCmd>,
     wake: Arc<Notify>,
     /// Messages written but not yet committed (the online fast path).
-    ahead: mpsc::Receiver<Queued>,
+    ahead: Arc<Ahead>,
     cancel: CancellationToken,
 }
 
@@ -247,12 +247,14 @@ struct Delivery {
 /// The cursor `after` moves only over committed messages read from the mailbox, so a
 /// message committed out of the fast path is never skipped. A message pushed ahead (once
 /// caught up, while its commit runs) is remembered and not pushed again when it is read.
-async fn deliver<S: Storage>(st: Arc<State<S>>, (user_id, device): (String, u32), mut d: Delivery) {
+async fn deliver<S: Storage>(st: Arc<State<S>>, (user_id, device): (String, u32), d: Delivery) {
     let mut after = 0u64;
     let mut pushed_ahead = BTreeSet::new();
     let poll = st.storage.poll_interval();
     loop {
-        match st.storage.pending(&user_id, device, after, DELIVERY_BATCH).await {
+        // Boxed, once per mailbox read: the storage's future is the largest this task
+        // awaits, and inline every idle device's task would carry its size.
+        match Box::pin(st.storage.pending(&user_id, device, after, DELIVERY_BATCH)).await {
             Ok(batch) if batch.is_empty() => {
                 let look_again = async {
                     match poll {
@@ -268,11 +270,13 @@ async fn deliver<S: Storage>(st: Arc<State<S>>, (user_id, device): (String, u32)
                         () = d.cancel.cancelled() => return,
                         () = d.wake.notified() => break,
                         () = &mut look_again => break,
-                        Some(m) = d.ahead.recv() => {
-                            if m.delivery_id > after && pushed_ahead.insert(m.delivery_id)
-                                && !push(&d, m).await
-                            {
-                                return;
+                        () = d.ahead.ready.notified() => {
+                            for m in d.ahead.take() {
+                                if m.delivery_id > after && pushed_ahead.insert(m.delivery_id)
+                                    && !push(&d, m).await
+                                {
+                                    return;
+                                }
                             }
                         }
                     }
