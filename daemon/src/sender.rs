@@ -25,8 +25,11 @@ use letstalk_wire::{Copy, Request, Response};
 use rand_core::{CryptoRng, RngCore};
 use rusqlite::Connection;
 
-/// Outbox rows encrypted per transaction.
-const BATCH: usize = 64;
+/// Outbox rows read (and, when not sealed yet, encrypted in one transaction) per step
+/// of the drain; they go out in as few frames as hold them (`chunks`) and are marked sent
+/// in one commit. 256 rather than 64: a sustained flow delivered 10 % more with a
+/// quarter of the steps (bench/README). At most 256 texts of 64 KiB in memory at once.
+const BATCH: usize = 256;
 
 /// Why a transmission did not go through.
 #[derive(Debug, thiserror::Error)]
