@@ -538,16 +538,16 @@ pub trait Storage: Send + Sync + 'static {
         envelope: Envelope,
         quota: Quota,
     ) -> impl Future<Output = Result<Enqueued, StorageError>> + Send;
-    /// [`Storage::enqueue`], and as soon as a message of one copy is checked and written
-    /// but not yet committed, its device and delivery id on `staged` (nothing for a
-    /// duplicate, a refusal, several copies, or a back end that cannot tell): the caller
-    /// may push it to a connected recipient device while the commit runs. Such an id is
-    /// never given to another message, even after a crash before the commit.
+    /// [`Storage::enqueue`], and as soon as the message is checked and written but not
+    /// yet committed, its rows on `staged`: (device, delivery id) for each copy (nothing
+    /// for a duplicate, a refusal, or a back end that cannot tell). The caller may push
+    /// them to the connected recipient devices while the commit runs. Such an id is never
+    /// given to another message, even after a crash before the commit.
     fn enqueue_staged(
         &self,
         envelope: Envelope,
         quota: Quota,
-        staged: tokio::sync::oneshot::Sender<(u32, u64)>,
+        staged: tokio::sync::oneshot::Sender<Vec<(u32, u64)>>,
     ) -> impl Future<Output = Result<Enqueued, StorageError>> + Send {
         drop(staged);
         self.enqueue(envelope, quota)

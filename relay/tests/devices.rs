@@ -878,3 +878,62 @@ async fn a_blob_waits_for_the_senders_other_devices_and_only_a_cancel_deletes_it
         assert_eq!(refused(desktop.request(blob_stat("alice", id)).await), ErrorKind::NotFound);
     }
 }
+
+/// The online fast path with several copies (an account with linked devices): each copy
+/// is pushed to its own device while the commit runs (held 2 s here, a slow disk), and
+/// the sender is answered before the commit only once every device has acknowledged its
+/// own copy. A stranger's acknowledgement of the same delivery ids, or one device's
+/// alone, answers nobody; with one of the devices not connected, the answer waits for
+/// the commit. Nothing is left in the mailbox.
+#[tokio::test]
+async fn several_copies_answer_before_the_commit_only_on_every_devices_ack() {
+    let delay = Duration::from_secs(2);
+    let net = Net::embedded(Limits { commit_delay: delay, ..Limits::default() }).await;
+    let alice = net.user(0, "alice").await;
+    let mut bob1 = net.user(0, "bob").await;
+    let mut bob2 = net.add_device(&bob1, 0).await;
+    let mallory = net.user(0, "mallory").await;
+    let started = std::time::Instant::now();
+    let link = alice.link.clone();
+    let copies = vec![
+        Copy { device_id: 1, body: b"for one".to_vec() },
+        Copy { device_id: bob2.id, body: b"for two".to_vec() },
+    ];
+    let send = tokio::spawn(async move {
+        link.request(Request::SendCopies { to: "bob".into(), msg_id: "m1".into(), copies }).await
+    });
+    let (m1, m2) = (bob1.message().await, bob2.message().await);
+    assert!(started.elapsed() < delay, "pushed only after the commit");
+    assert_eq!((&m1.body[..], &m2.body[..]), (&b"for one"[..], &b"for two"[..]));
+    let ack = |link: &Link, id: u64| {
+        let link = link.clone();
+        tokio::spawn(async move { link.ack(&[id]).await })
+    };
+    let strangers = [ack(&mallory.link, m1.delivery_id), ack(&mallory.link, m2.delivery_id)];
+    let ones = ack(&bob1.link, m1.delivery_id);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!send.is_finished(), "answered before every device acknowledged");
+    let twos = ack(&bob2.link, m2.delivery_id);
+    let answer = tokio::time::timeout(delay / 2, send).await.unwrap().unwrap();
+    assert!(sent(&answer.unwrap()));
+    assert!(started.elapsed() < delay, "answered only at the commit");
+    for done in strangers.into_iter().chain([ones, twos]) {
+        done.await.unwrap().unwrap();
+    }
+    assert_eq!(net.mailbox_len().await, 0);
+
+    // Bob's second device goes away: its copy waits in its mailbox, so the answer
+    // waits for the commit even though the first device acknowledged at once.
+    let bob2_id = bob2.id;
+    bob2.link.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let copies = [(1, &b"again one"[..]), (bob2_id, &b"again two"[..])];
+    let (answer, ()) = tokio::join!(alice.copies("bob", "m2", &copies), async {
+        let m = bob1.message().await;
+        bob1.link.ack(&[m.delivery_id]).await.unwrap();
+    });
+    assert!(sent(&answer));
+    assert!(started.elapsed() >= delay, "answered before the commit, a copy unacknowledged");
+    assert_eq!(net.mailbox_len().await, 1, "the absent device's copy");
+}

@@ -223,55 +223,82 @@ async fn send_batch<S: Storage>(
     Ok(Response::Sent { server_ts: now, duplicate: done.iter().all(|d| d.duplicate) })
 }
 
-/// The online fast path: a device of the recipient is connected here, so a message for
-/// its one target device (`Send`'s single copy, or `SendCopies` with one copy) is
-/// pushed as soon as it is written, while its commit runs, and the sender is answered on
-/// whichever comes first: the commit, or the recipient's acknowledgement (its device
-/// holds the message then). Either way nothing the sender is told was delivered can be
-/// lost in a crash of the relay. An acknowledgement that comes before the commit is
-/// applied after it (the writer takes jobs in order): the message is deleted in the same
-/// transaction or the next.
+/// The online fast path: a device of the recipient is connected here, so each copy of
+/// the message (`Send`'s single copy, or `SendCopies`' one per device) is pushed to its
+/// device as soon as it is written, while the commit runs, and the sender is answered on
+/// whichever comes first: the commit, or the acknowledgement of every copy by its own
+/// device (each device holds its copy then). Either way nothing the sender is told was
+/// delivered can be lost in a crash of the relay: one copy not acknowledged, or one
+/// device not connected here, and the answer waits for the commit. An acknowledgement
+/// that comes before the commit is applied after it (the writer takes jobs in order):
+/// the message is deleted in the same transaction or the next.
 async fn send_online<S: Storage>(
     st: &State<S>,
     envelope: Envelope,
     quota: Quota,
 ) -> Result<Enqueued, StorageError> {
-    let body = match &envelope.copies {
-        Copies::Single(body) => body,
-        Copies::Exact(copies) => match copies.as_slice() {
-            [(_, body)] => body,
-            _ => return st.storage.enqueue(envelope, quota).await,
-        },
+    // Each device's body: for `Single`, the one device the storage finds.
+    let bodies: Vec<(Option<u32>, bytes::Bytes)> = match &envelope.copies {
+        Copies::Single(body) => vec![(None, body.clone())],
+        Copies::Exact(copies) => copies.iter().map(|(d, b)| (Some(*d), b.clone())).collect(),
         Copies::Every(_) => return st.storage.enqueue(envelope, quota).await,
     };
     let (staged_tx, staged) = oneshot::channel();
-    let ahead = Queued {
-        delivery_id: 0,
-        sender: envelope.sender.clone(),
-        sender_device: envelope.sender_device,
-        msg_id: envelope.msg_id.clone(),
-        server_ts: envelope.now,
-        body: body.to_vec(),
-    };
     let (to, now) = (envelope.recipient.clone(), envelope.now);
+    let (sender, sender_device, msg_id) =
+        (envelope.sender.clone(), envelope.sender_device, envelope.msg_id.clone());
     let write = st.storage.enqueue_staged(envelope, quota, staged_tx);
     tokio::pin!(write);
-    let (device, delivery_id) = tokio::select! {
+    let rows = tokio::select! {
         biased;
         done = &mut write => return done,
-        id = staged => match id {
-            Ok(id) => id,
-            // Not staged (a duplicate, a refusal, no single copy, or a back end without it).
+        rows = staged => match rows {
+            Ok(rows) => rows,
+            // Not staged (a duplicate, a refusal, or a back end without it).
             Err(_) => return write.await,
         },
     };
-    let (_waiting, acked) = st.hub.await_ack(&to, device, delivery_id);
-    if !st.hub.push_ahead(&to, device, Queued { delivery_id, ..ahead }) {
-        return write.await;
+    // The waits are registered before any push, so an acknowledgement cannot come first.
+    let mut guards = Vec::with_capacity(rows.len());
+    let mut acks = Vec::with_capacity(rows.len());
+    for (device, delivery_id) in &rows {
+        let (guard, acked) = st.hub.await_ack(&to, *device, *delivery_id);
+        guards.push(guard);
+        acks.push(acked);
     }
-    tokio::select! {
+    for (device, delivery_id) in rows {
+        let body = match bodies.as_slice() {
+            [(None, body)] => Some(body),
+            _ => bodies.iter().find(|(d, _)| *d == Some(device)).map(|(_, b)| b),
+        };
+        let Some(body) = body else { return write.await };
+        let ahead = Queued {
+            delivery_id,
+            sender: sender.clone(),
+            sender_device,
+            msg_id: msg_id.clone(),
+            server_ts: now,
+            body: body.to_vec(),
+        };
+        // A device not connected here (or busy) gets its copy once committed; the copies
+        // already pushed are not pushed again.
+        if !st.hub.push_ahead(&to, device, ahead) {
+            return write.await;
+        }
+    }
+    let every_ack = async {
+        for acked in acks {
+            if acked.await.is_err() {
+                // Its wait ended without the acknowledgement: only the commit answers.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let answer = tokio::select! {
         biased;
         done = &mut write => done,
-        Ok(()) = acked => Ok(Enqueued { server_ts: now, duplicate: false }),
-    }
+        () = every_ack => Ok(Enqueued { server_ts: now, duplicate: false }),
+    };
+    drop(guards);
+    answer
 }

@@ -704,7 +704,7 @@ impl Storage for SqliteStorage {
         &self,
         e: Envelope,
         quota: Quota,
-        staged: oneshot::Sender<(u32, u64)>,
+        staged: oneshot::Sender<Vec<(u32, u64)>>,
     ) -> Result<Enqueued, StorageError> {
         let job = |reply| Job::Many { envelopes: vec![e], quota, staged: Some(staged), reply };
         let mut done = self.writer.submit(job).await?;

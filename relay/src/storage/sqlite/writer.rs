@@ -47,16 +47,16 @@ const ID_GAP: i64 = 16 * MAX_BATCH as i64;
 const QUEUE: usize = 4096;
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
-/// Who waits for a message's device and delivery id before its commit.
-type Staged = oneshot::Sender<(u32, u64)>;
+/// Who waits for a message's rows, (device, delivery id) each, before its commit.
+type Staged = oneshot::Sender<Vec<(u32, u64)>>;
 
 /// One write, with the waiter to answer after the commit.
 pub(super) enum Job {
     /// Several messages for one recipient, all or none ([`Storage::enqueue_many`]).
     ///
     /// [`Storage::enqueue_many`]: crate::storage::Storage::enqueue_many
-    /// With `staged`, the device and delivery id of a stored (not duplicate) single
-    /// message of one copy is sent there before the commit.
+    /// With `staged`, the rows (device, delivery id) of a stored (not duplicate) single
+    /// message are sent there before the commit.
     Many {
         envelopes: Vec<Envelope>,
         quota: Quota,
@@ -251,9 +251,9 @@ fn write_batch(
     }
     // Written, not yet durable: whoever waits for the id may push the message now. One
     // past the gap is not told (its sender is dropped): it is pushed after the commit.
-    for (to, (device, id)) in staged {
-        if i(id) <= first_free.saturating_add(ID_GAP) {
-            let _ = to.send((device, id));
+    for (to, rows) in staged {
+        if rows.iter().all(|(_, id)| i(*id) <= first_free.saturating_add(ID_GAP)) {
+            let _ = to.send(rows);
         }
     }
     if !delay.is_zero() {
@@ -269,7 +269,7 @@ fn apply(
     mut sp: Savepoint<'_>,
     job: Job,
     counts: &mut Tally,
-    staged: &mut Vec<(Staged, (u32, u64))>,
+    staged: &mut Vec<(Staged, Vec<(u32, u64)>)>,
 ) -> Applied {
     /// Dropping a savepoint rolls it back: only a success is released into the batch,
     /// and only then do its counts (`mine`) join the batch's.
@@ -292,11 +292,11 @@ fn apply(
                 .map(|e| enqueue_in(&sp, e, quota, &[&*counts], &mut mine))
                 .collect();
             let out = keep(sp, out, mine, counts);
-            // Only a lone message of one copy is pushed ahead of its commit.
+            // Only a lone message is pushed ahead of its commit, each of its copies.
             if let (Some(to), Ok([one])) = (to, out.as_deref())
-                && let [row] = one.rows[..]
+                && !one.rows.is_empty()
             {
-                staged.push((to, row));
+                staged.push((to, one.rows.clone()));
             }
             Applied::Many(reply, out.map(|v| v.into_iter().map(|s| s.enqueued).collect()))
         }
