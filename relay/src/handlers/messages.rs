@@ -70,9 +70,8 @@ pub(super) async fn handle<S: Storage>(
         Request::SendCopies { to, msg_id, copies } => {
             // Checked like `Send` (each body, the msg id); the copies are checked against
             // the recipient's devices by the storage, in the transaction that stores them.
-            // A lone copy (a recipient with one device) takes the online fast path like
-            // `Send`; several take the plain one (that path answers on one device's
-            // acknowledgement).
+            // It takes the online fast path like `Send`, each copy pushed to its own
+            // device (`send_online`).
             let (user, device) = require_device(st, ctx)?;
             let to = user_arg(&to)?;
             if msg_id.is_empty() || copies.iter().any(|c| c.body.is_empty()) {
